@@ -1,0 +1,62 @@
+"""Name-to-builder registries (in the manner of timm's and Opacus' registries).
+
+A registry maps a config name (``model.name: mlp``) to the function that builds it, so adding a
+model, data set, trainer or fairness method is one decorated function and never another branch of
+an if-chain.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from utils.errors import ConfigError
+
+T = TypeVar("T", bound=Callable)
+
+
+class Registry(Generic[T]):
+    """A named collection of builders.
+
+    Attributes:
+        kind: what the entries are, for error messages ("model", "dataset", ...).
+        config_key: the dotted config key whose value selects an entry ("model.name").
+    """
+
+    def __init__(self, kind: str, config_key: str):
+        self.kind = kind
+        self.config_key = config_key
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator that files ``fn`` under ``name``; registering a name twice is an error."""
+
+        def add(fn: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = fn
+            return fn
+
+        return add
+
+    def get(self, name: str) -> T:
+        """The builder filed under ``name``; an unknown name lists the valid ones."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            close = difflib.get_close_matches(str(name), self._entries, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{self.config_key}: unknown {self.kind} {name!r}.{hint} "
+                f"Valid values: {', '.join(sorted(self._entries))}."
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._entries))
