@@ -1,0 +1,416 @@
+"""Tabular data sources (UCI Adult so far) and the bundle built from them.
+
+A source is one function, filed in :data:`TABULAR_SOURCES` under its ``data.name``, that reads the
+files and returns a :class:`TabularPool`: the whole training pool and the test set, already encoded
+as numbers, with a boolean minority mask for each. :func:`build_tabular_bundle` then does what is
+the same for every tabular source: resample the pool to the configured minority share
+(:mod:`dataset.imbalance`) and standardize the numeric features with statistics of the selected
+training rows. Adding COMPAS or German credit is one more registered loader.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dataset import DATASETS
+from dataset.base import DataBundle
+from dataset.imbalance import resample_to_share
+from utils.errors import ConfigError, DataError
+from utils.registry import Registry
+
+# Loaders: (root, *, protected, minority_value) -> TabularPool, built by ``data.name``.
+TABULAR_SOURCES: Registry[Callable[..., TabularPool]] = Registry("dataset", "data.name")
+
+
+@dataclass(frozen=True)
+class TabularPool:
+    """A tabular data set encoded as numbers, before any resampling.
+
+    Attributes:
+        x_pool: float32 features of the training pool, one row per example; numeric features raw
+            (not yet standardized), categorical ones one-hot.
+        y_pool: int64 0/1 targets of the training pool.
+        minority_pool: bool, True where the example belongs to the minority group.
+        x_test, y_test, minority_test: the same for the test set.
+        feature_names: one name per column of ``x_*`` ("age", "sex=Female", ...).
+        numeric_columns: indices of the numeric columns, the ones the bundle builder standardizes.
+        info: facts worth logging: file provenance, rows read and dropped per split, group counts.
+    """
+
+    x_pool: np.ndarray
+    y_pool: np.ndarray
+    minority_pool: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    minority_test: np.ndarray
+    feature_names: tuple[str, ...]
+    numeric_columns: tuple[int, ...]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for split, x in (("pool", self.x_pool), ("test", self.x_test)):
+            if x.ndim != 2 or x.shape[1] != len(self.feature_names):
+                raise ValueError(f"x_{split} has shape {x.shape}, but there are {len(self.feature_names)} feature names")
+            for part in ("y", "minority"):
+                if len(getattr(self, f"{part}_{split}")) != len(x):
+                    raise ValueError(f"{part}_{split} and x_{split} differ in length")
+
+
+def build_tabular_bundle(
+    pool: TabularPool, *, minority_share: float | None, train_size: int | None, seed: int
+) -> DataBundle:
+    """Resample the pool to the minority share and standardize the numeric features.
+
+    The training set is :func:`dataset.imbalance.resample_to_share` of the pool (see there for the
+    counts and the nesting across shares). The numeric columns are then centred and scaled with the
+    mean and standard deviation (ddof 0) of the *selected* training rows, and the test set with the
+    same statistics: the test set must not shape the features, and the pool rows left out are not
+    part of this experiment's training data either. A numeric column that is constant in the
+    training set keeps scale 1, so it becomes all zeros rather than NaN.
+
+    Under DP these two statistics per column are computed from the private training data without
+    noise and are not counted in ε; this follows common practice for tabular DP benchmarks, and the
+    leak is bounded to a handful of aggregate numbers, but it is not covered by the guarantee.
+
+    Args:
+        pool: the source's encoded data.
+        minority_share: ``data.minority_share``, or None for the pool's own share.
+        train_size: ``data.train_size``, or None to keep all majority examples.
+        seed: seed of the resampling (the run's seed).
+
+    Returns:
+        A DataBundle with float32 features, ``input_shape`` ``(n_features,)`` and no transform;
+        ``info`` holds the pool's facts, its per-group counts and the resampling outcome.
+    """
+    index = resample_to_share(pool.minority_pool, pool.y_pool, minority_share, train_size=train_size, seed=seed)
+    x_train = pool.x_pool[index].copy()
+    y_train = pool.y_pool[index]
+    minority_train = pool.minority_pool[index]
+    x_test = pool.x_test.copy()
+
+    numeric = list(pool.numeric_columns)
+    # Statistics in float64: capital-gain reaches 99,999 and a float32 sum over 30k rows loses digits.
+    values = x_train[:, numeric].astype(np.float64)
+    mean = values.mean(axis=0)
+    std = values.std(axis=0)
+    std[std == 0] = 1.0
+    x_train[:, numeric] = ((values - mean) / std).astype(np.float32)
+    x_test[:, numeric] = ((x_test[:, numeric].astype(np.float64) - mean) / std).astype(np.float32)
+
+    n_min = int(np.count_nonzero(minority_train))
+    info = dict(pool.info)
+    info.update(
+        {
+            "minority_share": minority_share,
+            "train_size": train_size,
+            "train_share": n_min / len(index),
+            "train_positive_rate/group=minority": _rate(y_train[minority_train]),
+            "train_positive_rate/group=majority": _rate(y_train[~minority_train]),
+            "feature_names": list(pool.feature_names),
+            "standardized_features": [pool.feature_names[i] for i in numeric],
+        }
+    )
+    return DataBundle(
+        x_train=x_train,
+        y_train=y_train,
+        minority_train=minority_train,
+        x_test=x_test,
+        y_test=pool.y_test.copy(),
+        minority_test=pool.minority_test.copy(),
+        input_shape=(x_train.shape[1],),
+        transform=None,
+        info=info,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# UCI Adult
+# ---------------------------------------------------------------------------------------------------
+
+ADULT_URL = "https://archive.ics.uci.edu/dataset/2/adult"
+SHIPPED_ADULT_DIR = Path(__file__).resolve().parent / "data" / "adult"
+# md5 of the original, uncompressed UCI files; the shipped .gz copies must decompress to exactly these.
+ADULT_MD5 = {
+    "adult.data": "5d7c39d7b8804f071cdd1f2a7c460872",
+    "adult.test": "35238206dfdf7f1fe215bbb874adecdc",
+}
+ADULT_COLUMNS = (
+    "age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
+    "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country",
+    "income",
+)  # fmt: skip
+ADULT_NUMERIC = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "hours-per-week")
+# fnlwgt is the Census sampling weight: how many people of the population the row stands for, set by
+# raking to state, age, sex, race and Hispanic-origin controls (adult.names). It describes the survey
+# design, not the person, and it is partly a function of sex and race, so as a feature it would be a
+# proxy for the protected attribute with no predictive meaning of its own. It is dropped.
+ADULT_DROPPED = ("fnlwgt",)
+ADULT_PROTECTED = ("race", "sex")
+MISSING = "?"
+
+
+@TABULAR_SOURCES.register("adult")
+def load_adult(root: str | Path | None, *, protected: str, minority_value: str) -> TabularPool:
+    """UCI Adult (census income, 1994) with its official train/test split.
+
+    ``adult.data`` (32,561 rows) is the training pool and ``adult.test`` (16,281 rows) the test set.
+    Rows with a missing value ("?", in workclass, occupation or native-country) are dropped from
+    both splits alike, leaving 30,162 and 15,060; the counts go into ``info``. The label is 1 for
+    income >50K. Numeric features stay raw (the bundle builder standardizes them; ``fnlwgt`` is
+    dropped, see ``ADULT_DROPPED``); each categorical column is one-hot over the categories of the
+    training pool, so a category that occurs only in the test set encodes as all zeros.
+
+    The protected column stays a feature: the study is about how much the model learns of a group
+    it rarely sees, not about fairness through unawareness, and removing the column would not
+    remove its proxies (``relationship`` = Husband or Wife gives away sex for the married rows, 46% of
+    the pool).
+
+    Args:
+        root: None for the copies shipped in ``dataset/data/adult`` (checked against the md5 of the
+            UCI originals); otherwise a directory with ``adult.data`` and ``adult.test``, plain or
+            gzipped (``.gz``), checked for format only.
+        protected: ``data.protected``, "sex" or "race".
+        minority_value: ``data.minority_value``, a value of that column ("Female", "Black") or
+            "non-X" for every value except X ("non-White").
+
+    Raises:
+        DataError: a missing, corrupted or malformed file (naming the file and line).
+        ConfigError: an unknown protected column or minority value (listing the allowed ones).
+    """
+    # Checked before reading ~5 MB of text: this one needs no data to be answered.
+    if protected not in ADULT_PROTECTED:
+        raise ConfigError(
+            f"data.protected: {protected!r} is not a protected attribute of UCI Adult; use one of "
+            f"{', '.join(ADULT_PROTECTED)}."
+        )
+    if root is None:
+        directory = SHIPPED_ADULT_DIR
+        paths = {name: directory / f"{name}.gz" for name in ADULT_MD5}
+        for path in paths.values():
+            if not path.is_file():
+                raise DataError(
+                    f"{path}: the shipped copy of UCI Adult is missing from this checkout. Restore it from "
+                    f"the repository, or download adult.data and adult.test from {ADULT_URL} and set "
+                    "data.root to their directory."
+                )
+    else:
+        directory = Path(root).expanduser()
+        paths = {name: _find_user_file(directory, name) for name in ADULT_MD5}
+
+    info: dict[str, Any] = {"source": "adult"}
+    splits = {}
+    for name, path in paths.items():
+        raw = _read_bytes(path)
+        digest = hashlib.md5(raw).hexdigest()
+        if root is None and digest != ADULT_MD5[name]:
+            raise DataError(
+                f"{path}: checksum mismatch, md5 of the decompressed file is {digest}, the UCI original's is "
+                f"{ADULT_MD5[name]}. The shipped copy is corrupted or was edited; restore it from the "
+                f"repository, or download the original from {ADULT_URL} and set data.root to its directory."
+            )
+        split = "train" if name == "adult.data" else "test"
+        info[f"file/{split}"] = str(path)
+        info[f"md5/{split}"] = digest
+        # A user copy may legitimately differ (a cleaned version); record whether it is the original.
+        info[f"uci_original/{split}"] = digest == ADULT_MD5[name]
+        splits[split] = _parse_adult(raw, path)
+
+    kept = {}
+    for split, (table, labels) in splits.items():
+        complete = ~(table == MISSING).any(axis=1)
+        kept[split] = (table[complete], labels[complete])
+        info[f"rows_read/{split}"] = len(table)
+        info[f"rows_dropped_missing/{split}"] = int(np.count_nonzero(~complete))
+        info[f"rows/{split}"] = int(np.count_nonzero(complete))
+
+    train, y_pool = kept["train"]
+    test, y_test = kept["test"]
+    is_minority = _minority_rule(train, protected, minority_value)
+    minority_pool, minority_test = is_minority(train), is_minority(test)
+    if not minority_test.any():
+        raise ConfigError(
+            f"data.minority_value: {minority_value!r} occurs in the training pool but not in the test set "
+            f"({paths['adult.test']}), so no group metric could be computed; choose a larger group."
+        )
+
+    features = _AdultEncoder(train)
+    x_pool, _ = features.encode(train)
+    x_test, unseen = features.encode(test)
+    info["dropped_columns"] = list(ADULT_DROPPED)
+    info["test_rows_unseen_category"] = unseen
+    info["protected"] = protected
+    info["minority_value"] = minority_value
+    info["minority_values"] = sorted(set(train[minority_pool, ADULT_COLUMNS.index(protected)].tolist()))
+    for group, mask in (("minority", minority_pool), ("majority", ~minority_pool)):
+        info[f"pool_count/group={group}"] = int(np.count_nonzero(mask))
+        info[f"pool_positive_rate/group={group}"] = _rate(y_pool[mask])
+    info["pool_share"] = float(minority_pool.mean())
+
+    return TabularPool(
+        x_pool=x_pool,
+        y_pool=y_pool,
+        minority_pool=minority_pool,
+        x_test=x_test,
+        y_test=y_test,
+        minority_test=minority_test,
+        feature_names=features.names,
+        numeric_columns=features.numeric_columns,
+        info=info,
+    )
+
+
+def _find_user_file(directory: Path, name: str) -> Path:
+    """``directory/name`` or ``directory/name.gz``, or a DataError saying where to get it."""
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        f"{directory / name}: file not found (nor {name}.gz) in data.root {str(directory)!r}. UCI Adult is "
+        f"published by the UCI Machine Learning Repository at {ADULT_URL}; put adult.data and adult.test "
+        "there, or set data.root: null to use the copy shipped with this repository."
+    )
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed when it is gzip (recognized by content, not by name)."""
+    raw = path.read_bytes()
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path}: not a readable gzip file ({err}); replace it with an intact copy.") from None
+
+
+def _parse_adult(raw: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The stripped string fields (rows x 14 features) and 0/1 labels of one Adult file, checked.
+
+    Lines starting with "|" are comments (adult.test opens with "|1x3 Cross validator") and blank
+    lines are skipped. Every other line must have the 15 columns of ``ADULT_COLUMNS``, numbers in
+    the numeric columns (unless missing) and a label ">50K" or "<=50K", with or without the trailing
+    "." of adult.test; anything else is a DataError naming the file and line.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a text file ({err}); expected the comma-separated UCI Adult file.") from None
+    numeric = [ADULT_COLUMNS.index(name) for name in ADULT_NUMERIC]
+    rows, labels = [], []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.startswith("|"):
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) != len(ADULT_COLUMNS):
+            raise DataError(
+                f"{path}, line {line_no}: {len(fields)} comma-separated fields, expected {len(ADULT_COLUMNS)} "
+                f"({', '.join(ADULT_COLUMNS)}). Is this the UCI Adult file?"
+            )
+        for j in numeric:
+            if fields[j] != MISSING:
+                try:
+                    float(fields[j])
+                except ValueError:
+                    raise DataError(
+                        f"{path}, line {line_no}: column {ADULT_COLUMNS[j]} is {fields[j]!r}, expected a number "
+                        f"or {MISSING!r}."
+                    ) from None
+        label = fields[-1].rstrip(".")
+        if label not in (">50K", "<=50K"):
+            raise DataError(f"{path}, line {line_no}: income label {fields[-1]!r}, expected '>50K' or '<=50K'.")
+        rows.append(fields[:-1])
+        labels.append(label == ">50K")
+    if not rows:
+        raise DataError(f"{path}: no data rows; expected the comma-separated UCI Adult file.")
+    return np.array(rows, dtype=str), np.array(labels, dtype=np.int64)
+
+
+def _minority_rule(train: np.ndarray, protected: str, minority_value: str) -> Callable[[np.ndarray], np.ndarray]:
+    """A function of a string table giving the minority mask of its rows, from the two config values.
+
+    Allowed values are those that occur in the training pool; "non-X" selects every value but X.
+    ``protected`` has been checked against ``ADULT_PROTECTED`` already.
+    """
+    column = ADULT_COLUMNS.index(protected)
+    values = sorted(set(train[:, column].tolist()))
+    value, negate = minority_value, False
+    if isinstance(minority_value, str) and minority_value.startswith("non-") and minority_value not in values:
+        value, negate = minority_value[len("non-"):], True
+    if value not in values:
+        allowed = values + [f"non-{v}" for v in values]
+        raise ConfigError(
+            f"data.minority_value: {minority_value!r} does not occur in column {protected!r} of UCI Adult; "
+            f"use one of {', '.join(allowed)}."
+        )
+    if negate:
+        return lambda table: table[:, column] != value
+    return lambda table: table[:, column] == value
+
+
+class _AdultEncoder:
+    """Numeric columns raw, categorical ones one-hot over the categories seen in the training pool.
+
+    Fitting on the training pool alone fixes one column layout for both splits; a test value never
+    seen in training has no column and encodes as all zeros.
+    """
+
+    def __init__(self, train: np.ndarray):
+        self.numeric = [ADULT_COLUMNS.index(c) for c in ADULT_NUMERIC if c not in ADULT_DROPPED]
+        categorical = [j for j, c in enumerate(ADULT_COLUMNS[:-1]) if c not in ADULT_NUMERIC and c not in ADULT_DROPPED]
+        # np.unique sorts, which fixes the column order independently of the row order.
+        self.categories = {j: np.unique(train[:, j]) for j in categorical}
+        names = [ADULT_COLUMNS[j] for j in self.numeric]
+        self.offsets: dict[int, int] = {}
+        for j, values in self.categories.items():
+            self.offsets[j] = len(names)
+            names += [f"{ADULT_COLUMNS[j]}={v}" for v in values]
+        self.names = tuple(names)
+        self.numeric_columns = tuple(range(len(self.numeric)))
+
+    def encode(self, table: np.ndarray) -> tuple[np.ndarray, int]:
+        """float32 features of a string table, and how many rows had a category unseen in training."""
+        x = np.zeros((len(table), len(self.names)), dtype=np.float32)
+        x[:, : len(self.numeric)] = table[:, self.numeric].astype(np.float64)
+        unseen = np.zeros(len(table), dtype=bool)
+        rows = np.arange(len(table))
+        for j, values in self.categories.items():
+            code = np.searchsorted(values, table[:, j]).clip(max=len(values) - 1)
+            seen = values[code] == table[:, j]
+            x[rows[seen], self.offsets[j] + code[seen]] = 1.0
+            unseen |= ~seen
+        return x, int(np.count_nonzero(unseen))
+
+
+def _rate(y: np.ndarray) -> float | None:
+    """The positive rate of ``y``, or None for an empty group (JSON-friendly, unlike NaN)."""
+    return float(y.mean()) if len(y) else None
+
+
+# The label of each tabular source: ``data.target`` must name it (the loaders fix the label).
+TABULAR_TARGETS = {"adult": "income"}
+
+
+def _register_tabular_dataset(name: str) -> None:
+    """File ``name`` in the project's data-set registry: load the pool, then resample it."""
+
+    @DATASETS.register(name)
+    def build(config) -> DataBundle:
+        data = config.data
+        if data.target != TABULAR_TARGETS[name]:
+            raise ConfigError(f"data.target: got {data.target!r}; data set {name!r} predicts "
+                              f"{TABULAR_TARGETS[name]!r} only.")
+        pool = TABULAR_SOURCES.get(name)(data.root, protected=data.protected,
+                                         minority_value=data.minority_value)
+        return build_tabular_bundle(pool, minority_share=data.minority_share,
+                                    train_size=data.train_size, seed=config.seed)
+
+
+for _name in TABULAR_SOURCES:
+    _register_tabular_dataset(_name)
