@@ -1,0 +1,36 @@
+"""Multi-layer perceptron for tabular data."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from models import MODELS
+from utils.config import ModelConfig
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network with one output logit.
+
+    The RUNNER paper trains one hidden layer of 200 units on Adult; ``model.hidden`` sets any
+    depth. ReLU is not in place, so Opacus' hooks see intact activations.
+    """
+
+    def __init__(self, in_features: int, hidden: list[int]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x.flatten(1)).squeeze(-1)
+
+
+@MODELS.register("mlp")
+def build_mlp(config: ModelConfig, input_shape: tuple[int, ...]) -> MLP:
+    return MLP(math.prod(input_shape), config.hidden)

@@ -1,0 +1,27 @@
+"""Trainers, built by ``privacy.mode`` from one registry.
+
+A builder has the signature ``fn(config: ExperimentConfig, model, data: DataBundle, device) ->
+Trainer`` (see :mod:`training.base`). Everything else (data, model, evaluation, logging) is the same
+code in every mode, so a private run and its non-private twin differ only where privacy demands it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from utils.registry import Registry
+
+TRAINERS: Registry = Registry("trainer", "privacy.mode")
+
+# Importing the modules registers their trainers.
+for _module in ("centralized", "federated"):
+    try:
+        importlib.import_module(f"training.{_module}")
+    except ModuleNotFoundError as error:  # a trainer module not written yet must not break the rest
+        if error.name != f"training.{_module}":
+            raise
+
+
+def build_trainer(config, model, data, device):
+    """The trainer of ``config.privacy.mode`` for ``model`` on ``data``."""
+    return TRAINERS.get(config.privacy.mode)(config, model, data, device)

@@ -1,0 +1,45 @@
+"""What every trainer offers the run loop in ``running.py``.
+
+A trainer owns the model, the optimizer and (under DP) the privacy engine. The run loop only calls
+``train_unit`` ``trainer.units`` times, evaluates ``trainer.model`` whenever
+``(unit + 1) % trainer.eval_every == 0`` or at the last unit, and logs what both return. A unit is
+an epoch for centralized training and a round for federated training, so one metrics.jsonl row is
+one unit.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class Trainer(Protocol):
+    """The interface of ``privacy.mode`` none / dpsgd / dpfedavg trainers.
+
+    Attributes:
+        model: the module to evaluate (the global model in federated training). Its forward maps a
+            float batch to one logit per example, shape (batch,) or (batch, 1).
+        units: how many epochs (or rounds) the run trains.
+        eval_every: evaluate the test set after every this many units (and after the last one).
+    """
+
+    model: torch.nn.Module
+    units: int
+    eval_every: int
+
+    def train_unit(self, unit: int) -> dict[str, float]:
+        """Train one epoch or round; return flat slash-named metrics such as ``train/loss``."""
+
+    def privacy_metrics(self) -> dict[str, float | None]:
+        """``privacy/epsilon``, ``privacy/delta``, ``privacy/noise_multiplier``,
+        ``privacy/sample_rate``, ``privacy/steps`` as of now (values None when not private)."""
+
+
+PRIVACY_KEYS = ("privacy/epsilon", "privacy/delta", "privacy/noise_multiplier",
+                "privacy/sample_rate", "privacy/steps")
+
+
+def no_privacy_metrics() -> dict[str, None]:
+    """The privacy keys of a non-private run: present, and null, so every run has the same keys."""
+    return dict.fromkeys(PRIVACY_KEYS)

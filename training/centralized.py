@@ -1,0 +1,137 @@
+"""Centralized training, non-private (``privacy.mode: none``) and DP-SGD (``dpsgd``).
+
+One loop serves both modes; under DP-SGD the model, optimizer and batch sampler are the ones Opacus
+wrapped, and the loop additionally reads each example's gradient norm to log, per group, how hard
+clipping bites. That is the mechanism behind DP-SGD's disparate impact (Bagdasaryan et al.,
+"Differential Privacy Has Disparate Impact on Model Accuracy", NeurIPS 2019): minority examples
+have larger gradients, are clipped more, and their signal drowns in the noise.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dataset.base import DataBundle
+from privacy import dpsgd
+from training import TRAINERS
+from training.base import no_privacy_metrics
+from training.optim import build_optimizer
+from utils.config import ExperimentConfig
+from utils.errors import ConfigError
+from utils.fairness import GROUPS
+from utils.progress import progress
+
+
+class CentralizedTrainer:
+    """Epochs of minibatch training on data held on the device.
+
+    Attributes:
+        model: the module to evaluate (Opacus' wrapper under DP; its forward is the model's).
+        units: epochs.
+        eval_every: 1: the test set is scored after every epoch.
+        private: the Opacus objects under DP-SGD, else None.
+    """
+
+    eval_every = 1
+
+    def __init__(self, config: ExperimentConfig, model: nn.Module, data: DataBundle,
+                 device: torch.device):
+        self.config = config
+        self.device = device
+        self.units = config.training.epochs
+        # The whole training set moves to the device once; batches are gathered there by index.
+        self.x = torch.as_tensor(np.asarray(data.x_train), device=device)
+        self.y = torch.as_tensor(data.y_train, device=device, dtype=torch.float32)
+        self.minority = torch.as_tensor(data.minority_train, device=device, dtype=torch.bool)
+        self.transform = data.transform
+        num_examples = len(self.y)
+        if config.training.batch_size > num_examples:
+            raise ConfigError(
+                f"training.batch_size: got {config.training.batch_size}; expected at most the "
+                f"training set's {num_examples} examples. Lower it or raise data.train_size."
+            )
+        generator = torch.Generator().manual_seed(config.seed)
+        loader = dpsgd.index_loader(num_examples, config.training.batch_size, generator)
+        model = model.to(device)
+        optimizer = build_optimizer(config.training, model.parameters())
+        self.private = None
+        if config.privacy.mode == "dpsgd":
+            self.private = dpsgd.make_private(model, optimizer, loader, config.privacy, self.units)
+            model, optimizer, loader = (self.private.module, self.private.optimizer,
+                                        self.private.index_loader)
+        self.model, self.optimizer, self.loader = model, optimizer, loader
+        self.train_seconds = 0.0
+        self.train_samples = 0
+
+    def train_unit(self, unit: int) -> dict[str, float | None]:
+        with warnings.catch_warnings():
+            # Opacus' hooks fire on the first layer although inputs need no gradient; harmless.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            return self._train_epoch(unit)
+
+    def _train_epoch(self, unit: int) -> dict[str, float | None]:
+        self.model.train()
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=self.device)
+        seen = 0
+        # Per-group sums for the DP diagnostics, kept on the device to avoid a sync per batch.
+        norm_sum = torch.zeros(2, device=self.device)
+        clipped = torch.zeros(2, device=self.device)
+        counts = torch.zeros(2, device=self.device)
+        bound = self.config.privacy.max_grad_norm
+        for (indices,) in progress(self.loader, desc=f"epoch {unit + 1}/{self.units}", leave=False,
+                                   mode=self.config.logging.progress):
+            indices = indices.to(self.device)
+            x = self.x[indices]
+            if self.transform is not None:
+                x = self.transform(x, True)
+            y = self.y[indices]
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = F.binary_cross_entropy_with_logits(self.model(x).reshape(-1), y)
+            loss.backward()
+            if self.private is not None and len(indices) > 0:
+                norms = dpsgd.per_example_grad_norms(self.model)
+                group = (~self.minority[indices]).long()  # 0 = minority, 1 = majority (GROUPS order)
+                norm_sum.index_add_(0, group, norms.detach())
+                clipped.index_add_(0, group, (norms > bound).float())
+                counts.index_add_(0, group, torch.ones_like(norms))
+            self.optimizer.step()
+            loss_sum += loss.detach() * len(indices)
+            seen += len(indices)
+        self.train_seconds += time.perf_counter() - started
+        self.train_samples += seen
+        metrics: dict[str, float | None] = {"train/loss": float(loss_sum) / max(seen, 1)}
+        if self.private is not None:
+            counts_cpu = counts.cpu().tolist()
+            for i, group in enumerate(GROUPS):
+                n = counts_cpu[i]
+                metrics[f"dp/grad_norm/group={group}"] = float(norm_sum[i]) / n if n else None
+                metrics[f"dp/clip_fraction/group={group}"] = float(clipped[i]) / n if n else None
+        return metrics
+
+    def privacy_metrics(self) -> dict[str, float | None]:
+        if self.private is None:
+            return no_privacy_metrics()
+        return {
+            "privacy/epsilon": self.private.epsilon(self.config.privacy.delta),
+            "privacy/delta": self.config.privacy.delta,
+            "privacy/noise_multiplier": self.private.noise_multiplier,
+            "privacy/sample_rate": self.private.sample_rate,
+            "privacy/steps": self.private.steps,
+        }
+
+    def base_model(self) -> nn.Module:
+        """The unwrapped model (for saving weights)."""
+        return getattr(self.model, "_module", self.model)
+
+
+@TRAINERS.register("none")
+@TRAINERS.register("dpsgd")
+def build_centralized(config, model, data, device) -> CentralizedTrainer:
+    return CentralizedTrainer(config, model, data, device)

@@ -1,0 +1,61 @@
+"""Scoring the test set: scores on the device, metrics from the one table in utils/fairness.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from dataset.base import DataBundle
+from utils import fairness
+from utils.config import EvaluationConfig
+
+
+class TestSetEvaluator:
+    """Holds the test set on the device and scores a model on it.
+
+    Args:
+        data: the bundle whose test split is scored (never resampled).
+        device: where the model lives.
+        batch_size: examples per forward pass (memory only).
+        config: threshold and bootstrap settings.
+    """
+
+    def __init__(self, data: DataBundle, device: torch.device, batch_size: int,
+                 config: EvaluationConfig):
+        self.x = torch.as_tensor(np.asarray(data.x_test), device=device)
+        self.y_true = np.asarray(data.y_test).astype(np.int64)
+        self.minority = np.asarray(data.minority_test).astype(bool)
+        self.transform = data.transform
+        self.batch_size = batch_size
+        self.config = config
+
+    @torch.no_grad()
+    def scores(self, model: nn.Module) -> np.ndarray:
+        """P(y = 1 | x) for every test example, in test-set order."""
+        was_training = model.training
+        model.eval()
+        parts = []
+        for start in range(0, len(self.x), self.batch_size):
+            x = self.x[start:start + self.batch_size]
+            if self.transform is not None:
+                x = self.transform(x, False)
+            parts.append(torch.sigmoid(model(x).reshape(-1).float()))
+        model.train(was_training)
+        return torch.cat(parts).cpu().numpy() if parts else np.zeros(0, dtype=np.float32)
+
+    def metrics(self, y_score: np.ndarray) -> dict:
+        """Every test metric, ``test/``-prefixed."""
+        return fairness.with_prefix(
+            fairness.compute_metrics(self.y_true, y_score, self.minority,
+                                     threshold=self.config.threshold), "test/")
+
+    def intervals(self, y_score: np.ndarray, seed: int) -> dict:
+        """Bootstrap intervals (``test/<metric>_ci``) of the final model, or {} when turned off."""
+        if self.config.bootstrap_resamples == 0:
+            return {}
+        return fairness.with_prefix(
+            fairness.bootstrap_intervals(self.y_true, y_score, self.minority,
+                                         n_resamples=self.config.bootstrap_resamples,
+                                         confidence=self.config.confidence, seed=seed,
+                                         threshold=self.config.threshold), "test/")

@@ -1,0 +1,140 @@
+"""The one place metrics go: metrics.jsonl, TensorBoard and wandb, and the run directory's files.
+
+Every metric is logged once through :meth:`MetricsSink.log`, and each backend receives the same flat,
+slash-named dict, so the three records cannot disagree. Nothing here runs at import time: TensorBoard
+and wandb are imported when a sink is opened, so importing the project never starts a logger.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import netrc
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+PREDICTIONS_FILE = "predictions.csv"
+CONFIG_FILE = "config.yaml"
+TENSORBOARD_DIR = "tb"
+
+
+def wandb_api_key_configured() -> bool:
+    """Whether wandb would find an API key: ``WANDB_API_KEY`` or a netrc entry for its host.
+
+    ``logging.wandb.mode: auto`` uses this to choose online or offline, so a machine with no key
+    logs offline instead of stopping at wandb's login prompt.
+    """
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """``auto`` -> ``online`` with a key, ``offline`` without; other modes are wandb's own."""
+    if mode == "auto":
+        return "online" if wandb_api_key_configured() else "offline"
+    return mode
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON values: numpy scalars to Python, NaN and infinities to null (JSON has neither)."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write JSON to a temporary file and rename it, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(to_jsonable(payload), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def write_predictions(path: Path, y_true: np.ndarray, y_score: np.ndarray, y_pred: np.ndarray,
+                      minority: np.ndarray) -> None:
+    """The test set's predictions, one row per example, so any metric can be recomputed."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["y_true", "y_score", "y_pred", "minority"])
+        for row in zip(y_true.astype(int), y_score.astype(float), y_pred.astype(int),
+                       minority.astype(int)):
+            writer.writerow([row[0], f"{row[1]:.6g}", row[2], row[3]])
+    os.replace(tmp, path)
+
+
+class MetricsSink:
+    """Writes each step's metrics to metrics.jsonl, TensorBoard and wandb.
+
+    Args:
+        run_dir: the run directory (exists).
+        run_name: the run's name, shown by wandb.
+        config: the resolved config as a plain dict (wandb's run config).
+        tensorboard: write event files under ``run_dir/tb``.
+        wandb_mode: "online", "offline" or "disabled" (already resolved from "auto").
+        wandb_project, wandb_entity, wandb_group: wandb's run placement.
+    """
+
+    def __init__(self, run_dir: Path, *, run_name: str, config: Mapping[str, Any], tensorboard: bool,
+                 wandb_mode: str, wandb_project: str, wandb_entity: str | None = None,
+                 wandb_group: str | None = None):
+        self.run_dir = Path(run_dir)
+        self._jsonl = (self.run_dir / METRICS_FILE).open("a")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD_DIR))
+        self._wandb_run = None
+        if wandb_mode != "disabled":
+            import wandb
+
+            self._wandb_run = wandb.init(
+                mode=wandb_mode, project=wandb_project, entity=wandb_entity, group=wandb_group,
+                name=run_name, config=dict(config), dir=str(self.run_dir), reinit="finish_previous",
+                settings=wandb.Settings(silent=True, console="off"),
+            )
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Record ``metrics`` at ``step`` (an epoch or round, counted from 1)."""
+        row = to_jsonable({"step": step, **metrics})
+        self._jsonl.write(json.dumps(row, sort_keys=True) + "\n")
+        self._jsonl.flush()  # a crash keeps every finished epoch
+        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+        if self._tb is not None:
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, global_step=step)
+            self._tb.flush()
+        if self._wandb_run is not None:
+            self._wandb_run.log(scalars, step=step)
+
+    def close(self, summary: Mapping[str, Any] | None = None) -> None:
+        """Flush and close every backend; ``summary`` also becomes wandb's run summary."""
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb_run is not None:
+            if summary is not None:
+                scalars = {k: v for k, v in to_jsonable(summary).items()
+                           if isinstance(v, (int, float, str, list)) and v is not None}
+                self._wandb_run.summary.update(scalars)
+            self._wandb_run.finish(exit_code=0 if summary is not None else 1)
