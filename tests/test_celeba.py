@@ -1,0 +1,388 @@
+"""CelebA: the file reader, the paper's split, the image cache and the batch transform.
+
+Everything runs on a fake CelebA written by tests/celeba_fake.py: real 178×218 JPEGs and attribute
+and partition files in CelebA's exact formats.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dataset import build_dataset, celeba
+from dataset.celeba import (
+    ATTRIBUTE_FILE,
+    ATTRIBUTE_NAMES,
+    CELEBA_URL,
+    PARTITION_FILE,
+    celeba_transform,
+    crop_resize,
+    load_image_cache,
+    locate_celeba,
+    official_split,
+    protocol_split,
+    read_attributes,
+    read_partition,
+)
+from tests.celeba_fake import make_fake_celeba
+from utils.config import config_from_mapping, load_config
+from utils.errors import ConfigError, DataError
+
+N_IMAGES = 300
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory):
+    return make_fake_celeba(tmp_path_factory.mktemp("celeba"), n_images=N_IMAGES, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fake_torchvision(tmp_path_factory):
+    return make_fake_celeba(tmp_path_factory.mktemp("celeba_tv"), n_images=120, seed=1, layout="torchvision")
+
+
+def make_config(root, cache_dir, **data):
+    """A small CelebA config: 40 test images, 100 training images, 64 px, 20 % minority."""
+    settings = {"name": "celeba", "root": str(root), "target": "Smiling", "protected": "Male",
+                "minority_value": "1", "minority_share": 0.2, "train_size": 100, "test_size": 40,
+                "image_size": 64, "cache_dir": str(cache_dir)}
+    settings.update(data)
+    return config_from_mapping({"data": settings, "model": {"name": "cnn"}, "training": {"batch_size": 8},
+                                "logging": {"progress": "never"}})
+
+
+def reference_image(path, size):
+    """Center crop and resize written independently of dataset.celeba: numpy slicing, then Pillow."""
+    pixels = np.asarray(Image.open(path).convert("RGB"))  # 218 × 178 × 3
+    square = Image.fromarray(pixels[20:198, :, :])
+    return np.asarray(square.resize((size, size), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading the files
+
+
+@pytest.mark.parametrize("which", ["standard", "torchvision"])
+def test_reader_reads_both_layouts(which, fake, fake_torchvision):
+    written = fake if which == "standard" else fake_torchvision
+    files = locate_celeba(written["root"])
+    assert files.directory == written["directory"]
+    attributes = read_attributes(files.attribute_file)
+    assert attributes.names == ATTRIBUTE_NAMES
+    assert attributes.filenames.tolist() == written["filenames"]
+    np.testing.assert_array_equal(attributes.values, written["attributes"])
+    np.testing.assert_array_equal(attributes.column("Smiling", "data.target"),
+                                  written["attributes"][:, ATTRIBUTE_NAMES.index("Smiling")])
+    np.testing.assert_array_equal(read_partition(files.partition_file, attributes.filenames), written["partition"])
+
+
+def test_partition_in_another_order_is_matched_by_file_name(tmp_path, fake):
+    lines = (fake["directory"] / PARTITION_FILE).read_text().splitlines()
+    shuffled = tmp_path / PARTITION_FILE
+    shuffled.write_text("\n".join(reversed(lines)) + "\n")
+    np.testing.assert_array_equal(read_partition(shuffled, np.array(fake["filenames"])), fake["partition"])
+
+
+def _attribute_lines(fake):
+    return (fake["directory"] / ATTRIBUTE_FILE).read_text().splitlines()
+
+
+@pytest.mark.parametrize(
+    "corrupt, expected",
+    [
+        (lambda lines: lines[:5] + [lines[5].replace(" 1", " 2", 1)] + lines[6:], "line 6: value '2'"),
+        (lambda lines: lines[:7] + [lines[7].rsplit(" ", 1)[0]] + lines[8:], "line 8: 40 fields, expected 41"),
+        (lambda lines: ["many"] + lines[1:], "not a count"),
+        (lambda lines: lines[:-10], f"announces {N_IMAGES} images but {N_IMAGES - 10} rows"),
+        (lambda lines: lines[:2], "no image rows"),
+    ],
+    ids=["bad-value", "missing-value", "bad-count", "truncated", "no-rows"],
+)
+def test_malformed_attribute_file_is_a_data_error_naming_it(tmp_path, fake, corrupt, expected):
+    path = tmp_path / ATTRIBUTE_FILE
+    path.write_text("\n".join(corrupt(_attribute_lines(fake))) + "\n")
+    with pytest.raises(DataError) as error:
+        read_attributes(path)
+    assert str(path) in str(error.value)
+    assert expected in str(error.value)
+    assert CELEBA_URL in str(error.value)
+
+
+def test_windows_line_endings_and_extra_spaces_are_read(tmp_path, fake):
+    path = tmp_path / ATTRIBUTE_FILE
+    path.write_text("\r\n".join(line.replace(" ", "   ") for line in _attribute_lines(fake)) + "\r\n")
+    np.testing.assert_array_equal(read_attributes(path).values, fake["attributes"])
+
+
+def test_missing_files_are_data_errors_naming_them(tmp_path, fake):
+    with pytest.raises(DataError, match=f"{ATTRIBUTE_FILE}.*{CELEBA_URL}"):
+        locate_celeba(tmp_path)
+    (tmp_path / ATTRIBUTE_FILE).write_text((fake["directory"] / ATTRIBUTE_FILE).read_text())
+    with pytest.raises(DataError, match=f"img_align_celeba: folder not found.*{CELEBA_URL}"):
+        locate_celeba(tmp_path)
+    (tmp_path / "img_align_celeba").mkdir()
+    assert locate_celeba(tmp_path).partition_file is None  # the protocol split does not need it
+    config = make_config(tmp_path, tmp_path / "cache", split="official", test_size=None)
+    with pytest.raises(DataError, match=PARTITION_FILE):
+        build_dataset(config)
+    with pytest.raises(ConfigError, match="data.root"):
+        locate_celeba(None)
+
+
+def test_missing_or_foreign_image_is_a_data_error_naming_it(tmp_path, fake):
+    image_dir = fake["directory"] / "img_align_celeba"
+    with pytest.raises(DataError, match=r"999999\.jpg: image listed .* is missing"):
+        load_image_cache(image_dir, ["000001.jpg", "999999.jpg"], size=32, cache_dir=tmp_path)
+    Image.new("RGB", (250, 300)).save(tmp_path / "wild.jpg")  # an in-the-wild size, not aligned
+    with pytest.raises(DataError, match=r"wild\.jpg: image is 250×300, expected .* 178×218"):
+        load_image_cache(tmp_path, ["wild.jpg"], size=32, cache_dir=tmp_path / "cache")
+    (tmp_path / "broken.jpg").write_bytes((image_dir / "000001.jpg").read_bytes()[:600])  # cut short
+    for backend in ("pillow", "torchvision"):
+        with pytest.raises(DataError, match=r"broken\.jpg: not a readable JPEG"):
+            load_image_cache(tmp_path, ["broken.jpg"], size=32, cache_dir=tmp_path / "cache", backend=backend)
+    assert not list(tmp_path.glob("*.npy*")) and not list((tmp_path / "cache").iterdir())
+
+
+def test_unknown_attribute_is_a_config_error_listing_names_closest_first(tmp_path, fake):
+    with pytest.raises(ConfigError) as error:
+        build_dataset(make_config(fake["root"], tmp_path, target="Smilling"))
+    message = str(error.value)
+    assert message.startswith("data.target: 'Smilling'")
+    listed = message.split("closest first: ")[1].rstrip(".").split(", ")
+    assert listed[0] == "Smiling" and sorted(listed) == sorted(ATTRIBUTE_NAMES)
+    with pytest.raises(ConfigError, match="data.protected: 'Gender'"):
+        build_dataset(make_config(fake["root"], tmp_path, protected="Gender"))
+    with pytest.raises(ConfigError, match="data.minority_value: got 'Male'"):
+        build_dataset(make_config(fake["root"], tmp_path, minority_value="Male"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The splits
+
+
+def random_attributes(n=20_000, seed=3):
+    """Targets and groups with CelebA-like rates: 42 % minority, positive rate 0.4 vs 0.55."""
+    rng = np.random.default_rng(seed)
+    minority = rng.random(n) < 0.42
+    targets = (rng.random(n) < np.where(minority, 0.4, 0.55)).astype(np.int64)
+    return targets, minority
+
+
+def test_protocol_counts_balance_and_disjointness():
+    targets, minority = random_attributes()
+    split = protocol_split(targets, minority, share=0.1, train_size=2000, test_size=1000, seed=0)
+    assert len(np.intersect1d(split.test_rows, split.train_rows)) == 0
+    for group in (True, False):
+        for label in (0, 1):
+            in_test = (minority[split.test_rows] == group) & (targets[split.test_rows] == label)
+            assert in_test.sum() == 250
+    train_min, train_y = minority[split.train_rows], targets[split.train_rows]
+    assert train_min.sum() == 200 and len(split.train_rows) == 2000
+    assert train_y[train_min].sum() == 100 and train_y[~train_min].sum() == 900  # half positive per group
+    assert split.info["test_count/group=minority/label=1"] == 250
+    pool_min = split.info["pool_count/group=minority"]
+    assert split.info["pool_count/group=minority/label=1"] * 2 == pool_min  # the pool is balanced too
+
+
+def test_protocol_test_size_not_a_multiple_of_four_is_spread_over_the_first_cells():
+    targets, minority = random_attributes()
+    split = protocol_split(targets, minority, share=0.1, train_size=1000, test_size=1002, seed=0)
+    t, m = targets[split.test_rows], minority[split.test_rows]
+    assert [int(((m == g) & (t == y)).sum()) for g, y in ((1, 1), (1, 0), (0, 1), (0, 0))] == [251, 251, 250, 250]
+
+
+def test_protocol_nests_across_shares_with_one_fixed_test_set():
+    targets, minority = random_attributes()
+    splits = [protocol_split(targets, minority, share=s, train_size=3000, test_size=800, seed=7)
+              for s in (0.01, 0.05, 0.1, 0.3)]
+    for smaller, larger in itertools.pairwise(splits):
+        np.testing.assert_array_equal(smaller.test_rows, larger.test_rows)
+        minority_small = smaller.train_rows[minority[smaller.train_rows]]
+        minority_large = larger.train_rows[minority[larger.train_rows]]
+        assert np.isin(minority_small, minority_large).all() and len(minority_small) < len(minority_large)
+        # The majority shrinks as the minority grows, and is nested the other way round.
+        majority_small = smaller.train_rows[~minority[smaller.train_rows]]
+        majority_large = larger.train_rows[~minority[larger.train_rows]]
+        assert np.isin(majority_large, majority_small).all()
+    for split in splits:
+        assert len(np.intersect1d(split.test_rows, split.train_rows)) == 0
+    other_seed = protocol_split(targets, minority, share=0.1, train_size=3000, test_size=800, seed=8)
+    assert not np.array_equal(other_seed.test_rows, splits[0].test_rows)
+
+
+def test_protocol_infeasible_sizes_are_data_errors_with_the_feasible_range():
+    targets, minority = random_attributes(n=2000)
+    smallest_cell = min(((minority == g) & (targets == y)).sum() for g in (0, 1) for y in (0, 1))
+    with pytest.raises(DataError, match=f"data.test_size <= {4 * smallest_cell}"):
+        protocol_split(targets, minority, share=0.1, train_size=100, test_size=4 * smallest_cell + 4, seed=0)
+    with pytest.raises(DataError, match="CelebA protocol: after the 400-image test set.*data.train_size"):
+        protocol_split(targets, minority, share=0.1, train_size=5000, test_size=400, seed=0)
+
+
+def test_official_split_uses_the_partition(fake):
+    attributes = fake["attributes"]
+    targets = (attributes[:, ATTRIBUTE_NAMES.index("Smiling")] == 1).astype(np.int64)
+    minority = attributes[:, ATTRIBUTE_NAMES.index("Male")] == 1
+    split = official_split(targets, minority, fake["partition"], share=0.2, train_size=100, seed=0)
+    np.testing.assert_array_equal(split.test_rows, np.flatnonzero(fake["partition"] == 2))
+    assert (fake["partition"][split.train_rows] == 0).all()
+    assert minority[split.train_rows].sum() == 20 and len(split.train_rows) == 100
+
+
+# ---------------------------------------------------------------------------------------------------
+# The image cache
+
+
+def test_cache_matches_reference_and_is_built_once(tmp_path, fake, monkeypatch):
+    image_dir = fake["directory"] / "img_align_celeba"
+    names = fake["filenames"][:40]
+    first = load_image_cache(image_dir, names, size=64, cache_dir=tmp_path, workers=2, chunk_size=8,
+                             progress_mode="never")
+    assert first.built and first.images.shape == (40, 3, 64, 64) and first.images.dtype == np.uint8
+    for i in (0, 17, 39):
+        difference = np.abs(first.images[i].astype(int) - reference_image(image_dir / names[i], 64))
+        assert difference.max() <= 1
+
+    # The second call must not decode at all: make decoding impossible and ask again.
+    def no_decoding(*args):
+        raise AssertionError("the cached images were decoded again")
+
+    monkeypatch.setattr(celeba, "preprocess_image", no_decoding)
+    second = load_image_cache(image_dir, names, size=64, cache_dir=tmp_path)
+    assert not second.built and second.path == first.path
+    assert isinstance(second.images, np.memmap)
+    np.testing.assert_array_equal(second.images, first.images)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.path.name]
+    # Another size or another list of images is another file.
+    monkeypatch.undo()
+    assert load_image_cache(image_dir, names, size=32, cache_dir=tmp_path).path != first.path
+    assert load_image_cache(image_dir, names[:39], size=64, cache_dir=tmp_path).path != first.path
+
+
+def test_interrupted_build_leaves_nothing_a_later_run_trusts(tmp_path, fake, monkeypatch):
+    image_dir = fake["directory"] / "img_align_celeba"
+    names = fake["filenames"][:80]
+    decode = celeba.preprocess_image
+    calls = []
+
+    def interrupted(path, size):  # Ctrl-C half way through
+        calls.append(path)
+        if len(calls) == 40:
+            raise KeyboardInterrupt
+        return decode(path, size)
+
+    monkeypatch.setattr(celeba, "preprocess_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_image_cache(image_dir, names, size=64, cache_dir=tmp_path, workers=2, chunk_size=8)
+    assert list(tmp_path.iterdir()) == []  # neither the final name nor the temporary file
+    monkeypatch.undo()
+    rebuilt = load_image_cache(image_dir, names, size=64, cache_dir=tmp_path)
+    assert rebuilt.built
+    np.testing.assert_array_equal(rebuilt.images[79], decode(image_dir / names[79], 64))
+
+
+def test_a_damaged_cache_file_is_rebuilt(tmp_path, fake):
+    image_dir = fake["directory"] / "img_align_celeba"
+    names = fake["filenames"][:10]
+    good = load_image_cache(image_dir, names, size=32, cache_dir=tmp_path)
+    expected = np.array(good.images)
+    good.path.write_bytes(good.path.read_bytes()[:1000])  # e.g. a copy cut short
+    with pytest.warns(UserWarning, match="building it again"):
+        again = load_image_cache(image_dir, names, size=32, cache_dir=tmp_path)
+    assert again.built
+    np.testing.assert_array_equal(again.images, expected)
+
+
+def test_torchvision_backend_matches_pillow(tmp_path, fake):
+    """The GPU path's code (batched decode_jpeg, crop_resize), run on the CPU."""
+    image_dir = fake["directory"] / "img_align_celeba"
+    names = fake["filenames"][:24]
+    pillow = load_image_cache(image_dir, names, size=64, cache_dir=tmp_path / "a", backend="pillow")
+    tv = load_image_cache(image_dir, names, size=64, cache_dir=tmp_path / "b", backend="torchvision",
+                          chunk_size=10)
+    difference = np.abs(pillow.images.astype(int) - tv.images.astype(int))
+    assert difference.max() <= 2 and difference.mean() < 0.5
+
+
+def test_crop_resize_takes_the_central_square():
+    image = torch.zeros(1, 3, 218, 178, dtype=torch.uint8)
+    image[:, :, 20:198, :] = 200  # the central square; the 20-row bands above and below stay black
+    np.testing.assert_array_equal(crop_resize(image, 64).numpy(), 200)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The bundle and the transform
+
+
+@pytest.mark.parametrize("which", ["standard", "torchvision"])
+def test_bundle_of_the_protocol(tmp_path, fake, fake_torchvision, which):
+    written = fake if which == "standard" else fake_torchvision
+    config = make_config(written["root"], tmp_path, train_size=60, test_size=20)
+    bundle = build_dataset(config)
+    assert bundle.x_train.shape == (60, 3, 64, 64) and bundle.x_train.dtype == np.uint8
+    assert bundle.x_test.shape == (20, 3, 64, 64)
+    assert bundle.input_shape == (3, 64, 64) and bundle.transform is celeba_transform
+    assert bundle.train_count_by_group == {"minority": 12, "majority": 48}
+    assert bundle.y_train[bundle.minority_train].sum() == 6 and bundle.y_train[~bundle.minority_train].sum() == 24
+    assert bundle.info["test_count/group=minority/label=1"] == 5 and bundle.info["cache/built"]
+
+    # The arrays are the split's rows of the attribute file, in order, with their pixels.
+    attributes = written["attributes"]
+    targets = (attributes[:, ATTRIBUTE_NAMES.index("Smiling")] == 1).astype(np.int64)
+    minority = attributes[:, ATTRIBUTE_NAMES.index("Male")] == 1
+    split = protocol_split(targets, minority, share=0.2, train_size=60, test_size=20, seed=0)
+    np.testing.assert_array_equal(bundle.y_test, targets[split.test_rows])
+    np.testing.assert_array_equal(bundle.minority_train, minority[split.train_rows])
+    image_dir = written["directory"] / "img_align_celeba"
+    first_train = written["filenames"][split.train_rows[0]]
+    assert np.abs(bundle.x_train[0].astype(int) - reference_image(image_dir / first_train, 64)).max() <= 1
+
+    assert not build_dataset(config).info["cache/built"]  # the second run maps the same file
+
+
+def test_bundles_across_shares_share_the_test_set(tmp_path, fake):
+    bundles = [build_dataset(make_config(fake["root"], tmp_path, minority_share=s)) for s in (0.1, 0.3)]
+    np.testing.assert_array_equal(bundles[0].x_test, bundles[1].x_test)
+    np.testing.assert_array_equal(bundles[0].y_test, bundles[1].y_test)
+    assert [b.train_count_by_group["minority"] for b in bundles] == [10, 30]
+    assert bundles[0].info["selection_sha256"] != bundles[1].info["selection_sha256"]
+
+
+def test_official_bundle(tmp_path, fake):
+    bundle = build_dataset(make_config(fake["root"], tmp_path, split="official", test_size=None))
+    assert len(bundle.x_test) == (fake["partition"] == 2).sum() == 30
+    with pytest.raises(ConfigError, match="data.test_size"):
+        build_dataset(make_config(fake["root"], tmp_path, split="official", test_size=40))
+
+
+def test_the_shipped_params_file_builds_on_fake_data(tmp_path, fake):
+    config = load_config("utils/params_celeba.yaml", [
+        f"data.root={fake['root']}", f"data.cache_dir={tmp_path}", "data.train_size=100",
+        "data.test_size=40", "data.image_size=64", "training.batch_size=8",
+    ])
+    bundle = build_dataset(config)
+    assert bundle.train_count_by_group == {"minority": 10, "majority": 90}  # share 0.1, men the minority
+    assert bundle.minority_test.sum() == 20
+
+
+def test_transform_range_and_flip_only_in_training():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    images[0] = 0
+    images[1] = 255
+    evaluated = celeba_transform(images, False)
+    assert evaluated.dtype == torch.float32
+    assert evaluated.min() == -1.0 and evaluated.max() == 1.0
+    torch.testing.assert_close(evaluated, images.float() / 127.5 - 1.0)
+    torch.testing.assert_close(celeba_transform(images, False), evaluated)  # no randomness at evaluation
+
+    trained = celeba_transform(images, True)
+    flipped = torch.tensor([torch.equal(t, e.flip(-1)) for t, e in zip(trained[2:], evaluated[2:])])
+    kept = torch.tensor([torch.equal(t, e) for t, e in zip(trained[2:], evaluated[2:])])
+    assert (flipped | kept).all()  # each example is either left alone or mirrored left-right
+    assert 10 < int(flipped.sum()) < 52  # about half of the 62 random images are mirrored
+    assert trained.min() >= -1.0 and trained.max() <= 1.0
