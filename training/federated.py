@@ -1,0 +1,511 @@
+"""DP-FedAvg: federated averaging with user-level differential privacy (``privacy.mode: dpfedavg``).
+
+The algorithm is McMahan et al., "Learning Differentially Private Recurrent Language Models"
+(ICLR 2018), with Poisson client sampling and the fixed denominator:
+
+    for each round t = 1..T:
+        every client k joins independently with probability q        (Poisson: the accountant's
+                                                                       sampled Gaussian assumes it)
+        each chosen client: θ_k ← θ; local_epochs of SGD(client_lr) on its own data; Δ_k = θ_k − θ
+        server: Δ̄ = (Σ_k clip_S(Δ_k) + N(0, σ²S²)) / (q·N)           (privacy.dpfedavg)
+                v ← β·v + Δ̄;  θ ← θ + server_lr · v                   (β = server_momentum)
+
+One round is one sampled-Gaussian step with (q, σ) at the level of a user, so ε after T rounds is
+:func:`privacy.accounting.epsilon_after` with ``steps = T``; ``target_epsilon`` picks σ for the
+planned ``federated.rounds`` as DP-SGD does for its steps. Local training needs no noise: only
+what leaves the client (Δ_k) has to be private, and the server's clip-and-noise makes it so.
+
+The clients chosen in a round are trained side by side (:func:`local_updates_vectorized`): their
+parameters are stacked along a leading client axis and each local SGD step is one
+``vmap(grad(functional_call))`` over that axis. Clients differ in size, so each client's batches are
+padded to ``batch_size`` with masked examples (zero loss) and a client whose
+``local_epochs · ceil(n_k / batch_size)`` steps are done keeps its parameters while the others
+continue. :func:`local_updates_loop` trains the same clients one after another with ordinary
+autograd; it is the reference the tests compare the batched path with, and the
+``vectorized=False`` option of the trainer.
+
+Each round also reports ``train/loss`` (the clients' mean local training loss), ``dp/clip_fraction``
+and ``dp/update_norm`` (of the raw updates) and ``federated/clients``. These are computed from the
+clients' data without noise: diagnostics for tuning S and the learning rates, like DP-SGD's
+training loss, and not covered by the reported ε.
+
+The run loop (``running.py``) sees a :class:`training.base.Trainer` whose unit is a round: it calls
+``train_unit`` ``federated.rounds`` times and evaluates ``trainer.model`` (the global model) every
+``federated.eval_every`` rounds.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from dataset.base import BatchTransform, DataBundle
+from privacy.accounting import epsilon_after, noise_for_epsilon
+from privacy.dpfedavg import dp_fedavg_aggregate
+from training import TRAINERS
+from training.partition import partition_clients, partition_counts, partition_summary
+from utils.errors import ConfigError
+
+# Tags that give each random stream of a run its own seed sequence, so that the partition, the
+# client sampling, the local shuffles and the noise never reuse the draws of another stream (or of
+# the data resampler, which is seeded with the same ``seed``).
+_PARTITION_STREAM, _SAMPLING_STREAM, _SHUFFLE_STREAM, _NOISE_STREAM = 0xFED0, 0xFED1, 0xFED2, 0xFED3
+
+# Rough memory budget of one batched chunk of clients, and how many times the size of a batch's
+# inputs its activations are assumed to take (see :func:`default_chunk_size`).
+_CHUNK_BUDGET_BYTES = 2 * 1024**3
+_ACTIVATION_FACTOR = 64
+
+
+def _stream_seed(seed: int, stream: int) -> int:
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's trainable parameters by name, detached: the state clients train and send."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def flatten(params: dict[str, torch.Tensor], leading: int = 0) -> torch.Tensor:
+    """Concatenate tensors into one flat vector (or one per row of the first ``leading`` axis)."""
+    if leading:
+        return torch.cat([p.reshape(p.shape[0], -1) for p in params.values()], dim=1)
+    return torch.cat([p.reshape(-1) for p in params.values()])
+
+
+def unflatten(vector: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Split a flat vector into tensors shaped like ``like`` (the inverse of :func:`flatten`)."""
+    out, start = {}, 0
+    for name, p in like.items():
+        out[name] = vector[start:start + p.numel()].view_as(p)
+        start += p.numel()
+    return out
+
+
+@dataclass(frozen=True)
+class LocalOrders:
+    """The example order of every chosen client in every local epoch of one round.
+
+    Attributes:
+        index: shape (clients, local_epochs, max client size); row ``[i, e]`` starts with client
+            ``i``'s global example indices in the order epoch ``e`` visits them, followed by
+            padding (index 0) up to the largest client's size.
+        sizes: shape (clients,), each client's number of examples (the real part of each row).
+
+    Batch ``j`` of client ``i``'s epoch ``e`` is ``index[i, e, j·B:(j+1)·B]`` cut at ``sizes[i]``.
+    """
+
+    index: torch.Tensor
+    sizes: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, rows: slice) -> LocalOrders:
+        return LocalOrders(self.index[rows], self.sizes[rows])
+
+    def to(self, device: torch.device | str) -> LocalOrders:
+        return LocalOrders(self.index.to(device), self.sizes.to(device))
+
+
+def client_table(clients: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clients' example indices as one padded (clients, max size) table, and their sizes."""
+    sizes = torch.tensor([len(c) for c in clients], dtype=torch.int64)
+    table = torch.zeros(len(clients), int(sizes.max()) if len(clients) else 0, dtype=torch.int64)
+    for k, indices in enumerate(clients):
+        table[k, :len(indices)] = torch.as_tensor(indices)
+    return table, sizes
+
+
+def draw_local_orders(table: torch.Tensor, sizes: torch.Tensor, local_epochs: int,
+                      generator: torch.Generator) -> LocalOrders:
+    """Each chosen client's example order for each local epoch: a fresh shuffle of its own data.
+
+    Args:
+        table, sizes: the chosen clients' rows of :func:`client_table` (on the CPU).
+        local_epochs: epochs per round.
+        generator: the CPU generator of the shuffles.
+
+    Every row gets independent uniform keys and is sorted by them, which is a uniformly random
+    permutation of the client's examples drawn for all clients at once; padding gets the key 2,
+    above every real key, so it stays at the end. Both the batched and the per-client
+    implementation consume these orders, so for a given generator state they train every client on
+    the same batches.
+    """
+    clients, width = table.shape
+    keys = torch.rand(clients, local_epochs, width, generator=generator)
+    padding = torch.arange(width) >= sizes.view(-1, 1, 1)
+    perm = keys.masked_fill(padding, 2.0).argsort(dim=2)
+    index = table.unsqueeze(1).expand(clients, local_epochs, width).gather(2, perm)
+    return LocalOrders(index, sizes)
+
+
+def _batch_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits.reshape(-1), targets, reduction="none")
+
+
+def _no_updates(global_params: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, float, int]:
+    return torch.zeros(0, sum(p.numel() for p in global_params.values()), device=device), 0.0, 0
+
+
+def local_updates_loop(
+    model: nn.Module,
+    global_params: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    orders: LocalOrders,
+    *,
+    lr: float,
+    batch_size: int,
+    transform: BatchTransform | None = None,
+) -> tuple[torch.Tensor, float, int]:
+    """Train the clients one after another; the reference implementation.
+
+    Args:
+        model: the network (its architecture; its parameter values are not used).
+        global_params: the global model's trainable parameters, where every client starts.
+        x, y: the whole training set on the device (y as float 0/1 targets).
+        orders: the clients' visiting orders (:func:`draw_local_orders`).
+        lr: the clients' SGD learning rate.
+        batch_size: examples per local step; an epoch's last batch holds the remainder.
+        transform: the data set's per-batch device transform, applied in training mode.
+
+    Returns:
+        ``(updates, loss_sum, examples)``: the flat updates Δ_k = θ_k − θ, shape (clients, d); the
+        sum of the per-example training losses over all local steps; and the number of examples
+        those steps processed.
+    """
+    if not len(orders):
+        return _no_updates(global_params, x.device)
+    local = copy.deepcopy(model).train()
+    params = dict(local.named_parameters())
+    updates, loss_sum, examples = [], 0.0, 0
+    for epochs, size in zip(orders.index, orders.sizes.tolist()):
+        with torch.no_grad():
+            for name, value in global_params.items():
+                params[name].copy_(value)
+        for order in epochs:
+            order = order[:size]
+            for start in range(0, size, batch_size):
+                batch = order[start:start + batch_size]
+                inputs = x[batch]
+                if transform is not None:
+                    inputs = transform(inputs, True)
+                losses = _batch_loss(local(inputs), y[batch])
+                local.zero_grad(set_to_none=True)
+                losses.mean().backward()
+                with torch.no_grad():
+                    for name in global_params:
+                        params[name].sub_(lr * params[name].grad)
+                loss_sum += float(losses.detach().sum())
+                examples += len(batch)
+        with torch.no_grad():
+            updates.append(torch.cat([(params[n] - global_params[n]).reshape(-1)
+                                      for n in global_params]))
+    return torch.stack(updates), loss_sum, examples
+
+
+def pad_orders(orders: LocalOrders, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lay the clients' batches out as one padded (clients, steps, batch_size) index tensor.
+
+    Each epoch takes ``ceil(max size / B)`` steps, in which client i's ``ceil(n_i / B)`` batches
+    come first (its last one padded) and are followed by all-padding steps, in which it does not
+    move while larger clients go on; then the next epoch. Padding points at example 0 and is masked.
+
+    Returns:
+        ``(index, mask)``: global example indices and a bool mask of the real examples, both of
+        shape (clients, local_epochs · ceil(max size / B), batch_size).
+    """
+    clients, epochs, width = orders.index.shape
+    steps = math.ceil(width / batch_size)
+    pad = steps * batch_size - width
+    index = F.pad(orders.index, (0, pad)).view(clients, epochs * steps, batch_size)
+    position = torch.arange(steps * batch_size, device=orders.sizes.device)
+    mask = (position < orders.sizes.view(-1, 1)).view(clients, 1, steps * batch_size)
+    mask = mask.expand(clients, epochs, steps * batch_size)
+    mask = mask.reshape(clients, epochs * steps, batch_size)
+    return index, mask
+
+
+def local_updates_vectorized(
+    model: nn.Module,
+    global_params: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    orders: LocalOrders,
+    *,
+    lr: float,
+    batch_size: int,
+    transform: BatchTransform | None = None,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, float, int]:
+    """Train the clients side by side; the same arguments and results as :func:`local_updates_loop`.
+
+    The clients' parameters are stacked on a leading axis and every local step is one call of
+    ``vmap(grad(loss))`` over it (``torch.func``), on the padded batches of :func:`pad_orders`.
+    Each client's loss is the mean over the *real* examples of its batch (padding is multiplied by
+    0 and left out of the count), so its gradient is the one the loop computes; a step where a
+    client has no real example is masked and leaves its parameters as they are.
+    ``chunk_size`` bounds how many clients are stacked at once (memory); the results do not depend
+    on it.
+    """
+    if not len(orders):
+        return _no_updates(global_params, x.device)
+    chunk_size = chunk_size or len(orders)
+    updates, loss_sum, examples = [], 0.0, 0
+    for start in range(0, len(orders), chunk_size):
+        chunk_updates, chunk_loss, chunk_examples = _train_chunk(
+            model, global_params, x, y, orders[start:start + chunk_size], lr=lr,
+            batch_size=batch_size, transform=transform)
+        updates.append(chunk_updates)
+        loss_sum += chunk_loss
+        examples += chunk_examples
+    return torch.cat(updates), loss_sum, examples
+
+
+def _train_chunk(model, global_params, x, y, orders, *, lr, batch_size, transform):
+    index, mask = pad_orders(orders.to(x.device), batch_size)
+    clients, steps, _ = index.shape
+    weights_all = mask.to(y.dtype)
+
+    def client_loss(params, inputs, targets, weights):
+        losses = _batch_loss(functional_call(model, params, (inputs,)), targets) * weights
+        # Mean over the real examples; a fully masked step has loss 0 and gradient 0.
+        return losses.sum() / weights.sum().clamp(min=1.0), losses.sum().detach()
+
+    # randomness="different": a model with dropout draws independent masks for each client, as
+    # separate clients would.
+    step_grads = vmap(grad(client_loss, has_aux=True), randomness="different")
+    params = {name: p.unsqueeze(0).expand(clients, *p.shape).clone()
+              for name, p in global_params.items()}
+    loss_sum = torch.zeros((), device=x.device)
+    model = model.train()
+    for t in range(steps):
+        batch = index[:, t]
+        weights = weights_all[:, t]
+        inputs = x[batch.reshape(-1)]
+        if transform is not None:
+            inputs = transform(inputs, True)
+        inputs = inputs.reshape(clients, batch_size, *inputs.shape[1:])
+        grads, losses = step_grads(params, inputs, y[batch], weights)
+        # A client with no example in this step takes no step (its gradient is 0 already; the
+        # mask makes the intent explicit and keeps it true for any future update rule).
+        step = weights.amax(dim=1) * -lr
+        params = {name: torch.addcmul(value, step.view(-1, *[1] * (value.ndim - 1)), grads[name])
+                  for name, value in params.items()}
+        loss_sum += losses.sum()
+    updates = flatten({name: params[name] - global_params[name] for name in params}, leading=1)
+    return updates, float(loss_sum), int(mask.sum())
+
+
+def default_chunk_size(num_params: int, batch_size: int, input_numel: int) -> int:
+    """How many clients to stack at once so that one batched step stays within about 2 GiB.
+
+    Per client a step holds about four copies of the parameters (current, gradient, next, update)
+    and the activations of its batch, taken here as ``_ACTIVATION_FACTOR`` times the size of the
+    batch's inputs. This is a rough guard for the convolutional models, not a measurement; the
+    MLP on Adult fits hundreds of clients.
+    """
+    per_client = 4 * (4 * num_params + _ACTIVATION_FACTOR * batch_size * input_numel)
+    return max(1, _CHUNK_BUDGET_BYTES // per_client)
+
+
+class FederatedTrainer:
+    """DP-FedAvg over the clients of one training set; one :meth:`train_unit` is one round.
+
+    Attributes:
+        model: the global model (evaluated by the run loop).
+        units: the number of rounds.
+        eval_every: evaluate every this many rounds.
+        noise_multiplier: σ, given or chosen for ``target_epsilon`` over the planned rounds.
+        clients: per client, the sorted indices of its training examples.
+        client_counts: per client ``{client, size, minority, majority, positive}``, for a file.
+        info: summary of the partition and the mechanism, for the run's records.
+        rounds_done: rounds trained so far (``privacy/steps``).
+        train_samples, train_seconds: local examples processed and time spent training so far.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DataBundle,
+        device: torch.device | str,
+        *,
+        num_clients: int,
+        client_sample_rate: float,
+        local_epochs: int,
+        rounds: int,
+        client_lr: float,
+        batch_size: int,
+        max_grad_norm: float,
+        delta: float,
+        noise_multiplier: float | None = None,
+        target_epsilon: float | None = None,
+        server_lr: float = 1.0,
+        server_momentum: float = 0.0,
+        partition: str = "iid",
+        dirichlet_alpha: float = 0.5,
+        eval_every: int = 1,
+        accountant: str = "rdp",
+        seed: int = 0,
+        vectorized: bool = True,
+        client_chunk_size: int | None = None,
+    ):
+        if (noise_multiplier is None) == (target_epsilon is None):
+            raise ValueError("give exactly one of noise_multiplier and target_epsilon")
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.units = rounds
+        self.eval_every = eval_every
+        self.sample_rate = client_sample_rate
+        self.local_epochs = local_epochs
+        self.client_lr = client_lr
+        self.batch_size = batch_size
+        self.max_grad_norm = max_grad_norm
+        self.delta = delta
+        self.accountant = accountant
+        self.server_lr = server_lr
+        self.server_momentum = server_momentum
+        self.vectorized = vectorized
+        self.transform: Callable | None = data.transform
+
+        parts = partition_clients(data.y_train, data.minority_train, num_clients=num_clients,
+                                  scheme=partition, seed=_stream_seed(seed, _PARTITION_STREAM),
+                                  dirichlet_alpha=dirichlet_alpha)
+        self.clients = parts
+        self._client_table, self._client_sizes = client_table(parts)
+        self.client_counts = partition_counts(parts, data.y_train, data.minority_train)
+
+        # The fixed denominator of McMahan et al.: the expected number of clients in a round. It
+        # does not depend on who was sampled, so one user changes the average by at most S / (qN).
+        self.expected_clients = client_sample_rate * num_clients
+        if noise_multiplier is None:
+            noise_multiplier = noise_for_epsilon(target_epsilon=target_epsilon, delta=delta,
+                                                 sample_rate=client_sample_rate, steps=rounds,
+                                                 accountant=accountant)
+        self.noise_multiplier = float(noise_multiplier)
+
+        self.x = torch.as_tensor(data.x_train).to(self.device)
+        self.y = torch.as_tensor(data.y_train).to(self.device, torch.float32)
+        self._sampling_rng = np.random.default_rng(_stream_seed(seed, _SAMPLING_STREAM))
+        self._shuffle_gen = torch.Generator().manual_seed(_stream_seed(seed, _SHUFFLE_STREAM))
+        self._noise_gen = torch.Generator(self.device)
+        self._noise_gen.manual_seed(_stream_seed(seed, _NOISE_STREAM))
+        self._global = trainable_parameters(self.model)
+        num_params = sum(p.numel() for p in self._global.values())
+        self.client_chunk_size = client_chunk_size or default_chunk_size(
+            num_params, batch_size, math.prod(data.input_shape))
+        self._velocity = torch.zeros(num_params, device=self.device)
+        self.rounds_done = 0
+        # Local examples processed and seconds spent in train_unit, for time/train_samples_per_s.
+        self.train_samples = 0
+        self.train_seconds = 0.0
+        self._epsilon_cache: tuple[int, float] | None = None
+        self.info: dict[str, Any] = {
+            "partition": partition,
+            **partition_summary(self.client_counts),
+            "expected_clients_per_round": self.expected_clients,
+            "model_parameters": num_params,
+            "noise_std_of_average": self.noise_multiplier * max_grad_norm / self.expected_clients,
+        }
+
+    def sample_clients(self) -> np.ndarray:
+        """This round's clients: each joins independently with probability q (may be none)."""
+        return np.flatnonzero(self._sampling_rng.random(len(self.clients)) < self.sample_rate)
+
+    def train_unit(self, unit: int) -> dict[str, float | None]:
+        """One round: sample, train locally, clip-and-noise, apply; returns the round's metrics."""
+        started = time.perf_counter()
+        chosen = self.sample_clients()
+        rows = torch.as_tensor(chosen, dtype=torch.int64)
+        orders = draw_local_orders(self._client_table[rows], self._client_sizes[rows],
+                                   self.local_epochs, self._shuffle_gen).to(self.device)
+        if self.vectorized:
+            updates, loss_sum, examples = local_updates_vectorized(
+                self.model, self._global, self.x, self.y, orders, lr=self.client_lr,
+                batch_size=self.batch_size, transform=self.transform,
+                chunk_size=self.client_chunk_size)
+        else:
+            updates, loss_sum, examples = local_updates_loop(
+                self.model, self._global, self.x, self.y, orders, lr=self.client_lr,
+                batch_size=self.batch_size, transform=self.transform)
+        result = dp_fedavg_aggregate(updates, max_grad_norm=self.max_grad_norm,
+                                     noise_multiplier=self.noise_multiplier,
+                                     expected_clients=self.expected_clients,
+                                     generator=self._noise_gen)
+        # Server step (server momentum as in McMahan et al. 2018 and Hsu et al. 2019's FedAvgM);
+        # it only post-processes the private average, so it costs no privacy.
+        self._velocity.mul_(self.server_momentum).add_(result.update)
+        step = unflatten(self._velocity, self._global)
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                if name in step:
+                    p.add_(step[name], alpha=self.server_lr)
+        self._global = trainable_parameters(self.model)
+        self.rounds_done += 1
+        self.train_samples += examples
+        self.train_seconds += time.perf_counter() - started
+        return {
+            "train/loss": loss_sum / examples if examples else None,
+            "dp/clip_fraction": result.clip_fraction,
+            "dp/update_norm": result.update_norm,
+            "federated/clients": result.clients,
+            "federated/local_examples": examples,
+        }
+
+    def epsilon(self) -> float:
+        """User-level ε after the rounds done so far (one sampled-Gaussian step per round)."""
+        if self._epsilon_cache is None or self._epsilon_cache[0] != self.rounds_done:
+            eps = epsilon_after(noise_multiplier=self.noise_multiplier,
+                                sample_rate=self.sample_rate, steps=self.rounds_done,
+                                delta=self.delta, accountant=self.accountant)
+            self._epsilon_cache = (self.rounds_done, eps)
+        return self._epsilon_cache[1]
+
+    def privacy_metrics(self) -> dict[str, float | None]:
+        """User-level (ε, δ) so far, with σ, q and the rounds (``privacy/steps``) behind it."""
+        return {
+            "privacy/epsilon": self.epsilon(),
+            "privacy/delta": self.delta,
+            "privacy/noise_multiplier": self.noise_multiplier,
+            "privacy/sample_rate": self.sample_rate,
+            "privacy/steps": self.rounds_done,
+        }
+
+
+@TRAINERS.register("dpfedavg")
+def build_federated_trainer(config, model: nn.Module, data: DataBundle, device) -> FederatedTrainer:
+    """The DP-FedAvg trainer of ``config`` (sections ``federated``, ``privacy``, ``training``).
+
+    Local training is plain SGD with ``federated.client_lr`` on batches of ``training.batch_size``;
+    ``training.optimizer``, ``training.lr`` and ``training.epochs`` belong to centralized training
+    and are not used.
+    """
+    fed, priv = config.federated, config.privacy
+    if not priv.poisson_sampling:
+        raise ConfigError("privacy.poisson_sampling: false is not supported by privacy.mode "
+                          "dpfedavg: clients always join by Poisson sampling, which the user-level "
+                          "accounting assumes. Set privacy.poisson_sampling: true.")
+    if fed.num_clients > len(data.y_train):
+        raise ConfigError(f"federated.num_clients: got {fed.num_clients}, but the training set has "
+                          f"only {len(data.y_train)} examples; use at most that many clients.")
+    return FederatedTrainer(
+        model, data, device,
+        num_clients=fed.num_clients, client_sample_rate=fed.client_sample_rate,
+        local_epochs=fed.local_epochs, rounds=fed.rounds, client_lr=fed.client_lr,
+        batch_size=config.training.batch_size, max_grad_norm=priv.max_grad_norm, delta=priv.delta,
+        noise_multiplier=priv.noise_multiplier, target_epsilon=priv.target_epsilon,
+        server_lr=fed.server_lr, server_momentum=fed.server_momentum, partition=fed.partition,
+        dirichlet_alpha=fed.dirichlet_alpha, eval_every=fed.eval_every,
+        accountant=priv.accountant, seed=config.seed,
+    )
