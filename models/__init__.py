@@ -21,11 +21,7 @@ MODELS: Registry = Registry("model", "model.name")
 
 # Importing the modules registers their models.
 for _module in ("mlp", "cnn", "resnet"):
-    try:
-        importlib.import_module(f"models.{_module}")
-    except ModuleNotFoundError as error:  # a model module not written yet must not break the rest
-        if error.name != f"models.{_module}":
-            raise
+    importlib.import_module(f"models.{_module}")
 
 
 def build_model(config: ModelConfig, input_shape: tuple[int, ...]) -> nn.Module:

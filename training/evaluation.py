@@ -9,6 +9,7 @@ from torch import nn
 from dataset.base import DataBundle
 from utils import fairness
 from utils.config import EvaluationConfig
+from utils.errors import ConfigError
 
 
 class TestSetEvaluator:
@@ -42,7 +43,13 @@ class TestSetEvaluator:
                 x = self.transform(x, False)
             parts.append(torch.sigmoid(model(x).reshape(-1).float()))
         model.train(was_training)
-        return torch.cat(parts).cpu().numpy() if parts else np.zeros(0, dtype=np.float32)
+        scores = torch.cat(parts).cpu().numpy() if parts else np.zeros(0, dtype=np.float32)
+        if not np.isfinite(scores).all():
+            # A diverged model has no accuracy to report; saying so beats metrics of NaNs.
+            raise ConfigError(
+                "training diverged: the model's test scores are not finite. Lower training.lr "
+                "(or privacy.max_grad_norm / federated.client_lr) and run again.")
+        return scores
 
     def metrics(self, y_score: np.ndarray) -> dict:
         """Every test metric, ``test/``-prefixed."""

@@ -35,6 +35,7 @@ from utils.errors import UserInputError
 from utils.progress import progress
 from utils.seeding import resolve_device, seed_everything
 from utils.sink import (
+    CLIENTS_FILE,
     CONFIG_FILE,
     PREDICTIONS_FILE,
     SUMMARY_FILE,
@@ -42,6 +43,7 @@ from utils.sink import (
     resolve_wandb_mode,
     write_json_atomic,
     write_predictions,
+    write_rows,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -147,6 +149,9 @@ def _train_and_report(config, data, trainer, evaluator, sink, run_dir, device, s
     threshold = config.evaluation.threshold
     write_predictions(run_dir / PREDICTIONS_FILE, evaluator.y_true, y_score,
                       (y_score >= threshold).astype(np.int64), evaluator.minority)
+    client_counts = getattr(trainer, "client_counts", None)
+    if client_counts:  # federated runs: who holds which group, one row per client
+        write_rows(run_dir / CLIENTS_FILE, client_counts)
     checkpoint_dir = run_dir / "checkpoints"
     checkpoint_dir.mkdir(exist_ok=True)
     base_model = getattr(trainer.model, "_module", trainer.model)

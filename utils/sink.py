@@ -23,6 +23,7 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 PREDICTIONS_FILE = "predictions.csv"
 CONFIG_FILE = "config.yaml"
+CLIENTS_FILE = "clients.csv"
 TENSORBOARD_DIR = "tb"
 
 
@@ -79,6 +80,16 @@ def write_predictions(path: Path, y_true: np.ndarray, y_score: np.ndarray, y_pre
         for row in zip(y_true.astype(int), y_score.astype(float), y_pred.astype(int),
                        minority.astype(int)):
             writer.writerow([row[0], f"{row[1]:.6g}", row[2], row[3]])
+    os.replace(tmp, path)
+
+
+def write_rows(path: Path, rows: list[Mapping[str, Any]]) -> None:
+    """A list of same-keyed dicts as CSV (e.g. the federated clients' group counts)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
     os.replace(tmp, path)
 
 

@@ -1,0 +1,150 @@
+"""End to end through ``running.py`` on the real, shipped UCI Adult files.
+
+Each run must leave every file of the run-directory contract, TensorBoard events that TensorBoard's
+own reader reads back with the logged values, a wandb offline run folder, and predictions from
+which the summary's metrics can be recomputed. A second run of the same config is skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from sklearn.metrics import accuracy_score, average_precision_score
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from utils import fairness
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTRACT_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "predictions.csv")
+PRIVACY_KEYS = ("privacy/epsilon", "privacy/delta", "privacy/noise_multiplier",
+                "privacy/sample_rate", "privacy/steps")
+
+
+def run_cli(tmp_path: Path, *overrides: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    args = [sys.executable, str(ROOT / "running.py"), "--params", str(ROOT / "utils/params_adult.yaml"),
+            "--set", f"output_dir={tmp_path / 'runs'}", "--set", "training.epochs=2",
+            "--set", "evaluation.bootstrap_resamples=200"]
+    for override in overrides:
+        args += ["--set", override]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WANDB_SILENT": "true",
+           "WANDB_DISABLE_GIT": "true", **(env_extra or {})}
+    return subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def check_run_directory(run_dir: Path, *, private: bool) -> dict:
+    for name in CONTRACT_FILES:
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [1, 2]
+
+    # Every contract metric name is in every row and in the summary.
+    names = ([f"test/{name}" for name in fairness.METRIC_NAMES]
+             + [f"data/train_count/group={g}" for g in fairness.GROUPS]
+             + ["train/loss", "time/wall_s", "time/train_samples_per_s", *PRIVACY_KEYS])
+    for row in (*rows, summary):
+        missing = [name for name in names if name not in row]
+        assert not missing, missing
+    for name in fairness.INTERVAL_NAMES:
+        interval = summary[f"test/{name}"]
+        assert interval is None or (len(interval) == 2 and interval[0] <= interval[1])
+    assert summary["data/train_count/group=minority"] == 2264  # 10 % next to Adult's 20,380 men
+    assert summary["test/count/group=minority"] + summary["test/count/group=majority"] == 15060
+
+    # predictions.csv recomputes the summary's metrics.
+    with (run_dir / "predictions.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert list(table[0]) == ["y_true", "y_score", "y_pred", "minority"]
+    y_true = np.array([int(r["y_true"]) for r in table])
+    y_score = np.array([float(r["y_score"]) for r in table])
+    y_pred = np.array([int(r["y_pred"]) for r in table])
+    minority = np.array([int(r["minority"]) for r in table], dtype=bool)
+    assert len(table) == 15060
+    assert accuracy_score(y_true, y_pred) == pytest.approx(summary["test/accuracy"], abs=1e-9)
+    assert average_precision_score(y_true, y_score) == pytest.approx(summary["test/average_precision"], abs=1e-4)
+    assert accuracy_score(y_true[minority], y_pred[minority]) == pytest.approx(
+        summary["test/accuracy/group=minority"], abs=1e-9)
+
+    # TensorBoard's own reader sees the same values as metrics.jsonl.
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"test/accuracy", "test/eo_gap", "train/loss"} <= tags
+    logged = [(event.step, event.value) for event in events.Scalars("test/accuracy")]
+    assert [step for step, _ in logged] == [1, 2]
+    assert logged[-1][1] == pytest.approx(rows[-1]["test/accuracy"], rel=1e-6)
+
+    # Provenance in the resolved config.
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert resolved["provenance"]["versions"]["torch"] and resolved["provenance"]["versions"]["opacus"]
+    assert resolved["privacy"]["mode"] == ("dpsgd" if private else "none")
+
+    if private:
+        assert 0 < summary["privacy/epsilon"] <= 3.0  # target ε 3 over the 2 planned epochs
+        assert "privacy/epsilon" in tags
+        assert summary["privacy/delta"] == 1e-5 and summary["privacy/steps"] > 0
+        assert all(0 <= summary[f"dp/clip_fraction/group={g}"] <= 1 for g in fairness.GROUPS)
+    else:
+        assert all(summary[key] is None for key in PRIVACY_KEYS)
+        assert "privacy/epsilon" not in tags  # null values are not logged as scalars
+    return summary
+
+
+@pytest.mark.slow
+def test_dpsgd_run_with_wandb_offline_then_skipped(tmp_path):
+    result = run_cli(tmp_path, "logging.wandb.mode=auto")  # no key in this HOME: offline
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "runs" / "adult_dpsgd_eps3"
+    summary = check_run_directory(run_dir, private=True)
+    assert summary["test/accuracy"] > 0.75
+
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    assert list(offline_runs[0].glob("*.wandb")), "wandb's offline run file is missing"
+
+    stamp = (run_dir / "summary.json").stat().st_mtime_ns
+    again = run_cli(tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "already complete" in again.stdout
+    assert (run_dir / "summary.json").stat().st_mtime_ns == stamp
+    assert len(read_jsonl(run_dir / "metrics.jsonl")) == 2
+
+
+@pytest.mark.slow
+def test_non_private_run(tmp_path):
+    result = run_cli(tmp_path, "privacy.mode=none", "name=adult_none", "logging.wandb.mode=disabled")
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "runs" / "adult_none"
+    summary = check_run_directory(run_dir, private=False)
+    assert summary["test/accuracy"] > 0.83
+    assert not (run_dir / "wandb").exists()
+
+
+def test_infeasible_share_exits_2_without_run_directory(tmp_path):
+    result = run_cli(tmp_path, "data.minority_share=0.6", "logging.wandb.mode=disabled")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "data.minority_share" in result.stderr
+    assert not (tmp_path / "runs" / "adult_dpsgd_eps3").exists()
+
+
+def test_interrupted_run_is_not_trusted(tmp_path):
+    # A directory without summary.json (a run that died) is trained afresh, not reported as done.
+    stale = tmp_path / "runs" / "adult_none"
+    stale.mkdir(parents=True)
+    (stale / "metrics.jsonl").write_text('{"step": 1, "test/accuracy": 0.1}\n')
+    result = run_cli(tmp_path, "privacy.mode=none", "name=adult_none", "training.epochs=1",
+                     "logging.wandb.mode=disabled", "logging.tensorboard=false")
+    assert result.returncode == 0, result.stderr
+    rows = read_jsonl(stale / "metrics.jsonl")
+    assert len(rows) == 1 and rows[0]["test/accuracy"] > 0.5
