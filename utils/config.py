@@ -543,6 +543,16 @@ def config_from_mapping(raw: Mapping[str, Any]) -> ExperimentConfig:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read ``path``, apply ``--set`` overrides, and return the checked config."""
-    raw = apply_overrides(read_yaml(path), list(overrides or []))
+    """Read ``path``, apply ``--set`` overrides, and return the checked config.
+
+    A file in the flat format of the original code (arXiv 2009.06389) is first translated to the
+    nested format, which is printed to stderr once (``utils.legacy``); overrides then use nested keys.
+    """
+    # Imported here: utils.legacy builds on this module's dataclasses.
+    from utils.legacy import is_legacy, translate_legacy
+
+    raw = read_yaml(path)
+    if is_legacy(raw):
+        raw = translate_legacy(raw, source=path)
+    raw = apply_overrides(raw, list(overrides or []))
     return config_from_mapping(raw)
