@@ -164,15 +164,17 @@ def test_trainer_without_noise_or_clipping_equals_non_private_trainer():
                                rtol=1e-4, atol=1e-6)
 
 
-def test_trainer_reports_the_accountants_epsilon():
-    trainer = make_trainer(synthetic_config(mode="dpsgd", noise_multiplier=1.1, max_grad_norm=1.0))
+@pytest.mark.parametrize("accountant, cls", [("rdp", RDPAccountant), ("prv", PRVAccountant)])
+def test_trainer_reports_the_accountants_epsilon(accountant, cls):
+    trainer = make_trainer(synthetic_config(mode="dpsgd", noise_multiplier=1.1, max_grad_norm=1.0,
+                                            accountant=accountant))
     for unit in range(2):
         trainer.train_unit(unit)
     metrics = trainer.privacy_metrics()
     q = metrics["privacy/sample_rate"]
     assert q == pytest.approx(100 / 1000)
     assert metrics["privacy/steps"] == 2 * 10
-    independent = RDPAccountant()
+    independent = cls()
     for _ in range(20):
         independent.step(noise_multiplier=1.1, sample_rate=q)
     assert metrics["privacy/epsilon"] == pytest.approx(independent.get_epsilon(delta=1e-5), rel=1e-6)
