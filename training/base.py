@@ -4,12 +4,13 @@ A trainer owns the model, the optimizer and (under DP) the privacy engine. The r
 ``train_unit`` ``trainer.units`` times, evaluates ``trainer.model`` whenever
 ``(unit + 1) % trainer.eval_every == 0`` or at the last unit, and logs what both return. A unit is
 an epoch for centralized training and a round for federated training, so one metrics.jsonl row is
-one unit.
+one unit. ``state_dict`` / ``load_state_dict`` let an interrupted run resume at a unit boundary
+(:mod:`training.checkpoint`).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -30,6 +31,15 @@ class Trainer(Protocol):
 
     def train_unit(self, unit: int) -> dict[str, float]:
         """Train one epoch or round; return flat slash-named metrics such as ``train/loss``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The trainer's whole state at a unit boundary, for a checkpoint: model, optimizer,
+        privacy accounting and every random generator the trainer owns (``torch.save``-able with
+        tensors, lists, tuples and plain numbers only, so ``weights_only`` loading reads it)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output into a freshly built trainer of the same config, so
+        that training continues exactly as if it had not stopped."""
 
     def privacy_metrics(self) -> dict[str, float | None]:
         """``privacy/epsilon``, ``privacy/delta``, ``privacy/noise_multiplier``,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,8 +57,10 @@ class CentralizedTrainer:
                 f"training.batch_size: got {config.training.batch_size}; expected at most the "
                 f"training set's {num_examples} examples. Lower it or raise data.train_size."
             )
-        generator = torch.Generator().manual_seed(config.seed)
-        loader = dpsgd.index_loader(num_examples, config.training.batch_size, generator)
+        # The batch order's own generator (Opacus' Poisson sampler inherits it from this loader);
+        # it is part of the trainer's state so that a resumed run draws the same batches.
+        self.generator = torch.Generator().manual_seed(config.seed)
+        loader = dpsgd.index_loader(num_examples, config.training.batch_size, self.generator)
         model = model.to(device)
         optimizer = build_optimizer(config.training, model.parameters())
         self.private = None
@@ -129,6 +132,36 @@ class CentralizedTrainer:
     def base_model(self) -> nn.Module:
         """The unwrapped model (for saving weights)."""
         return getattr(self.model, "_module", self.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs at an epoch boundary (see :mod:`training.checkpoint`).
+
+        Under DP-SGD this includes the accountant's history, (σ, q, steps) triples: ε after the
+        resume must count the steps taken before it, or the run would report less privacy loss
+        than it incurred.
+        """
+        return {
+            "model": self.base_model().state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "accountant_history": (list(self.private.engine.accountant.history)
+                                   if self.private is not None else None),
+            "train_samples": self.train_samples,
+            "train_seconds": self.train_seconds,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output into this freshly built trainer of the same config."""
+        self.base_model().load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        if self.private is not None:
+            if state["accountant_history"] is None:
+                raise ValueError("the checkpoint holds no privacy accountant history")
+            self.private.engine.accountant.history = [tuple(entry)
+                                                      for entry in state["accountant_history"]]
+        self.train_samples = int(state["train_samples"])
+        self.train_seconds = float(state["train_seconds"])
 
 
 @TRAINERS.register("none")

@@ -6,7 +6,10 @@ test set, log) x units -> bootstrap intervals, predictions.csv, summary.json. Th
 
 Run-directory contract (README): ``summary.json`` is written last and atomically; its presence means
 the run is complete, and running the same config again returns it without training. A directory
-without it is an interrupted run and is started afresh.
+without it is an interrupted run: it continues from its last checkpoint when its config.yaml is this
+config (apart from provenance) and a checkpoint is usable (:mod:`training.checkpoint`), and is
+started afresh otherwise. A resumed run ends with the same summary as an uninterrupted one (exactly
+on the CPU; ``time/`` keys aside), and its ε counts every step before and after the interruption.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import yaml
 
 from dataset import build_dataset
 from models import build_model
-from training import build_trainer
+from training import build_trainer, checkpoint
 from training.evaluation import TestSetEvaluator
 from utils import fairness
 from utils.config import PROVENANCE_KEY, ExperimentConfig
@@ -87,6 +90,8 @@ def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:
     """Train and evaluate one experiment; return its summary (also written to summary.json).
 
     A run whose directory already holds summary.json is returned as it is unless ``overwrite``.
+    An interrupted run of the same config continues from its last usable checkpoint
+    (:func:`training.checkpoint.find_resumable`); ``overwrite`` always starts afresh.
     Input errors (:class:`UserInputError`) raised before training leave no run directory behind.
     """
     run_dir = run_directory(config)
@@ -102,20 +107,22 @@ def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:
     trainer = build_trainer(config, model, data, device)
     evaluator = TestSetEvaluator(data, device, config.training.eval_batch_size, config.evaluation)
 
-    if run_dir.exists():  # an interrupted run, or --overwrite: nothing in it is trusted
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    resolved = {**config.to_dict(), PROVENANCE_KEY: provenance()}
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
+    resume_point = None if overwrite else checkpoint.find_resumable(run_dir, config, trainer)
+    if resume_point is None:
+        _fresh_run_directory(run_dir, config)
+    else:  # time/wall_s adds this process's time to the interrupted run's
+        started -= resume_point.wall_s
+    first_unit = 0 if resume_point is None else resume_point.step
     sink = MetricsSink(run_dir, run_name=config.name, config=config.to_dict(),
                        tensorboard=config.logging.tensorboard,
                        wandb_mode=resolve_wandb_mode(config.logging.wandb.mode),
                        wandb_project=config.logging.wandb.project,
                        wandb_entity=config.logging.wandb.entity,
-                       wandb_group=config.logging.wandb.group)
+                       wandb_group=config.logging.wandb.group,
+                       resume_step=None if resume_point is None else first_unit)
     try:
         summary = _train_and_report(config, data, trainer, evaluator, sink, run_dir, device,
-                                    started)
+                                    started, first_unit)
     except BaseException as error:
         sink.close(None)
         if isinstance(error, UserInputError):
@@ -125,13 +132,25 @@ def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:
     return summary
 
 
-def _train_and_report(config, data, trainer, evaluator, sink, run_dir, device, started):
+def _fresh_run_directory(run_dir: Path, config: ExperimentConfig) -> None:
+    """An empty run directory holding config.yaml; whatever was there (--overwrite, an interrupted
+    run that cannot resume) is removed, since nothing in it belongs to this run."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    resolved = {**config.to_dict(), PROVENANCE_KEY: provenance()}
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+
+def _train_and_report(config, data, trainer, evaluator, sink, run_dir, device, started, first_unit):
     train_counts = {f"data/train_count/group={g}": n for g, n in data.train_count_by_group.items()}
     row: dict[str, Any] = {}
     y_score = None
-    for unit in progress(range(trainer.units), desc=config.name, mode=config.logging.progress):
+    for unit in progress(range(first_unit, trainer.units), desc=config.name,
+                         mode=config.logging.progress):
         row = {**train_counts, **trainer.train_unit(unit)}
-        if (unit + 1) % trainer.eval_every == 0 or unit + 1 == trainer.units:
+        evaluated = (unit + 1) % trainer.eval_every == 0 or unit + 1 == trainer.units
+        if evaluated:
             y_score = evaluator.scores(trainer.model)
             row.update(evaluator.metrics(y_score))
         row.update(trainer.privacy_metrics())
@@ -139,6 +158,12 @@ def _train_and_report(config, data, trainer, evaluator, sink, run_dir, device, s
         row["time/train_samples_per_s"] = (trainer.train_samples / trainer.train_seconds
                                            if trainer.train_seconds > 0 else None)
         sink.log(unit + 1, row)
+        # A checkpoint where the test set was just scored (every epoch; every eval_every rounds),
+        # so a resumed run restarts from a logged, evaluated state. None after the last unit: its
+        # results go straight into summary.json, and a kill before that reruns the last stretch.
+        if evaluated and unit + 1 < trainer.units:
+            checkpoint.save_checkpoint(run_dir, step=unit + 1, wall_s=time.perf_counter() - started,
+                                       trainer=trainer)
 
     # The final model: intervals, predictions and the summary, in that order (summary last).
     intervals = evaluator.intervals(y_score, seed=config.seed)
@@ -152,7 +177,7 @@ def _train_and_report(config, data, trainer, evaluator, sink, run_dir, device, s
     client_counts = getattr(trainer, "client_counts", None)
     if client_counts:  # federated runs: who holds which group, one row per client
         write_rows(run_dir / CLIENTS_FILE, client_counts)
-    checkpoint_dir = run_dir / "checkpoints"
+    checkpoint_dir = run_dir / checkpoint.CHECKPOINT_DIR
     checkpoint_dir.mkdir(exist_ok=True)
     base_model = getattr(trainer.model, "_module", trainer.model)
     torch.save(base_model.state_dict(), checkpoint_dir / "model_final.pt")
@@ -164,4 +189,7 @@ def _train_and_report(config, data, trainer, evaluator, sink, run_dir, device, s
         "data/info": data.info, "trainer/info": getattr(trainer, "info", {}),
     }
     write_json_atomic(run_dir / SUMMARY_FILE, summary)
+    # The run is complete, so the resume points are of no further use; model_final.pt stays.
+    for name in (checkpoint.LAST, checkpoint.PREVIOUS):
+        (checkpoint_dir / name).unlink(missing_ok=True)
     return summary

@@ -463,6 +463,36 @@ class FederatedTrainer:
             "federated/local_examples": examples,
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs at a round boundary (see :mod:`training.checkpoint`).
+
+        ``rounds_done`` is the accountant's state (one sampled-Gaussian step per round), so ε after
+        a resume counts the rounds before it; the sampling, shuffle and noise generators continue
+        where they stopped, so no client draw and no noise draw is repeated.
+        """
+        return {
+            "model": self.model.state_dict(),
+            "velocity": self._velocity,
+            "sampling_rng": self._sampling_rng.bit_generator.state,
+            "shuffle_gen": self._shuffle_gen.get_state(),
+            "noise_gen": self._noise_gen.get_state(),
+            "rounds_done": self.rounds_done,
+            "train_samples": self.train_samples,
+            "train_seconds": self.train_seconds,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output into this freshly built trainer of the same config."""
+        self.model.load_state_dict(state["model"])
+        self._global = trainable_parameters(self.model)
+        self._velocity.copy_(state["velocity"])
+        self._sampling_rng.bit_generator.state = state["sampling_rng"]
+        self._shuffle_gen.set_state(state["shuffle_gen"])
+        self._noise_gen.set_state(state["noise_gen"])
+        self.rounds_done = int(state["rounds_done"])
+        self.train_samples = int(state["train_samples"])
+        self.train_seconds = float(state["train_seconds"])
+
     def epsilon(self) -> float:
         """User-level ε after the rounds done so far (one sampled-Gaussian step per round)."""
         if self._epsilon_cache is None or self._epsilon_cache[0] != self.rounds_done:

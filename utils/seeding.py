@@ -11,8 +11,9 @@ import torch
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and every CUDA device).
 
-    Opacus draws its noise and its Poisson batches from torch's global generators (``secure_mode``
-    off), so this also fixes the DP randomness: a run is reproducible for its seed on the CPU.
+    Opacus draws its noise from torch's global generator (``secure_mode`` off) and its Poisson
+    batches from the index loader's generator, which the trainer seeds from the same seed; so the
+    DP randomness is fixed too: a run is reproducible for its seed on the CPU.
     """
     random.seed(seed)
     np.random.seed(seed)

@@ -93,6 +93,30 @@ def write_rows(path: Path, rows: list[Mapping[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep exactly the rows of metrics.jsonl with ``step <= last_step``, rewriting it atomically.
+
+    A line that does not parse (the half-written last line of a killed run) is dropped with the
+    rows after the checkpoint; a kill during the rewrite leaves the old file whole.
+    """
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as handle:
+        handle.writelines(kept)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 class MetricsSink:
     """Writes each step's metrics to metrics.jsonl, TensorBoard and wandb.
 
@@ -103,18 +127,34 @@ class MetricsSink:
         tensorboard: write event files under ``run_dir/tb``.
         wandb_mode: "online", "offline" or "disabled" (already resolved from "auto").
         wandb_project, wandb_entity, wandb_group: wandb's run placement.
+        resume_step: set when an interrupted run continues after this many units (its
+            checkpoint); the records are cut back to that step so that no step appears twice.
+
+    Resuming: metrics.jsonl keeps exactly its rows with ``step <= resume_step`` (rewritten
+    atomically; rows a killed run logged after its last checkpoint are dropped, because the resumed
+    run logs those steps again) and grows from there. TensorBoard's writer opens with
+    ``purge_step = resume_step + 1``, which makes TensorBoard discard the old events from that step
+    on. wandb starts a new run with the same name and group, whose history begins at
+    ``resume_step + 1``, and ``resumed_from_step`` in its config: wandb's own resume needs the run
+    on its server, which an offline or killed run may never have reached, so the earlier steps stay
+    in the interrupted run's record.
     """
 
     def __init__(self, run_dir: Path, *, run_name: str, config: Mapping[str, Any], tensorboard: bool,
                  wandb_mode: str, wandb_project: str, wandb_entity: str | None = None,
-                 wandb_group: str | None = None):
+                 wandb_group: str | None = None, resume_step: int | None = None):
         self.run_dir = Path(run_dir)
+        if resume_step is not None:
+            truncate_metrics(self.run_dir / METRICS_FILE, resume_step)
         self._jsonl = (self.run_dir / METRICS_FILE).open("a")
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD_DIR))
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD_DIR), purge_step=purge)
+        if resume_step is not None:
+            config = {**config, "resumed_from_step": resume_step}
         self._wandb_run = None
         if wandb_mode != "disabled":
             import wandb

@@ -1,0 +1,206 @@
+"""Checkpoints of a run in progress, and the decision whether an interrupted run can resume.
+
+A run saves ``{run_dir}/checkpoints/last.pt`` after every evaluated unit (every epoch, or every
+``federated.eval_every`` rounds) except the last, whose results go straight into summary.json. The
+file holds the trainer's :meth:`state_dict` (model, optimizer, the privacy accountant's history, the
+sampler's and the trainer's own generators), the process-wide random states (torch CPU and CUDA,
+NumPy's legacy global generator, Python's ``random``), the number of units done and the wall time
+spent so far.
+
+Writing is crash-safe: the new checkpoint goes to a temporary file in the same directory, is
+fsynced, the current ``last.pt`` is renamed to ``previous.pt``, and the temporary file is renamed to
+``last.pt`` (renames within one directory are atomic). Whatever moment a run is killed at, one of the
+two files is whole. :func:`find_resumable` tries ``last.pt`` and falls back to ``previous.pt`` with a
+warning when the former cannot be read or lacks a key.
+
+Resuming restores every random stream at the unit boundary, so the resumed run draws the same
+batches and the same DP noise as an uninterrupted one and (on the CPU) ends with the same model and
+the same metrics. For privacy this matters twice: ε must count every step taken before the
+interruption (the accountant's history is restored, never restarted), and the noise after the
+interruption must not repeat draws already used (the noise generators continue from their state).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from utils.config import PROVENANCE_KEY, ExperimentConfig, config_from_mapping
+from utils.errors import UserInputError
+from utils.sink import CONFIG_FILE, SUMMARY_FILE
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+PREVIOUS = "previous.pt"
+# Bumped whenever the layout below changes, so an old file is refused rather than misread.
+FORMAT_VERSION = 1
+_REQUIRED_KEYS = ("format", "step", "wall_s", "trainer", "rng")
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where an interrupted run continues.
+
+    Attributes:
+        step: units (epochs or rounds) completed and saved; training continues with unit ``step``.
+        wall_s: wall-clock seconds the run had spent up to the checkpoint (``time/wall_s`` goes on
+            counting from there).
+        trainer_state: what :meth:`Trainer.state_dict` returned at the checkpoint.
+        rng_state: the process-wide random states (:func:`rng_state`).
+        path: the file it was read from (``last.pt``, or ``previous.pt`` when ``last.pt`` was bad).
+    """
+
+    step: int
+    wall_s: float
+    trainer_state: dict[str, Any]
+    rng_state: dict[str, Any]
+    path: Path
+
+
+def rng_state() -> dict[str, Any]:
+    """The global random states a run draws from, in a form ``torch.load(weights_only=True)`` reads.
+
+    Opacus draws DP-SGD's noise from torch's global generator (``secure_mode`` is off), dropout does
+    too, and the data pipeline uses NumPy and ``random``; all of them must continue where they were.
+    NumPy's state is stored as plain lists and ints, not as an array, for the safe loader.
+    """
+    name, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, key.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (CUDA only where both then and now have CUDA)."""
+    torch.set_rng_state(state["torch"])
+    name, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, *, step: int, wall_s: float, trainer) -> Path:
+    """Save the run's state after ``step`` units as ``checkpoints/last.pt``; keep the old one.
+
+    The order of operations is what makes it safe to kill the process at any instant: the new file
+    is complete and on disk (fsync) before any rename, ``last.pt`` becomes ``previous.pt`` before
+    the new file takes its name, and the directory is fsynced so that the renames survive a power
+    loss too.
+    """
+    directory = Path(run_dir) / CHECKPOINT_DIR
+    directory.mkdir(exist_ok=True)
+    payload = {"format": FORMAT_VERSION, "step": step, "wall_s": wall_s,
+               "trainer": trainer.state_dict(), "rng": rng_state()}
+    tmp = directory / f".{LAST}.tmp"
+    with tmp.open("wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    last = directory / LAST
+    if last.exists():
+        os.replace(last, directory / PREVIOUS)
+    os.replace(tmp, last)
+    _fsync_directory(directory)
+    return last
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a directory; the renames are still atomic there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: Path) -> ResumePoint:
+    """Read one checkpoint file; raise ``ValueError`` when it is cut short, corrupt or incomplete.
+
+    ``weights_only=True``: a checkpoint is data, and loading it must never run code from the file.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated zip, a bad pickle: all mean "not usable"
+        raise ValueError(f"cannot read {path}: {type(error).__name__}: {error}") from error
+    if not isinstance(payload, dict) or any(key not in payload for key in _REQUIRED_KEYS):
+        raise ValueError(f"{path} is incomplete (missing keys)")
+    if payload["format"] != FORMAT_VERSION:
+        raise ValueError(f"{path} has checkpoint format {payload['format']}, this code reads "
+                         f"{FORMAT_VERSION}")
+    return ResumePoint(step=int(payload["step"]), wall_s=float(payload["wall_s"]),
+                       trainer_state=payload["trainer"], rng_state=payload["rng"], path=path)
+
+
+def saved_config_matches(run_dir: Path, config: ExperimentConfig) -> bool:
+    """Whether ``run_dir/config.yaml`` is this config (provenance, such as the start time, aside)."""
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        raw = yaml.safe_load(path.read_text())
+        saved = config_from_mapping({k: v for k, v in raw.items() if k != PROVENANCE_KEY})
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError, UserInputError):
+        return False
+    return saved == config
+
+
+def find_resumable(run_dir: Path, config: ExperimentConfig, trainer) -> ResumePoint | None:
+    """Continue an interrupted run of ``config`` in ``trainer``; None means start afresh.
+
+    A run directory resumes only when it has no summary.json (the run did not finish), its
+    config.yaml equals ``config`` apart from provenance (a changed config is a different
+    experiment, whose earlier epochs would mix two settings), and a usable checkpoint exists.
+    ``last.pt`` is tried first, then ``previous.pt``. A file is usable when it loads, holds every
+    key, and the trainer accepts its state; each unusable file, and a fresh start forced by having
+    neither, is reported on stderr, never passed over silently.
+
+    On success the trainer and the global random states are where the checkpoint left them (the
+    random states last: building the trainer consumed draws, and the resumed run must draw as the
+    interrupted one would have). On None the trainer is as it was built.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or (run_dir / SUMMARY_FILE).exists():
+        return None
+    directory = run_dir / CHECKPOINT_DIR
+    candidates = [path for path in (directory / LAST, directory / PREVIOUS) if path.exists()]
+    if not candidates:
+        return None
+    if not saved_config_matches(run_dir, config):
+        print(f"warning: {run_dir} holds an interrupted run of a different config; starting "
+              f"afresh", file=sys.stderr)
+        return None
+    # A state that fails half-way through load_state_dict leaves the trainer partly overwritten;
+    # this copy of the fresh state puts it back before the next candidate or a fresh start.
+    fresh, fresh_rng = copy.deepcopy(trainer.state_dict()), rng_state()
+    for path in candidates:
+        try:
+            point = load_checkpoint(path)
+            trainer.load_state_dict(point.trainer_state)
+            set_rng_state(point.rng_state)
+        except (ValueError, KeyError, TypeError, RuntimeError) as error:
+            print(f"warning: checkpoint not usable, {error}", file=sys.stderr)
+            trainer.load_state_dict(fresh)
+            set_rng_state(fresh_rng)
+            continue
+        print(f"resuming {run_dir} from {path.name} after unit {point.step}", file=sys.stderr)
+        return point
+    print(f"warning: no usable checkpoint in {directory}; starting the run afresh", file=sys.stderr)
+    return None
