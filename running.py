@@ -1,9 +1,18 @@
 """Command line of the experiment runner.
 
     python running.py --params utils/params_adult.yaml [--set privacy.noise_multiplier=1.1 ...]
+    python running.py --params configs/paper_adult.yaml [--dry-run]   # a grid (sweep:/zip:)
+    python running.py --report runs/paper_adult                       # report.md, report.csv, PNGs
 
-Exit status: 0 on success (also when the run was already complete), 2 on a config or input error,
-with one ``error: ...`` line on stderr naming the key or file and the fix.
+A params file with a ``sweep:`` or ``zip:`` section is a grid (utils/sweep.py): every point is an
+ordinary run under ``{output_dir}/{name}/{point}``, ``--set`` applies to every point, complete points
+are skipped, and ``--dry-run`` lists the points and their run directories without running anything.
+
+Exit status: 0 on success (also when the run or every grid point was already complete); 1 when a
+grid ran but some of its points failed (each failure is an ``error: grid point ...`` line on stderr
+and is recorded in ``grid_status.json``; the other points still ran); 2 on a config or input error
+before anything ran (a bad key in ``sweep:`` included), with one ``error: ...`` line on stderr
+naming the key or file and the fix.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import sys
 
 from utils.config import load_config
 from utils.errors import UserInputError
+from utils.sweep import describe, load_grid, run_grid
 
 # The headline numbers printed at the end of a run (all of them are in summary.json).
 HEADLINE = ("test/accuracy", "test/accuracy/group=minority", "test/accuracy/group=majority",
@@ -22,12 +32,19 @@ HEADLINE = ("test/accuracy", "test/accuracy/group=minority", "test/accuracy/grou
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Train and evaluate one fairness-under-privacy experiment from a YAML file.")
-    parser.add_argument("--params", required=True, metavar="FILE", help="experiment YAML file")
+        description="Train and evaluate a fairness-under-privacy experiment (or a grid of them) "
+                    "from a YAML file, or report on a grid's runs.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--params", metavar="FILE", help="experiment or grid YAML file")
+    source.add_argument("--report", metavar="RUNS_DIR",
+                        help="write report.md, report.csv and figures for the runs in RUNS_DIR")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a dotted config key; VALUE is YAML (repeatable)")
+                        help="override a dotted config key (of every grid point); VALUE is YAML "
+                             "(repeatable)")
     parser.add_argument("--overwrite", action="store_true",
                         help="train again even if the run directory holds a finished run")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the config, list the run directories, and run nothing")
     return parser.parse_args(argv)
 
 
@@ -40,10 +57,30 @@ def format_value(value) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.report is not None:
+            # Imported here so that a run never loads matplotlib.
+            from utils.report import write_report
+
+            for path in write_report(args.report):
+                print(f"wrote {path}")
+            return 0
+        grid = load_grid(args.params, args.overrides)
+        if grid is not None and args.dry_run:
+            print("\n".join(describe(grid)))
+            return 0
+        if grid is not None:
+            failed = [r for r in run_grid(grid, overwrite=args.overwrite) if r.status == "failed"]
+            print(f"grid {grid.name}: {len(grid.points) - len(failed)} of {len(grid.points)} points "
+                  f"complete, {len(failed)} failed; status in {grid.directory}/grid_status.json; "
+                  f"report: python running.py --report {grid.directory}")
+            return 1 if failed else 0
         config = load_config(args.params, args.overrides)
         # Imported here so that `--help` and config errors answer without loading torch.
         from training.experiment import run, run_directory
 
+        if args.dry_run:
+            print(run_directory(config))
+            return 0
         summary = run(config, overwrite=args.overwrite)
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,0 +1,523 @@
+"""Report on a grid's runs: ``report.md``, ``report.csv`` and the paper's figures.
+
+``python running.py --report RUNS_DIR`` (or :func:`write_report`) reads every immediate
+subdirectory of ``RUNS_DIR`` holding ``config.yaml`` (a run directory; a grid puts one per point
+there, see :mod:`utils.sweep`) and its ``summary.json`` when the run finished.
+
+Grid points are found from the configs, not from directory names: runs whose resolved configs are
+equal except for ``seed`` (and ``name``, ``output_dir`` and the ``logging`` section, which do not
+change what is trained) are seeds of one point, so the report also works on run directories made
+one by one with ``--set``. The columns of the report are the config keys that differ between
+points.
+
+For each point and each headline metric (:data:`METRICS`) the report gives the mean over the seeds
+and the sample standard deviation (ddof = 1; blank with one seed), over the seeds where the metric is
+defined (null metrics, e.g. ε of a non-private run, are left out). A point with a single seed has no
+spread over seeds; it gets the 95 % bootstrap interval over the test set from its ``summary.json``
+(``<metric>_ci``) instead. ``report.csv`` keeps the units of summary.json (fractions);
+``report.md`` and the figures show percent.
+
+Figures, after arXiv 2009.06389, all against the minority share on a log axis (shares go down to
+0.001), one line per privacy level (non-private, then each noise multiplier or target ε), error bars
+one standard deviation over seeds: test accuracy; the four gaps (demographic parity, equal
+opportunity, equalized odds, accuracy); each group's accuracy; and under DP the share of each
+group's examples whose gradient was clipped (``dp/clip_fraction/group=...``), the mechanism behind
+DP-SGD's disparate impact.
+
+Points that did not finish are listed in report.md: those the grid's status file
+(``grid_status.json``) records as failed or not run, and run directories without ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from utils.config import PROVENANCE_KEY
+from utils.errors import UserInputError
+from utils.fairness import GROUPS, group_key
+from utils.sink import CONFIG_FILE, SUMMARY_FILE
+from utils.sweep import STATUS_FILE, read_status, short_names
+
+REPORT_MD = "report.md"
+REPORT_CSV = "report.csv"
+
+SHARE_KEY = "data.minority_share"
+MODE_KEY, NOISE_KEY, TARGET_KEY = "privacy.mode", "privacy.noise_multiplier", "privacy.target_epsilon"
+
+ACCURACY = "test/accuracy"
+GROUP_ACCURACY = {group: f"test/{group_key('accuracy', group)}" for group in GROUPS}
+GAP_TITLES = {
+    "test/dp_gap": "Demographic parity gap",
+    "test/eo_gap": "Equal opportunity gap (TPR)",
+    "test/eodds_gap": "Equalized odds gap",
+    "test/accuracy_gap": "Accuracy gap",
+}
+EPSILON = "privacy/epsilon"
+CLIP_FRACTION = {group: group_key("dp/clip_fraction", group) for group in GROUPS}
+
+METRICS: dict[str, str] = {
+    ACCURACY: "accuracy",
+    **{key: f"{group} acc." for group, key in GROUP_ACCURACY.items()},
+    **{key: key.removeprefix("test/").replace("_", " ") for key in GAP_TITLES},
+    EPSILON: "ε",
+    **{key: f"clipped {group}" for group, key in CLIP_FRACTION.items()},
+}
+"""The headline metrics of the report, with their report.md column titles. All but ε are fractions
+that report.md shows in percent (gaps in percentage points)."""
+
+FIGURES = {
+    "accuracy.png": "Test accuracy against the minority share",
+    "gaps.png": "Fairness gaps against the minority share",
+    "group_accuracy.png": "Accuracy of each group against the minority share",
+    "clip_fraction.png": "Share of each group's examples clipped by DP-SGD against the minority share",
+}
+"""The figures, by file name, with their captions in report.md."""
+
+# Keys that never make two runs different points: the seed is what a point averages over, and
+# name, output_dir and logging change where and how a run is recorded, not what it trains.
+NOT_A_SETTING = ("name", "seed", "output_dir")
+NOT_A_SETTING_PREFIX = "logging."
+
+MODE_NAMES = {"dpsgd": "DP-SGD", "dpfedavg": "DP-FedAvg"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run directory.
+
+    Attributes:
+        directory: the run directory.
+        settings: its resolved config flattened to dotted keys, without the keys of
+            :data:`NOT_A_SETTING` and the logging section.
+        seed: the run's seed.
+        summary: its summary.json, or None when the run did not finish.
+    """
+
+    directory: Path
+    settings: dict[str, Any]
+    seed: int | None
+    summary: dict[str, Any] | None
+
+
+@dataclass
+class Point:
+    """The finished runs of one grid point (runs that differ only in the seed).
+
+    Attributes:
+        settings: the shared settings, flattened to dotted keys.
+        runs: the finished runs, by seed.
+    """
+
+    settings: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return [run.seed for run in self.runs]
+
+    def values(self, metric: str) -> list[float]:
+        """The metric over the seeds where it is defined."""
+        return [float(run.summary[metric]) for run in self.runs
+                if isinstance(run.summary.get(metric), (int, float))]
+
+    def mean(self, metric: str) -> float | None:
+        values = self.values(metric)
+        return statistics.fmean(values) if values else None
+
+    def std(self, metric: str) -> float | None:
+        """Sample standard deviation over seeds (ddof = 1); None with fewer than two values."""
+        values = self.values(metric)
+        return statistics.stdev(values) if len(values) > 1 else None
+
+    def interval(self, metric: str) -> list[float] | None:
+        """The bootstrap interval of a single-seed point (None with several seeds or none stored)."""
+        if len(self.runs) != 1:
+            return None
+        interval = self.runs[0].summary.get(f"{metric}_ci")
+        return interval if isinstance(interval, list) and len(interval) == 2 else None
+
+    def share(self) -> float | None:
+        """The minority share: the configured one, else the measured share of the training set."""
+        if isinstance(self.settings.get(SHARE_KEY), (int, float)):
+            return float(self.settings[SHARE_KEY])
+        shares = []
+        for run in self.runs:
+            counts = [run.summary.get(f"data/train_count/group={group}") for group in GROUPS]
+            if all(isinstance(count, (int, float)) for count in counts) and sum(counts) > 0:
+                shares.append(counts[GROUPS.index("minority")] / sum(counts))
+        return statistics.fmean(shares) if shares else None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A point or run directory without a finished run, for report.md.
+
+    Attributes:
+        name: the point's directory name.
+        status: "failed", "incomplete (no summary.json)", or the grid status ("pending", ...).
+        error: the error the grid recorded, if any.
+    """
+
+    name: str
+    status: str
+    error: str | None = None
+
+
+def write_report(runs_dir: str | Path) -> list[Path]:
+    """Write report.md, report.csv and the figures into ``runs_dir``; return the files written.
+
+    Raises:
+        UserInputError: ``runs_dir`` is not a directory, or holds no run directory and no grid
+            status file.
+    """
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise UserInputError(f"--report {str(runs_dir)!r}: no such directory. Give the directory of "
+                             f"a grid's runs, e.g. runs/paper_adult.")
+    runs, problems = load_runs(runs_dir)
+    if not runs and not problems:
+        raise UserInputError(f"--report {str(runs_dir)!r}: no run directories in it (subdirectories "
+                             f"holding {CONFIG_FILE}). Give the directory of a grid's runs, "
+                             f"e.g. runs/paper_adult, not a run directory itself.")
+    points = group_points(runs)
+    # A grid's swept keys are columns even where the finished points agree on them (the others
+    # failed), so that the report reads the same way as the grid.
+    swept = [key for key in (read_status(runs_dir) or {}).get("keys", []) if key not in NOT_A_SETTING]
+    keys = varying_keys(points, always=swept)
+    written = [write_csv(runs_dir / REPORT_CSV, points, keys)]
+    figures = write_figures(runs_dir, points, title=runs_dir.resolve().name)
+    written += figures
+    written.insert(0, write_markdown(runs_dir / REPORT_MD, runs_dir, points, keys, problems, figures))
+    return written
+
+
+def load_runs(runs_dir: Path) -> tuple[list[Run], list[Problem]]:
+    """The run directories under ``runs_dir`` and the points that did not finish."""
+    runs: list[Run] = []
+    unfinished: dict[str, Problem] = {}
+    for directory in sorted(path for path in runs_dir.iterdir() if (path / CONFIG_FILE).is_file()):
+        raw = yaml.safe_load((directory / CONFIG_FILE).read_text()) or {}
+        raw.pop(PROVENANCE_KEY, None)
+        flat = flatten(raw)
+        settings = {key: value for key, value in flat.items()
+                    if key not in NOT_A_SETTING and not key.startswith(NOT_A_SETTING_PREFIX)}
+        summary_path = directory / SUMMARY_FILE
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+        runs.append(Run(directory, settings, flat.get("seed"), summary))
+        if summary is None:
+            unfinished[directory.name] = Problem(directory.name, "incomplete (no summary.json)")
+    status = read_status(runs_dir) or {}
+    for entry in status.get("points", []):
+        # A summary.json on disk wins over the status file: the point may have been run since.
+        if entry["status"] in ("done", "skipped") or (runs_dir / entry["label"] / SUMMARY_FILE).is_file():
+            continue
+        unfinished[entry["label"]] = Problem(entry["label"], entry["status"], entry.get("error"))
+    return [run for run in runs if run.summary is not None], sorted(unfinished.values(),
+                                                                      key=lambda p: p.name)
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as one level of dotted keys: ``{"privacy": {"mode": x}}`` -> ``privacy.mode``."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def group_points(runs: Iterable[Run]) -> list[Point]:
+    """Finished runs grouped into points by their settings, in the order of :func:`_point_order`."""
+    points: dict[str, Point] = {}
+    for run in runs:
+        identity = json.dumps(run.settings, sort_keys=True, default=str)
+        points.setdefault(identity, Point(run.settings)).runs.append(run)
+    for point in points.values():
+        point.runs.sort(key=lambda run: (run.seed is None, run.seed))
+    return sorted(points.values(), key=_point_order)
+
+
+def varying_keys(points: list[Point], always: Iterable[str] = ()) -> list[str]:
+    """The settings whose values differ between points, and those of ``always`` that the points
+    have, in config order: the report's columns."""
+    keys: dict[str, None] = {}
+    for point in points:
+        keys.update(dict.fromkeys(point.settings))
+    always = set(always)
+    missing = object()
+    return [key for key in keys
+            if key in always or len({json.dumps(point.settings.get(key, missing), default=repr)
+                                     for point in points}) > 1]
+
+
+def write_csv(path: Path, points: list[Point], keys: list[str]) -> Path:
+    """report.csv: one row per point; the varying keys, the seeds, and per metric mean, std and
+    (single-seed points) the bootstrap interval, in summary.json's units."""
+    header = [*keys, "n_seeds", "seeds"]
+    for metric in METRICS:
+        header += [f"{metric}_mean", f"{metric}_std", f"{metric}_ci_low", f"{metric}_ci_high"]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for point in points:
+            row = [_csv_value(point.settings.get(key)) for key in keys]
+            row += [len(point.runs), " ".join(str(seed) for seed in point.seeds)]
+            for metric in METRICS:
+                interval = point.interval(metric) or [None, None]
+                row += [_csv_value(value) for value in
+                        (point.mean(metric), point.std(metric), *interval)]
+            writer.writerow(row)
+    return path
+
+
+def write_markdown(path: Path, runs_dir: Path, points: list[Point], keys: list[str],
+                   problems: list[Problem], figures: list[Path]) -> Path:
+    """report.md: what was read, the table of points, the figures and the unfinished points."""
+    short = short_names(keys)
+    n_runs = sum(len(point.runs) for point in points)
+    seed_counts = sorted({len(point.runs) for point in points})
+    lines = [
+        f"# Report: {runs_dir.resolve().name}",
+        "",
+        f"{n_runs} finished runs in {len(points)} grid points "
+        f"({'/'.join(map(str, seed_counts)) or 0} seeds per point) read from `{runs_dir}`; "
+        f"{len(problems)} point(s) did not finish (listed at the end). "
+        f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python running.py --report {runs_dir}`.",
+        "",
+        "Cells are the mean ± sample standard deviation (ddof = 1) over seeds; a point with a single "
+        "seed shows its 95 % bootstrap interval over the test set in brackets instead. Accuracies "
+        "and clipped shares are in %, gaps in percentage points, ε at the run's δ. "
+        f"All numbers, unrounded and in summary.json's units, are in `{REPORT_CSV}`.",
+        "",
+    ]
+    columns = [*(short[key] for key in keys), "seeds", *METRICS.values()]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for point in points:
+        cells = [_md_value(point.settings.get(key)) for key in keys]
+        cells.append(str(len(point.runs)))
+        cells += [_md_metric(point, metric) for metric in METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    if figures:
+        lines += ["", "## Figures", ""]
+        for figure in figures:
+            lines += [f"![{FIGURES[figure.name]}]({figure.name})", ""]
+    if problems:
+        lines += ["", "## Points that did not finish", "",
+                  f"From `{STATUS_FILE}` and run directories without `{SUMMARY_FILE}`; "
+                  "they are missing from the table and the figures.", ""]
+        for problem in problems:
+            error = f": {' '.join(problem.error.split())}" if problem.error else ""
+            lines.append(f"- **FAILED** `{problem.name}`{error}" if problem.status == "failed"
+                         else f"- `{problem.name}`: {problem.status}{error}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+
+
+@dataclass
+class Series:
+    """The points drawn as one line: same settings but for the minority share."""
+
+    label: str
+    order: tuple
+    points: list[Point] = field(default_factory=list)
+    color: str = "black"
+
+
+def write_figures(runs_dir: Path, points: list[Point], *, title: str) -> list[Path]:
+    """The PNG figures of :data:`FIGURES` (clip fractions only when a run logged them)."""
+    # The object-oriented API with the Agg canvas: no pyplot state, no display, and no change to
+    # the backend of a notebook that calls this.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    series = make_series(points)
+    if not series:
+        return []
+    seeds = sorted({len(point.runs) for point in points})
+    spread = ("error bars: ±1 std over seeds" if seeds != [1] else "one seed: no error bars")
+    subtitle = f"{title}; mean over {'/'.join(map(str, seeds))} seed(s), {spread}"
+    written = []
+
+    def save(figure: Figure, name: str, heading: str, handles_from) -> None:
+        handles, labels = handles_from.get_legend_handles_labels()
+        # As many legend columns as fit the width (about 2.7 inches per entry).
+        columns = max(1, min(len(labels), int(figure.get_figwidth() // 2.7)))
+        figure.legend(handles, labels, loc="outside lower center", ncols=columns, frameon=False)
+        figure.suptitle(f"{heading}\n{subtitle}", fontsize=11)
+        FigureCanvasAgg(figure)
+        figure.savefig(runs_dir / name, dpi=150)
+        written.append(runs_dir / name)
+
+    figure = Figure(figsize=(7, 5), layout="constrained")
+    ax = figure.add_subplot()
+    _panel(ax, series, ACCURACY, "test accuracy (%)")
+    save(figure, "accuracy.png", "Test accuracy", ax)
+
+    figure = Figure(figsize=(11, 8.5), layout="constrained")
+    axes = figure.subplots(2, 2, sharex=True)
+    for ax, (metric, heading) in zip(axes.flat, GAP_TITLES.items()):
+        _panel(ax, series, metric, "gap (percentage points)", heading=heading)
+    for ax in axes[0]:
+        ax.set_xlabel("")  # shared x axis: labelled once, under each column
+    save(figure, "gaps.png", "Fairness gaps |minority − majority|", axes.flat[0])
+
+    figure = Figure(figsize=(11, 5), layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
+    for ax, (group, metric) in zip(axes, GROUP_ACCURACY.items()):
+        _panel(ax, series, metric, "test accuracy (%)", heading=f"{group} group")
+    axes[1].set_ylabel("")  # shared y axis: labelled once, on the left
+    save(figure, "group_accuracy.png", "Accuracy of each group", axes[0])
+
+    private = [s for s in series if any(p.values(CLIP_FRACTION["minority"]) for p in s.points)]
+    if private:
+        figure = Figure(figsize=(11, 5), layout="constrained")
+        axes = figure.subplots(1, 2, sharey=True)
+        for ax, (group, metric) in zip(axes, CLIP_FRACTION.items()):
+            _panel(ax, private, metric, "examples clipped in the last epoch (%)",
+                   heading=f"{group} group")
+        axes[1].set_ylabel("")
+        save(figure, "clip_fraction.png", "Gradient clipping under DP, per group", axes[0])
+    return written
+
+
+def make_series(points: list[Point]) -> list[Series]:
+    """Lines of the figures: points grouped by every varying setting but the share, ordered
+    non-private first and then from the most to the least noise (smallest to largest ε)."""
+    keys = [key for key in varying_keys(points) if key != SHARE_KEY]
+    by_label: dict[str, Series] = {}
+    for point in points:
+        if point.share() is None:
+            continue  # nothing to place on the x axis
+        label, order = _series_label(point, keys, points)
+        by_label.setdefault(label, Series(label, order)).points.append(point)
+    series = sorted(by_label.values(), key=lambda s: s.order)
+    palette = iter(["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+                    "tab:pink", "tab:olive", "tab:cyan"] * 10)
+    for line in series:
+        line.color = "black" if line.order[0] == 0 else next(palette)
+        line.points.sort(key=lambda point: point.share())
+    return series
+
+
+def _series_label(point: Point, keys: list[str], points: list[Point]) -> tuple[str, tuple]:
+    settings = point.settings
+    mode = settings.get(MODE_KEY, "none")
+    noise, target = settings.get(NOISE_KEY), settings.get(TARGET_KEY)
+    if mode == "none":
+        label, order = "non-private", (0, 0.0)
+    elif noise is not None:
+        label, order = f"{MODE_NAMES.get(mode, mode)} σ={noise:g}", (1, -float(noise))
+    else:
+        label, order = f"{MODE_NAMES.get(mode, mode)} target ε={target:g}", (1, float(target or 0))
+    if mode != "none":
+        # The ε the runs reached, over every share of this level (equal when train_size is fixed).
+        same_level = [p for p in points if all(p.settings.get(k) == settings.get(k)
+                                               for k in (MODE_KEY, NOISE_KEY, TARGET_KEY))]
+        epsilons = [e for p in same_level for e in p.values(EPSILON)]
+        if epsilons:
+            low, high = min(epsilons), max(epsilons)
+            label += (f" (ε≈{low:.2g})" if high - low <= 0.05 * high
+                      else f" (ε {low:.2g}–{high:.2g})")
+    others = [key for key in keys if not key.startswith("privacy.")]
+    short = short_names(others)
+    extra = ", ".join(f"{short[key]}={_md_value(settings.get(key))}" for key in others)
+    if extra:
+        label += f", {extra}"
+    return label, (*order, extra)
+
+
+def _panel(ax, series: list[Series], metric: str, ylabel: str, *, heading: str | None = None) -> None:
+    """One axes: ``metric`` in percent against the share, one line per series."""
+    shares: set[float] = set()
+    for index, line in enumerate(series):
+        drawn = [(point.share(), point.mean(metric), point.std(metric)) for point in line.points
+                 if point.mean(metric) is not None]
+        if not drawn:
+            continue
+        shares.update(x for x, _, _ in drawn)
+        # Lines share their x positions; a small sideways shift per line (a fixed ratio, i.e. a
+        # fixed distance on the log axis) keeps their error bars from hiding one another.
+        dodge = 10 ** (0.012 * (index - (len(series) - 1) / 2))
+        xs = [x * dodge for x, _, _ in drawn]
+        ax.errorbar(xs, [100 * y for _, y, _ in drawn],
+                    yerr=[100 * (s if s is not None else 0.0) for _, _, s in drawn],
+                    color=line.color, marker="o", markersize=5, linewidth=1.6, capsize=3,
+                    label=line.label)
+    ax.set_xscale("log")
+    if shares:
+        from matplotlib.ticker import FixedLocator, NullLocator
+
+        ticks = sorted(shares)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([f"{100 * share:g}%" for share in ticks])
+        # Keep points off the frame: half a decade of margin on a log axis.
+        ax.set_xlim(ticks[0] / 1.6, ticks[-1] * 1.6)
+    ax.set_xlabel("minority share of the training set (log scale)")
+    ax.set_ylabel(ylabel)
+    if heading:
+        ax.set_title(heading, fontsize=10)
+    ax.grid(True, alpha=0.3)
+
+
+# --------------------------------------------------------------------------------------------------
+# Formatting
+
+
+def _point_order(point: Point) -> tuple:
+    """Points by privacy level (non-private first, most noise first), then share, largest first."""
+    _, order = _series_label(point, [], [])
+    share = point.share()
+    rest = json.dumps({k: v for k, v in point.settings.items() if k != SHARE_KEY},
+                      sort_keys=True, default=str)
+    return (*order, -(share if share is not None else math.inf), rest)
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return value
+
+
+def _md_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return str(value).replace("|", "\\|")
+
+
+def _md_metric(point: Point, metric: str) -> str:
+    """A table cell: mean ± std (%), or mean [bootstrap interval] for one seed; – when undefined."""
+    mean = point.mean(metric)
+    if mean is None:
+        return "–"
+    if metric == EPSILON:
+        std = point.std(metric)
+        return f"{mean:.3g}" + (f" ± {std:.2g}" if std is not None else "")
+    cell = f"{100 * mean:.2f}"
+    std, interval = point.std(metric), point.interval(metric)
+    if std is not None:
+        cell += f" ± {100 * std:.2f}"
+    elif interval is not None:
+        cell += f" [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"
+    return cell
