@@ -2,11 +2,14 @@
 
     python running.py --params utils/params_adult.yaml [--set privacy.noise_multiplier=1.1 ...]
     python running.py --params configs/paper_adult.yaml [--dry-run]   # a grid (sweep:/zip:)
+    python running.py --params configs/paper_adult.yaml --backend ray [--address auto]
     python running.py --report runs/paper_adult                       # report.md, report.csv, PNGs
 
 A params file with a ``sweep:`` or ``zip:`` section is a grid (utils/sweep.py): every point is an
 ordinary run under ``{output_dir}/{name}/{point}``, ``--set`` applies to every point, complete points
 are skipped, and ``--dry-run`` lists the points and their run directories without running anything.
+``--backend ray [--address ADDR] [--gpus-per-run N]`` runs a grid's points as Ray tasks, on this
+machine or on a Ray cluster, with the same run directories, status file and exit status.
 
 Exit status: 0 on success (also when the run or every grid point was already complete); 1 when a
 grid ran but some of its points failed (each failure is an ``error: grid point ...`` line on stderr
@@ -22,7 +25,7 @@ import sys
 
 from utils.config import load_config
 from utils.errors import UserInputError
-from utils.sweep import describe, load_grid, run_grid
+from utils.sweep import describe, load_grid, ray_executor, run_grid
 
 # The headline numbers printed at the end of a run (all of them are in summary.json).
 HEADLINE = ("test/accuracy", "test/accuracy/group=minority", "test/accuracy/group=majority",
@@ -45,7 +48,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="train again even if the run directory holds a finished run")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the config, list the run directories, and run nothing")
-    return parser.parse_args(argv)
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="how a grid's points run: one after the other in this process "
+                             "(local, the default) or as Ray tasks (ray; pip install -r "
+                             "requirements-ray.txt)")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="with --backend ray: the Ray cluster to use (auto, ray://host:10001); "
+                             "default: start Ray on this machine")
+    parser.add_argument("--gpus-per-run", type=float, metavar="N",
+                        help="with --backend ray: GPUs per grid point, fractions allowed (default: "
+                             "1 when the Ray cluster has GPUs, else 0)")
+    args = parser.parse_args(argv)
+    if args.backend != "ray" and (args.address is not None or args.gpus_per_run is not None):
+        parser.error("--address and --gpus-per-run need --backend ray")
+    if args.gpus_per_run is not None and args.gpus_per_run < 0:
+        parser.error(f"--gpus-per-run: got {args.gpus_per_run}; give 0 or more (0.5 shares a GPU)")
+    return args
 
 
 def format_value(value) -> str:
@@ -69,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(describe(grid)))
             return 0
         if grid is not None:
-            failed = [r for r in run_grid(grid, overwrite=args.overwrite) if r.status == "failed"]
+            executor = (ray_executor(args.address, args.gpus_per_run) if args.backend == "ray"
+                        else None)
+            results = run_grid(grid, overwrite=args.overwrite, executor=executor)
+            failed = [r for r in results if r.status == "failed"]
             print(f"grid {grid.name}: {len(grid.points) - len(failed)} of {len(grid.points)} points "
                   f"complete, {len(failed)} failed; status in {grid.directory}/grid_status.json; "
                   f"report: python running.py --report {grid.directory}")

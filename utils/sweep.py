@@ -31,7 +31,8 @@ Every point's config is built and checked (the same :func:`utils.config.apply_ov
 without creating a directory. ``--set`` overrides apply to the base, i.e. to every point; a ``--set``
 of a swept key is refused, since it would make the points identical.
 
-:func:`run_grid` then runs the points in order. A point that fails (a share the data cannot supply
+:func:`run_grid` then runs the points, by default in order in this process (``--backend ray`` runs
+them as Ray tasks instead, :func:`ray_executor`). A point that fails (a share the data cannot supply
 raises a :class:`~utils.errors.UserInputError` inside ``run``) is recorded and the grid goes on.
 Started again, a grid skips its complete points and continues an interrupted one from its last
 checkpoint: ``run`` does both, because a point's config is the same every time the file expands
@@ -43,15 +44,17 @@ values, run directory, status (``pending``, ``running``, ``done``, ``skipped``, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
 import json
+import os
 import re
 import sys
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,7 @@ SWEEP_SECTION = "sweep"
 ZIP_SECTION = "zip"
 GRID_SECTIONS = (SWEEP_SECTION, ZIP_SECTION)
 STATUS_FILE = "grid_status.json"
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 SHORT_NAMES: dict[str, str] = {
     "data.minority_share": "share",
@@ -153,6 +157,7 @@ class PointResult:
         error: the failure's message (None unless failed).
         summary: the run's summary (None when failed).
         wall_s: seconds this point took in this invocation.
+        traceback: a bug's traceback (None for an input error), printed by :func:`run_grid`.
     """
 
     point: GridPoint
@@ -160,6 +165,14 @@ class PointResult:
     error: str | None = None
     summary: dict[str, Any] | None = None
     wall_s: float = 0.0
+    traceback: str | None = None
+
+
+Executor = Callable[[Sequence[GridPoint], bool], Generator[tuple[int, "PointResult | None"], None, None]]
+"""How a grid's points run: a generator function that, called with the points and ``overwrite``,
+yields ``(index, None)`` when the point at ``index`` starts and ``(index, result)`` when it ends, in
+any order, every point ending once. :func:`run_grid` keeps the status file from these events alone,
+so backends differ only in where and how many points run at a time."""
 
 
 def is_grid(raw: Mapping[str, Any]) -> bool:
@@ -298,52 +311,139 @@ def describe(grid: Grid) -> list[str]:
     return lines
 
 
-def run_grid(grid: Grid, *, overwrite: bool = False) -> list[PointResult]:
-    """Run every point of ``grid`` in order; a failing point is recorded and the others still run.
+def run_grid(grid: Grid, *, overwrite: bool = False,
+             executor: Executor | None = None) -> list[PointResult]:
+    """Run every point of ``grid``; a failing point is recorded and the others still run.
 
-    One line per point goes to stdout; a failure's ``error: ...`` line (and a bug's traceback) to
-    stderr. The status file is rewritten before and after every point, so it always tells which
-    points are complete, which failed and why, and which one an interruption (Ctrl-C) stopped.
+    One line per point goes to stdout as it finishes; a failure's ``error: ...`` line (and a bug's
+    traceback) to stderr. The status file is rewritten whenever a point starts or finishes, so it
+    always tells which points are complete, which failed and why, and which ones an interruption
+    (Ctrl-C) stopped. This bookkeeping is the same whatever ``executor`` runs the points.
 
     Args:
         grid: from :func:`expand_grid` / :func:`load_grid`.
         overwrite: train points again even when complete (``--overwrite``).
+        executor: how the points run (see :data:`Executor`); :func:`run_in_process` (one after the
+            other, in this process) by default, or :func:`ray_executor`.
 
     Returns:
-        One :class:`PointResult` per point, in running order.
+        One :class:`PointResult` per point, in the grid's order.
+    """
+    grid.directory.mkdir(parents=True, exist_ok=True)
+    entries = [_status_entry(point, "pending") for point in grid.points]
+    results: dict[int, PointResult] = {}
+    total = len(grid.points)
+    events = (executor or run_in_process)(grid.points, overwrite)
+    try:
+        # closing(): whatever stops this loop ends the executor at once (a Ray one cancels its tasks).
+        with contextlib.closing(events):
+            for index, result in events:
+                point = grid.points[index]
+                if result is None:
+                    entries[index] = _status_entry(point, "running")
+                    _write_status(grid, entries)
+                    continue
+                results[index] = result
+                entries[index] = _status_entry(point, result.status, result.error, result.wall_s)
+                _write_status(grid, entries)
+                print(f"[{len(results)}/{total}] {_result_line(result)}", flush=True)
+                if result.traceback is not None:
+                    print(result.traceback, end="", file=sys.stderr, flush=True)
+                if result.error is not None:
+                    print(f"error: grid point {point.label}: {result.error}", file=sys.stderr, flush=True)
+    except BaseException:
+        entries = [_status_entry(grid.points[i], "interrupted") if entry["status"] == "running"
+                   else entry for i, entry in enumerate(entries)]
+        _write_status(grid, entries)
+        raise
+    return [results[index] for index in sorted(results)]
+
+
+def run_in_process(points: Sequence[GridPoint], overwrite: bool) -> Generator[tuple[int, PointResult | None], None, None]:
+    """The default :data:`Executor`: the points one after the other, in this process."""
+    for index, point in enumerate(points):
+        yield index, None
+        yield index, run_point(point, overwrite)
+
+
+def run_point(point: GridPoint, overwrite: bool = False) -> PointResult:
+    """Run one point (:func:`training.experiment.run`) and say what became of it.
+
+    A :class:`~utils.errors.UserInputError` (a share the data cannot supply) and a bug alike become a
+    ``failed`` result, a bug with its traceback, so that one point cannot stop the grid; Ctrl-C and
+    other ``BaseException`` still propagate. Executors call this wherever the point runs (a Ray worker
+    included), so a point's outcome is decided the same way by every backend.
     """
     from training.experiment import run  # torch is loaded only when something trains
 
-    grid.directory.mkdir(parents=True, exist_ok=True)
-    entries = [_status_entry(point, "pending") for point in grid.points]
-    results: list[PointResult] = []
-    total = len(grid.points)
-    for index, point in enumerate(grid.points):
-        entries[index] = _status_entry(point, "running")
-        _write_status(grid, entries)
-        started = time.perf_counter()
+    started = time.perf_counter()
+    try:
+        summary = run(point.config, overwrite=overwrite)
+    except UserInputError as error:  # the user's to fix, e.g. a share the data cannot supply
+        result = PointResult(point, "failed", error=str(error))
+    except Exception as error:  # a bug: keep its traceback, but let the other points run
+        result = PointResult(point, "failed", error=f"{type(error).__name__}: {error}",
+                             traceback=traceback.format_exc())
+    else:
+        result = PointResult(point, "skipped" if summary.get("skipped") else "done", summary=summary)
+    return dataclasses.replace(result, wall_s=time.perf_counter() - started)
+
+
+def ray_executor(address: str | None = None, gpus_per_run: float | None = None) -> Executor:
+    """An :data:`Executor` that runs every point as a Ray task, as many at a time as Ray has room.
+
+    Each task runs :func:`run_point` in a Ray worker, so a point writes the same run directory, and
+    fails the same way, as in process. Workers import this project through ``PYTHONPATH`` set to the
+    repository root (a local Ray's workers do not see the driver's ``sys.path``) and work in the
+    driver's current directory, so relative paths in a config mean the same; on a cluster the
+    repository and the grid's ``output_dir`` must therefore be on a file system shared at the same
+    paths by every node.
+
+    Args:
+        address: a running Ray cluster (``auto``, ``ray://host:10001``); None starts Ray on this
+            machine only (its CPUs, no dashboard) unless Ray is already initialised in this process.
+        gpus_per_run: GPUs each point gets (0.5 puts two points on a GPU); None gives 1 when the
+            cluster has GPUs and 0 otherwise.
+
+    Raises:
+        UserInputError: Ray is not installed.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise UserInputError("--backend ray needs Ray: pip install -r requirements-ray.txt") from None
+
+    def execute(points: Sequence[GridPoint], overwrite: bool) -> Generator[tuple[int, PointResult | None], None, None]:
+        started_here = not ray.is_initialized()
+        if started_here and address is None:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        elif started_here:
+            ray.init(address=address, log_to_driver=False)
+        pending: dict[Any, int] = {}
         try:
-            summary = run(point.config, overwrite=overwrite)
-        except UserInputError as error:  # the user's to fix, e.g. a share the data cannot supply
-            result = PointResult(point, "failed", error=str(error))
-        except Exception as error:  # a bug: keep its traceback, but let the other points run
-            traceback.print_exc()
-            result = PointResult(point, "failed", error=f"{type(error).__name__}: {error}")
-        except BaseException:
-            entries[index] = _status_entry(point, "interrupted")
-            _write_status(grid, entries)
-            raise
-        else:
-            result = PointResult(point, "skipped" if summary.get("skipped") else "done",
-                                 summary=summary)
-        result = dataclasses.replace(result, wall_s=time.perf_counter() - started)
-        results.append(result)
-        entries[index] = _status_entry(point, result.status, result.error, result.wall_s)
-        _write_status(grid, entries)
-        print(f"[{index + 1}/{total}] {_result_line(result)}", flush=True)
-        if result.error is not None:
-            print(f"error: grid point {point.label}: {result.error}", file=sys.stderr, flush=True)
-    return results
+            gpus = gpus_per_run if gpus_per_run is not None else (
+                1 if ray.cluster_resources().get("GPU", 0) > 0 else 0)
+            path = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+            task = ray.remote(_run_point_in).options(
+                num_cpus=1, num_gpus=gpus, runtime_env={"env_vars": {"PYTHONPATH": path}})
+            for index, point in enumerate(points):
+                pending[task.remote(_absolute(point), overwrite, os.getcwd())] = index
+                yield index, None
+            while pending:
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                index = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayError as error:  # the worker died (out of memory, a node lost)
+                    result = PointResult(points[index], "failed", error=f"{type(error).__name__}: {error}")
+                yield index, dataclasses.replace(result, point=points[index])
+        finally:
+            for ref in pending:  # interrupted: points still queued or running must not go on
+                ray.cancel(ref, force=True)
+            if started_here:
+                ray.shutdown()
+
+    return execute
 
 
 def read_status(directory: str | Path) -> dict[str, Any] | None:
@@ -444,6 +544,19 @@ def _write_status(grid: Grid, entries: list[dict[str, Any]]) -> None:
         "grid": grid.name, "params": grid.source, "keys": list(grid.keys),
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "counts": {status: n for status, n in counts.items() if n}, "points": entries})
+
+
+def _absolute(point: GridPoint) -> GridPoint:
+    # A worker may start in another directory (or on another node): give it an absolute output_dir.
+    config = dataclasses.replace(point.config, output_dir=str(Path(point.config.output_dir).resolve()))
+    return dataclasses.replace(point, config=config)
+
+
+def _run_point_in(point: GridPoint, overwrite: bool, cwd: str) -> PointResult:
+    """:func:`run_point` in ``cwd`` (the driver's directory, when this node has it): a Ray task."""
+    if Path(cwd).is_dir():
+        os.chdir(cwd)
+    return run_point(point, overwrite)
 
 
 def _result_line(result: PointResult) -> str:
