@@ -167,3 +167,9 @@ def test_cli_missing_file_and_bad_override(tmp_path):
     result = run_cli("--params", str(path), "--set", "privacy.noise_multipler=1", cwd=tmp_path)
     assert result.returncode == 2 and "Did you mean 'privacy.noise_multiplier'" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_grid_file_is_not_one_experiment(tmp_path):
+    path = write(tmp_path, {"sweep": {"seed": [0, 1]}})
+    with pytest.raises(ConfigError, match="is a grid .* utils.sweep.load_grid"):
+        load_config(path)

@@ -148,3 +148,13 @@ def test_interrupted_run_is_not_trusted(tmp_path):
     assert result.returncode == 0, result.stderr
     rows = read_jsonl(stale / "metrics.jsonl")
     assert len(rows) == 1 and rows[0]["test/accuracy"] > 0.5
+
+
+def test_finished_run_of_another_config_warns(tmp_path):
+    first = run_cli(tmp_path, "privacy.mode=none", "name=adult_none", "training.epochs=1",
+                    "logging.wandb.mode=disabled", "logging.tensorboard=false")
+    assert first.returncode == 0, first.stderr
+    again = run_cli(tmp_path, "privacy.mode=none", "name=adult_none", "training.epochs=1",
+                    "training.lr=0.01", "logging.wandb.mode=disabled", "logging.tensorboard=false")
+    assert again.returncode == 0 and "already complete" in again.stdout
+    assert "different config" in again.stderr and "training.lr" in again.stderr

@@ -66,6 +66,28 @@ def completed_summary(config: ExperimentConfig) -> dict[str, Any] | None:
     return None
 
 
+def changed_keys(run_dir: Path, config: ExperimentConfig) -> list[str]:
+    """Dotted keys whose value in ``run_dir``'s config.yaml differs from ``config`` (provenance aside)."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return []
+    stored = yaml.safe_load(path.read_text()) or {}
+
+    def flat(mapping: dict, prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for key, value in mapping.items():
+            if key == PROVENANCE_KEY:
+                continue
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    old, new = flat(stored), flat(config.to_dict())
+    return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+
+
 def provenance() -> dict[str, Any]:
     """Package versions and the project's git commit, so a result can be traced to its code."""
     versions = {"python": platform.python_version()}
@@ -96,6 +118,10 @@ def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:
     """
     run_dir = run_directory(config)
     if not overwrite and (done := completed_summary(config)) is not None:
+        if changed := changed_keys(run_dir, config):
+            print(f"warning: {run_dir} holds a finished run of a different config (it differs in "
+                  f"{', '.join(changed)}); returning that run's results. Use --overwrite to train "
+                  f"this config there, or give it another name.", file=sys.stderr)
         return {**done, "skipped": True}
     started = time.perf_counter()
 

@@ -37,6 +37,8 @@ DATA_SPLITS = ("protocol", "official")
 
 # Keys a resolved config.yaml carries for provenance; reading such a file back ignores them.
 PROVENANCE_KEY = "provenance"
+# Sections that make a params file a grid of experiments (utils/sweep.py), not one experiment.
+GRID_KEYS = frozenset({"sweep", "zip"})
 
 
 def _check(condition: bool, key: str, value: Any, expected: str) -> None:
@@ -552,6 +554,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     from utils.legacy import is_legacy, translate_legacy
 
     raw = read_yaml(path)
+    if GRID_KEYS & raw.keys():
+        raise ConfigError(f"params file {str(path)!r} is a grid (it has a sweep: or zip: section), "
+                          f"not one experiment. Run it with running.py, or load its points with "
+                          f"utils.sweep.load_grid.")
     if is_legacy(raw):
         raw = translate_legacy(raw, source=path)
     raw = apply_overrides(raw, list(overrides or []))
