@@ -22,6 +22,7 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from privacy.accounting import epsilon_of_history
 from utils.config import PrivacyConfig
 
 
@@ -52,15 +53,9 @@ class PrivateTraining:
         return int(sum(num_steps for _, _, num_steps in self.engine.accountant.history))
 
     def epsilon(self, delta: float) -> float:
-        if self.steps == 0:
-            return 0.0
-        if self.noise_multiplier == 0:
-            return float("inf")
-        with warnings.catch_warnings():
-            # RDP warns when its best order is the largest one tried (few steps or little noise):
-            # the ε it returns is then still a valid upper bound, just not the tightest.
-            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-            return float(self.engine.get_epsilon(delta))
+        """ε of every step the engine's accountant recorded (restored history included)."""
+        accountant = self.engine.accountant
+        return epsilon_of_history(accountant.history, delta=delta, accountant=accountant.mechanism())
 
 
 def index_loader(num_examples: int, batch_size: int, generator: torch.Generator | None = None,
