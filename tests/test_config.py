@@ -173,3 +173,14 @@ def test_grid_file_is_not_one_experiment(tmp_path):
     path = write(tmp_path, {"sweep": {"seed": [0, 1]}})
     with pytest.raises(ConfigError, match="is a grid .* utils.sweep.load_grid"):
         load_config(path)
+
+
+def test_config_choices_match_the_registries():
+    # The config checks names early (before any data is read); the registries build them. Both
+    # lists must name the same things.
+    from training import TRAINERS
+    from training.optim import OPTIMIZERS as OPTIMIZER_REGISTRY
+    from utils.config import OPTIMIZERS, PRIVACY_MODES
+
+    assert set(PRIVACY_MODES) == set(TRAINERS.names())
+    assert set(OPTIMIZERS) == set(OPTIMIZER_REGISTRY.names())

@@ -150,6 +150,14 @@ def interrupt_after(monkeypatch, step: int) -> None:
     monkeypatch.setattr(experiment_module.MetricsSink, "log", log)
 
 
+def run_until_interrupted(config, monkeypatch, *, after: int) -> None:
+    """Run ``config`` in this process and stop it by an exception right after unit ``after``."""
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, after)
+        with pytest.raises(Interrupt):
+            experiment_module.run(config)
+
+
 def test_dpfedavg_run_interrupted_mid_way_resumes_to_the_uninterrupted_result(tmp_path,
                                                                                monkeypatch):
     reference = experiment_module.run(config_from_mapping(
@@ -158,10 +166,7 @@ def test_dpfedavg_run_interrupted_mid_way_resumes_to_the_uninterrupted_result(tm
     run_dir = experiment_module.run_directory(config)
     # Interrupted at round 5: the last checkpoint is round 4 (eval_every 2), so round 5's row
     # must be dropped and logged again by the resumed run.
-    with monkeypatch.context() as patch:
-        interrupt_after(patch, 5)
-        with pytest.raises(Interrupt):
-            experiment_module.run(config)
+    run_until_interrupted(config, monkeypatch, after=5)
     assert [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4, 5]
     assert checkpoint.load_checkpoint(run_dir / "checkpoints" / "last.pt").step == 4
 
@@ -177,10 +182,7 @@ def test_truncated_last_checkpoint_falls_back_to_previous(tmp_path, monkeypatch,
     reference = experiment_module.run(config_from_mapping(
         {**FEDAVG, "output_dir": str(tmp_path / "reference")}))
     run_dir = experiment_module.run_directory(config)
-    with monkeypatch.context() as patch:
-        interrupt_after(patch, 7)  # checkpoints after rounds 2, 4, 6: last = 6, previous = 4
-        with pytest.raises(Interrupt):
-            experiment_module.run(config)
+    run_until_interrupted(config, monkeypatch, after=7)  # checkpoints after rounds 2, 4, 6: last = 6, previous = 4
     last = run_dir / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a write cut short
     capsys.readouterr()
@@ -196,10 +198,7 @@ def test_truncated_last_checkpoint_falls_back_to_previous(tmp_path, monkeypatch,
 def test_no_usable_checkpoint_starts_afresh_with_a_warning(tmp_path, monkeypatch, capsys):
     config = config_from_mapping({**FEDAVG, "output_dir": str(tmp_path / "runs")})
     run_dir = experiment_module.run_directory(config)
-    with monkeypatch.context() as patch:
-        interrupt_after(patch, 5)
-        with pytest.raises(Interrupt):
-            experiment_module.run(config)
+    run_until_interrupted(config, monkeypatch, after=5)
     for name in ("last.pt", "previous.pt"):
         (run_dir / "checkpoints" / name).write_bytes(b"not a checkpoint")
     capsys.readouterr()
@@ -213,10 +212,7 @@ def test_no_usable_checkpoint_starts_afresh_with_a_warning(tmp_path, monkeypatch
 def test_changed_config_starts_afresh(tmp_path, monkeypatch, capsys):
     config = config_from_mapping({**FEDAVG, "output_dir": str(tmp_path / "runs")})
     run_dir = experiment_module.run_directory(config)
-    with monkeypatch.context() as patch:
-        interrupt_after(patch, 5)
-        with pytest.raises(Interrupt):
-            experiment_module.run(config)
+    run_until_interrupted(config, monkeypatch, after=5)
     changed = config_from_mapping({**FEDAVG, "output_dir": str(tmp_path / "runs"),
                                    "privacy": {**FEDAVG["privacy"], "noise_multiplier": 2.0}})
     assert not checkpoint.saved_config_matches(run_dir, changed)
