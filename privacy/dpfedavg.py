@@ -41,8 +41,10 @@ class AggregateResult:
         clip_fraction: share of the updates whose norm exceeded S and were scaled down (None when
             there were no updates).
         update_norm: mean L2 norm of the updates *before* clipping (None when there were none).
+        norms: every update's L2 norm before clipping, shape (clients,), on the updates' device
+            (for diagnostics that weigh clients, such as the per-group clip fractions).
 
-    ``clip_fraction`` and ``update_norm`` are computed from the clients' raw updates without noise:
+    ``clip_fraction``, ``update_norm`` and ``norms`` are computed from the clients' raw updates without noise:
     they are diagnostics for choosing S (McMahan et al. tune S against the median norm) and are not
     covered by the run's ε. Do not release them where the guarantee matters.
     """
@@ -51,6 +53,7 @@ class AggregateResult:
     clients: int
     clip_fraction: float | None
     update_norm: float | None
+    norms: torch.Tensor
 
 
 def clip_updates(updates: torch.Tensor, max_grad_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,4 +124,5 @@ def dp_fedavg_aggregate(
         clients=clients,
         clip_fraction=float((norms > max_grad_norm).float().mean()) if clients else None,
         update_norm=float(norms.mean()) if clients else None,
+        norms=norms,
     )

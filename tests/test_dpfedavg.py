@@ -5,6 +5,8 @@
 - an update above the bound leaves with norm exactly the bound, one below it unchanged;
 - the noise on the average has standard deviation σ·S / (q·N) (chi-square interval), also in an
   empty round;
+- the per-group clip diagnostics weigh each client by its examples of the group (by hand), are 0
+  and 1 at a huge and a tiny bound, and separate the groups when the minority's clients differ;
 - the batched clients (vmap) and the per-client loop give the same global model, with clients of
   unequal sizes, several local epochs and several rounds;
 - ε after T rounds is Opacus' RDP / PRV accountant stepped T times by hand; ``target_epsilon`` lands
@@ -40,6 +42,7 @@ from training.federated import (
     build_federated_trainer,
     client_table,
     draw_local_orders,
+    group_clip_diagnostics,
     local_updates_loop,
     local_updates_vectorized,
     pad_orders,
@@ -119,6 +122,56 @@ def test_clipping_scales_large_updates_to_the_bound_and_leaves_small_ones():
     assert result.clients == 4
     assert result.clip_fraction == 0.5
     assert result.update_norm == pytest.approx(float(norms.mean()))
+
+
+def test_group_clip_diagnostics_weigh_clients_by_their_examples_of_each_group():
+    # Three clients: (minority, majority) examples (2, 0), (1, 3), (0, 5); norms 3, 1, 0.5; S = 2.
+    norms = torch.tensor([3.0, 1.0, 0.5])
+    held = torch.tensor([[2, 0], [1, 3], [0, 5]])
+    metrics = group_clip_diagnostics(norms, held, max_grad_norm=2.0)
+    # Only client 0 is clipped: it holds 2 of the 3 minority examples and none of the 8 majority.
+    assert metrics["dp/clip_fraction/group=minority"] == pytest.approx(2 / 3)
+    assert metrics["dp/clip_fraction/group=majority"] == 0.0
+    assert metrics["dp/update_norm/group=minority"] == pytest.approx((2 * 3.0 + 1 * 1.0) / 3)
+    assert metrics["dp/update_norm/group=majority"] == pytest.approx((3 * 1.0 + 5 * 0.5) / 8)
+    # A group with no example among the round's clients has no value, not 0.
+    only_majority = group_clip_diagnostics(norms[2:], held[2:], max_grad_norm=2.0)
+    assert only_majority["dp/clip_fraction/group=minority"] is None
+    assert only_majority["dp/update_norm/group=minority"] is None
+    assert only_majority["dp/clip_fraction/group=majority"] == 0.0
+
+
+@pytest.mark.parametrize(("bound", "expected"), [(1e6, 0.0), (1e-9, 1.0)])
+def test_trainer_logs_per_group_clip_fractions_of_the_client_updates(bound, expected):
+    trainer = make_trainer(synthetic_bundle(minority_share=0.3), client_sample_rate=1.0,
+                           max_grad_norm=bound, partition="by_group")
+    metrics = trainer.train_unit(0)
+    for group in ("minority", "majority"):
+        assert metrics[f"dp/clip_fraction/group={group}"] == expected
+        assert metrics[f"dp/update_norm/group={group}"] > 0
+    assert metrics["dp/clip_fraction"] == expected
+
+
+def test_per_group_update_norms_follow_who_holds_the_minority():
+    # by_group puts the minority on few clients of its own; make the minority's labels the
+    # opposite of the rule the majority follows, so the minority's clients move further from a
+    # global model that fits the majority. Their updates are then larger and clipped more often.
+    data = synthetic_bundle(n=480, minority_share=0.2, seed=3)
+    y = data.y_train.copy()
+    y[data.minority_train] = 1 - y[data.minority_train]
+    data = DataBundle(data.x_train, y, data.minority_train, data.x_test, data.y_test,
+                      data.minority_test, data.input_shape)
+    trainer = make_trainer(data, num_clients=24, client_sample_rate=1.0, partition="by_group",
+                           noise_multiplier=0.0, max_grad_norm=1e6, rounds=30, client_lr=0.5)
+    for unit in range(30):
+        metrics = trainer.train_unit(unit)
+    minority, majority = (metrics[f"dp/update_norm/group={g}"] for g in ("minority", "majority"))
+    assert minority > 1.5 * majority
+    # With S between the two, the minority's examples sit in clipped updates far more often.
+    trainer.max_grad_norm = (minority + majority) / 2
+    metrics = trainer.train_unit(30)
+    assert (metrics["dp/clip_fraction/group=minority"]
+            > metrics["dp/clip_fraction/group=majority"] + 0.3)
 
 
 @pytest.mark.parametrize("clients", [0, 5])
@@ -284,6 +337,8 @@ def test_empty_rounds_are_rounds_and_still_release_noise():
         rows.append(trainer.train_unit(unit))
         if rows[-1]["federated/clients"] == 0:
             assert rows[-1]["dp/clip_fraction"] is None and rows[-1]["train/loss"] is None
+            assert rows[-1]["dp/clip_fraction/group=minority"] is None
+            assert rows[-1]["dp/update_norm/group=majority"] is None
             assert not torch.equal(flat(trainer.model), before)  # the noise is still applied
     assert any(row["federated/clients"] == 0 for row in rows)  # P(empty round) = 0.95⁴ ≈ 0.81
     assert trainer.privacy_metrics()["privacy/steps"] == 10
@@ -397,3 +452,6 @@ def test_params_file_runs_end_to_end(tmp_path):
     assert summary["mode"] == "dpfedavg"
     assert 0 < summary["privacy/epsilon"] < 3.0  # 3 of the 100 planned rounds
     assert summary["trainer/info"]["num_clients"] == 200
+    for group in ("minority", "majority"):
+        assert 0 <= summary[f"dp/clip_fraction/group={group}"] <= 1
+        assert summary[f"dp/update_norm/group={group}"] > 0

@@ -14,19 +14,13 @@ import pytest
 import yaml
 
 import running
+from tests.test_sweep import BASE
 from utils.sweep import STATUS_FILE, load_grid
 
 # Two shares x two seeds; share 0.9 of 3,000 is more minority examples than the synthetic pool holds,
 # so its points fail inside run() (a UserInputError) while the share 0.2 points train.
-RAW = {
-    "name": "tiny",
-    "data": {"name": "synthetic", "train_size": 3000},
-    "model": {"name": "mlp", "hidden": [8]},
-    "training": {"epochs": 1, "batch_size": 300, "lr": 0.01},
-    "evaluation": {"bootstrap_resamples": 20},
-    "logging": {"tensorboard": False, "wandb": {"mode": "disabled"}, "progress": "never"},
-    "sweep": {"data.minority_share": [0.2, 0.9], "seed": [0, 1]},
-}
+RAW = {**BASE, "training": {**BASE["training"], "epochs": 1},
+       "sweep": {"data.minority_share": [0.2, 0.9], "seed": [0, 1]}}
 # Keys that differ between two runs of the same config by nature, not by backend.
 VOLATILE_PREFIXES = ("time/", "device")
 

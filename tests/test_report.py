@@ -121,3 +121,25 @@ def test_report_input_errors(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
     assert running.main(["--report", str(tmp_path)]) == 2
     assert "no run directories in it" in capsys.readouterr().err
+
+
+def test_federated_grid_reports_per_group_clipping_of_client_updates(tmp_path):
+    """DP-FedAvg logs the DP-SGD per-group clip keys (for client updates), so its grids get the
+    clip columns and figure too; the minority held by clients of its own (by_group). Every client joins every round, so both groups take part."""
+    raw = grid_raw(tmp_path, privacy={"mode": "dpfedavg", "noise_multiplier": 1.0,
+                                      "max_grad_norm": 0.05},
+                   federated={"num_clients": 30, "client_sample_rate": 1.0, "rounds": 4,
+                              "eval_every": 2, "partition": "by_group", "client_lr": 0.5},
+                   sweep={"data.minority_share": [0.2, 0.05]})
+    assert running.main(["--params", str(write_params(tmp_path, raw))]) == 0
+    directory = tmp_path / "runs" / "tiny"
+    assert running.main(["--report", str(directory)]) == 0
+    with (directory / "report.csv").open() as handle:
+        rows = {float(row["data.minority_share"]): row for row in csv.DictReader(handle)}
+    for share, row in rows.items():
+        (summary_path,) = directory.glob(f"share={share}*/summary.json")
+        summary = json.loads(summary_path.read_text())
+        for group in ("minority", "majority"):
+            key = f"dp/clip_fraction/group={group}"
+            assert float(row[f"{key}_mean"]) == summary[key]
+    assert (directory / "clip_fraction.png").stat().st_size > 10_000

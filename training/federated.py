@@ -25,9 +25,10 @@ autograd; it is the reference the tests compare the batched path with, and the
 ``vectorized=False`` option of the trainer.
 
 Each round also reports ``train/loss`` (the clients' mean local training loss), ``dp/clip_fraction``
-and ``dp/update_norm`` (of the raw updates) and ``federated/clients``. These are computed from the
-clients' data without noise: diagnostics for tuning S and the learning rates, like DP-SGD's
-training loss, and not covered by the reported ε.
+and ``dp/update_norm`` (of the raw updates), their per-group forms (:func:`group_clip_diagnostics`)
+and ``federated/clients``. These are computed from the clients' data without noise: diagnostics
+for tuning S and the learning rates, and for seeing whom the clipping hits, like DP-SGD's training
+loss and per-group clip fractions, and not covered by the reported ε.
 
 The run loop (``running.py``) sees a :class:`training.base.Trainer` whose unit is a round: it calls
 ``train_unit`` ``federated.rounds`` times and evaluates ``trainer.model`` (the global model) every
@@ -55,6 +56,7 @@ from privacy.dpfedavg import dp_fedavg_aggregate
 from training import TRAINERS
 from training.partition import partition_clients, partition_counts, partition_summary
 from utils.errors import ConfigError
+from utils.fairness import GROUPS
 
 # Tags that give each random stream of a run its own seed sequence, so that the partition, the
 # client sampling, the local shuffles and the noise never reuse the draws of another stream (or of
@@ -308,6 +310,43 @@ def _train_chunk(model, global_params, x, y, orders, *, lr, batch_size, transfor
     return updates, float(loss_sum), int(mask.sum())
 
 
+def group_clip_diagnostics(norms: torch.Tensor, group_examples: torch.Tensor,
+                           max_grad_norm: float) -> dict[str, float | None]:
+    """Per group, how much of its data sits in clipped client updates, and how large they were.
+
+    Under user-level DP the server clips whole updates, not examples, so the DP-SGD diagnostic
+    "share of the group's examples whose gradient was clipped" becomes the share of the group's
+    examples, among this round's clients, held by a client whose update was clipped:
+
+        clip_fraction_g = Σ_k n_kg · [‖Δ_k‖ > S] / Σ_k n_kg,   update_norm_g = Σ_k n_kg · ‖Δ_k‖ / Σ_k n_kg
+
+    with n_kg the number of examples of group g on client k. The names are DP-SGD's
+    (``dp/clip_fraction/group=…``) so reports draw both modes alike; the norm is
+    ``dp/update_norm/group=…`` because it is an update's, not a gradient's. When each client holds
+    both groups in proportion (``iid``) the groups' values coincide: clipping can only treat a
+    minority differently where it is concentrated in some users (``by_group``, ``dirichlet``).
+
+    Args:
+        norms: the round's update norms before clipping, shape (clients,).
+        group_examples: shape (clients, 2), each client's examples of each group in
+            :data:`utils.fairness.GROUPS` order (minority, majority).
+        max_grad_norm: the bound S.
+
+    Returns:
+        The four metrics; a group none of whose examples took part this round gets None.
+    """
+    weights = group_examples.to(norms.device, norms.dtype)
+    held = weights.sum(dim=0)
+    clipped = (weights * (norms > max_grad_norm).to(weights.dtype).unsqueeze(1)).sum(dim=0)
+    norm_sum = (weights * norms.unsqueeze(1)).sum(dim=0)
+    held, clipped, norm_sum = held.tolist(), clipped.tolist(), norm_sum.tolist()
+    metrics: dict[str, float | None] = {}
+    for i, group in enumerate(GROUPS):
+        metrics[f"dp/clip_fraction/group={group}"] = clipped[i] / held[i] if held[i] else None
+        metrics[f"dp/update_norm/group={group}"] = norm_sum[i] / held[i] if held[i] else None
+    return metrics
+
+
 def default_chunk_size(num_params: int, batch_size: int, input_numel: int) -> int:
     """How many clients to stack at once so that one batched step stays within about 2 GiB.
 
@@ -385,6 +424,9 @@ class FederatedTrainer:
         self.clients = parts
         self._client_table, self._client_sizes = client_table(parts)
         self.client_counts = partition_counts(parts, data.y_train, data.minority_train)
+        # Each client's examples of each group (GROUPS order), for the per-group clip diagnostics.
+        self._group_examples = torch.tensor(
+            [[row[group] for group in GROUPS] for row in self.client_counts], dtype=torch.float32)
 
         # The fixed denominator of McMahan et al.: the expected number of clients in a round. It
         # does not depend on who was sampled, so one user changes the average by at most S / (qN).
@@ -459,6 +501,7 @@ class FederatedTrainer:
             "train/loss": loss_sum / examples if examples else None,
             "dp/clip_fraction": result.clip_fraction,
             "dp/update_norm": result.update_norm,
+            **group_clip_diagnostics(result.norms, self._group_examples[rows], self.max_grad_norm),
             "federated/clients": result.clients,
             "federated/local_examples": examples,
         }

@@ -22,7 +22,8 @@ Figures, after arXiv 2009.06389, all against the minority share on a log axis (s
 one standard deviation over seeds: test accuracy; the four gaps (demographic parity, equal
 opportunity, equalized odds, accuracy); each group's accuracy; and under DP the share of each
 group's examples whose gradient was clipped (``dp/clip_fraction/group=...``), the mechanism behind
-DP-SGD's disparate impact.
+DP-SGD's disparate impact; under DP-FedAvg the share of each group's examples held by clients whose
+update was clipped (the same key).
 
 Points that did not finish are listed in report.md: those the grid's status file
 (``grid_status.json``) records as failed or not run, and run directories without ``summary.json``.
@@ -79,7 +80,8 @@ FIGURES = {
     "accuracy.png": "Test accuracy against the minority share",
     "gaps.png": "Fairness gaps against the minority share",
     "group_accuracy.png": "Accuracy of each group against the minority share",
-    "clip_fraction.png": "Share of each group's examples clipped by DP-SGD against the minority share",
+    "clip_fraction.png": ("Share of each group's examples whose gradient (DP-SGD) or client update "
+                          "(DP-FedAvg) was clipped, against the minority share"),
 }
 """The figures, by file name, with their captions in report.md."""
 
@@ -388,7 +390,7 @@ def write_figures(runs_dir: Path, points: list[Point], *, title: str) -> list[Pa
         figure = Figure(figsize=(11, 5), layout="constrained")
         axes = figure.subplots(1, 2, sharey=True)
         for ax, (group, metric) in zip(axes, CLIP_FRACTION.items()):
-            _panel(ax, private, metric, "examples clipped in the last epoch (%)",
+            _panel(ax, private, metric, "examples clipped, last epoch or round (%)",
                    heading=f"{group} group")
         axes[1].set_ylabel("")
         save(figure, "clip_fraction.png", "Gradient clipping under DP, per group", axes[0])
