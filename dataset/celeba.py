@@ -646,6 +646,8 @@ def _decode_with_torchvision(paths: list[Path], out: np.ndarray, size: int, devi
     """Fill ``out`` by decoding batches of JPEGs with ``torchvision.io.decode_jpeg`` on ``device``.
 
     A reader thread loads the next batch's bytes from disk while the device decodes the current one.
+    A batch the decoder refuses is checked with Pillow: a broken file is a DataError naming it, and
+    a batch of good files (a JPEG variant nvJPEG lacks) is decoded with Pillow, with a warning.
     """
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -672,12 +674,18 @@ def _decode_with_torchvision(paths: list[Path], out: np.ndarray, size: int, devi
                     # decode_jpeg when torchvision drops them.
                     warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
                     decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-            except RuntimeError:
-                # The batch call does not say which file failed: find it with Pillow, whose error
-                # names it; a batch that Pillow reads fine is a decoder problem and re-raised.
-                for path in paths[start: start + len(data)]:
-                    preprocess_image(path, size)
-                raise
+            except RuntimeError as error:
+                # The batch call does not say which file failed: Pillow finds it and its DataError
+                # names it. A batch Pillow reads fine is one the GPU decoder cannot handle (nvJPEG
+                # lacks some JPEG variants, e.g. some progressive or CMYK files a re-encoded copy of
+                # CelebA may hold); Pillow's pixels for it agree to a few levels, so use them.
+                batch = paths[start: start + len(data)]
+                pixels = np.stack([preprocess_image(path, size) for path in batch])
+                warnings.warn(f"{device} decode_jpeg failed on the batch from {batch[0].name} "
+                              f"({str(error).splitlines()[0]}); decoded it with Pillow instead.",
+                              stacklevel=2)
+                out[start: start + len(data)] = pixels
+                continue
             for offset, image in enumerate(decoded):
                 if tuple(image.shape[1:]) != ALIGNED_SIZE[::-1]:
                     path = paths[start + offset]

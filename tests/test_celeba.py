@@ -297,15 +297,42 @@ def test_a_damaged_cache_file_is_rebuilt(tmp_path, fake):
     np.testing.assert_array_equal(again.images, expected)
 
 
-def test_torchvision_backend_matches_pillow(tmp_path, fake):
-    """The GPU path's code (batched decode_jpeg, crop_resize), run on the CPU."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_torchvision_backend_matches_pillow(tmp_path, fake, device):
+    """The GPU path's code (batched decode_jpeg, crop_resize), on the CPU and, with a GPU, nvJPEG."""
     image_dir = fake["directory"] / "img_align_celeba"
     names = fake["filenames"][:24]
     pillow = load_image_cache(image_dir, names, size=64, cache_dir=tmp_path / "a", backend="pillow")
     tv = load_image_cache(image_dir, names, size=64, cache_dir=tmp_path / "b", backend="torchvision",
-                          chunk_size=10)
+                          device=device, chunk_size=10)
     difference = np.abs(pillow.images.astype(int) - tv.images.astype(int))
     assert difference.max() <= 2 and difference.mean() < 0.5
+
+
+def test_a_batch_the_gpu_decoder_refuses_is_decoded_with_pillow(tmp_path, fake, monkeypatch):
+    """nvJPEG lacks some JPEG variants that Pillow reads. Every variant CelebA could come in decodes
+    on the CPU, so the refusal is injected: the decoder fails on the second batch only."""
+    import torchvision.io
+
+    image_dir = fake["directory"] / "img_align_celeba"
+    names = fake["filenames"][:24]
+    real_decode, calls = torchvision.io.decode_jpeg, []
+
+    def refuse_second_batch(data, **kwargs):
+        calls.append(len(data))
+        if len(calls) == 2:
+            raise RuntimeError("nvjpegDecodeBatched failed: unsupported JPEG\nmore detail")
+        return real_decode(data, **kwargs)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", refuse_second_batch)
+    with pytest.warns(UserWarning, match=r"decode_jpeg failed on the batch from .*unsupported JPEG\); "
+                                         r"decoded it with Pillow"):
+        tv = load_image_cache(image_dir, names, size=64, cache_dir=tmp_path / "tv",
+                              backend="torchvision", chunk_size=10)
+    assert calls == [10, 10, 4]
+    pillow = load_image_cache(image_dir, names, size=64, cache_dir=tmp_path / "pil", backend="pillow")
+    np.testing.assert_array_equal(tv.images[10:20], pillow.images[10:20])  # Pillow's own pixels
+    assert np.abs(tv.images.astype(int) - pillow.images.astype(int)).max() <= 2
 
 
 def test_crop_resize_takes_the_central_square():

@@ -52,14 +52,20 @@ def test_every_shipped_file_is_covered():
                                          "params_adult_fedavg.yaml"}
 
 
+# The ready experiments once more on a GPU (skipped without one): CelebA's images are then decoded
+# by nvJPEG into a fresh cache, and DP-SGD and the batched DP-FedAvg clients run on CUDA.
+ON_CUDA = [pytest.param(path, "cuda", marks=pytest.mark.gpu, id=f"{path.name}-cuda") for path in PARAMS]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", PARAMS + SINGLE_RUN_CONFIGS, ids=lambda p: p.name)
-def test_smoke(path, tmp_path, fake_celeba):
+@pytest.mark.parametrize(("path", "device"), [
+    *[pytest.param(path, "cpu", id=path.name) for path in PARAMS + SINGLE_RUN_CONFIGS], *ON_CUDA])
+def test_smoke(path, device, tmp_path, fake_celeba):
     raw = deep_merge(read_yaml(path), read_yaml(ROOT / "configs/smoke.yaml"))
     name = raw.get("data", {}).get("name", "adult")
-    overrides = [*SHRINK.get(name, []), f"output_dir={tmp_path}"]
+    overrides = [*SHRINK.get(name, []), f"output_dir={tmp_path}", f"device={device}"]
     if name == "celeba":
-        overrides.append(f"data.root={fake_celeba}")
+        overrides += [f"data.root={fake_celeba}", f"data.cache_dir={tmp_path / 'cache'}"]
     if raw.get("privacy", {}).get("mode") == "dpfedavg":
         overrides += SHRINK_FEDERATED
     config = config_from_mapping(apply_overrides(raw, overrides))
@@ -67,6 +73,7 @@ def test_smoke(path, tmp_path, fake_celeba):
     run_dir = tmp_path / config.name
     for file in (CONFIG_FILE, SUMMARY_FILE, PREDICTIONS_FILE, "metrics.jsonl"):
         assert (run_dir / file).is_file()
+    assert summary["device"].startswith(device)
     assert 0.0 <= summary["test/accuracy"] <= 1.0
     if config.privacy.private:
         assert summary["privacy/epsilon"] > 0

@@ -211,19 +211,20 @@ def test_noise_is_calibrated_to_the_sum_not_to_who_took_part():
 # Batched clients against the per-client loop
 
 
-def test_vectorized_local_training_equals_the_loop_for_unequal_clients():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_vectorized_local_training_equals_the_loop_for_unequal_clients(device):
     data = synthetic_bundle(n=120, d=5)
     torch.manual_seed(3)
-    model = MLP(5, [16, 8])
+    model = MLP(5, [16, 8]).to(device)
     global_params = {n: p.detach().clone() for n, p in model.named_parameters()}
     # Sizes 1 .. 29: one step per epoch for some, eight for others; last batches partial.
     sizes = [1, 3, 7, 12, 20, 29]
     bounds = np.cumsum([0] + sizes)
     table, client_sizes = client_table([np.arange(a, b) for a, b in itertools.pairwise(bounds)])
     orders = draw_local_orders(table, client_sizes, local_epochs=3,
-                               generator=torch.Generator().manual_seed(0))
-    x = torch.as_tensor(data.x_train)
-    y = torch.as_tensor(data.y_train, dtype=torch.float32)
+                               generator=torch.Generator().manual_seed(0)).to(device)
+    x = torch.as_tensor(data.x_train, device=device)
+    y = torch.as_tensor(data.y_train, dtype=torch.float32, device=device)
     args = (model, global_params, x, y, orders)
     loop, loop_loss, loop_examples = local_updates_loop(*args, lr=0.2, batch_size=4)
     for chunk in (None, 4):
