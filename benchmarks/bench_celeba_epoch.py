@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset.base import DataBundle  # noqa: E402
+from dataset.base import DataBundle, gather_rows  # noqa: E402
 from dataset.celeba import celeba_transform  # noqa: E402
 from models import build_model  # noqa: E402
 from training import build_trainer  # noqa: E402
@@ -80,7 +80,7 @@ def main() -> None:
     started = time.perf_counter()
     for (indices,) in trainer.loader:
         indices = indices.to(device)
-        trainer.transform(trainer.x[indices], True)
+        trainer.transform(gather_rows(trainer.x, indices), True)
     synchronize(device)
     data_s = time.perf_counter() - started
 

@@ -6,6 +6,7 @@ Each source (``dataset/tabular.py``, ``dataset/celeba.py``, synthetic test data)
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,12 @@ import torch
 # Applied on the device to every batch: (uint8 or float batch, training?) -> float batch.
 # Image data sets keep uint8 pixels in memory and normalize / augment here, per batch, on the GPU.
 BatchTransform = Callable[[torch.Tensor, bool], torch.Tensor]
+
+# Share of a GPU's free memory the training or test inputs may take there. The rest is for the
+# model, its optimizer state and activations and, under DP-SGD, the per-example gradients (a batch's
+# worth of copies of the parameters). The paper's CelebA set at 128 px (1.5 GB) takes a few percent
+# of a data-centre GPU; CelebA's whole official training split at 128 px (8 GB) may not fit a small one.
+DEVICE_DATA_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -53,3 +60,36 @@ class DataBundle:
     def train_count_by_group(self) -> dict[str, int]:
         minority = int(np.count_nonzero(self.minority_train))
         return {"minority": minority, "majority": len(self.minority_train) - minority}
+
+
+def place_inputs(array: np.ndarray, device: torch.device | str, *, what: str,
+                 share: float | None = None) -> torch.Tensor:
+    """``array`` as a tensor on ``device`` when it fits there, else left in host memory.
+
+    On a GPU the inputs move there once when they take at most ``share`` (default
+    :data:`DEVICE_DATA_SHARE`) of its free memory, and every batch is then a gather on the GPU. A
+    larger array stays where it is (a memory-mapped image cache stays mapped, costing no copy) and
+    each batch is gathered on the host and copied over by :func:`gather_rows`: slower, but a run
+    that would otherwise stop with "CUDA out of memory" trains, and a warning says why it is slower.
+    On the CPU nothing moves.
+    """
+    tensor = torch.as_tensor(np.asarray(array))
+    device = torch.device(device)
+    if device.type != "cuda":
+        return tensor.to(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    share = DEVICE_DATA_SHARE if share is None else share
+    if tensor.nbytes <= share * free:
+        return tensor.to(device)
+    warnings.warn(f"the {what} ({tensor.nbytes / 2**30:.2f} GiB) would take more than {share:.0%} "
+                  f"of the {free / 2**30:.2f} GiB free on {device}; they stay in host "
+                  f"memory and each batch is copied over, which is slower. Lower data.image_size or "
+                  f"data.train_size to keep them on the GPU.", stacklevel=2)
+    return tensor
+
+
+def gather_rows(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Rows ``indices`` of ``x``, on the device of ``indices`` (see :func:`place_inputs`)."""
+    if x.device == indices.device:
+        return x[indices]
+    return x[indices.to(x.device)].to(indices.device, non_blocking=True)

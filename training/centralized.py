@@ -13,12 +13,11 @@ import time
 import warnings
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dataset.base import DataBundle
+from dataset.base import DataBundle, gather_rows, place_inputs
 from privacy import dpsgd
 from training import TRAINERS
 from training.base import no_privacy_metrics
@@ -46,8 +45,9 @@ class CentralizedTrainer:
         self.config = config
         self.device = device
         self.units = config.training.epochs
-        # The whole training set moves to the device once; batches are gathered there by index.
-        self.x = torch.as_tensor(np.asarray(data.x_train), device=device)
+        # The whole training set moves to the device once (if it fits); batches are gathered there
+        # by index.
+        self.x = place_inputs(data.x_train, device, what="training inputs")
         self.y = torch.as_tensor(data.y_train, device=device, dtype=torch.float32)
         self.minority = torch.as_tensor(data.minority_train, device=device, dtype=torch.bool)
         self.transform = data.transform
@@ -91,7 +91,7 @@ class CentralizedTrainer:
         for (indices,) in progress(self.loader, desc=f"epoch {unit + 1}/{self.units}", leave=False,
                                    mode=self.config.logging.progress):
             indices = indices.to(self.device)
-            x = self.x[indices]
+            x = gather_rows(self.x, indices)
             if self.transform is not None:
                 x = self.transform(x, True)
             y = self.y[indices]

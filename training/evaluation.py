@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dataset.base import DataBundle
+from dataset.base import DataBundle, place_inputs
 from utils import fairness
 from utils.config import EvaluationConfig
 from utils.errors import ConfigError
@@ -24,7 +24,8 @@ class TestSetEvaluator:
 
     def __init__(self, data: DataBundle, device: torch.device, batch_size: int,
                  config: EvaluationConfig):
-        self.x = torch.as_tensor(np.asarray(data.x_test), device=device)
+        self.device = torch.device(device)
+        self.x = place_inputs(data.x_test, device, what="test inputs")
         self.y_true = np.asarray(data.y_test).astype(np.int64)
         self.minority = np.asarray(data.minority_test).astype(bool)
         self.transform = data.transform
@@ -38,7 +39,7 @@ class TestSetEvaluator:
         model.eval()
         parts = []
         for start in range(0, len(self.x), self.batch_size):
-            x = self.x[start:start + self.batch_size]
+            x = self.x[start:start + self.batch_size].to(self.device, non_blocking=True)
             if self.transform is not None:
                 x = self.transform(x, False)
             parts.append(torch.sigmoid(model(x).reshape(-1).float()))

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from dataset.base import BatchTransform, DataBundle
+from dataset.base import BatchTransform, DataBundle, gather_rows, place_inputs
 from privacy.accounting import epsilon_after, noise_for_epsilon
 from privacy.dpfedavg import dp_fedavg_aggregate
 from training import TRAINERS
@@ -176,7 +176,8 @@ def local_updates_loop(
     Args:
         model: the network (its architecture; its parameter values are not used).
         global_params: the global model's trainable parameters, where every client starts.
-        x, y: the whole training set on the device (y as float 0/1 targets).
+        x, y: the whole training set (y as float 0/1 targets, on the device that trains; x there too
+            or in host memory, see :func:`dataset.base.place_inputs`).
         orders: the clients' visiting orders (:func:`draw_local_orders`).
         lr: the clients' SGD learning rate.
         batch_size: examples per local step; an epoch's last batch holds the remainder.
@@ -188,7 +189,7 @@ def local_updates_loop(
         those steps processed.
     """
     if not len(orders):
-        return _no_updates(global_params, x.device)
+        return _no_updates(global_params, y.device)
     local = copy.deepcopy(model).train()
     params = dict(local.named_parameters())
     updates, loss_sum, examples = [], 0.0, 0
@@ -200,7 +201,7 @@ def local_updates_loop(
             order = order[:size]
             for start in range(0, size, batch_size):
                 batch = order[start:start + batch_size]
-                inputs = x[batch]
+                inputs = gather_rows(x, batch)
                 if transform is not None:
                     inputs = transform(inputs, True)
                 losses = _batch_loss(local(inputs), y[batch])
@@ -262,7 +263,7 @@ def local_updates_vectorized(
     on it.
     """
     if not len(orders):
-        return _no_updates(global_params, x.device)
+        return _no_updates(global_params, y.device)
     chunk_size = chunk_size or len(orders)
     updates, loss_sum, examples = [], 0.0, 0
     for start in range(0, len(orders), chunk_size):
@@ -276,7 +277,7 @@ def local_updates_vectorized(
 
 
 def _train_chunk(model, global_params, x, y, orders, *, lr, batch_size, transform):
-    index, mask = pad_orders(orders.to(x.device), batch_size)
+    index, mask = pad_orders(orders.to(y.device), batch_size)
     clients, steps, _ = index.shape
     weights_all = mask.to(y.dtype)
 
@@ -290,12 +291,12 @@ def _train_chunk(model, global_params, x, y, orders, *, lr, batch_size, transfor
     step_grads = vmap(grad(client_loss, has_aux=True), randomness="different")
     params = {name: p.unsqueeze(0).expand(clients, *p.shape).clone()
               for name, p in global_params.items()}
-    loss_sum = torch.zeros((), device=x.device)
+    loss_sum = torch.zeros((), device=y.device)
     model = model.train()
     for t in range(steps):
         batch = index[:, t]
         weights = weights_all[:, t]
-        inputs = x[batch.reshape(-1)]
+        inputs = gather_rows(x, batch.reshape(-1))
         if transform is not None:
             inputs = transform(inputs, True)
         inputs = inputs.reshape(clients, batch_size, *inputs.shape[1:])
@@ -437,7 +438,7 @@ class FederatedTrainer:
                                                  accountant=accountant)
         self.noise_multiplier = float(noise_multiplier)
 
-        self.x = torch.as_tensor(data.x_train).to(self.device)
+        self.x = place_inputs(data.x_train, self.device, what="training inputs")
         self.y = torch.as_tensor(data.y_train).to(self.device, torch.float32)
         self._sampling_rng = np.random.default_rng(_stream_seed(seed, _SAMPLING_STREAM))
         self._shuffle_gen = torch.Generator().manual_seed(_stream_seed(seed, _SHUFFLE_STREAM))
