@@ -3,7 +3,8 @@
 Writes N fake CelebA JPEGs of the real size (178×218, about 8 KB each, near CelebA's 7 KB average;
 see tests/celeba_fake.py) into a temporary folder, then times ``dataset.celeba.load_image_cache``
 building a fresh cache with each backend: Pillow on a pool of CPU threads (one thread, then all
-cores), torchvision's ``decode_jpeg`` batched on the CPU, and on CUDA when there is a GPU. The time
+cores), TorchCodec's and torchvision's ``decode_jpeg`` batched on the CPU, and both on CUDA (nvJPEG)
+when there is a GPU. The time
 includes reading the files and writing and fsyncing the ``.npy``, i.e. exactly what a first run pays.
 
     python benchmarks/bench_celeba_preprocess.py [--n 2000] [--sizes 128 64]
@@ -25,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for the imports below
 
-from dataset.celeba import IMAGE_FOLDER, load_image_cache, usable_cores
+from dataset.celeba import IMAGE_FOLDER, available_batch_decoders, load_image_cache, usable_cores
 from tests.celeba_fake import make_fake_celeba
 
 
@@ -36,9 +37,10 @@ def main() -> None:
     args = parser.parse_args()
 
     cores = usable_cores()
-    setups = [("pillow", "cpu", 1), ("pillow", "cpu", cores), ("torchvision", "cpu", 1)]
+    decoders = available_batch_decoders()
+    setups = [("pillow", "cpu", 1), ("pillow", "cpu", cores), *((name, "cpu", 1) for name in decoders)]
     if torch.cuda.is_available():
-        setups.append(("torchvision", "cuda", 1))
+        setups += [(name, "cuda", 1) for name in decoders]
 
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()

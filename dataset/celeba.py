@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib
 import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -489,20 +491,22 @@ def load_image_cache(
 
     Pre-processing (identical on every backend up to the JPEG decoder's rounding): the central
     178×178 square of the 178×218 image, resized to ``size`` with an antialiased bilinear filter.
-    On CUDA the JPEGs are decoded in batches on the GPU (nvJPEG via ``torchvision.io.decode_jpeg``)
-    and cropped and resized there; on the CPU, with Pillow in a pool of threads (Pillow releases the
-    GIL while it decodes and resizes, so threads use every core without the start-up and copying
-    costs of processes; see benchmarks/bench_celeba_preprocess.py).
+    On CUDA the JPEGs are decoded in batches on the GPU (nvJPEG, through TorchCodec's
+    ``decode_jpeg`` or, without TorchCodec, torchvision's) and cropped and resized there; on the
+    CPU, with Pillow in a pool of threads (Pillow releases the GIL while it decodes and resizes, so
+    threads use every core without the start-up and copying costs of processes; see
+    benchmarks/bench_celeba_preprocess.py).
 
     Args:
         image_dir: folder of the JPEGs.
         filenames: the images to cache, in the order of the returned array.
         size: side of the square output.
         cache_dir: folder of the cache files (made if missing).
-        device: where the torchvision backend decodes (a CUDA device, or "cpu").
-        backend: "pillow" (CPU threads) or "torchvision" (batched ``decode_jpeg`` on ``device``);
-            None picks torchvision on a CUDA device and Pillow otherwise. Both give the same pixels
-            up to the decoders' rounding (at most a few levels).
+        device: where a batched backend decodes (a CUDA device, or "cpu").
+        backend: "pillow" (CPU threads), or a batched ``decode_jpeg`` on ``device`` from
+            :data:`BATCH_DECODERS` ("torchcodec", "torchvision"); None picks
+            :func:`default_backend`. All give the same pixels up to the decoders' rounding (at most
+            a few levels).
         workers: CPU threads (default: the cores this process may use).
         chunk_size: images per task (and per GPU batch).
         progress_mode: ``logging.progress`` (auto | always | never).
@@ -512,10 +516,10 @@ def load_image_cache(
             cannot be written or lacks the space.
     """
     device = torch.device(device)
-    if backend is None:
-        backend = "torchvision" if device.type == "cuda" else "pillow"
-    if backend not in ("pillow", "torchvision"):
-        raise ValueError(f"backend must be 'pillow', 'torchvision' or None, not {backend!r}")
+    backend = default_backend(device) if backend is None else backend
+    if backend != "pillow" and backend not in BATCH_DECODERS:
+        raise ValueError(f"backend must be 'pillow', one of {sorted(BATCH_DECODERS)} or None, "
+                         f"not {backend!r}")
     filenames = [str(name) for name in filenames]
     cache_dir = Path(cache_dir).expanduser()
     key = cache_key(filenames, size)
@@ -543,8 +547,9 @@ def load_image_cache(
     paths = [Path(image_dir) / name for name in filenames]
     try:
         out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
-        if backend == "torchvision":
-            _decode_with_torchvision(paths, out, size, device, chunk_size, progress_mode)
+        if backend != "pillow":
+            _decode_in_batches(BATCH_DECODERS[backend], paths, out, size, device, chunk_size,
+                               progress_mode)
         else:
             _decode_with_pillow(paths, out, size, workers or usable_cores(), chunk_size, progress_mode)
         out.flush()
@@ -641,15 +646,68 @@ def _decode_with_pillow(paths: list[Path], out: np.ndarray, size: int, workers: 
             raise
 
 
-def _decode_with_torchvision(paths: list[Path], out: np.ndarray, size: int, device: torch.device,
-                             chunk_size: int, progress_mode: str) -> None:
-    """Fill ``out`` by decoding batches of JPEGs with ``torchvision.io.decode_jpeg`` on ``device``.
+def _torchcodec_decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    from torchcodec.decoders import decode_jpeg
+
+    return decode_jpeg(data, mode="RGB", device=device)
+
+
+def _torchvision_decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its decoders in favour of TorchCodec's, which this module
+        # prefers; torchvision's stay the fallback while they exist.
+        warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
+BATCH_DECODERS: dict[str, Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]]] = {
+    "torchcodec": _torchcodec_decode,
+    "torchvision": _torchvision_decode,
+}
+"""Batched JPEG decoders, in order of preference: encoded bytes (1-D uint8 CPU tensors) to
+uint8 C × H × W RGB tensors on the device (nvJPEG on CUDA). TorchCodec holds PyTorch's image
+decoders since torchvision 0.29 deprecated its own."""
+
+
+def available_batch_decoders() -> list[str]:
+    """The :data:`BATCH_DECODERS` that import here (TorchCodec's native library can fail to load
+    next to a torch it was not built for; a future torchvision drops ``decode_jpeg``)."""
+    available = []
+    for name, module, attribute in (("torchcodec", "torchcodec.decoders", "decode_jpeg"),
+                                    ("torchvision", "torchvision.io", "decode_jpeg")):
+        try:
+            if hasattr(importlib.import_module(module), attribute):
+                available.append(name)
+        except (ImportError, OSError, RuntimeError):
+            pass
+    return available
+
+
+def default_backend(device: torch.device, available: list[str] | None = None) -> str:
+    """Pre-processing backend for ``device``: the first batched decoder that imports on CUDA
+    (nvJPEG), Pillow's threads on the CPU (as fast there, and no per-batch stacking)."""
+    if device.type != "cuda":
+        return "pillow"
+    available = available_batch_decoders() if available is None else available
+    if not available:
+        warnings.warn("neither TorchCodec nor torchvision offers decode_jpeg here; decoding CelebA "
+                      "with Pillow on the CPU. `pip install torchcodec` to decode on the GPU.",
+                      stacklevel=3)
+        return "pillow"
+    return available[0]
+
+
+def _decode_in_batches(decode, paths: list[Path], out: np.ndarray, size: int, device: torch.device,
+                       chunk_size: int, progress_mode: str) -> None:
+    """Fill ``out`` by decoding batches of JPEGs with ``decode`` (:data:`BATCH_DECODERS`) on
+    ``device``, then :func:`crop_resize` there.
 
     A reader thread loads the next batch's bytes from disk while the device decodes the current one.
     A batch the decoder refuses is checked with Pillow: a broken file is a DataError naming it, and
     a batch of good files (a JPEG variant nvJPEG lacks) is decoded with Pillow, with a warning.
     """
-    from torchvision.io import ImageReadMode, decode_jpeg
 
     def read(start: int) -> list[torch.Tensor]:
         data = []
@@ -668,12 +726,7 @@ def _decode_with_torchvision(paths: list[Path], out: np.ndarray, size: int, devi
             if start + chunk_size < len(paths):
                 pending = reader.submit(read, start + chunk_size)
             try:
-                with warnings.catch_warnings():
-                    # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they still
-                    # work, and nvJPEG batch decoding is what this path is for. Move to TorchCodec's
-                    # decode_jpeg when torchvision drops them.
-                    warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
-                    decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+                decoded = decode(data, device)
             except RuntimeError as error:
                 # The batch call does not say which file failed: Pillow finds it and its DataError
                 # names it. A batch Pillow reads fine is one the GPU decoder cannot handle (nvJPEG

@@ -17,10 +17,13 @@ from dataset import build_dataset, celeba
 from dataset.celeba import (
     ATTRIBUTE_FILE,
     ATTRIBUTE_NAMES,
+    BATCH_DECODERS,
     CELEBA_URL,
     PARTITION_FILE,
+    available_batch_decoders,
     celeba_transform,
     crop_resize,
+    default_backend,
     load_image_cache,
     locate_celeba,
     official_split,
@@ -141,7 +144,7 @@ def test_missing_or_foreign_image_is_a_data_error_naming_it(tmp_path, fake):
     with pytest.raises(DataError, match=r"wild\.jpg: image is 250×300, expected .* 178×218"):
         load_image_cache(tmp_path, ["wild.jpg"], size=32, cache_dir=tmp_path / "cache")
     (tmp_path / "broken.jpg").write_bytes((image_dir / "000001.jpg").read_bytes()[:600])  # cut short
-    for backend in ("pillow", "torchvision"):
+    for backend in ("pillow", *BATCH_DECODERS):
         with pytest.raises(DataError, match=r"broken\.jpg: not a readable JPEG"):
             load_image_cache(tmp_path, ["broken.jpg"], size=32, cache_dir=tmp_path / "cache", backend=backend)
     assert not list(tmp_path.glob("*.npy*")) and not list((tmp_path / "cache").iterdir())
@@ -297,16 +300,31 @@ def test_a_damaged_cache_file_is_rebuilt(tmp_path, fake):
     np.testing.assert_array_equal(again.images, expected)
 
 
+@pytest.mark.parametrize("backend", list(BATCH_DECODERS))
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_torchvision_backend_matches_pillow(tmp_path, fake, device):
+def test_batched_backends_match_pillow(tmp_path, fake, device, backend):
     """The GPU path's code (batched decode_jpeg, crop_resize), on the CPU and, with a GPU, nvJPEG."""
     image_dir = fake["directory"] / "img_align_celeba"
     names = fake["filenames"][:24]
     pillow = load_image_cache(image_dir, names, size=64, cache_dir=tmp_path / "a", backend="pillow")
-    tv = load_image_cache(image_dir, names, size=64, cache_dir=tmp_path / "b", backend="torchvision",
+    tv = load_image_cache(image_dir, names, size=64, cache_dir=tmp_path / "b", backend=backend,
                           device=device, chunk_size=10)
     difference = np.abs(pillow.images.astype(int) - tv.images.astype(int))
     assert difference.max() <= 2 and difference.mean() < 0.5
+
+
+def test_both_batched_decoders_are_installed():
+    # requirements.txt installs TorchCodec, and torchvision still has its deprecated decode_jpeg.
+    assert available_batch_decoders() == ["torchcodec", "torchvision"]
+
+
+def test_default_backend_is_pillow_on_the_cpu_and_the_first_batched_decoder_on_cuda():
+    cuda = torch.device("cuda")
+    assert default_backend(torch.device("cpu")) == "pillow"
+    assert default_backend(cuda, ["torchcodec", "torchvision"]) == "torchcodec"
+    assert default_backend(cuda, ["torchvision"]) == "torchvision"
+    with pytest.warns(UserWarning, match="pip install torchcodec"):
+        assert default_backend(cuda, []) == "pillow"
 
 
 def test_a_batch_the_gpu_decoder_refuses_is_decoded_with_pillow(tmp_path, fake, monkeypatch):
