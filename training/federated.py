@@ -273,7 +273,7 @@ def local_updates_vectorized(
         updates.append(chunk_updates)
         loss_sum += chunk_loss
         examples += chunk_examples
-    return torch.cat(updates), loss_sum, examples
+    return (updates[0] if len(updates) == 1 else torch.cat(updates)), loss_sum, examples
 
 
 def _train_chunk(model, global_params, x, y, orders, *, lr, batch_size, transform):
@@ -289,8 +289,14 @@ def _train_chunk(model, global_params, x, y, orders, *, lr, batch_size, transfor
     # randomness="different": a model with dropout draws independent masks for each client, as
     # separate clients would.
     step_grads = vmap(grad(client_loss, has_aux=True), randomness="different")
-    params = {name: p.unsqueeze(0).expand(clients, *p.shape).clone()
-              for name, p in global_params.items()}
+    # Every client's parameters are views into one (clients, d) matrix: the steps update them in
+    # place, and the matrix minus the global vector is the updates, with no copy at the end.
+    start_vector = flatten(global_params)
+    state = start_vector.unsqueeze(0).repeat(clients, 1)
+    params, offset = {}, 0
+    for name, p in global_params.items():
+        params[name] = state[:, offset:offset + p.numel()].view(clients, *p.shape)
+        offset += p.numel()
     loss_sum = torch.zeros((), device=y.device)
     model = model.train()
     for t in range(steps):
@@ -304,11 +310,10 @@ def _train_chunk(model, global_params, x, y, orders, *, lr, batch_size, transfor
         # A client with no example in this step takes no step (its gradient is 0 already; the
         # mask makes the intent explicit and keeps it true for any future update rule).
         step = weights.amax(dim=1) * -lr
-        params = {name: torch.addcmul(value, step.view(-1, *[1] * (value.ndim - 1)), grads[name])
-                  for name, value in params.items()}
+        for name, value in params.items():
+            value.addcmul_(step.view(-1, *[1] * (value.ndim - 1)), grads[name])
         loss_sum += losses.sum()
-    updates = flatten({name: params[name] - global_params[name] for name in params}, leading=1)
-    return updates, float(loss_sum), int(mask.sum())
+    return state.sub_(start_vector), float(loss_sum), int(mask.sum())
 
 
 def group_clip_diagnostics(norms: torch.Tensor, group_examples: torch.Tensor,
