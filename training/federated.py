@@ -78,18 +78,19 @@ def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def flatten(params: dict[str, torch.Tensor], leading: int = 0) -> torch.Tensor:
-    """Concatenate tensors into one flat vector (or one per row of the first ``leading`` axis)."""
-    if leading:
-        return torch.cat([p.reshape(p.shape[0], -1) for p in params.values()], dim=1)
+def flatten(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Concatenate tensors into one flat vector."""
     return torch.cat([p.reshape(-1) for p in params.values()])
 
 
 def unflatten(vector: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Split a flat vector into tensors shaped like ``like`` (the inverse of :func:`flatten`)."""
+    """Split the last axis of ``vector`` into views shaped like ``like`` (the inverse of
+    :func:`flatten`); leading axes stay, so the rows of a (clients, d) matrix split into
+    (clients, *shape) views, and writing to a view writes to the matrix."""
     out, start = {}, 0
+    leading = vector.shape[:-1]
     for name, p in like.items():
-        out[name] = vector[start:start + p.numel()].view_as(p)
+        out[name] = vector[..., start:start + p.numel()].view(*leading, *p.shape)
         start += p.numel()
     return out
 
@@ -293,10 +294,7 @@ def _train_chunk(model, global_params, x, y, orders, *, lr, batch_size, transfor
     # place, and the matrix minus the global vector is the updates, with no copy at the end.
     start_vector = flatten(global_params)
     state = start_vector.unsqueeze(0).repeat(clients, 1)
-    params, offset = {}, 0
-    for name, p in global_params.items():
-        params[name] = state[:, offset:offset + p.numel()].view(clients, *p.shape)
-        offset += p.numel()
+    params = unflatten(state, global_params)
     loss_sum = torch.zeros((), device=y.device)
     model = model.train()
     for t in range(steps):
