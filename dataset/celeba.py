@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib
 import os
 import shutil
 import time
@@ -548,7 +547,7 @@ def load_image_cache(
     try:
         out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
         if backend != "pillow":
-            _decode_in_batches(BATCH_DECODERS[backend], paths, out, size, device, chunk_size,
+            _decode_in_batches(BATCH_DECODERS[backend](), paths, out, size, device, chunk_size,
                                progress_mode)
         else:
             _decode_with_pillow(paths, out, size, workers or usable_cores(), chunk_size, progress_mode)
@@ -646,42 +645,48 @@ def _decode_with_pillow(paths: list[Path], out: np.ndarray, size: int, workers: 
             raise
 
 
-def _torchcodec_decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+BatchDecode = Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]]
+
+
+def _load_torchcodec() -> BatchDecode:
     from torchcodec.decoders import decode_jpeg
 
-    return decode_jpeg(data, mode="RGB", device=device)
+    return lambda data, device: decode_jpeg(data, mode="RGB", device=device)
 
 
-def _torchvision_decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+def _load_torchvision() -> BatchDecode:
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    with warnings.catch_warnings():
-        # torchvision 0.29 deprecates its decoders in favour of TorchCodec's, which this module
-        # prefers; torchvision's stay the fallback while they exist.
-        warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    def decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its decoders in favour of TorchCodec's, which this module
+            # prefers; torchvision's stay the fallback while they exist.
+            warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+    return decode
 
 
-BATCH_DECODERS: dict[str, Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]]] = {
-    "torchcodec": _torchcodec_decode,
-    "torchvision": _torchvision_decode,
+BATCH_DECODERS: dict[str, Callable[[], BatchDecode]] = {
+    "torchcodec": _load_torchcodec,
+    "torchvision": _load_torchvision,
 }
-"""Batched JPEG decoders, in order of preference: encoded bytes (1-D uint8 CPU tensors) to
-uint8 C × H × W RGB tensors on the device (nvJPEG on CUDA). TorchCodec holds PyTorch's image
-decoders since torchvision 0.29 deprecated its own."""
+"""Batched JPEG decoders, in order of preference, each as a loader that imports it (raising
+ImportError where it is missing) and returns ``decode(data, device)``: encoded bytes (1-D uint8 CPU
+tensors) to uint8 C × H × W RGB tensors on the device (nvJPEG on CUDA). TorchCodec holds PyTorch's
+image decoders since torchvision 0.29 deprecated its own."""
 
 
 def available_batch_decoders() -> list[str]:
-    """The :data:`BATCH_DECODERS` that import here (TorchCodec's native library can fail to load
+    """The :data:`BATCH_DECODERS` that load here (TorchCodec's native library can fail to load
     next to a torch it was not built for; a future torchvision drops ``decode_jpeg``)."""
     available = []
-    for name, module, attribute in (("torchcodec", "torchcodec.decoders", "decode_jpeg"),
-                                    ("torchvision", "torchvision.io", "decode_jpeg")):
+    for name, load in BATCH_DECODERS.items():
         try:
-            if hasattr(importlib.import_module(module), attribute):
-                available.append(name)
+            load()
         except (ImportError, OSError, RuntimeError):
-            pass
+            continue
+        available.append(name)
     return available
 
 
@@ -699,10 +704,10 @@ def default_backend(device: torch.device, available: list[str] | None = None) ->
     return available[0]
 
 
-def _decode_in_batches(decode, paths: list[Path], out: np.ndarray, size: int, device: torch.device,
+def _decode_in_batches(decode: BatchDecode, paths: list[Path], out: np.ndarray, size: int, device: torch.device,
                        chunk_size: int, progress_mode: str) -> None:
-    """Fill ``out`` by decoding batches of JPEGs with ``decode`` (:data:`BATCH_DECODERS`) on
-    ``device``, then :func:`crop_resize` there.
+    """Fill ``out`` by decoding batches of JPEGs with ``decode`` (a loaded :data:`BATCH_DECODERS`
+    entry) on ``device``, then :func:`crop_resize` there.
 
     A reader thread loads the next batch's bytes from disk while the device decodes the current one.
     A batch the decoder refuses is checked with Pillow: a broken file is a DataError naming it, and
