@@ -32,7 +32,7 @@ from dataset.celeba import celeba_transform  # noqa: E402
 from models import build_model  # noqa: E402
 from training import build_trainer  # noqa: E402
 from utils.config import config_from_mapping  # noqa: E402
-from utils.seeding import resolve_device, seed_everything  # noqa: E402
+from utils.seeding import resolve_device, seed_global_generators  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -58,7 +58,7 @@ def main() -> None:
         "logging": {"progress": "never"},
     })
     device = resolve_device("auto")
-    seed_everything(0)
+    seed_global_generators(0, "init")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(n, 3, size, size), dtype=np.uint8)
     labels = rng.integers(0, 2, size=n)

@@ -29,10 +29,7 @@ import math
 import numpy as np
 
 from utils.errors import ConfigError, DataError
-
-# Mixed into the seed of every cell's order, so these streams never coincide with a generator that
-# another part of the run seeds with the bare ``seed`` (weight initialization, batch sampling).
-_STREAM_TAG = 0x1B5A_7E01
+from utils.seeding import numpy_generator
 
 MINORITY, MAJORITY = 1, 0
 
@@ -133,12 +130,12 @@ def resample_to_share(
 def _cell_order(minority: np.ndarray, targets: np.ndarray, group: int, label: int, seed: int) -> np.ndarray:
     """The fixed random order of one (group, label) cell's pool indices.
 
-    The generator is seeded by (tag, seed, group, label) and permutes the cell's indices in pool
+    The generator is the ``resampling`` stream of (seed, group, label) and permutes the cell's indices in pool
     order, so the order does not depend on the share or train size asked for: that is what makes
     the selections nested.
     """
     members = np.flatnonzero((minority == bool(group)) & (targets == label)).astype(np.int64)
-    rng = np.random.default_rng([_STREAM_TAG, seed, group, label])
+    rng = numpy_generator(seed, "resampling", group, label)  # its own stream (utils.seeding)
     return rng.permutation(members)
 
 

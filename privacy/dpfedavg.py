@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from privacy.noise import NoiseSource, gaussian_noise
+
 
 @dataclass(frozen=True)
 class AggregateResult:
@@ -84,7 +86,7 @@ def dp_fedavg_aggregate(
     max_grad_norm: float,
     noise_multiplier: float,
     expected_clients: float,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
 ) -> AggregateResult:
     """Clip each client's update to ``max_grad_norm``, sum, add noise, divide by the expected count.
 
@@ -97,9 +99,10 @@ def dp_fedavg_aggregate(
         noise_multiplier: σ; the noise added to the sum has standard deviation σ·S per coordinate.
             0 turns the noise off (then ε is infinite; used only by tests and ablations).
         expected_clients: the fixed denominator W = q·N (client sample rate × number of clients).
-        generator: the random generator of the noise (on the updates' device), for reproducibility.
-            torch's generator is not a cryptographically secure source; that is common in research
-            code (Opacus' default too) but is not enough for a deployment.
+        generator: the noise's source (:data:`privacy.noise.NoiseSource`): a seeded torch
+            generator on the updates' device (reproducible: anyone with its seed can replay the
+            noise, so not for a released model), or :class:`privacy.noise.SecureRandom` for draws
+            from the OS's cryptographic generator (``privacy.secure_rng``).
 
     Returns:
         An :class:`AggregateResult` whose ``update`` has the standard deviation σ·S / W per
@@ -116,8 +119,7 @@ def dp_fedavg_aggregate(
     if noise_multiplier > 0:
         # The noise goes on the *sum*, whose L2 sensitivity to adding or removing one user is S
         # after clipping: std σ·S is the Gaussian mechanism calibrated to that sensitivity.
-        total = total + torch.normal(0.0, noise_multiplier * max_grad_norm, size=total.shape,
-                                     generator=generator, device=total.device, dtype=total.dtype)
+        total = total + gaussian_noise(total, noise_multiplier * max_grad_norm, generator)
     clients = updates.shape[0]
     return AggregateResult(
         update=total / expected_clients,

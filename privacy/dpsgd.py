@@ -9,6 +9,12 @@ The training data stay on the device: Opacus samples *indices* (a DataLoader ove
 and the trainer gathers the batch from the device tensors. The sampling is thus Opacus' own
 ``UniformWithReplacementSampler`` (each index included independently with probability q, the
 sampling the accountant assumes), without a copy of the data per batch.
+
+Randomness: the sampler draws from the generator the trainer gave the index loader (the run's
+``batch_sampling`` stream) and the noise from a generator of its own (``dp_noise``), never torch's
+global one, which also initialized the model (:mod:`utils.seeding` says why this matters). With
+``privacy.secure_rng`` both come from the OS's cryptographic generator (:mod:`privacy.noise`):
+batches from :class:`SecurePoissonSampler`, noise through :func:`_draw_noise_securely`.
 """
 
 from __future__ import annotations
@@ -16,13 +22,16 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from opacus import GradSampleModule, PrivacyEngine
 from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from privacy.accounting import epsilon_of_history
+from privacy.noise import SecureRandom
 from utils.config import PrivacyConfig
 
 
@@ -36,6 +45,8 @@ class PrivateTraining:
         index_loader: yields batches of training indices, Poisson-sampled when configured.
         engine: the privacy engine holding the accountant.
         sample_rate: q, the inclusion probability of one example in one step.
+        noise_generator: the seeded generator of the noise (its state goes into checkpoints), or
+            None under ``secure_rng``, whose draws have no state to save.
     """
 
     module: GradSampleModule
@@ -43,6 +54,7 @@ class PrivateTraining:
     index_loader: DataLoader
     engine: PrivacyEngine
     sample_rate: float
+    noise_generator: torch.Generator | None
 
     @property
     def noise_multiplier(self) -> float:
@@ -65,21 +77,85 @@ def index_loader(num_examples: int, batch_size: int, generator: torch.Generator 
                       shuffle=shuffle, generator=generator)
 
 
+class SecurePoissonSampler:
+    """Poisson batches from the OS's cryptographic generator: every step, each of the
+    ``num_examples`` indices is included independently with probability ``sample_rate``, the
+    sampling of Opacus' ``UniformWithReplacementSampler`` (and the accountant's assumption), with
+    draws no seed can replay. ``steps`` batches make an epoch; a batch may be empty."""
+
+    def __init__(self, num_examples: int, sample_rate: float, steps: int, source: SecureRandom):
+        self.num_examples, self.sample_rate, self.steps, self.source = (
+            num_examples, sample_rate, steps, source)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            yield np.flatnonzero(self.source.uniform(self.num_examples) < self.sample_rate).tolist()
+
+
+def _index_batch(rows: list[tuple[torch.Tensor]]) -> tuple[torch.Tensor]:
+    """Collate (index,) rows into one index tensor; an empty batch gives an empty one."""
+    return (torch.tensor([int(row[0]) for row in rows], dtype=torch.int64),)
+
+
+def _draw_noise_securely(optimizer: DPOptimizer, source: SecureRandom) -> None:
+    """Make ``optimizer`` draw its Gaussian noise from ``source``.
+
+    Opacus' ``add_noise`` sets each parameter's ``grad`` to its clipped per-example sum plus
+    N(0, (σC)²) noise from the optimizer's torch generator; this replacement keeps that contract
+    (and Opacus' guard against noising a sum twice) and changes only where the draw comes from.
+    The accountant still reads σ from the optimizer at every step.
+    """
+    def add_noise() -> None:
+        std = optimizer.noise_multiplier * optimizer.max_grad_norm
+        for p in optimizer.params:
+            _check_processed_flag(p.summed_grad)
+            noise = source.gaussian(p.summed_grad.shape, std, device=p.summed_grad.device,
+                                    dtype=p.summed_grad.dtype)
+            p.grad = (p.summed_grad + noise).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+    optimizer.add_noise = add_noise
+
+
 def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
-                 config: PrivacyConfig, epochs: int) -> PrivateTraining:
+                 config: PrivacyConfig, epochs: int,
+                 noise_generator: torch.Generator | None = None) -> PrivateTraining:
     """Wrap model, optimizer and index loader for DP-SGD as ``config`` says.
 
     With ``target_epsilon`` Opacus picks the smallest noise multiplier whose ε after ``epochs``
     epochs is at most the target; with ``noise_multiplier`` it is used as given.
+
+    Args:
+        loader: the index loader (:func:`index_loader`); under Poisson sampling Opacus replaces it
+            by a Poisson sampler that inherits its generator, and q = 1 / len(loader).
+        noise_generator: the noise's own seeded generator, on the model's device (the run's
+            ``dp_noise`` stream). Required unless ``config.secure_rng``; it must not be the
+            loader's generator, nor seeded like it.
     """
-    # secure_mode would draw noise from a cryptographic RNG; it is off so that a run is reproducible
-    # for its seed, which research needs. The noise is still Gaussian with the right variance.
+    secure = config.secure_rng
+    if not secure and noise_generator is None:
+        raise ValueError("a reproducible DP-SGD run needs its own noise generator")
+    # Opacus' secure_mode needs torchcsprng; the project's secure path does not use it
+    # (privacy.noise), so Opacus' engine always runs with secure_mode off.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant=config.accountant, secure_mode=False)
+    # Opacus' own definition of q: one step per batch of the original loader.
+    sample_rate = 1.0 / len(loader)
+    poisson_by_opacus = config.poisson_sampling
+    if secure:
+        source = SecureRandom()
+        loader = DataLoader(loader.dataset, collate_fn=_index_batch, batch_sampler=
+                            SecurePoissonSampler(len(loader.dataset), sample_rate, len(loader),
+                                                 source))
+        poisson_by_opacus = False  # the loader already samples by Poisson, at the same q
     common = dict(module=model, optimizer=optimizer, data_loader=loader,
-                  max_grad_norm=config.max_grad_norm, poisson_sampling=config.poisson_sampling,
-                  loss_reduction="mean", grad_sample_mode="hooks")
+                  max_grad_norm=config.max_grad_norm, poisson_sampling=poisson_by_opacus,
+                  loss_reduction="mean", grad_sample_mode="hooks",
+                  noise_generator=None if secure else noise_generator)
     if config.target_epsilon is not None:
         with warnings.catch_warnings():
             # The noise search evaluates RDP at small σ candidates, where the best order is often
@@ -91,10 +167,11 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
     else:
         module, dp_optimizer, dp_loader = engine.make_private(
             noise_multiplier=config.noise_multiplier, **common)
-    # Opacus' own definition of q: one step per batch of the original loader.
-    sample_rate = 1.0 / len(loader)
+    if secure:
+        _draw_noise_securely(dp_optimizer, source)
     return PrivateTraining(module=module, optimizer=dp_optimizer, index_loader=dp_loader,
-                           engine=engine, sample_rate=sample_rate)
+                           engine=engine, sample_rate=sample_rate,
+                           noise_generator=None if secure else noise_generator)
 
 
 def per_example_grad_norms(module: nn.Module) -> torch.Tensor:

@@ -20,13 +20,10 @@ from scipy import stats
 from torch import nn
 from torch.nn import functional as F
 
-from dataset import build_dataset
-from models import build_model
 from privacy import dpsgd
 from privacy.accounting import epsilon_after, noise_for_epsilon
-from training import build_trainer
+from training.experiment import build_components
 from utils.config import PrivacyConfig, config_from_mapping
-from utils.seeding import seed_everything
 
 
 def small_problem(n=64, d=5, seed=0):
@@ -43,7 +40,8 @@ def dp_step(model, x, y, *, noise, bound, batch_size, lr=0.1):
     loader = dpsgd.index_loader(len(x), batch_size, shuffle=False)
     config = PrivacyConfig(mode="dpsgd", noise_multiplier=noise, max_grad_norm=bound,
                            poisson_sampling=False)
-    private = dpsgd.make_private(model, optimizer, loader, config, epochs=1)
+    private = dpsgd.make_private(model, optimizer, loader, config, epochs=1,
+                                 noise_generator=torch.Generator().manual_seed(1))
     (indices,) = next(iter(private.index_loader))
     private.optimizer.zero_grad()
     loss = F.binary_cross_entropy_with_logits(private.module(x[indices]).squeeze(-1), y[indices])
@@ -91,17 +89,21 @@ def test_per_example_norms_equal_a_per_example_loop():
     torch.testing.assert_close(norms, torch.stack(loop), rtol=1e-5, atol=1e-7)
 
 
-def test_noise_has_standard_deviation_sigma_times_bound():
-    # A model whose loss has zero gradient: the whole update is the Gaussian noise.
+@pytest.mark.parametrize("secure_rng", [False, True])
+def test_noise_has_standard_deviation_sigma_times_bound(secure_rng):
+    # A model whose loss has zero gradient: the whole update is the Gaussian noise. Under
+    # secure_rng the noise comes from the OS's CSPRNG (privacy.noise) and must have the same law.
     sigma, bound, batch = 1.3, 0.7, 8
     model = nn.Linear(500, 4)
     x = torch.randn(batch, 500)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     loader = dpsgd.index_loader(batch, batch, shuffle=False)
+    # One batch per epoch: q = 1, so a Poisson batch (the secure sampler's) holds every example.
     config = PrivacyConfig(mode="dpsgd", noise_multiplier=sigma, max_grad_norm=bound,
-                           poisson_sampling=False)
-    torch.manual_seed(0)
-    private = dpsgd.make_private(model, optimizer, loader, config, epochs=1)
+                           poisson_sampling=secure_rng, secure_rng=secure_rng)
+    noise_generator = None if secure_rng else torch.Generator().manual_seed(0)
+    private = dpsgd.make_private(model, optimizer, loader, config, epochs=1,
+                                 noise_generator=noise_generator)
     draws = []
     for _ in range(5):
         before = flat_params(private.module)
@@ -147,10 +149,7 @@ def synthetic_config(**privacy):
 
 
 def make_trainer(config):
-    seed_everything(config.seed)
-    data = build_dataset(config)
-    model = build_model(config.model, data.input_shape)
-    return build_trainer(config, model, data, torch.device("cpu"))
+    return build_components(config, torch.device("cpu"))[2]
 
 
 def test_trainer_without_noise_or_clipping_equals_non_private_trainer():

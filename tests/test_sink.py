@@ -35,10 +35,11 @@ def test_wandb_auto_reads_netrc(tmp_path, monkeypatch):
     assert sink.resolve_wandb_mode("auto") == "offline"
 
 
-def test_json_has_null_for_nan_and_plain_numbers(tmp_path):
+def test_json_has_null_for_nan_inf_for_infinity_and_plain_numbers(tmp_path):
     path = tmp_path / "summary.json"
     sink.write_json_atomic(path, {"a": float("nan"), "b": np.float32(0.5), "c": [np.int64(3), math.inf]})
-    assert json.loads(path.read_text()) == {"a": None, "b": 0.5, "c": [3, None]}
+    # NaN (an undefined metric) is null; infinity (ε without noise) stays distinguishable.
+    assert json.loads(path.read_text()) == {"a": None, "b": 0.5, "c": [3, sink.INFINITY]}
     assert not list(tmp_path.glob("*.tmp"))
 
 

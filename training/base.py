@@ -41,6 +41,11 @@ class Trainer(Protocol):
         """Restore :meth:`state_dict`'s output into a freshly built trainer of the same config, so
         that training continues exactly as if it had not stopped."""
 
+    privacy_facts: dict[str, object]
+    """What the run's guarantee rests on (:func:`guarantee_facts`), for summary.json."""
+    warnings: list[str]
+    """Warnings the trainer gave the user (already printed), for summary.json's ``warnings``."""
+
     def privacy_metrics(self) -> dict[str, float | None]:
         """``privacy/epsilon``, ``privacy/delta``, ``privacy/noise_multiplier``,
         ``privacy/sample_rate``, ``privacy/steps`` as of now (values None when not private)."""
@@ -48,6 +53,28 @@ class Trainer(Protocol):
 
 PRIVACY_KEYS = ("privacy/epsilon", "privacy/delta", "privacy/noise_multiplier",
                 "privacy/sample_rate", "privacy/steps")
+
+POISSON_VIOLATED_WARNING = (
+    "privacy.poisson_sampling is false: batches are shuffled and of fixed size, but the accountant "
+    "assumes Poisson sampling, so the reported privacy/epsilon is NOT a guarantee for this run "
+    "(summary.json marks it privacy/accounting_assumption: poisson_violated). Set "
+    "privacy.poisson_sampling: true for a sound epsilon.")
+
+
+def guarantee_facts(privacy, *, poisson: bool) -> dict[str, object]:
+    """What a run's reported (ε, δ) rests on, for summary.json.
+
+    Keys: ``privacy/private`` (the run claims a DP guarantee: a private mode whose accounting
+    assumption holds; an infinite ε, with zero noise, is also recorded as not private by the
+    experiment once ε is known), ``privacy/secure_rng`` (sampling and noise from the OS's CSPRNG;
+    false means anyone with the seed can replay them), and ``privacy/accounting_assumption``
+    ("poisson", "poisson_violated", or None for a non-private run).
+    """
+    if not privacy.private:
+        return {"privacy/private": False, "privacy/secure_rng": False,
+                "privacy/accounting_assumption": None}
+    return {"privacy/private": poisson, "privacy/secure_rng": privacy.secure_rng,
+            "privacy/accounting_assumption": "poisson" if poisson else "poisson_violated"}
 
 
 def no_privacy_metrics() -> dict[str, None]:

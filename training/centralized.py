@@ -20,12 +20,13 @@ from torch.nn import functional as F
 from dataset.base import DataBundle, gather_rows, place_inputs
 from privacy import dpsgd
 from training import TRAINERS
-from training.base import no_privacy_metrics
+from training.base import POISSON_VIOLATED_WARNING, guarantee_facts, no_privacy_metrics
 from training.optim import build_optimizer
 from utils.config import ExperimentConfig
-from utils.errors import ConfigError
+from utils.errors import ConfigError, warn_user
 from utils.fairness import GROUPS
 from utils.progress import progress
+from utils.seeding import torch_generator
 
 
 class CentralizedTrainer:
@@ -57,15 +58,23 @@ class CentralizedTrainer:
                 f"training.batch_size: got {config.training.batch_size}; expected at most the "
                 f"training set's {num_examples} examples. Lower it or raise data.train_size."
             )
-        # The batch order's own generator (Opacus' Poisson sampler inherits it from this loader);
-        # it is part of the trainer's state so that a resumed run draws the same batches.
-        self.generator = torch.Generator().manual_seed(config.seed)
+        # The batch order's own stream (Opacus' Poisson sampler inherits it from this loader), and
+        # under DP-SGD the noise's own, on the device where it is added: never torch's global
+        # generator, which initialized the model (utils.seeding). Both are part of the trainer's
+        # state, so that a resumed run draws the same batches and the same noise.
+        self.generator = torch_generator(config.seed, "batch_sampling")
         loader = dpsgd.index_loader(num_examples, config.training.batch_size, self.generator)
         model = model.to(device)
         optimizer = build_optimizer(config.training, model.parameters())
         self.private = None
+        self.warnings: list[str] = []  # for summary.json (see training.base.Trainer)
         if config.privacy.mode == "dpsgd":
-            self.private = dpsgd.make_private(model, optimizer, loader, config.privacy, self.units)
+            if not config.privacy.poisson_sampling:
+                warn_user(POISSON_VIOLATED_WARNING, self.warnings)
+            noise = (None if config.privacy.secure_rng
+                     else torch_generator(config.seed, "dp_noise", device))
+            self.private = dpsgd.make_private(model, optimizer, loader, config.privacy, self.units,
+                                              noise_generator=noise)
             model, optimizer, loader = (self.private.module, self.private.optimizer,
                                         self.private.index_loader)
         self.model, self.optimizer, self.loader = model, optimizer, loader
@@ -105,11 +114,12 @@ class CentralizedTrainer:
                 clipped.index_add_(0, group, (norms > bound).float())
                 counts.index_add_(0, group, torch.ones_like(norms))
             self.optimizer.step()
-            loss_sum += loss.detach() * len(indices)
-            seen += len(indices)
+            if len(indices):  # an empty Poisson batch has a NaN mean loss and adds nothing
+                loss_sum += loss.detach() * len(indices)
+                seen += len(indices)
         self.train_seconds += time.perf_counter() - started
         self.train_samples += seen
-        metrics: dict[str, float | None] = {"train/loss": float(loss_sum) / max(seen, 1)}
+        metrics: dict[str, float | None] = {"train/loss": float(loss_sum) / seen if seen else None}
         if self.private is not None:
             counts_cpu = counts.cpu().tolist()
             for i, group in enumerate(GROUPS):
@@ -117,6 +127,11 @@ class CentralizedTrainer:
                 metrics[f"dp/grad_norm/group={group}"] = float(norm_sum[i]) / n if n else None
                 metrics[f"dp/clip_fraction/group={group}"] = float(clipped[i]) / n if n else None
         return metrics
+
+    @property
+    def privacy_facts(self) -> dict[str, Any]:
+        """What the run's guarantee rests on, for summary.json (:func:`training.base.guarantee_facts`)."""
+        return guarantee_facts(self.config.privacy, poisson=self.config.privacy.poisson_sampling)
 
     def privacy_metrics(self) -> dict[str, float | None]:
         if self.private is None:
@@ -144,6 +159,9 @@ class CentralizedTrainer:
             "model": self.base_model().state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            "noise_generator": (self.private.noise_generator.get_state()
+                                if self.private is not None
+                                and self.private.noise_generator is not None else None),
             "accountant_history": (list(self.private.engine.accountant.history)
                                    if self.private is not None else None),
             "train_samples": self.train_samples,
@@ -158,6 +176,10 @@ class CentralizedTrainer:
         if self.private is not None:
             if state["accountant_history"] is None:
                 raise ValueError("the checkpoint holds no privacy accountant history")
+            if self.private.noise_generator is not None:
+                if state.get("noise_generator") is None:
+                    raise ValueError("the checkpoint holds no noise generator state")
+                self.private.noise_generator.set_state(state["noise_generator"])
             self.private.engine.accountant.history = [tuple(entry)
                                                       for entry in state["accountant_history"]]
         self.train_samples = int(state["train_samples"])

@@ -24,7 +24,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
@@ -36,14 +35,17 @@ from utils import fairness
 from utils.config import PROVENANCE_KEY, ExperimentConfig
 from utils.errors import UserInputError
 from utils.progress import progress
-from utils.seeding import resolve_device, seed_everything
+from utils.seeding import resolve_device, seed_global_generators, seed_sequence
 from utils.sink import (
     CLIENTS_FILE,
     CONFIG_FILE,
+    NON_PRIVATE_LIST_KEY,
     PREDICTIONS_FILE,
     SUMMARY_FILE,
     MetricsSink,
+    is_non_private_statistic,
     resolve_wandb_mode,
+    without_non_private_statistics,
     write_json_atomic,
     write_predictions,
     write_rows,
@@ -108,6 +110,22 @@ def provenance() -> dict[str, Any]:
             "command": " ".join(sys.argv), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+def build_components(config: ExperimentConfig, device: torch.device):
+    """The data, model and trainer of ``config``, each drawing from its own random stream.
+
+    The resampler draws from its own streams; torch's global generator is pointed at the ``init``
+    stream for the model's initialization and at ``augmentation`` right after (dropout, flips);
+    the trainer makes its sampling and noise generators from their streams (utils.seeding).
+    Returns ``(data, model, trainer)``.
+    """
+    data = build_dataset(config)
+    seed_global_generators(config.seed, "init")
+    model = build_model(config.model, data.input_shape)
+    seed_global_generators(config.seed, "augmentation")
+    trainer = build_trainer(config, model, data, device)
+    return data, model, trainer
+
+
 def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:
     """Train and evaluate one experiment; return its summary (also written to summary.json).
 
@@ -127,10 +145,7 @@ def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:
 
     # Everything that can fail on the user's input happens before the run directory exists.
     device = resolve_device(config.device)
-    seed_everything(config.seed)
-    data = build_dataset(config)
-    model = build_model(config.model, data.input_shape)
-    trainer = build_trainer(config, model, data, device)
+    data, model, trainer = build_components(config, device)
     evaluator = TestSetEvaluator(data, device, config.training.eval_batch_size, config.evaluation)
 
     resume_point = None if overwrite else checkpoint.find_resumable(run_dir, config, trainer)
@@ -183,7 +198,8 @@ def _train_and_report(config, data, trainer, evaluator, sink, run_dir, device, s
         row["time/wall_s"] = time.perf_counter() - started
         row["time/train_samples_per_s"] = (trainer.train_samples / trainer.train_seconds
                                            if trainer.train_seconds > 0 else None)
-        sink.log(unit + 1, row)
+        sink.log(unit + 1, row if config.logging.private_stats
+                 else without_non_private_statistics(row))
         # A checkpoint where the test set was just scored (every epoch; every eval_every rounds),
         # so a resumed run restarts from a logged, evaluated state. None after the last unit: its
         # results go straight into summary.json, and a kill before that reruns the last stretch.
@@ -192,16 +208,22 @@ def _train_and_report(config, data, trainer, evaluator, sink, run_dir, device, s
                                        trainer=trainer)
 
     # The final model: intervals, predictions and the summary, in that order (summary last).
-    intervals = evaluator.intervals(y_score, seed=config.seed)
-    warnings = fairness.small_group_warnings(
+    intervals = evaluator.intervals(y_score, seed=seed_sequence(config.seed, "bootstrap"))
+    small_groups = fairness.small_group_warnings(
         {g: row[f"test/count/group={g}"] for g in fairness.GROUPS})
-    for message in warnings:
+    for message in small_groups:
         print(f"warning: {message}", file=sys.stderr)
-    threshold = config.evaluation.threshold
+    # The trainer's own warnings were printed when it was built; the record keeps them all.
+    warnings = [*trainer.warnings, *small_groups]
+    facts = dict(trainer.privacy_facts)
+    if row["privacy/epsilon"] == float("inf"):  # no noise: nothing is private
+        facts["privacy/private"] = False
+    # The same thresholding as every metric (utils.fairness.predictions), so the file and the
+    # metrics cannot disagree at a score equal to the threshold.
     write_predictions(run_dir / PREDICTIONS_FILE, evaluator.y_true, y_score,
-                      (y_score >= threshold).astype(np.int64), evaluator.minority)
+                      fairness.predictions(y_score, config.evaluation.threshold), evaluator.minority)
     client_counts = getattr(trainer, "client_counts", None)
-    if client_counts:  # federated runs: who holds which group, one row per client
+    if client_counts and config.logging.private_stats:  # federated: who holds which group
         write_rows(run_dir / CLIENTS_FILE, client_counts)
     checkpoint_dir = run_dir / checkpoint.CHECKPOINT_DIR
     checkpoint_dir.mkdir(exist_ok=True)
@@ -213,7 +235,13 @@ def _train_and_report(config, data, trainer, evaluator, sink, run_dir, device, s
         "name": config.name, "seed": config.seed, "mode": config.privacy.mode,
         "device": str(device), "units": trainer.units, "warnings": warnings,
         "data/info": data.info, "trainer/info": getattr(trainer, "info", {}),
+        **facts,
     }
+    if config.logging.private_stats:
+        summary[NON_PRIVATE_LIST_KEY] = sorted(key for key in summary
+                                               if is_non_private_statistic(key))
+    else:
+        summary = without_non_private_statistics(summary)
     write_json_atomic(run_dir / SUMMARY_FILE, summary)
     # The run is complete, so the resume points are of no further use; model_final.pt stays.
     for name in (checkpoint.LAST, checkpoint.PREVIOUS):

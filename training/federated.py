@@ -53,24 +53,17 @@ from torch.func import functional_call, grad, vmap
 from dataset.base import BatchTransform, DataBundle, gather_rows, place_inputs
 from privacy.accounting import epsilon_after, noise_for_epsilon
 from privacy.dpfedavg import dp_fedavg_aggregate
+from privacy.noise import SecureRandom
 from training import TRAINERS
 from training.partition import partition_clients, partition_counts, partition_summary
 from utils.errors import ConfigError
 from utils.fairness import GROUPS
-
-# Tags that give each random stream of a run its own seed sequence, so that the partition, the
-# client sampling, the local shuffles and the noise never reuse the draws of another stream (or of
-# the data resampler, which is seeded with the same ``seed``).
-_PARTITION_STREAM, _SAMPLING_STREAM, _SHUFFLE_STREAM, _NOISE_STREAM = 0xFED0, 0xFED1, 0xFED2, 0xFED3
+from utils.seeding import numpy_generator, stream_seed, torch_generator
 
 # Rough memory budget of one batched chunk of clients, and how many times the size of a batch's
 # inputs its activations are assumed to take (see :func:`default_chunk_size`).
 _CHUNK_BUDGET_BYTES = 2 * 1024**3
 _ACTIVATION_FACTOR = 64
-
-
-def _stream_seed(seed: int, stream: int) -> int:
-    return int(np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -401,6 +394,7 @@ class FederatedTrainer:
         eval_every: int = 1,
         accountant: str = "rdp",
         seed: int = 0,
+        secure_rng: bool = False,
         vectorized: bool = True,
         client_chunk_size: int | None = None,
     ):
@@ -423,7 +417,7 @@ class FederatedTrainer:
         self.transform: Callable | None = data.transform
 
         parts = partition_clients(data.y_train, data.minority_train, num_clients=num_clients,
-                                  scheme=partition, seed=_stream_seed(seed, _PARTITION_STREAM),
+                                  scheme=partition, seed=stream_seed(seed, "client_partition"),
                                   dirichlet_alpha=dirichlet_alpha)
         self.clients = parts
         self._client_table, self._client_sizes = client_table(parts)
@@ -443,16 +437,20 @@ class FederatedTrainer:
 
         self.x = place_inputs(data.x_train, self.device, what="training inputs")
         self.y = torch.as_tensor(data.y_train).to(self.device, torch.float32)
-        self._sampling_rng = np.random.default_rng(_stream_seed(seed, _SAMPLING_STREAM))
-        self._shuffle_gen = torch.Generator().manual_seed(_stream_seed(seed, _SHUFFLE_STREAM))
-        self._noise_gen = torch.Generator(self.device)
-        self._noise_gen.manual_seed(_stream_seed(seed, _NOISE_STREAM))
+        # Each random purpose its own stream (utils.seeding). Who takes part in a round and the
+        # server's noise carry the guarantee: under secure_rng both come from the OS's CSPRNG.
+        self.secure_rng = secure_rng
+        self._secure = SecureRandom() if secure_rng else None
+        self._sampling_rng = None if secure_rng else numpy_generator(seed, "client_sampling")
+        self._noise_gen = None if secure_rng else torch_generator(seed, "client_noise", self.device)
+        self._shuffle_gen = torch_generator(seed, "client_shuffle")
         self._global = trainable_parameters(self.model)
         num_params = sum(p.numel() for p in self._global.values())
         self.client_chunk_size = client_chunk_size or default_chunk_size(
             num_params, batch_size, math.prod(data.input_shape))
         self._velocity = torch.zeros(num_params, device=self.device)
         self.rounds_done = 0
+        self.warnings: list[str] = []  # for summary.json (see training.base.Trainer)
         # Local examples processed and seconds spent in train_unit, for time/train_samples_per_s.
         self.train_samples = 0
         self.train_seconds = 0.0
@@ -467,7 +465,10 @@ class FederatedTrainer:
 
     def sample_clients(self) -> np.ndarray:
         """This round's clients: each joins independently with probability q (may be none)."""
-        return np.flatnonzero(self._sampling_rng.random(len(self.clients)) < self.sample_rate)
+        source = self._secure if self._secure is not None else self._sampling_rng
+        draws = (source.uniform(len(self.clients)) if self._secure is not None
+                 else source.random(len(self.clients)))
+        return np.flatnonzero(draws < self.sample_rate)
 
     def train_unit(self, unit: int) -> dict[str, float | None]:
         """One round: sample, train locally, clip-and-noise, apply; returns the round's metrics."""
@@ -488,7 +489,7 @@ class FederatedTrainer:
         result = dp_fedavg_aggregate(updates, max_grad_norm=self.max_grad_norm,
                                      noise_multiplier=self.noise_multiplier,
                                      expected_clients=self.expected_clients,
-                                     generator=self._noise_gen)
+                                     generator=self._secure or self._noise_gen)
         # Server step (server momentum as in McMahan et al. 2018 and Hsu et al. 2019's FedAvgM);
         # it only post-processes the private average, so it costs no privacy.
         self._velocity.mul_(self.server_momentum).add_(result.update)
@@ -520,9 +521,11 @@ class FederatedTrainer:
         return {
             "model": self.model.state_dict(),
             "velocity": self._velocity,
-            "sampling_rng": self._sampling_rng.bit_generator.state,
+            # None under secure_rng: the CSPRNG's draws have no state to save or replay.
+            "sampling_rng": (self._sampling_rng.bit_generator.state
+                             if self._sampling_rng is not None else None),
             "shuffle_gen": self._shuffle_gen.get_state(),
-            "noise_gen": self._noise_gen.get_state(),
+            "noise_gen": self._noise_gen.get_state() if self._noise_gen is not None else None,
             "rounds_done": self.rounds_done,
             "train_samples": self.train_samples,
             "train_seconds": self.train_seconds,
@@ -533,9 +536,11 @@ class FederatedTrainer:
         self.model.load_state_dict(state["model"])
         self._global = trainable_parameters(self.model)
         self._velocity.copy_(state["velocity"])
-        self._sampling_rng.bit_generator.state = state["sampling_rng"]
+        if self._sampling_rng is not None:
+            self._sampling_rng.bit_generator.state = state["sampling_rng"]
+        if self._noise_gen is not None:
+            self._noise_gen.set_state(state["noise_gen"])
         self._shuffle_gen.set_state(state["shuffle_gen"])
-        self._noise_gen.set_state(state["noise_gen"])
         self.rounds_done = int(state["rounds_done"])
         self.train_samples = int(state["train_samples"])
         self.train_seconds = float(state["train_seconds"])
@@ -548,6 +553,13 @@ class FederatedTrainer:
                                 delta=self.delta, accountant=self.accountant)
             self._epsilon_cache = (self.rounds_done, eps)
         return self._epsilon_cache[1]
+
+    @property
+    def privacy_facts(self) -> dict[str, Any]:
+        """What the guarantee rests on (:func:`training.base.guarantee_facts`); clients always join
+        by Poisson sampling."""
+        return {"privacy/private": True, "privacy/secure_rng": self.secure_rng,
+                "privacy/accounting_assumption": "poisson"}
 
     def privacy_metrics(self) -> dict[str, float | None]:
         """User-level (ε, δ) so far, with σ, q and the rounds (``privacy/steps``) behind it."""
@@ -584,5 +596,5 @@ def build_federated_trainer(config, model: nn.Module, data: DataBundle, device) 
         noise_multiplier=priv.noise_multiplier, target_epsilon=priv.target_epsilon,
         server_lr=fed.server_lr, server_momentum=fed.server_momentum, partition=fed.partition,
         dirichlet_alpha=fed.dirichlet_alpha, eval_every=fed.eval_every,
-        accountant=priv.accountant, seed=config.seed,
+        accountant=priv.accountant, seed=config.seed, secure_rng=priv.secure_rng,
     )

@@ -126,7 +126,10 @@ class TrainingConfig:
 
     Attributes:
         epochs: passes over the training set (centralized modes).
-        batch_size: examples per step; under Poisson sampling the *expected* batch size.
+        batch_size: examples per step. Under Poisson sampling (DP-SGD) each example joins a step
+            with probability q = 1 / ceil(N / batch_size), Opacus' definition, one step per batch
+            of a plain epoch; so the expected batch q·N is a little under batch_size when N is not
+            a multiple of it.
         optimizer: "adam" or "sgd".
         lr: learning rate.
         weight_decay: L2 penalty applied by the optimizer.
@@ -168,8 +171,15 @@ class PrivacyConfig:
             under DP-FedAvg).
         accountant: "rdp" (Mironov 2017) or "prv" (Gopi et al. 2021), Opacus' implementations.
         poisson_sampling: sample each batch by independent inclusion of every example, the sampling
-            the accountants' guarantee assumes. Turning it off gives shuffled fixed-size batches
-            whose reported ε is then only an approximation.
+            the accountants' guarantee assumes. Turning it off (DP-SGD only) gives shuffled
+            fixed-size batches, for which the reported ε is NOT a guarantee: the accountant's
+            amplification by subsampling does not hold for them. Such a run warns and its summary
+            says ``privacy/accounting_assumption: poisson_violated``.
+        secure_rng: draw the batch sampling and the DP noise from the operating system's
+            cryptographic generator (privacy.noise) instead of streams seeded from ``seed``. A
+            reproducible run's noise can be replayed by anyone holding its seed (in config.yaml),
+            so a model meant for release needs this; such a run cannot be reproduced, and its
+            summary says ``privacy/secure_rng: true``. Ignored when ``mode`` is none.
     """
 
     mode: str = "none"
@@ -179,6 +189,7 @@ class PrivacyConfig:
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
     poisson_sampling: bool = True
+    secure_rng: bool = False
 
     @property
     def private(self) -> bool:
@@ -195,6 +206,9 @@ class PrivacyConfig:
         if self.target_epsilon is not None:
             _check(self.target_epsilon > 0, "privacy.target_epsilon", self.target_epsilon,
                    "a positive number")
+        if self.secure_rng and not self.poisson_sampling:
+            raise ConfigError("privacy.secure_rng: true needs privacy.poisson_sampling: true (the "
+                              "secure sampler draws Poisson batches). Set poisson_sampling: true.")
         if self.private and (self.noise_multiplier is None) == (self.target_epsilon is None):
             raise ConfigError(
                 f"privacy.mode {self.mode!r} needs exactly one of privacy.noise_multiplier and "
@@ -317,11 +331,17 @@ class LoggingConfig:
         tensorboard: write TensorBoard event files under ``tb/``.
         wandb: Weights & Biases settings.
         progress: progress bars: "auto" (only on a terminal), "always" or "never".
+        private_stats: record the statistics computed from the private training data without
+            noise (``train/``, ``dp/``, ``data/``, ``federated/`` keys, ``trainer/info``,
+            clients.csv; the list is ``utils.sink.NON_PRIVATE_PREFIXES``). They are diagnostics
+            for the researcher, not covered by ε; false leaves them out of every record of the run
+            (metrics.jsonl, TensorBoard, wandb, summary.json) for a run directory to be released.
     """
 
     tensorboard: bool = True
     wandb: WandbConfig = field(default_factory=WandbConfig)
     progress: str = "auto"
+    private_stats: bool = True
 
     def validate(self) -> None:
         self.wandb.validate()

@@ -19,3 +19,14 @@ class ConfigError(UserInputError):
 
 class DataError(UserInputError):
     """A data file that is missing, malformed, or cannot supply what the config asks for."""
+
+
+def warn_user(message: str, record: list[str] | None = None) -> None:
+    """Tell the user something they should know about their run: one ``warning: ...`` line on
+    stderr, and the message appended to ``record`` (a trainer's ``warnings``, which summary.json
+    lists), so that the run's record says it too."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+    if record is not None:
+        record.append(message)

@@ -301,7 +301,7 @@ def average_precision(y_true, y_score) -> float | None:
 
 
 def bootstrap_intervals(y_true, y_score, minority, *, n_resamples: int = 1000,
-                        confidence: float = 0.95, seed: int = 0,
+                        confidence: float = 0.95, seed: int | np.random.SeedSequence = 0,
                         threshold: float = 0.5) -> dict[str, list[float] | None]:
     """Percentile bootstrap intervals ``[low, high]`` for accuracy, every gap and per-group rate.
 
@@ -350,7 +350,8 @@ def bootstrap_intervals(y_true, y_score, minority, *, n_resamples: int = 1000,
         y_true, y_score, minority, threshold: as in :func:`compute_metrics`.
         n_resamples: number of bootstrap resamples (≥ 1; 1000 or more for 95 % intervals).
         confidence: nominal coverage, in (0, 1).
-        seed: seed of ``np.random.default_rng``; the same inputs and seed give the same intervals.
+        seed: seed of ``np.random.default_rng``, an int or a ``SeedSequence`` (a run passes its
+            ``bootstrap`` stream, utils.seeding); the same inputs and seed give the same intervals.
 
     Returns:
         ``{"<metric>_ci": [low, high] or None}``.

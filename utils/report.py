@@ -46,7 +46,7 @@ import yaml
 from utils.config import PROVENANCE_KEY
 from utils.errors import UserInputError
 from utils.fairness import GROUPS, group_key
-from utils.sink import CONFIG_FILE, SUMMARY_FILE
+from utils.sink import CONFIG_FILE, SUMMARY_FILE, as_number
 from utils.sweep import STATUS_FILE, read_status, short_names
 
 REPORT_MD = "report.md"
@@ -128,18 +128,20 @@ class Point:
         return [run.seed for run in self.runs]
 
     def values(self, metric: str) -> list[float]:
-        """The metric over the seeds where it is defined."""
-        return [float(run.summary[metric]) for run in self.runs
-                if isinstance(run.summary.get(metric), (int, float))]
+        """The metric over the seeds where it is defined (ε = ∞, stored as "inf", included)."""
+        values = (as_number(run.summary.get(metric)) for run in self.runs)
+        return [value for value in values if value is not None]
 
     def mean(self, metric: str) -> float | None:
         values = self.values(metric)
         return statistics.fmean(values) if values else None
 
     def std(self, metric: str) -> float | None:
-        """Sample standard deviation over seeds (ddof = 1); None with fewer than two values."""
+        """Sample standard deviation over seeds (ddof = 1); None with fewer than two values or
+        an infinite one."""
         values = self.values(metric)
-        return statistics.stdev(values) if len(values) > 1 else None
+        return statistics.stdev(values) if len(values) > 1 and all(map(math.isfinite, values)) \
+            else None
 
     def interval(self, metric: str) -> list[float] | None:
         """The bootstrap interval of a single-seed point (None with several seeds or none stored)."""
@@ -433,8 +435,11 @@ def _series_label(point: Point, keys: list[str], points: list[Point]) -> tuple[s
         epsilons = [e for p in same_level for e in p.values(EPSILON)]
         if epsilons:
             low, high = min(epsilons), max(epsilons)
-            label += (f" (ε≈{low:.2g})" if high - low <= 0.05 * high
-                      else f" (ε {low:.2g}–{high:.2g})")
+            if math.isinf(low):
+                label += " (ε = ∞)"
+            else:
+                label += (f" (ε≈{low:.2g})" if high - low <= 0.05 * high
+                          else f" (ε {low:.2g}–{_md_epsilon(high)})")
     others = [key for key in keys if not key.startswith("privacy.")]
     short = short_names(others)
     extra = ", ".join(f"{short[key]}={_md_value(settings.get(key))}" for key in others)
@@ -508,6 +513,11 @@ def _md_value(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
+def _md_epsilon(value: float) -> str:
+    """ε for report.md: three significant digits, and ∞ for a run without noise."""
+    return "∞" if math.isinf(value) else f"{value:.3g}"
+
+
 def _md_metric(point: Point, metric: str) -> str:
     """A table cell: mean ± std (%), or mean [bootstrap interval] for one seed; – when undefined."""
     mean = point.mean(metric)
@@ -515,7 +525,7 @@ def _md_metric(point: Point, metric: str) -> str:
         return "–"
     if metric == EPSILON:
         std = point.std(metric)
-        return f"{mean:.3g}" + (f" ± {std:.2g}" if std is not None else "")
+        return _md_epsilon(mean) + (f" ± {std:.2g}" if std is not None else "")
     cell = f"{100 * mean:.2f}"
     std, interval = point.std(metric), point.interval(metric)
     if std is not None:

@@ -50,6 +50,28 @@ def resolve_wandb_mode(mode: str) -> str:
     return mode
 
 
+# Keys (summary.json, metrics.jsonl) of statistics computed from the private training data without
+# noise, so not covered by the run's ε: the training loss, the clipping diagnostics, the training
+# set's group counts and positive rates (data/), the federated clients' counts, and the trainer's and
+# data's info blocks. The test set is held out and treated as public. ``logging.private_stats:
+# false`` drops them all; summary.json lists the ones it holds under NON_PRIVATE_LIST_KEY.
+NON_PRIVATE_PREFIXES = ("train/", "dp/", "data/", "federated/", "trainer/")
+NON_PRIVATE_LIST_KEY = "privacy/non_private_statistics"
+
+# JSON has no infinity: an infinite value (ε of a run without noise) is written as this string,
+# which float() reads back, so that it stays distinct from null (a non-private run's ε).
+INFINITY, NEG_INFINITY = "inf", "-inf"
+
+
+def is_non_private_statistic(key: str) -> bool:
+    return key.startswith(NON_PRIVATE_PREFIXES)
+
+
+def without_non_private_statistics(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` without the keys of :data:`NON_PRIVATE_PREFIXES`."""
+    return {key: value for key, value in row.items() if not is_non_private_statistic(key)}
+
+
 def to_jsonable(value: Any) -> Any:
     """Plain JSON values: numpy scalars to Python, NaN and infinities to null (JSON has neither)."""
     if isinstance(value, Mapping):
@@ -59,8 +81,22 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
-        return None
+        if math.isnan(value):
+            return None
+        return INFINITY if value > 0 else NEG_INFINITY
     return value
+
+
+def as_number(value: Any) -> float | None:
+    """A metric value read back from JSON as a float: numbers as they are, "inf"/"-inf" as
+    infinities, anything else (null, text) as None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if value in (INFINITY, NEG_INFINITY):
+        return float(value)
+    return None
 
 
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
@@ -72,14 +108,19 @@ def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
 
 def write_predictions(path: Path, y_true: np.ndarray, y_score: np.ndarray, y_pred: np.ndarray,
                       minority: np.ndarray) -> None:
-    """The test set's predictions, one row per example, so any metric can be recomputed."""
+    """The test set's predictions, one row per example, so any metric can be recomputed.
+
+    Scores are written exactly: ``repr`` of each score as a float64 is the shortest decimal that
+    reads back to the same number, so a metric recomputed from the file (average precision, a
+    prediction at any threshold) equals the run's to the last bit.
+    """
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["y_true", "y_score", "y_pred", "minority"])
-        for row in zip(y_true.astype(int), y_score.astype(float), y_pred.astype(int),
-                       minority.astype(int)):
-            writer.writerow([row[0], f"{row[1]:.6g}", row[2], row[3]])
+        for row in zip(y_true.astype(int).tolist(), np.asarray(y_score, dtype=np.float64).tolist(),
+                       y_pred.astype(int).tolist(), minority.astype(int).tolist()):
+            writer.writerow([row[0], repr(row[1]), row[2], row[3]])
     os.replace(tmp, path)
 
 
