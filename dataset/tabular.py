@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -155,6 +156,8 @@ ADULT_NUMERIC = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss
 ADULT_DROPPED = ("fnlwgt",)
 ADULT_PROTECTED = ("race", "sex")
 MISSING = "?"
+# Message part for a numeric field that float() reads as NaN or infinity (tests import it).
+ADULT_NON_FINITE = "expected a finite number"
 
 
 @TABULAR_SOURCES.register("adult")
@@ -316,12 +319,19 @@ def _parse_adult(raw: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
         for j in numeric:
             if fields[j] != MISSING:
                 try:
-                    float(fields[j])
+                    number = float(fields[j])
                 except ValueError:
                     raise DataError(
                         f"{path}, line {line_no}: column {ADULT_COLUMNS[j]} is {fields[j]!r}, expected a number "
                         f"or {MISSING!r}."
                     ) from None
+                # float() also reads "nan", "inf" and "1e999"; such a value would pass here and turn
+                # the standardized features (and the loss) into NaN, blamed later on training.lr.
+                if not math.isfinite(number):
+                    raise DataError(
+                        f"{path}, line {line_no}: column {ADULT_COLUMNS[j]} is {fields[j]!r}, {ADULT_NON_FINITE} "
+                        f"or {MISSING!r} (a missing value). Fix or remove that line."
+                    )
         label = fields[-1].rstrip(".")
         if label not in (">50K", "<=50K"):
             raise DataError(f"{path}, line {line_no}: income label {fields[-1]!r}, expected '>50K' or '<=50K'.")

@@ -56,3 +56,6 @@ class SmallCNN(nn.Module):
 def build_cnn(config: ModelConfig, input_shape: tuple[int, ...]) -> SmallCNN:
     """The small CNN for images of ``input_shape`` with ``model.width`` channels in its first block."""
     return SmallCNN(image_channels(input_shape, config.name), config.width)
+
+
+build_cnn.size_key = "model.width"  # named by build_model's size check

@@ -34,3 +34,6 @@ class MLP(nn.Module):
 @MODELS.register("mlp")
 def build_mlp(config: ModelConfig, input_shape: tuple[int, ...]) -> MLP:
     return MLP(math.prod(input_shape), config.hidden)
+
+
+build_mlp.size_key = "model.hidden"  # named by build_model's size check

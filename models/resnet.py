@@ -128,3 +128,6 @@ def image_channels(input_shape: tuple[int, ...], name: str) -> int:
 def build_resnet18(config: ModelConfig, input_shape: tuple[int, ...]) -> ResNet18:
     """ResNet-18 for images of ``input_shape`` with ``model.width`` channels in its first stage."""
     return ResNet18(image_channels(input_shape, config.name), config.width)
+
+
+build_resnet18.size_key = "model.width"  # named by build_model's size check

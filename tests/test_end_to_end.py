@@ -20,6 +20,7 @@ from sklearn.metrics import accuracy_score, average_precision_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from utils import fairness
+from utils.rundir import write_marker
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "predictions.csv")
@@ -139,9 +140,11 @@ def test_infeasible_share_exits_2_without_run_directory(tmp_path):
 
 
 def test_interrupted_run_is_not_trusted(tmp_path):
-    # A directory without summary.json (a run that died) is trained afresh, not reported as done.
+    # A run directory without summary.json (a run that died) is trained afresh, not reported as
+    # done. It is the tool's (marked), so its stale files may be replaced.
     stale = tmp_path / "runs" / "adult_none"
     stale.mkdir(parents=True)
+    write_marker(stale)
     (stale / "metrics.jsonl").write_text('{"step": 1, "test/accuracy": 0.1}\n')
     result = run_cli(tmp_path, "privacy.mode=none", "name=adult_none", "training.epochs=1",
                      "logging.wandb.mode=disabled", "logging.tensorboard=false")

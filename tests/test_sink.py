@@ -52,3 +52,21 @@ def test_sink_writes_jsonl_rows(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / sink.METRICS_FILE).read_text().splitlines()]
     assert rows == [{"step": 1, "test/accuracy": 0.5, "test/eo_gap": None},
                     {"step": 2, "test/accuracy": 0.75, "test/eo_gap": 0.1}]
+
+
+def test_wandb_failing_during_the_run_stops_wandb_not_the_run(tmp_path, capsys, monkeypatch):
+    """A real offline wandb run that fails to log (its run already finished, as when wandb's
+    service goes away): one warning, wandb off for the rest of the run, every row on disk."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    metrics = sink.MetricsSink(tmp_path, run_name="t", config={}, tensorboard=False,
+                               wandb_mode="offline", wandb_project="p")
+    metrics.log(1, {"test/accuracy": 0.5})
+    metrics._wandb_run.finish()  # from now on wandb refuses to log
+    capsys.readouterr()
+    metrics.log(2, {"test/accuracy": 0.6})
+    metrics.log(3, {"test/accuracy": 0.7})
+    metrics.close({"test/accuracy": 0.7})
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(err) == 1 and "could not log step 2" in err[0]
+    rows = [json.loads(line) for line in (tmp_path / sink.METRICS_FILE).read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3]

@@ -23,6 +23,7 @@ interruption must not repeat draws already used (the noise generators continue f
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import random
 import sys
@@ -34,16 +35,21 @@ import numpy as np
 import torch
 import yaml
 
+from utils import rundir
 from utils.config import PROVENANCE_KEY, ExperimentConfig, config_from_mapping
 from utils.errors import UserInputError
+from utils.rundir import CHECKPOINT_DIR
 from utils.sink import CONFIG_FILE, SUMMARY_FILE
 
-CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 PREVIOUS = "previous.pt"
 # Bumped whenever the layout below changes, so an old file is refused rather than misread.
 FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("format", "step", "wall_s", "trainer", "rng")
+# A checkpoint is saved after an evaluated unit and before the last one, so its step lies in
+# 1 .. units - 1; any other step (a file from a longer run, a tampered one) cannot be resumed.
+STEP_OUT_OF_RANGE = ("{path} is after unit {step}, but this run has {units} units (a checkpoint "
+                     "lies after unit 1 to {last})")
 
 
 @dataclass(frozen=True)
@@ -152,32 +158,37 @@ def load_checkpoint(path: Path) -> ResumePoint:
 
 
 def saved_config_matches(run_dir: Path, config: ExperimentConfig) -> bool:
-    """Whether ``run_dir/config.yaml`` is this config (provenance, such as the start time, aside)."""
+    """Whether ``run_dir/config.yaml`` is this config, apart from provenance (such as the start
+    time) and where the run is kept (``output_dir``: a folder of runs may have been moved)."""
     path = Path(run_dir) / CONFIG_FILE
     try:
         raw = yaml.safe_load(path.read_text())
         saved = config_from_mapping({k: v for k, v in raw.items() if k != PROVENANCE_KEY})
     except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError, UserInputError):
         return False
-    return saved == config
+    here = {key: getattr(config, key) for key in rundir.LOCATION_KEYS}
+    return dataclasses.replace(saved, **here) == config
 
 
 def find_resumable(run_dir: Path, config: ExperimentConfig, trainer) -> ResumePoint | None:
     """Continue an interrupted run of ``config`` in ``trainer``; None means start afresh.
 
-    A run directory resumes only when it has no summary.json (the run did not finish), its
-    config.yaml equals ``config`` apart from provenance (a changed config is a different
-    experiment, whose earlier epochs would mix two settings), and a usable checkpoint exists.
-    ``last.pt`` is tried first, then ``previous.pt``. A file is usable when it loads, holds every
-    key, and the trainer accepts its state; each unusable file, and a fresh start forced by having
-    neither, is reported on stderr, never passed over silently.
+    A run directory resumes only when it is the tool's (:func:`utils.rundir.is_marked`), has no
+    complete run's summary.json (the run did not finish; a broken summary.json does not count),
+    its config.yaml equals ``config`` apart from provenance and ``output_dir`` (a changed config is
+    a different experiment, whose earlier epochs would mix two settings; a moved folder is not),
+    and a usable checkpoint exists. ``last.pt`` is tried first, then ``previous.pt``. A file is
+    usable when it loads, holds every key, lies after unit 1 to ``trainer.units - 1``
+    (:data:`STEP_OUT_OF_RANGE`), and the trainer accepts its state; each unusable file, and a fresh
+    start forced by having neither, is reported on stderr, never passed over silently.
 
     On success the trainer and the global random states are where the checkpoint left them (the
     random states last: building the trainer consumed draws, and the resumed run must draw as the
     interrupted one would have). On None the trainer is as it was built.
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir() or (run_dir / SUMMARY_FILE).exists():
+    if (not run_dir.is_dir() or not rundir.is_marked(run_dir)
+            or rundir.read_summary(run_dir / SUMMARY_FILE)[0] is not None):
         return None
     directory = run_dir / CHECKPOINT_DIR
     candidates = [path for path in (directory / LAST, directory / PREVIOUS) if path.exists()]
@@ -193,6 +204,10 @@ def find_resumable(run_dir: Path, config: ExperimentConfig, trainer) -> ResumePo
     for path in candidates:
         try:
             point = load_checkpoint(path)
+            if not 0 < point.step < trainer.units:
+                raise ValueError(STEP_OUT_OF_RANGE.format(path=path, step=point.step,
+                                                          units=trainer.units,
+                                                          last=trainer.units - 1))
             trainer.load_state_dict(point.trainer_state)
             set_rng_state(point.rng_state)
         except (ValueError, KeyError, TypeError, RuntimeError) as error:

@@ -10,13 +10,27 @@ without it is an interrupted run: it continues from its last checkpoint when its
 config (apart from provenance) and a checkpoint is usable (:mod:`training.checkpoint`), and is
 started afresh otherwise. A resumed run ends with the same summary as an uninterrupted one (exactly
 on the CPU; ``time/`` keys aside), and its ε counts every step before and after the interruption.
+
+What the tool may do at the run path (:mod:`utils.rundir`): a directory is this tool's run directory
+only if it holds the marker file ``.dp-fairness-run`` (a small JSON object naming the tool), which
+is written first thing whenever a run directory is made, before config.yaml. A missing directory is
+made and marked; an empty one is adopted (marked and used); a marked one is resumed, returned as
+complete, or, for a fresh start (``--overwrite``, or an interrupted run that cannot resume),
+cleared of the tool's own entries only (config.yaml, metrics.jsonl, summary.json, predictions.csv,
+clients.csv, tb/, wandb/, checkpoints/), leaving anything else in it alone. Anything else at the
+run path (a folder without the marker that is not empty, a file, a symbolic link) is an input
+error naming the path, and is never written to or removed, ``--overwrite`` or not; the one
+exception is reading: a valid summary.json in an unmarked folder (a complete run of a version
+before the marker) is returned as complete. Nothing outside ``{output_dir}/{name}`` is written or
+removed, apart from making the missing folders of output_dir. summary.json counts only when it is
+an object with every key a complete run writes; a broken one (cut short, empty, ``{}``) makes the
+run an interrupted one, with a warning naming the file. Configs are compared without provenance
+and without ``output_dir``, so a folder of runs moved elsewhere resumes and skips as before.
 """
 
 from __future__ import annotations
 
-import json
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -31,7 +45,7 @@ from dataset import build_dataset
 from models import build_model
 from training import build_trainer, checkpoint
 from training.evaluation import TestSetEvaluator
-from utils import fairness
+from utils import fairness, rundir
 from utils.config import PROVENANCE_KEY, ExperimentConfig
 from utils.errors import UserInputError
 from utils.progress import progress
@@ -61,24 +75,28 @@ def run_directory(config: ExperimentConfig) -> Path:
 
 
 def completed_summary(config: ExperimentConfig) -> dict[str, Any] | None:
-    """The summary of a finished run of this config, or None when it has not finished."""
-    path = run_directory(config) / SUMMARY_FILE
-    if path.is_file():
-        return json.loads(path.read_text())
-    return None
+    """The summary of a finished run of this config, or None when it has not finished (no
+    summary.json, or one that is not a complete run's: :func:`utils.rundir.read_summary`)."""
+    return rundir.read_summary(run_directory(config) / SUMMARY_FILE)[0]
 
 
 def changed_keys(run_dir: Path, config: ExperimentConfig) -> list[str]:
-    """Dotted keys whose value in ``run_dir``'s config.yaml differs from ``config`` (provenance aside)."""
+    """Dotted keys whose value in ``run_dir``'s config.yaml differs from ``config`` (provenance and
+    the run's location, :data:`utils.rundir.LOCATION_KEYS`, aside)."""
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         return []
-    stored = yaml.safe_load(path.read_text()) or {}
+    try:
+        stored = yaml.safe_load(path.read_text()) or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        stored = None
+    if not isinstance(stored, dict):
+        return [f"{CONFIG_FILE} (unreadable)"]
 
     def flat(mapping: dict, prefix: str = "") -> dict[str, Any]:
         out = {}
         for key, value in mapping.items():
-            if key == PROVENANCE_KEY:
+            if key == PROVENANCE_KEY or (not prefix and key in rundir.LOCATION_KEYS):
                 continue
             if isinstance(value, dict):
                 out.update(flat(value, f"{prefix}{key}."))
@@ -132,15 +150,25 @@ def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:
     A run whose directory already holds summary.json is returned as it is unless ``overwrite``.
     An interrupted run of the same config continues from its last usable checkpoint
     (:func:`training.checkpoint.find_resumable`); ``overwrite`` always starts afresh.
-    Input errors (:class:`UserInputError`) raised before training leave no run directory behind.
+    Input errors (:class:`UserInputError`) leave no run directory behind (a resumed one stays as
+    it was); the run path is checked (:mod:`utils.rundir`) before anything is built or written.
     """
     run_dir = run_directory(config)
-    if not overwrite and (done := completed_summary(config)) is not None:
-        if changed := changed_keys(run_dir, config):
-            print(f"warning: {run_dir} holds a finished run of a different config (it differs in "
-                  f"{', '.join(changed)}); returning that run's results. Use --overwrite to train "
-                  f"this config there, or give it another name.", file=sys.stderr)
-        return {**done, "skipped": True}
+    state = rundir.inspect_run_path(run_dir, config.output_dir)
+    if not overwrite and state in (rundir.MARKED, rundir.FOREIGN):
+        done, problem = rundir.read_summary(run_dir / SUMMARY_FILE)
+        if done is not None:
+            if changed := changed_keys(run_dir, config):
+                print(f"warning: {run_dir} holds a finished run of a different config (it differs "
+                      f"in {', '.join(changed)}); returning that run's results. Use --overwrite to "
+                      f"train this config there, or give it another name.", file=sys.stderr)
+            return {**done, "skipped": True}
+        if problem is not None and state == rundir.MARKED:
+            print("warning: " + rundir.SUMMARY_BROKEN.format(path=run_dir / SUMMARY_FILE,
+                                                             problem=problem), file=sys.stderr)
+    if state == rundir.FOREIGN:
+        raise rundir.refuse_foreign(run_dir)
+    rundir.check_writable(run_dir, config.output_dir, state)
     started = time.perf_counter()
 
     # Everything that can fail on the user's input happens before the run directory exists.
@@ -148,9 +176,11 @@ def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:
     data, model, trainer = build_components(config, device)
     evaluator = TestSetEvaluator(data, device, config.training.eval_batch_size, config.evaluation)
 
-    resume_point = None if overwrite else checkpoint.find_resumable(run_dir, config, trainer)
+    resume_point = (None if overwrite or state != rundir.MARKED
+                    else checkpoint.find_resumable(run_dir, config, trainer))
+    made = None  # the folders a fresh start made: what an input error removes again
     if resume_point is None:
-        _fresh_run_directory(run_dir, config)
+        made = _fresh_run_directory(run_dir, config)
     else:  # time/wall_s adds this process's time to the interrupted run's
         started -= resume_point.wall_s
     first_unit = 0 if resume_point is None else resume_point.step
@@ -166,21 +196,21 @@ def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:
                                     started, first_unit)
     except BaseException as error:
         sink.close(None)
-        if isinstance(error, UserInputError):
-            shutil.rmtree(run_dir, ignore_errors=True)
+        if isinstance(error, UserInputError) and made is not None:
+            rundir.discard_fresh_run(run_dir, made, keep_directory=state == rundir.EMPTY)
         raise
     sink.close(summary)
     return summary
 
 
-def _fresh_run_directory(run_dir: Path, config: ExperimentConfig) -> None:
-    """An empty run directory holding config.yaml; whatever was there (--overwrite, an interrupted
-    run that cannot resume) is removed, since nothing in it belongs to this run."""
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+def _fresh_run_directory(run_dir: Path, config: ExperimentConfig) -> list[Path]:
+    """A marked run directory holding config.yaml alone of the tool's files; return the folders
+    made for it. A missing directory is made, an empty one adopted, a marked one (--overwrite, an
+    interrupted run that cannot resume) cleared of the tool's entries (:func:`utils.rundir.start_fresh`)."""
+    made = rundir.start_fresh(run_dir, config.output_dir)
     resolved = {**config.to_dict(), PROVENANCE_KEY: provenance()}
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
+    return made
 
 
 def _train_and_report(config, data, trainer, evaluator, sink, run_dir, device, started, first_unit):

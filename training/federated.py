@@ -56,7 +56,7 @@ from privacy.dpfedavg import dp_fedavg_aggregate
 from privacy.noise import SecureRandom
 from training import TRAINERS
 from training.partition import partition_clients, partition_counts, partition_summary
-from utils.errors import ConfigError
+from utils.errors import ConfigError, warn_user
 from utils.fairness import GROUPS
 from utils.seeding import numpy_generator, stream_seed, torch_generator
 
@@ -572,6 +572,10 @@ class FederatedTrainer:
         }
 
 
+# Message part of the warning for a client sample rate that expects fewer than one client a round.
+FEW_CLIENTS_WARNING = "expected clients per round, fewer than one"
+
+
 @TRAINERS.register("dpfedavg")
 def build_federated_trainer(config, model: nn.Module, data: DataBundle, device) -> FederatedTrainer:
     """The DP-FedAvg trainer of ``config`` (sections ``federated``, ``privacy``, ``training``).
@@ -588,7 +592,7 @@ def build_federated_trainer(config, model: nn.Module, data: DataBundle, device) 
     if fed.num_clients > len(data.y_train):
         raise ConfigError(f"federated.num_clients: got {fed.num_clients}, but the training set has "
                           f"only {len(data.y_train)} examples; use at most that many clients.")
-    return FederatedTrainer(
+    trainer = FederatedTrainer(
         model, data, device,
         num_clients=fed.num_clients, client_sample_rate=fed.client_sample_rate,
         local_epochs=fed.local_epochs, rounds=fed.rounds, client_lr=fed.client_lr,
@@ -598,3 +602,15 @@ def build_federated_trainer(config, model: nn.Module, data: DataBundle, device) 
         dirichlet_alpha=fed.dirichlet_alpha, eval_every=fed.eval_every,
         accountant=priv.accountant, seed=config.seed, secure_rng=priv.secure_rng,
     )
+    # Legal but almost surely a mistake (1e-9 for 1e-1): most rounds would train no client, and the
+    # run would report the near-initial model's accuracy as a result. Printed the project's way and
+    # kept in the trainer's warnings, which summary.json's "warnings" lists.
+    expected = fed.client_sample_rate * fed.num_clients
+    if expected < 1:
+        message = (f"federated.client_sample_rate {fed.client_sample_rate:g} with federated.num_clients "
+                   f"{fed.num_clients} gives {expected:.3g} {FEW_CLIENTS_WARNING}, so most of the "
+                   f"{fed.rounds} rounds train no client and the model stays near its initialization. "
+                   f"Raise client_sample_rate to at least {1 / fed.num_clients:.3g} (1 / num_clients) "
+                   f"or raise num_clients.")
+        warn_user(message, trainer.warnings)
+    return trainer

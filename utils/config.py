@@ -13,8 +13,10 @@ as the file.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -39,6 +41,43 @@ DATA_SPLITS = ("protocol", "official")
 PROVENANCE_KEY = "provenance"
 # Sections that make a params file a grid of experiments (utils/sweep.py), not one experiment.
 GRID_KEYS = frozenset({"sweep", "zip"})
+
+# Message of a float key given infinity or NaN (``.inf``, ``.nan``, "inf", 1e999).
+NON_FINITE_NUMBER = "expected a finite number (infinity and NaN are not allowed for any key)"
+
+# Bounds on what a params file or a --set value may make the YAML loader build (ParamsLoader). A real
+# params file is a few KB, nests 3 or 4 levels and holds a few hundred values; the bounds are far
+# above that and far below what exhausts memory or Python's recursion limit.
+MAX_PARAMS_BYTES = 1_000_000
+MAX_YAML_DEPTH = 50
+MAX_YAML_VALUES = 100_000
+# Message parts the tests import (each message adds the file or --set, the place and the fix).
+PARAMS_TOO_LARGE = f"is larger than {MAX_PARAMS_BYTES:,} bytes"
+PARAMS_BINARY = "is a binary file (it contains NUL bytes), not YAML text"
+PARAMS_NOT_UTF8 = "is not UTF-8 text"
+PARAMS_EMPTY = "holds no settings (it is empty, or only comments or null)"
+YAML_TOO_DEEP = f"nests more than {MAX_YAML_DEPTH} levels deep"
+YAML_TOO_MANY_VALUES = f"expands to more than {MAX_YAML_VALUES:,} values"
+YAML_ALIAS_CYCLE = "holds an alias inside the collection it refers to"
+YAML_DUPLICATE_KEY = "duplicate key"
+
+# A run's name is its directory under output_dir, so it must be one plain path component: never
+# "." or ".." (the run would be output_dir itself or the folder above it, and a fresh start clears
+# its run directory), no separator, no NUL, and short enough for a file system's 255-byte limit on
+# one component. utils/sweep.py and utils/legacy.py make names by the same rule.
+NAME_MAX_BYTES = 200
+NAME_EXPECTED = (f"a plain directory name of letters, digits and . _ - = , + (not '.' or '..'), "
+                 f"at most {NAME_MAX_BYTES} bytes")
+# NumPy's and torch's seeds are unsigned 32-bit integers.
+SEED_MAX = 2**32 - 1
+SEED_EXPECTED = f"an integer from 0 to {SEED_MAX} (2**32 - 1)"
+NUL_IN_STRING = "contains a NUL character (\\0); remove it."
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether ``name`` can be a run directory's name (see :data:`NAME_EXPECTED`)."""
+    return (re.fullmatch(r"[\w.=,+-]+", name) is not None and name not in (".", "..")
+            and len(name.encode("utf-8")) <= NAME_MAX_BYTES)
 
 
 def _check(condition: bool, key: str, value: Any, expected: str) -> None:
@@ -353,10 +392,12 @@ class ExperimentConfig:
     """One experiment.
 
     Attributes:
-        name: run directory name under ``output_dir``.
-        seed: seeds data resampling, model initialization, sampling and noise.
+        name: run directory name under ``output_dir``: one plain path component
+            (:data:`NAME_EXPECTED`).
+        seed: seeds data resampling, model initialization, sampling and noise (0 to 2**32 - 1).
         device: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N".
-        output_dir: where run directories are made.
+        output_dir: where run directories are made (utils/rundir.py says what the tool may do
+            there).
     """
 
     name: str = "run"
@@ -373,8 +414,8 @@ class ExperimentConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> None:
-        _check(bool(self.name) and re.fullmatch(r"[\w.=,+-]+", self.name) is not None, "name",
-               self.name, "a non-empty directory name of letters, digits and . _ - = , +")
+        _check(is_plain_name(self.name), "name", self.name, NAME_EXPECTED)
+        _check(0 <= self.seed <= SEED_MAX, "seed", self.seed, SEED_EXPECTED)
         _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "device",
                self.device, "auto, cpu, cuda or cuda:N")
         for section in dataclasses.fields(self):
@@ -427,15 +468,27 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: got {value!r}; expected true or false.")
     if annotation is float:
+        number = None
         # bool is an int subclass: `lr: yes` must not become 1.0.
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = value
+        elif isinstance(value, str):
             try:
-                return float(value)  # PyYAML leaves "1e-3" a string
+                number = float(value)  # PyYAML leaves "1e-3" a string
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: got {value!r}; expected a number.")
+        if number is None:
+            raise ConfigError(f"{key}: got {value!r}; expected a number.")
+        try:
+            number = float(number)
+        except OverflowError:  # an int of hundreds of digits
+            number = math.inf
+        # Checked here, for every float key present and future: no key gives infinity or NaN a
+        # meaning (an infinite target_epsilon or lr would otherwise pass `> 0` and run), and a
+        # range check such as `0 < x < 1` lets NaN through because every comparison is False.
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: got {value!r}; {NON_FINITE_NUMBER}.")
+        return number
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -451,7 +504,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         raise ConfigError(f"{key}: got {value!r}; expected an integer.")
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)  # CelebA attribute values such as 1 are read as ints
+            text = str(value)  # CelebA attribute values such as 1 are read as ints
+            if "\0" in text:
+                # No name, path or value of the config can hold one; the OS would refuse a path.
+                raise ConfigError(f"{key}: {NUL_IN_STRING}")
+            return text
         raise ConfigError(f"{key}: got {value!r}; expected a string.")
     raise TypeError(f"no coercion for {annotation!r} at {key}")
 
@@ -481,21 +538,172 @@ def build_dataclass(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
 # Files and overrides
 
 
+class _Refused(yaml.YAMLError):
+    """A YAML text ParamsLoader will not build: too deep, too large, a duplicate key.
+
+    ``text`` says what is wrong and the fix; ``mark`` is where (a PyYAML mark, or None).
+    """
+
+    def __init__(self, text: str, mark: Any = None):
+        super().__init__(text)
+        self.text, self.mark = text, mark
+
+    def where(self) -> str:
+        return (f"line {self.mark.line + 1}, column {self.mark.column + 1}"
+                if self.mark is not None else "")
+
+
+def _at(mark: Any) -> str:
+    return f"line {mark.line + 1}"
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, with the limits a file written by someone else needs.
+
+    * Nesting deeper than :data:`MAX_YAML_DEPTH` is refused while composing, before PyYAML's
+      recursive composer (and later our own recursive code) hits Python's recursion limit.
+    * Anchors and aliases stay allowed (``<<: *base`` is a common way to share settings), but the
+      document they stand for is measured before anything is built: the node graph is walked once,
+      shared nodes counted by multiplicity with memoization, so a "billion laughs" file (nine levels
+      of nine aliases, 9^9 values) is refused in microseconds, and a tree of more than
+      :data:`MAX_YAML_VALUES` values, or deeper than the depth bound through aliases, is refused.
+      PyYAML itself builds such a file cheaply as shared lists; it is every later step (copying the
+      mapping for overrides, checking every value) that expands it, to gigabytes.
+    * A key given twice in one mapping is an error: YAML's last-one-wins would silently drop the
+      first setting. Keys brought in by a merge (``<<``) may still be overridden, as YAML intends.
+    """
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _Refused(f"the YAML {YAML_TOO_DEEP} (a params file needs 3 or 4). "
+                               f"Flatten the structure", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
+        first_seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            # The constructed key, so that `1` and `1.0` (one dict key) count as the same; a "="
+            # key is a plain string that only flatten_mapping (at construction) would retag.
+            key = ("=" if key_node.tag == "tag:yaml.org,2002:value"
+                   else self.construct_object(key_node))
+            try:
+                first = first_seen.setdefault(key, key_node)
+            except TypeError:  # unhashable: the constructor refuses it with its own message
+                continue
+            if first is not key_node:
+                raise _Refused(f"{YAML_DUPLICATE_KEY} {key!r} (first at {_at(first.start_mark)}); "
+                               f"YAML would silently keep only the last one. Keep one of them",
+                               key_node.start_mark)
+        return node
+
+    def compose_document(self):
+        node = super().compose_document()
+        _measure(node)
+        return node
+
+
+def _measure(root: yaml.Node) -> None:
+    """Refuse a composed document whose expansion (aliases written out) is too large or too deep."""
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values in its expansion, its height)
+    open_nodes: set[int] = set()
+
+    def walk(node: yaml.Node, level: int) -> tuple[int, int]:
+        key = id(node)
+        if key not in measured:
+            if key in open_nodes:
+                raise _Refused(f"the YAML {YAML_ALIAS_CYCLE}, so it would never end. Write the "
+                               f"value out", node.start_mark)
+            if level > MAX_YAML_DEPTH:
+                raise _Refused(f"the YAML {YAML_TOO_DEEP} once its aliases are written out. "
+                               f"Use fewer aliases of aliases", node.start_mark)
+            open_nodes.add(key)
+            if isinstance(node, yaml.MappingNode):
+                children = [child for pair in node.value for child in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = node.value
+            else:
+                children = []
+            count, height = 1, 1
+            for child in children:
+                child_count, child_height = walk(child, level + 1)
+                count += child_count
+                height = max(height, child_height + 1)
+                if count > MAX_YAML_VALUES:
+                    raise _Refused(f"the YAML {YAML_TOO_MANY_VALUES} once its anchors and aliases are "
+                                   f"written out (a params file holds a few hundred). Write the "
+                                   f"values out instead of nesting aliases of aliases",
+                                   node.start_mark)
+            open_nodes.discard(key)
+            measured[key] = (count, height)
+        count, height = measured[key]
+        if level + height - 1 > MAX_YAML_DEPTH:
+            raise _Refused(f"the YAML {YAML_TOO_DEEP} once its aliases are written out. Use "
+                           f"fewer aliases of aliases", node.start_mark)
+        return count, height
+
+    walk(root, 1)
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` semantics under :class:`ParamsLoader`'s limits."""
+    return yaml.load(text, Loader=ParamsLoader)  # a SafeLoader: it builds no Python objects
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with ``yaml.safe_load``; every failure names the file."""
+    """Read a params file as UTF-8 YAML (``yaml.safe_load`` semantics, :class:`ParamsLoader`'s
+    limits); every failure is a ConfigError naming the file. An empty file is refused too: it would
+    silently run every default."""
     path = Path(path)
+    name = repr(str(path))
     if not path.is_file():
-        raise ConfigError(f"params file {str(path)!r} does not exist. Pass an existing YAML file, "
+        raise ConfigError(f"params file {name} does not exist. Pass an existing YAML file, "
                           f"e.g. --params utils/params_adult.yaml.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        with path.open("rb") as stream:
+            data = stream.read(MAX_PARAMS_BYTES + 1)  # never more, whatever the file's size
+    except OSError as error:
+        raise ConfigError(f"params file {name} cannot be read ({error.strerror or error}). "
+                          f"Check its permissions, or pass another file.") from None
+    if len(data) > MAX_PARAMS_BYTES:
+        raise ConfigError(f"params file {name} {PARAMS_TOO_LARGE} (params files are a few KB). "
+                          f"Pass the experiment's YAML file.")
+    for bom, encoding in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                          (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+        if data.startswith(bom):  # UTF-32 first: its little-endian mark begins with UTF-16's
+            raise ConfigError(f"params file {name} {PARAMS_NOT_UTF8} (it is {encoding}). "
+                              f"Save it as UTF-8.")
+    if b"\0" in data:
+        raise ConfigError(f"params file {name} {PARAMS_BINARY}. Pass the experiment's YAML file.")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"params file {name} {PARAMS_NOT_UTF8} (byte 0x{data[error.start]:02x} at "
+                          f"offset {error.start}). Save it as UTF-8.") from None
+    try:
+        raw = _load_yaml(text)
+    except _Refused as error:
+        where = f", {error.where()}" if error.mark is not None else ""
+        raise ConfigError(f"params file {name}{where}: {error.text}.") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"params file {str(path)!r} is not valid YAML: {_yaml_problem(error)}. "
+        raise ConfigError(f"params file {name} is not valid YAML: {_yaml_problem(error)}. "
                           f"Fix the file's syntax there.") from None
     if raw is None:
-        raw = {}
+        raise ConfigError(f"params file {name} {PARAMS_EMPTY}, so it would run every default. "
+                          f"Write the experiment's settings, e.g. start from utils/params_adult.yaml "
+                          f"(an explicit {{}} runs the defaults).")
     if not isinstance(raw, dict):
-        raise ConfigError(f"params file {str(path)!r} must hold a mapping of config sections, "
+        raise ConfigError(f"params file {name} must hold a mapping of config sections, "
                           f"not a {type(raw).__name__}.")
     return raw
 
@@ -509,14 +717,22 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"privacy.noise_multiplier=1.1"`` -> (["privacy", "noise_multiplier"], 1.1); VALUE is YAML."""
+    """``"privacy.noise_multiplier=1.1"`` -> (["privacy", "noise_multiplier"], 1.1); VALUE is YAML,
+    read under the same limits as a params file (:class:`ParamsLoader`)."""
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted KEY, "
                           f"e.g. --set privacy.noise_multiplier=1.1")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_PARAMS_BYTES:
+        raise ConfigError(f"--set {key}: the value {PARAMS_TOO_LARGE}; a setting is a few bytes. "
+                          f"Shorten it.")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = _load_yaml(value) if value.strip() else None
+    except _Refused as error:
+        # The key, not the text: a refused value can be long.
+        where = f" (at {error.where()} of the value)" if error.mark is not None else ""
+        raise ConfigError(f"--set {key}: {error.text}{where}.") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML: {_yaml_problem(error)}. "
                           f"Quote strings with special characters.") from None

@@ -71,7 +71,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from utils.config import ExperimentConfig, TrainingConfig
+from utils.config import NAME_MAX_BYTES, ExperimentConfig, TrainingConfig, is_plain_name
 from utils.errors import ConfigError
 
 # Legacy keys whose value carries over unchanged to one nested key. The strict loader then coerces
@@ -233,11 +233,19 @@ def _unknown_legacy_key(key: str, where: str) -> ConfigError:
 
 
 def _run_name(source: str | None) -> str | None:
-    """A run name from the file's name, with characters a run name refuses replaced by ``_``."""
+    """A run name from the file's name, with characters a run name refuses replaced by ``_``.
+
+    The result is a plain name by the rule of :func:`utils.config.is_plain_name`: a stem of dots
+    alone (``...yaml`` gives ``..``, which would be the folder above output_dir) has its dots
+    replaced by ``_``, and a long stem is cut to ``NAME_MAX_BYTES``.
+    """
     if source is None:
         return None
     name = re.sub(r"[^\w.=,+-]", "_", Path(source).stem)
-    return name or None
+    if set(name) == {"."}:
+        name = "_" * len(name)
+    name = name.encode("utf-8")[:NAME_MAX_BYTES].decode("utf-8", errors="ignore")
+    return name if is_plain_name(name) else None
 
 
 def _as_int(value: Any) -> int | None:

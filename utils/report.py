@@ -35,6 +35,7 @@ import csv
 import json
 import math
 import statistics
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ import yaml
 from utils.config import PROVENANCE_KEY
 from utils.errors import UserInputError
 from utils.fairness import GROUPS, group_key
+from utils.rundir import read_summary
 from utils.sink import CONFIG_FILE, SUMMARY_FILE, as_number
 from utils.sweep import STATUS_FILE, read_status, short_names
 
@@ -196,7 +198,8 @@ def write_report(runs_dir: str | Path) -> list[Path]:
     points = group_points(runs)
     # A grid's swept keys are columns even where the finished points agree on them (the others
     # failed), so that the report reads the same way as the grid.
-    swept = [key for key in (read_status(runs_dir) or {}).get("keys", []) if key not in NOT_A_SETTING]
+    swept = [key for key in _load_status(runs_dir, warn=False).get("keys", [])
+             if key not in NOT_A_SETTING]
     keys = varying_keys(points, always=swept)
     written = [write_csv(runs_dir / REPORT_CSV, points, keys)]
     figures = write_figures(runs_dir, points, title=runs_dir.resolve().name)
@@ -205,22 +208,91 @@ def write_report(runs_dir: str | Path) -> list[Path]:
     return written
 
 
+# A file the report cannot use is named in one warning line and left out; the rest is reported.
+SKIPPED_RUN = "skipping {path}: {problem}; the report leaves that run out"
+IGNORED_STATUS = ("ignoring {path}: {problem}; the report lists no failed or unrun points from it")
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _read_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A run's config.yaml as a mapping, or ``(None, problem)``."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        return None, f"cannot be read ({error.strerror or error})"
+    except (ValueError, yaml.YAMLError) as error:
+        return None, f"not valid YAML ({' '.join(str(error).split())})"
+    if not isinstance(raw, dict):
+        return None, f"a YAML {type(raw).__name__}, not a mapping of config sections"
+    return raw, None
+
+
+def _load_status(runs_dir: Path, *, warn: bool = True) -> dict[str, Any]:
+    """The grid status file (:data:`~utils.sweep.STATUS_FILE`) when it is usable, else ``{}``
+    (with a warning naming it when ``warn``)."""
+    path = runs_dir / STATUS_FILE
+    try:
+        status = read_status(runs_dir)
+    except OSError as error:
+        status, problem = None, f"cannot be read ({error.strerror or error})"
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        status, problem = None, f"not valid JSON ({error})"
+    else:
+        if status is None:
+            return {}
+        problem = _status_problem(status)
+    if problem is not None:
+        if warn:
+            _warn(IGNORED_STATUS.format(path=path, problem=problem))
+        return {}
+    return status
+
+
+def _status_problem(status: Any) -> str | None:
+    if not isinstance(status, dict):
+        return f"a JSON {type(status).__name__}, not an object"
+    points, keys = status.get("points", []), status.get("keys", [])
+    if not isinstance(points, list) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("label"), str)
+            and isinstance(entry.get("status"), str)
+            and isinstance(entry.get("error"), (str, type(None))) for entry in points):
+        return "its points are not a list of objects with a label, a status and an error"
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        return "its keys are not a list of dotted keys"
+    return None
+
+
 def load_runs(runs_dir: Path) -> tuple[list[Run], list[Problem]]:
-    """The run directories under ``runs_dir`` and the points that did not finish."""
+    """The run directories under ``runs_dir`` and the points that did not finish.
+
+    A run whose config.yaml or summary.json cannot be used (not valid YAML or JSON, not a mapping,
+    a summary without the keys every complete run writes) is left out with a warning naming the
+    file, and so is a grid status file that cannot be used; the other runs are reported.
+    """
     runs: list[Run] = []
     unfinished: dict[str, Problem] = {}
     for directory in sorted(path for path in runs_dir.iterdir() if (path / CONFIG_FILE).is_file()):
-        raw = yaml.safe_load((directory / CONFIG_FILE).read_text()) or {}
+        raw, problem = _read_config(directory / CONFIG_FILE)
+        if raw is None:
+            _warn(SKIPPED_RUN.format(path=directory / CONFIG_FILE, problem=problem))
+            unfinished[directory.name] = Problem(directory.name, f"unusable {CONFIG_FILE}")
+            continue
         raw.pop(PROVENANCE_KEY, None)
         flat = flatten(raw)
         settings = {key: value for key, value in flat.items()
                     if key not in NOT_A_SETTING and not key.startswith(NOT_A_SETTING_PREFIX)}
-        summary_path = directory / SUMMARY_FILE
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+        summary, problem = read_summary(directory / SUMMARY_FILE)
+        if problem is not None:
+            _warn(SKIPPED_RUN.format(path=directory / SUMMARY_FILE, problem=problem))
+            unfinished[directory.name] = Problem(directory.name, f"unusable {SUMMARY_FILE}")
+            continue
         runs.append(Run(directory, settings, flat.get("seed"), summary))
         if summary is None:
             unfinished[directory.name] = Problem(directory.name, "incomplete (no summary.json)")
-    status = read_status(runs_dir) or {}
+    status = _load_status(runs_dir)
     for entry in status.get("points", []):
         # A summary.json on disk wins over the status file: the point may have been run since.
         if entry["status"] in ("done", "skipped") or (runs_dir / entry["label"] / SUMMARY_FILE).is_file():

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from utils.errors import warn_user
+
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -26,28 +28,69 @@ CONFIG_FILE = "config.yaml"
 CLIENTS_FILE = "clients.csv"
 TENSORBOARD_DIR = "tb"
 
+# WANDB_MODE values (wandb's own environment variable) and the mode `auto` then resolves to;
+# "dryrun" is wandb's old name for offline. WANDB_DISABLED with one of WANDB_DISABLED_VALUES turns
+# wandb off.
+WANDB_ENV_MODES = {"online": "online", "offline": "offline", "disabled": "disabled",
+                   "dryrun": "offline"}
+WANDB_DISABLED_VALUES = ("true", "1", "yes")
+# The modes tried, in order, when wandb.init fails: the files on disk are the run's record, so a
+# wandb that cannot start (no network, a bad key, a broken install) never stops a run.
+WANDB_FALLBACKS = {"online": ("online", "offline"), "offline": ("offline",)}
+WANDB_START_FAILED = ("wandb could not start ({failures}); {outcome}. The run's files on disk "
+                      "(metrics.jsonl, summary.json) are its full record.")
+WANDB_FALLBACK_TO = "logging to wandb in {mode} mode instead"
+WANDB_OFF = "wandb is off for this run"
+WANDB_LOG_FAILED = ("wandb could not log step {step} ({error}); wandb is off for the rest of the run. "
+                    "metrics.jsonl and TensorBoard hold every step.")
+WANDB_FINISH_FAILED = ("wandb could not finish its run ({error}); the run's files on disk are its "
+                       "full record.")
+
 
 def wandb_api_key_configured() -> bool:
     """Whether wandb would find an API key: ``WANDB_API_KEY`` or a netrc entry for its host.
 
-    ``logging.wandb.mode: auto`` uses this to choose online or offline, so a machine with no key
-    logs offline instead of stopping at wandb's login prompt.
+    ``logging.wandb.mode: auto`` uses this to choose online or offline (when the environment does
+    not choose, :func:`resolve_wandb_mode`), so a machine with no key logs offline instead of
+    stopping at wandb's login prompt. An unreadable or malformed netrc counts as no key.
     """
-    if os.environ.get("WANDB_API_KEY"):
+    if os.environ.get("WANDB_API_KEY", "").strip():
         return True
     host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
     path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
     try:
         return netrc.netrc(path).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
+    except (OSError, ValueError, netrc.NetrcParseError):
         return False
 
 
 def resolve_wandb_mode(mode: str) -> str:
-    """``auto`` -> ``online`` with a key, ``offline`` without; other modes are wandb's own."""
-    if mode == "auto":
-        return "online" if wandb_api_key_configured() else "offline"
-    return mode
+    """The wandb mode a run uses: "online", "offline" or "disabled".
+
+    ``auto`` honours the environment first, as wandb itself would: ``WANDB_DISABLED`` set to true
+    (or 1, yes) gives "disabled", and ``WANDB_MODE`` (online, offline, disabled, dryrun = offline)
+    gives that mode; otherwise "online" with an API key (:func:`wandb_api_key_configured`) and
+    "offline" without. Any other mode is the user's explicit choice and is returned as it is.
+    """
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_DISABLED", "").strip().lower() in WANDB_DISABLED_VALUES:
+        return "disabled"
+    from_env = WANDB_ENV_MODES.get(os.environ.get("WANDB_MODE", "").strip().lower())
+    if from_env is not None:
+        return from_env
+    return "online" if wandb_api_key_configured() else "offline"
+
+
+def _warn(message: str) -> None:
+    warn_user(message)
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception as one short line (wandb's messages run over several)."""
+    text = " ".join(str(error).split("\n", 1)[0].split())
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 # Keys (summary.json, metrics.jsonl) of statistics computed from the private training data without
@@ -73,7 +116,8 @@ def without_non_private_statistics(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Plain JSON values: numpy scalars to Python, NaN and infinities to null (JSON has neither)."""
+    """Plain JSON values: numpy scalars to Python; ±infinity to "inf"/"-inf" (see
+    :data:`INFINITY`); NaN, an undefined metric (a rate of an empty group), to null."""
     if isinstance(value, Mapping):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -166,7 +210,10 @@ class MetricsSink:
         run_name: the run's name, shown by wandb.
         config: the resolved config as a plain dict (wandb's run config).
         tensorboard: write event files under ``run_dir/tb``.
-        wandb_mode: "online", "offline" or "disabled" (already resolved from "auto").
+        wandb_mode: "online", "offline" or "disabled" (already resolved from "auto"). When
+            ``wandb.init`` fails, the sink warns once and falls back to offline, then to no wandb
+            (:data:`WANDB_FALLBACKS`); a failure at ``close`` also only warns. ``wandb_mode`` the
+            attribute is the mode wandb ended up in.
         wandb_project, wandb_entity, wandb_group: wandb's run placement.
         resume_step: set when an interrupted run continues after this many units (its
             checkpoint); the records are cut back to that step so that no step appears twice.
@@ -197,14 +244,35 @@ class MetricsSink:
         if resume_step is not None:
             config = {**config, "resumed_from_step": resume_step}
         self._wandb_run = None
+        self.wandb_mode = "disabled"  # the mode wandb actually runs in (after any fallback)
         if wandb_mode != "disabled":
-            import wandb
+            self._wandb_run, self.wandb_mode = self._start_wandb(
+                wandb_mode, project=wandb_project, entity=wandb_entity, group=wandb_group,
+                name=run_name, config=dict(config), dir=str(self.run_dir))
 
-            self._wandb_run = wandb.init(
-                mode=wandb_mode, project=wandb_project, entity=wandb_entity, group=wandb_group,
-                name=run_name, config=dict(config), dir=str(self.run_dir), reinit="finish_previous",
-                settings=wandb.Settings(silent=True, console="off"),
-            )
+    @staticmethod
+    def _start_wandb(mode: str, **init_args: Any) -> tuple[Any, str]:
+        """``wandb.init`` in ``mode``, falling back (:data:`WANDB_FALLBACKS`) with one warning
+        line when it fails, and to no wandb at all when every mode fails; never raises."""
+        failures = []
+        try:
+            import wandb
+        except Exception as error:  # not installed, or a broken install
+            _warn(WANDB_START_FAILED.format(failures=_one_line(error), outcome=WANDB_OFF))
+            return None, "disabled"
+        for attempt in WANDB_FALLBACKS.get(mode, (mode, "offline")):
+            try:
+                run = wandb.init(mode=attempt, reinit="finish_previous",
+                                 settings=wandb.Settings(silent=True, console="off"), **init_args)
+            except Exception as error:  # CommError (no network), AuthenticationError, UsageError...
+                failures.append(f"{attempt} mode: {_one_line(error)}")
+                continue
+            if failures:
+                _warn(WANDB_START_FAILED.format(failures="; ".join(failures),
+                                                outcome=WANDB_FALLBACK_TO.format(mode=attempt)))
+            return run, attempt
+        _warn(WANDB_START_FAILED.format(failures="; ".join(failures), outcome=WANDB_OFF))
+        return None, "disabled"
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Record ``metrics`` at ``step`` (an epoch or round, counted from 1)."""
@@ -217,7 +285,12 @@ class MetricsSink:
                 self._tb.add_scalar(key, value, global_step=step)
             self._tb.flush()
         if self._wandb_run is not None:
-            self._wandb_run.log(scalars, step=step)
+            try:
+                self._wandb_run.log(scalars, step=step)
+            except Exception as error:  # noqa: BLE001 - wandb must never stop a run
+                # The files on disk hold every step; wandb stops here rather than fail each step.
+                _warn(WANDB_LOG_FAILED.format(step=step, error=_one_line(error)))
+                self._wandb_run = None
 
     def close(self, summary: Mapping[str, Any] | None = None) -> None:
         """Flush and close every backend; ``summary`` also becomes wandb's run summary."""
@@ -225,8 +298,12 @@ class MetricsSink:
         if self._tb is not None:
             self._tb.close()
         if self._wandb_run is not None:
-            if summary is not None:
-                scalars = {k: v for k, v in to_jsonable(summary).items()
-                           if isinstance(v, (int, float, str, list)) and v is not None}
-                self._wandb_run.summary.update(scalars)
-            self._wandb_run.finish(exit_code=0 if summary is not None else 1)
+            run, self._wandb_run = self._wandb_run, None
+            try:
+                if summary is not None:
+                    scalars = {k: v for k, v in to_jsonable(summary).items()
+                               if isinstance(v, (int, float, str, list)) and v is not None}
+                    run.summary.update(scalars)
+                run.finish(exit_code=0 if summary is not None else 1)
+            except Exception as error:  # the upload failed: the files on disk are the record
+                _warn(WANDB_FINISH_FAILED.format(error=_one_line(error)))

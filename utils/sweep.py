@@ -61,8 +61,16 @@ from typing import Any
 
 import yaml
 
-from utils.config import ExperimentConfig, apply_overrides, config_from_mapping, parse_override, read_yaml
+from utils.config import (
+    NAME_MAX_BYTES,
+    ExperimentConfig,
+    apply_overrides,
+    config_from_mapping,
+    parse_override,
+    read_yaml,
+)
 from utils.errors import ConfigError, UserInputError
+from utils.rundir import OUTPUT_DIR_NOT_A_DIRECTORY, check_output_dir, make_dirs
 from utils.sink import SUMMARY_FILE, write_json_atomic
 
 SWEEP_SECTION = "sweep"
@@ -90,8 +98,10 @@ SHORT_NAMES: dict[str, str] = {
 # The grid itself decides these for every point (see the module docstring).
 GRID_OWNED_KEYS = ("name", "output_dir")
 
-# A point's name is a directory name; keep well below the usual 255-byte limit of one path part.
-MAX_NAME_LENGTH = 200
+# A point's name is a directory name, checked by the rule of every run name (utils.config:
+# NAME_MAX_BYTES, well below the usual 255-byte limit of one path part); this message says which
+# point made it too long.
+MAX_NAME_LENGTH = NAME_MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -329,7 +339,13 @@ def run_grid(grid: Grid, *, overwrite: bool = False,
     Returns:
         One :class:`PointResult` per point, in the grid's order.
     """
-    grid.directory.mkdir(parents=True, exist_ok=True)
+    # Like a run's directory (utils.rundir): an output_dir that is, or lies under, a file, or a
+    # folder that cannot be made is an input error with one line, before any point runs.
+    check_output_dir(grid.directory.parent)
+    make_dirs(grid.directory, grid.directory.parent)
+    if not grid.directory.is_dir():
+        raise UserInputError(OUTPUT_DIR_NOT_A_DIRECTORY.format(output=str(grid.directory.parent),
+                                                               blocker=grid.directory))
     entries = [_status_entry(point, "pending") for point in grid.points]
     results: dict[int, PointResult] = {}
     total = len(grid.points)
@@ -525,9 +541,9 @@ def _check_label(label: str, values: dict[str, Any], seen: dict[str, dict[str, A
     if folded in seen:
         raise ConfigError(f"grid points {seen[folded]} and {values} get the same run directory "
                           f"{label!r}; make the swept values distinct (a value repeated in a list?).")
-    if len(label) > MAX_NAME_LENGTH:
-        raise ConfigError(f"grid point {values}: its directory name has {len(label)} characters "
-                          f"(at most {MAX_NAME_LENGTH}); sweep fewer keys or shorter values.")
+    if len(label.encode("utf-8")) > MAX_NAME_LENGTH:
+        raise ConfigError(f"grid point {values}: its directory name has {len(label.encode('utf-8'))} "
+                          f"bytes (at most {MAX_NAME_LENGTH}); sweep fewer keys or shorter values.")
     seen[folded] = values
 
 

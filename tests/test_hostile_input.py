@@ -1,0 +1,533 @@
+"""Hostile and absurd input through the real command line (``running.main``).
+
+Every refusal must keep the contract of the README: exit status 2, exactly one ``error: ...`` line on
+stderr naming the key or file, no traceback, and nothing written (the output directory is not made
+and the test's directory holds exactly the files the test put there). Messages are checked through
+the constants of the modules that write them, not through copied text.
+
+Cases: params files that would exhaust memory or the recursion limit (an alias bomb, deep nesting,
+aliases that refer to themselves), binary and non-UTF-8 files, duplicate keys, empty files, files
+too large; the same through ``--set``, grids and flat (legacy) files; infinity and NaN in every
+float key; ``model.weights`` files that are no state dict, including pickles that would run code;
+absurd model sizes; NaN or infinity in a user copy of UCI Adult; and, as a warning rather than a
+refusal, a federated client sample rate that expects fewer than one client a round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import running
+from dataset.tabular import ADULT_COLUMNS, ADULT_NON_FINITE, SHIPPED_ADULT_DIR
+from models import (
+    MAX_MODEL_PARAMETERS,
+    MODEL_TOO_LARGE,
+    MODELS,
+    WEIGHTS_NOT_A_STATE_DICT,
+    WEIGHTS_REFUSED,
+    WEIGHTS_UNREADABLE,
+    build_model,
+    parameter_count,
+)
+from training.federated import FEW_CLIENTS_WARNING
+from utils.config import (
+    MAX_PARAMS_BYTES,
+    MAX_YAML_DEPTH,
+    NON_FINITE_NUMBER,
+    PARAMS_BINARY,
+    PARAMS_EMPTY,
+    PARAMS_NOT_UTF8,
+    PARAMS_TOO_LARGE,
+    YAML_ALIAS_CYCLE,
+    YAML_DUPLICATE_KEY,
+    YAML_TOO_DEEP,
+    YAML_TOO_MANY_VALUES,
+    ExperimentConfig,
+    ModelConfig,
+)
+from utils.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A run that trains in about a second on the in-memory synthetic data set.
+TINY_RUN = """\
+name: hostile
+device: cpu
+data: {name: synthetic}
+model: {name: mlp, hidden: [8]}
+training: {epochs: 1, batch_size: 64}
+evaluation: {bootstrap_resamples: 0}
+logging: {tensorboard: false, wandb: {mode: disabled}, progress: never}
+"""
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """The "billion laughs" document: each level a list of ``width`` aliases of the one before
+    (9^9 = 387 M strings once written out) in a few hundred bytes."""
+    lines = ["a0: &a0 [" + ", ".join(['"lol"'] * width) + "]"]
+    for level in range(1, levels):
+        lines.append(f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * width) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+    seconds: float
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() if p.is_file() else b"<dir>"
+            for p in sorted(directory.rglob("*"))}
+
+
+def run_cli(tmp_path: Path, capsys, params: str | bytes, *overrides: str) -> Result:
+    """``running.py --params FILE --set output_dir=... [--set ...]`` in this process."""
+    path = tmp_path / "params.yaml"
+    if isinstance(params, bytes):
+        path.write_bytes(params)
+    else:
+        path.write_text(params, encoding="utf-8")
+    (tmp_path / "sentinel.txt").write_text("keep")  # beside output_dir: must survive
+    argv = ["--params", str(path), "--set", f"output_dir={tmp_path / 'out'}"]
+    for override in overrides:
+        argv += ["--set", override]
+    capsys.readouterr()
+    started = time.perf_counter()
+    rc = running.main(argv)
+    seconds = time.perf_counter() - started
+    captured = capsys.readouterr()
+    return Result(rc, captured.out, captured.err, seconds)
+
+
+def assert_refused(result: Result, tmp_path: Path, before: dict[str, bytes] | None,
+                   *needles: str) -> str:
+    """Exit 2, one ``error:`` line holding every needle, no traceback, nothing written."""
+    assert result.rc == 2, (result.rc, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    assert "Traceback" not in result.err + result.out
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert not (tmp_path / "out").exists()
+    assert (tmp_path / "sentinel.txt").read_text() == "keep"
+    if before is not None:
+        assert snapshot(tmp_path) == before
+    return lines[0]
+
+
+def refused(tmp_path: Path, capsys, params: str | bytes, *overrides: str, needles=()) -> str:
+    # The inputs are written once so that the snapshot holds them; the CLI then writes them again
+    # with the same bytes.
+    run_cli_inputs(tmp_path, params)
+    before = snapshot(tmp_path)
+    result = run_cli(tmp_path, capsys, params, *overrides)
+    return assert_refused(result, tmp_path, before, *needles)
+
+
+def run_cli_inputs(tmp_path: Path, params: str | bytes) -> None:
+    path = tmp_path / "params.yaml"
+    if isinstance(params, bytes):
+        path.write_bytes(params)
+    else:
+        path.write_text(params, encoding="utf-8")
+    (tmp_path / "sentinel.txt").write_text("keep")
+
+
+# --------------------------------------------------------------------------------------------------
+# Hostile params files
+
+
+def test_alias_bomb_is_refused_before_it_expands(tmp_path, capsys):
+    run_cli_inputs(tmp_path, alias_bomb())
+    before = snapshot(tmp_path)
+    result = run_cli(tmp_path, capsys, alias_bomb())
+    assert_refused(result, tmp_path, before, "params.yaml", YAML_TOO_MANY_VALUES)
+    assert result.seconds < 1.0, result.seconds  # was 2 GB and more than a minute
+
+
+def test_alias_bomb_through_the_real_command_line(tmp_path):
+    (tmp_path / "bomb.yaml").write_text(alias_bomb())
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "running.py"), "--params", str(tmp_path / "bomb.yaml"),
+         "--set", f"output_dir={tmp_path / 'out'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and YAML_TOO_MANY_VALUES in lines[0]
+    assert not (tmp_path / "out").exists()
+    assert time.perf_counter() - started < 60
+
+
+HOSTILE_FILES = {
+    "list_nested_5000_deep": ("[" * 5000 + "]" * 5000, [YAML_TOO_DEEP, f"{MAX_YAML_DEPTH}"]),
+    "mapping_nested_5000_deep": ("{a: " * 5000 + "1" + "}" * 5000, [YAML_TOO_DEEP]),
+    "block_nested_200_deep": ("a:\n" + "".join("  " * i + "-\n" for i in range(1, 200)),
+                              [YAML_TOO_DEEP]),
+    # Shallow text, deep once the aliases are written out.
+    "alias_chain_80_deep": ("a0: &a0 [1]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}]\n" for i in range(1, 80)),
+                            [YAML_TOO_DEEP]),
+    "alias_inside_itself_list": ("a: &a [1, *a]\n", [YAML_ALIAS_CYCLE]),
+    "alias_inside_itself_mapping": ("training: &t {lr: 0.1, again: *t}\n", [YAML_ALIAS_CYCLE]),
+    "merge_key_bomb": ("b0: &b0 {" + ", ".join(f"k{i}: lol" for i in range(10)) + "}\n"
+                       + "".join(f"b{n}: &b{n} {{<<: [" + ", ".join([f"*b{n - 1}"] * 10) + "]}\n"
+                                 for n in range(1, 7)), [YAML_TOO_MANY_VALUES]),
+    "duplicate_key": ("training:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n",
+                      [YAML_DUPLICATE_KEY, "'lr'", "line 4", "first at line 2"]),
+    "duplicate_section": ("privacy:\n  mode: dpsgd\nseed: 1\nprivacy:\n  mode: none\n",
+                          [YAML_DUPLICATE_KEY, "'privacy'", "line 4", "first at line 1"]),
+    "duplicate_key_in_flow_mapping": ("model: {name: mlp, name: cnn}\n",
+                                      [YAML_DUPLICATE_KEY, "'name'"]),
+    "duplicate_in_grid_sweep": ("name: g\nsweep:\n  seed: [0, 1]\n  seed: [2, 3]\n",
+                                [YAML_DUPLICATE_KEY, "'seed'", "line 4"]),
+    "duplicate_in_flat_legacy_file": ("dataset: celeba\ndp: true\nz: 0.7\ndp: false\n",
+                                      [YAML_DUPLICATE_KEY, "'dp'", "line 4"]),
+    "grid_with_alias_bomb": ("name: g\nsweep:\n  seed: [0, 1]\n" + alias_bomb(),
+                             [YAML_TOO_MANY_VALUES]),
+    "empty": ("", [PARAMS_EMPTY]),
+    "only_comments": ("# an experiment\n\n   # nothing here\n", [PARAMS_EMPTY]),
+    "only_null": ("null\n", [PARAMS_EMPTY]),
+    "only_tilde_document": ("---\n~\n...\n", [PARAMS_EMPTY]),
+    "binary_png": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", [PARAMS_BINARY]),
+    "binary_torch_file": (b"PK\x03\x04\x00\x00\x08\x08\x00\x00archive/data.pkl", [PARAMS_BINARY]),
+    "latin1_text": ("name: caf\u00e9\n".encode("latin-1"), [PARAMS_NOT_UTF8, "byte 0xe9", "offset 9"]),
+    "utf16_text": ("name: x\n".encode("utf-16"), [PARAMS_NOT_UTF8]),
+    "too_large": ("name: x\n# " + "x" * MAX_PARAMS_BYTES + "\n", [PARAMS_TOO_LARGE]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_FILES))
+def test_hostile_params_file_is_one_clean_error(tmp_path, capsys, case):
+    params, needles = HOSTILE_FILES[case]
+    line = refused(tmp_path, capsys, params, needles=["params file", "params.yaml", *needles])
+    assert len(line) < 600
+
+
+def test_deep_nesting_error_is_quick(tmp_path, capsys):
+    run_cli_inputs(tmp_path, "[" * 100_000)
+    result = run_cli(tmp_path, capsys, "[" * 100_000)
+    assert_refused(result, tmp_path, None, YAML_TOO_DEEP)
+    assert result.seconds < 5
+
+
+def test_yaml_features_still_work(tmp_path):
+    """Anchors, aliases and merge keys within the bounds load as yaml.safe_load reads them, and a
+    merged key may be overridden (YAML's merge semantics, not a duplicate)."""
+    from utils.config import load_config
+
+    path = tmp_path / "params.yaml"
+    path.write_text("name: merged\ntraining:\n  <<: {lr: 0.01, epochs: 3}\n  lr: 0.02\n"
+                    "model: &m {name: mlp, hidden: [16, 16]}\n")
+    config = load_config(path, ["model.hidden=[4, &h 4, *h]"])
+    assert config.training.lr == 0.02 and config.training.epochs == 3
+    assert config.model.hidden == [4, 4, 4]
+    path.write_text("{}\n")  # an explicit empty mapping still means every default
+    assert load_config(path) == ExperimentConfig()
+
+
+# --------------------------------------------------------------------------------------------------
+# --set overrides: the same loader, the same limits
+
+
+HOSTILE_OVERRIDES = {
+    "alias_bomb": ("model.hidden={" + alias_bomb().strip().replace("\n", ", ") + "}",
+                   ["--set model.hidden", YAML_TOO_MANY_VALUES]),
+    "nested_5000_deep": ("model.hidden=" + "[" * 5000 + "]" * 5000,
+                         ["--set model.hidden", YAML_TOO_DEEP]),
+    "alias_inside_itself": ("model.hidden=&a [1, *a]", ["--set model.hidden", YAML_ALIAS_CYCLE]),
+    "duplicate_key": ("model={name: mlp, name: cnn}", ["--set model", YAML_DUPLICATE_KEY, "'name'"]),
+    "too_large": ("name=" + "x" * (MAX_PARAMS_BYTES + 1), ["--set name", PARAMS_TOO_LARGE]),
+    "infinite_lr": ("training.lr=.inf", ["training.lr", NON_FINITE_NUMBER]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_OVERRIDES))
+def test_hostile_override_is_one_clean_error(tmp_path, capsys, case):
+    override, needles = HOSTILE_OVERRIDES[case]
+    line = refused(tmp_path, capsys, TINY_RUN, override, needles=needles)
+    assert len(line) < 600
+
+
+# --------------------------------------------------------------------------------------------------
+# Infinity and NaN in every float key
+
+
+def float_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[str]:
+    """Every dotted key annotated float or float | None, found from the dataclasses themselves, so a
+    float key added later is tested by existing."""
+    keys = []
+    for name, annotation in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(annotation):
+            keys += float_keys(annotation, f"{prefix}{name}.")
+        elif annotation is float or float in typing.get_args(annotation):
+            keys.append(prefix + name)
+    return keys
+
+
+FLOAT_KEYS = float_keys()
+NON_FINITE_VALUES = [".inf", "-.inf", ".nan", "inf", "nan", ".NaN", "1e999"]
+
+
+def test_the_float_keys_are_found():
+    assert {"training.lr", "training.weight_decay", "privacy.max_grad_norm",
+            "privacy.target_epsilon", "privacy.delta", "federated.client_sample_rate"} <= set(FLOAT_KEYS)
+
+
+def with_raw_value(key: str, value: str) -> str:
+    """TINY_RUN with ``key`` set to ``value`` written as it stands in the YAML file."""
+    raw = yaml.safe_load(TINY_RUN)
+    *sections, name = key.split(".")
+    node = raw
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[name] = "VALUE_HERE"
+    return yaml.safe_dump(raw, sort_keys=False).replace("VALUE_HERE", value)
+
+
+@pytest.mark.parametrize("value", NON_FINITE_VALUES)
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_non_finite_float_is_refused_naming_the_key(tmp_path, capsys, key, value):
+    refused(tmp_path, capsys, with_raw_value(key, value),
+            needles=[f"{key}: got", NON_FINITE_NUMBER])
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan"])
+def test_infinite_target_epsilon_no_longer_runs(tmp_path, capsys, value):
+    # Before: ran silently at sigma = 10 and reported it as a private run.
+    refused(tmp_path, capsys, TINY_RUN.replace("training:", "privacy: {mode: dpsgd}\ntraining:"),
+            f"privacy.target_epsilon={value}",
+            needles=["privacy.target_epsilon: got", NON_FINITE_NUMBER])
+
+
+def test_huge_integer_for_a_float_key_is_refused(tmp_path, capsys):
+    refused(tmp_path, capsys, TINY_RUN, "training.lr=" + "9" * 400,
+            needles=["training.lr: got", NON_FINITE_NUMBER])
+
+
+# --------------------------------------------------------------------------------------------------
+# model.weights
+
+
+class RunsShell:
+    """A pickle that runs a shell command when unpickled (what torch.load(weights_only=False) does)."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def write_weights(path: Path, kind: str, pwned: Path) -> None:
+    if kind == "malicious_raw_pickle":
+        path.write_bytes(pickle.dumps({"net.0.weight": RunsShell(f"touch {pwned}")}))
+    elif kind == "malicious_torch_save":
+        torch.save({"net.0.weight": RunsShell(f"touch {pwned}")}, path)
+    elif kind == "malicious_checkpoint":
+        torch.save({"model": {"net.0.weight": RunsShell(f"touch {pwned}")}}, path)
+    elif kind == "int":
+        torch.save(3, path)
+    elif kind == "list":
+        torch.save([torch.zeros(2), 1], path)
+    elif kind == "dict_of_ints":
+        torch.save({"net.0.weight": 1, "net.0.bias": 2}, path)
+    elif kind == "dict_of_lists":
+        torch.save({"net.0.weight": [1.0, 2.0]}, path)
+    elif kind == "garbage":
+        path.write_bytes(b"these are not weights\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        raise AssertionError(kind)
+
+
+WEIGHT_CASES = {
+    "malicious_raw_pickle": [WEIGHTS_REFUSED],
+    "malicious_torch_save": [WEIGHTS_REFUSED],
+    "malicious_checkpoint": [WEIGHTS_REFUSED],
+    "int": ["of type int"],
+    "list": ["of type list"],
+    "dict_of_ints": ["not all tensors"],
+    "dict_of_lists": ["not all tensors"],
+    "garbage": [],  # refused by the safe unpickler or unreadable, depending on the bytes
+    "empty": [WEIGHTS_UNREADABLE, "EOFError"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(WEIGHT_CASES))
+def test_weights_that_are_not_a_state_dict(tmp_path, capsys, kind):
+    weights = tmp_path / "weights.pt"
+    pwned = tmp_path / "PWNED"
+    write_weights(weights, kind, pwned)
+    params = TINY_RUN.replace("hidden: [8]}", f"hidden: [8], weights: {json.dumps(str(weights))}}}")
+    needles = ["model.weights", str(weights), WEIGHTS_NOT_A_STATE_DICT, *WEIGHT_CASES[kind]]
+    line = refused(tmp_path, capsys, params, needles=needles)
+    assert not pwned.exists()  # the pickle's command never ran
+    # torch's own advice would be to load with weights_only=False, i.e. to run the pickle.
+    assert "weights_only=False" not in line and "`weights_only` set to `False`" not in line
+    assert "False" not in line
+
+
+def test_a_real_state_dict_still_loads(tmp_path, capsys):
+    from dataset.synthetic import FEATURES
+    from models.mlp import MLP
+
+    weights = tmp_path / "weights.pt"
+    torch.save(MLP(FEATURES, [8]).state_dict(), weights)
+    params = TINY_RUN.replace("hidden: [8]}", f"hidden: [8], weights: {json.dumps(str(weights))}}}")
+    result = run_cli(tmp_path, capsys, params)
+    assert result.rc == 0, result.err
+    assert (tmp_path / "out" / "hostile" / "summary.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# Absurd model sizes
+
+
+@pytest.mark.parametrize("hidden", ["[1000000000]", "[100000, 100000, 100000]",
+                                    "[" + "9" * 30 + "]"])
+def test_absurd_mlp_is_refused_before_allocation(tmp_path, capsys, hidden):
+    line = refused(tmp_path, capsys, TINY_RUN, f"model.hidden={hidden}",
+                   needles=["model.hidden", MODEL_TOO_LARGE, "'mlp'"])
+    assert "parameters" in line
+
+
+def test_adult_mlp_of_the_audit_is_refused(tmp_path, capsys):
+    params = TINY_RUN.replace("{name: synthetic}", "{name: adult}")
+    line = refused(tmp_path, capsys, params, "model.hidden=[100000000]",
+                   needles=["model.hidden", MODEL_TOO_LARGE])
+    assert "10,500,000,001 parameters" in line  # 103 inputs: 103·10^8 + 10^8, then 10^8 + 1
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_parameter_count_is_exact_for_every_model(name):
+    config = ModelConfig(name=name, hidden=[16, 8], width=8)
+    shape = (8,) if name == "mlp" else (3, 32, 32)
+    model = build_model(config, shape)
+    assert parameter_count(config, shape) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_the_size_check_leaves_initialization_unchanged(name):
+    """Counting on the meta device draws nothing from torch's generator, so a seeded run initializes
+    its model exactly as it did before the check existed."""
+    config = ModelConfig(name=name, hidden=[16], width=8)
+    shape = (8,) if name == "mlp" else (3, 32, 32)
+    torch.manual_seed(0)
+    checked = build_model(config, shape)
+    torch.manual_seed(0)
+    direct = MODELS.get(name)(config, shape)
+    for (key, a), (_, b) in zip(checked.state_dict().items(), direct.state_dict().items()):
+        assert torch.equal(a, b), key
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("size", [10**10, 10**25])  # counted; beyond a tensor's int64 size
+def test_every_model_refuses_absurd_sizes(name, size):
+    config = ModelConfig(name=name, hidden=[size], width=size)
+    shape = (8,) if name == "mlp" else (3, 64, 64)
+    started = time.perf_counter()
+    with pytest.raises(ConfigError) as error:
+        build_model(config, shape)
+    assert MODEL_TOO_LARGE in str(error.value)
+    assert "\n" not in str(error.value)
+    assert time.perf_counter() - started < 10  # nothing was allocated or initialized
+    assert MAX_MODEL_PARAMETERS == 2_000_000_000  # the documented limit
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_convolutional_models_count_their_width(name):
+    with pytest.raises(ConfigError) as error:
+        build_model(ModelConfig(name=name, width=100_000), (3, 64, 64))
+    message = str(error.value)
+    assert message.startswith("model.width: got 100000") and " parameters (" in message
+
+
+# --------------------------------------------------------------------------------------------------
+# NaN and infinity in a user copy of UCI Adult
+
+
+def adult_copy(tmp_path: Path, split: str, line_no: int, column: str, value: str) -> Path:
+    """A data.root holding the shipped Adult files as plain text, one field of one line replaced."""
+    root = tmp_path / "adult"
+    root.mkdir()
+    for name in ("adult.data", "adult.test"):
+        lines = gzip.decompress((SHIPPED_ADULT_DIR / f"{name}.gz").read_bytes()).decode().splitlines(True)
+        if name == f"adult.{split}":
+            fields = lines[line_no - 1].rstrip("\n").split(", ")
+            fields[ADULT_COLUMNS.index(column)] = value
+            lines[line_no - 1] = ", ".join(fields) + "\n"
+        (root / name).write_text("".join(lines))
+    return root
+
+
+@pytest.mark.parametrize(("split", "line_no", "column", "value"), [
+    ("data", 3, "age", "nan"),
+    ("data", 7, "hours-per-week", "inf"),
+    ("data", 11, "capital-gain", "-inf"),
+    ("data", 2, "education-num", "NaN"),
+    ("data", 5, "capital-loss", "1e999"),
+    ("data", 4, "fnlwgt", "Infinity"),
+    ("test", 2, "age", "nan"),  # adult.test's line 1 is its "|1x3 Cross validator" comment
+])
+def test_adult_value_nan_or_inf_names_file_line_and_column(tmp_path, capsys, split, line_no, column, value):
+    root = adult_copy(tmp_path, split, line_no, column, value)
+    params = TINY_RUN.replace("{name: synthetic}", f"{{name: adult, root: {json.dumps(str(root))}}}")
+    refused(tmp_path, capsys, params, needles=[
+        f"{root / f'adult.{split}'}, line {line_no}: column {column} is {value!r}", ADULT_NON_FINITE])
+
+
+# --------------------------------------------------------------------------------------------------
+# A federated run that expects fewer than one client a round: a warning, in stderr and summary.json
+
+
+FEDERATED_RUN = TINY_RUN.replace("training: {epochs: 1, batch_size: 64}", """\
+training: {batch_size: 16}
+privacy: {mode: dpfedavg, noise_multiplier: 1.0, max_grad_norm: 1.0}
+federated: {num_clients: 10, rounds: 2, eval_every: 1, local_epochs: 1}""")
+
+
+@pytest.mark.parametrize(("rate", "warned"), [(1e-9, True), (0.5, False)])
+def test_too_few_expected_clients_per_round_warns(tmp_path, capsys, rate, warned):
+    result = run_cli(tmp_path, capsys, FEDERATED_RUN, f"federated.client_sample_rate={rate}")
+    assert result.rc == 0, result.err
+    warnings = [line for line in result.err.splitlines() if FEW_CLIENTS_WARNING in line]
+    summary = json.loads((tmp_path / "out" / "hostile" / "summary.json").read_text())
+    recorded = [message for message in summary["warnings"] if FEW_CLIENTS_WARNING in message]
+    if not warned:
+        assert not warnings and not recorded
+        return
+    assert len(warnings) == 1 and warnings[0].startswith("warning: federated.client_sample_rate")
+    assert "1e-08" in warnings[0]  # the expected number of clients, 1e-9 x 10
+    assert "at least 0.1" in warnings[0]  # the fix: 1 / num_clients
+    assert [f"warning: {message}" for message in recorded] == warnings
+
+
+# --------------------------------------------------------------------------------------------------
+# A NUL in any string of the config (a path above all: the OS would refuse it mid-run)
+
+
+@pytest.mark.parametrize("key", ["data.root", "data.cache_dir", "model.weights", "name",
+                                 "logging.wandb.project"])
+def test_nul_in_any_string_key_is_refused(tmp_path, capsys, key):
+    from utils.config import NUL_IN_STRING
+
+    refused(tmp_path, capsys, TINY_RUN, f'{key}="a\\0b"', needles=(key, NUL_IN_STRING))

@@ -1,0 +1,303 @@
+"""Which paths are this tool's, and the only things it ever writes over or removes.
+
+**The marker.** A directory is one of this tool's run directories only if it holds the marker file
+:data:`MARKER_FILE` (``.dp-fairness-run``), a small JSON object ``{"tool": "dp-fairness",
+"format": 1, "created_at": ...}`` that the tool writes first thing whenever it makes or adopts a run
+directory, before config.yaml. Writing into a run directory and removing anything from it need the
+marker; reading does not (a complete run of an earlier version of the tool, which wrote no marker,
+is still returned as complete; it cannot be trained again in place).
+
+What is found at ``{output_dir}/{name}`` decides what may happen there (:func:`inspect_run_path`):
+
+- nothing (:data:`ABSENT`): the directory is made, with the missing parents of output_dir (on a
+  failure the folders made so far are removed again, so nothing is left half-made), and marked;
+- an empty directory (:data:`EMPTY`): adopted, i.e. marked and used, since nothing in it can be
+  lost; an input error during the run leaves it empty again;
+- a marked directory (:data:`MARKED`): the tool's. A complete run is returned; an interrupted one
+  resumes; a fresh start in it (``--overwrite``, or an interrupted run that cannot resume) removes
+  only the tool's own entries (:data:`RUN_ENTRIES`: config.yaml, metrics.jsonl, summary.json,
+  predictions.csv, clients.csv, tb/, wandb/, checkpoints/ and the ``.tmp`` files of atomic writes).
+  Anything else a user put there stays where it is, and a symbolic link at one of those names is
+  an error rather than something to follow or remove;
+- a directory with other content and no marker (:data:`FOREIGN`), a file, or a symbolic link (to
+  anything, or broken): an error (exit 2) naming the path and the way out, and nothing is touched,
+  with or without ``--overwrite``.
+
+The run directory must also resolve (``Path.resolve()``) to a path whose parent is ``output_dir``
+resolved: with a name that is one plain path component (``ExperimentConfig.validate``) and no link
+at the run path, it always does; the check keeps it so.
+
+``summary.json`` is trusted only when it is a JSON object holding every key a complete run writes
+(:data:`SUMMARY_REQUIRED_KEYS`); anything else (cut short, empty, ``{}``, a list) is reported by
+:func:`read_summary` as broken, and the run directory is then an interrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from utils.errors import UserInputError
+from utils.sink import (
+    CLIENTS_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    SUMMARY_FILE,
+    TENSORBOARD_DIR,
+    write_json_atomic,
+)
+
+TOOL = "dp-fairness"
+MARKER_FILE = ".dp-fairness-run"
+MARKER_FORMAT = 1
+CHECKPOINT_DIR = "checkpoints"
+WANDB_DIR = "wandb"
+
+_RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, PREDICTIONS_FILE, CLIENTS_FILE)
+RUN_ENTRIES = (*_RUN_FILES, *(f"{name}.tmp" for name in _RUN_FILES), TENSORBOARD_DIR, WANDB_DIR,
+               CHECKPOINT_DIR)
+"""The entries of a run directory the tool writes, and the only ones a fresh start removes."""
+
+SUMMARY_REQUIRED_KEYS = ("name", "seed", "mode", "units", "test/accuracy", "privacy/epsilon")
+"""Keys every complete run writes into summary.json; without one of them it is not trusted."""
+
+LOCATION_KEYS = ("output_dir",)
+"""Config keys that say where a run is kept, not what it trains: two configs that differ only in
+these (a folder of runs moved elsewhere) are the same experiment, for resuming and for skipping."""
+
+# What inspect_run_path finds at the run path.
+ABSENT, EMPTY, MARKED, FOREIGN = "absent", "empty", "marked", "foreign"
+
+# Messages; tests format them with the same fields.
+NOT_OURS = ("{path} exists and is not a run directory of this tool (it has no {marker} marker), so "
+            "it is left untouched, --overwrite or not. Give the run another name (--set name=...) "
+            "or another output_dir, or move {path} away.")
+RUN_PATH_IS_FILE = ("the run directory {path} is a file, not a directory; it is left untouched. "
+                    "Give the run another name (--set name=...) or move the file away.")
+RUN_PATH_IS_LINK = ("the run directory {path} is a symbolic link; links are never followed or "
+                    "removed. Give the run another name (--set name=...) or replace the link by "
+                    "the directory itself.")
+RUN_PATH_OUTSIDE = ("the run directory {path} resolves to {resolved}, which is not directly inside "
+                    "output_dir ({output}); nothing was written. Give a plain name "
+                    "(--set name=...).")
+LINK_IN_RUN_DIR = ("{path} is a symbolic link inside the run directory; the tool neither follows "
+                   "nor removes links. Remove or replace it yourself, or give the run another name.")
+OUTPUT_DIR_NOT_A_DIRECTORY = ("output_dir {output!r}: {blocker} exists and is not a directory. "
+                              "Set output_dir to a directory (--set output_dir=...).")
+OUTPUT_DIR_NOT_WRITABLE = ("output_dir {output!r}: cannot write in {where} (permission denied or "
+                           "a read-only file system). Set output_dir to a writable directory "
+                           "(--set output_dir=...).")
+CANNOT_CREATE = ("output_dir {output!r}: cannot create {path} ({reason}); nothing was left "
+                 "behind. Set output_dir to a directory that can be made (--set output_dir=...).")
+CANNOT_READ = ("the run directory {path} cannot be read ({reason}). Give the run another name "
+               "(--set name=...) or fix the directory's permissions.")
+SUMMARY_BROKEN = ("{path} is not a complete run's summary ({problem}); treating the run as "
+                  "interrupted")
+
+
+def is_marked(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds this tool's marker (a regular file, not a link, naming the tool)."""
+    marker = Path(run_dir) / MARKER_FILE
+    try:
+        if marker.is_symlink() or not marker.is_file():
+            return False
+        payload = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(payload, dict) and payload.get("tool") == TOOL
+
+
+def write_marker(run_dir: Path) -> None:
+    """Mark ``run_dir`` as this tool's (the first file of every run directory)."""
+    write_json_atomic(run_dir / MARKER_FILE, {"tool": TOOL, "format": MARKER_FORMAT,
+                                              "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def check_output_dir(output_dir: str | Path) -> None:
+    """Refuse an ``output_dir`` that is, or lies under, something other than a directory.
+
+    Writes nothing. Missing folders are fine (they are made when the run starts).
+    """
+    output = Path(output_dir)
+    existing = output
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not os.path.isdir(existing):
+        raise UserInputError(OUTPUT_DIR_NOT_A_DIRECTORY.format(output=str(output_dir),
+                                                               blocker=existing))
+
+
+def check_writable(run_dir: Path, output_dir: str | Path, state: str) -> None:
+    """Refuse to start when the place the run will write to is not writable (writes nothing).
+
+    The run directory itself when it exists, else the nearest existing folder above it, in which
+    the missing ones will be made. (root passes every permission check; a read-only file system
+    still fails it, and so does any failure to create a folder later, :data:`CANNOT_CREATE`.)
+    """
+    where = Path(run_dir)
+    if state == ABSENT:
+        while not os.path.lexists(where) and where != where.parent:
+            where = where.parent
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise UserInputError(OUTPUT_DIR_NOT_WRITABLE.format(output=str(output_dir), where=where))
+
+
+def inspect_run_path(run_dir: Path, output_dir: str | Path) -> str:
+    """What is at the run path: :data:`ABSENT`, :data:`EMPTY`, :data:`MARKED` or :data:`FOREIGN`.
+
+    Raises:
+        UserInputError: output_dir is not a directory (:func:`check_output_dir`), the run path is a
+            file or a symbolic link, cannot be read, or does not resolve to a path directly inside
+            output_dir.
+    """
+    run_dir = Path(run_dir)
+    check_output_dir(output_dir)
+    try:
+        info = os.lstat(run_dir)  # never follows a link at the run path
+    except (FileNotFoundError, NotADirectoryError):
+        info = None
+    except OSError as error:  # a name too long, a folder above that cannot be searched
+        raise UserInputError(CANNOT_READ.format(path=run_dir, reason=error.strerror)) from None
+    if info is not None and stat.S_ISLNK(info.st_mode):
+        raise UserInputError(RUN_PATH_IS_LINK.format(path=run_dir))
+    try:
+        resolved, output = run_dir.resolve(), Path(output_dir).resolve()
+    except (OSError, RuntimeError) as error:  # a loop of links above the run path
+        raise UserInputError(CANNOT_READ.format(path=run_dir, reason=error)) from None
+    if resolved.parent != output or resolved == output:
+        raise UserInputError(RUN_PATH_OUTSIDE.format(path=run_dir, resolved=resolved, output=output))
+    if info is None:
+        return ABSENT
+    if not stat.S_ISDIR(info.st_mode):
+        raise UserInputError(RUN_PATH_IS_FILE.format(path=run_dir))
+    if is_marked(run_dir):
+        return MARKED
+    try:
+        empty = next(run_dir.iterdir(), None) is None
+    except OSError as error:
+        raise UserInputError(CANNOT_READ.format(path=run_dir, reason=error.strerror)) from None
+    return EMPTY if empty else FOREIGN
+
+
+def refuse_foreign(run_dir: Path) -> UserInputError:
+    """The error for a path that is not this tool's (:data:`NOT_OURS`)."""
+    return UserInputError(NOT_OURS.format(path=run_dir, marker=MARKER_FILE))
+
+
+def read_summary(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(summary, None)`` for a complete run's summary.json; ``(None, problem)`` when the file is
+    there but cannot be trusted; ``(None, None)`` when there is none."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return None, None
+    try:
+        summary = json.loads(path.read_text())
+    except OSError as error:
+        return None, f"cannot be read: {error.strerror or error}"
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        return None, f"not valid JSON: {error}"
+    if not isinstance(summary, dict):
+        return None, f"a JSON {type(summary).__name__}, not an object"
+    missing = [key for key in SUMMARY_REQUIRED_KEYS if key not in summary]
+    if missing:
+        return None, f"missing {', '.join(missing)}"
+    return summary, None
+
+
+def start_fresh(run_dir: Path, output_dir: str | Path) -> list[Path]:
+    """Make ``run_dir`` an empty, marked run directory; return the folders made for it.
+
+    The path is inspected here (again: the data may have taken minutes to load since the first
+    look), and a path that is not the tool's is refused. A marked directory is cleared
+    (:func:`clear_run_directory`), an empty one adopted, a missing one made.
+
+    Raises:
+        UserInputError: the path is not the tool's any more, a folder or the marker cannot be
+            written (nothing is left behind), or a link sits at one of the tool's entry names.
+    """
+    run_dir = Path(run_dir)
+    now = inspect_run_path(run_dir, output_dir)
+    if now == FOREIGN:
+        raise refuse_foreign(run_dir)
+    if now == MARKED:
+        clear_run_directory(run_dir)
+        return []
+    made = make_dirs(run_dir, output_dir) if now == ABSENT else []
+    try:
+        write_marker(run_dir)
+    except OSError as error:
+        _remove_made(made)
+        raise UserInputError(CANNOT_CREATE.format(output=str(output_dir), path=run_dir / MARKER_FILE,
+                                                  reason=error.strerror or error)) from None
+    return made
+
+
+def clear_run_directory(run_dir: Path) -> None:
+    """Remove the tool's own entries (:data:`RUN_ENTRIES`) from the marked ``run_dir``.
+
+    Nothing else is touched: entries of other names stay, the marker stays, and a link at one of
+    those names stops the clearing before anything is removed.
+    """
+    run_dir = Path(run_dir)
+    if not is_marked(run_dir):  # a bug if it happens: callers inspect first
+        raise RuntimeError(f"refusing to clear {run_dir}: it holds no {MARKER_FILE}")
+    entries = [run_dir / name for name in RUN_ENTRIES if os.path.lexists(run_dir / name)]
+    for entry in entries:
+        if entry.is_symlink():
+            raise UserInputError(LINK_IN_RUN_DIR.format(path=entry))
+    root = run_dir.resolve()
+    for entry in entries:
+        assert entry.resolve().parent == root, entry  # plain names, no links: always inside
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def discard_fresh_run(run_dir: Path, made: list[Path], *, keep_directory: bool) -> None:
+    """Undo a fresh start after an input error: the tool's entries, then (unless
+    ``keep_directory``, an adopted empty folder) the marker and the folders made for the run."""
+    run_dir = Path(run_dir)
+    if not is_marked(run_dir):
+        return
+    clear_run_directory(run_dir)
+    if next((p for p in run_dir.iterdir() if p.name != MARKER_FILE), None) is not None:
+        return  # someone else's file appeared in it: the directory, marker included, stays
+    (run_dir / MARKER_FILE).unlink()
+    if not keep_directory:
+        _remove_made([*made, run_dir] if run_dir not in made else made)
+
+
+def make_dirs(run_dir: Path, output_dir: str | Path) -> list[Path]:
+    """``mkdir -p run_dir``, one folder at a time; return the folders made. On a failure the
+    folders made so far are removed again and the error is a :data:`CANNOT_CREATE` one."""
+    missing = []
+    path = run_dir
+    while not os.path.lexists(path) and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    made: list[Path] = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except OSError as error:
+            _remove_made(made)
+            raise UserInputError(CANNOT_CREATE.format(output=str(output_dir), path=path,
+                                                      reason=error.strerror or error)) from None
+        made.append(path)
+    return made
+
+
+def _remove_made(made: list[Path]) -> None:
+    """Remove folders this process made, deepest first, and only while they are empty."""
+    for path in sorted(made, key=lambda p: len(p.parts), reverse=True):
+        try:
+            path.rmdir()
+        except OSError:  # not empty any more (someone else's file): it stays
+            return
