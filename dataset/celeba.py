@@ -6,9 +6,12 @@ in ``data.root`` or, as torchvision lays it out, in ``data.root/celeba``:
 * ``img_align_celeba/``: the 202,599 aligned and cropped JPEGs, 178 px wide and 218 px high;
 * ``list_attr_celeba.txt``: the 40 binary attributes (1 / -1) of every image;
 * ``list_eval_partition.txt``: CelebA's own train / valid / test partition (0 / 1 / 2), read only
-  with ``data.split: official``.
+  with ``data.split: official``;
+* ``identity_CelebA.txt`` (optional, from the release's ``Anno`` folder, next to the attribute
+  file): the person (an integer identity) of every image, which keeps each person on one side of
+  the protocol's split; see below.
 
-Nothing else (identities, boxes, landmarks) is read. Any of the 40 attributes can be the target
+Nothing else (boxes, landmarks) is read. Any of the 40 attributes can be the target
 (``data.target``) or define the groups (``data.protected``, with ``data.minority_value`` "1" or "-1"
 naming the minority's value).
 
@@ -17,6 +20,17 @@ on Utility and Fairness in Differential Privacy" (Farrand, Mireshghallah, Singh 
 arXiv 2009.06389): a fixed test set balanced over target × group, then a training set of fixed size
 in which the minority is ``data.minority_share`` and each group is half positive; see
 :func:`protocol_split`. ``data.split: official`` uses CelebA's partition; see :func:`official_split`.
+
+**Identities.** CelebA holds about 20 images of each of its 10,177 celebrities. A test set that
+shares people with the training set measures recognition of faces the model has seen, not
+generalization to new people: test accuracy is inflated, and unevenly so (the more images a group
+has per person, the more of its test faces were seen in training), which can hide or create group
+gaps. With ``identity_CelebA.txt`` present, the protocol draws its test set by identity and leaves
+every image of a test identity out of the training pool, so that no person is on both sides;
+``DataBundle.info`` records ``identity_disjoint: true`` and the identity counts. Without the file
+the split is disjoint by image only: a warning says so and ``info`` records ``identity_disjoint:
+false``. CelebA's official partition is disjoint by identity by construction; with the file present
+that is checked.
 
 **The pixels.** Each image is center-cropped to its central 178×178 square and resized to
 ``data.image_size`` (antialiased bilinear), once, into a uint8 N×3×H×W ``.npy`` file that later runs
@@ -49,11 +63,13 @@ from dataset.imbalance import resample_to_share
 from utils.config import ExperimentConfig
 from utils.errors import ConfigError, DataError
 from utils.progress import progress
+from utils.seeding import numpy_generator
 
 CELEBA_URL = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 IMAGE_FOLDER = "img_align_celeba"
 ATTRIBUTE_FILE = "list_attr_celeba.txt"
 PARTITION_FILE = "list_eval_partition.txt"
+IDENTITY_FILE = "identity_CelebA.txt"
 # (width, height) of every aligned CelebA image; the crop is the central width × width square.
 ALIGNED_SIZE = (178, 218)
 DEFAULT_TEST_SIZE = 6000
@@ -69,10 +85,10 @@ ATTRIBUTE_NAMES = (
     "Wearing_Necktie", "Young",
 )  # fmt: skip
 
-# Mixed into the seeds of the protocol's random orders, so that these streams differ from each other
-# and from the ones dataset.imbalance and the training loop draw from the same run seed.
-_TEST_STREAM = 0xCE1E_7E57
-_POOL_STREAM = 0xCE1E_B001
+# The protocol's random orders each draw from a stream of their own (utils.seeding.STREAMS): the
+# test set's cells, the pool's cells, and the order in which the test set takes identities (when
+# identity_CelebA.txt is present).
+_TEST_STREAM, _POOL_STREAM, _IDENTITY_STREAM = "celeba_test", "celeba_pool", "celeba_identity"
 # Part of the cache key: bump it whenever the pre-processing changes what lands in the array, so
 # that no run reads a cache made by different code.
 _CACHE_FORMAT = "celeba-center-crop-bilinear-antialias-v1"
@@ -93,12 +109,15 @@ class CelebAFiles:
         attribute_file: ``list_attr_celeba.txt``.
         partition_file: ``list_eval_partition.txt``, or None where it is absent (it is needed only by
             ``data.split: official``).
+        identity_file: ``identity_CelebA.txt``, or None where it is absent (then the protocol split
+            is disjoint by image only, and the official split's identity check is skipped).
     """
 
     directory: Path
     image_dir: Path
     attribute_file: Path
     partition_file: Path | None
+    identity_file: Path | None = None
 
 
 def locate_celeba(root: str | Path | None) -> CelebAFiles:
@@ -112,8 +131,8 @@ def locate_celeba(root: str | Path | None) -> CelebAFiles:
     if root is None:
         raise ConfigError(
             f"data.root: null, but CelebA is not shipped with this repository. Download it from {CELEBA_URL} "
-            f"(img_align_celeba.zip, {ATTRIBUTE_FILE}, {PARTITION_FILE}) and set data.root to the folder "
-            "holding them."
+            f"(img_align_celeba.zip, {ATTRIBUTE_FILE}, {PARTITION_FILE}, {IDENTITY_FILE}) and set data.root to "
+            "the folder holding them."
         )
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -135,8 +154,9 @@ def locate_celeba(root: str | Path | None) -> CelebAFiles:
             f"{image_dir}: folder not found. Extract img_align_celeba.zip (the aligned 178×218 JPEGs, from "
             f"{CELEBA_URL}) next to {ATTRIBUTE_FILE}."
         )
-    partition = directory / PARTITION_FILE
-    return CelebAFiles(directory, image_dir, directory / ATTRIBUTE_FILE, partition if partition.is_file() else None)
+    partition, identity = directory / PARTITION_FILE, directory / IDENTITY_FILE
+    return CelebAFiles(directory, image_dir, directory / ATTRIBUTE_FILE, partition if partition.is_file() else None,
+                       identity if identity.is_file() else None)
 
 
 @dataclass(frozen=True)
@@ -270,9 +290,82 @@ def read_partition(path: str | Path, filenames: np.ndarray) -> np.ndarray:
     if not found.all():
         raise DataError(
             f"{path}: {np.count_nonzero(~found)} images of {ATTRIBUTE_FILE} have no partition (e.g. "
-            f"{filenames[~found][0]!r}); use the {PARTITION_FILE} of the same CelebA release ({CELEBA_URL})."
+            f"{str(filenames[~found][0])!r}); use the {PARTITION_FILE} of the same CelebA release ({CELEBA_URL})."
         )
     return split[order[position]]
+
+
+def read_identities(path: str | Path, filenames: np.ndarray) -> np.ndarray:
+    """The identity (an integer naming the person) of each of ``filenames``, from ``identity_CelebA.txt``.
+
+    The format: one line per image, its file name and its identity (``000001.jpg 2880``), no header.
+    As in :func:`read_attributes` the file is parsed as one token stream, and only when a check
+    fails is it scanned line by line to name the offending line.
+
+    Returns:
+        int64 array, one identity per entry of ``filenames`` (matched by file name, so the file may
+        list the images in any order).
+
+    Raises:
+        DataError: a file that is missing, not in this format, lists an image twice, or lacks some
+            of the attribute file's images.
+    """
+    path = Path(path)
+    what = (f"expected CelebA's {IDENTITY_FILE} (Anno folder of the release, {CELEBA_URL}): 'filename identity' "
+            "per line, the identity a non-negative integer. Replace it with the release's file, or remove it "
+            "(the protocol split is then disjoint by image only, not by person)")
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error.strerror}); {what}.") from None
+    tokens = raw.split()
+    table = np.array(tokens).reshape(-1, 2) if tokens and len(tokens) % 2 == 0 else np.empty((0, 2), "S1")
+    # A line with a field missing or added shifts a file name into an identity slot or an identity
+    # into a name slot; names such as "000001.jpg" are never all digits and identities always are,
+    # so these two checks catch every misalignment, as in read_attributes.
+    aligned = len(table) > 0 and np.char.isdigit(table[:, 1]).all() and not np.char.isdigit(table[:, 0]).any()
+    if aligned:
+        try:
+            identities = table[:, 1].astype(np.int64)
+        except (ValueError, OverflowError):  # digits beyond int64
+            aligned = False
+    if not aligned:
+        raise DataError(f"{path}, {_first_bad_identity_line(raw)}; {what}.")
+    names = table[:, 0].astype(str)
+    if len(names) == len(filenames) and (names == filenames).all():
+        return identities  # the usual case: both files list the images in the same order
+    order = np.argsort(names, kind="stable")
+    sorted_names = names[order]
+    repeated = sorted_names[1:][sorted_names[1:] == sorted_names[:-1]]
+    if len(repeated):
+        raise DataError(f"{path}: image {str(repeated[0])!r} is listed on more than one line; {what}.")
+    position = np.searchsorted(sorted_names, filenames).clip(max=len(names) - 1)
+    found = sorted_names[position] == filenames
+    if not found.all():
+        raise DataError(
+            f"{path}: {np.count_nonzero(~found)} images of {ATTRIBUTE_FILE} have no identity (e.g. "
+            f"{str(filenames[~found][0])!r}); use the {IDENTITY_FILE} of the same CelebA release ({CELEBA_URL}), "
+            "or remove it (the protocol split is then disjoint by image only)."
+        )
+    return identities[order[position]]
+
+
+def _first_bad_identity_line(raw: bytes) -> str:
+    """'line N: what is wrong' for the first line of ``identity_CelebA.txt`` not of the form 'name id'."""
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            return f"line {number}: {len(fields)} fields, expected 2 (file name and identity)"
+        name, identity = (f.decode(errors="replace") for f in fields)
+        if name.isdigit():
+            return f"line {number}: file name {name!r} is a number (are the columns swapped?)"
+        if not identity.isdigit():
+            return f"line {number}: identity {identity!r} is not a non-negative integer"
+        if int(identity) >= 2**63:
+            return f"line {number}: identity {identity} is too large for a 64-bit integer"
+    return "no image lines"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -286,8 +379,10 @@ class Split:
 
     Attributes:
         test_rows: sorted row indices of the test set.
-        train_rows: sorted row indices of the training set (disjoint from ``test_rows``).
-        info: the counts behind the choice (per cell of group × label), for ``DataBundle.info``.
+        train_rows: sorted row indices of the training set (disjoint from ``test_rows``, and by
+            identity too where ``info["identity_disjoint"]`` is True).
+        info: the counts behind the choice (per cell of group × label, and of identities), for
+            ``DataBundle.info``.
     """
 
     test_rows: np.ndarray
@@ -303,6 +398,7 @@ def protocol_split(
     train_size: int | None,
     test_size: int | None,
     seed: int,
+    identities: np.ndarray | None = None,
 ) -> Split:
     """The test and training rows of the protocol of Farrand et al. (2020, arXiv 2009.06389).
 
@@ -310,16 +406,39 @@ def protocol_split(
        the four cells (minority, majority) × (positive, negative), ``test_size // 4`` each; when
        ``test_size`` is not a multiple of 4 the first cells in the order (minority, positive),
        (minority, negative), (majority, positive), (majority, negative) get one more. Each cell is a
-       prefix of a random order fixed by the seed alone, so the test set is the same at every share
-       and training size: results across a sweep of shares are scored on the same images.
-    2. **Balanced pool**, from the remaining rows: within each group, the larger of its two label
-       cells is cut (again a prefix of a seeded order) to the size of the smaller, so each group of
-       the pool is exactly half positive. The pool does not depend on the share either.
+       prefix of a random order fixed by the seed (and the identities) alone, so the test set is the
+       same at every share and training size: results across a sweep of shares are scored on the
+       same images. Without ``identities`` the order is one of images; with them, see below.
+    2. **Balanced pool**, from the remaining rows (less, with ``identities``, every image of a test
+       identity): within each group, the larger of its two label cells is cut (again a prefix of a
+       seeded order) to the size of the smaller, so each group of the pool is exactly half positive.
+       The pool does not depend on the share either.
     3. **Training set**: :func:`dataset.imbalance.resample_to_share` of the pool. Because each group
        of the pool is half positive and the resampler keeps each group's label rate, every group of
        the training set is half positive (to within one example for an odd group size), and the
        resampler's nesting carries over: for one seed, the training set at a smaller share takes
        fewer minority examples from the same prefix, and all shares share one pool and test set.
+
+    **Disjoint by identity.** A person in both sets lets the model be scored on a face it has
+    trained on, which inflates test accuracy, and more so for a group with more images per person.
+    With ``identities`` the test set is drawn *by identity*: the identities are walked in a random
+    order fixed by the seed (images within an identity in random order too), and each identity's
+    images go into the test cells they belong to while those cells have room; each cell is then the
+    prefix of this identity-major order restricted to the cell. Every other image of an identity
+    that gave the test set at least one image is then left out of the pool. Why by identity rather
+    than drawing images as without ``identities`` and excluding their identities afterwards: CelebA
+    has about 20 images per person, so 6,000 images drawn one by one touch more than 4,000 of its
+    10,177 persons, and excluding those would throw away about 45 % of the data; drawn by identity,
+    the test set takes (nearly) all images of about 300 persons, and only the images of the last
+    persons that fall into cells already full are lost (about 0.2 % of CelebA; both figures from a
+    simulation with CelebA's sizes and rates). That matters most with ``train_size: None``, where
+    the pool's size is the training set's. The price is a test set of fewer persons: its images are
+    a cluster sample (persons drawn at random, each with all its images in the cell), which
+    estimates a cell's per-image accuracy without systematic bias but more noisily than as many
+    independent images would, so intervals that resample test images as if independent are
+    somewhat too narrow; ``info["identities_test"]`` says how many persons they rest on. CelebA's
+    own test partition is built the same way (whole persons). The training set is drawn from the
+    pool as above, so its nesting across shares is untouched.
 
     Args:
         targets: 0/1 label per row of the attribute file.
@@ -328,9 +447,19 @@ def protocol_split(
         train_size: ``data.train_size`` (None keeps every majority example of the pool).
         test_size: ``data.test_size`` (None: 6,000 as in the paper).
         seed: the run seed.
+        identities: the identity (person) of each row, from :func:`read_identities`, or None where
+            ``identity_CelebA.txt`` is absent: then the split is disjoint by image only.
+
+    Returns:
+        The split; its ``info`` has the cell counts of the test set and the pool, and
+        ``identity_disjoint`` (whether ``identities`` were used). With identities, also
+        ``identities_test`` and ``identities_train`` (distinct persons in each set) and
+        ``identity_overlap_excluded`` (images not in the test set whose person is, left out of the
+        pool).
 
     Raises:
-        DataError: a test set or training set the data cannot supply, with the feasible sizes.
+        DataError: a test set or training set the data cannot supply, with the feasible sizes
+            (of the pool after the identity exclusion).
     """
     targets = np.asarray(targets, dtype=np.int64)
     minority = np.asarray(minority, dtype=bool)
@@ -345,12 +474,25 @@ def protocol_split(
                 f"data.test_size: {n_test} needs {wanted[cell]} test images of the {_cell_name(cell)} cell, but "
                 f"the data has {len(members[cell])}. Use data.test_size <= {4 * smallest}."
             )
-    test_parts, rest = [], {}
-    for cell in cells:
-        order = _seeded_order(members[cell], _TEST_STREAM, seed, cell)
-        test_parts.append(order[: wanted[cell]])
-        rest[cell] = np.sort(order[wanted[cell]:])
+    if identities is None:
+        test_parts = [_seeded_order(members[cell], _TEST_STREAM, seed, cell)[: wanted[cell]] for cell in cells]
+    else:
+        identities = np.asarray(identities)
+        if identities.shape != targets.shape:
+            raise ValueError(f"identities {identities.shape} and targets {targets.shape} must be equally long")
+        # Every image is reachable in this order, so the test-size check above stays exact.
+        order = _identity_order(identities, seed)
+        test_parts = [order[(minority[order] == group) & (targets[order] == label)][: wanted[group, label]]
+                      for group, label in cells]
     test_rows = np.sort(np.concatenate(test_parts))
+    unavailable = np.zeros(len(targets), dtype=bool)
+    unavailable[test_rows] = True
+    if identities is not None:
+        test_identities = np.unique(identities[test_rows])
+        # The rest of each test person's images: training on them would put that person on both sides.
+        excluded = np.isin(identities, test_identities) & ~unavailable
+        unavailable |= excluded
+    rest = {cell: members[cell][~unavailable[members[cell]]] for cell in cells}  # sorted, as members are
 
     pool_parts = []
     for group in (True, False):
@@ -362,13 +504,21 @@ def protocol_split(
         chosen = resample_to_share(minority[pool], targets[pool], share, train_size=train_size, seed=seed)
     except DataError as error:
         n_min = int(np.count_nonzero(minority[pool]))
+        left_out = ("" if identities is None else
+                    f" (after leaving out {np.count_nonzero(excluded)} more images of the test set's "
+                    f"{len(test_identities)} identities)")
         raise DataError(
-            f"CelebA protocol: after the {n_test}-image test set, the training pool balanced on the target "
-            f"within each group holds {n_min} minority and {len(pool) - n_min} majority images. {error}"
+            f"CelebA protocol: after the {n_test}-image test set{left_out}, the training pool balanced on the "
+            f"target within each group holds {n_min} minority and {len(pool) - n_min} majority images. {error}"
         ) from None
     train_rows = pool[chosen]
 
-    info: dict[str, Any] = {"split": "protocol", "test_size": len(test_rows)}
+    info: dict[str, Any] = {"split": "protocol", "test_size": len(test_rows),
+                            "identity_disjoint": identities is not None}
+    if identities is not None:
+        info["identities_test"] = len(test_identities)
+        info["identities_train"] = len(np.unique(identities[train_rows]))
+        info["identity_overlap_excluded"] = int(np.count_nonzero(excluded))
     info.update(_cell_counts("test_count", targets[test_rows], minority[test_rows]))
     info.update(_cell_counts("pool_count", targets[pool], minority[pool]))
     return Split(test_rows, train_rows, info)
@@ -382,12 +532,21 @@ def official_split(
     share: float | None,
     train_size: int | None,
     seed: int,
+    identities: np.ndarray | None = None,
 ) -> Split:
     """CelebA's own partition: the training partition (0) resampled, the test partition (2) whole.
 
     The training set is :func:`dataset.imbalance.resample_to_share` of partition 0 (162,770 images),
     which keeps each group's label rate from the partition rather than balancing it. The validation
     partition (1) is not used. The test set is all of partition 2 (19,962 images), unbalanced.
+
+    CelebA built its partition from whole persons, so it is disjoint by identity. With
+    ``identities`` that is checked rather than trusted: ``info["identity_overlap"]`` counts the
+    identities found in both partition 0 and partition 2, ``identity_disjoint`` is True when there
+    are none (the training set is a subset of partition 0, so it is then disjoint too), and any
+    overlap is warned about, since it means the partition and identity files do not come from one
+    release and the test accuracy may be inflated by faces seen in training. Without
+    ``identities``, ``identity_disjoint`` is "by CelebA's construction": asserted, not verified.
     """
     targets = np.asarray(targets, dtype=np.int64)
     minority = np.asarray(minority, dtype=bool)
@@ -398,16 +557,45 @@ def official_split(
                         "images; data.split: official needs both. Use the file of the CelebA release, or "
                         "data.split: protocol.")
     chosen = resample_to_share(minority[pool], targets[pool], share, train_size=train_size, seed=seed)
-    info: dict[str, Any] = {"split": "official", "test_size": len(test_rows)}
+    info: dict[str, Any] = {"split": "official", "test_size": len(test_rows),
+                            "identity_disjoint": "by CelebA's construction"}
+    if identities is not None:
+        identities = np.asarray(identities)
+        shared = np.intersect1d(identities[pool], identities[test_rows])
+        info["identity_disjoint"] = len(shared) == 0
+        info["identity_overlap"] = len(shared)
+        info["identities_test"] = len(np.unique(identities[test_rows]))
+        info["identities_train"] = len(np.unique(identities[pool[chosen]]))
+        if len(shared):
+            warnings.warn(
+                f"CelebA official split: {len(shared)} identities (e.g. {shared[0]}) have images in both the "
+                f"training partition (0) and the test partition (2) of {PARTITION_FILE}, which CelebA's release "
+                f"does not; the partition and {IDENTITY_FILE} are likely from different copies, and test accuracy "
+                "may be inflated by faces seen in training. Use both files of one release, or data.split: protocol "
+                "(disjoint by identity).",
+                stacklevel=2,
+            )
     info.update(_cell_counts("test_count", targets[test_rows], minority[test_rows]))
     info.update(_cell_counts("pool_count", targets[pool], minority[pool]))
     return Split(test_rows, pool[chosen], info)
 
 
-def _seeded_order(rows: np.ndarray, stream: int, seed: int, cell: tuple[bool, int]) -> np.ndarray:
+def _seeded_order(rows: np.ndarray, stream: str, seed: int, cell: tuple[bool, int]) -> np.ndarray:
     """``rows`` in a random order fixed by (stream, seed, cell) alone, so prefixes of it nest."""
-    rng = np.random.default_rng([stream, seed, int(cell[0]), cell[1]])
+    rng = numpy_generator(seed, stream, int(cell[0]), cell[1])
     return rng.permutation(rows)
+
+
+def _identity_order(identities: np.ndarray, seed: int) -> np.ndarray:
+    """All row indices, identity by identity in a random order, each identity's rows in a random order.
+
+    Fixed by (the identity stream, seed) and the identities alone, not by labels, groups or share.
+    """
+    rng = numpy_generator(seed, _IDENTITY_STREAM)
+    _, person = np.unique(identities, return_inverse=True)
+    rank = rng.permutation(int(person.max()) + 1 if len(person) else 0)  # each identity's place in the walk
+    rows = rng.permutation(len(identities))
+    return rows[np.argsort(rank[person[rows]], kind="stable")]
 
 
 def _cell_name(cell: tuple[bool, int]) -> str:
@@ -799,8 +987,10 @@ def build_celeba(config: ExperimentConfig) -> DataBundle:
 
     ``x_train`` and ``x_test`` are uint8 N × 3 × S × S views of one memory-mapped cache file (test
     images first); ``transform`` is :func:`celeba_transform`. ``info`` carries the split's counts
-    per group and label, the cache file and whether this run built it, and ``selection_sha256``,
-    the cache key, which is the same for two runs exactly when they use the same images.
+    per group and label, whether the split is disjoint by identity (``identity_disjoint``, with the
+    identity counts where ``identity_CelebA.txt`` was read), the cache file and whether this run
+    built it, and ``selection_sha256``, the cache key, which is the same for two runs exactly when
+    they use the same images.
     """
     data = config.data
     if data.image_size > ALIGNED_SIZE[0]:
@@ -817,10 +1007,19 @@ def build_celeba(config: ExperimentConfig) -> DataBundle:
     attributes = read_attributes(files.attribute_file)
     targets = (attributes.column(data.target, "data.target") == 1).astype(np.int64)
     minority = attributes.column(data.protected, "data.protected") == minority_value
+    identities = None if files.identity_file is None else read_identities(files.identity_file, attributes.filenames)
 
     if data.split == "protocol":
+        if identities is None:
+            warnings.warn(
+                f"{files.directory / IDENTITY_FILE}: file not found, so the CelebA protocol split is disjoint by "
+                "image only: the same person can be in the training and the test set, which inflates test "
+                f"accuracy and can hide or create group gaps. Place {IDENTITY_FILE} from CelebA's Anno folder "
+                f"({CELEBA_URL}) next to {ATTRIBUTE_FILE} to split by identity.",
+                stacklevel=2,
+            )
         split = protocol_split(targets, minority, share=data.minority_share, train_size=data.train_size,
-                               test_size=data.test_size, seed=config.seed)
+                               test_size=data.test_size, seed=config.seed, identities=identities)
     else:
         if files.partition_file is None:
             raise DataError(f"{files.directory / PARTITION_FILE}: file not found; data.split: official needs CelebA's "
@@ -828,7 +1027,7 @@ def build_celeba(config: ExperimentConfig) -> DataBundle:
                             "protocol.")
         partition = read_partition(files.partition_file, attributes.filenames)
         split = official_split(targets, minority, partition, share=data.minority_share,
-                               train_size=data.train_size, seed=config.seed)
+                               train_size=data.train_size, seed=config.seed, identities=identities)
 
     rows = np.concatenate([split.test_rows, split.train_rows])
     cache_dir = data.cache_dir if data.cache_dir is not None else Path(data.root).expanduser() / "cache"

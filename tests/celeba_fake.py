@@ -5,6 +5,11 @@ attributes, so a model can learn something from them: Smiling brightens the lowe
 face (where the mouth is), Male shifts the colour from red towards blue, Eyeglasses darkens a band
 at eye height. A shared noise texture, shifted per image, gives the JPEG encoder and decoder
 realistic work (about 8 KB per file at quality 90; CelebA's files average 7 KB).
+
+``identity_CelebA.txt`` gives every image a person, as CelebA's does: two to six images per
+identity, all of one sex (Male is a property of the person, so the protocol's groups are groups of
+persons) and all in one partition (CelebA's partition is disjoint by identity). The identities are
+drawn from their own generator, so the images and attributes are those of a fake without them.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dataset.celeba import ATTRIBUTE_FILE, ATTRIBUTE_NAMES, IMAGE_FOLDER, PARTITION_FILE
+from dataset.celeba import ATTRIBUTE_FILE, ATTRIBUTE_NAMES, IDENTITY_FILE, IMAGE_FOLDER, PARTITION_FILE
 
 WIDTH, HEIGHT = 178, 218
 # Positive rate of each attribute in the fake set; the others are positive 30 % of the time.
@@ -22,7 +27,8 @@ WIDTH, HEIGHT = 178, 218
 RATES = {"Smiling": 0.5, "Male": 0.4, "Eyeglasses": 0.1, "Young": 0.75}
 
 
-def make_fake_celeba(root: Path, n_images: int = 300, seed: int = 0, layout: str = "standard") -> dict:
+def make_fake_celeba(root: Path, n_images: int = 300, seed: int = 0, layout: str = "standard",
+                     identities: bool = True) -> dict:
     """Write a fake CelebA of ``n_images`` images under ``root``; return what was written.
 
     Args:
@@ -30,11 +36,14 @@ def make_fake_celeba(root: Path, n_images: int = 300, seed: int = 0, layout: str
         n_images: number of images (files 000001.jpg, 000002.jpg, ...).
         seed: seed of the attributes and pixels.
         layout: "standard" (files directly in ``root``) or "torchvision" (in ``root/celeba``).
+        identities: write ``identity_CelebA.txt`` (False: leave it out, as in copies of CelebA
+            downloaded without the Anno folder's identity file).
 
     Returns:
         ``{"root": root, "directory": folder of the files, "filenames": [...], "names": the 40
         attribute names, "attributes": int8 array (n_images × 40) of ±1, "partition": int8 array
-        of 0/1/2}``. The partition is CelebA's shape: the first 80 % train, 10 % valid, 10 % test.
+        of 0/1/2, "identities": int64 array of identities, or None when not written}``. The
+        partition is CelebA's shape: the first 80 % train, 10 % valid, 10 % test.
     """
     if layout not in ("standard", "torchvision"):
         raise ValueError(f"layout must be 'standard' or 'torchvision', not {layout!r}")
@@ -74,6 +83,11 @@ def make_fake_celeba(root: Path, n_images: int = 300, seed: int = 0, layout: str
     partition[int(0.8 * n_images):] = 1
     partition[int(0.9 * n_images):] = 2
     (directory / PARTITION_FILE).write_text("".join(f"{name} {p}\n" for name, p in zip(filenames, partition)))
+
+    persons = None
+    if identities:
+        persons = fake_identities(attributes, partition, seed)
+        (directory / IDENTITY_FILE).write_text("".join(f"{name} {i}\n" for name, i in zip(filenames, persons)))
     return {
         "root": root,
         "directory": directory,
@@ -81,4 +95,23 @@ def make_fake_celeba(root: Path, n_images: int = 300, seed: int = 0, layout: str
         "names": list(ATTRIBUTE_NAMES),
         "attributes": attributes,
         "partition": partition,
+        "identities": persons,
     }
+
+
+def fake_identities(attributes: np.ndarray, partition: np.ndarray, seed: int) -> np.ndarray:
+    """An identity per image: persons of 2 to 6 images (fewer for the last of a stratum), each of
+    one sex and one partition, numbered from 1 in random order (CelebA's numbers carry no order)."""
+    rng = np.random.default_rng([seed, 0x1D])  # not the images' generator: those stay as they were
+    male = attributes[:, ATTRIBUTE_NAMES.index("Male")] == 1
+    person = np.empty(len(attributes), dtype=np.int64)
+    count = 0
+    for part in np.unique(partition):
+        for sex in (False, True):
+            rows = rng.permutation(np.flatnonzero((partition == part) & (male == sex)))
+            start = 0
+            while start < len(rows):
+                size = int(rng.integers(2, 7))
+                person[rows[start: start + size]] = count
+                count, start = count + 1, start + size
+    return rng.permutation(count)[person] + 1

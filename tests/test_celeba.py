@@ -1,12 +1,14 @@
 """CelebA: the file reader, the paper's split, the image cache and the batch transform.
 
-Everything runs on a fake CelebA written by tests/celeba_fake.py: real 178×218 JPEGs and attribute
-and partition files in CelebA's exact formats.
+Everything runs on a fake CelebA written by tests/celeba_fake.py: real 178×218 JPEGs and attribute,
+partition and identity files in CelebA's exact formats.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from dataset.celeba import (
     ATTRIBUTE_NAMES,
     BATCH_DECODERS,
     CELEBA_URL,
+    IDENTITY_FILE,
     PARTITION_FILE,
     available_batch_decoders,
     celeba_transform,
@@ -29,6 +32,7 @@ from dataset.celeba import (
     official_split,
     protocol_split,
     read_attributes,
+    read_identities,
     read_partition,
 )
 from tests.celeba_fake import make_fake_celeba
@@ -81,6 +85,78 @@ def test_reader_reads_both_layouts(which, fake, fake_torchvision):
     np.testing.assert_array_equal(attributes.column("Smiling", "data.target"),
                                   written["attributes"][:, ATTRIBUTE_NAMES.index("Smiling")])
     np.testing.assert_array_equal(read_partition(files.partition_file, attributes.filenames), written["partition"])
+    assert files.identity_file == written["directory"] / IDENTITY_FILE
+    np.testing.assert_array_equal(read_identities(files.identity_file, attributes.filenames), written["identities"])
+
+
+def test_fake_identities_are_persons_as_in_celeba(tmp_path, fake):
+    """Each fake person has a few images, all of one sex and one partition, as CelebA's do; and
+    leaving the identity file out changes nothing else about the fake."""
+    persons, male = fake["identities"], fake["attributes"][:, ATTRIBUTE_NAMES.index("Male")]
+    sizes = np.unique(persons, return_counts=True)[1]
+    assert sizes.max() <= 6 and np.median(sizes) >= 2 and len(sizes) < N_IMAGES / 2
+    for person in np.unique(persons):
+        rows = persons == person
+        assert len(np.unique(male[rows])) == 1 and len(np.unique(fake["partition"][rows])) == 1
+    without = make_fake_celeba(tmp_path, n_images=N_IMAGES, seed=0, identities=False)
+    assert without["identities"] is None and not (tmp_path / IDENTITY_FILE).exists()
+    assert locate_celeba(tmp_path).identity_file is None
+    np.testing.assert_array_equal(without["attributes"], fake["attributes"])
+    assert (tmp_path / "img_align_celeba" / "000007.jpg").read_bytes() == \
+        (fake["directory"] / "img_align_celeba" / "000007.jpg").read_bytes()
+
+
+def _identity_lines(fake):
+    return (fake["directory"] / IDENTITY_FILE).read_text().splitlines()
+
+
+def test_identity_file_in_another_order_is_matched_by_file_name(tmp_path, fake):
+    shuffled = tmp_path / IDENTITY_FILE
+    shuffled.write_text("\r\n".join(reversed(_identity_lines(fake))) + "\r\n")  # and Windows line ends
+    np.testing.assert_array_equal(read_identities(shuffled, np.array(fake["filenames"])), fake["identities"])
+
+
+def _replace_line(number, text):
+    """A corruption that replaces line ``number`` (1-based) with ``text``."""
+    return lambda lines: lines[: number - 1] + [text] + lines[number:]
+
+
+@pytest.mark.parametrize(
+    "corrupt, expected",
+    [
+        (_replace_line(5, "000005.jpg x12"), "line 5: identity 'x12' is not a non-negative integer"),
+        (_replace_line(5, "000005.jpg -3"), "line 5: identity '-3' is not a non-negative integer"),
+        (_replace_line(8, "000008.jpg"), "line 8: 1 fields, expected 2 (file name and identity)"),
+        (_replace_line(3, "000003.jpg 4 7"), "line 3: 3 fields, expected 2"),
+        (_replace_line(10, "12 000010.jpg"), "line 10: file name '12' is a number"),
+        (_replace_line(6, "000006.jpg 99999999999999999999"), "line 6: identity 99999999999999999999 is too large"),
+        (lambda lines: [], "no image lines"),
+    ],
+    ids=["bad-identity", "negative", "missing-identity", "extra-field", "swapped-columns", "overflow", "empty"],
+)
+def test_malformed_identity_file_is_a_data_error_naming_file_and_line(tmp_path, fake, corrupt, expected):
+    path = tmp_path / IDENTITY_FILE
+    path.write_text("\n".join(corrupt(_identity_lines(fake))) + "\n")
+    with pytest.raises(DataError) as error:
+        read_identities(path, np.array(fake["filenames"]))
+    message = str(error.value)
+    assert message.startswith(f"{path}, ")
+    assert expected in message
+    assert CELEBA_URL in message and "Anno" in message  # where the right file comes from
+
+
+def test_identity_file_of_another_copy_is_a_data_error(tmp_path, fake):
+    lines = _identity_lines(fake)
+    path = tmp_path / IDENTITY_FILE
+    path.write_text("\n".join(lines[:-3]) + "\n")  # three images without a person
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: 3 images of {ATTRIBUTE_FILE} have no identity "
+                                        rf"\(e.g. '000298.jpg'\)"):
+        read_identities(path, np.array(fake["filenames"]))
+    path.write_text("\n".join(lines + [lines[4].split()[0] + " 1"]) + "\n")  # an image listed twice
+    with pytest.raises(DataError, match=r"image '000005.jpg' is listed on more than one line"):
+        read_identities(path, np.array(fake["filenames"]))
+    with pytest.raises(DataError, match=f"{IDENTITY_FILE}: cannot be read"):
+        read_identities(tmp_path / "missing" / IDENTITY_FILE, np.array(fake["filenames"]))
 
 
 def test_partition_in_another_order_is_matched_by_file_name(tmp_path, fake):
@@ -224,6 +300,139 @@ def test_protocol_infeasible_sizes_are_data_errors_with_the_feasible_range():
         protocol_split(targets, minority, share=0.1, train_size=100, test_size=4 * smallest_cell + 4, seed=0)
     with pytest.raises(DataError, match="CelebA protocol: after the 400-image test set.*data.train_size"):
         protocol_split(targets, minority, share=0.1, train_size=5000, test_size=400, seed=0)
+
+
+def random_people(minority, seed=5, sizes=(5, 36)):
+    """A person per row: persons of ``sizes`` images (CelebA averages 20), each of one group, as
+    CelebA's persons are of one sex; numbered at random."""
+    rng = np.random.default_rng(seed)
+    person = np.empty(len(minority), dtype=np.int64)
+    count = 0
+    for group in (True, False):
+        rows = rng.permutation(np.flatnonzero(minority == group))
+        cuts = np.cumsum(rng.integers(*sizes, size=len(rows)))
+        cuts = cuts[cuts < len(rows)]
+        for part in np.split(rows, cuts):
+            person[part] = count
+            count += 1
+    return rng.permutation(count)[person] + 1
+
+
+def _persons(people, rows):
+    return {int(people[r]) for r in rows}
+
+
+@pytest.mark.parametrize("seed", [0, 7, 11])
+def test_protocol_with_identities_is_disjoint_by_person_and_still_nested(seed):
+    targets, minority = random_attributes()
+    people = random_people(minority)
+    shares = (0.01, 0.05, 0.1, 0.3)
+    splits = [protocol_split(targets, minority, share=s, train_size=3000, test_size=800, seed=seed,
+                             identities=people) for s in shares]
+    for share, split in zip(shares, splits):
+        assert not _persons(people, split.test_rows) & _persons(people, split.train_rows)
+        assert split.info["identity_disjoint"] is True
+        assert len(split.train_rows) == 3000 and minority[split.train_rows].sum() == round(share * 3000)
+        for group in (True, False):  # the protocol's balance is kept: 200 per test cell, half positive
+            for label in (0, 1):
+                assert ((minority[split.test_rows] == group) & (targets[split.test_rows] == label)).sum() == 200
+            in_group = split.train_rows[minority[split.train_rows] == group]
+            assert abs(2 * targets[in_group].sum() - len(in_group)) <= 1
+    for smaller, larger in itertools.pairwise(splits):
+        np.testing.assert_array_equal(smaller.test_rows, larger.test_rows)  # one test set for the sweep
+        minority_small = smaller.train_rows[minority[smaller.train_rows]]
+        minority_large = larger.train_rows[minority[larger.train_rows]]
+        assert np.isin(minority_small, minority_large).all() and len(minority_small) < len(minority_large)
+        majority_small = smaller.train_rows[~minority[smaller.train_rows]]
+        majority_large = larger.train_rows[~minority[larger.train_rows]]
+        assert np.isin(majority_large, majority_small).all()
+    # Without identities the same call mixes persons across the split: the property is not free.
+    by_image = protocol_split(targets, minority, share=0.1, train_size=3000, test_size=800, seed=seed)
+    assert _persons(people, by_image.test_rows) & _persons(people, by_image.train_rows)
+    other = protocol_split(targets, minority, share=0.1, train_size=3000, test_size=800, seed=seed + 1,
+                           identities=people)
+    assert not np.array_equal(other.test_rows, splits[0].test_rows)
+
+
+def test_protocol_identity_counts_in_info_are_right():
+    targets, minority = random_attributes()
+    people = random_people(minority)
+    split = protocol_split(targets, minority, share=0.2, train_size=2000, test_size=1000, seed=3, identities=people)
+    test_set = set(split.test_rows.tolist())
+    test_persons = _persons(people, split.test_rows)
+    assert split.info["identities_test"] == len(test_persons)
+    assert split.info["identities_train"] == len(_persons(people, split.train_rows))
+    excluded = [r for r in range(len(people)) if people[r] in test_persons and r not in test_set]
+    assert split.info["identity_overlap_excluded"] == len(excluded) > 0
+    # The pool is everything else, balanced per group: nothing more than the test persons is lost.
+    for group, name in ((True, "minority"), (False, "majority")):
+        left = [r for r in range(len(people)) if minority[r] == group and people[r] not in test_persons]
+        positives = sum(int(targets[r]) for r in left)
+        assert split.info[f"pool_count/group={name}"] == 2 * min(positives, len(left) - positives)
+    # Drawn by identity, the test set takes few persons and wastes few images; drawn image by image
+    # (as without identities) and then excluding its persons would lose far more of the pool.
+    by_image = protocol_split(targets, minority, share=0.2, train_size=2000, test_size=1000, seed=3)
+    image_persons = _persons(people, by_image.test_rows)
+    lost_by_image = sum(1 for r in range(len(people)) if people[r] in image_persons) - 1000
+    assert len(test_persons) * 5 < len(image_persons)
+    assert split.info["identity_overlap_excluded"] * 10 < lost_by_image
+
+
+def test_protocol_without_identities_says_so():
+    targets, minority = random_attributes(n=4000)
+    split = protocol_split(targets, minority, share=0.1, train_size=500, test_size=200, seed=0)
+    assert split.info["identity_disjoint"] is False
+    assert not {"identities_test", "identities_train", "identity_overlap_excluded"} & set(split.info)
+
+
+def test_protocol_infeasible_after_identity_exclusion_names_the_largest_feasible_value():
+    targets, minority = random_attributes(n=3000)
+    people = random_people(minority)
+    kwargs = {"test_size": 400, "seed": 0, "identities": people}
+    pool = protocol_split(targets, minority, share=None, train_size=None, **kwargs).train_rows
+    without_identities = protocol_split(targets, minority, share=None, train_size=None, test_size=400, seed=0)
+    assert len(pool) < len(without_identities.train_rows)  # the exclusion shrank the pool
+    # A train size that fits the pool without the exclusion but not with it.
+    with pytest.raises(DataError, match=r"after the 400-image test set \(after leaving out \d+ more images of the "
+                                        r"test set's \d+ identities\)") as error:
+        protocol_split(targets, minority, share=None, train_size=len(pool) + 1, **kwargs)
+    largest = int(re.search(r"Use data.train_size <= (\d+)", str(error.value)).group(1))
+    assert largest == len(pool)
+    assert len(protocol_split(targets, minority, share=None, train_size=largest, **kwargs).train_rows) == largest
+    # A share too large for the minority left at a fixed train size: the named share is feasible.
+    n_min = int(minority[pool].sum())
+    train_size = n_min + 200
+    with pytest.raises(DataError, match="largest feasible share at this train size is") as error:
+        protocol_split(targets, minority, share=0.9, train_size=train_size, **kwargs)
+    share = float(re.search(r"largest feasible share at this train size is ([0-9.]+)", str(error.value)).group(1))
+    chosen = protocol_split(targets, minority, share=share, train_size=train_size, **kwargs).train_rows
+    assert minority[chosen].sum() <= n_min and minority[chosen].sum() >= n_min - 1
+
+
+def test_official_split_checks_identities_when_it_has_them(fake):
+    attributes, partition, people = fake["attributes"], fake["partition"], fake["identities"].copy()
+    targets = (attributes[:, ATTRIBUTE_NAMES.index("Smiling")] == 1).astype(np.int64)
+    minority = attributes[:, ATTRIBUTE_NAMES.index("Male")] == 1
+    kwargs = {"share": 0.2, "train_size": 100, "seed": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # CelebA's (and the fake's) partition is disjoint: no warning
+        split = official_split(targets, minority, partition, identities=people, **kwargs)
+    assert split.info["identity_disjoint"] is True and split.info["identity_overlap"] == 0
+    assert split.info["identities_test"] == len(_persons(people, np.flatnonzero(partition == 2)))
+    assert split.info["identities_train"] == len(_persons(people, split.train_rows))
+    assert official_split(targets, minority, partition, **kwargs).info["identity_disjoint"] == \
+        "by CelebA's construction"
+    # Two test persons relabelled as training persons: a copy whose files do not belong together.
+    train_persons = sorted(_persons(people, np.flatnonzero(partition == 0)))
+    test_persons = sorted(_persons(people, np.flatnonzero(partition == 2)))
+    for test_person, train_person in zip(test_persons[:2], train_persons[:2]):
+        people[people == test_person] = train_person
+    overlap = _persons(people, np.flatnonzero(partition == 0)) & _persons(people, np.flatnonzero(partition == 2))
+    assert len(overlap) == 2
+    with pytest.warns(UserWarning, match=r"official split: 2 identities .* both the training partition \(0\) and "
+                                         r"the test partition \(2\)"):
+        split = official_split(targets, minority, partition, identities=people, **kwargs)
+    assert split.info["identity_disjoint"] is False and split.info["identity_overlap"] == 2
 
 
 def test_official_split_uses_the_partition(fake):
@@ -382,9 +591,17 @@ def test_bundle_of_the_protocol(tmp_path, fake, fake_torchvision, which):
     attributes = written["attributes"]
     targets = (attributes[:, ATTRIBUTE_NAMES.index("Smiling")] == 1).astype(np.int64)
     minority = attributes[:, ATTRIBUTE_NAMES.index("Male")] == 1
-    split = protocol_split(targets, minority, share=0.2, train_size=60, test_size=20, seed=0)
+    split = protocol_split(targets, minority, share=0.2, train_size=60, test_size=20, seed=0,
+                           identities=written["identities"])  # the fake ships identity_CelebA.txt
     np.testing.assert_array_equal(bundle.y_test, targets[split.test_rows])
     np.testing.assert_array_equal(bundle.minority_train, minority[split.train_rows])
+    people = written["identities"]
+    assert bundle.info["identity_disjoint"] is True
+    assert not _persons(people, split.test_rows) & _persons(people, split.train_rows)
+    assert bundle.info["identities_test"] == len(_persons(people, split.test_rows))
+    assert bundle.info["identities_train"] == len(_persons(people, split.train_rows))
+    test_persons = _persons(people, split.test_rows)
+    assert bundle.info["identity_overlap_excluded"] == sum(1 for person in people if person in test_persons) - 20
     image_dir = written["directory"] / "img_align_celeba"
     first_train = written["filenames"][split.train_rows[0]]
     assert np.abs(bundle.x_train[0].astype(int) - reference_image(image_dir / first_train, 64)).max() <= 1
@@ -400,9 +617,37 @@ def test_bundles_across_shares_share_the_test_set(tmp_path, fake):
     assert bundles[0].info["selection_sha256"] != bundles[1].info["selection_sha256"]
 
 
+def test_bundle_without_identity_file_warns_and_says_so(tmp_path):
+    written = make_fake_celeba(tmp_path / "celeba", n_images=300, seed=2, identities=False)
+    with pytest.warns(UserWarning) as caught:
+        bundle = build_dataset(make_config(written["root"], tmp_path / "cache"))
+    messages = [str(w.message) for w in caught if IDENTITY_FILE in str(w.message)]
+    assert len(messages) == 1
+    assert "disjoint by image only" in messages[0]
+    assert f"Place {IDENTITY_FILE} from CelebA's Anno folder" in messages[0]
+    assert f"next to {ATTRIBUTE_FILE}" in messages[0] and str(written["directory"]) in messages[0]
+    assert bundle.info["identity_disjoint"] is False and "identities_test" not in bundle.info
+    # The same copy with the file: no warning, and the split is disjoint by person.
+    persons = make_fake_celeba(tmp_path / "celeba", n_images=300, seed=2)["identities"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bundle = build_dataset(make_config(written["root"], tmp_path / "cache"))
+    assert not [w for w in caught if IDENTITY_FILE in str(w.message)]
+    assert bundle.info["identity_disjoint"] is True and bundle.info["identities_test"] >= 4
+    # Disjoint sets of persons cannot hold more persons together than the copy has.
+    assert bundle.info["identities_test"] + bundle.info["identities_train"] <= len(np.unique(persons))
+    # A damaged identity file stops the run rather than falling back to the image split.
+    lines = (written["directory"] / IDENTITY_FILE).read_text().splitlines()
+    lines[11] = lines[11].split()[0]
+    (written["directory"] / IDENTITY_FILE).write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"{IDENTITY_FILE}, line 12: 1 fields"):
+        build_dataset(make_config(written["root"], tmp_path / "cache"))
+
+
 def test_official_bundle(tmp_path, fake):
     bundle = build_dataset(make_config(fake["root"], tmp_path, split="official", test_size=None))
     assert len(bundle.x_test) == (fake["partition"] == 2).sum() == 30
+    assert bundle.info["identity_disjoint"] is True and bundle.info["identity_overlap"] == 0
     with pytest.raises(ConfigError, match="data.test_size"):
         build_dataset(make_config(fake["root"], tmp_path, split="official", test_size=40))
 
