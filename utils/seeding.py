@@ -16,6 +16,9 @@ given, never changes: renumbering one would change every run's draws of that pur
 | celeba_test        | CelebA protocol: the balanced test set's order       | NumPy, per cell     |
 | celeba_pool        | CelebA protocol: the training pool's order           | NumPy, per cell     |
 | celeba_identity    | CelebA protocol: the order test identities are taken | NumPy               |
+| compas_split       | COMPAS: the fixed test split (seed 0, not the run's) | NumPy, per cell     |
+| german_split       | German credit: the fixed test split (likewise)       | NumPy, per cell     |
+| lsac_split         | LSAC bar passage: the fixed test split (likewise)    | NumPy, per cell     |
 | init               | model initialization (torch's global generator)      | torch global        |
 | augmentation       | dropout, random flips (torch's global generator)     | torch global        |
 | batch_sampling     | DP-SGD's Poisson batches, the non-private shuffle    | torch.Generator CPU |
@@ -53,6 +56,9 @@ STREAMS: dict[str, int] = {
     "celeba_test": 0xCE1E_7E57,
     "celeba_pool": 0xCE1E_B001,
     "celeba_identity": 0xCE1E_1DE7,
+    "compas_split": 0xC0_3A5,
+    "german_split": 0x6E_4A5,
+    "lsac_split": 0x15AC_5917,
     "init": 0x1417,
     "augmentation": 0xA065,
     "batch_sampling": 0xBA7C,
