@@ -38,8 +38,15 @@ from tests.test_sweep import SWEEP, write_params
 from training import checkpoint
 from utils import rundir, sink
 from utils.config import NAME_EXPECTED, NUL_IN_STRING, SEED_EXPECTED, SEED_MAX
-from utils.report import FIGURES, IGNORED_STATUS, REPORT_CSV, REPORT_MD, SKIPPED_RUN
-from utils.sweep import STATUS_FILE
+from utils.report import (
+    FIGURES,
+    IGNORED_STATUS,
+    REPORT_CSV,
+    REPORT_FILE_NOT_OURS,
+    REPORT_MD,
+    SKIPPED_RUN,
+)
+from utils.sweep import STATUS_FILE, STATUS_NOT_OURS
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = ROOT / "utils" / "params_adult.yaml"
@@ -465,6 +472,36 @@ def test_report_skips_what_it_cannot_read_and_reports_the_rest(world, finished, 
         (row,) = csv.DictReader(handle)  # one point
     assert row["n_seeds"] == "2" and row["seeds"] == "0 1"
     assert snapshot(world.root, skip=outputs) == before
+
+
+@pytest.mark.parametrize("name", [REPORT_MD, REPORT_CSV, *FIGURES])
+def test_report_never_overwrites_a_file_it_did_not_write(world, finished, capsys, name):
+    runs = world.out / "grid"
+    for seed, source in finished.items():
+        shutil.copytree(source, runs / f"seed={seed}")
+    (runs / name).write_bytes(b"the user's own file\n")
+    before = snapshot(world.root)
+    code = running.main(["--report", str(runs)])
+    assert_one_error(capsys, code, REPORT_FILE_NOT_OURS.format(path=runs / name))
+    assert snapshot(world.root) == before
+    # Its own earlier report is overwritten: a second report over a first one works.
+    (runs / name).unlink()
+    assert running.main(["--report", str(runs)]) == 0
+    first = (runs / REPORT_CSV).read_bytes()
+    capsys.readouterr()
+    assert running.main(["--report", str(runs)]) == 0
+    assert (runs / REPORT_CSV).read_bytes() == first
+
+
+def test_a_grid_folder_whose_status_file_is_not_the_tools_is_refused(world, capsys):
+    grid_dir = world.out / GRID_BASE["name"]
+    grid_dir.mkdir(parents=True)
+    (grid_dir / STATUS_FILE).write_text('{"my": "notes"}\n')
+    params = write_params(world.root, {**GRID_BASE, "output_dir": str(world.out), "sweep": SWEEP})
+    before = snapshot(world.root)
+    code = running.main(["--params", str(params)])
+    assert_one_error(capsys, code, STATUS_NOT_OURS.format(path=grid_dir / STATUS_FILE))
+    assert snapshot(world.root) == before
 
 
 # --------------------------------------------------------------------------------------------------

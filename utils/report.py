@@ -34,6 +34,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -201,11 +202,39 @@ def write_report(runs_dir: str | Path) -> list[Path]:
     swept = [key for key in _load_status(runs_dir, warn=False).get("keys", [])
              if key not in NOT_A_SETTING]
     keys = varying_keys(points, always=swept)
+    _check_outputs_are_ours(runs_dir)
     written = [write_csv(runs_dir / REPORT_CSV, points, keys)]
     figures = write_figures(runs_dir, points, title=runs_dir.resolve().name)
     written += figures
     written.insert(0, write_markdown(runs_dir / REPORT_MD, runs_dir, points, keys, problems, figures))
     return written
+
+
+REPORT_TITLE = "# Report: "
+REPORT_FILE_NOT_OURS = ("--report: {path} exists and was not written by an earlier report of this "
+                        "tool (there is no report.md of ours beside it); it is left untouched. "
+                        "Move it away, or report on a copy of the runs.")
+
+
+def _check_outputs_are_ours(runs_dir: Path) -> None:
+    """Refuse to overwrite report.md, report.csv or a figure that this tool did not write.
+
+    The report's files are written together, report.md last; an existing report.md whose first
+    line is the report's title marks them all as an earlier report's. Without one, any existing
+    file (or link) of those names is the user's, and the report stops before writing anything.
+    """
+    outputs = [runs_dir / REPORT_MD, runs_dir / REPORT_CSV, *(runs_dir / name for name in FIGURES)]
+    ours = False
+    markdown = runs_dir / REPORT_MD
+    if markdown.is_file() and not markdown.is_symlink():
+        try:
+            with markdown.open(encoding="utf-8") as handle:
+                ours = handle.readline().startswith(REPORT_TITLE)
+        except (OSError, UnicodeDecodeError):
+            ours = False
+    for path in outputs:
+        if os.path.lexists(path) and (not ours or path.is_symlink() or not path.is_file()):
+            raise UserInputError(REPORT_FILE_NOT_OURS.format(path=path))
 
 
 # A file the report cannot use is named in one warning line and left out; the rest is reported.
@@ -364,7 +393,7 @@ def write_markdown(path: Path, runs_dir: Path, points: list[Point], keys: list[s
     n_runs = sum(len(point.runs) for point in points)
     seed_counts = sorted({len(point.runs) for point in points})
     lines = [
-        f"# Report: {runs_dir.resolve().name}",
+        f"{REPORT_TITLE}{runs_dir.resolve().name}",
         "",
         f"{n_runs} finished runs in {len(points)} grid points "
         f"({'/'.join(map(str, seed_counts)) or 0} seeds per point) read from `{runs_dir}`; "

@@ -346,6 +346,10 @@ def run_grid(grid: Grid, *, overwrite: bool = False,
     if not grid.directory.is_dir():
         raise UserInputError(OUTPUT_DIR_NOT_A_DIRECTORY.format(output=str(grid.directory.parent),
                                                                blocker=grid.directory))
+    status = grid.directory / STATUS_FILE
+    if os.path.lexists(status) and not is_status_file(status):
+        # A file of that name the tool did not write (a user's folder named like the grid).
+        raise UserInputError(STATUS_NOT_OURS.format(path=status))
     entries = [_status_entry(point, "pending") for point in grid.points]
     results: dict[int, PointResult] = {}
     total = len(grid.points)
@@ -460,6 +464,23 @@ def ray_executor(address: str | None = None, gpus_per_run: float | None = None) 
                 ray.shutdown()
 
     return execute
+
+
+STATUS_NOT_OURS = ("{path} exists and is not a grid status file of this tool; it is left "
+                   "untouched. Give the grid another name (--set name=...) or another output_dir, "
+                   "or move the file away.")
+
+
+def is_status_file(path: Path) -> bool:
+    """Whether ``path`` is a status file this tool wrote: a regular file (not a link) holding a
+    JSON object with the keys :func:`_write_status` writes."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            return False
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(payload, dict) and {"grid", "points", "updated_at"} <= payload.keys()
 
 
 def read_status(directory: str | Path) -> dict[str, Any] | None:
