@@ -32,6 +32,8 @@ Gaps, as in the table :data:`GAPS`, are absolute differences minority − majori
 - ``eodds_gap`` = max(eo_gap, fpr_gap) (table :data:`WORST_CASE_GAPS`): equalized odds
   (Hardt et al. 2016, Def. 1) measured as fairlearn's ``equalized_odds_difference`` does with its
   default ``agg="worst_case"``.
+- ``eodds_gap_sum`` = eo_gap + fpr_gap (table :data:`SUM_GAPS`): the equalized-odds gap as the
+  RUNNER paper (Li et al.) reports it; twice fairlearn's ``agg="mean"``.
 
 Overall: ``accuracy`` on the whole test set, and ``average_precision``
 AP = Σₙ (Rₙ − Rₙ₋₁) Pₙ over the distinct score thresholds, where Pₙ and Rₙ are the precision and
@@ -48,8 +50,9 @@ A rate whose denominator is zero is undefined, and we report None, never a numbe
 - ``tpr/group=g`` is None when group g has no positive example in the test set (FN + TP = 0);
 - ``fpr/group=g`` is None when group g has no negative example (TN + FP = 0);
 - every rate of a group with no test example is None (its ``count`` is 0);
-- a gap is None when the rate on either side is None; ``eodds_gap`` is None when either of
-  ``eo_gap`` and ``fpr_gap`` is None (the worst case of two numbers, one unknown, is unknown);
+- a gap is None when the rate on either side is None; ``eodds_gap`` and ``eodds_gap_sum`` are
+  None when either of ``eo_gap`` and ``fpr_gap`` is None (the worst case, or the sum, of two
+  numbers, one unknown, is unknown);
 - ``accuracy`` is None for an empty test set; ``average_precision`` is None when ``y_true`` has
   no positive example (precision and recall are undefined at every threshold).
 
@@ -166,6 +169,15 @@ WORST_CASE_GAPS: dict[str, tuple[str, ...]] = {
 """Each is the largest of the gaps named here, all keys of :data:`GAPS` (fairlearn's
 ``equalized_odds_difference`` with ``agg="worst_case"``)."""
 
+SUM_GAPS: dict[str, tuple[str, ...]] = {
+    "eodds_gap_sum": ("eo_gap", "fpr_gap"),
+}
+"""Each is the sum of the gaps named here: |ΔTPR| + |ΔFPR|, the equalized-odds gap of the RUNNER
+paper (twice fairlearn's ``equalized_odds_difference`` with ``agg="mean"``)."""
+
+COMPOSITE_GAPS = {**WORST_CASE_GAPS, **SUM_GAPS}
+"""Gaps made of other gaps, by name: their parts."""
+
 OVERALL_RATES = ("accuracy",)
 """Rates from :data:`GROUP_RATES` also reported on the whole test set, under their bare name."""
 
@@ -178,7 +190,7 @@ def group_key(name: str, group: str) -> str:
 
 
 def _gap_names() -> tuple[str, ...]:
-    return (*GAPS, *WORST_CASE_GAPS)
+    return (*GAPS, *COMPOSITE_GAPS)
 
 
 # Every key compute_metrics returns, in its order; generated from the tables above so that a new
@@ -210,14 +222,24 @@ def predictions(y_score, threshold: float = 0.5) -> np.ndarray:
     return (np.asarray(y_score, dtype=np.float64) >= threshold).astype(np.int64)
 
 
+def _decisions(y_score: np.ndarray, threshold: float, y_pred) -> np.ndarray:
+    """``y_pred`` as 0/1 int64 (checked against the scores' length), or the thresholded scores."""
+    if y_pred is None:
+        return predictions(y_score, threshold)
+    y_pred = np.asarray(y_pred)
+    if y_pred.shape != y_score.shape or not np.isin(y_pred, (0, 1)).all():
+        raise ValueError(f"y_pred must be 0/1 of shape {y_score.shape}, got {y_pred.shape}")
+    return y_pred.astype(np.int64)
+
+
 def confusion_counts(y_true, y_pred) -> np.ndarray:
     """Counts of (TN, FP, FN, TP) for 0/1 labels and predictions, as an int array of shape (4,)."""
     cell = 2 * np.asarray(y_true, dtype=np.int64) + np.asarray(y_pred, dtype=np.int64)
     return np.bincount(cell, minlength=4)
 
 
-def compute_metrics(y_true, y_score, minority,
-                    threshold: float = 0.5) -> dict[str, float | int | None]:
+def compute_metrics(y_true, y_score, minority, threshold: float = 0.5,
+                    y_pred=None) -> dict[str, float | int | None]:
     """Every test metric of one test set, keyed as in :data:`METRIC_NAMES` (no ``test/`` prefix).
 
     Args:
@@ -225,6 +247,9 @@ def compute_metrics(y_true, y_score, minority,
         y_score: the model's probability of class 1, finite, shape (n,).
         minority: True (or 1) for examples of the minority group, shape (n,).
         threshold: ``ŷ = 1`` where ``y_score >= threshold``.
+        y_pred: the decisions, 0/1, when they are not the thresholded scores (a repair method's
+            post-processing, e.g. reject option classification); average precision still ranks
+            the scores.
 
     Returns:
         ``{name: value}``: rates and gaps as float, per-group counts as int, None where a value is
@@ -236,7 +261,7 @@ def compute_metrics(y_true, y_score, minority,
             classifier and look plausible, so we refuse to report them silently).
     """
     y_true, y_score, minority = _check_inputs(y_true, y_score, minority)
-    y_pred = predictions(y_score, threshold)
+    y_pred = _decisions(y_score, threshold, y_pred)
     counts = {group: confusion_counts(y_true[mask], y_pred[mask])
               for group, mask in zip(GROUPS, (minority, ~minority))}
     metrics: dict[str, float | int | None] = {
@@ -266,6 +291,8 @@ def _metrics_from_counts(counts: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
     for gap, parts in WORST_CASE_GAPS.items():
         # np.maximum (unlike np.fmax) returns NaN if any part is NaN: the worst case is unknown.
         values[gap] = np.maximum.reduce([values[part] for part in parts])
+    for gap, parts in SUM_GAPS.items():
+        values[gap] = np.add.reduce([values[part] for part in parts])  # NaN if any part is
     return values
 
 
@@ -302,7 +329,7 @@ def average_precision(y_true, y_score) -> float | None:
 
 def bootstrap_intervals(y_true, y_score, minority, *, n_resamples: int = 1000,
                         confidence: float = 0.95, seed: int | np.random.SeedSequence = 0,
-                        threshold: float = 0.5) -> dict[str, list[float] | None]:
+                        threshold: float = 0.5, y_pred=None) -> dict[str, list[float] | None]:
     """Percentile bootstrap intervals ``[low, high]`` for accuracy, every gap and per-group rate.
 
     Keys are ``<metric>_ci`` for every name in :data:`INTERVAL_METRICS`
@@ -338,6 +365,9 @@ def bootstrap_intervals(y_true, y_score, minority, *, n_resamples: int = 1000,
     larger of two absolute gaps; its interval is [max of the lows, max of the highs] of the two
     parts' intervals, each taken at level 1 − (1 − confidence)/2 (Bonferroni), so that it covers
     with probability at least ``confidence`` (it is conservative when the two gaps are close).
+    ``eodds_gap_sum``'s is [sum of the lows, sum of the highs] of the same two parts' intervals:
+    valid by the same Bonferroni argument, and conservative (about 100 % coverage in the
+    tests' simulation, for a nominal 95 %).
 
     A metric undefined in some resamples
     (the TPR of a group that has few positives: a resample may draw none) gets the interval of the
@@ -347,7 +377,8 @@ def bootstrap_intervals(y_true, y_score, minority, *, n_resamples: int = 1000,
     (resampling cannot create a positive), and gets None.
 
     Args:
-        y_true, y_score, minority, threshold: as in :func:`compute_metrics`.
+        y_true, y_score, minority, threshold, y_pred: as in :func:`compute_metrics` (the
+            resamples draw examples with their decisions).
         n_resamples: number of bootstrap resamples (≥ 1; 1000 or more for 95 % intervals).
         confidence: nominal coverage, in (0, 1).
         seed: seed of ``np.random.default_rng``, an int or a ``SeedSequence`` (a run passes its
@@ -361,7 +392,7 @@ def bootstrap_intervals(y_true, y_score, minority, *, n_resamples: int = 1000,
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
     y_true, y_score, minority = _check_inputs(y_true, y_score, minority)
-    y_pred = predictions(y_score, threshold)
+    y_pred = _decisions(y_score, threshold, y_pred)
     rng = np.random.default_rng(seed)
 
     resampled_counts = {}
@@ -380,17 +411,18 @@ def bootstrap_intervals(y_true, y_score, minority, *, n_resamples: int = 1000,
     for name in INTERVAL_METRICS:
         if name in GAPS:
             interval = _absolute_value_image(_percentile_interval(signed[name], confidence))
-        elif name in WORST_CASE_GAPS:
-            parts = WORST_CASE_GAPS[name]
+        elif name in COMPOSITE_GAPS:
+            parts = COMPOSITE_GAPS[name]
             # Bonferroni: each part at level 1 − (1 − confidence)/k, so that all k parts hold
-            # together with probability >= confidence, and then so does their maximum.
+            # together with probability >= confidence, and then so does their maximum (or sum).
             part_confidence = 1.0 - (1.0 - confidence) / len(parts)
             part_intervals = [
                 _absolute_value_image(_percentile_interval(signed[part], part_confidence))
                 for part in parts]
+            combine = max if name in WORST_CASE_GAPS else sum
             interval = (None if any(part is None for part in part_intervals)
-                        else [max(low for low, _ in part_intervals),
-                              max(high for _, high in part_intervals)])
+                        else [combine(low for low, _ in part_intervals),
+                              combine(high for _, high in part_intervals)])
         else:
             interval = _percentile_interval(values[name], confidence)
         intervals[f"{name}_ci"] = interval

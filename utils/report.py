@@ -64,6 +64,7 @@ GAP_TITLES = {
     "test/dp_gap": "Demographic parity gap",
     "test/eo_gap": "Equal opportunity gap (TPR)",
     "test/eodds_gap": "Equalized odds gap",
+    "test/eodds_gap_sum": "Equalized odds gap, |ΔTPR| + |ΔFPR|",
     "test/accuracy_gap": "Accuracy gap",
 }
 EPSILON = "privacy/epsilon"
