@@ -37,6 +37,12 @@ class DataBundle:
         input_shape: shape of one input after ``transform`` (features,) or (C, H, W).
         transform: per-batch transform applied on the device, or None for ready float inputs.
         info: facts about the data worth logging (dropped rows, pool sizes, feature names...).
+        weights_train: per-example loss weights of the training set (a repair method's
+            pre-processing sets them, e.g. reweighing), or None for weight 1 everywhere.
+        x_val, y_val, minority_val: the validation set (``data.val_fraction``), held out of the
+            training pool before resampling and never resampled; like the test set it is treated
+            as public (model selection, repair methods). Empty arrays (0 rows, shaped and typed
+            like the training arrays) when there is none; None is read as empty.
     """
 
     x_train: np.ndarray
@@ -48,9 +54,20 @@ class DataBundle:
     input_shape: tuple[int, ...]
     transform: BatchTransform | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    weights_train: np.ndarray | None = None
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    minority_val: np.ndarray | None = None
 
     def __post_init__(self):
-        for split in ("train", "test"):
+        # No validation split: empty arrays with the training arrays' trailing shape and dtypes,
+        # so code that reads them needs no special case (frozen, hence object.__setattr__).
+        empty = {"x": np.zeros((0, *np.shape(self.x_train)[1:]), dtype=np.asarray(self.x_train[:0]).dtype),
+                 "y": np.zeros(0, dtype=np.int64), "minority": np.zeros(0, dtype=bool)}
+        for part, value in empty.items():
+            if getattr(self, f"{part}_val") is None:
+                object.__setattr__(self, f"{part}_val", value)
+        for split in ("train", "val", "test"):
             n = len(getattr(self, f"x_{split}"))
             for part in ("y", "minority"):
                 if len(getattr(self, f"{part}_{split}")) != n:
@@ -60,6 +77,11 @@ class DataBundle:
     def train_count_by_group(self) -> dict[str, int]:
         minority = int(np.count_nonzero(self.minority_train))
         return {"minority": minority, "majority": len(self.minority_train) - minority}
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether the bundle holds a validation set (at least one example)."""
+        return len(self.y_val) > 0
 
 
 def place_inputs(array: np.ndarray, device: torch.device | str, *, what: str,

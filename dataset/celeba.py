@@ -20,6 +20,8 @@ on Utility and Fairness in Differential Privacy" (Farrand, Mireshghallah, Singh 
 arXiv 2009.06389): a fixed test set balanced over target × group, then a training set of fixed size
 in which the minority is ``data.minority_share`` and each group is half positive; see
 :func:`protocol_split`. ``data.split: official`` uses CelebA's partition; see :func:`official_split`.
+Either way ``data.val_fraction`` > 0 holds out a validation set from the training pool before the
+resampling (stratified by group and label; by person where identities are known).
 
 **Identities.** CelebA holds about 20 images of each of its 10,177 celebrities. A test set that
 shares people with the training set measures recognition of faces the model has seen, not
@@ -59,7 +61,7 @@ from PIL import Image
 
 from dataset import DATASETS
 from dataset.base import DataBundle
-from dataset.imbalance import resample_to_share
+from dataset.imbalance import resample_to_share, validation_counts, validation_info, validation_split
 from utils.config import ExperimentConfig
 from utils.errors import ConfigError, DataError
 from utils.progress import progress
@@ -89,6 +91,8 @@ ATTRIBUTE_NAMES = (
 # test set's cells, the pool's cells, and the order in which the test set takes identities (when
 # identity_CelebA.txt is present).
 _TEST_STREAM, _POOL_STREAM, _IDENTITY_STREAM = "celeba_test", "celeba_pool", "celeba_identity"
+# The validation set (data.val_fraction) takes identities in an order of its own.
+_VAL_IDENTITY_STREAM = "celeba_val_identity"
 # Part of the cache key: bump it whenever the pre-processing changes what lands in the array, so
 # that no run reads a cache made by different code.
 _CACHE_FORMAT = "celeba-center-crop-bilinear-antialias-v1"
@@ -383,11 +387,14 @@ class Split:
             identity too where ``info["identity_disjoint"]`` is True).
         info: the counts behind the choice (per cell of group × label, and of identities), for
             ``DataBundle.info``.
+        val_rows: sorted row indices of the validation set (``data.val_fraction``; empty without
+            one), disjoint from both, and by identity too where identities were read.
     """
 
     test_rows: np.ndarray
     train_rows: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    val_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def protocol_split(
@@ -399,6 +406,7 @@ def protocol_split(
     test_size: int | None,
     seed: int,
     identities: np.ndarray | None = None,
+    val_fraction: float = 0.0,
 ) -> Split:
     """The test and training rows of the protocol of Farrand et al. (2020, arXiv 2009.06389).
 
@@ -418,6 +426,18 @@ def protocol_split(
        the training set is half positive (to within one example for an odd group size), and the
        resampler's nesting carries over: for one seed, the training set at a smaller share takes
        fewer minority examples from the same prefix, and all shares share one pool and test set.
+
+    **Validation set** (``val_fraction`` > 0; the paper has none): drawn from the balanced pool
+    after step 2 and before step 3, ``round(val_fraction * len(pool))`` images stratified by
+    (group, label) as :func:`dataset.imbalance.validation_counts` says (so half positive in each
+    group, like the pool, and the pool's group shares). Without ``identities`` each cell's
+    validation images are a prefix of a seeded order of the cell (stream ``validation``); with
+    them they are taken person by person, as the test set is (stream ``celeba_val_identity``),
+    and every other pool image of a validation person is left out of training, so no person is in
+    two of the three sets. What is left is balanced again (within each group the larger label
+    cell is cut to the smaller, keeping the pool's order), so each group of the training pool
+    stays exactly half positive, and step 3 resamples it. With ``val_fraction`` 0 nothing of this
+    happens and the selection is the one made before validation sets existed.
 
     **Disjoint by identity.** A person in both sets lets the model be scored on a face it has
     trained on, which inflates test accuracy, and more so for a group with more images per person.
@@ -449,6 +469,7 @@ def protocol_split(
         seed: the run seed.
         identities: the identity (person) of each row, from :func:`read_identities`, or None where
             ``identity_CelebA.txt`` is absent: then the split is disjoint by image only.
+        val_fraction: ``data.val_fraction``, the share of the balanced pool held out for validation.
 
     Returns:
         The split; its ``info`` has the cell counts of the test set and the pool, and
@@ -494,24 +515,39 @@ def protocol_split(
         unavailable |= excluded
     rest = {cell: members[cell][~unavailable[members[cell]]] for cell in cells}  # sorted, as members are
 
-    pool_parts = []
+    pool_orders = {}
     for group in (True, False):
         keep = min(len(rest[group, 1]), len(rest[group, 0]))
         for label in (1, 0):
-            pool_parts.append(_seeded_order(rest[group, label], _POOL_STREAM, seed, (group, label))[:keep])
-    pool = np.sort(np.concatenate(pool_parts))
+            pool_orders[group, label] = _seeded_order(rest[group, label], _POOL_STREAM, seed, (group, label))[:keep]
+    pool = np.sort(np.concatenate(list(pool_orders.values())))
+    train_pool, val_rows, val_info = pool, np.zeros(0, dtype=np.int64), {}
+    if val_fraction > 0:
+        val_rows, removed, val_info = _draw_validation(pool, targets, minority, val_fraction, seed, identities)
+        gone = np.zeros(len(targets), dtype=bool)
+        gone[removed] = True
+        parts = []
+        for group in (True, False):  # balanced again: the pool's order, the larger label cell cut
+            left = {label: pool_orders[group, label][~gone[pool_orders[group, label]]] for label in (1, 0)}
+            keep = min(len(left[1]), len(left[0]))
+            parts += [left[1][:keep], left[0][:keep]]
+        train_pool = np.sort(np.concatenate(parts))
+        val_info["val_rebalance_left_out"] = len(pool) - len(removed) - len(train_pool)
     try:
-        chosen = resample_to_share(minority[pool], targets[pool], share, train_size=train_size, seed=seed)
+        chosen = resample_to_share(minority[train_pool], targets[train_pool], share, train_size=train_size,
+                                   seed=seed)
     except DataError as error:
-        n_min = int(np.count_nonzero(minority[pool]))
+        n_min = int(np.count_nonzero(minority[train_pool]))
         left_out = ("" if identities is None else
                     f" (after leaving out {np.count_nonzero(excluded)} more images of the test set's "
                     f"{len(test_identities)} identities)")
+        after_val = "" if not len(val_rows) else f" and the {len(val_rows)}-image validation set"
         raise DataError(
-            f"CelebA protocol: after the {n_test}-image test set{left_out}, the training pool balanced on the "
-            f"target within each group holds {n_min} minority and {len(pool) - n_min} majority images. {error}"
+            f"CelebA protocol: after the {n_test}-image test set{left_out}{after_val}, the training pool balanced "
+            f"on the target within each group holds {n_min} minority and {len(train_pool) - n_min} majority "
+            f"images. {error}"
         ) from None
-    train_rows = pool[chosen]
+    train_rows = train_pool[chosen]
 
     info: dict[str, Any] = {"split": "protocol", "test_size": len(test_rows),
                             "identity_disjoint": identities is not None}
@@ -521,7 +557,8 @@ def protocol_split(
         info["identity_overlap_excluded"] = int(np.count_nonzero(excluded))
     info.update(_cell_counts("test_count", targets[test_rows], minority[test_rows]))
     info.update(_cell_counts("pool_count", targets[pool], minority[pool]))
-    return Split(test_rows, train_rows, info)
+    info.update(val_info)
+    return Split(test_rows, train_rows, info, val_rows)
 
 
 def official_split(
@@ -533,12 +570,16 @@ def official_split(
     train_size: int | None,
     seed: int,
     identities: np.ndarray | None = None,
+    val_fraction: float = 0.0,
 ) -> Split:
     """CelebA's own partition: the training partition (0) resampled, the test partition (2) whole.
 
     The training set is :func:`dataset.imbalance.resample_to_share` of partition 0 (162,770 images),
     which keeps each group's label rate from the partition rather than balancing it. The validation
     partition (1) is not used. The test set is all of partition 2 (19,962 images), unbalanced.
+    With ``val_fraction`` > 0 a validation set is drawn from partition 0 first, as in
+    :func:`protocol_split` (stratified; by person when ``identities`` are given, the other
+    partition-0 images of its persons then left out of training), and the rest is resampled.
 
     CelebA built its partition from whole persons, so it is disjoint by identity. With
     ``identities`` that is checked rather than trusted: ``info["identity_overlap"]`` counts the
@@ -556,6 +597,10 @@ def official_split(
         raise DataError(f"{PARTITION_FILE}: the partition has {len(pool)} training (0) and {len(test_rows)} test (2) "
                         "images; data.split: official needs both. Use the file of the CelebA release, or "
                         "data.split: protocol.")
+    val_rows, val_info = np.zeros(0, dtype=np.int64), {}
+    if val_fraction > 0:
+        val_rows, removed, val_info = _draw_validation(pool, targets, minority, val_fraction, seed, identities)
+        pool = np.setdiff1d(pool, removed, assume_unique=True)
     chosen = resample_to_share(minority[pool], targets[pool], share, train_size=train_size, seed=seed)
     info: dict[str, Any] = {"split": "official", "test_size": len(test_rows),
                             "identity_disjoint": "by CelebA's construction"}
@@ -577,7 +622,37 @@ def official_split(
             )
     info.update(_cell_counts("test_count", targets[test_rows], minority[test_rows]))
     info.update(_cell_counts("pool_count", targets[pool], minority[pool]))
-    return Split(test_rows, pool[chosen], info)
+    info.update(val_info)
+    return Split(test_rows, pool[chosen], info, val_rows)
+
+
+def _draw_validation(pool: np.ndarray, targets: np.ndarray, minority: np.ndarray, fraction: float, seed: int,
+                     identities: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A validation set of ``fraction`` of the ``pool`` rows, stratified by (group, label).
+
+    Returns ``(validation rows, rows to leave out of training, info)``, rows sorted. Without
+    ``identities`` the second is the first (:func:`dataset.imbalance.validation_split` of the
+    pool). With them the cells' counts are the same, but filled person by person in a seeded
+    order of the pool's identities (as the test set is); the rows left out of training are then
+    every pool row of a validation person, those that did not fit into a full cell included, and
+    ``info["val_identity_overlap_excluded"]`` counts the latter.
+    """
+    if identities is None:
+        local, _ = validation_split(minority[pool], targets[pool], fraction, seed=seed)
+        val_rows = pool[local]
+        removed, extra = val_rows, {}
+    else:
+        counts = validation_counts(minority[pool], targets[pool], fraction)
+        order = pool[_identity_order(identities[pool], seed, _VAL_IDENTITY_STREAM)]
+        parts = [order[(minority[order] == bool(group)) & (targets[order] == label)][:count]
+                 for (group, label), count in counts.items()]
+        val_rows = np.sort(np.concatenate(parts))
+        people = np.unique(identities[val_rows])
+        removed = pool[np.isin(identities[pool], people)]
+        extra = {"identities_val": len(people), "val_identity_overlap_excluded": len(removed) - len(val_rows)}
+    info = {**validation_info(targets[val_rows], minority[val_rows], fraction, "val_fraction"),
+            **_cell_counts("val_count", targets[val_rows], minority[val_rows]), **extra}
+    return val_rows, removed, info
 
 
 def _seeded_order(rows: np.ndarray, stream: str, seed: int, cell: tuple[bool, int]) -> np.ndarray:
@@ -586,12 +661,12 @@ def _seeded_order(rows: np.ndarray, stream: str, seed: int, cell: tuple[bool, in
     return rng.permutation(rows)
 
 
-def _identity_order(identities: np.ndarray, seed: int) -> np.ndarray:
+def _identity_order(identities: np.ndarray, seed: int, stream: str = _IDENTITY_STREAM) -> np.ndarray:
     """All row indices, identity by identity in a random order, each identity's rows in a random order.
 
-    Fixed by (the identity stream, seed) and the identities alone, not by labels, groups or share.
+    Fixed by (``stream``, seed) and the identities alone, not by labels, groups or share.
     """
-    rng = numpy_generator(seed, _IDENTITY_STREAM)
+    rng = numpy_generator(seed, stream)
     _, person = np.unique(identities, return_inverse=True)
     rank = rng.permutation(int(person.max()) + 1 if len(person) else 0)  # each identity's place in the walk
     rows = rng.permutation(len(identities))
@@ -985,12 +1060,13 @@ def _minority_value(value: str) -> int:
 def build_celeba(config: ExperimentConfig) -> DataBundle:
     """The CelebA bundle of ``config.data``: read, split, pre-process (cached), and wrap.
 
-    ``x_train`` and ``x_test`` are uint8 N × 3 × S × S views of one memory-mapped cache file (test
-    images first); ``transform`` is :func:`celeba_transform`. ``info`` carries the split's counts
-    per group and label, whether the split is disjoint by identity (``identity_disjoint``, with the
-    identity counts where ``identity_CelebA.txt`` was read), the cache file and whether this run
-    built it, and ``selection_sha256``, the cache key, which is the same for two runs exactly when
-    they use the same images.
+    ``x_train``, ``x_val`` and ``x_test`` are uint8 N × 3 × S × S views of one memory-mapped cache
+    file (test images first, then validation, then training); ``transform`` is
+    :func:`celeba_transform`. ``info`` carries the split's counts (``val_count/...`` for the
+    validation set) per group and label, whether the split is disjoint by identity
+    (``identity_disjoint``, with the identity counts where ``identity_CelebA.txt`` was read), the
+    cache file and whether this run built it, and ``selection_sha256``, the cache key, which is
+    the same for two runs exactly when they use the same images.
     """
     data = config.data
     if data.image_size > ALIGNED_SIZE[0]:
@@ -1019,7 +1095,8 @@ def build_celeba(config: ExperimentConfig) -> DataBundle:
                 stacklevel=2,
             )
         split = protocol_split(targets, minority, share=data.minority_share, train_size=data.train_size,
-                               test_size=data.test_size, seed=config.seed, identities=identities)
+                               test_size=data.test_size, seed=config.seed, identities=identities,
+                               val_fraction=data.val_fraction)
     else:
         if files.partition_file is None:
             raise DataError(f"{files.directory / PARTITION_FILE}: file not found; data.split: official needs CelebA's "
@@ -1027,14 +1104,17 @@ def build_celeba(config: ExperimentConfig) -> DataBundle:
                             "protocol.")
         partition = read_partition(files.partition_file, attributes.filenames)
         split = official_split(targets, minority, partition, share=data.minority_share,
-                               train_size=data.train_size, seed=config.seed, identities=identities)
+                               train_size=data.train_size, seed=config.seed, identities=identities,
+                               val_fraction=data.val_fraction)
 
-    rows = np.concatenate([split.test_rows, split.train_rows])
+    # One cache: test images first, then validation (none without data.val_fraction, so the cache of
+    # a run without one is the one made before validation sets existed), then training.
+    rows = np.concatenate([split.test_rows, split.val_rows, split.train_rows])
     cache_dir = data.cache_dir if data.cache_dir is not None else Path(data.root).expanduser() / "cache"
     cache = load_image_cache(files.image_dir, attributes.filenames[rows], size=data.image_size,
                              cache_dir=cache_dir, device=_preprocessing_device(config.device),
                              progress_mode=config.logging.progress)
-    n_test = len(split.test_rows)
+    n_test, n_val = len(split.test_rows), len(split.val_rows)
     y_train, minority_train = targets[split.train_rows], minority[split.train_rows]
 
     info: dict[str, Any] = {
@@ -1055,8 +1135,10 @@ def build_celeba(config: ExperimentConfig) -> DataBundle:
         "cache/built": cache.built,
         "cache/seconds": round(cache.seconds, 2),
     }
+    if not n_val:
+        info.update(validation_info(split.val_rows, np.zeros(0, dtype=bool), data.val_fraction, None))
     return DataBundle(
-        x_train=cache.images[n_test:],
+        x_train=cache.images[n_test + n_val:],
         y_train=y_train,
         minority_train=minority_train,
         x_test=cache.images[:n_test],
@@ -1065,6 +1147,9 @@ def build_celeba(config: ExperimentConfig) -> DataBundle:
         input_shape=(3, data.image_size, data.image_size),
         transform=celeba_transform,
         info=info,
+        x_val=cache.images[n_test:n_test + n_val],
+        y_val=targets[split.val_rows],
+        minority_val=minority[split.val_rows],
     )
 
 

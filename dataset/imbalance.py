@@ -19,7 +19,8 @@ for that:
   A sweep therefore adds or removes examples rather than drawing a fresh sample per share, which
   takes the sampling noise between shares out of the comparison.
 
-The test set is never resampled: it is the population the model is judged on.
+The test set is never resampled: it is the population the model is judged on. Nor is the
+validation set (:func:`validation_split`), which is held out of the pool *before* the resampling.
 """
 
 from __future__ import annotations
@@ -125,6 +126,88 @@ def resample_to_share(
     chosen = np.concatenate([cells[cell][: wanted[cell]] for cell in sorted(cells)])
     chosen.sort()
     return chosen
+
+
+def validation_counts(minority: np.ndarray, targets: np.ndarray, fraction: float) -> dict[tuple[int, int], int]:
+    """How many examples of each (group, label) cell a validation set of ``fraction`` of the pool takes.
+
+    The total is ``round(fraction * n)``; it is split over the two groups in proportion to their
+    pool sizes, then within each group over its labels in proportion to theirs, both by the
+    largest remainder (:func:`_apportion`). So each group's validation count is within one example
+    of its pool share of the total, and each group's label rate within one example of the pool's.
+
+    Raises:
+        DataError: a fraction that selects no example, or every example, of the pool.
+    """
+    minority = np.asarray(minority, dtype=bool)
+    targets = np.asarray(targets).astype(np.int64)
+    pool_size = len(minority)
+    total = round(fraction * pool_size)
+    if total == 0:
+        raise DataError(
+            f"data.val_fraction: {fraction} of the {pool_size}-example training pool selects no "
+            f"validation example; use data.val_fraction >= {_ceil_sig(0.5 / pool_size)}, or 0 for none."
+        )
+    if total >= pool_size:
+        raise DataError(
+            f"data.val_fraction: {fraction} of the {pool_size}-example training pool leaves nothing to "
+            "train on; use a smaller data.val_fraction."
+        )
+    groups = {(group,): int(np.count_nonzero(minority == bool(group))) for group in (MAJORITY, MINORITY)}
+    counts = {}
+    for (group,), n_group in _apportion(total, {g: n for g, n in groups.items() if n}).items():
+        members = minority == bool(group)
+        cells = {(group, label): int(np.count_nonzero(members & (targets == label))) for label in (0, 1)}
+        counts.update(_apportion(n_group, {c: n for c, n in cells.items() if n}))
+    return {(g, y): counts.get((g, y), 0) for g in (MAJORITY, MINORITY) for y in (0, 1)}
+
+
+def validation_split(minority: np.ndarray, targets: np.ndarray, fraction: float, *,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split a pool into a validation set and the rest, stratified by (group, label).
+
+    The counts are :func:`validation_counts`. Each (group, label) cell is put in one random order
+    fixed by the ``validation`` stream of (seed, group, label) and the cell alone, and the
+    validation set takes a prefix of it; so a seed's validation sets at different fractions are
+    nested, and the validation set does not depend on ``data.minority_share`` or
+    ``data.train_size`` (the resampler only ever sees the rest).
+
+    Args:
+        minority: bool per pool example, True for the minority group.
+        targets: 0/1 label per pool example.
+        fraction: ``data.val_fraction``, in (0, 1).
+        seed: the run's seed.
+
+    Returns:
+        ``(validation, rest)``: sorted int64 indices into the pool, disjoint, together all of it.
+    """
+    minority = np.asarray(minority, dtype=bool)
+    targets = np.asarray(targets).astype(np.int64)
+    counts = validation_counts(minority, targets, fraction)
+    parts = []
+    for (group, label), count in counts.items():
+        members = np.flatnonzero((minority == bool(group)) & (targets == label)).astype(np.int64)
+        order = numpy_generator(seed, "validation", group, label).permutation(members)  # utils.seeding
+        parts.append(order[:count])
+    validation = np.sort(np.concatenate(parts))
+    rest = np.setdiff1d(np.arange(len(minority), dtype=np.int64), validation, assume_unique=True)
+    return validation, rest
+
+
+def validation_info(y_val: np.ndarray, minority_val: np.ndarray, val_fraction: float,
+                    source: str | None) -> dict:
+    """The validation set's facts for a bundle's ``info``: its size, per group, and positive rates.
+
+    ``source`` says where it came from: "val_fraction", "protocol" (a data protocol's own), or
+    None where there is none.
+    """
+    y_val = np.asarray(y_val)
+    minority_val = np.asarray(minority_val, dtype=bool)
+    info: dict = {"val_fraction": val_fraction, "val_source": source, "val_size": len(y_val)}
+    for group, mask in (("minority", minority_val), ("majority", ~minority_val)):
+        info[f"val_count/group={group}"] = int(np.count_nonzero(mask))
+        info[f"val_positive_rate/group={group}"] = float(y_val[mask].mean()) if mask.any() else None
+    return info
 
 
 def _cell_order(minority: np.ndarray, targets: np.ndarray, group: int, label: int, seed: int) -> np.ndarray:

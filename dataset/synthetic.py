@@ -12,7 +12,7 @@ import numpy as np
 
 from dataset import DATASETS
 from dataset.base import DataBundle
-from dataset.imbalance import resample_to_share
+from dataset.imbalance import resample_to_share, validation_info, validation_split
 
 POOL_SIZE = 6000
 TEST_SIZE = 2000
@@ -38,10 +38,17 @@ def build_synthetic(config) -> DataBundle:
     rng = np.random.default_rng(12345)
     x_pool, y_pool, minority_pool = make_synthetic(POOL_SIZE, rng)
     x_test, y_test, minority_test = make_synthetic(TEST_SIZE, rng)
-    keep = resample_to_share(minority_pool, y_pool, config.data.minority_share,
-                             train_size=config.data.train_size, seed=config.seed)
+    # data.val_fraction holds out a validation set first (stratified, its own stream), as for
+    # every data set; the resampler sees the rest.
+    val, rest = ((np.zeros(0, dtype=np.int64), np.arange(POOL_SIZE)) if config.data.val_fraction == 0
+                 else validation_split(minority_pool, y_pool, config.data.val_fraction, seed=config.seed))
+    keep = rest[resample_to_share(minority_pool[rest], y_pool[rest], config.data.minority_share,
+                                  train_size=config.data.train_size, seed=config.seed)]
     return DataBundle(
         x_train=x_pool[keep], y_train=y_pool[keep], minority_train=minority_pool[keep],
         x_test=x_test, y_test=y_test, minority_test=minority_test, input_shape=(FEATURES,),
-        info={"pool_size": POOL_SIZE, "test_size": TEST_SIZE},
+        info={"pool_size": POOL_SIZE, "test_size": TEST_SIZE,
+              **validation_info(y_pool[val], minority_pool[val], config.data.val_fraction,
+                                "val_fraction" if len(val) else None)},
+        x_val=x_pool[val], y_val=y_pool[val], minority_val=minority_pool[val],
     )

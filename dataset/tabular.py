@@ -23,9 +23,10 @@ import numpy as np
 
 from dataset import DATASETS
 from dataset.base import DataBundle
-from dataset.imbalance import resample_to_share
+from dataset.imbalance import resample_to_share, validation_info, validation_split
 from utils.errors import ConfigError, DataError
 from utils.registry import Registry
+from utils.seeding import numpy_generator
 
 # Loaders: (root, *, protected, minority_value) -> TabularPool, built by ``data.name``.
 TABULAR_SOURCES: Registry[Callable[..., TabularPool]] = Registry("dataset", "data.name")
@@ -44,6 +45,8 @@ class TabularPool:
         feature_names: one name per column of ``x_*`` ("age", "sex=Female", ...).
         numeric_columns: indices of the numeric columns, the ones the bundle builder standardizes.
         info: facts worth logging: file provenance, rows read and dropped per split, group counts.
+        x_val, y_val, minority_val: a validation set that the source's protocol fixes itself
+            (Adult's RUNNER protocol), or None: then ``data.val_fraction`` draws one from the pool.
     """
 
     x_pool: np.ndarray
@@ -55,9 +58,15 @@ class TabularPool:
     feature_names: tuple[str, ...]
     numeric_columns: tuple[int, ...]
     info: dict[str, Any] = field(default_factory=dict)
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    minority_val: np.ndarray | None = None
 
     def __post_init__(self):
-        for split, x in (("pool", self.x_pool), ("test", self.x_test)):
+        splits = [("pool", self.x_pool), ("test", self.x_test)]
+        if self.x_val is not None:
+            splits.append(("val", self.x_val))
+        for split, x in splits:
             if x.ndim != 2 or x.shape[1] != len(self.feature_names):
                 raise ValueError(f"x_{split} has shape {x.shape}, but there are {len(self.feature_names)} feature names")
             for part in ("y", "minority"):
@@ -66,16 +75,20 @@ class TabularPool:
 
 
 def build_tabular_bundle(
-    pool: TabularPool, *, minority_share: float | None, train_size: int | None, seed: int
+    pool: TabularPool, *, minority_share: float | None, train_size: int | None, seed: int,
+    val_fraction: float = 0.0,
 ) -> DataBundle:
-    """Resample the pool to the minority share and standardize the numeric features.
+    """Hold out a validation set, resample the rest to the minority share, standardize.
 
-    The training set is :func:`dataset.imbalance.resample_to_share` of the pool (see there for the
-    counts and the nesting across shares). The numeric columns are then centred and scaled with the
-    mean and standard deviation (ddof 0) of the *selected* training rows, and the test set with the
-    same statistics: the test set must not shape the features, and the pool rows left out are not
-    part of this experiment's training data either. A numeric column that is constant in the
-    training set keeps scale 1, so it becomes all zeros rather than NaN.
+    With ``val_fraction`` > 0 the validation set is :func:`dataset.imbalance.validation_split` of
+    the pool (stratified by group and label, its own random stream), drawn first; a pool that
+    brings its own validation set (``pool.x_val``, a protocol's) uses that one instead. The
+    training set is :func:`dataset.imbalance.resample_to_share` of the rest of the pool (see there
+    for the counts and the nesting across shares). The numeric columns are then centred and
+    scaled with the mean and standard deviation (ddof 0) of the *selected* training rows, and the
+    validation and test sets with the same statistics: neither must shape the features, and the
+    pool rows left out are not part of this experiment's training data either. A numeric column
+    that is constant in the training set keeps scale 1, so it becomes all zeros rather than NaN.
 
     Under DP these two statistics per column are computed from the private training data without
     noise and are not counted in ε; this follows common practice for tabular DP benchmarks, and the
@@ -85,13 +98,34 @@ def build_tabular_bundle(
         pool: the source's encoded data.
         minority_share: ``data.minority_share``, or None for the pool's own share.
         train_size: ``data.train_size``, or None to keep all majority examples.
-        seed: seed of the resampling (the run's seed).
+        seed: seed of the resampling and the validation split (the run's seed).
+        val_fraction: ``data.val_fraction``; 0 holds out nothing (the training set is then exactly
+            the one drawn before validation splits existed).
 
     Returns:
         A DataBundle with float32 features, ``input_shape`` ``(n_features,)`` and no transform;
-        ``info`` holds the pool's facts, its per-group counts and the resampling outcome.
+        ``info`` holds the pool's facts, its per-group counts, the validation set's and the
+        resampling outcome.
     """
-    index = resample_to_share(pool.minority_pool, pool.y_pool, minority_share, train_size=train_size, seed=seed)
+    if pool.x_val is not None:
+        if val_fraction:
+            raise ConfigError(f"data.val_fraction: got {val_fraction!r}, but this data protocol brings its own "
+                              "validation set; set data.val_fraction: 0.")
+        rest = np.arange(len(pool.y_pool))
+        x_val, y_val, minority_val = pool.x_val.copy(), pool.y_val.copy(), pool.minority_val.copy()
+        val_source = "protocol"
+    elif val_fraction > 0:
+        val_index, rest = validation_split(pool.minority_pool, pool.y_pool, val_fraction, seed=seed)
+        x_val, y_val, minority_val = (pool.x_pool[val_index].copy(), pool.y_pool[val_index],
+                                      pool.minority_pool[val_index])
+        val_source = "val_fraction"
+    else:
+        rest = np.arange(len(pool.y_pool))
+        x_val = np.zeros((0, pool.x_pool.shape[1]), dtype=pool.x_pool.dtype)
+        y_val, minority_val = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+        val_source = None
+    index = rest[resample_to_share(pool.minority_pool[rest], pool.y_pool[rest], minority_share,
+                                   train_size=train_size, seed=seed)]
     x_train = pool.x_pool[index].copy()
     y_train = pool.y_pool[index]
     minority_train = pool.minority_pool[index]
@@ -105,6 +139,7 @@ def build_tabular_bundle(
     std[std == 0] = 1.0
     x_train[:, numeric] = ((values - mean) / std).astype(np.float32)
     x_test[:, numeric] = ((x_test[:, numeric].astype(np.float64) - mean) / std).astype(np.float32)
+    x_val[:, numeric] = ((x_val[:, numeric].astype(np.float64) - mean) / std).astype(np.float32)
 
     n_min = int(np.count_nonzero(minority_train))
     info = dict(pool.info)
@@ -117,6 +152,7 @@ def build_tabular_bundle(
             "train_positive_rate/group=majority": _rate(y_train[~minority_train]),
             "feature_names": list(pool.feature_names),
             "standardized_features": [pool.feature_names[i] for i in numeric],
+            **validation_info(y_val, minority_val, val_fraction, val_source),
         }
     )
     return DataBundle(
@@ -129,6 +165,9 @@ def build_tabular_bundle(
         input_shape=(x_train.shape[1],),
         transform=None,
         info=info,
+        x_val=x_val,
+        y_val=y_val,
+        minority_val=minority_val,
     )
 
 
@@ -194,37 +233,7 @@ def load_adult(root: str | Path | None, *, protected: str, minority_value: str) 
             f"data.protected: {protected!r} is not a protected attribute of UCI Adult; use one of "
             f"{', '.join(ADULT_PROTECTED)}."
         )
-    if root is None:
-        directory = SHIPPED_ADULT_DIR
-        paths = {name: directory / f"{name}.gz" for name in ADULT_MD5}
-        for path in paths.values():
-            if not path.is_file():
-                raise DataError(
-                    f"{path}: the shipped copy of UCI Adult is missing from this checkout. Restore it from "
-                    f"the repository, or download adult.data and adult.test from {ADULT_URL} and set "
-                    "data.root to their directory."
-                )
-    else:
-        directory = Path(root).expanduser()
-        paths = {name: _find_user_file(directory, name) for name in ADULT_MD5}
-
-    info: dict[str, Any] = {"source": "adult"}
-    splits = {}
-    for name, path in paths.items():
-        raw = _read_bytes(path)
-        digest = hashlib.md5(raw).hexdigest()
-        if root is None and digest != ADULT_MD5[name]:
-            raise DataError(
-                f"{path}: checksum mismatch, md5 of the decompressed file is {digest}, the UCI original's is "
-                f"{ADULT_MD5[name]}. The shipped copy is corrupted or was edited; restore it from the "
-                f"repository, or download the original from {ADULT_URL} and set data.root to its directory."
-            )
-        split = "train" if name == "adult.data" else "test"
-        info[f"file/{split}"] = str(path)
-        info[f"md5/{split}"] = digest
-        # A user copy may legitimately differ (a cleaned version); record whether it is the original.
-        info[f"uci_original/{split}"] = digest == ADULT_MD5[name]
-        splits[split] = _parse_adult(raw, path)
+    info, splits, paths = _read_adult_files(root)
 
     kept = {}
     for split, (table, labels) in splits.items():
@@ -268,6 +277,199 @@ def load_adult(root: str | Path | None, *, protected: str, minority_value: str) 
         numeric_columns=features.numeric_columns,
         info=info,
     )
+
+
+# RUNNER's protocol (data.protocol: runner): the preprocessing of the RUNNER paper's released code
+# (Ace0001/RUNNER, dataset.py, itself fair-mixup's, which took get_adult_data from IBM's SenSR),
+# re-implemented from its description; see load_adult_runner.
+RUNNER_TEST_FRACTION = 0.2
+RUNNER_BINS = 10
+RUNNER_NUMERIC = ("age", "education-num", "capital-gain", "capital-loss", "hours-per-week")
+RUNNER_CATEGORICAL = ("workclass", "marital-status", "occupation", "relationship")
+# race enters as White or not (the released code keeps the race_White dummy alone); sex is the
+# protected attribute and no input; the others are dropped as in the released code.
+RUNNER_RACE_VALUE = "White"
+RUNNER_DROPPED = ("fnlwgt", "education", "native-country", "sex")
+# The released code's rule: a row goes when native-country or occupation is missing (workclass is
+# missing only where occupation is, so this is every row with a missing value in the UCI files).
+RUNNER_MISSING_COLUMNS = ("native-country", "occupation")
+RUNNER_ROWS = 45_222  # complete rows of adult.data + adult.test
+
+
+def load_adult_runner(root: str | Path | None, *, protected: str, minority_value: str,
+                      seed: int) -> TabularPool:
+    """UCI Adult as the RUNNER paper's released code prepares it, with the binning done right.
+
+    **Rows.** adult.data and adult.test together, less every row with a missing value: 45,222 of
+    48,842 rows (the released code drops rows whose native-country or occupation is "?"; in the
+    UCI files those are exactly the rows with any "?", which is the rule here, so a user's copy
+    with other gaps loses those rows too). Label: income >50K.
+
+    **Split, per seed.** The rows are shuffled by the ``adult_runner_split`` stream of the run's
+    seed; the first ``int(0.8 * n)`` form the training part (36,177) and the rest the test set
+    (9,045); the first as many rows of the training part as the test set has (9,045) are the
+    validation set and the other 27,132 the training pool, as the released code does (about
+    60 / 20 / 20, not stratified). Each split is kept in file order. Different seeds give
+    different test sets, unlike the official protocol.
+
+    **Inputs.** sex is the protected attribute and not an input; race stays one, as White or not
+    (the released code keeps race_White only); native-country, fnlwgt and education are dropped.
+    The five numeric columns (age, education-num, capital-gain, capital-loss, hours-per-week) are
+    put into 10 quantile bins each and one-hot encoded, and every one-hot column of workclass,
+    marital-status, occupation, relationship and race (White) is encoded as a pair, "col!=v" and
+    "col=v", as the released code does (it one-hot encodes each 0/1 dummy again, with two bins).
+
+    **The binning, corrected.** The released code computes the decile edges of the first column
+    (age, after standardization) and reuses them for all five columns (``bin_edges`` is set on
+    the first pass of its loop and then reused), so education-num, capital-gain, capital-loss and
+    hours-per-week are binned on age's scale; and every column gets 10 one-hot columns, used or
+    not: 5 × 10 + 35 × 2 = 120 inputs. Here each column gets its own deciles of the training pool
+    (``numpy.quantile``, linear interpolation; the edges are statistics of the training rows, like
+    the standardization of the official protocol, and recorded in ``info["runner_bin_edges"]``).
+    Bins are right-closed, (e_i, e_i+1], between the distinct inner edges, the outer ones open,
+    so that a value at a tied edge (capital-gain is 0 for 92 % of the rows, so 9 of its 10 edges
+    are 0) falls into one bin and every bin holds rows: capital-gain and capital-loss get 2 bins
+    (0, and more than 0), education-num 6, hours-per-week 7, age 10. That makes 27 bin columns
+    and 27 + 70 = 97 inputs on the UCI files (for seeds 0 to 19), not 120: the 23 columns
+    missing are bins that the buggy edges create for the other four columns, most of them empty.
+
+    Args:
+        root: as for :func:`load_adult`.
+        protected: must be "sex".
+        minority_value: "Female" or "Male".
+        seed: the run's seed (the split).
+
+    Returns:
+        A TabularPool whose pool is the training pool and which brings its validation set
+        (``x_val``); ``numeric_columns`` is empty (every input is a 0/1 indicator).
+    """
+    if protected != "sex":
+        raise ConfigError(f"data.protected: got {protected!r}; data.protocol: runner protects sex (which is not "
+                          "an input). Set data.protected: sex, or use data.protocol: official.")
+    info, splits, paths = _read_adult_files(root)
+    table = np.concatenate([splits["train"][0], splits["test"][0]])
+    labels = np.concatenate([splits["train"][1], splits["test"][1]])
+    complete = ~(table == MISSING).any(axis=1)
+    info.update({"protocol": "runner", "rows_read": len(table),
+                 "rows_dropped_missing": int(np.count_nonzero(~complete)),
+                 "rows": int(np.count_nonzero(complete))})
+    table, labels = table[complete], labels[complete]
+
+    rows = runner_split(len(table), seed)
+
+    is_minority = _minority_rule(table, protected, minority_value)
+    minority = is_minority(table)
+    for split in ("train", "val", "test"):
+        if not minority[rows[split]].any() or minority[rows[split]].all():
+            raise DataError(f"data.protocol: runner: the {split} set of seed {seed} holds only one group; the data "
+                            f"in {paths['adult.data'].parent} is too small for this protocol.")
+
+    column = {name: ADULT_COLUMNS.index(name) for name in ADULT_COLUMNS}
+    blocks, names, edges_info = [], [], {}
+    for name in RUNNER_NUMERIC:
+        values = table[:, column[name]].astype(np.float64)
+        edges = np.quantile(values[rows["train"]], np.linspace(0.0, 1.0, RUNNER_BINS + 1))
+        inner = np.unique(edges[1:-1])
+        code = np.searchsorted(inner, values, side="left")  # right-closed bins (e_i, e_i+1]
+        blocks.append(np.eye(len(inner) + 1, dtype=np.float32)[code])
+        names += _bin_names(name, inner)
+        edges_info[name] = [float(e) for e in inner]
+    race = table[:, column["race"]]
+    dummies = [(name, value, table[:, column[name]] == value)
+               for name in RUNNER_CATEGORICAL for value in np.unique(table[:, column[name]])]
+    dummies.append(("race", RUNNER_RACE_VALUE, race == RUNNER_RACE_VALUE))
+    for name, value, hit in dummies:
+        blocks.append(np.stack([~hit, hit], axis=1).astype(np.float32))
+        names += [f"{name}!={value}", f"{name}={value}"]
+    x = np.concatenate(blocks, axis=1)
+
+    info.update({
+        "protected": protected, "minority_value": minority_value,
+        "minority_values": sorted(set(table[minority, column[protected]].tolist())),
+        "rows/train": len(rows["train"]), "rows/val": len(rows["val"]), "rows/test": len(rows["test"]),
+        "split": f"RUNNER: seeded shuffle (seed {seed}), {1 - RUNNER_TEST_FRACTION:.0%} training part, of which "
+                 "the first rows, as many as the test set's, validate",
+        "test_rows_md5": hashlib.md5(",".join(map(str, rows["test"])).encode()).hexdigest(),
+        "dropped_columns": list(RUNNER_DROPPED),
+        "runner_bins": {name: len(edges) + 1 for name, edges in edges_info.items()},
+        "runner_bin_edges": edges_info,
+        "input_count": x.shape[1],
+        "train_rows_categories_unseen": int(sum(not hit[rows["train"]].any() for _, _, hit in dummies)),
+    })
+    y_pool, minority_pool = labels[rows["train"]], minority[rows["train"]]
+    for group, mask in (("minority", minority_pool), ("majority", ~minority_pool)):
+        info[f"pool_count/group={group}"] = int(np.count_nonzero(mask))
+        info[f"pool_positive_rate/group={group}"] = _rate(y_pool[mask])
+        test_mask = minority[rows["test"]] == (group == "minority")
+        info[f"test_count/group={group}"] = int(np.count_nonzero(test_mask))
+    info["pool_share"] = float(minority_pool.mean())
+    return TabularPool(
+        x_pool=x[rows["train"]], y_pool=y_pool, minority_pool=minority_pool,
+        x_test=x[rows["test"]], y_test=labels[rows["test"]], minority_test=minority[rows["test"]],
+        feature_names=tuple(names), numeric_columns=(), info=info,
+        x_val=x[rows["val"]], y_val=labels[rows["val"]], minority_val=minority[rows["val"]],
+    )
+
+
+def runner_split(n: int, seed: int) -> dict[str, np.ndarray]:
+    """RUNNER's split of ``n`` rows for ``seed``: {"train", "val", "test"} -> sorted row indices.
+
+    A shuffle by the ``adult_runner_split`` stream; the training part is the first
+    ``int(0.8 * n)`` rows of it (aif360's ``split([0.8])``, which the released code calls), the
+    test set the rest, and the validation set the first ``len(test)`` rows of the training part.
+    """
+    order = numpy_generator(seed, "adult_runner_split").permutation(n)
+    n_train_part = int((1 - RUNNER_TEST_FRACTION) * n)
+    n_test = n - n_train_part
+    return {"train": np.sort(order[n_test:n_train_part]), "val": np.sort(order[:n_test]),
+            "test": np.sort(order[n_train_part:])}
+
+
+def _bin_names(name: str, inner: np.ndarray) -> list[str]:
+    """Names of the right-closed bins between ``inner`` edges: "age<=22", "age=(22,26]", ..., "age>57"."""
+    if len(inner) == 0:
+        return [f"{name}=any"]
+    edges = [f"{e:g}" for e in inner]
+    between = [name + "=(" + low + "," + high + "]" for low, high in zip(edges, edges[1:])]
+    return [f"{name}<={edges[0]}", *between, f"{name}>{edges[-1]}"]
+
+
+def _read_adult_files(root: str | Path | None) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]],
+                                                        dict[str, Path]]:
+    """Read and check adult.data and adult.test: (info on the files, {"train"|"test": (table,
+    labels)} of every row, missing values included, {file name: path})."""
+    if root is None:
+        directory = SHIPPED_ADULT_DIR
+        paths = {name: directory / f"{name}.gz" for name in ADULT_MD5}
+        for path in paths.values():
+            if not path.is_file():
+                raise DataError(
+                    f"{path}: the shipped copy of UCI Adult is missing from this checkout. Restore it from "
+                    f"the repository, or download adult.data and adult.test from {ADULT_URL} and set "
+                    "data.root to their directory."
+                )
+    else:
+        directory = Path(root).expanduser()
+        paths = {name: _find_user_file(directory, name) for name in ADULT_MD5}
+
+    info: dict[str, Any] = {"source": "adult"}
+    splits = {}
+    for name, path in paths.items():
+        raw = _read_bytes(path)
+        digest = hashlib.md5(raw).hexdigest()
+        if root is None and digest != ADULT_MD5[name]:
+            raise DataError(
+                f"{path}: checksum mismatch, md5 of the decompressed file is {digest}, the UCI original's is "
+                f"{ADULT_MD5[name]}. The shipped copy is corrupted or was edited; restore it from the "
+                f"repository, or download the original from {ADULT_URL} and set data.root to its directory."
+            )
+        split = "train" if name == "adult.data" else "test"
+        info[f"file/{split}"] = str(path)
+        info[f"md5/{split}"] = digest
+        # A user copy may legitimately differ (a cleaned version); record whether it is the original.
+        info[f"uci_original/{split}"] = digest == ADULT_MD5[name]
+        splits[split] = _parse_adult(raw, path)
+    return info, splits, paths
 
 
 def _find_user_file(directory: Path, name: str) -> Path:
@@ -416,10 +618,15 @@ def _register_tabular_dataset(name: str) -> None:
         if data.target != TABULAR_TARGETS[name]:
             raise ConfigError(f"data.target: got {data.target!r}; data set {name!r} predicts "
                               f"{TABULAR_TARGETS[name]!r} only.")
-        pool = TABULAR_SOURCES.get(name)(data.root, protected=data.protected,
-                                         minority_value=data.minority_value)
+        if data.protocol == "runner":  # DataConfig allows it for Adult alone
+            pool = load_adult_runner(data.root, protected=data.protected,
+                                     minority_value=data.minority_value, seed=config.seed)
+        else:
+            pool = TABULAR_SOURCES.get(name)(data.root, protected=data.protected,
+                                             minority_value=data.minority_value)
         return build_tabular_bundle(pool, minority_share=data.minority_share,
-                                    train_size=data.train_size, seed=config.seed)
+                                    train_size=data.train_size, seed=config.seed,
+                                    val_fraction=data.val_fraction)
 
 
 for _name in TABULAR_SOURCES:

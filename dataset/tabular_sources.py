@@ -3,8 +3,10 @@
 Each source is a loader filed in :data:`dataset.tabular.TABULAR_SOURCES` (same signature as
 ``load_adult``: ``(root, *, protected, minority_value) -> TabularPool``) and a builder filed in
 :data:`dataset.DATASETS` that checks ``data.target`` and hands the pool to
-:func:`dataset.tabular.build_tabular_bundle` (resampling to ``data.minority_share`` /
-``data.train_size`` and standardizing with the selected training rows' statistics, as for Adult).
+:func:`dataset.tabular.build_tabular_bundle` (holding out ``data.val_fraction`` of the training
+pool for validation, resampling the rest to ``data.minority_share`` / ``data.train_size`` and
+standardizing with the selected training rows' statistics, as for Adult). The validation set comes
+from the run's seed (stream ``validation``), unlike the fixed test split.
 
 What the three share, and why:
 
@@ -716,7 +718,7 @@ def _register(facts: SourceFacts) -> None:
         pool = TABULAR_SOURCES.get(facts.name)(data.root, protected=data.protected,
                                                minority_value=data.minority_value)
         return build_tabular_bundle(pool, minority_share=data.minority_share, train_size=data.train_size,
-                                    seed=config.seed)
+                                    seed=config.seed, val_fraction=data.val_fraction)
 
 
 for _facts in SOURCES.values():

@@ -23,11 +23,26 @@ class Trainer(Protocol):
             float batch to one logit per example, shape (batch,) or (batch, 1).
         units: how many epochs (or rounds) the run trains.
         eval_every: evaluate the test set after every this many units (and after the last one).
+        method: the fairness repair method (:mod:`training.repair`) whose post-processing turns
+            the scores into decisions.
+        train_samples, train_seconds: examples processed and seconds spent training so far (for
+            ``time/train_samples_per_s``).
+        info: facts about the trainer for summary.json's ``trainer/info`` (may be empty).
+        client_counts: per client its counts of groups and labels (federated; None otherwise),
+            for clients.csv.
     """
 
     model: torch.nn.Module
     units: int
     eval_every: int
+    method: Any
+    train_samples: int
+    train_seconds: float
+    info: dict[str, Any]
+    client_counts: list[dict[str, int]] | None
+
+    def base_model(self) -> torch.nn.Module:
+        """The trained module itself, unwrapped from any privacy engine (for saving weights)."""
 
     def train_unit(self, unit: int) -> dict[str, float]:
         """Train one epoch or round; return flat slash-named metrics such as ``train/loss``."""

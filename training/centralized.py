@@ -22,6 +22,8 @@ from privacy import dpsgd
 from training import TRAINERS
 from training.base import POISSON_VIOLATED_WARNING, guarantee_facts, no_privacy_metrics
 from training.optim import build_optimizer
+from training.repair.base import Batch, RepairMethod
+from training.repair.vanilla import Vanilla
 from utils.config import ExperimentConfig
 from utils.errors import ConfigError, warn_user
 from utils.fairness import GROUPS
@@ -42,15 +44,18 @@ class CentralizedTrainer:
     eval_every = 1
 
     def __init__(self, config: ExperimentConfig, model: nn.Module, data: DataBundle,
-                 device: torch.device):
+                 device: torch.device, method: RepairMethod | None = None):
         self.config = config
         self.device = device
+        self.method = method if method is not None else Vanilla(None, target="dp", rng=None)
         self.units = config.training.epochs
         # The whole training set moves to the device once (if it fits); batches are gathered there
         # by index.
         self.x = place_inputs(data.x_train, device, what="training inputs")
         self.y = torch.as_tensor(data.y_train, device=device, dtype=torch.float32)
         self.minority = torch.as_tensor(data.minority_train, device=device, dtype=torch.bool)
+        self.weights = (torch.ones(len(self.y), device=device) if data.weights_train is None
+                        else torch.as_tensor(data.weights_train, device=device, dtype=torch.float32))
         self.transform = data.transform
         num_examples = len(self.y)
         if config.training.batch_size > num_examples:
@@ -78,8 +83,22 @@ class CentralizedTrainer:
             model, optimizer, loader = (self.private.module, self.private.optimizer,
                                         self.private.index_loader)
         self.model, self.optimizer, self.loader = model, optimizer, loader
+        # The hidden activations a repair method's loss reads (RUNNER's neurons), recorded while
+        # training by forward hooks on the model's own layers, so the models stay plain modules.
+        self._activations: dict[str, torch.Tensor] = {}
+        if self.method.wants_activations:
+            for name, module in self.method.hidden_layers(self.base_model()).items():
+                module.register_forward_hook(self._recorder(name))
         self.train_seconds = 0.0
         self.train_samples = 0
+        self.info: dict[str, Any] = {}
+        self.client_counts = None  # not federated
+
+    def _recorder(self, name: str):
+        def record(module, inputs, output):
+            if module.training:
+                self._activations[name] = output
+        return record
 
     def train_unit(self, unit: int) -> dict[str, float | None]:
         with warnings.catch_warnings():
@@ -91,6 +110,7 @@ class CentralizedTrainer:
         self.model.train()
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=self.device)
+        coupled_sum, coupled_steps = torch.zeros((), device=self.device), 0
         seen = 0
         # Per-group sums for the DP diagnostics, kept on the device to avoid a sync per batch.
         norm_sum = torch.zeros(2, device=self.device)
@@ -105,8 +125,17 @@ class CentralizedTrainer:
                 x = self.transform(x, True)
             y = self.y[indices]
             self.optimizer.zero_grad(set_to_none=True)
-            loss = F.binary_cross_entropy_with_logits(self.model(x).reshape(-1), y)
-            loss.backward()
+            self._activations.clear()
+            logits = self.model(x).reshape(-1)
+            batch = Batch(logits=logits, targets=y, minority=self.minority[indices],
+                          weights=self.weights[indices], activations=self._activations,
+                          losses=F.binary_cross_entropy_with_logits(logits, y, reduction="none"))
+            terms = self.method.loss(batch, self.base_model())
+            terms.total().backward()
+            loss = terms.per_example.detach().mean() if len(indices) else None
+            if terms.coupled is not None:
+                coupled_sum += terms.coupled.detach()
+                coupled_steps += 1
             if self.private is not None and len(indices) > 0:
                 norms = dpsgd.per_example_grad_norms(self.model)
                 group = (~self.minority[indices]).long()  # 0 = minority, 1 = majority (GROUPS order)
@@ -114,12 +143,14 @@ class CentralizedTrainer:
                 clipped.index_add_(0, group, (norms > bound).float())
                 counts.index_add_(0, group, torch.ones_like(norms))
             self.optimizer.step()
-            if len(indices):  # an empty Poisson batch has a NaN mean loss and adds nothing
-                loss_sum += loss.detach() * len(indices)
+            if loss is not None:  # an empty Poisson batch has no mean loss and adds nothing
+                loss_sum += loss * len(indices)
                 seen += len(indices)
         self.train_seconds += time.perf_counter() - started
         self.train_samples += seen
         metrics: dict[str, float | None] = {"train/loss": float(loss_sum) / seen if seen else None}
+        if coupled_steps:  # the repair method's term that couples examples (its mean over steps)
+            metrics["train/repair_term"] = float(coupled_sum) / coupled_steps
         if self.private is not None:
             counts_cpu = counts.cpu().tolist()
             for i, group in enumerate(GROUPS):
@@ -188,5 +219,5 @@ class CentralizedTrainer:
 
 @TRAINERS.register("none")
 @TRAINERS.register("dpsgd")
-def build_centralized(config, model, data, device) -> CentralizedTrainer:
-    return CentralizedTrainer(config, model, data, device)
+def build_centralized(config, model, data, device, *, method=None) -> CentralizedTrainer:
+    return CentralizedTrainer(config, model, data, device, method)

@@ -4,8 +4,9 @@ A run saves ``{run_dir}/checkpoints/last.pt`` after every evaluated unit (every 
 ``federated.eval_every`` rounds) except the last, whose results go straight into summary.json. The
 file holds the trainer's :meth:`state_dict` (model, optimizer, the privacy accountant's history, the
 sampler's and the trainer's own generators), the process-wide random states (torch CPU and CUDA,
-NumPy's legacy global generator, Python's ``random``), the number of units done and the wall time
-spent so far.
+NumPy's legacy global generator, Python's ``random``), the number of units done, the wall time
+spent so far and, under ``training.select``, the best unit so far with its model and test outputs
+(:meth:`training.selection.ModelSelector.state_dict`), so that a resumed run selects the same unit.
 
 Writing is crash-safe: the new checkpoint goes to a temporary file in the same directory, is
 fsynced, the current ``last.pt`` is renamed to ``previous.pt``, and the temporary file is renamed to
@@ -63,6 +64,8 @@ class ResumePoint:
         trainer_state: what :meth:`Trainer.state_dict` returned at the checkpoint.
         rng_state: the process-wide random states (:func:`rng_state`).
         path: the file it was read from (``last.pt``, or ``previous.pt`` when ``last.pt`` was bad).
+        selection: the model selector's state (:mod:`training.selection`), or None in a file
+            written without one.
     """
 
     step: int
@@ -70,6 +73,7 @@ class ResumePoint:
     trainer_state: dict[str, Any]
     rng_state: dict[str, Any]
     path: Path
+    selection: dict[str, Any] | None = None
 
 
 def rng_state() -> dict[str, Any]:
@@ -101,8 +105,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, *, step: int, wall_s: float, trainer) -> Path:
+def save_checkpoint(run_dir: Path, *, step: int, wall_s: float, trainer,
+                    selection: dict[str, Any] | None = None) -> Path:
     """Save the run's state after ``step`` units as ``checkpoints/last.pt``; keep the old one.
+
+    ``selection`` is the model selector's :meth:`~training.selection.ModelSelector.state_dict`.
 
     The order of operations is what makes it safe to kill the process at any instant: the new file
     is complete and on disk (fsync) before any rename, ``last.pt`` becomes ``previous.pt`` before
@@ -113,6 +120,8 @@ def save_checkpoint(run_dir: Path, *, step: int, wall_s: float, trainer) -> Path
     directory.mkdir(exist_ok=True)
     payload = {"format": FORMAT_VERSION, "step": step, "wall_s": wall_s,
                "trainer": trainer.state_dict(), "rng": rng_state()}
+    if selection is not None:
+        payload["selection"] = selection
     tmp = directory / f".{LAST}.tmp"
     with tmp.open("wb") as handle:
         torch.save(payload, handle)
@@ -154,7 +163,8 @@ def load_checkpoint(path: Path) -> ResumePoint:
         raise ValueError(f"{path} has checkpoint format {payload['format']}, this code reads "
                          f"{FORMAT_VERSION}")
     return ResumePoint(step=int(payload["step"]), wall_s=float(payload["wall_s"]),
-                       trainer_state=payload["trainer"], rng_state=payload["rng"], path=path)
+                       trainer_state=payload["trainer"], rng_state=payload["rng"], path=path,
+                       selection=payload.get("selection"))
 
 
 def saved_config_matches(run_dir: Path, config: ExperimentConfig) -> bool:
@@ -170,7 +180,7 @@ def saved_config_matches(run_dir: Path, config: ExperimentConfig) -> bool:
     return dataclasses.replace(saved, **here) == config
 
 
-def find_resumable(run_dir: Path, config: ExperimentConfig, trainer) -> ResumePoint | None:
+def find_resumable(run_dir: Path, config: ExperimentConfig, trainer, selector=None) -> ResumePoint | None:
     """Continue an interrupted run of ``config`` in ``trainer``; None means start afresh.
 
     A run directory resumes only when it is the tool's (:func:`utils.rundir.is_marked`), has no
@@ -184,7 +194,9 @@ def find_resumable(run_dir: Path, config: ExperimentConfig, trainer) -> ResumePo
 
     On success the trainer and the global random states are where the checkpoint left them (the
     random states last: building the trainer consumed draws, and the resumed run must draw as the
-    interrupted one would have). On None the trainer is as it was built.
+    interrupted one would have), and so is ``selector`` (a :class:`training.selection.ModelSelector`;
+    a file without the state a selection other than "last" needs is not usable). On None the
+    trainer is as it was built and the selector empty.
     """
     run_dir = Path(run_dir)
     if (not run_dir.is_dir() or not rundir.is_marked(run_dir)
@@ -208,12 +220,16 @@ def find_resumable(run_dir: Path, config: ExperimentConfig, trainer) -> ResumePo
                 raise ValueError(STEP_OUT_OF_RANGE.format(path=path, step=point.step,
                                                           units=trainer.units,
                                                           last=trainer.units - 1))
+            if selector is not None:
+                selector.load_state_dict(point.selection)
             trainer.load_state_dict(point.trainer_state)
             set_rng_state(point.rng_state)
-        except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as error:
             print(f"warning: checkpoint not usable, {error}", file=sys.stderr)
             trainer.load_state_dict(fresh)
             set_rng_state(fresh_rng)
+            if selector is not None:
+                selector.reset()
             continue
         print(f"resuming {run_dir} from {path.name} after unit {point.step}", file=sys.stderr)
         return point

@@ -1,4 +1,5 @@
-"""Scoring the test set: scores on the device, metrics from the one table in utils/fairness.py."""
+"""Scoring the test set (and the validation set): scores on the device, metrics from the one table
+in utils/fairness.py."""
 
 from __future__ import annotations
 
@@ -13,21 +14,27 @@ from utils.errors import ConfigError
 
 
 class TestSetEvaluator:
-    """Holds the test set on the device and scores a model on it.
+    """Holds the test set (or another held-out split) on the device and scores a model on it.
 
     Args:
         data: the bundle whose test split is scored (never resampled).
         device: where the model lives.
         batch_size: examples per forward pass (memory only).
         config: threshold and bootstrap settings.
+        split: "test", or "val" for the validation set (``data.val_fraction``); the metrics are
+            prefixed ``{split}/`` (``val/accuracy``, ``val/dp_gap``, ...), names from the same table.
     """
 
     def __init__(self, data: DataBundle, device: torch.device, batch_size: int,
-                 config: EvaluationConfig):
+                 config: EvaluationConfig, *, split: str = "test"):
+        if split not in ("test", "val"):
+            raise ValueError(f"split must be 'test' or 'val', not {split!r}")
+        self.split = split
+        self.prefix = f"{split}/"
         self.device = torch.device(device)
-        self.x = place_inputs(data.x_test, device, what="test inputs")
-        self.y_true = np.asarray(data.y_test).astype(np.int64)
-        self.minority = np.asarray(data.minority_test).astype(bool)
+        self.x = place_inputs(getattr(data, f"x_{split}"), device, what=f"{split} inputs")
+        self.y_true = np.asarray(getattr(data, f"y_{split}")).astype(np.int64)
+        self.minority = np.asarray(getattr(data, f"minority_{split}")).astype(bool)
         self.transform = data.transform
         self.batch_size = batch_size
         self.config = config
@@ -52,13 +59,14 @@ class TestSetEvaluator:
                 "(or privacy.max_grad_norm / federated.client_lr) and run again.")
         return scores
 
-    def metrics(self, y_score: np.ndarray) -> dict:
-        """Every test metric, ``test/``-prefixed."""
+    def metrics(self, y_score: np.ndarray, y_pred: np.ndarray | None = None) -> dict:
+        """Every test metric, ``test/``-prefixed; ``y_pred`` are the decisions (a repair
+        method's post-processing), by default the scores thresholded."""
         return fairness.with_prefix(
             fairness.compute_metrics(self.y_true, y_score, self.minority,
-                                     threshold=self.config.threshold), "test/")
+                                     threshold=self.config.threshold, y_pred=y_pred), self.prefix)
 
-    def intervals(self, y_score: np.ndarray, seed: int) -> dict:
+    def intervals(self, y_score: np.ndarray, y_pred: np.ndarray | None = None, *, seed) -> dict:
         """Bootstrap intervals (``test/<metric>_ci``) of the final model, or {} when turned off."""
         if self.config.bootstrap_resamples == 0:
             return {}
@@ -66,4 +74,4 @@ class TestSetEvaluator:
             fairness.bootstrap_intervals(self.y_true, y_score, self.minority,
                                          n_resamples=self.config.bootstrap_resamples,
                                          confidence=self.config.confidence, seed=seed,
-                                         threshold=self.config.threshold), "test/")
+                                         threshold=self.config.threshold, y_pred=y_pred), self.prefix)

@@ -30,6 +30,7 @@ and without ``output_dir``, so a folder of runs moved elsewhere resumes and skip
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -45,8 +47,10 @@ from dataset import build_dataset
 from models import build_model
 from training import build_trainer, checkpoint
 from training.evaluation import TestSetEvaluator
+from training.repair import build_method
+from training.selection import ModelSelector
 from utils import fairness, rundir
-from utils.config import PROVENANCE_KEY, ExperimentConfig
+from utils.config import PROVENANCE_KEY, ExperimentConfig, check_selection
 from utils.errors import UserInputError
 from utils.progress import progress
 from utils.seeding import resolve_device, seed_global_generators, seed_sequence
@@ -105,7 +109,11 @@ def changed_keys(run_dir: Path, config: ExperimentConfig) -> list[str]:
         return out
 
     old, new = flat(stored), flat(config.to_dict())
-    return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+    # A key the stored config lacks because the tool gained it later is no change while this
+    # config leaves it at its default (the run trained with that behaviour).
+    defaults = flat(ExperimentConfig().to_dict())
+    return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key)
+                  and not (key not in old and key in defaults and new.get(key) == defaults[key]))
 
 
 def provenance() -> dict[str, Any]:
@@ -131,17 +139,31 @@ def provenance() -> dict[str, Any]:
 def build_components(config: ExperimentConfig, device: torch.device):
     """The data, model and trainer of ``config``, each drawing from its own random stream.
 
+    The repair method's pre-processing (``training.repair``) makes the training set first.
     The resampler draws from its own streams; torch's global generator is pointed at the ``init``
     stream for the model's initialization and at ``augmentation`` right after (dropout, flips);
     the trainer makes its sampling and noise generators from their streams (utils.seeding).
     Returns ``(data, model, trainer)``.
     """
-    data = build_dataset(config)
+    method = build_method(config)
+    data = prepare_training_set(build_dataset(config), method)
     seed_global_generators(config.seed, "init")
     model = build_model(config.model, data.input_shape)
     seed_global_generators(config.seed, "augmentation")
-    trainer = build_trainer(config, model, data, device)
+    trainer = build_trainer(config, model, data, device, method=method)
     return data, model, trainer
+
+
+def prepare_training_set(data, method):
+    """``data`` with the training set the repair method's pre-processing makes of it."""
+    weights = (np.ones(len(data.y_train), dtype=np.float32) if data.weights_train is None
+               else data.weights_train)
+    x, y, minority, new_weights = method.prepare(data.x_train, data.y_train, data.minority_train,
+                                                 weights)
+    if x is data.x_train and new_weights is weights:
+        return data  # unchanged (Vanilla and the in- and post-processing methods)
+    return dataclasses.replace(data, x_train=x, y_train=y, minority_train=minority,
+                               weights_train=np.asarray(new_weights, dtype=np.float32))
 
 
 def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:
@@ -173,11 +195,14 @@ def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:
 
     # Everything that can fail on the user's input happens before the run directory exists.
     device = resolve_device(config.device)
+    check_selection(config)  # training.select needs a validation split (configs built in code too)
     data, model, trainer = build_components(config, device)
     evaluator = TestSetEvaluator(data, device, config.training.eval_batch_size, config.evaluation)
+    selector = ModelSelector(config, units=trainer.units, eval_every=trainer.eval_every,
+                             has_validation=data.has_validation)
 
     resume_point = (None if overwrite or state != rundir.MARKED
-                    else checkpoint.find_resumable(run_dir, config, trainer))
+                    else checkpoint.find_resumable(run_dir, config, trainer, selector))
     made = None  # the folders a fresh start made: what an input error removes again
     if resume_point is None:
         made = _fresh_run_directory(run_dir, config)
@@ -193,7 +218,7 @@ def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:
                        resume_step=None if resume_point is None else first_unit)
     try:
         summary = _train_and_report(config, data, trainer, evaluator, sink, run_dir, device,
-                                    started, first_unit)
+                                    started, first_unit, selector)
     except BaseException as error:
         sink.close(None)
         if isinstance(error, UserInputError) and made is not None:
@@ -213,17 +238,31 @@ def _fresh_run_directory(run_dir: Path, config: ExperimentConfig) -> list[Path]:
     return made
 
 
-def _train_and_report(config, data, trainer, evaluator, sink, run_dir, device, started, first_unit):
+def _train_and_report(config, data, trainer, evaluator, sink, run_dir, device, started, first_unit,
+                      selector=None):
     train_counts = {f"data/train_count/group={g}": n for g, n in data.train_count_by_group.items()}
+    if selector is None:
+        selector = ModelSelector(config, units=trainer.units, eval_every=trainer.eval_every,
+                                 has_validation=data.has_validation)
+    # The validation set (data.val_fraction): the same metrics, val/-prefixed, in the same row.
+    val_evaluator = (TestSetEvaluator(data, device, config.training.eval_batch_size, config.evaluation,
+                                      split="val") if data.has_validation else None)
     row: dict[str, Any] = {}
-    y_score = None
+    y_score = y_pred = None
     for unit in progress(range(first_unit, trainer.units), desc=config.name,
                          mode=config.logging.progress):
         row = {**train_counts, **trainer.train_unit(unit)}
         evaluated = (unit + 1) % trainer.eval_every == 0 or unit + 1 == trainer.units
         if evaluated:
             y_score = evaluator.scores(trainer.model)
-            row.update(evaluator.metrics(y_score))
+            y_pred = trainer.method.postprocess(y_score, evaluator.minority,
+                                                config.evaluation.threshold)
+            row.update(evaluator.metrics(y_score, y_pred))
+            if val_evaluator is not None:
+                val_score = val_evaluator.scores(trainer.model)
+                row.update(val_evaluator.metrics(val_score, trainer.method.postprocess(
+                    val_score, val_evaluator.minority, config.evaluation.threshold)))
+            selector.observe(unit, row, y_score, y_pred, trainer)
         row.update(trainer.privacy_metrics())
         row["time/wall_s"] = time.perf_counter() - started
         row["time/train_samples_per_s"] = (trainer.train_samples / trainer.train_seconds
@@ -235,10 +274,13 @@ def _train_and_report(config, data, trainer, evaluator, sink, run_dir, device, s
         # results go straight into summary.json, and a kill before that reruns the last stretch.
         if evaluated and unit + 1 < trainer.units:
             checkpoint.save_checkpoint(run_dir, step=unit + 1, wall_s=time.perf_counter() - started,
-                                       trainer=trainer)
+                                       trainer=trainer, selection=selector.state_dict())
 
+    # training.select: the chosen unit's model (into the trainer), test scores and decisions and
+    # test/ and val/ metrics are the final ones (training.selection); with "last", the last unit's.
+    row, y_score, y_pred = selector.finish(row, y_score, y_pred, trainer)
     # The final model: intervals, predictions and the summary, in that order (summary last).
-    intervals = evaluator.intervals(y_score, seed=seed_sequence(config.seed, "bootstrap"))
+    intervals = evaluator.intervals(y_score, y_pred, seed=seed_sequence(config.seed, "bootstrap"))
     small_groups = fairness.small_group_warnings(
         {g: row[f"test/count/group={g}"] for g in fairness.GROUPS})
     for message in small_groups:
@@ -248,23 +290,23 @@ def _train_and_report(config, data, trainer, evaluator, sink, run_dir, device, s
     facts = dict(trainer.privacy_facts)
     if row["privacy/epsilon"] == float("inf"):  # no noise: nothing is private
         facts["privacy/private"] = False
-    # The same thresholding as every metric (utils.fairness.predictions), so the file and the
-    # metrics cannot disagree at a score equal to the threshold.
-    write_predictions(run_dir / PREDICTIONS_FILE, evaluator.y_true, y_score,
-                      fairness.predictions(y_score, config.evaluation.threshold), evaluator.minority)
-    client_counts = getattr(trainer, "client_counts", None)
+    # The decisions every metric was computed from (the repair method's post-processing, by
+    # default utils.fairness.predictions), so the file and the metrics cannot disagree.
+    write_predictions(run_dir / PREDICTIONS_FILE, evaluator.y_true, y_score, y_pred,
+                      evaluator.minority)
+    client_counts = trainer.client_counts
     if client_counts and config.logging.private_stats:  # federated: who holds which group
         write_rows(run_dir / CLIENTS_FILE, client_counts)
     checkpoint_dir = run_dir / checkpoint.CHECKPOINT_DIR
     checkpoint_dir.mkdir(exist_ok=True)
-    base_model = getattr(trainer.model, "_module", trainer.model)
+    base_model = trainer.base_model()
     torch.save(base_model.state_dict(), checkpoint_dir / "model_final.pt")
     summary = {
         **row, **intervals,
         "time/wall_s": time.perf_counter() - started,
         "name": config.name, "seed": config.seed, "mode": config.privacy.mode,
         "device": str(device), "units": trainer.units, "warnings": warnings,
-        "data/info": data.info, "trainer/info": getattr(trainer, "info", {}),
+        "data/info": data.info, "trainer/info": trainer.info,
         **facts,
     }
     if config.logging.private_stats:

@@ -56,6 +56,7 @@ from privacy.dpfedavg import dp_fedavg_aggregate
 from privacy.noise import SecureRandom
 from training import TRAINERS
 from training.partition import partition_clients, partition_counts, partition_summary
+from training.repair.vanilla import Vanilla
 from utils.errors import ConfigError, warn_user
 from utils.fairness import GROUPS
 from utils.seeding import numpy_generator, stream_seed, torch_generator
@@ -545,6 +546,10 @@ class FederatedTrainer:
         self.train_samples = int(state["train_samples"])
         self.train_seconds = float(state["train_seconds"])
 
+    def base_model(self) -> nn.Module:
+        """The global model (no privacy engine wraps it)."""
+        return self.model
+
     def epsilon(self) -> float:
         """User-level ε after the rounds done so far (one sampled-Gaussian step per round)."""
         if self._epsilon_cache is None or self._epsilon_cache[0] != self.rounds_done:
@@ -577,7 +582,8 @@ FEW_CLIENTS_WARNING = "expected clients per round, fewer than one"
 
 
 @TRAINERS.register("dpfedavg")
-def build_federated_trainer(config, model: nn.Module, data: DataBundle, device) -> FederatedTrainer:
+def build_federated_trainer(config, model: nn.Module, data: DataBundle, device, *,
+                            method=None) -> FederatedTrainer:
     """The DP-FedAvg trainer of ``config`` (sections ``federated``, ``privacy``, ``training``).
 
     Local training is plain SGD with ``federated.client_lr`` on batches of ``training.batch_size``;
@@ -613,4 +619,7 @@ def build_federated_trainer(config, model: nn.Module, data: DataBundle, device) 
                    f"Raise client_sample_rate to at least {1 / fed.num_clients:.3g} (1 / num_clients) "
                    f"or raise num_clients.")
         warn_user(message, trainer.warnings)
+    # Only methods that leave the clients' training alone get here (the config refuses the
+    # others under dpfedavg); the run loop uses the method's post-processing of the scores.
+    trainer.method = method if method is not None else Vanilla(None, target="dp", rng=None)
     return trainer

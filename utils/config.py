@@ -34,8 +34,12 @@ ACCOUNTANTS = ("rdp", "prv")
 OPTIMIZERS = ("adam", "sgd")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 PARTITIONS = ("iid", "dirichlet", "by_group")
-FAIRNESS_METHODS = ("none",)
+FAIRNESS_TARGETS = ("dp", "eo")
 DATA_SPLITS = ("protocol", "official")
+DATA_PROTOCOLS = ("official", "runner")
+MODEL_SELECTIONS = ("last", "best_val_gap", "best_val_ap")
+# Message part of a model selection asked for without a validation split (tests import it).
+SELECT_NEEDS_VALIDATION = "needs a validation split"
 
 # Keys a resolved config.yaml carries for provenance; reading such a file back ignores them.
 PROVENANCE_KEY = "provenance"
@@ -111,6 +115,21 @@ class DataConfig:
             arXiv 2009.06389) or "official" (CelebA's own partition).
         image_size: side of the square images (CelebA: 128 or 64).
         cache_dir: where pre-processed image arrays are kept (null: ``{root}/cache``).
+        val_fraction: share of the training pool held out as a validation set, in [0, 1); 0 (the
+            default) holds out nothing. It is drawn before the resampling to ``minority_share``
+            (so it is the same at every share and training size of a seed), stratified by
+            (group, label) so that its group shares and label rates are the pool's (to within one
+            example), from its own random stream, and it is never resampled. For CelebA's
+            protocol the pool is what is left after the test set (and, with identities, the
+            validation set is drawn by person too; see ``dataset.celeba``). The validation set is
+            held out and, like the test set, treated as public: model selection
+            (``training.select``) and repair methods may use it freely, and nothing computed from
+            it is charged to ε. Do not point it at data that must stay private.
+        protocol: Adult only: "official" (adult.data trains, adult.test tests) or "runner" (the
+            RUNNER paper's protocol: the 45,222 complete rows of both files shuffled per seed into
+            60 / 20 / 20 train / validation / test, sex not an input, numeric columns in quantile
+            bins; see ``dataset.tabular.load_adult_runner``). "runner" brings its own validation
+            set, so ``val_fraction`` must stay 0.
     """
 
     name: str = "adult"
@@ -124,6 +143,8 @@ class DataConfig:
     split: str = "protocol"
     image_size: int = 128
     cache_dir: str | None = None
+    val_fraction: float = 0.0
+    protocol: str = "official"
 
     def validate(self) -> None:
         if self.minority_share is not None:
@@ -134,6 +155,24 @@ class DataConfig:
             _check(value is None or value > 0, f"data.{key}", value, "a positive integer or null")
         _one_of("data.split", self.split, DATA_SPLITS)
         _check(self.image_size >= 32, "data.image_size", self.image_size, "at least 32 pixels")
+        _check(0 <= self.val_fraction < 1, "data.val_fraction", self.val_fraction,
+               "a number in [0, 1): the share of the training pool held out for validation")
+        _one_of("data.protocol", self.protocol, DATA_PROTOCOLS)
+        if self.protocol == "runner":
+            _check(self.name == "adult", "data.protocol", self.protocol,
+                   f"official for data set {self.name!r} (the runner protocol is Adult's)")
+            if self.val_fraction != 0:
+                raise ConfigError(
+                    f"data.val_fraction: got {self.val_fraction!r}, but data.protocol: runner draws "
+                    "its own validation set (as many rows as the test set, 20 %). Set "
+                    "data.val_fraction: 0, or use data.protocol: official.")
+            _check(self.protected == "sex", "data.protected", self.protected,
+                   "sex under data.protocol: runner (its protected attribute, not an input)")
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether the data set built from this config holds a validation split."""
+        return self.val_fraction > 0 or self.protocol == "runner"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,6 +213,16 @@ class TrainingConfig:
         weight_decay: L2 penalty applied by the optimizer.
         momentum: SGD momentum (ignored by Adam).
         eval_batch_size: examples per forward pass at evaluation (memory only; no effect on results).
+        select: which evaluated unit (epoch, or federated evaluation round) gives the final model:
+            "last"; "best_val_gap", the smallest validation gap of ``fairness.mode``
+            (``val/dp_gap`` for dp, ``val/eo_gap`` for eo), the first evaluated unit left out
+            when there are two or more (as the RUNNER paper ignores its first epoch); or
+            "best_val_ap", the largest ``val/average_precision``. Ties go to the earlier unit.
+            The chosen unit's model and test scores become the run's final ones (summary.json,
+            predictions.csv, intervals, model_final.pt; ``select/unit`` says which). Anything
+            but "last" needs a validation split (``data.val_fraction`` > 0, or
+            ``data.protocol: runner``). Selection reads only the public validation set and
+            models that are already DP outputs, so it costs no privacy; ε is the whole run's.
     """
 
     epochs: int = 5
@@ -183,9 +232,11 @@ class TrainingConfig:
     weight_decay: float = 0.0
     momentum: float = 0.0
     eval_batch_size: int = 4096
+    select: str = "last"
 
     def validate(self) -> None:
         _check(self.epochs > 0, "training.epochs", self.epochs, "a positive integer")
+        _one_of("training.select", self.select, MODEL_SELECTIONS)
         _check(self.batch_size > 0, "training.batch_size", self.batch_size, "a positive integer")
         _one_of("training.optimizer", self.optimizer, OPTIMIZERS)
         _check(self.lr > 0, "training.lr", self.lr, "a positive number")
@@ -300,23 +351,75 @@ class FederatedConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class FairnessConfig:
-    """Fairness repair method applied during training.
+    """Fairness repair (``training.repair``): which method, for which target, with which settings.
+
+    In YAML the method's own settings are a sub-section named after it, checked as strictly as any
+    section: ``fairness: {method: runner, mode: dp, runner: {lam: 0.3, neuron_ratio: 0.5}}``.
+    Sub-sections of other methods may stand beside it (a grid that sweeps ``fairness.method``);
+    they are checked too, and only the chosen method's lands in the resolved config.
 
     Attributes:
-        method: "none" (no repair is implemented yet; RUNNER and its baselines will register here).
-        mode: the fairness notion the method targets ("dp" demographic parity, "eo" equal opportunity).
-        lam: weight of the fairness term.
-        neuron_ratio: share of neurons a neuron-level method acts on.
+        method: the repair method, a name of ``training.repair.METHODS`` ("none" is Vanilla
+            training; "reweighing", "oversample", "gapreg", "runner", "roc", ...).
+        mode: the fairness target, "dp" (demographic parity) or "eo" (equal opportunity /
+            equalized odds): which gap a method reduces.
+        settings: the chosen method's settings dataclass, built from ``fairness.<method>`` (its
+            docstring documents the keys); None when the method has no settings of its own or
+            the section is absent and the defaults apply.
     """
 
     method: str = "none"
     mode: str = "dp"
-    lam: float = 1.0
-    neuron_ratio: float = 0.05
+    settings: Any = None
 
     def validate(self) -> None:
-        _one_of("fairness.method", self.method, FAIRNESS_METHODS)
-        _one_of("fairness.mode", self.mode, ("dp", "eo"))
+        _one_of("fairness.mode", self.mode, FAIRNESS_TARGETS)
+
+    def method_class(self):
+        """The registered method class (imports ``training.repair``, and so torch)."""
+        from training.repair import METHODS
+
+        return METHODS.get(self.method)
+
+    def resolved_settings(self):
+        """The settings the method runs with: the configured ones, or its defaults."""
+        return self.settings if self.settings is not None else self.method_class().Settings()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method, "mode": self.mode}
+        if self.settings is not None and dataclasses.fields(self.settings):
+            out[self.method] = dataclasses.asdict(self.settings)
+        return out
+
+
+def _fairness_sections() -> dict[str, type]:
+    """Every method's settings class by method name (``fairness.<name>``)."""
+    from training.repair import METHODS
+
+    return {name: METHODS.get(name).Settings for name in METHODS}
+
+
+def build_fairness(raw: Any, key: str = "fairness") -> FairnessConfig:
+    """Build :class:`FairnessConfig` from its YAML mapping (see its docstring for the shape)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key}: got {raw!r}; expected a mapping of the section's keys.")
+    method = _coerce(raw.get("method", "none"), str, f"{key}.method")
+    mode = _coerce(raw.get("mode", "dp"), str, f"{key}.mode")
+    sections = {k: v for k, v in raw.items() if k not in ("method", "mode")}
+    if method == "none" and not sections:  # the common case needs no method registry (no torch)
+        return FairnessConfig(method=method, mode=mode)
+    known = _fairness_sections()
+    for name in sections:
+        if name not in known:
+            raise _unknown_key_error(str(name), ["method", "mode", *known], f"{key}.")
+    if method not in known:
+        FairnessConfig(method=method).method_class()  # the registry's error: names every method
+    built = {}
+    for name, values in sections.items():
+        settings = _coerce(values, known[name], f"{key}.{name}")
+        settings.validate()
+        built[name] = settings
+    return FairnessConfig(method=method, mode=mode, settings=built.get(method))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -422,12 +525,18 @@ class ExperimentConfig:
             value = getattr(self, section.name)
             if dataclasses.is_dataclass(value):
                 value.validate()
+        if self.fairness.method != "none" and self.privacy.private:
+            refusal = self.fairness.method_class().refusal(self.fairness.method, self.privacy.mode)
+            if refusal is not None:
+                raise ConfigError(refusal)
         if self.data.train_size is not None:
             _check(self.training.batch_size <= self.data.train_size, "training.batch_size",
                    self.training.batch_size, f"at most data.train_size ({self.data.train_size})")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["fairness"] = self.fairness.to_dict()
+        return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -459,6 +568,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: got {value!r}; expected a list of {_describe(item_type)}.")
         return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
+    if annotation is FairnessConfig:  # its sub-sections come from the method registry
+        return build_fairness(value, key)
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: got {value!r}; expected a mapping of the section's keys.")
@@ -747,13 +858,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         cls: Any = ExperimentConfig
         node = merged
         for depth, part in enumerate(path):
-            valid = [f.name for f in dataclasses.fields(cls)]
-            if part not in valid:
-                raise _unknown_key_error(part, valid, "".join(p + "." for p in path[:depth]))
+            children = _override_children(cls)
+            if part not in children:
+                raise _unknown_key_error(part, list(children), "".join(p + "." for p in path[:depth]))
             if depth == len(path) - 1:
                 node[part] = value
                 break
-            cls = typing.get_type_hints(cls)[part]
+            cls = children[part]
             if not dataclasses.is_dataclass(cls):
                 raise ConfigError(f"--set {text!r}: '{'.'.join(path[:depth + 1])}' is a value, "
                                   f"not a section.")
@@ -762,6 +873,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 child = node[part] = {}
             node = child
     return merged
+
+
+def _override_children(cls: type) -> dict[str, Any]:
+    """The keys ``--set`` may name inside section ``cls``, with their types; the fairness section's
+    sub-sections are the methods' settings (``fairness.runner.lam``), not its ``settings`` field."""
+    if cls is FairnessConfig:
+        return {"method": str, "mode": str, **_fairness_sections()}
+    return {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
 
 
 def _deep_copy(raw: Any) -> Any:
@@ -777,7 +896,22 @@ def config_from_mapping(raw: Mapping[str, Any]) -> ExperimentConfig:
     raw = {key: value for key, value in raw.items() if key != PROVENANCE_KEY}
     config = build_dataclass(ExperimentConfig, raw)
     config.validate()
+    check_selection(config)
     return config
+
+
+def check_selection(config: ExperimentConfig) -> None:
+    """``training.select`` other than "last" needs a validation split to select on.
+
+    A rule across the data and training sections, checked by :func:`config_from_mapping` (files,
+    ``--set``, grid points) and again by ``training.experiment.run`` (configs built in code).
+    """
+    if config.training.select != "last" and not config.data.has_validation:
+        raise ConfigError(
+            f"training.select: {config.training.select!r} {SELECT_NEEDS_VALIDATION}, but "
+            f"data.val_fraction is {config.data.val_fraction!r}. Set data.val_fraction to a share "
+            "of the training pool such as 0.2 (or, for Adult, data.protocol: runner), or "
+            "training.select: last.")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

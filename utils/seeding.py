@@ -28,6 +28,10 @@ given, never changes: renumbering one would change every run's draws of that pur
 | client_shuffle     | DP-FedAvg: each client's local batch order           | torch.Generator CPU |
 | client_noise       | DP-FedAvg: the server's Gaussian noise               | torch.Generator dev |
 | bootstrap          | the test-set bootstrap behind every ``_ci`` interval | NumPy               |
+| validation         | the validation split (``data.val_fraction``)         | NumPy, per cell     |
+| celeba_val_identity| CelebA: the order validation identities are taken    | NumPy               |
+| adult_runner_split | Adult, RUNNER protocol: the per-seed shuffle         | NumPy               |
+| repair             | a fairness repair method's own choices (oversample)  | NumPy               |
 | python_numpy_global| Python's ``random`` and NumPy's legacy global state  | seeded, not drawn   |
 
 Model initialization and the augmentation draws go through torch's global generator (``nn.init``
@@ -68,6 +72,10 @@ STREAMS: dict[str, int] = {
     "client_shuffle": 0xFED2,
     "client_noise": 0xFED3,
     "bootstrap": 0xB007,
+    "validation": 0x5A11_DA7E,
+    "celeba_val_identity": 0xCE1E_5A1D,
+    "adult_runner_split": 0xAD_0C0D,
+    "repair": 0x4E9A14,
     "python_numpy_global": 0x61_0BA1,
 }
 

@@ -1,0 +1,108 @@
+"""``adversarial`` (Zhang, Lemoine & Mitchell, "Mitigating Unwanted Biases with Adversarial
+Learning", AIES 2018): an adversary learns to predict the group from the model's output (dp) or
+from the output and the label (eo), and the model is trained to predict the label while making
+the adversary fail: L = L_cls − λ · L_adv, with the two updated in alternation at every step
+(first the adversary on the detached outputs, then the model against the adversary as it now is).
+
+The model's adversarial term is each example's own adversary loss, so it is a per-example term
+(the adversary's parameters are fixed during the model's step). Refuses DP all the same: the
+adversary's own updates read the private training data (outputs, labels and group flags) with no
+clipping or noise; the repair-under-privacy issue is to train it with DP-SGD of its own (composed in
+the accountant) or on the public validation split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.repair import METHODS
+from training.repair.base import Batch, LossTerms, RepairMethod
+from utils.config import _check
+
+ADVERSARY_READS_PRIVATE_DATA = ("its adversary is trained on the private training set's outputs, "
+                                "labels and groups without clipping or noise.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdversarialSettings:
+    """``fairness.adversarial``.
+
+    Attributes:
+        lam: λ, the weight of the adversary's loss in the model's loss (RUNNER's README: 0.5).
+        adversary_lr: the adversary's Adam learning rate (RUNNER's README: 1e-4).
+        adversary_hidden: hidden layer sizes of the adversary ([] is a logistic regression).
+    """
+
+    lam: float = 0.5
+    adversary_lr: float = 1e-4
+    adversary_hidden: list[int] = field(default_factory=list)
+
+    def validate(self) -> None:
+        _check(self.lam >= 0, "fairness.adversarial.lam", self.lam, "a number >= 0")
+        _check(self.adversary_lr > 0, "fairness.adversarial.adversary_lr", self.adversary_lr,
+               "a positive number")
+        _check(all(h > 0 for h in self.adversary_hidden), "fairness.adversarial.adversary_hidden",
+               self.adversary_hidden, "a list of positive layer sizes, e.g. [] or [16]")
+
+
+def adversary_network(inputs: int, hidden: list[int]) -> nn.Module:
+    layers: list[nn.Module] = []
+    for size in hidden:
+        layers += [nn.Linear(inputs, size), nn.ReLU()]
+        inputs = size
+    return nn.Sequential(*layers, nn.Linear(inputs, 1))
+
+
+@METHODS.register("adversarial")
+class Adversarial(RepairMethod):
+    """In-processing: the model trained against an adversary that predicts the group."""
+
+    Settings = AdversarialSettings
+    refuses = {"dpsgd": ADVERSARY_READS_PRIVATE_DATA, "dpfedavg": ADVERSARY_READS_PRIVATE_DATA}
+
+    def __init__(self, settings, *, target, rng):
+        super().__init__(settings, target=target, rng=rng)
+        self.adversary: nn.Module | None = None
+
+    def _adversary_input(self, batch: Batch, probability: torch.Tensor) -> torch.Tensor:
+        columns = [probability] if self.target == "dp" else [probability, batch.targets]
+        return torch.stack(columns, dim=1)
+
+    def _build(self, device: torch.device) -> None:
+        # Its initialization draws from the method's own stream, not torch's global generator.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.rng.integers(2**62)))
+            inputs = 1 if self.target == "dp" else 2
+            self.adversary = adversary_network(inputs, self.settings.adversary_hidden).to(device)
+        self.optimizer = torch.optim.Adam(self.adversary.parameters(),
+                                          lr=self.settings.adversary_lr)
+
+    def adversary_step(self, batch: Batch) -> float:
+        """One update of the adversary on the batch's detached outputs; returns its loss."""
+        if self.adversary is None:
+            self._build(batch.logits.device)
+        probability = torch.sigmoid(batch.logits.detach())
+        group = batch.minority.float()
+        loss = F.binary_cross_entropy_with_logits(
+            self.adversary(self._adversary_input(batch, probability)).reshape(-1), group)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def loss(self, batch: Batch, model: nn.Module) -> LossTerms:
+        if len(batch.logits) == 0:
+            return super().loss(batch, model)
+        self.adversary_step(batch)
+        for p in self.adversary.parameters():  # fixed during the model's step
+            p.requires_grad_(False)
+        adversary_losses = F.binary_cross_entropy_with_logits(
+            self.adversary(self._adversary_input(batch, torch.sigmoid(batch.logits))).reshape(-1),
+            batch.minority.float(), reduction="none")
+        for p in self.adversary.parameters():
+            p.requires_grad_(True)
+        return LossTerms(batch.losses * batch.weights - self.settings.lam * adversary_losses)

@@ -1,0 +1,157 @@
+"""Which evaluated unit's model becomes the run's final one (``training.select``).
+
+``last`` keeps the model of the last unit. ``best_val_gap`` keeps the evaluated unit (epoch, or
+federated evaluation round) with the smallest validation gap of the fairness target,
+``val/dp_gap`` under ``fairness.mode: dp`` and ``val/eo_gap`` under ``eo``; as the RUNNER paper
+reports the epoch with the smallest validation gap ignoring its first epoch, the first evaluated
+unit is no candidate when there are two or more (an almost untrained model predicts one class for
+everyone and has a gap near zero). ``best_val_ap`` keeps the largest ``val/average_precision``.
+Ties go to the earlier unit; a unit whose criterion is undefined (null: a group of the validation
+set without positives, say) is no candidate, and when no unit has a defined value the last one is
+kept, with a warning.
+
+The selected unit's model weights, test scores and test decisions replace the last unit's: they
+give summary.json's ``test/`` and ``val/`` metrics, the bootstrap intervals, predictions.csv and
+``checkpoints/model_final.pt``; summary.json says which unit in ``select/unit`` (the unit's
+``step`` in metrics.jsonl, 1-based), ``select/criterion`` and ``select/metric`` / ``select/value``.
+Everything else in the summary (privacy/ε, train/loss, time/) stays the whole run's: the choice
+depends on the models of every evaluated unit, so the released model is a function of all of
+training, and its ε is the final one. The choice itself reads only the validation set, which is
+held out and public like the test set, and the models, which are already DP outputs: it is
+post-processing and costs no privacy.
+
+The best model so far is kept in memory, a CPU copy of its state dict (never on disk until
+model_final.pt), and it is part of every checkpoint (:meth:`ModelSelector.state_dict`), so a
+resumed run selects exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils.config import SELECT_NEEDS_VALIDATION
+from utils.errors import ConfigError, warn_user
+
+# Message part of a checkpoint that lacks the selection state (tests import it).
+NO_SELECTION_STATE = "holds no model-selection state"
+
+
+def selection_metric(select: str, fairness_mode: str) -> str | None:
+    """The metrics.jsonl key ``select`` ranks units by (None for "last")."""
+    return {"last": None, "best_val_gap": f"val/{fairness_mode}_gap",
+            "best_val_ap": "val/average_precision"}[select]
+
+
+def evaluated_units(units: int, eval_every: int) -> list[int]:
+    """The 0-based units after which the run loop evaluates (as ``training.base.Trainer`` says)."""
+    return [unit for unit in range(units) if (unit + 1) % eval_every == 0 or unit + 1 == units]
+
+
+class ModelSelector:
+    """Follows the evaluated units of a run and keeps the best one's model and test outputs.
+
+    Args:
+        config: the run's config (``training.select``, ``fairness.mode``).
+        units: the trainer's units.
+        eval_every: the trainer's evaluation period.
+        has_validation: whether the data hold a validation set.
+
+    Raises:
+        ConfigError: a selection other than "last" without a validation set.
+    """
+
+    def __init__(self, config, *, units: int, eval_every: int, has_validation: bool):
+        self.select = config.training.select
+        self.metric = selection_metric(self.select, config.fairness.mode)
+        if self.metric is not None and not has_validation:
+            raise ConfigError(
+                f"training.select: {self.select!r} {SELECT_NEEDS_VALIDATION}, but the data set holds "
+                f"none (data.val_fraction is {config.data.val_fraction!r}). Set data.val_fraction to a "
+                "share of the training pool such as 0.2, or training.select: last.")
+        self.larger_is_better = self.select == "best_val_ap"
+        evaluated = evaluated_units(units, eval_every)
+        skip_first = self.select == "best_val_gap" and len(evaluated) >= 2
+        self.first_candidate = evaluated[1] if skip_first else evaluated[0]
+        self.last_unit = units - 1
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every unit seen (a fresh run, or a checkpoint that could not be restored)."""
+        self.unit: int | None = None
+        self.value: float | None = None
+        self.model: dict[str, torch.Tensor] | None = None
+        self.scores: np.ndarray | None = None
+        self.decisions: np.ndarray | None = None
+        self.metrics: dict[str, Any] | None = None
+
+    def observe(self, unit: int, row: dict[str, Any], y_score: np.ndarray, y_pred: np.ndarray | None,
+                trainer) -> None:
+        """Consider evaluated ``unit`` (0-based), whose metrics row (with ``val/`` keys) is ``row``."""
+        if self.metric is None or unit < self.first_candidate:
+            return
+        value = row.get(self.metric)
+        if value is None:
+            return
+        value = float(value)
+        better = (self.value is None
+                  or (value > self.value if self.larger_is_better else value < self.value))
+        if better:
+            self.unit, self.value = unit, value
+            self.model = {key: tensor.detach().to("cpu", copy=True)
+                          for key, tensor in _base_model(trainer).state_dict().items()}
+            self.scores = np.array(y_score, copy=True)
+            self.decisions = None if y_pred is None else np.array(y_pred, copy=True)
+            self.metrics = {key: value for key, value in row.items() if key.startswith(("test/", "val/"))}
+
+    def finish(self, row: dict[str, Any], y_score: np.ndarray, y_pred: np.ndarray | None, trainer,
+               ) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
+        """The final ``(row, test scores, test decisions)``; the trainer's model gets the chosen weights.
+
+        ``row``, ``y_score`` and ``y_pred`` are the last unit's. The returned row is it with the
+        chosen unit's ``test/`` and ``val/`` metrics and the ``select/`` keys.
+        """
+        facts = {"select/criterion": self.select, "select/metric": self.metric}
+        if self.metric is None or self.unit is None:
+            if self.metric is not None:
+                warn_user(f"training.select: {self.select}: {self.metric} is undefined (null) at every "
+                          f"candidate unit, so the last unit's model is kept.", trainer.warnings)
+            return {**row, **facts, "select/unit": self.last_unit + 1,
+                    "select/value": None if self.metric is None else row.get(self.metric)}, y_score, y_pred
+        _base_model(trainer).load_state_dict(self.model)
+        chosen = {**row, **self.metrics, **facts, "select/unit": self.unit + 1, "select/value": self.value}
+        return chosen, self.scores, self.decisions
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best unit so far, for a checkpoint (tensors, lists and plain values only, so that
+        ``torch.load(weights_only=True)`` reads it)."""
+        return {
+            "select": self.select, "unit": self.unit, "value": self.value, "model": self.model,
+            "scores": None if self.scores is None else torch.from_numpy(self.scores),
+            "decisions": None if self.decisions is None else torch.from_numpy(self.decisions),
+            "metrics": self.metrics,
+        }
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Restore :meth:`state_dict`'s output; ValueError when it is missing or of another selection."""
+        if self.metric is None:
+            return  # "last" keeps nothing
+        if state is None:
+            raise ValueError(f"the checkpoint {NO_SELECTION_STATE} (training.select: {self.select})")
+        if state.get("select") != self.select:
+            raise ValueError(f"the checkpoint selects by {state.get('select')!r}, this run by {self.select!r}")
+        self.unit = None if state["unit"] is None else int(state["unit"])
+        self.value = None if state["value"] is None else float(state["value"])
+        self.model = state["model"]
+        self.scores = None if state["scores"] is None else state["scores"].numpy()
+        self.decisions = None if state["decisions"] is None else state["decisions"].numpy()
+        self.metrics = state["metrics"]
+
+
+def _base_model(trainer) -> torch.nn.Module:
+    """The trainer's plain model (under DP-SGD the module Opacus' wrapper holds)."""
+    if hasattr(trainer, "base_model"):
+        return trainer.base_model()
+    return getattr(trainer.model, "_module", trainer.model)
