@@ -169,6 +169,28 @@ def test_paper_grids_expand(tmp_path, capsys, name, count, last):
     assert not any(tmp_path.iterdir())
 
 
+def test_runner_grid_expands_every_method_and_target_with_its_own_settings(tmp_path, capsys):
+    from training.repair import METHODS
+
+    path = ROOT / "configs" / "runner_adult.yaml"
+    assert running.main(["--params", str(path), "--set", f"output_dir={tmp_path}", "--dry-run"]) == 0
+    grid = load_grid(path)
+    assert len(grid.points) == 140 and not any(tmp_path.iterdir())
+    methods = {p.config.fairness.method for p in grid.points}
+    assert methods <= set(METHODS) and len(methods) == 7
+    for point in grid.points:
+        config = point.config
+        assert config.data.protocol == "runner" and config.training.select == "best_val_gap"
+        assert config.training.batch_size == {"dp": 1000, "eo": 2000}[config.fairness.mode]
+        if config.fairness.method == "runner":
+            expected = {"dp": (0.3, 0.5), "eo": (1.0, 0.05)}[config.fairness.mode]
+            assert (config.fairness.settings.lam, config.fairness.settings.neuron_ratio) == expected
+            assert "neuron_ratio=" in point.run_dir.name
+        else:  # another method's settings never reach a point's name or resolved config
+            assert "neuron_ratio=" not in point.run_dir.name
+            assert "runner" not in config.to_dict()["fairness"]
+
+
 @pytest.fixture(scope="module")
 def ran_grid(tmp_path_factory):
     """The grid of SWEEP x ZIP (12 points) on disk, for the test that runs it through the CLI."""

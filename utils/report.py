@@ -72,6 +72,7 @@ CLIP_FRACTION = {group: group_key("dp/clip_fraction", group) for group in GROUPS
 
 METRICS: dict[str, str] = {
     ACCURACY: "accuracy",
+    "test/average_precision": "AP",
     **{key: f"{group} acc." for group, key in GROUP_ACCURACY.items()},
     **{key: key.removeprefix("test/").replace("_", " ") for key in GAP_TITLES},
     EPSILON: "ε",

@@ -228,7 +228,8 @@ def expand_grid(raw: Mapping[str, Any], overrides: list[str] | None = None, *,
         values = {key: value for factor, row in zip(factors, combination)
                   for key, value in zip(factor.keys, row)}
         config = _point_config(base, values, factors)
-        label = ",".join(f"{short[key]}={format_value(_get_dotted(config, key))}" for key in keys)
+        used = {key: value for key in keys if (value := _get_dotted(config, key)) is not _UNUSED}
+        label = ",".join(f"{short[key]}={format_value(value)}" for key, value in used.items())
         _check_label(label, values, seen)
         grid_name, grid_dir = config.name, Path(config.output_dir) / config.name
         wandb = config.logging.wandb
@@ -552,8 +553,19 @@ def _point_config(base: dict[str, Any], values: dict[str, Any],
         raise ConfigError(f"grid point ({point}): {error}") from None
 
 
+_UNUSED = object()  # a swept key of a repair method this point does not run
+
+
 def _get_dotted(config: ExperimentConfig, key: str) -> Any:
-    return functools.reduce(getattr, key.split("."), config)
+    """The value of a dotted key in ``config``; ``fairness.<method>.<key>`` reads the method's
+    settings, and is :data:`_UNUSED` at a point that runs another method (the grid sweeps several
+    methods' settings side by side)."""
+    parts = key.split(".")
+    if parts[0] == "fairness" and len(parts) > 2:
+        if parts[1] != config.fairness.method:
+            return _UNUSED
+        return functools.reduce(getattr, parts[2:], config.fairness.resolved_settings())
+    return functools.reduce(getattr, parts, config)
 
 
 def _check_label(label: str, values: dict[str, Any], seen: dict[str, dict[str, Any]]) -> None:
