@@ -186,6 +186,9 @@ def world(tmp_path, monkeypatch) -> World:
     for variable in WANDB_VARIABLES:
         if variable != "WANDB_SERVICE":  # wandb's own link to its running service: left as it is
             monkeypatch.delenv(variable, raising=False)
+    # Never a real server (tests/conftest.py): wandb may have cached these at its first set-up.
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "2")
     monkeypatch.chdir(tmp_path)  # anything relative lands in the temporary tree
     return World(root, out, user)
 

@@ -35,7 +35,8 @@ def run_cli(tmp_path: Path, *overrides: str, env_extra: dict | None = None) -> s
     for override in overrides:
         args += ["--set", override]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WANDB_SILENT": "true",
-           "WANDB_DISABLE_GIT": "true", **(env_extra or {})}
+           "WANDB_DISABLE_GIT": "true", "WANDB_BASE_URL": "http://127.0.0.1:9",  # never a server
+           **(env_extra or {})}
     return subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
 
 

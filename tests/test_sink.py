@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 from utils import sink
 
@@ -18,14 +19,22 @@ def test_wandb_auto_is_offline_without_a_key(tmp_path, monkeypatch):
     assert sink.resolve_wandb_mode("online") == "online"
 
 
-def test_wandb_auto_is_online_with_a_key(tmp_path, monkeypatch):
+@pytest.fixture
+def no_wandb_environment(monkeypatch):
+    """No WANDB_MODE / WANDB_DISABLED (CI exports WANDB_MODE=offline): the key alone decides."""
+    for name in ("WANDB_MODE", "WANDB_DISABLED"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_wandb_auto_is_online_with_a_key(tmp_path, monkeypatch, no_wandb_environment):
     monkeypatch.setenv("NETRC", str(tmp_path / "absent-netrc"))
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert sink.resolve_wandb_mode("auto") == "online"
 
 
-def test_wandb_auto_reads_netrc(tmp_path, monkeypatch):
+def test_wandb_auto_reads_netrc(tmp_path, monkeypatch, no_wandb_environment):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL")  # wandb's default host, read here only (no wandb.init)
     netrc = tmp_path / "netrc"
     netrc.write_text("machine api.wandb.ai\n  login user\n  password " + "0" * 40 + "\n")
     netrc.chmod(0o600)
