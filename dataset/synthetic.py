@@ -47,7 +47,9 @@ def build_synthetic(config) -> DataBundle:
     return DataBundle(
         x_train=x_pool[keep], y_train=y_pool[keep], minority_train=minority_pool[keep],
         x_test=x_test, y_test=y_test, minority_test=minority_test, input_shape=(FEATURES,),
-        info={"pool_size": POOL_SIZE, "test_size": TEST_SIZE,
+        info={"pool_size": POOL_SIZE, "test_size": TEST_SIZE, "protected": "group",
+              # The last column is the group flag, named like a one-hot column of "group".
+              "feature_names": [*(f"x{i}" for i in range(FEATURES - 1)), "group=minority"],
               **validation_info(y_pool[val], minority_pool[val], config.data.val_fraction,
                                 "val_fraction" if len(val) else None)},
         x_val=x_pool[val], y_val=y_pool[val], minority_val=minority_pool[val],

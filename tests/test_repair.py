@@ -291,3 +291,84 @@ def test_adversarial_trains_its_adversary_and_changes_the_model(tmp_path):
         models[lam] = torch.cat([p.detach().reshape(-1) for p in trainer.base_model().parameters()])
     # Same seed, same batches: only the adversarial term differs.
     assert not torch.allclose(models[0.0], models[2.0])
+
+
+def test_fairsmote_synthesis_equalizes_cells_with_valid_rows():
+    from training.repair.fairsmote import one_hot_blocks, synthesize
+
+    rng = np.random.default_rng(0)
+    n = 400
+    minority = rng.random(n) < 0.15
+    y = (rng.random(n) < np.where(minority, 0.3, 0.6)).astype(np.int64)
+    colour = rng.integers(3, size=n)
+    x = np.column_stack([rng.normal(size=(n, 2)), np.eye(3)[colour],
+                         minority.astype(float)]).astype(np.float32)
+    names = ["a", "b", "colour=r", "colour=g", "colour=b", "group=minority"]
+    blocks = one_hot_blocks(names)
+    assert blocks == {"colour": [2, 3, 4], "group": [5]}
+    big_x, big_y, big_minority, synthetic = synthesize(x, y, minority, blocks, 5,
+                                                       np.random.default_rng(1))
+    np.testing.assert_array_equal(big_x[:n], x)  # the real rows come first, unchanged
+    sizes = {(a, t): int(((big_minority == a) & (big_y == t)).sum())
+             for a in (True, False) for t in (0, 1)}
+    assert len(set(sizes.values())) == 1 and synthetic.sum() == len(big_y) - n
+    made = big_x[synthetic]
+    assert np.all(made[:, 2:5].sum(1) == 1) and set(np.unique(made[:, 2:5])) <= {0.0, 1.0}
+    np.testing.assert_array_equal(made[:, 5], big_minority[synthetic])  # the group flag kept
+    for col in (0, 1):  # interpolated: inside the range of the real values
+        assert x[:, col].min() <= made[:, col].min() and made[:, col].max() <= x[:, col].max()
+
+
+def test_fairsmote_situation_testing_drops_what_the_group_decides():
+    from training.repair.fairsmote import situation_test
+
+    rng = np.random.default_rng(2)
+    n = 600
+    minority = rng.random(n) < 0.5
+    noise = rng.normal(size=(n, 1))
+    group_col = minority.astype(float).reshape(-1, 1)
+    x = np.hstack([noise, group_col])
+    # The label is the group: switching the group switches every prediction.
+    assert not situation_test(x, minority.astype(int), minority, [1], 0).any()
+    # The label ignores the group: switching it changes (almost) nothing.
+    y = (noise[:, 0] > 0).astype(int)
+    assert situation_test(x, y, minority, [1], 0).mean() > 0.97
+
+
+SHIPPED_TABULAR = {
+    "adult": ["data.target=income"],
+    "compas": ["data.target=two_year_recid", "fairness.roc.favourable_label=0"],
+    "german": ["data.target=bad_credit", "data.protected=age", "data.minority_value=young",
+               "fairness.roc.favourable_label=0", "data.train_size=300"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("dataset", list(SHIPPED_TABULAR))
+def test_every_method_on_every_shipped_tabular_data_set(tmp_path, dataset, method):
+    overrides = [f"data.name={dataset}", "data.minority_share=0.2", "data.train_size=600",
+                 "training.epochs=1", "training.batch_size=100", "model.hidden=[16]",
+                 *SHIPPED_TABULAR[dataset], f"fairness.method={method}"]
+    assert run_cli(tmp_path, *overrides) == 0
+    run_dir = tmp_path / "out" / "repair"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert 0 <= summary["test/accuracy"] <= 1 and summary["data/info"]["feature_names"]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["name"] == dataset
+    if method == "fairsmote":
+        assert summary["data/info"]["fairsmote/synthetic"] > 0
+
+
+def test_fairsmote_refuses_data_without_named_features():
+    from dataset.base import DataBundle
+    from training.repair.fairsmote import NEEDS_TABULAR, FairSmote, FairSmoteSettings
+
+    images = np.zeros((4, 3, 8, 8), np.uint8)
+    data = DataBundle(x_train=images, y_train=np.array([0, 1, 0, 1]),
+                      minority_train=np.array([1, 0, 0, 0], bool), x_test=images,
+                      y_test=np.zeros(4, int), minority_test=np.zeros(4, bool),
+                      input_shape=(3, 8, 8))
+    method = FairSmote(FairSmoteSettings(), target="dp", rng=np.random.default_rng(0))
+    with pytest.raises(ConfigError) as error:
+        method.prepare(data)
+    assert str(error.value) == NEEDS_TABULAR

@@ -30,7 +30,6 @@ and without ``output_dir``, so a folder of runs moved elsewhere resumes and skip
 
 from __future__ import annotations
 
-import dataclasses
 import platform
 import subprocess
 import sys
@@ -39,7 +38,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
@@ -146,24 +144,12 @@ def build_components(config: ExperimentConfig, device: torch.device):
     Returns ``(data, model, trainer)``.
     """
     method = build_method(config)
-    data = prepare_training_set(build_dataset(config), method)
+    data = method.prepare(build_dataset(config))  # the repair method's pre-processing
     seed_global_generators(config.seed, "init")
     model = build_model(config.model, data.input_shape)
     seed_global_generators(config.seed, "augmentation")
     trainer = build_trainer(config, model, data, device, method=method)
     return data, model, trainer
-
-
-def prepare_training_set(data, method):
-    """``data`` with the training set the repair method's pre-processing makes of it."""
-    weights = (np.ones(len(data.y_train), dtype=np.float32) if data.weights_train is None
-               else data.weights_train)
-    x, y, minority, new_weights = method.prepare(data.x_train, data.y_train, data.minority_train,
-                                                 weights)
-    if x is data.x_train and new_weights is weights:
-        return data  # unchanged (Vanilla and the in- and post-processing methods)
-    return dataclasses.replace(data, x_train=x, y_train=y, minority_train=minority,
-                               weights_train=np.asarray(new_weights, dtype=np.float32))
 
 
 def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dataset.base import DataBundle
 from utils.fairness import predictions
 
 
@@ -111,10 +112,10 @@ class RepairMethod:
         self.target = target
         self.rng = rng
 
-    def prepare(self, x: np.ndarray, y: np.ndarray, minority: np.ndarray,
-                weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Pre-processing: the training set ``(x, y, minority, weights)`` to train on."""
-        return x, y, minority, weights
+    def prepare(self, data: DataBundle) -> DataBundle:
+        """Pre-processing: the bundle to train on (its training arrays, ``weights_train`` and
+        ``info``; the validation and test sets are never touched)."""
+        return data
 
     def hidden_layers(self, model: nn.Module) -> dict[str, nn.Module]:
         """The modules whose outputs :meth:`loss` receives as ``Batch.activations``."""

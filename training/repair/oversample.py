@@ -9,6 +9,8 @@ issue's to build.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from training.repair import METHODS
@@ -36,6 +38,9 @@ class Oversample(RepairMethod):
 
     refuses = {"dpsgd": DUPLICATES_RECORDS, "dpfedavg": DUPLICATES_RECORDS}
 
-    def prepare(self, x, y, minority, weights):
-        index = oversample_indices(y, minority, self.rng)
-        return x[index], y[index], minority[index], weights[index]
+    def prepare(self, data):
+        index = oversample_indices(data.y_train, data.minority_train, self.rng)
+        weights = None if data.weights_train is None else data.weights_train[index]
+        return dataclasses.replace(data, x_train=data.x_train[index], y_train=data.y_train[index],
+                                   minority_train=data.minority_train[index],
+                                   weights_train=weights)

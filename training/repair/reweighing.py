@@ -10,6 +10,8 @@ mechanism (the repair-under-privacy issue adds that: noisy counts composed into 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from training.repair import METHODS
@@ -39,5 +41,8 @@ class Reweighing(RepairMethod):
 
     refuses = {"dpsgd": UNACCOUNTED_COUNTS, "dpfedavg": UNACCOUNTED_COUNTS}
 
-    def prepare(self, x, y, minority, weights):
-        return x, y, minority, weights * reweighing_weights(y, minority)
+    def prepare(self, data):
+        weights = reweighing_weights(data.y_train, data.minority_train)
+        if data.weights_train is not None:
+            weights = weights * data.weights_train
+        return dataclasses.replace(data, weights_train=weights)
