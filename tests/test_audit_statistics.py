@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -31,7 +30,9 @@ from utils.sink import (
     INFINITY,
     NON_PRIVATE_LIST_KEY,
     NON_PRIVATE_PREFIXES,
+    PREDICTION_COLUMNS,
     as_number,
+    read_predictions,
     to_jsonable,
 )
 
@@ -93,12 +94,8 @@ def test_predictions_file_thresholds_like_the_metrics_and_keeps_exact_scores(tmp
 
     monkeypatch.setattr(TestSetEvaluator, "scores", scores_with_an_edge)
     summary, run_dir = tiny_run(tmp_path, evaluation={"threshold": 0.7})
-    with (run_dir / "predictions.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    y_true = np.array([int(r["y_true"]) for r in rows])
-    y_score = np.array([float(r["y_score"]) for r in rows])
-    y_pred = np.array([int(r["y_pred"]) for r in rows])
-    minority = np.array([r["minority"] == "1" for r in rows])
+    table = read_predictions(run_dir / "predictions.csv")
+    y_true, y_score, y_pred, minority = (table[c] for c in PREDICTION_COLUMNS)
     np.testing.assert_array_equal(y_pred, fairness.predictions(y_score, 0.7))
     assert y_score[0] == np.float32(0.7) and y_pred[0] == 0
     # Exact scores: every metric recomputed from the file equals the run's, to the last bit.

@@ -7,13 +7,11 @@ which the summary's metrics can be recomputed. A second run of the same config i
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from sklearn.metrics import accuracy_score, average_precision_score
@@ -21,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from utils import fairness
 from utils.rundir import write_marker
+from utils.sink import read_predictions
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "predictions.csv")
@@ -65,14 +64,9 @@ def check_run_directory(run_dir: Path, *, private: bool) -> dict:
     assert summary["test/count/group=minority"] + summary["test/count/group=majority"] == 15060
 
     # predictions.csv recomputes the summary's metrics.
-    with (run_dir / "predictions.csv").open() as handle:
-        table = list(csv.DictReader(handle))
-    assert list(table[0]) == ["y_true", "y_score", "y_pred", "minority"]
-    y_true = np.array([int(r["y_true"]) for r in table])
-    y_score = np.array([float(r["y_score"]) for r in table])
-    y_pred = np.array([int(r["y_pred"]) for r in table])
-    minority = np.array([int(r["minority"]) for r in table], dtype=bool)
-    assert len(table) == 15060
+    # (read_predictions checks the columns: y_true,y_score,y_pred,minority)
+    y_true, y_score, y_pred, minority = read_predictions(run_dir / "predictions.csv").values()
+    assert len(y_true) == 15060
     assert accuracy_score(y_true, y_pred) == pytest.approx(summary["test/accuracy"], abs=1e-9)
     assert average_precision_score(y_true, y_score) == pytest.approx(summary["test/average_precision"], abs=1e-4)
     assert accuracy_score(y_true[minority], y_pred[minority]) == pytest.approx(

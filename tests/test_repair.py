@@ -14,7 +14,6 @@ registered method through the command line (a new method is tested by being regi
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from training.repair.runner import (
 from utils import fairness
 from utils.config import ModelConfig, config_from_mapping, load_config
 from utils.errors import ConfigError
+from utils.sink import read_predictions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -193,13 +193,9 @@ def test_every_method_runs_end_to_end(tmp_path, method, target):
     stored = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert stored["fairness"]["method"] == method and stored["fairness"]["mode"] == target
     # The metrics are those of predictions.csv's decisions (post-processed for roc).
-    with (run_dir / "predictions.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    y_true = np.array([int(r["y_true"]) for r in rows])
-    y_score = np.array([float(r["y_score"]) for r in rows])
-    y_pred = np.array([int(r["y_pred"]) for r in rows])
-    minority = np.array([r["minority"] == "1" for r in rows])
-    recomputed = fairness.compute_metrics(y_true, y_score, minority, y_pred=y_pred)
+    table = read_predictions(run_dir / "predictions.csv")
+    recomputed = fairness.compute_metrics(table["y_true"], table["y_score"], table["minority"],
+                                          y_pred=table["y_pred"])
     assert summary["test/accuracy"] == recomputed["accuracy"]
     assert summary["test/dp_gap"] == recomputed["dp_gap"]
 

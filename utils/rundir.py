@@ -101,16 +101,22 @@ SUMMARY_BROKEN = ("{path} is not a complete run's summary ({problem}); treating 
                   "interrupted")
 
 
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path`` if it is a regular file (not a link) holding one, else None:
+    the test of a file this tool wrote (its marker, a grid's status file)."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
 def is_marked(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds this tool's marker (a regular file, not a link, naming the tool)."""
-    marker = Path(run_dir) / MARKER_FILE
-    try:
-        if marker.is_symlink() or not marker.is_file():
-            return False
-        payload = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(payload, dict) and payload.get("tool") == TOOL
+    payload = read_json_object(Path(run_dir) / MARKER_FILE)
+    return payload is not None and payload.get("tool") == TOOL
 
 
 def write_marker(run_dir: Path) -> None:

@@ -161,11 +161,30 @@ def write_predictions(path: Path, y_true: np.ndarray, y_score: np.ndarray, y_pre
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["y_true", "y_score", "y_pred", "minority"])
+        writer.writerow(PREDICTION_COLUMNS)
         for row in zip(y_true.astype(int).tolist(), np.asarray(y_score, dtype=np.float64).tolist(),
                        y_pred.astype(int).tolist(), minority.astype(int).tolist()):
             writer.writerow([row[0], repr(row[1]), row[2], row[3]])
     os.replace(tmp, path)
+
+
+PREDICTION_COLUMNS = ("y_true", "y_score", "y_pred", "minority")
+
+
+def read_predictions(path: Path) -> dict[str, np.ndarray]:
+    """A run's predictions.csv as arrays (``y_true``, ``y_score``, ``y_pred`` int/float, and
+    ``minority`` bool), ready for :func:`utils.fairness.compute_metrics` or any other metric."""
+    with Path(path).open(newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        if tuple(header) != PREDICTION_COLUMNS:
+            raise ValueError(f"{path}: columns {header}, expected {list(PREDICTION_COLUMNS)}")
+        rows = list(reader)
+    columns = list(zip(*rows)) if rows else [(), (), (), ()]
+    return {"y_true": np.array(columns[0], dtype=np.int64),
+            "y_score": np.array(columns[1], dtype=np.float64),
+            "y_pred": np.array(columns[2], dtype=np.int64),
+            "minority": np.array(columns[3], dtype=np.int64).astype(bool)}
 
 
 def write_rows(path: Path, rows: list[Mapping[str, Any]]) -> None:

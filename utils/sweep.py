@@ -70,7 +70,7 @@ from utils.config import (
     read_yaml,
 )
 from utils.errors import ConfigError, UserInputError
-from utils.rundir import OUTPUT_DIR_NOT_A_DIRECTORY, check_output_dir, make_dirs
+from utils.rundir import OUTPUT_DIR_NOT_A_DIRECTORY, check_output_dir, make_dirs, read_json_object
 from utils.sink import SUMMARY_FILE, write_json_atomic
 
 SWEEP_SECTION = "sweep"
@@ -475,13 +475,8 @@ STATUS_NOT_OURS = ("{path} exists and is not a grid status file of this tool; it
 def is_status_file(path: Path) -> bool:
     """Whether ``path`` is a status file this tool wrote: a regular file (not a link) holding a
     JSON object with the keys :func:`_write_status` writes."""
-    try:
-        if path.is_symlink() or not path.is_file():
-            return False
-        payload = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(payload, dict) and {"grid", "points", "updated_at"} <= payload.keys()
+    payload = read_json_object(path)
+    return payload is not None and {"grid", "points", "updated_at"} <= payload.keys()
 
 
 def read_status(directory: str | Path) -> dict[str, Any] | None:
