@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 
 from dataset.base import DataBundle
+from utils.errors import ConfigError
 from utils.registry import Registry
 
 DATASETS: Registry = Registry("dataset", "data.name")
@@ -19,8 +20,35 @@ for _module in ("tabular", "tabular_sources", "celeba", "synthetic"):
     importlib.import_module(f"dataset.{_module}")
 
 
+# A builder may declare the data-set-specific keys of DataConfig it reads, as ``builder.data_keys``
+# (CelebA: its split, test size, image size and cache). Such a key set away from its default for a
+# data set that does not read it is an error: a silently ignored key would run another experiment
+# than the one written down.
+UNUSED_KEY = ("data.{key}: got {value!r}, but data.name {name!r} does not use it (only {users} "
+              "do). Remove the key, or set it back to {default!r}.")
+
+
+def check_data_keys(config) -> None:
+    """Refuse a data-set-specific key that ``config.data.name``'s builder does not read."""
+    from utils.config import DataConfig
+
+    builder = DATASETS.get(config.data.name)
+    defaults = DataConfig()
+    users: dict[str, list[str]] = {}
+    for name in DATASETS:
+        for key in getattr(DATASETS.get(name), "data_keys", ()):
+            users.setdefault(key, []).append(name)
+    for key, names in users.items():
+        value = getattr(config.data, key)
+        if key not in getattr(builder, "data_keys", ()) and value != getattr(defaults, key):
+            raise ConfigError(UNUSED_KEY.format(key=key, value=value, name=config.data.name,
+                                                users=", ".join(names),
+                                                default=getattr(defaults, key)))
+
+
 def build_dataset(config) -> DataBundle:
-    """The :class:`DataBundle` of ``config.data.name``."""
+    """The :class:`DataBundle` of ``config.data.name`` (after :func:`check_data_keys`)."""
+    check_data_keys(config)
     return DATASETS.get(config.data.name)(config)
 
 

@@ -1160,3 +1160,7 @@ def _preprocessing_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         return torch.device("cpu")  # the trainer reports the missing GPU; decoding need not fail first
     return torch.device(device)
+
+
+# The DataConfig keys only CelebA reads (dataset.check_data_keys refuses them elsewhere).
+build_celeba.data_keys = ("split", "test_size", "image_size", "cache_dir")

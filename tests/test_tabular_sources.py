@@ -507,3 +507,21 @@ def test_end_to_end(name, tmp_path, fake_lsac):
         (200 if name == "lsac" else 300)
     predictions = (tmp_path / f"e2e_{name}" / "predictions.csv").read_text().splitlines()
     assert len(predictions) - 1 == summary["data/info"]["rows/test"]
+
+
+@pytest.mark.parametrize("override, key", [("data.split=official", "split"),
+                                           ("data.test_size=100", "test_size"),
+                                           ("data.image_size=64", "image_size"),
+                                           ("data.cache_dir=/tmp/x", "cache_dir")])
+def test_celeba_only_keys_are_refused_for_other_data_sets(tmp_path, capsys, override, key):
+    import running
+    from dataset import UNUSED_KEY
+
+    params = tmp_path / "params.yaml"
+    params.write_text("data: {name: synthetic}\nlogging: {wandb: {mode: disabled}}\n")
+    code = running.main(["--params", str(params), "--set", f"output_dir={tmp_path / 'out'}",
+                         "--set", override])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 1 and not (tmp_path / "out").exists()
+    prefix = UNUSED_KEY.split("{value")[0].format(key=key)
+    assert err[0].startswith(f"error: {prefix}") and "'synthetic' does not use it (only celeba" in err[0]
