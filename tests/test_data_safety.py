@@ -33,6 +33,7 @@ import torch
 import running
 from tests.test_end_to_end import read_jsonl
 from tests.test_legacy import FIXTURE as LEGACY_FIXTURE
+from tests.test_resume import Interrupt, interrupt_after
 from tests.test_sweep import BASE as GRID_BASE
 from tests.test_sweep import SWEEP, write_params
 from training import checkpoint
@@ -57,10 +58,6 @@ TINY = ("training.epochs=1", "data.train_size=500", "evaluation.bootstrap_resamp
         "device=cpu")
 WANDB_VARIABLES = ("WANDB_MODE", "WANDB_DISABLED", "WANDB_API_KEY", "WANDB_BASE_URL",
                    "WANDB_INIT_TIMEOUT", "WANDB_SERVICE")
-
-
-class Interrupt(Exception):
-    """Stands for a kill: raised from the sink right after a unit is logged."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -134,17 +131,6 @@ def assert_one_error(capsys, code: int, message: str) -> None:
     assert code == 2, err
     assert err.splitlines() == [f"error: {message}"], err
     assert "Traceback" not in err
-
-
-def interrupt_after(patch: pytest.MonkeyPatch, step: int) -> None:
-    original = sink.MetricsSink.log
-
-    def log(self, at, metrics):
-        original(self, at, metrics)
-        if at == step:
-            raise Interrupt
-
-    patch.setattr(sink.MetricsSink, "log", log)
 
 
 def interrupted_run(out: Path, *overrides: str) -> Path:

@@ -36,6 +36,7 @@ from dataset.tabular import (
     runner_split,
 )
 from models import build_model
+from tests.test_resume import run_until_interrupted
 from training import checkpoint
 from training import experiment as experiment_module
 from training.evaluation import TestSetEvaluator as Evaluator
@@ -360,26 +361,12 @@ def test_selection_without_a_validation_split_is_a_config_error_naming_val_fract
 # Resume
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_an_interrupted_selecting_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     reference = experiment_module.run(config_from_mapping(synthetic(tmp_path / "reference")))
     assert reference["select/unit"] <= 3  # chosen before the interruption: it must come from the checkpoint
     config = config_from_mapping(synthetic(tmp_path / "resumed"))
     run_dir = experiment_module.run_directory(config)
-    original = experiment_module.MetricsSink.log
-
-    def log(self, at, metrics):
-        original(self, at, metrics)
-        if at == 4:
-            raise Interrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(experiment_module.MetricsSink, "log", log)
-        with pytest.raises(Interrupt):
-            experiment_module.run(config)
+    run_until_interrupted(config, monkeypatch, after=4)
     state = checkpoint.load_checkpoint(run_dir / "checkpoints" / "last.pt")
     # Killed after logging unit 4, before its checkpoint: the run resumes after unit 3.
     assert state.step == 3 and state.selection["unit"] + 1 == reference["select/unit"]
@@ -396,17 +383,7 @@ def test_an_interrupted_selecting_run_resumes_to_the_uninterrupted_result(tmp_pa
 def test_a_checkpoint_without_the_selection_state_is_not_resumed(tmp_path, monkeypatch, capsys):
     config = config_from_mapping(synthetic(tmp_path, **{"training.epochs": 3}))
     run_dir = experiment_module.run_directory(config)
-    original = experiment_module.MetricsSink.log
-
-    def log(self, at, metrics):
-        original(self, at, metrics)
-        if at == 2:
-            raise Interrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(experiment_module.MetricsSink, "log", log)
-        with pytest.raises(Interrupt):
-            experiment_module.run(config)
+    run_until_interrupted(config, monkeypatch, after=2)
     for name in ("last.pt", "previous.pt"):
         path = run_dir / "checkpoints" / name
         if path.exists():
