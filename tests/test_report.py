@@ -16,6 +16,7 @@ from PIL import Image
 
 import running
 from tests.test_sweep import SWEEP, ZIP, grid_raw, write_params
+from utils import report
 
 # Spelled out here rather than imported, so that a metric dropped from the report fails the test.
 METRICS = ["test/accuracy", "test/accuracy/group=minority", "test/accuracy/group=majority",
@@ -143,3 +144,165 @@ def test_federated_grid_reports_per_group_clipping_of_client_updates(tmp_path):
             key = f"dp/clip_fraction/group={group}"
             assert float(row[f"{key}_mean"]) == summary[key]
     assert (directory / "clip_fraction.png").stat().st_size > 10_000
+
+
+# --------------------------------------------------------------------------------------------------
+# The method view: a grid of fairness repair methods
+
+METHOD_METRICS = ["test/average_precision", "test/accuracy", "test/dp_gap", "test/eo_gap",
+                  "test/eodds_gap_sum"]
+# Methods in the grid's order (reweighing before gapreg, unlike the alphabetical registry) and
+# gapreg's λ listed descending, so that the report's order is its own doing.
+METHOD_ZIP = [{"fairness.method": ["none", "reweighing", "gapreg", "gapreg"],
+               "fairness.gapreg.lam": [1.0, 1.0, 3.0, 0.5]},
+              {"fairness.mode": ["dp", "eo"]}]
+METHOD_ROWS = [(mode, method, lam) for mode in ("dp", "eo")
+               for method, lam in (("none", None), ("reweighing", None), ("gapreg", 0.5),
+                                   ("gapreg", 3.0))]
+
+
+@pytest.fixture(scope="module")
+def method_grid(tmp_path_factory) -> Path:
+    """none, reweighing and gapreg at λ 0.5 and 3 x dp/eo x 2 seeds on the synthetic data, reported."""
+    tmp_path = tmp_path_factory.mktemp("methods")
+    # One epoch on 1,500 examples: the view's arithmetic, not the methods, is under test here.
+    raw = grid_raw(tmp_path, sweep={"seed": [0, 1]}, zip=METHOD_ZIP,
+                   data={"name": "synthetic", "train_size": 1500},
+                   training={"epochs": 1, "batch_size": 300, "lr": 0.01})
+    assert running.main(["--params", str(write_params(tmp_path, raw))]) == 0
+    directory = tmp_path / "runs" / "tiny"
+    assert running.main(["--report", str(directory)]) == 0
+    return directory
+
+
+def method_runs(directory: Path) -> dict[tuple, list[dict]]:
+    """Every run's summary keyed by (mode, method, gapreg's λ or None), from the files alone."""
+    rows: dict[tuple, list[dict]] = {}
+    for summary_path in sorted(directory.glob("*/summary.json")):
+        fairness = yaml.safe_load((summary_path.parent / "config.yaml").read_text())["fairness"]
+        key = (fairness["mode"], fairness["method"], fairness.get("gapreg", {}).get("lam"))
+        rows.setdefault(key, []).append(json.loads(summary_path.read_text()))
+    return rows
+
+
+def read_method_csv(directory: Path) -> list[dict[str, str]]:
+    with (directory / "report_methods.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def method_view_of(directory: Path, **kwargs):
+    runs, _ = report.load_runs(directory)
+    return report.method_view(report.group_points(runs), **kwargs)
+
+
+def test_method_table_numbers_and_order_match_the_runs(method_grid):
+    rows = read_method_csv(method_grid)
+    keys = [(row["fairness.mode"], row["fairness.method"],
+             float(row["fairness.gapreg.lam"]) if row["fairness.gapreg.lam"] else None) for row in rows]
+    assert keys == METHOD_ROWS  # target, then the grid's method order (none first), then λ
+    expected = method_runs(method_grid)
+    assert set(expected) == set(METHOD_ROWS)
+    markdown = (method_grid / "report.md").read_text()
+    section = markdown.split("## Fairness repair methods", 1)[1].split("## Figures", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("| ")]
+    assert table[0] == "| target | method | settings | seeds | AP | accuracy | ΔDP | ΔEO | ΔEOdds sum |"
+    assert len(table) == 1 + len(METHOD_ROWS)
+    for row, key, line in zip(rows, keys, table[1:]):
+        summaries = expected[key]
+        assert row["n_seeds"] == "2" and row["seeds"] == "0 1"
+        cells = [key[0], key[1], f"λ={key[2]:g}" if key[2] is not None else "–", "2"]
+        for metric in METHOD_METRICS:
+            values = [s[metric] for s in summaries]
+            mean, std = statistics.mean(values), statistics.stdev(values)
+            assert float(row[f"{metric}_mean"]) == pytest.approx(mean, rel=1e-12)
+            assert float(row[f"{metric}_std"]) == pytest.approx(std, rel=1e-12)
+            cells.append(f"{100 * mean:.2f} ± {100 * std:.2f}")
+        assert line == "| " + " | ".join(cells) + " |"
+
+
+def test_runs_made_without_a_grid_order_methods_by_name_after_none(method_grid):
+    view = method_view_of(method_grid)  # no method_order: as for run directories made by --set
+    assert [(row.mode, row.method) for row in view.rows] == [
+        (mode, method) for mode in ("dp", "eo") for method in ("none", "gapreg", "gapreg", "reweighing")]
+
+
+@pytest.mark.parametrize("mode, gap", [("dp", "test/dp_gap"), ("eo", "test/eo_gap")])
+def test_tradeoff_figure_draws_one_point_per_method_and_lambda(method_grid, mode, gap):
+    path = method_grid / f"tradeoff_{mode}.png"
+    assert f"]({path.name})" in (method_grid / "report.md").read_text()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width >= 800 and image.height >= 500
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 20)) > 50
+    expected = method_runs(method_grid)
+    view = method_view_of(method_grid, method_order=["none", "reweighing", "gapreg"])
+    series = report.tradeoff_series(view, "synthetic", mode)
+    assert [line.label for line in series] == ["none", "reweighing", "gapreg"]
+    figure = report.tradeoff_figure(series, mode, title="t")
+    axes = figure.axes
+    assert [ax.get_title() for ax in axes] == [f"AP against {'ΔDP' if mode == 'dp' else 'ΔEO'}",
+                                               "AP against ΔEOdds sum"]
+    lines = [[("none", None)], [("reweighing", None)], [("gapreg", 0.5), ("gapreg", 3.0)]]
+    for ax, x_metric in zip(axes, (gap, "test/eodds_gap_sum")):
+        assert len(ax.containers) == len(lines)  # one errorbar line per method
+        for container, points in zip(ax.containers, lines):
+            data_line, _, bars = container.lines
+            # Error bars: horizontal segments are ±std of the gap, vertical ones ±std of AP.
+            half = {"x": [], "y": []}
+            for collection in bars:
+                for (x0, y0), (x1, y1) in collection.get_segments():
+                    half["y" if x0 == x1 else "x"].append((abs(x1 - x0) + abs(y1 - y0)) / 2)
+            # One marker per method and λ, gapreg's λ values joined in λ order.
+            assert len(data_line.get_xdata()) == len(points) == len(half["x"]) == len(half["y"])
+            for x, y, dx, dy, (method, lam) in zip(data_line.get_xdata(), data_line.get_ydata(),
+                                                   half["x"], half["y"], points):
+                summaries = expected[(mode, method, lam)]
+                xs = [100 * s[x_metric] for s in summaries]
+                ys = [100 * s["test/average_precision"] for s in summaries]
+                assert (x, y) == pytest.approx((statistics.mean(xs), statistics.mean(ys)))
+                assert (dx, dy) == pytest.approx((statistics.stdev(xs), statistics.stdev(ys)))
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == ["none", "reweighing",
+                                                                             "gapreg"]
+
+
+def test_a_privacy_grid_gets_no_method_view(grid_dir):
+    """Every run trains Vanilla: the report is the one it was before the method view existed."""
+    assert method_view_of(grid_dir) is None
+    assert not (grid_dir / "report_methods.csv").exists()
+    assert not list(grid_dir.glob("tradeoff_*"))
+    markdown = (grid_dir / "report.md").read_text()
+    assert "Fairness repair methods" not in markdown and "tradeoff" not in markdown
+
+
+def test_runs_without_a_metric_show_a_dash(method_grid, tmp_path):
+    """Runs of a version from before test/eodds_gap_sum: "–" in report.md, blank in the CSV, and the
+    trade-off figure keeps its one panel that can be drawn."""
+    copy = tmp_path / "tiny"
+    shutil.copytree(method_grid, copy)
+    for path in copy.glob("*/summary.json"):
+        summary = json.loads(path.read_text())
+        del summary["test/eodds_gap_sum"], summary["test/eodds_gap_sum_ci"]
+        path.write_text(json.dumps(summary))
+    assert running.main(["--report", str(copy)]) == 0
+    rows = read_method_csv(copy)
+    assert len(rows) == len(METHOD_ROWS)
+    assert all(row["test/eodds_gap_sum_mean"] == row["test/eodds_gap_sum_std"] == "" for row in rows)
+    assert all(row["test/eo_gap_mean"] for row in rows)
+    section = (copy / "report.md").read_text().split("## Fairness repair methods", 1)[1]
+    table = [line for line in section.split("## Figures", 1)[0].splitlines() if line.startswith("| ")]
+    assert all(line.endswith(" | – |") for line in table[1:])
+    view = method_view_of(copy)
+    figure = report.tradeoff_figure(report.tradeoff_series(view, "synthetic", "eo"), "eo", title="t")
+    assert [ax.get_title() for ax in figure.axes] == ["AP against ΔEO"]
+    assert (copy / "tradeoff_eo.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("name", ["report_methods.csv", "tradeoff_dp.png", "tradeoff_eo.png"])
+def test_report_never_overwrites_a_method_view_file_it_did_not_write(method_grid, tmp_path, capsys,
+                                                                      name):
+    copy = tmp_path / "tiny"
+    shutil.copytree(method_grid, copy, ignore=shutil.ignore_patterns("report*", "*.png"))
+    (copy / name).write_bytes(b"the user's own file\n")
+    assert running.main(["--report", str(copy)]) == 2
+    assert report.REPORT_FILE_NOT_OURS.format(path=copy / name) in capsys.readouterr().err
+    assert (copy / name).read_bytes() == b"the user's own file\n"
+    assert not (copy / "report.md").exists() and not (copy / "report.csv").exists()
