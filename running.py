@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"report: python running.py --report {grid.directory}")
             return 1 if failed else 0
         config = load_config(args.params, args.overrides)
-        # Imported here so that `--help` and config errors answer without loading torch.
+        # Imported here so that `--help` and YAML errors answer without loading torch (a config
+        # check of a registered name imports its registry, and so torch).
         from training.experiment import run, run_directory
 
         if args.dry_run:

@@ -65,6 +65,7 @@ from dataset.imbalance import resample_to_share, validation_counts, validation_i
 from utils.config import ExperimentConfig
 from utils.errors import ConfigError, DataError
 from utils.progress import progress
+from utils.registry import Registry
 from utils.seeding import numpy_generator
 
 CELEBA_URL = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
@@ -86,6 +87,11 @@ ATTRIBUTE_NAMES = (
     "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace",
     "Wearing_Necktie", "Young",
 )  # fmt: skip
+
+# The splits by name (``data.split``): each entry is the function that draws the split's rows
+# (:func:`protocol_split`, :func:`official_split`), and the registry is what the config checks
+# ``data.split`` against, so the valid names are exactly these.
+SPLITS: Registry = Registry("split", "data.split")
 
 # The protocol's random orders each draw from a stream of their own (utils.seeding.STREAMS): the
 # test set's cells, the pool's cells, and the order in which the test set takes identities (when
@@ -397,6 +403,7 @@ class Split:
     val_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
+@SPLITS.register("protocol")
 def protocol_split(
     targets: np.ndarray,
     minority: np.ndarray,
@@ -561,6 +568,7 @@ def protocol_split(
     return Split(test_rows, train_rows, info, val_rows)
 
 
+@SPLITS.register("official")
 def official_split(
     targets: np.ndarray,
     minority: np.ndarray,

@@ -27,6 +27,7 @@ import running
 from models import build_model
 from training.repair import METHODS, build_method
 from training.repair.base import Batch, group_gap
+from training.repair.fairsmote import NEEDS_TABULAR
 from training.repair.oversample import oversample_indices
 from training.repair.reweighing import reweighing_weights
 from training.repair.roc import reject_option
@@ -150,6 +151,37 @@ def test_runner_selects_the_most_important_neurons_of_each_layer():
     grad = torch.autograd.grad(fair, model[0].weight, retain_graph=True)[0]
     importance = neuron_importance(model[0].weight, grad)
     assert set(chosen["1"].tolist()) == set(importance.topk(2).indices.tolist())
+
+
+@pytest.mark.parametrize("target", ["dp", "eo"])
+def test_runner_repair_term_by_hand(target):
+    # λ × (the output gap, eo only, + each selected neuron's |mean over one group − mean over the
+    # other|, averaged over the selected neurons), counted group by group with masks.
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(),
+                          nn.Linear(5, 1)).double()
+    x = torch.randn(16, 3, dtype=torch.float64)
+    minority, y = torch.arange(16) < 6, (torch.arange(16) % 3 == 0).double()
+    method = Runner(RunnerSettings(lam=0.7, neuron_ratio=0.4), target=target, rng=None)
+    activations = {}
+    for name, module in method.hidden_layers(model).items():
+        module.register_forward_hook(lambda m, i, o, name=name: activations.__setitem__(name, o))
+    logits = model(x).reshape(-1)
+    batch = Batch(logits=logits, targets=y, minority=minority, weights=torch.ones(16),
+                  losses=torch.zeros(16), activations=activations)
+    _, chosen = method.selection(batch)
+    terms = method.loss(batch, model)
+    cells = [torch.ones(16, dtype=torch.bool)] if target == "dp" else [y == 0, y == 1]
+
+    def gap(values):  # values (B, k): Σ over cells of the mean over columns of |Δ group means|
+        return sum((values[minority & c].mean(0) - values[~minority & c].mean(0)).abs().mean()
+                   for c in cells)
+
+    expected = gap(torch.sigmoid(logits)[:, None]) if target == "eo" else 0.0
+    for name, index in chosen.items():
+        assert len(index) == max(1, int(0.4 * activations[name].shape[1]))
+        expected = expected + gap(activations[name][:, index])
+    torch.testing.assert_close(terms.coupled, 0.7 * expected)
 
 
 def test_runner_finds_conv_channels_in_the_cnn():
@@ -368,3 +400,37 @@ def test_fairsmote_refuses_data_without_named_features():
     with pytest.raises(ConfigError) as error:
         method.prepare(data)
     assert str(error.value) == NEEDS_TABULAR
+
+
+# Methods that refuse image inputs, with the error they give (exit 2); every other method must run.
+IMAGE_REFUSALS = {"fairsmote": NEEDS_TABULAR}
+
+
+@pytest.fixture(scope="module")
+def fake_celeba_root(tmp_path_factory):
+    from tests.celeba_fake import make_fake_celeba
+
+    root = tmp_path_factory.mktemp("celeba")
+    make_fake_celeba(root, n_images=300, seed=0)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_on_the_fake_celeba(tmp_path, capsys, fake_celeba_root, method):
+    overrides = ["data.name=celeba", f"data.root={fake_celeba_root}", "data.target=Wavy_Hair",
+                 "data.protected=Male", "data.minority_value=1", "data.minority_share=null",
+                 "data.train_size=80", "data.test_size=40", "data.image_size=64",
+                 f"data.cache_dir={tmp_path / 'cache'}", "model.name=cnn", "model.width=8",
+                 "training.epochs=1", "training.batch_size=16", f"fairness.method={method}"]
+    code = run_cli(tmp_path, *overrides)
+    if method in IMAGE_REFUSALS:
+        assert code == 2
+        assert capsys.readouterr().err.strip() == f"error: {IMAGE_REFUSALS[method]}"
+        assert not (tmp_path / "out" / "repair").exists()
+        return
+    assert code == 0
+    summary = json.loads((tmp_path / "out" / "repair" / "summary.json").read_text())
+    assert 0 <= summary["test/accuracy"] <= 1
+    assert yaml.safe_load((tmp_path / "out" / "repair" / "config.yaml").read_text())["data"][
+        "target"] == "Wavy_Hair"

@@ -175,7 +175,7 @@ def test_runner_grid_expands_every_method_and_target_with_its_own_settings(tmp_p
     path = ROOT / "configs" / "runner_adult.yaml"
     assert running.main(["--params", str(path), "--set", f"output_dir={tmp_path}", "--dry-run"]) == 0
     grid = load_grid(path)
-    assert len(grid.points) == 160 and not any(tmp_path.iterdir())
+    assert len(grid.points) == 180 and not any(tmp_path.iterdir())
     methods = {p.config.fairness.method for p in grid.points}
     assert methods == set(METHODS)  # every registered method
     for point in grid.points:
@@ -189,6 +189,20 @@ def test_runner_grid_expands_every_method_and_target_with_its_own_settings(tmp_p
         else:  # another method's settings never reach a point's name or resolved config
             assert "neuron_ratio=" not in point.run_dir.name
             assert "runner" not in config.to_dict()["fairness"]
+
+
+def test_a_product_of_several_methods_lambda_lists_runs_each_method_and_lambda_once(tmp_path):
+    # none reads no λ, gapreg only its own: 1 + 3 + 2 distinct runs, not 3 x 3 x 2.
+    grid = expand_grid(grid_raw(tmp_path, sweep={
+        "fairness.method": ["none", "gapreg", "runner"], "fairness.gapreg.lam": [0.5, 1.0, 2.0],
+        "fairness.runner.lam": [0.3, 1.0]}))
+    runs = [(p.config.fairness.method, getattr(p.config.fairness.settings, "lam", None))
+            for p in grid.points]
+    assert runs == [("none", None), ("gapreg", 0.5), ("gapreg", 1.0), ("gapreg", 2.0),
+                    ("runner", 0.3), ("runner", 1.0)]
+    assert len({p.label for p in grid.points}) == 6
+    assert [p.label for p in grid.points][:2] == ["fairness=none",
+                                                  "fairness=gapreg,fairness.gapreg.lam=0.5"]
 
 
 @pytest.fixture(scope="module")

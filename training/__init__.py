@@ -1,8 +1,9 @@
 """Trainers, built by ``privacy.mode`` from one registry.
 
 A builder has the signature ``fn(config: ExperimentConfig, model, data: DataBundle, device, *,
-method: RepairMethod | None) -> Trainer`` (see :mod:`training.base`). Everything else (data, model, evaluation, logging) is the same
-code in every mode, so a private run and its non-private twin differ only where privacy demands it.
+method: RepairMethod | None) -> Trainer`` (see :mod:`training.base`). Everything else (data,
+model, evaluation, logging) is the same code in every mode, so a private run and its non-private
+twin differ only where privacy demands it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import importlib
 
 from utils.registry import Registry
 
-TRAINERS: Registry = Registry("trainer", "privacy.mode")
+# Its names are the valid values of privacy.mode (the config asks this registry; utils.config).
+TRAINERS: Registry = Registry("privacy mode", "privacy.mode")
 
 # Importing the modules registers their trainers.
 for _module in ("centralized", "federated"):

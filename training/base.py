@@ -1,4 +1,4 @@
-"""What every trainer offers the run loop in ``running.py``.
+"""What every trainer offers the run loop (:func:`training.experiment.run`).
 
 A trainer owns the model, the optimizer and (under DP) the privacy engine. The run loop only calls
 ``train_unit`` ``trainer.units`` times, evaluates ``trainer.model`` whenever
@@ -6,46 +6,62 @@ A trainer owns the model, the optimizer and (under DP) the privacy engine. The r
 an epoch for centralized training and a round for federated training, so one metrics.jsonl row is
 one unit. ``state_dict`` / ``load_state_dict`` let an interrupted run resume at a unit boundary
 (:mod:`training.checkpoint`).
+
+:class:`Trainer` names everything the run loop, the model selection (:mod:`training.selection`)
+and the checkpoints read from a trainer, and nothing else; ``tests/test_registries.py`` checks that
+every registered trainer has all of it and that the loop reads nothing the protocol leaves out.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
+if TYPE_CHECKING:
+    from training.repair.base import RepairMethod
 
+
+@runtime_checkable
 class Trainer(Protocol):
-    """The interface of ``privacy.mode`` none / dpsgd / dpfedavg trainers.
+    """The interface of the ``privacy.mode`` trainers (none / dpsgd / dpfedavg, ``training.TRAINERS``).
 
-    Attributes:
-        model: the module to evaluate (the global model in federated training). Its forward maps a
-            float batch to one logit per example, shape (batch,) or (batch, 1).
-        units: how many epochs (or rounds) the run trains.
-        eval_every: evaluate the test set after every this many units (and after the last one).
-        method: the fairness repair method (:mod:`training.repair`) whose post-processing turns
-            the scores into decisions.
-        train_samples, train_seconds: examples processed and seconds spent training so far (for
-            ``time/train_samples_per_s``).
-        info: facts about the trainer for summary.json's ``trainer/info`` (may be empty).
-        client_counts: per client its counts of groups and labels (federated; None otherwise),
-            for clients.csv.
+    ``isinstance(trainer, Trainer)`` checks that every member below is present (not their types).
     """
 
     model: torch.nn.Module
+    """The module to evaluate (the global model in federated training; Opacus' wrapper under DP-SGD),
+    whose forward maps a float batch to one logit per example, shape (batch,) or (batch, 1)."""
     units: int
+    """How many epochs (or federated rounds) the run trains."""
     eval_every: int
-    method: Any
+    """Evaluate after every this many units, and after the last one."""
+    first_selectable_unit: int
+    """The first (0-based) unit whose model ``training.select`` may choose (0 for one phase)."""
+    method: RepairMethod
+    """The fairness repair method (:mod:`training.repair`); its ``postprocess`` makes the decisions."""
     train_samples: int
+    """Examples processed in training so far (for ``time/train_samples_per_s``)."""
     train_seconds: float
+    """Seconds spent in training so far (for ``time/train_samples_per_s``)."""
     info: dict[str, Any]
+    """Facts about the trainer for summary.json's ``trainer/info`` (may be empty)."""
     client_counts: list[dict[str, int]] | None
-
-    def base_model(self) -> torch.nn.Module:
-        """The trained module itself, unwrapped from any privacy engine (for saving weights)."""
+    """Per client its counts of groups and labels, for clients.csv (federated; None otherwise)."""
+    privacy_facts: dict[str, object]
+    """What the run's guarantee rests on (:func:`guarantee_facts`), for summary.json."""
+    warnings: list[str]
+    """Warnings the trainer gave the user (already printed), for summary.json's ``warnings``."""
 
     def train_unit(self, unit: int) -> dict[str, float]:
         """Train one epoch or round; return flat slash-named metrics such as ``train/loss``."""
+
+    def privacy_metrics(self) -> dict[str, float | None]:
+        """``privacy/epsilon``, ``privacy/delta``, ``privacy/noise_multiplier``,
+        ``privacy/sample_rate``, ``privacy/steps`` as of now (values None when not private)."""
+
+    def base_model(self) -> torch.nn.Module:
+        """The trained module itself, unwrapped from any privacy engine (for saving weights)."""
 
     def state_dict(self) -> dict[str, Any]:
         """The trainer's whole state at a unit boundary, for a checkpoint: model, optimizer,
@@ -55,15 +71,6 @@ class Trainer(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output into a freshly built trainer of the same config, so
         that training continues exactly as if it had not stopped."""
-
-    privacy_facts: dict[str, object]
-    """What the run's guarantee rests on (:func:`guarantee_facts`), for summary.json."""
-    warnings: list[str]
-    """Warnings the trainer gave the user (already printed), for summary.json's ``warnings``."""
-
-    def privacy_metrics(self) -> dict[str, float | None]:
-        """``privacy/epsilon``, ``privacy/delta``, ``privacy/noise_multiplier``,
-        ``privacy/sample_rate``, ``privacy/steps`` as of now (values None when not private)."""
 
 
 PRIVACY_KEYS = ("privacy/epsilon", "privacy/delta", "privacy/noise_multiplier",

@@ -22,7 +22,7 @@ from privacy import dpsgd
 from training import TRAINERS
 from training.base import POISSON_VIOLATED_WARNING, guarantee_facts, no_privacy_metrics
 from training.optim import build_optimizer
-from training.repair.base import Batch, RepairMethod
+from training.repair.base import Batch, RepairMethod, TrainingSet
 from training.repair.vanilla import Vanilla
 from utils.config import ExperimentConfig
 from utils.errors import ConfigError, warn_user
@@ -48,7 +48,6 @@ class CentralizedTrainer:
         self.config = config
         self.device = device
         self.method = method if method is not None else Vanilla(None, target="dp", rng=None)
-        self.units = config.training.epochs
         # The whole training set moves to the device once (if it fits); batches are gathered there
         # by index.
         self.x = place_inputs(data.x_train, device, what="training inputs")
@@ -68,7 +67,20 @@ class CentralizedTrainer:
         # generator, which initialized the model (utils.seeding). Both are part of the trainer's
         # state, so that a resumed run draws the same batches and the same noise.
         self.generator = torch_generator(config.seed, "batch_sampling")
-        loader = dpsgd.index_loader(num_examples, config.training.batch_size, self.generator)
+        if config.training.balanced_batches:  # non-private only (ExperimentConfig.validate)
+            loader = BalancedBatches(self._cells(data), config.training.batch_size, self.generator)
+        else:
+            loader = dpsgd.index_loader(num_examples, config.training.batch_size, self.generator)
+        # The repair method's phases (one by default); a phase that starts afresh reloads these
+        # initial weights, the init stream's draw, so every phase starts from the same model.
+        self.phases = self.method.phases(config.training.epochs)
+        self.units = sum(phase.epochs for phase in self.phases)
+        self.first_selectable_unit = self.units - self.phases[-1].epochs
+        if len(self.phases) > 1 and config.privacy.private:
+            raise ConfigError(f"fairness.method {config.fairness.method!r} trains in phases, which "
+                              f"only privacy.mode: none supports.")
+        self._initial_weights = {key: value.detach().clone()
+                                 for key, value in model.state_dict().items()}
         model = model.to(device)
         optimizer = build_optimizer(config.training, model.parameters())
         self.private = None
@@ -89,6 +101,7 @@ class CentralizedTrainer:
         if self.method.wants_activations:
             for name, module in self.method.hidden_layers(self.base_model()).items():
                 module.register_forward_hook(self._recorder(name))
+        self.method.attach(self.base_model())
         self.train_seconds = 0.0
         self.train_samples = 0
         self.info: dict[str, Any] = {}
@@ -100,11 +113,55 @@ class CentralizedTrainer:
                 self._activations[name] = output
         return record
 
+    def _cells(self, data: DataBundle) -> list[torch.Tensor]:
+        """The training indices of each cell a balanced batch draws from equally: the two groups
+        (dp), or group × label (eo). A cell too small for its share of a batch is a ConfigError."""
+        minority, labels = self.minority.cpu(), self.y.cpu() > 0.5
+        masks = ([minority, ~minority] if self.config.fairness.mode == "dp" else
+                 [minority & labels, minority & ~labels, ~minority & labels, ~minority & ~labels])
+        cells = [mask.nonzero().flatten() for mask in masks]
+        share = self.config.training.batch_size // len(cells)
+        smallest = min(len(cell) for cell in cells)
+        if share < 1 or smallest < share:
+            raise ConfigError(
+                f"training.balanced_batches: a batch of training.batch_size "
+                f"{self.config.training.batch_size} takes {share} examples from each of the "
+                f"{len(cells)} cells of fairness.mode {self.config.fairness.mode!r}, but the "
+                f"smallest cell holds {smallest}. Set training.batch_size between {len(cells)} and "
+                f"{smallest * len(cells)}, or training.balanced_batches: false.")
+        return cells
+
+    def _phase_at(self, unit: int) -> tuple[int, int]:
+        """(phase index, the unit its first epoch is) of 0-based ``unit``."""
+        start = 0
+        for index, phase in enumerate(self.phases):
+            if unit < start + phase.epochs:
+                return index, start
+            start += phase.epochs
+        raise IndexError(f"unit {unit} is past the last phase")
+
+    def _start_phase(self, index: int) -> None:
+        phase = self.phases[index]
+        model = self.base_model()
+        self.method.start_phase(index, phase, model, TrainingSet(
+            x=self.x, y=self.y, minority=self.minority, weights=self.weights,
+            transform=self.transform, batch_size=self.config.training.eval_batch_size))
+        if phase.fresh_model:
+            model.load_state_dict(self._initial_weights)
+            self.optimizer = build_optimizer(self.config.training, model.parameters())
+        self.info.update(self.method.info())
+
     def train_unit(self, unit: int) -> dict[str, float | None]:
+        phase, start = self._phase_at(unit)
+        if phase > 0 and unit == start:
+            self._start_phase(phase)
         with warnings.catch_warnings():
             # Opacus' hooks fire on the first layer although inputs need no gradient; harmless.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            return self._train_epoch(unit)
+            metrics = self._train_epoch(unit)
+        if len(self.phases) > 1:
+            metrics["train/phase"] = phase + 1
+        return metrics
 
     def _train_epoch(self, unit: int) -> dict[str, float | None]:
         self.model.train()
@@ -126,6 +183,7 @@ class CentralizedTrainer:
             y = self.y[indices]
             self.optimizer.zero_grad(set_to_none=True)
             self._activations.clear()
+            self.method.before_forward(indices)
             logits = self.model(x).reshape(-1)
             batch = Batch(logits=logits, targets=y, minority=self.minority[indices],
                           weights=self.weights[indices], activations=self._activations,
@@ -195,6 +253,7 @@ class CentralizedTrainer:
                                 and self.private.noise_generator is not None else None),
             "accountant_history": (list(self.private.engine.accountant.history)
                                    if self.private is not None else None),
+            "method": self.method.state_dict(),
             "train_samples": self.train_samples,
             "train_seconds": self.train_seconds,
         }
@@ -213,8 +272,33 @@ class CentralizedTrainer:
                 self.private.noise_generator.set_state(state["noise_generator"])
             self.private.engine.accountant.history = [tuple(entry)
                                                       for entry in state["accountant_history"]]
+        self.method.load_state_dict(state.get("method") or {})
+        self.info.update(self.method.info())
         self.train_samples = int(state["train_samples"])
         self.train_seconds = float(state["train_seconds"])
+
+
+class BalancedBatches:
+    """Batches with the same number of examples from every cell (``training.balanced_batches``).
+
+    Each of the ceil(N / batch_size) steps of an epoch draws batch_size // cells examples from
+    every cell, uniformly without replacement within the step and independently across steps (as
+    RUNNER's released code samples), from the trainer's batch-order generator. Yields ``(indices,)``
+    like the plain loader.
+    """
+
+    def __init__(self, cells: list[torch.Tensor], batch_size: int, generator: torch.Generator):
+        self.cells, self.generator = cells, generator
+        self.share = batch_size // len(cells)
+        self.steps = -(-sum(len(cell) for cell in cells) // batch_size)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            yield (torch.cat([cell[torch.randperm(len(cell), generator=self.generator)[:self.share]]
+                              for cell in self.cells]),)
 
 
 @TRAINERS.register("none")

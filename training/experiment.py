@@ -185,7 +185,8 @@ def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:
     data, model, trainer = build_components(config, device)
     evaluator = TestSetEvaluator(data, device, config.training.eval_batch_size, config.evaluation)
     selector = ModelSelector(config, units=trainer.units, eval_every=trainer.eval_every,
-                             has_validation=data.has_validation)
+                             has_validation=data.has_validation,
+                             first_unit=trainer.first_selectable_unit)
 
     resume_point = (None if overwrite or state != rundir.MARKED
                     else checkpoint.find_resumable(run_dir, config, trainer, selector))
@@ -229,7 +230,8 @@ def _train_and_report(config, data, trainer, evaluator, sink, run_dir, device, s
     train_counts = {f"data/train_count/group={g}": n for g, n in data.train_count_by_group.items()}
     if selector is None:
         selector = ModelSelector(config, units=trainer.units, eval_every=trainer.eval_every,
-                                 has_validation=data.has_validation)
+                                 has_validation=data.has_validation,
+                                 first_unit=trainer.first_selectable_unit)
     # The validation set (data.val_fraction): the same metrics, val/-prefixed, in the same row.
     val_evaluator = (TestSetEvaluator(data, device, config.training.eval_batch_size, config.evaluation,
                                       split="val") if data.has_validation else None)

@@ -405,6 +405,7 @@ class FederatedTrainer:
         self.model = model.to(self.device)
         self.units = rounds
         self.eval_every = eval_every
+        self.first_selectable_unit = 0  # one phase: every evaluated round may be chosen
         self.sample_rate = client_sample_rate
         self.local_epochs = local_epochs
         self.client_lr = client_lr

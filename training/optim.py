@@ -1,4 +1,8 @@
-"""Optimizers by name (``training.optimizer``)."""
+"""Optimizers by name (``training.optimizer``).
+
+A builder is ``fn(params, config: TrainingConfig) -> torch.optim.Optimizer``; the registered names
+are the valid values of ``training.optimizer`` (the config asks :data:`OPTIMIZERS`; utils.config).
+"""
 
 from __future__ import annotations
 

@@ -18,16 +18,24 @@ decides what the guarantee protects and how hard it is to learn. Three schemes:
     examples; under user-level DP its few users are exactly what clipping and noise hide.
 
 Every scheme assigns every training example to exactly one client and is a deterministic function
-of its inputs and ``seed``.
+of its inputs and ``seed``. The schemes are registered in :data:`PARTITIONS`, which is also what the
+config checks ``federated.partition`` against: a new scheme is one registered function.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from utils.config import PARTITIONS
+from utils.registry import Registry
+
+# A scheme is ``fn(labels, minority, sizes, rng, *, dirichlet_alpha) -> parts``: the (integer)
+# labels, the minority flags, the client sizes of :func:`client_sizes` (largest first), the
+# partition's generator; one int64 array of example indices per client, covering every example once.
+PartitionScheme = Callable[..., list[np.ndarray]]
+PARTITIONS: Registry[PartitionScheme] = Registry("partition", "federated.partition")
 
 
 def client_sizes(n: int, num_clients: int) -> np.ndarray:
@@ -53,33 +61,57 @@ def partition_clients(
         labels: training targets (any integer classes; binary here).
         minority: True where the example belongs to the minority group.
         num_clients: how many clients; at most the number of examples (no client is empty).
-        scheme: "iid", "dirichlet" or "by_group" (see the module docstring).
+        scheme: a name of :data:`PARTITIONS`: "iid", "dirichlet" or "by_group" (see the module
+            docstring).
         seed: seeds every random choice of the partition.
         dirichlet_alpha: α of the label Dirichlet of the ``dirichlet`` scheme.
 
     Returns:
         One sorted int64 array of example indices per client; together they cover
         ``range(len(labels))`` exactly once.
+
+    Raises:
+        ConfigError: ``scheme`` is not registered (the message lists the registered ones).
     """
     labels = np.asarray(labels)
     minority = np.asarray(minority, dtype=bool)
     if len(labels) != len(minority):
         raise ValueError(f"labels has {len(labels)} rows, minority {len(minority)}")
-    if scheme not in PARTITIONS:
-        raise ValueError(f"unknown partition {scheme!r}; expected one of {', '.join(PARTITIONS)}")
+    build = PARTITIONS.get(scheme)
     rng = np.random.default_rng(seed)
     sizes = client_sizes(len(labels), num_clients)
-    if scheme == "iid":
-        order = rng.permutation(len(labels))
-    elif scheme == "by_group":
-        # Shuffle within each group, then lay the minority first: cut into pieces of the sizes
-        # above (largest first), the minority fills the fewest clients that can hold it.
-        order = np.concatenate([rng.permutation(np.flatnonzero(minority)),
-                                rng.permutation(np.flatnonzero(~minority))])
-    else:
-        return _dirichlet_partition(labels, sizes, dirichlet_alpha, rng)
+    return build(labels, minority, sizes, rng, dirichlet_alpha=dirichlet_alpha)
+
+
+def _cut(order: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
+    """``order`` cut into consecutive pieces of ``sizes``, each sorted."""
     bounds = np.cumsum(sizes)[:-1]
     return [np.sort(part) for part in np.split(order, bounds)]
+
+
+@PARTITIONS.register("iid")
+def _iid_partition(labels: np.ndarray, minority: np.ndarray, sizes: np.ndarray,
+                   rng: np.random.Generator, *, dirichlet_alpha: float) -> list[np.ndarray]:
+    """A random permutation cut into the client sizes."""
+    return _cut(rng.permutation(len(labels)), sizes)
+
+
+@PARTITIONS.register("by_group")
+def _by_group_partition(labels: np.ndarray, minority: np.ndarray, sizes: np.ndarray,
+                        rng: np.random.Generator, *, dirichlet_alpha: float) -> list[np.ndarray]:
+    """The minority on as few clients as possible (see the module docstring)."""
+    # Shuffle within each group, then lay the minority first: cut into pieces of the sizes
+    # (largest first), the minority fills the fewest clients that can hold it.
+    order = np.concatenate([rng.permutation(np.flatnonzero(minority)),
+                            rng.permutation(np.flatnonzero(~minority))])
+    return _cut(order, sizes)
+
+
+@PARTITIONS.register("dirichlet")
+def _dirichlet_scheme(labels: np.ndarray, minority: np.ndarray, sizes: np.ndarray,
+                      rng: np.random.Generator, *, dirichlet_alpha: float) -> list[np.ndarray]:
+    """Hsu et al. (2019) label skew of concentration ``dirichlet_alpha``."""
+    return _dirichlet_partition(labels, sizes, dirichlet_alpha, rng)
 
 
 def _dirichlet_partition(labels: np.ndarray, sizes: np.ndarray, alpha: float,

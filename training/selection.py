@@ -5,7 +5,8 @@ federated evaluation round) with the smallest validation gap of the fairness tar
 ``val/dp_gap`` under ``fairness.mode: dp`` and ``val/eo_gap`` under ``eo``; as the RUNNER paper
 reports the epoch with the smallest validation gap ignoring its first epoch, the first evaluated
 unit is no candidate when there are two or more (an almost untrained model predicts one class for
-everyone and has a gap near zero). ``best_val_ap`` keeps the largest ``val/average_precision``.
+everyone and has a gap near zero). A repair method that trains in phases (FairNeuron) offers only
+its last phase's units, the first of them likewise left out. ``best_val_ap`` keeps the largest ``val/average_precision``.
 Ties go to the earlier unit; a unit whose criterion is undefined (null: a group of the validation
 set without positives, say) is no candidate, and when no unit has a defined value the last one is
 kept, with a warning.
@@ -58,12 +59,15 @@ class ModelSelector:
         units: the trainer's units.
         eval_every: the trainer's evaluation period.
         has_validation: whether the data hold a validation set.
+        first_unit: the first unit whose model may be chosen (the start of a repair method's last
+            phase, ``trainer.first_selectable_unit``; 0 for one phase).
 
     Raises:
         ConfigError: a selection other than "last" without a validation set.
     """
 
-    def __init__(self, config, *, units: int, eval_every: int, has_validation: bool):
+    def __init__(self, config, *, units: int, eval_every: int, has_validation: bool,
+                 first_unit: int = 0):
         self.select = config.training.select
         self.metric = selection_metric(self.select, config.fairness.mode)
         if self.metric is not None and not has_validation:
@@ -72,7 +76,7 @@ class ModelSelector:
                 f"none (data.val_fraction is {config.data.val_fraction!r}). Set data.val_fraction to a "
                 "share of the training pool such as 0.2, or training.select: last.")
         self.larger_is_better = self.select == "best_val_ap"
-        evaluated = evaluated_units(units, eval_every)
+        evaluated = [unit for unit in evaluated_units(units, eval_every) if unit >= first_unit]
         skip_first = self.select == "best_val_gap" and len(evaluated) >= 2
         self.first_candidate = evaluated[1] if skip_first else evaluated[0]
         self.last_unit = units - 1

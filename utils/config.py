@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import difflib
+import importlib
 import math
 import re
 import types
@@ -28,18 +29,31 @@ from typing import Any
 import yaml
 
 from utils.errors import ConfigError
+from utils.registry import Registry
 
-PRIVACY_MODES = ("none", "dpsgd", "dpfedavg")
+# The keys whose valid values are the names of a registry, each with that registry as (module,
+# attribute). The registry that builds a key's value is the one owner of its names: the config asks
+# it (:func:`registry_of`) instead of keeping a copy, so registering an entry is all it takes for the
+# config to accept its name. The modules are imported when a config is checked, not here, because
+# each of them imports this module.
+NAME_REGISTRIES = {
+    "data.split": ("dataset.celeba", "SPLITS"),
+    "training.optimizer": ("training.optim", "OPTIMIZERS"),
+    "privacy.mode": ("training", "TRAINERS"),
+    "federated.partition": ("training.partition", "PARTITIONS"),
+    "fairness.method": ("training.repair", "METHODS"),
+}
 ACCOUNTANTS = ("rdp", "prv")
-OPTIMIZERS = ("adam", "sgd")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
-PARTITIONS = ("iid", "dirichlet", "by_group")
 FAIRNESS_TARGETS = ("dp", "eo")
-DATA_SPLITS = ("protocol", "official")
 DATA_PROTOCOLS = ("official", "runner")
 MODEL_SELECTIONS = ("last", "best_val_gap", "best_val_ap")
 # Message part of a model selection asked for without a validation split (tests import it).
 SELECT_NEEDS_VALIDATION = "needs a validation split"
+BALANCED_BATCHES_NOT_PRIVATE = (
+    "training.balanced_batches: true refuses privacy.mode {mode!r}: balanced batches draw a fixed "
+    "number of examples from each cell, not a Poisson sample, so the accountant's epsilon would "
+    "not hold. Use training.balanced_batches: false under privacy, or privacy.mode: none.")
 
 # Keys a resolved config.yaml carries for provenance; reading such a file back ignores them.
 PROVENANCE_KEY = "provenance"
@@ -91,6 +105,18 @@ def _check(condition: bool, key: str, value: Any, expected: str) -> None:
 
 def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     _check(value in allowed, key, value, "one of " + ", ".join(allowed))
+
+
+def registry_of(key: str) -> Registry:
+    """The registry whose names are the valid values of the dotted ``key`` (:data:`NAME_REGISTRIES`)."""
+    module, attribute = NAME_REGISTRIES[key]
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _registered(key: str, value: str) -> None:
+    """Refuse a ``value`` of ``key`` that its registry does not hold, with the registry's own error:
+    the dotted key, the closest name and every valid one (``utils.registry.UNKNOWN_NAME``)."""
+    registry_of(key).get(value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,7 +179,7 @@ class DataConfig:
         for key in ("train_size", "test_size"):
             value = getattr(self, key)
             _check(value is None or value > 0, f"data.{key}", value, "a positive integer or null")
-        _one_of("data.split", self.split, DATA_SPLITS)
+        _registered("data.split", self.split)
         _check(self.image_size >= 32, "data.image_size", self.image_size, "at least 32 pixels")
         _check(0 <= self.val_fraction < 1, "data.val_fraction", self.val_fraction,
                "a number in [0, 1): the share of the training pool held out for validation")
@@ -223,6 +249,13 @@ class TrainingConfig:
             but "last" needs a validation split (``data.val_fraction`` > 0, or
             ``data.protocol: runner``). Selection reads only the public validation set and
             models that are already DP outputs, so it costs no privacy; ε is the whole run's.
+        balanced_batches: false: each epoch is a shuffled pass over the training set (Poisson
+            batches under DP-SGD). true: every step draws the same number of examples,
+            ``batch_size`` / cells, from each cell of ``fairness.mode`` (dp: the two groups; eo:
+            group × label, four cells), without replacement within a step, and an epoch is
+            ceil(N / batch_size) such steps, as RUNNER's released code trains; a minority cell is
+            then seen far more often than once per epoch. Non-private training only: the batches
+            are not Poisson samples, so DP-SGD's accounting would not hold.
     """
 
     epochs: int = 5
@@ -233,12 +266,13 @@ class TrainingConfig:
     momentum: float = 0.0
     eval_batch_size: int = 4096
     select: str = "last"
+    balanced_batches: bool = False
 
     def validate(self) -> None:
         _check(self.epochs > 0, "training.epochs", self.epochs, "a positive integer")
         _one_of("training.select", self.select, MODEL_SELECTIONS)
         _check(self.batch_size > 0, "training.batch_size", self.batch_size, "a positive integer")
-        _one_of("training.optimizer", self.optimizer, OPTIMIZERS)
+        _registered("training.optimizer", self.optimizer)
         _check(self.lr > 0, "training.lr", self.lr, "a positive number")
         _check(self.weight_decay >= 0, "training.weight_decay", self.weight_decay, "a number >= 0")
         _check(0 <= self.momentum < 1, "training.momentum", self.momentum, "a number in [0, 1)")
@@ -286,7 +320,7 @@ class PrivacyConfig:
         return self.mode != "none"
 
     def validate(self) -> None:
-        _one_of("privacy.mode", self.mode, PRIVACY_MODES)
+        _registered("privacy.mode", self.mode)
         _one_of("privacy.accountant", self.accountant, ACCOUNTANTS)
         _check(0 < self.delta < 1, "privacy.delta", self.delta, "a number strictly between 0 and 1")
         _check(self.max_grad_norm > 0, "privacy.max_grad_norm", self.max_grad_norm, "a positive number")
@@ -346,7 +380,7 @@ class FederatedConfig:
             _check(getattr(self, key) > 0, f"federated.{key}", getattr(self, key), "a positive number")
         _check(0 <= self.server_momentum < 1, "federated.server_momentum", self.server_momentum,
                "a number in [0, 1)")
-        _one_of("federated.partition", self.partition, PARTITIONS)
+        _registered("federated.partition", self.partition)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -373,13 +407,12 @@ class FairnessConfig:
     settings: Any = None
 
     def validate(self) -> None:
+        _registered("fairness.method", self.method)
         _one_of("fairness.mode", self.mode, FAIRNESS_TARGETS)
 
     def method_class(self):
         """The registered method class (imports ``training.repair``, and so torch)."""
-        from training.repair import METHODS
-
-        return METHODS.get(self.method)
+        return registry_of("fairness.method").get(self.method)
 
     def resolved_settings(self):
         """The settings the method runs with: the configured ones, or its defaults."""
@@ -394,9 +427,8 @@ class FairnessConfig:
 
 def _fairness_sections() -> dict[str, type]:
     """Every method's settings class by method name (``fairness.<name>``)."""
-    from training.repair import METHODS
-
-    return {name: METHODS.get(name).Settings for name in METHODS}
+    methods = registry_of("fairness.method")
+    return {name: methods.get(name).Settings for name in methods}
 
 
 def build_fairness(raw: Any, key: str = "fairness") -> FairnessConfig:
@@ -529,6 +561,8 @@ class ExperimentConfig:
             refusal = self.fairness.method_class().refusal(self.fairness.method, self.privacy.mode)
             if refusal is not None:
                 raise ConfigError(refusal)
+        if self.training.balanced_batches and self.privacy.private:
+            raise ConfigError(BALANCED_BATCHES_NOT_PRIVATE.format(mode=self.privacy.mode))
         if self.data.train_size is not None:
             _check(self.training.batch_size <= self.data.train_size, "training.batch_size",
                    self.training.batch_size, f"at most data.train_size ({self.data.train_size})")

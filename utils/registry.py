@@ -15,9 +15,17 @@ from utils.errors import ConfigError
 
 T = TypeVar("T", bound=Callable)
 
+# The error of a name no entry is filed under (tests import it): the dotted config key, the closest
+# name (``hint``, empty when none is close) and every valid name, sorted.
+UNKNOWN_NAME = "{key}: unknown {kind} {name!r}.{hint} Valid values: {valid}."
+CLOSE_MATCH = " Did you mean {close!r}?"
+
 
 class Registry(Generic[T]):
-    """A named collection of builders.
+    """A named collection of builders, and the one owner of its names.
+
+    The config checks a name by asking the registry that builds it (``utils.config``), so the valid
+    values of ``config_key`` are exactly the registered names and no other list of them exists.
 
     Attributes:
         kind: what the entries are, for error messages ("model", "dataset", ...).
@@ -44,15 +52,19 @@ class Registry(Generic[T]):
         """The builder filed under ``name``; an unknown name lists the valid ones."""
         try:
             return self._entries[name]
-        except KeyError:
-            close = difflib.get_close_matches(str(name), self._entries, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"{self.config_key}: unknown {self.kind} {name!r}.{hint} "
-                f"Valid values: {', '.join(sorted(self._entries))}."
-            ) from None
+        except (KeyError, TypeError):  # TypeError: an unhashable value, such as a YAML list
+            raise self.unknown(name) from None
+
+    def unknown(self, name: object) -> ConfigError:
+        """The error of ``name`` not being registered (:data:`UNKNOWN_NAME`)."""
+        close = difflib.get_close_matches(str(name), self._entries, n=1)
+        return ConfigError(UNKNOWN_NAME.format(
+            key=self.config_key, kind=self.kind, name=name,
+            hint=CLOSE_MATCH.format(close=close[0]) if close else "",
+            valid=", ".join(self.names())))
 
     def names(self) -> list[str]:
+        """The registered names, sorted: the valid values of ``config_key``."""
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:

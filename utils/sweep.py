@@ -224,9 +224,21 @@ def expand_grid(raw: Mapping[str, Any], overrides: list[str] | None = None, *,
     points: list[GridPoint] = []
     seen: dict[str, dict[str, Any]] = {}
     grid_name = grid_dir = None
+    base_method = (base.get("fairness") or {}).get("method", "none") \
+        if isinstance(base.get("fairness"), dict) else "none"
+    runs: set[tuple] = set()
     for combination in itertools.product(*(factor.rows for factor in factors)):
         values = {key: value for factor, row in zip(factors, combination)
                   for key, value in zip(factor.keys, row)}
+        # A point reads only its own method's settings: points that differ only in another
+        # method's (a product of several methods' λ lists) are one run, kept once. Decided before
+        # the config is built, which is the slow part of a large product.
+        method = values.get("fairness.method", base_method)
+        run = tuple((key, repr(value)) for key, value in values.items()
+                    if not _other_methods_setting(key, method))
+        if run in runs and any(_other_methods_setting(key, method) for key in values):
+            continue
+        runs.add(run)
         config = _point_config(base, values, factors)
         used = {key: value for key in keys if (value := _get_dotted(config, key)) is not _UNUSED}
         label = ",".join(f"{short[key]}={format_value(value)}" for key, value in used.items())
@@ -561,6 +573,13 @@ def _get_dotted(config: ExperimentConfig, key: str) -> Any:
             return _UNUSED
         return functools.reduce(getattr, parts[2:], config.fairness.resolved_settings())
     return functools.reduce(getattr, parts, config)
+
+
+def _other_methods_setting(key: str, method: Any) -> bool:
+    """Whether ``key`` is a setting of a repair method other than ``method``
+    (``fairness.<name>.<setting>`` with another name)."""
+    parts = key.split(".")
+    return len(parts) > 2 and parts[0] == "fairness" and parts[1] != method
 
 
 def _check_label(label: str, values: dict[str, Any], seen: dict[str, dict[str, Any]]) -> None:

@@ -14,7 +14,8 @@ from utils.registry import Registry
 METHODS: Registry = Registry("fairness method", "fairness.method")
 
 # Importing the modules registers their methods.
-for _module in ("vanilla", "reweighing", "oversample", "gapreg", "roc", "runner", "adversarial", "fairsmote"):
+for _module in ("vanilla", "reweighing", "oversample", "gapreg", "roc", "runner", "adversarial", "fairsmote",
+                "fairneuron"):
     importlib.import_module(f"training.repair.{_module}")
 
 

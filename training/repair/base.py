@@ -15,8 +15,13 @@ The hooks, each optional (the base class is Vanilla training, ``fairness.method:
   :class:`LossTerms`: a per-example part and an optional term that couples examples. The split
   matters under DP-SGD: only the per-example part can be clipped per example (issue of repair
   under privacy), so a coupling term is what makes a method refuse DP until it is decomposed.
-- :meth:`RepairMethod.schedule` (training schedule): extra phases after the main training, e.g.
-  FairNeuron's retraining; the default has none.
+- :meth:`RepairMethod.phases` and :meth:`RepairMethod.start_phase` (training schedule): the
+  training as a sequence of :class:`Phase` s, e.g. FairNeuron's path analysis and selective
+  retraining after a first training; the default is one phase of ``training.epochs``. A method
+  that changes how a batch is forwarded registers its own forward hooks in
+  :meth:`RepairMethod.attach` and learns the batch's examples from
+  :meth:`RepairMethod.before_forward`; whatever a phase computed is in
+  :meth:`RepairMethod.state_dict`, so a resumed run continues the phase exactly.
 - :meth:`RepairMethod.postprocess` (post-processing): test (and validation) scores and group flags
   to 0/1 decisions, e.g. reject option classification; the default thresholds the scores with
   :func:`utils.fairness.predictions`, the rule every metric uses.
@@ -66,6 +71,44 @@ class Batch:
     weights: torch.Tensor
     losses: torch.Tensor
     activations: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stretch of training under one rule.
+
+    Attributes:
+        name: the phase's name (``train`` for the default single phase), for messages.
+        epochs: its length in epochs (at least 1).
+        fresh_model: whether the phase starts from the model's initial weights (the same draw as
+            the first phase's, from the ``init`` stream) with a new optimizer, rather than
+            continuing from the weights the previous phase left.
+    """
+
+    name: str
+    epochs: int
+    fresh_model: bool = False
+
+
+@dataclass
+class TrainingSet:
+    """The training set as the trainer holds it, for :meth:`RepairMethod.start_phase`.
+
+    Attributes:
+        x: the inputs (on the trainer's device, or on the CPU when they did not fit).
+        y: the labels as floats 0/1, (N,).
+        minority: True for the minority group, (N,).
+        weights: the per-example loss weights, (N,).
+        transform: the data set's batch transform (``transform(x, training)``) or None.
+        batch_size: examples per forward pass when the method scores the whole set.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    minority: torch.Tensor
+    weights: torch.Tensor
+    transform: Any
+    batch_size: int
 
 
 @dataclass
@@ -125,9 +168,36 @@ class RepairMethod:
         """The training loss of a batch; Vanilla: the weighted per-example cross-entropy."""
         return LossTerms(batch.losses * batch.weights)
 
-    def schedule(self) -> list[str]:
-        """Names of extra training phases after the main one (none by default)."""
-        return []
+    def phases(self, epochs: int) -> list[Phase]:
+        """The training's phases in order, given ``training.epochs``; by default one phase of
+        ``epochs``. Model selection (``training.select``) considers the last phase's epochs only:
+        an earlier phase's model is not the method's output."""
+        return [Phase("train", epochs)]
+
+    def attach(self, model: nn.Module) -> None:
+        """Called once with the plain model before training, e.g. to register forward hooks that
+        change the training forward pass (they must leave evaluation, ``model.eval()``, alone)."""
+
+    def start_phase(self, index: int, phase: Phase, model: nn.Module, data: TrainingSet) -> None:
+        """Called before the first epoch of every phase after the first (``index`` ≥ 1), with the
+        model the previous phase left (the trainer resets it afterwards when
+        ``phase.fresh_model``)."""
+
+    def before_forward(self, indices: torch.Tensor) -> None:
+        """The training-set indices of the batch about to be forwarded (on the device)."""
+
+    def info(self) -> dict[str, Any]:
+        """Facts about what the method did (e.g. how many examples a phase marked), for the run's
+        ``trainer/info`` in summary.json; keys prefixed with the method's name."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the method computed during training that a resumed run needs (tensors, lists and
+        plain values only); nothing by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
 
     def postprocess(self, scores: np.ndarray, minority: np.ndarray, threshold: float) -> np.ndarray:
         """Post-processing: scores and group flags to 0/1 decisions."""

@@ -126,5 +126,11 @@ class Runner(RepairMethod):
             activation = batch.activations[name]
             if activation.ndim > 2:  # conv channels: a channel's mean over space is its value
                 activation = activation.flatten(2).mean(2)
-            repair = repair + gap_of_means(cells, activation[:, index])
+            if len(cells) == 0:
+                continue
+            # Every neuron's group means in one product, then the selected neurons' gaps: the
+            # selection indexes a (pairs, neurons) matrix, not the (batch, neurons) activations.
+            means = cells.to(activation.dtype) @ activation
+            gaps = (means[0::2] - means[1::2]).abs()
+            repair = repair + gaps[:, index].mean(dim=1).sum()
         return LossTerms(batch.losses * batch.weights, self.settings.lam * repair)

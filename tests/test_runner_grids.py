@@ -1,0 +1,134 @@
+"""RUNNER's study grids (``configs/runner_*.yaml``): each holds what its comment says, and points
+of each run end to end through the CLI on tiny data (the shipped COMPAS and German files, a fake
+LSAC file and a fake CelebA of real JPEGs for the two data sets the user supplies).
+
+- every tabular grid runs every registered method for both targets over 10 seeds, with RUNNER's
+  settings per data set (k, λ, epochs, batch);
+- the CelebA grid runs the README's image methods on both tasks with the k table's ratios;
+- the λ grid runs each (method, λ) once per target, batch rule and seed;
+- a Vanilla, a RUNNER and a FairNeuron point of each grid train and write their summary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import running
+from tests.celeba_fake import make_fake_celeba
+from tests.lsac_fake import make_fake_lsac
+from training.repair import METHODS
+from utils.config import apply_overrides
+from utils.sweep import load_grid
+
+ROOT = Path(__file__).resolve().parent.parent
+TABULAR = ["runner_adult", "runner_compas", "runner_german", "runner_lsac"]
+K_TABLE = {  # RUNNER's README: data set -> (dp, eo) neuron ratio
+    "runner_adult": (0.5, 0.05), "runner_compas": (0.05, 0.05), "runner_german": (0.05, 0.05),
+    "runner_lsac": (0.05, 0.05),
+}
+
+
+def grid_of(name: str, *overrides: str):
+    return load_grid(ROOT / "configs" / f"{name}.yaml", list(overrides))
+
+
+@pytest.mark.parametrize("name", TABULAR)
+def test_tabular_grids_run_every_method_for_both_targets_over_ten_seeds(name):
+    grid = grid_of(name)
+    assert len(grid.points) == len(METHODS.names()) * 2 * 10
+    cells = {(p.config.fairness.method, p.config.fairness.mode) for p in grid.points}
+    assert cells == {(method, mode) for method in METHODS for mode in ("dp", "eo")}
+    for point in grid.points:
+        config = point.config
+        assert config.privacy.mode == "none" and config.training.select == "best_val_gap"
+        assert config.model.hidden == [200, 200] and config.training.lr == 1e-3
+        if config.fairness.method == "runner":
+            ratio = K_TABLE[name][config.fairness.mode == "eo"]
+            assert config.fairness.settings.neuron_ratio == ratio
+            assert config.fairness.settings.lam == {"dp": 0.3, "eo": 1.0}[config.fairness.mode]
+        if config.fairness.method == "adversarial":
+            assert config.fairness.settings.lam == 0.5
+            assert config.fairness.settings.adversary_lr == 1e-4
+    epochs = {p.config.fairness.method: p.config.training.epochs for p in grid.points}
+    assert epochs["adversarial"] == 3 * epochs["none"]  # 15 against 5 in the README
+
+
+def test_celeba_grid_is_the_readme_image_study():
+    grid = grid_of("runner_celeba")
+    ratios = {(p.config.data.target, p.config.fairness.mode): p.config.fairness.settings.neuron_ratio
+              for p in grid.points if p.config.fairness.method == "runner"}
+    assert ratios == {("Wavy_Hair", "dp"): 0.2, ("Wavy_Hair", "eo"): 0.5,
+                      ("Attractive", "dp"): 0.05, ("Attractive", "eo"): 0.2}
+    assert {p.config.fairness.method for p in grid.points} == {"none", "oversample", "runner",
+                                                               "adversarial"}
+    for point in grid.points:
+        config = point.config
+        assert config.data.protected == "Male" and config.training.lr == 1e-4
+        assert config.training.batch_size == {"dp": 64, "eo": 128}[config.fairness.mode]
+        assert config.training.epochs == (20 if config.fairness.method == "adversarial" else 10)
+
+
+def test_lambda_grid_runs_each_method_and_lambda_once_per_cell():
+    grid = grid_of("runner_adult_lambda")
+    runs = [(p.config.fairness.method, getattr(p.config.fairness.settings, "lam", None),
+             p.config.fairness.mode, p.config.training.balanced_batches, p.config.seed)
+            for p in grid.points]
+    assert len(runs) == len(set(runs)) == (1 + 3 * 4) * 2 * 2 * 5
+    lams = {(m, lam) for m, lam, *_ in runs}
+    assert {lam for m, lam in lams if m == "gapreg"} == {0.1, 0.3, 1.0, 3.0}
+    assert {lam for m, lam in lams if m == "adversarial"} == {0.1, 0.5, 1.0, 2.0}
+
+
+SHRINK = ["training.epochs=1", "evaluation.bootstrap_resamples=20", "logging.tensorboard=false",
+          "logging.wandb.mode=disabled", "logging.progress=never"]
+DATA_SHRINK = {
+    "runner_adult": ["data.protocol=official", "data.train_size=1500", "data.minority_share=0.3",
+                     "data.val_fraction=0.2"],
+    "runner_compas": [],
+    "runner_german": [],
+    "runner_lsac": [],
+    "runner_celeba": ["data.train_size=80", "data.test_size=40", "data.image_size=64",
+                      "model.name=cnn", "model.width=8"],
+}
+
+
+@pytest.fixture(scope="module")
+def fake_roots(tmp_path_factory):
+    lsac = tmp_path_factory.mktemp("lsac")
+    make_fake_lsac(lsac, n_rows=1500, seed=0)
+    celeba = tmp_path_factory.mktemp("celeba")
+    make_fake_celeba(celeba, n_images=300, seed=0)
+    return {"runner_lsac": lsac, "runner_celeba": celeba}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [*TABULAR, "runner_celeba"])
+def test_points_of_each_grid_run_end_to_end(tmp_path, fake_roots, name):
+    grid = grid_of(name)
+    wanted = {("none", "dp"), ("runner", "eo"), ("fairneuron", "dp")}
+    chosen = {}
+    for point in grid.points:
+        key = (point.config.fairness.method, point.config.fairness.mode)
+        if key in wanted and point.config.seed == 0:
+            chosen.setdefault(key, point)
+    assert set(chosen) == (wanted if name != "runner_celeba" else wanted - {("fairneuron", "dp")})
+    for point in chosen.values():
+        overrides = [*SHRINK, *DATA_SHRINK[name], f"output_dir={tmp_path}", "device=cpu",
+                     "name=point"]
+        if name in fake_roots:
+            overrides.append(f"data.root={fake_roots[name]}")
+        if name == "runner_celeba":
+            overrides += [f"data.cache_dir={tmp_path / 'cache'}", "training.batch_size=16"]
+        if name in ("runner_adult", "runner_compas", "runner_lsac"):
+            overrides.append("training.batch_size=100")
+        # The point's resolved config as a params file, shrunk, through the command line.
+        params = tmp_path / "point.yaml"
+        params.write_text(yaml.safe_dump(apply_overrides(point.config.to_dict(), overrides)))
+        assert running.main(["--params", str(params), "--overwrite"]) == 0, point.label
+        summary = json.loads((tmp_path / "point" / "summary.json").read_text())
+        assert 0 <= summary["test/accuracy"] <= 1, point.label
+        assert summary["select/criterion"] == "best_val_gap"
