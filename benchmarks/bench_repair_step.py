@@ -1,11 +1,13 @@
 """The cost of one training step of each repair method against a Vanilla step on the same batch.
 
-    python benchmarks/bench_repair_step.py [--batch 1000] [--repeats 200] [--device auto]
+    python benchmarks/bench_repair_step.py [--batch 1000] [--repeats 50] [--rounds 15] [--device auto]
 
 RUNNER's settings (MLP 200-200, Adam lr 1e-3, batch 1,000, RUNNER's 120 inputs), one step =
-forward, the method's loss, backward and the optimizer step, timed over ``--repeats`` steps after
-a warm-up, best of five blocks. The released RUNNER code deep-copies the model every step; this
-project's runner computes the neuron importance with one extra backward pass of the fairness loss.
+forward, the method's loss, backward and the optimizer step. After a warm-up every method's
+blocks of ``--repeats`` steps are interleaved for ``--rounds`` rounds; the table gives the median
+time and the median of each round's ratio to Vanilla. The released RUNNER code deep-copies the
+model every step; this project's runner computes the neuron importance with one extra backward
+pass of the fairness loss.
 Prints a Markdown table of milliseconds per step and the ratio to Vanilla.
 """
 
@@ -33,7 +35,8 @@ from utils.seeding import resolve_device  # noqa: E402
 INPUTS = 120
 
 
-def step_seconds(name: str, target: str, x, y, minority, device, repeats: int) -> float:
+def make_step(name: str, target: str, x, y, minority, device):
+    """One training step of ``name`` on the fixed batch, as a closure (model and optimizer inside)."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="mlp", hidden=[200, 200]), (INPUTS,)).to(device)
     method = METHODS.get(name)(METHODS.get(name).Settings(), target=target,
@@ -53,25 +56,44 @@ def step_seconds(name: str, target: str, x, y, minority, device, repeats: int) -
         method.loss(batch, model).total().backward()
         optimizer.step()
 
-    for _ in range(10):
+    return step
+
+
+def block_seconds(step, device, repeats: int) -> float:
+    """Seconds per step over one block of ``repeats`` steps."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
         step()
-    best = float("inf")
-    for _ in range(5):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        for _ in range(repeats):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - started) / repeats
+
+
+def measure(target: str, x, y, minority, device, repeats: int, rounds: int
+            ) -> dict[str, tuple[float, float]]:
+    """Per method: (median seconds per step, median ratio to Vanilla). The methods' blocks are
+    interleaved round by round and each ratio is taken within its round, so a slow spell of a
+    shared machine slows both sides of a ratio instead of biasing it."""
+    steps = {name: make_step(name, target, x, y, minority, device) for name in METHODS}
+    for step in steps.values():  # warm-up: allocator, kernels, Adam's state
+        for _ in range(10):
             step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, (time.perf_counter() - started) / repeats)
-    return best
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            seconds[name].append(block_seconds(step, device, repeats))
+    base = np.array(seconds["none"])
+    return {name: (float(np.median(times)), float(np.median(np.array(times) / base)))
+            for name, times in seconds.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=50, help="steps per timed block")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved blocks per method")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -81,15 +103,14 @@ def main() -> None:
     minority = (torch.rand(args.batch, generator=generator) < 0.33).to(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
     print(f"device {name}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"MLP {INPUTS}-200-200-1, batch {args.batch}\n")
+          f"MLP {INPUTS}-200-200-1, batch {args.batch}; median of {args.rounds} interleaved "
+          f"blocks of {args.repeats} steps\n")
     print("| method | target | ms per step | × Vanilla |")
     print("| --- | --- | --- | --- |")
     for target in ("dp", "eo"):
-        base = step_seconds("none", target, x, y, minority, device, args.repeats)
-        for method in METHODS:
-            seconds = base if method == "none" else step_seconds(method, target, x, y, minority,
-                                                                 device, args.repeats)
-            print(f"| {method} | {target} | {1000 * seconds:.3f} | {seconds / base:.2f} |")
+        for method, (seconds, ratio) in measure(target, x, y, minority, device, args.repeats,
+                                                args.rounds).items():
+            print(f"| {method} | {target} | {1000 * seconds:.3f} | {ratio:.2f} |")
 
 
 if __name__ == "__main__":

@@ -48,12 +48,45 @@ def epsilon_after(*, noise_multiplier: float, sample_rate: float, steps: int, de
 
 
 def noise_for_epsilon(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
-                      accountant: str) -> float:
-    """The smallest σ (to Opacus' tolerance) whose ε after ``steps`` steps is at most the target."""
-    with warnings.catch_warnings():
-        # The search evaluates RDP at small σ candidates, where the best order is often the largest
-        # tried; each bound is still valid.
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
-                                          sample_rate=sample_rate, steps=steps,
-                                          accountant=accountant))
+                      accountant: str, releases: list[tuple[float, float, int]] = ()) -> float:
+    """The smallest σ (to 0.01 in ε) whose ε after ``steps`` steps is at most the target.
+
+    ``releases`` are the run's other releases ((σ, q, steps) entries, :mod:`privacy.releases`):
+    the training's σ is then chosen for the whole budget, ε of the steps composed with them.
+    Raises ValueError when the releases alone spend the target.
+    """
+    if not releases:
+        with warnings.catch_warnings():
+            # The search evaluates RDP at small σ candidates, where the best order is often the
+            # largest tried; each bound is still valid.
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                              sample_rate=sample_rate, steps=steps,
+                                              accountant=accountant))
+    releases = list(releases)
+    spent = epsilon_of_history(releases, delta=delta, accountant=accountant)
+    if spent >= target_epsilon:
+        raise ValueError(f"the auxiliary releases alone spend ε = {spent:.3g} of the target "
+                         f"{target_epsilon:g}")
+
+    def epsilon(sigma: float) -> float:
+        return epsilon_of_history([(sigma, sample_rate, steps), *releases], delta=delta,
+                                  accountant=accountant)
+
+    # Bisection on the monotone ε(σ), as Opacus' get_noise_multiplier does for one mechanism:
+    # stop with ε within 0.01 below the target, keeping the side that meets it.
+    low, high = 0.0, 10.0
+    while epsilon(high) > target_epsilon:
+        high *= 2
+        if high > 1e6:
+            raise ValueError(f"no noise multiplier up to 1e6 reaches ε = {target_epsilon:g}")
+    for _ in range(200):  # ε is continuous in σ: far fewer halvings reach the tolerance
+        middle = (low + high) / 2
+        value = epsilon(middle)
+        if value > target_epsilon:
+            low = middle
+        else:
+            high = middle
+            if target_epsilon - value <= 0.01:
+                break
+    return high

@@ -30,9 +30,11 @@ from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processe
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from privacy.accounting import epsilon_of_history
+from privacy.accounting import epsilon_of_history, noise_for_epsilon
 from privacy.noise import SecureRandom
+from privacy.releases import Release
 from utils.config import PrivacyConfig
+from utils.errors import ConfigError
 
 
 @dataclass
@@ -47,6 +49,8 @@ class PrivateTraining:
         sample_rate: q, the inclusion probability of one example in one step.
         noise_generator: the seeded generator of the noise (its state goes into checkpoints), or
             None under ``secure_rng``, whose draws have no state to save.
+        releases: the run's other releases of private statistics (:mod:`privacy.releases`),
+            composed with the training steps in :meth:`epsilon`.
     """
 
     module: GradSampleModule
@@ -55,6 +59,7 @@ class PrivateTraining:
     engine: PrivacyEngine
     sample_rate: float
     noise_generator: torch.Generator | None
+    releases: list[Release]
 
     @property
     def noise_multiplier(self) -> float:
@@ -64,10 +69,26 @@ class PrivateTraining:
     def steps(self) -> int:
         return int(sum(num_steps for _, _, num_steps in self.engine.accountant.history))
 
+    def history(self) -> list[tuple[float, float, int]]:
+        """The whole composition: every step the engine's accountant recorded (restored history
+        included), then every auxiliary release."""
+        return [*self.engine.accountant.history, *(release.history() for release in self.releases)]
+
     def epsilon(self, delta: float) -> float:
-        """ε of every step the engine's accountant recorded (restored history included)."""
-        accountant = self.engine.accountant
-        return epsilon_of_history(accountant.history, delta=delta, accountant=accountant.mechanism())
+        """ε of the run so far: the training steps and the releases in one accountant."""
+        return epsilon_of_history(self.history(), delta=delta,
+                                  accountant=self.engine.accountant.mechanism())
+
+    def epsilon_parts(self, delta: float) -> dict[str, float]:
+        """Each part's ε alone at ``delta``: ``training`` (the steps so far) and every release by
+        name. Composition is sub-additive, so the parts sum to at least :meth:`epsilon`."""
+        mechanism = self.engine.accountant.mechanism()
+        parts = {"training": epsilon_of_history(self.engine.accountant.history, delta=delta,
+                                                accountant=mechanism)}
+        for release in self.releases:
+            parts[release.name] = epsilon_of_history([release.history()], delta=delta,
+                                                     accountant=mechanism)
+        return parts
 
 
 def index_loader(num_examples: int, batch_size: int, generator: torch.Generator | None = None,
@@ -122,11 +143,13 @@ def _draw_noise_securely(optimizer: DPOptimizer, source: SecureRandom) -> None:
 
 def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
                  config: PrivacyConfig, epochs: int,
-                 noise_generator: torch.Generator | None = None) -> PrivateTraining:
+                 noise_generator: torch.Generator | None = None,
+                 releases: list[Release] = ()) -> PrivateTraining:
     """Wrap model, optimizer and index loader for DP-SGD as ``config`` says.
 
-    With ``target_epsilon`` Opacus picks the smallest noise multiplier whose ε after ``epochs``
-    epochs is at most the target; with ``noise_multiplier`` it is used as given.
+    With ``target_epsilon`` the smallest noise multiplier is chosen whose ε after ``epochs``
+    epochs, composed with ``releases``, is at most the target (by Opacus itself when there are no
+    releases); with ``noise_multiplier`` it is used as given.
 
     Args:
         loader: the index loader (:func:`index_loader`); under Poisson sampling Opacus replaces it
@@ -156,7 +179,22 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
                   max_grad_norm=config.max_grad_norm, poisson_sampling=poisson_by_opacus,
                   loss_reduction="mean", grad_sample_mode="hooks",
                   noise_generator=None if secure else noise_generator)
-    if config.target_epsilon is not None:
+    releases = list(releases)
+    if config.target_epsilon is not None and releases:
+        steps = epochs * len(loader)
+        try:
+            sigma = noise_for_epsilon(target_epsilon=config.target_epsilon, delta=config.delta,
+                                      sample_rate=sample_rate, steps=steps,
+                                      accountant=config.accountant,
+                                      releases=[release.history() for release in releases])
+        except ValueError as error:
+            raise ConfigError(
+                f"privacy.target_epsilon {config.target_epsilon:g}: {error} "
+                f"({', '.join(release.name for release in releases)}), leaving nothing for "
+                f"training. Raise privacy.target_epsilon or privacy.counts_noise_multiplier."
+            ) from None
+        module, dp_optimizer, dp_loader = engine.make_private(noise_multiplier=sigma, **common)
+    elif config.target_epsilon is not None:
         with warnings.catch_warnings():
             # The noise search evaluates RDP at small σ candidates, where the best order is often
             # the largest tried; the bound is still valid, and the final σ is checked by get_epsilon.
@@ -171,7 +209,7 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
         _draw_noise_securely(dp_optimizer, source)
     return PrivateTraining(module=module, optimizer=dp_optimizer, index_loader=dp_loader,
                            engine=engine, sample_rate=sample_rate,
-                           noise_generator=None if secure else noise_generator)
+                           noise_generator=None if secure else noise_generator, releases=releases)
 
 
 def per_example_grad_norms(module: nn.Module) -> torch.Tensor:

@@ -270,8 +270,9 @@ def test_refused_privacy_modes_exit_2_with_the_reason_and_write_nothing(tmp_path
 @pytest.mark.parametrize("method", [name for name in METHODS
                                     if not METHODS.get(name).refuses.get("dpsgd")])
 def test_sound_methods_run_under_dpsgd(tmp_path, method):
+    # The public forms read the validation split (tests/test_repair_under_dp.py checks them).
     assert run_cli(tmp_path, f"fairness.method={method}", "privacy.mode=dpsgd",
-                   "privacy.noise_multiplier=1.0") == 0
+                   "privacy.noise_multiplier=1.0", "data.val_fraction=0.1") == 0
 
 
 def test_method_settings_are_strict_config_keys(tmp_path):
@@ -281,6 +282,7 @@ def test_method_settings_are_strict_config_keys(tmp_path):
                                   "fairness.runner.lam=1.0", "fairness.mode=eo"])
     assert config.fairness.settings == RunnerSettings(lam=1.0, neuron_ratio=0.05)
     assert config.to_dict()["fairness"] == {"method": "runner", "mode": "eo",
+                                            "public_examples": 2000,
                                             "runner": {"lam": 1.0, "neuron_ratio": 0.05}}
     # The resolved dict builds the same config again (config.yaml round trip).
     assert config_from_mapping(config.to_dict()) == config

@@ -9,8 +9,10 @@ have larger gradients, are clipped more, and their signal drowns in the noise.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -19,6 +21,7 @@ from torch.nn import functional as F
 
 from dataset.base import DataBundle, gather_rows, place_inputs
 from privacy import dpsgd
+from privacy.releases import Release
 from training import TRAINERS
 from training.base import POISSON_VIOLATED_WARNING, guarantee_facts, no_privacy_metrics
 from training.optim import build_optimizer
@@ -90,8 +93,12 @@ class CentralizedTrainer:
                 warn_user(POISSON_VIOLATED_WARNING, self.warnings)
             noise = (None if config.privacy.secure_rng
                      else torch_generator(config.seed, "dp_noise", device))
+            # The method's releases of private statistics (noisy counts) were made while it
+            # prepared the data; they are composed with the steps, and under target_epsilon the
+            # steps' σ is chosen for what the releases left of the budget.
             self.private = dpsgd.make_private(model, optimizer, loader, config.privacy, self.units,
-                                              noise_generator=noise)
+                                              noise_generator=noise,
+                                              releases=self.method.releases())
             model, optimizer, loader = (self.private.module, self.private.optimizer,
                                         self.private.index_loader)
         self.model, self.optimizer, self.loader = model, optimizer, loader
@@ -106,6 +113,22 @@ class CentralizedTrainer:
         self.train_samples = 0
         self.info: dict[str, Any] = {}
         self.client_counts = None  # not federated
+
+    @contextmanager
+    def _public_pass(self):
+        """The plain model in evaluation mode with Opacus' per-example hooks off, for a repair
+        method's computations on the public validation split (:meth:`RepairMethod.before_step`):
+        nothing of it may enter the step's per-example gradients."""
+        model = self.base_model()
+        if self.private is not None:
+            self.model.disable_hooks()
+        model.eval()
+        try:
+            yield model
+        finally:
+            model.train()
+            if self.private is not None:
+                self.model.enable_hooks()
 
     def _recorder(self, name: str):
         def record(module, inputs, output):
@@ -183,6 +206,9 @@ class CentralizedTrainer:
             y = self.y[indices]
             self.optimizer.zero_grad(set_to_none=True)
             self._activations.clear()
+            if self.method.reads_public:
+                with self._public_pass() as model:
+                    self.method.before_step(model)
             self.method.before_forward(indices)
             logits = self.model(x).reshape(-1)
             batch = Batch(logits=logits, targets=y, minority=self.minority[indices],
@@ -225,13 +251,18 @@ class CentralizedTrainer:
     def privacy_metrics(self) -> dict[str, float | None]:
         if self.private is None:
             return no_privacy_metrics()
-        return {
-            "privacy/epsilon": self.private.epsilon(self.config.privacy.delta),
-            "privacy/delta": self.config.privacy.delta,
+        delta = self.config.privacy.delta
+        metrics = {
+            "privacy/epsilon": self.private.epsilon(delta),
+            "privacy/delta": delta,
             "privacy/noise_multiplier": self.private.noise_multiplier,
             "privacy/sample_rate": self.private.sample_rate,
             "privacy/steps": self.private.steps,
         }
+        if self.private.releases:  # what each part of the composition would cost alone
+            metrics.update({f"privacy/epsilon_parts/{name}": value
+                            for name, value in self.private.epsilon_parts(delta).items()})
+        return metrics
 
     def base_model(self) -> nn.Module:
         """The unwrapped model (for saving weights)."""
@@ -253,6 +284,8 @@ class CentralizedTrainer:
                                 and self.private.noise_generator is not None else None),
             "accountant_history": (list(self.private.engine.accountant.history)
                                    if self.private is not None else None),
+            "releases": ([dataclasses.asdict(release) for release in self.private.releases]
+                         if self.private is not None else []),
             "method": self.method.state_dict(),
             "train_samples": self.train_samples,
             "train_seconds": self.train_seconds,
@@ -272,6 +305,10 @@ class CentralizedTrainer:
                 self.private.noise_generator.set_state(state["noise_generator"])
             self.private.engine.accountant.history = [tuple(entry)
                                                       for entry in state["accountant_history"]]
+            if self.config.privacy.secure_rng:
+                # The releases before the interruption were drawn from the OS and cannot be
+                # replayed: this build drew its own, so both are spent and both are composed.
+                self.private.releases[:0] = [Release(**entry) for entry in state.get("releases", [])]
         self.method.load_state_dict(state.get("method") or {})
         self.info.update(self.method.info())
         self.train_samples = int(state["train_samples"])

@@ -304,6 +304,11 @@ class PrivacyConfig:
             reproducible run's noise can be replayed by anyone holding its seed (in config.yaml),
             so a model meant for release needs this; such a run cannot be reproduced, and its
             summary says ``privacy/secure_rng: true``. Ignored when ``mode`` is none.
+        counts_noise_multiplier: σ of the Gaussian mechanism that releases the training set's four
+            (group, label) counts when a repair method needs them under DP-SGD (reweighing's
+            weights, the group shares of gapreg's and runner's per-example forms;
+            :mod:`privacy.releases`): each count gets N(0, σ²) noise, its cost is composed into ε
+            and logged as ``privacy/epsilon_parts/counts``. Unused when no method asks.
     """
 
     mode: str = "none"
@@ -314,6 +319,7 @@ class PrivacyConfig:
     accountant: str = "rdp"
     poisson_sampling: bool = True
     secure_rng: bool = False
+    counts_noise_multiplier: float = 10.0
 
     @property
     def private(self) -> bool:
@@ -330,6 +336,8 @@ class PrivacyConfig:
         if self.target_epsilon is not None:
             _check(self.target_epsilon > 0, "privacy.target_epsilon", self.target_epsilon,
                    "a positive number")
+        _check(self.counts_noise_multiplier > 0, "privacy.counts_noise_multiplier",
+               self.counts_noise_multiplier, "a positive number")
         if self.secure_rng and not self.poisson_sampling:
             raise ConfigError("privacy.secure_rng: true needs privacy.poisson_sampling: true (the "
                               "secure sampler draws Poisson batches). Set poisson_sampling: true.")
@@ -400,15 +408,24 @@ class FairnessConfig:
         settings: the chosen method's settings dataclass, built from ``fairness.<method>`` (its
             docstring documents the keys); None when the method has no settings of its own or
             the section is absent and the defaults apply.
+        public_examples: under DP-SGD, how many validation examples (the first ones of the
+            validation split, itself a stratified random draw held out of training) the
+            per-example forms of gapreg and runner read at every step for the gap's signs and
+            runner's neuron selection; null reads the whole validation split. The validation
+            split is public in this tool's threat model, like the test set.
     """
 
     method: str = "none"
     mode: str = "dp"
     settings: Any = None
+    public_examples: int | None = 2000
 
     def validate(self) -> None:
         _registered("fairness.method", self.method)
         _one_of("fairness.mode", self.mode, FAIRNESS_TARGETS)
+        if self.public_examples is not None:
+            _check(self.public_examples > 0, "fairness.public_examples", self.public_examples,
+                   "a positive integer, or null for the whole validation split")
 
     def method_class(self):
         """The registered method class (imports ``training.repair``, and so torch)."""
@@ -419,7 +436,8 @@ class FairnessConfig:
         return self.settings if self.settings is not None else self.method_class().Settings()
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"method": self.method, "mode": self.mode}
+        out: dict[str, Any] = {"method": self.method, "mode": self.mode,
+                               "public_examples": self.public_examples}
         if self.settings is not None and dataclasses.fields(self.settings):
             out[self.method] = dataclasses.asdict(self.settings)
         return out
@@ -437,13 +455,17 @@ def build_fairness(raw: Any, key: str = "fairness") -> FairnessConfig:
         raise ConfigError(f"{key}: got {raw!r}; expected a mapping of the section's keys.")
     method = _coerce(raw.get("method", "none"), str, f"{key}.method")
     mode = _coerce(raw.get("mode", "dp"), str, f"{key}.mode")
-    sections = {k: v for k, v in raw.items() if k not in ("method", "mode")}
+    common = {"public_examples": _coerce(raw["public_examples"], int | None,
+                                         f"{key}.public_examples")
+              } if "public_examples" in raw else {}
+    sections = {k: v for k, v in raw.items() if k not in ("method", "mode", "public_examples")}
     if method == "none" and not sections:  # the common case needs no method registry (no torch)
-        return FairnessConfig(method=method, mode=mode)
+        return FairnessConfig(method=method, mode=mode, **common)
     known = _fairness_sections()
     for name in sections:
         if name not in known:
-            raise _unknown_key_error(str(name), ["method", "mode", *known], f"{key}.")
+            raise _unknown_key_error(str(name), ["method", "mode", "public_examples", *known],
+                                     f"{key}.")
     if method not in known:
         FairnessConfig(method=method).method_class()  # the registry's error: names every method
     built = {}
@@ -451,7 +473,7 @@ def build_fairness(raw: Any, key: str = "fairness") -> FairnessConfig:
         settings = _coerce(values, known[name], f"{key}.{name}")
         settings.validate()
         built[name] = settings
-    return FairnessConfig(method=method, mode=mode, settings=built.get(method))
+    return FairnessConfig(method=method, mode=mode, settings=built.get(method), **common)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -76,6 +76,7 @@ STREAMS: dict[str, int] = {
     "celeba_val_identity": 0xCE1E_5A1D,
     "adult_runner_split": 0xAD_0C0D,
     "repair": 0x4E9A14,
+    "dp_counts": 0xD9_C047,
     "python_numpy_global": 0x61_0BA1,
 }
 

@@ -20,9 +20,16 @@ for _module in ("vanilla", "reweighing", "oversample", "gapreg", "roc", "runner"
 
 
 def build_method(config):
-    """The :class:`RepairMethod` of ``config.fairness``, with its own random stream."""
+    """The :class:`RepairMethod` of ``config.fairness``, with its own random stream and, under
+    DP-SGD, the run's accounted releases (:class:`privacy.releases.PrivateStatistics`)."""
+    from privacy.releases import PrivateStatistics
     from utils.seeding import numpy_generator
 
-    fairness = config.fairness
+    fairness, privacy = config.fairness, config.privacy
+    statistics = (PrivateStatistics(counts_noise_multiplier=privacy.counts_noise_multiplier,
+                                    seed=config.seed, secure=privacy.secure_rng)
+                  if privacy.mode == "dpsgd" else None)
     return fairness.method_class()(fairness.resolved_settings(), target=fairness.mode,
-                                   rng=numpy_generator(config.seed, "repair"))
+                                   rng=numpy_generator(config.seed, "repair"),
+                                   name=fairness.method, privacy_mode=privacy.mode,
+                                   statistics=statistics, public_examples=fairness.public_examples)

@@ -4,11 +4,14 @@ from the output and the label (eo), and the model is trained to predict the labe
 the adversary fail: L = L_cls − λ · L_adv, with the two updated in alternation at every step
 (first the adversary on the detached outputs, then the model against the adversary as it now is).
 
-The model's adversarial term is each example's own adversary loss, so it is a per-example term
-(the adversary's parameters are fixed during the model's step). Refuses DP all the same: the
-adversary's own updates read the private training data (outputs, labels and group flags) with no
-clipping or noise; the repair-under-privacy issue is to train it with DP-SGD of its own (composed in
-the accountant) or on the public validation split.
+Under DP-SGD (sound, the public-adversary form): the adversary's updates read no private data:
+at every step it takes its step on the current model's outputs for the public validation split
+(``fairness.public_examples`` of it, with their labels and groups; DP-SGD's per-example hooks
+off). The model's adversarial term is then each example's own adversary loss, a function of that
+example and of the adversary's parameters, which are fixed during the model's step; it is added
+to the example's loss before DP-SGD clips its gradient, so the clipping bounds the example's whole
+contribution. Refuses DP-FedAvg: the clients' local steps are vectorized over the plain loss, and
+the method's loss is not run there.
 """
 
 from __future__ import annotations
@@ -20,11 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.repair import METHODS
-from training.repair.base import Batch, LossTerms, RepairMethod
+from training.repair.base import Batch, LossTerms, PublicForm, RepairMethod
+from training.repair.gapreg import NOT_IN_CLIENTS
 from utils.config import _check
-
-ADVERSARY_READS_PRIVATE_DATA = ("its adversary is trained on the private training set's outputs, "
-                                "labels and groups without clipping or noise.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,15 +59,30 @@ def adversary_network(inputs: int, hidden: list[int]) -> nn.Module:
 
 
 @METHODS.register("adversarial")
-class Adversarial(RepairMethod):
+class Adversarial(PublicForm, RepairMethod):
     """In-processing: the model trained against an adversary that predicts the group."""
 
     Settings = AdversarialSettings
-    refuses = {"dpsgd": ADVERSARY_READS_PRIVATE_DATA, "dpfedavg": ADVERSARY_READS_PRIVATE_DATA}
+    refuses = {"dpfedavg": NOT_IN_CLIENTS}
+    public_reads = "the adversary's updates"
 
-    def __init__(self, settings, *, target, rng):
-        super().__init__(settings, target=target, rng=rng)
+    def __init__(self, settings, **kwargs):
+        super().__init__(settings, **kwargs)
         self.adversary: nn.Module | None = None
+
+    def prepare(self, data):
+        if self.uses_public_form:
+            self._keep_public(data)
+        return data
+
+    def before_step(self, model: nn.Module) -> None:
+        """The adversary's step on the model's outputs for the public examples (DP-SGD form)."""
+        public = self.public_split(next(model.parameters()).device)
+        with torch.no_grad():
+            logits = model(public.inputs()).reshape(-1)
+        self.adversary_step(Batch(logits=logits, targets=public.y, minority=public.minority,
+                                  weights=torch.ones_like(public.y),
+                                  losses=torch.zeros_like(public.y)))
 
     def _adversary_input(self, batch: Batch, probability: torch.Tensor) -> torch.Tensor:
         columns = [probability] if self.target == "dp" else [probability, batch.targets]
@@ -97,7 +113,8 @@ class Adversarial(RepairMethod):
     def loss(self, batch: Batch, model: nn.Module) -> LossTerms:
         if len(batch.logits) == 0:
             return super().loss(batch, model)
-        self.adversary_step(batch)
+        if not self.uses_public_form:  # under DP-SGD it stepped on the public split instead
+            self.adversary_step(batch)
         for p in self.adversary.parameters():  # fixed during the model's step
             p.requires_grad_(False)
         adversary_losses = F.binary_cross_entropy_with_logits(

@@ -28,7 +28,19 @@ The hooks, each optional (the base class is Vanilla training, ``fairness.method:
 
 Each method declares in :attr:`RepairMethod.refuses` the privacy modes under which it refuses to
 run, with the reason (a sentence a privacy reviewer can check). A mode absent from it is sound for
-the method, and the method's docstring must say why.
+the method, and the method's docstring must say why, by the rule of this tool: under DP every
+quantity computed from the private training data is (a) inside the clipped-and-noised sum, each
+example's (DP-SGD) or client's (DP-FedAvg) whole contribution clipped as one unit, (b) released
+through its own accounted mechanism (:mod:`privacy.releases`, composed into the run's ε), or (c)
+computed from data the run treats as public: the validation and test splits, held out of training.
+
+For (b) and (c) a method under DP-SGD has :attr:`RepairMethod.statistics` (the run's
+:class:`privacy.releases.PrivateStatistics`) and, when it sets :attr:`RepairMethod.reads_public`,
+the hook :meth:`RepairMethod.before_step`, called every step with the plain model (the DP engine's
+per-example hooks off) to compute its public quantities from the validation split. The gap
+regularizers use both through :class:`PublicGapForm`: the sign of each group gap from the
+validation split and the group shares from the noisy counts turn a gap between batch means into a
+sum of per-example terms (:func:`per_example_gap`), which DP-SGD clips with each example's loss.
 """
 
 from __future__ import annotations
@@ -41,6 +53,8 @@ import torch
 from torch import nn
 
 from dataset.base import DataBundle
+from privacy.releases import CELLS, PrivateStatistics
+from utils.errors import ConfigError
 from utils.fairness import predictions
 
 
@@ -138,22 +152,38 @@ class RepairMethod:
         settings: the method's own settings (``fairness.<name>``), an instance of ``Settings``.
         target: ``fairness.mode``, "dp" or "eo".
         rng: the method's own random stream (utils.seeding "repair"), for its random choices.
+        name: its ``fairness.method`` name, for messages.
+        privacy_mode: ``privacy.mode`` of the run ("none", "dpsgd", "dpfedavg").
+        statistics: the run's accounted releases under DP-SGD, else None.
+        public_examples: ``fairness.public_examples``.
 
     Attributes:
         Settings: the frozen settings dataclass of ``fairness.<name>``.
         refuses: privacy mode -> why the method refuses to run under it.
         wants_activations: whether :meth:`loss` needs the hidden activations (the trainer then
             calls :meth:`hidden_layers` and records their outputs with forward hooks).
+        reads_public: whether the trainer calls :meth:`before_step` (set per instance).
     """
 
     Settings: ClassVar[type] = NoSettings
     refuses: ClassVar[dict[str, str]] = {}
     wants_activations: ClassVar[bool] = False
+    reads_public: bool = False
 
-    def __init__(self, settings: Any, *, target: str, rng: np.random.Generator):
+    def __init__(self, settings: Any, *, target: str, rng: np.random.Generator, name: str = "none",
+                 privacy_mode: str = "none", statistics: PrivateStatistics | None = None,
+                 public_examples: int | None = None):
         self.settings = settings
         self.target = target
         self.rng = rng
+        self.name = name
+        self.privacy_mode = privacy_mode
+        self.statistics = statistics
+        self.public_examples = public_examples
+
+    def releases(self) -> list:
+        """The accounted releases the method made (:mod:`privacy.releases`), for the accountant."""
+        return list(self.statistics.releases) if self.statistics is not None else []
 
     def prepare(self, data: DataBundle) -> DataBundle:
         """Pre-processing: the bundle to train on (its training arrays, ``weights_train`` and
@@ -185,6 +215,11 @@ class RepairMethod:
 
     def before_forward(self, indices: torch.Tensor) -> None:
         """The training-set indices of the batch about to be forwarded (on the device)."""
+
+    def before_step(self, model: nn.Module) -> None:
+        """When :attr:`reads_public`: called before every training step with the plain model in
+        evaluation mode and the DP engine's per-example hooks off, to compute public quantities
+        (from the validation split) that the step's loss uses."""
 
     def info(self) -> dict[str, Any]:
         """Facts about what the method did (e.g. how many examples a phase marked), for the run's
@@ -247,3 +282,130 @@ def group_gap(values: torch.Tensor, minority: torch.Tensor, targets: torch.Tenso
     axes): dp compares the groups, eo compares them within each label and sums the two label
     gaps. A comparison with an empty side contributes 0."""
     return gap_of_means(cell_mean_matrix(minority, targets, target), values)
+
+
+# --- The per-example form of a gap regularizer, for DP-SGD -----------------------------------------
+
+def pair_masks(minority: torch.Tensor, targets: torch.Tensor, target: str
+               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (minority side, majority side) masks of every pair a gap compares: one pair (dp), or
+    one per label, 0 then 1 (eo); the pairs of :func:`cell_mean_matrix`, none left out."""
+    if target == "dp":
+        return [(minority, ~minority)]
+    return [(minority & (targets == label), ~minority & (targets == label)) for label in (0, 1)]
+
+
+def pair_signs(values: torch.Tensor, minority: torch.Tensor, targets: torch.Tensor,
+               target: str) -> torch.Tensor:
+    """sign(mean over the minority side − mean over the majority side) of every column of
+    ``values`` (n, m) in every pair, shape (pairs, m); 0 for a pair with an empty side."""
+    values = values.reshape(len(values), -1)
+    signs = []
+    for low, high in pair_masks(minority, targets, target):
+        if bool(low.any()) and bool(high.any()):
+            signs.append(torch.sign(values[low].mean(0) - values[high].mean(0)))
+        else:
+            signs.append(values.new_zeros(values.shape[1]))
+    return torch.stack(signs)
+
+
+def pair_inverse_shares(shares: np.ndarray, target: str) -> np.ndarray:
+    """1 / (each side's share of the training set) of every pair, shape (pairs, 2), from the cell
+    shares in :data:`privacy.releases.CELLS` order."""
+    share = dict(zip(CELLS, np.asarray(shares, dtype=np.float64)))
+    if target == "dp":
+        sides = [(share[(True, 0)] + share[(True, 1)], share[(False, 0)] + share[(False, 1)])]
+    else:
+        sides = [(share[(True, label)], share[(False, label)]) for label in (0, 1)]
+    return 1.0 / np.array(sides)
+
+
+def per_example_gap(values: torch.Tensor, minority: torch.Tensor, targets: torch.Tensor,
+                    target: str, signs: torch.Tensor, inverse_shares: torch.Tensor) -> torch.Tensor:
+    """Each example's term of a gap regularizer whose signs and group shares are fixed, shape (B,).
+
+    For a pair k of sides with training-set shares p_k⁻ (minority) and p_k⁺ (majority), column
+    signs s_kj and an example i of ``values`` v_i (m columns):
+
+        r_i = Σ_k [i ∈ minority side of k] / p_k⁻ · mean_j s_kj v_ij
+            − Σ_k [i ∈ majority side of k] / p_k⁺ · mean_j s_kj v_ij
+
+    Summed over a Poisson batch and divided by its expected size qN, as DP-SGD averages, its
+    expectation is Σ_k mean_j s_kj (mean v_j over the minority side − over the majority side) of
+    the training set: the gap of :func:`gap_of_means` where the signs are right. Each r_i reads
+    only example i and the fixed quantities, so adding it to example i's loss keeps DP-SGD's
+    per-example clipping a bound on that example's whole contribution.
+    """
+    values = values.reshape(len(values), -1)
+    columns = values.shape[1]
+    coefficient = torch.stack(
+        [low.to(values.dtype) * inverse_shares[k, 0] - high.to(values.dtype) * inverse_shares[k, 1]
+         for k, (low, high) in enumerate(pair_masks(minority, targets, target))], dim=1)
+    return (coefficient * (values @ signs.to(values.dtype).T) / columns).sum(dim=1)
+
+
+@dataclass
+class PublicSplit:
+    """The validation examples a method reads as public, on the training device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    minority: torch.Tensor
+    transform: Any
+
+    def inputs(self) -> torch.Tensor:
+        return self.x if self.transform is None else self.transform(self.x, False)
+
+
+NEEDS_VALIDATION = ("fairness.method {name!r} under privacy.mode {mode!r} computes {what} from the "
+                    "validation split, which is public, but this run holds none out. Set "
+                    "data.val_fraction > 0 (e.g. 0.1).")
+
+
+class PublicForm:
+    """A method's form under DP-SGD that reads the public validation split at every step (a mixin
+    of :class:`RepairMethod`): :meth:`_keep_public` in ``prepare``, :meth:`public_split` in
+    :meth:`RepairMethod.before_step`."""
+
+    public_reads: ClassVar[str] = "its public quantities"  # what it computes there, for messages
+
+    @property
+    def uses_public_form(self) -> bool:
+        return self.privacy_mode == "dpsgd"
+
+    def _keep_public(self, data: DataBundle) -> None:
+        if len(data.y_val) == 0:
+            raise ConfigError(NEEDS_VALIDATION.format(name=self.name, mode=self.privacy_mode,
+                                                      what=self.public_reads))
+        n = len(data.y_val) if self.public_examples is None else self.public_examples
+        self._public_arrays = (data.x_val[:n], data.y_val[:n], data.minority_val[:n],
+                               data.transform)
+        self._public: PublicSplit | None = None
+        self.reads_public = True
+
+    def public_split(self, device: torch.device) -> PublicSplit:
+        """The public examples on ``device`` (moved there once)."""
+        if self._public is None:
+            x, y, minority, transform = self._public_arrays
+            self._public = PublicSplit(torch.as_tensor(x).to(device),
+                                       torch.as_tensor(y).to(device, torch.float32),
+                                       torch.as_tensor(minority).to(device, torch.bool), transform)
+        return self._public
+
+
+class PublicGapForm(PublicForm):
+    """A gap regularizer's per-example form under DP-SGD: the public validation split for the
+    signs (:class:`PublicForm`) and the group shares from the noisy counts (released once and
+    accounted, :mod:`privacy.releases`) for :func:`per_example_gap`."""
+
+    public_reads = "the sign of each group gap"
+
+    def _prepare_public_form(self, data: DataBundle) -> None:
+        self._keep_public(data)
+        shares = self.statistics.cell_shares(data.y_train, data.minority_train)
+        self._inverse_shares = torch.as_tensor(pair_inverse_shares(shares, self.target),
+                                               dtype=torch.float32)
+
+    def public_split(self, device: torch.device) -> PublicSplit:
+        self._inverse_shares = self._inverse_shares.to(device)
+        return super().public_split(device)

@@ -162,8 +162,8 @@ class FairNeuron(RepairMethod):
     Settings = FairNeuronSettings
     refuses = {"dpsgd": READS_EVERY_RECORD, "dpfedavg": READS_EVERY_RECORD}
 
-    def __init__(self, settings: FairNeuronSettings, *, target: str, rng: np.random.Generator):
-        super().__init__(settings, target=target, rng=rng)
+    def __init__(self, settings: FairNeuronSettings, **kwargs):
+        super().__init__(settings, **kwargs)
         self.biased: torch.Tensor | None = None  # over the training set, once the analysis ran
         self._batch_biased: torch.Tensor | None = None
         self._recorded: list[torch.Tensor] | None = None

@@ -1,10 +1,12 @@
 """``oversample``: duplicate randomly chosen examples of every (group, label) cell until each cell
 is as large as the largest one.
 
-Refuses DP: duplication multiplies a person's records, so one person's contribution to a step is
-no longer bounded by one clipped gradient; the sound form (non-uniform Poisson sampling with
-per-cell rates from noisy counts, accounted at the largest rate) is the repair-under-privacy
-issue's to build.
+Refuses DP-SGD: duplication multiplies a person's records, so one person's contribution to a step
+is no longer bounded by one clipped gradient, and the accountant's sampling rate is no longer each
+record's. A sound form exists and is not built: no copies, but non-uniform Poisson sampling with a
+rate per cell (from the noisy counts), accounted at the largest rate, which for a small cell is
+close to 1 and so spends ε fast. Refuses DP-FedAvg: the copies are made before the partition and
+land on other clients, so one person's records leave through several clipped updates.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from training.repair import METHODS
 from training.repair.base import RepairMethod
 
 DUPLICATES_RECORDS = ("duplicating examples multiplies a person's records, so one person's "
-                      "contribution is no longer one clipped gradient (or one client's update).")
+                      "contribution is no longer one clipped gradient (or one client's update); "
+                      "the sound form, per-cell Poisson rates accounted at the largest, is not "
+                      "built.")
 
 
 def oversample_indices(y: np.ndarray, minority: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -2,10 +2,14 @@
 discrimination", KAIS 2012): each example's loss weighted by w(a, y) = P(A=a)·P(Y=y) / P(A=a, Y=y),
 so that group and label are independent in the weighted training set.
 
-Under DP it refuses for now: the weight multiplies the example's loss before its gradient is
-clipped, so the per-example sensitivity is unchanged, but the four cell counts behind the weights
-are statistics of the private training data and are not yet released through an accounted
-mechanism (the repair-under-privacy issue adds that: noisy counts composed into ε).
+Under DP-SGD (sound): the weight multiplies the example's loss before its gradient is clipped, so
+DP-SGD's per-example clipping still bounds each example's whole contribution by C (a weight scales
+the gradient, and the clipped gradient's norm is at most C whatever the weight). The weights are
+computed from the four (group, label) counts released once through the Gaussian mechanism
+(:mod:`privacy.releases`, sensitivity 1, σ = ``privacy.counts_noise_multiplier``), whose cost is
+composed into the run's ε and logged as ``privacy/epsilon_parts/counts``; from the noisy counts on
+it is post-processing. Refuses DP-FedAvg: the counts are global, and one user changes them by as
+many records as it holds, so a release at user level needs a bound on that, which is not built.
 """
 
 from __future__ import annotations
@@ -14,35 +18,50 @@ import dataclasses
 
 import numpy as np
 
+from privacy.releases import CELLS, cell_counts
 from training.repair import METHODS
 from training.repair.base import RepairMethod
 
-UNACCOUNTED_COUNTS = ("its weights come from the training set's (group, label) counts, a statistic "
-                      "of the private data that no accounted mechanism releases yet.")
+GLOBAL_COUNTS = ("its weights come from the training set's global (group, label) counts, which one "
+                 "user changes by as many records as it holds; a user-level release of them (a "
+                 "bound on each client's counts, then noise) is not built.")
+
+
+def weights_from_counts(counts: np.ndarray, y: np.ndarray, minority: np.ndarray) -> np.ndarray:
+    """w(a, y) = P(A=a)·P(Y=y) / P(A=a, Y=y) for every example, the probabilities from the
+    :data:`privacy.releases.CELLS` counts (positive where a cell holds examples)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    share = dict(zip(CELLS, counts / counts.sum()))
+    group_share = {group: share[(group, 0)] + share[(group, 1)] for group in (True, False)}
+    label_share = {label: share[(True, label)] + share[(False, label)] for label in (0, 1)}
+    y, minority = np.asarray(y).astype(int), np.asarray(minority).astype(bool)
+    weights = np.ones(len(y), dtype=np.float32)
+    for group, label in CELLS:
+        cell = (minority == group) & (y == label)
+        if cell.any():
+            weights[cell] = group_share[group] * label_share[label] / share[(group, label)]
+    return weights
 
 
 def reweighing_weights(y: np.ndarray, minority: np.ndarray) -> np.ndarray:
-    """w(a, y) = P(A=a)·P(Y=y) / P(A=a, Y=y) for every example (an empty cell gets no example)."""
-    y, minority = np.asarray(y).astype(int), np.asarray(minority).astype(bool)
-    n = len(y)
-    weights = np.ones(n, dtype=np.float32)
-    for group in (True, False):
-        for label in (0, 1):
-            cell = (minority == group) & (y == label)
-            if cell.any():
-                expected = (minority == group).mean() * (y == label).mean()
-                weights[cell] = expected / (cell.sum() / n)
-    return weights
+    """The Kamiran-Calders weights of the training set's exact counts."""
+    return weights_from_counts(cell_counts(y, minority), y, minority)
 
 
 @METHODS.register("reweighing")
 class Reweighing(RepairMethod):
     """Pre-processing: the Kamiran-Calders weights on every training example."""
 
-    refuses = {"dpsgd": UNACCOUNTED_COUNTS, "dpfedavg": UNACCOUNTED_COUNTS}
+    refuses = {"dpfedavg": GLOBAL_COUNTS}
 
     def prepare(self, data):
-        weights = reweighing_weights(data.y_train, data.minority_train)
+        if self.statistics is not None:  # DP-SGD: the counts through the accounted release
+            # (a noisy count below 1 is taken as 1: every weight stays positive and finite)
+            counts = np.maximum(self.statistics.noisy_cell_counts(data.y_train,
+                                                                  data.minority_train), 1.0)
+        else:
+            counts = cell_counts(data.y_train, data.minority_train)
+        weights = weights_from_counts(counts, data.y_train, data.minority_train)
         if data.weights_train is not None:
             weights = weights * data.weights_train
         return dataclasses.replace(data, weights_train=weights)

@@ -17,9 +17,16 @@ step as in the released code. A neuron is the output of a ReLU that follows a Li
 models stay plain ``nn.Module`` classes; the activations come from forward hooks the trainer
 registers (:meth:`RepairMethod.hidden_layers`).
 
-Refuses DP: the gap terms are means over the batch's groups, which couple examples, and the neuron
-selection reads the batch; neither is bounded by per-example clipping (the repair-under-privacy
-issue is to build the decomposed form).
+Under DP-SGD (sound, the per-example form): the batch's selection and gaps couple examples, so at
+every step the selection (steps 1-2) and the sign of each selected neuron's gap (and of the output
+gap, eo) are computed from the current model on the public validation split
+(``fairness.public_examples`` of it, DP-SGD's per-example hooks off), and each gap between batch
+means becomes a sum of per-example terms with the group shares from the noisy counts
+(:func:`training.repair.base.per_example_gap`, :mod:`privacy.releases`, accounted in ε), as for
+gapreg. Example i's term reads only example i's activations and these public or released
+quantities, and is added to its loss before DP-SGD clips its gradient: the clipping bounds its
+whole contribution. Refuses DP-FedAvg: the clients' local steps are vectorized over the plain
+loss, and the method's loss is not run there.
 """
 
 from __future__ import annotations
@@ -30,12 +37,19 @@ import torch
 from torch import nn
 
 from training.repair import METHODS
-from training.repair.base import Batch, LossTerms, RepairMethod, cell_mean_matrix, gap_of_means
+from training.repair.base import (
+    Batch,
+    LossTerms,
+    PublicGapForm,
+    RepairMethod,
+    cell_mean_matrix,
+    gap_of_means,
+    pair_signs,
+    per_example_gap,
+)
+from training.repair.gapreg import NOT_IN_CLIENTS
 from utils.config import _check
 
-COUPLES_EXAMPLES = ("its neuron gaps and the neuron selection are computed over the batch's "
-                    "groups, which couples examples, so per-example clipping does not bound one "
-                    "example's influence.")
 NO_NEURONS = ("fairness.method 'runner' found no hidden neurons in model {model}: it needs a ReLU "
               "after a Linear or Conv2d layer. Use model.name mlp or cnn.")
 
@@ -85,12 +99,18 @@ def neuron_importance(weight: torch.Tensor, grad: torch.Tensor | None) -> torch.
 
 
 @METHODS.register("runner")
-class Runner(RepairMethod):
+class Runner(PublicGapForm, RepairMethod):
     """In-processing: the gaps of the most unfairness-important neurons added to the loss."""
 
     Settings = RunnerSettings
-    refuses = {"dpsgd": COUPLES_EXAMPLES, "dpfedavg": COUPLES_EXAMPLES}
+    refuses = {"dpfedavg": NOT_IN_CLIENTS}
     wants_activations = True
+    public_reads = "the neuron selection and the sign of each gap"
+
+    def prepare(self, data):
+        if self.uses_public_form:
+            self._prepare_public_form(data)
+        return data
 
     def hidden_layers(self, model: nn.Module) -> dict[str, nn.Module]:
         layers = neuron_layers(model)
@@ -117,15 +137,51 @@ class Runner(RepairMethod):
             chosen[name] = importance.topk(k).indices
         return fair, chosen
 
+    def before_step(self, model: nn.Module) -> None:
+        """The selection and the signs of the selected neurons' gaps (and of the output gap), from
+        the model on the public examples (the per-example form under DP-SGD)."""
+        public = self.public_split(next(model.parameters()).device)
+        activations: dict[str, torch.Tensor] = {}
+        handles = [relu.register_forward_hook(
+            lambda module, inputs, output, name=name: activations.__setitem__(name, output))
+            for name, _, relu in self._layers]
+        try:
+            logits = model(public.inputs()).reshape(-1)
+        finally:
+            for handle in handles:
+                handle.remove()
+        view = Batch(logits=logits, targets=public.y, minority=public.minority,
+                     weights=torch.ones_like(public.y), losses=torch.zeros_like(public.y),
+                     activations=activations)
+        _, self._chosen = self.selection(view)
+        with torch.no_grad():
+            self._output_signs = pair_signs(torch.sigmoid(logits.detach()), public.minority,
+                                            public.y, self.target)
+            self._neuron_signs = {
+                name: pair_signs(_neuron_values(activations[name])[:, index], public.minority,
+                                 public.y, self.target)
+                for name, index in self._chosen.items()}
+
+    def _per_example_loss(self, batch: Batch) -> LossTerms:
+        """The DP-SGD form: every gap a sum of per-example terms, nothing coupled."""
+        terms = (per_example_gap(torch.sigmoid(batch.logits), batch.minority, batch.targets,
+                                 self.target, self._output_signs, self._inverse_shares)
+                 if self.target == "eo" else torch.zeros_like(batch.losses))
+        for name, index in self._chosen.items():
+            terms = terms + per_example_gap(
+                _neuron_values(batch.activations[name])[:, index], batch.minority, batch.targets,
+                self.target, self._neuron_signs[name], self._inverse_shares)
+        return LossTerms(batch.losses * batch.weights + self.settings.lam * terms)
+
     def loss(self, batch: Batch, model: nn.Module) -> LossTerms:
+        if self.uses_public_form:
+            return self._per_example_loss(batch)
         # The groups' averaging rows, made once and shared by the output and every layer.
         cells = cell_mean_matrix(batch.minority, batch.targets, self.target)
         fair, chosen = self.selection(batch, cells)
         repair = fair if self.target == "eo" else fair.new_zeros(())
         for name, index in chosen.items():
-            activation = batch.activations[name]
-            if activation.ndim > 2:  # conv channels: a channel's mean over space is its value
-                activation = activation.flatten(2).mean(2)
+            activation = _neuron_values(batch.activations[name])
             if len(cells) == 0:
                 continue
             # Every neuron's group means in one product, then the selected neurons' gaps: the
@@ -134,3 +190,8 @@ class Runner(RepairMethod):
             gaps = (means[0::2] - means[1::2]).abs()
             repair = repair + gaps[:, index].mean(dim=1).sum()
         return LossTerms(batch.losses * batch.weights, self.settings.lam * repair)
+
+
+def _neuron_values(activation: torch.Tensor) -> torch.Tensor:
+    """(B, neurons): a conv channel's value is its mean over space."""
+    return activation.flatten(2).mean(2) if activation.ndim > 2 else activation
