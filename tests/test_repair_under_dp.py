@@ -357,3 +357,98 @@ def test_the_coupling_check_catches_the_batch_form():
         _, grads[key] = Step(method, method.prepare(data), network()).private(bound=0.05,
                                                                               rows=rows)
     assert not torch.allclose(grads["with"][1:], grads["without"], atol=1e-6)
+
+
+# --- DP-FedAvg: the methods that train inside the clients --------------------------------------
+
+IN_CLIENTS = [name for name in METHODS if not METHODS.get(name).refuses.get("dpfedavg")
+              and (METHODS.get(name).trains_in_clients or name == "reweighing")]
+
+
+def fedavg_method(name, target):
+    cls = METHODS.get(name)
+    return cls(cls.Settings(), target=target, rng=np.random.default_rng(0), name=name,
+               privacy_mode="dpfedavg")
+
+
+def client_updates(name, target, x, y, minority, clients):
+    """Each client's local update under ``name`` (3 local epochs, batches of 8), by the loop."""
+    from training.federated import client_table, draw_local_orders, local_updates_loop
+
+    method = fedavg_method(name, target)
+    model = network(x.shape[1])
+    weights = np.ones(len(y), dtype=np.float32)
+    for indices in clients:
+        own = method.client_weights(y[indices].numpy(), minority[indices].numpy())
+        weights[indices] = 1 if own is None else own
+    table, sizes = client_table(clients)
+    orders = draw_local_orders(table, sizes, 3, generator=torch.Generator().manual_seed(0))
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    updates, _, _ = local_updates_loop(
+        model, params, x, y, orders, lr=0.2, batch_size=8, weights=torch.as_tensor(weights),
+        minority=minority, method=method if method.trains_in_clients else None)
+    return updates
+
+
+@pytest.mark.parametrize("target", ["dp", "eo"])
+@pytest.mark.parametrize("name", IN_CLIENTS)
+def test_a_client_update_reads_only_its_own_data(name, target):
+    """User-level sensitivity: making one client's data extreme changes that client's update only,
+    and the server's clipping bounds it by S whatever the method computed."""
+    from privacy.dpfedavg import dp_fedavg_aggregate
+
+    data = tabular(n=96)
+    x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train, dtype=torch.float32)
+    minority = torch.as_tensor(data.minority_train)
+    clients = [np.arange(0, 32), np.arange(32, 64), np.arange(64, 96)]
+    before = client_updates(name, target, x, y, minority, clients)
+    extreme_x, extreme_minority = x.clone(), minority.clone()
+    extreme_x[32:40] *= 50.0
+    extreme_minority[32:48] = ~extreme_minority[32:48]
+    after = client_updates(name, target, extreme_x, y, extreme_minority, clients)
+    assert torch.allclose(before[[0, 2]], after[[0, 2]], atol=1e-6)
+    assert not torch.allclose(before[1], after[1])
+    bound = 0.01
+
+    def clipped_sum(updates):
+        return dp_fedavg_aggregate(updates, max_grad_norm=bound, noise_multiplier=0.0,
+                                   expected_clients=1.0).update
+    # Adding or removing the client moves the sum by at most S; changing its data, by 2S.
+    assert (clipped_sum(after) - clipped_sum(after[[0, 2]])).norm() <= bound * 1.0001
+    assert (clipped_sum(before) - clipped_sum(after)).norm() <= 2 * bound * 1.0001
+
+
+def test_vectorized_clients_apply_the_weights_as_the_loop_does():
+    from training.federated import (
+        client_table,
+        draw_local_orders,
+        local_updates_loop,
+        local_updates_vectorized,
+    )
+
+    data = tabular(n=90)
+    x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train, dtype=torch.float32)
+    weights = torch.as_tensor(np.random.default_rng(0).uniform(0.2, 3.0, 90), dtype=torch.float32)
+    table, sizes = client_table([np.arange(0, 10), np.arange(10, 47), np.arange(47, 90)])
+    orders = draw_local_orders(table, sizes, 2, generator=torch.Generator().manual_seed(0))
+    model = network()
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loop, _, _ = local_updates_loop(model, params, x, y, orders, lr=0.2, batch_size=8,
+                                    weights=weights)
+    batched, _, _ = local_updates_vectorized(model, params, x, y, orders, lr=0.2, batch_size=8,
+                                             weights=weights)
+    torch.testing.assert_close(batched, loop, rtol=1e-5, atol=1e-6)
+    plain, _, _ = local_updates_loop(model, params, x, y, orders, lr=0.2, batch_size=8)
+    assert not torch.allclose(plain, loop)
+
+
+FEDERATED = ["privacy.mode=dpfedavg", "federated.num_clients=20", "federated.rounds=6",
+             "federated.eval_every=3", "training.batch_size=16"]
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if not METHODS.get(n).refuses.get("dpfedavg")])
+def test_every_method_sound_under_dpfedavg_trains_end_to_end(tmp_path, name):
+    assert run_cli(tmp_path, f"fairness.method={name}", "fairness.mode=eo", *FEDERATED) == 0
+    result = summary(tmp_path)
+    assert result["privacy/private"] is True and np.isfinite(result["privacy/epsilon"])
+    assert not any(key.startswith("privacy/epsilon_parts") for key in result)  # no release

@@ -56,6 +56,7 @@ from privacy.dpfedavg import dp_fedavg_aggregate
 from privacy.noise import SecureRandom
 from training import TRAINERS
 from training.partition import partition_clients, partition_counts, partition_summary
+from training.repair.base import Batch, RepairMethod
 from training.repair.vanilla import Vanilla
 from utils.errors import ConfigError, warn_user
 from utils.fairness import GROUPS
@@ -165,6 +166,9 @@ def local_updates_loop(
     lr: float,
     batch_size: int,
     transform: BatchTransform | None = None,
+    weights: torch.Tensor | None = None,
+    minority: torch.Tensor | None = None,
+    method: RepairMethod | None = None,
 ) -> tuple[torch.Tensor, float, int]:
     """Train the clients one after another; the reference implementation.
 
@@ -177,6 +181,11 @@ def local_updates_loop(
         lr: the clients' SGD learning rate.
         batch_size: examples per local step; an epoch's last batch holds the remainder.
         transform: the data set's per-batch device transform, applied in training mode.
+        weights: per-example loss weights over the training set (each client's own, e.g. local
+            reweighing), or None for 1.
+        minority: the group flags over the training set, for ``method``.
+        method: a repair method whose loss each client trains with on its own batches
+            (:attr:`RepairMethod.trains_in_clients`); None for the plain cross-entropy.
 
     Returns:
         ``(updates, loss_sum, examples)``: the flat updates Δ_k = θ_k − θ, shape (clients, d); the
@@ -186,6 +195,12 @@ def local_updates_loop(
     if not len(orders):
         return _no_updates(global_params, y.device)
     local = copy.deepcopy(model).train()
+    activations: dict[str, torch.Tensor] = {}
+    handles = []
+    if method is not None and method.wants_activations:
+        for name, module in method.hidden_layers(local).items():
+            handles.append(module.register_forward_hook(
+                lambda m, i, o, name=name: activations.__setitem__(name, o)))
     params = dict(local.named_parameters())
     updates, loss_sum, examples = [], 0.0, 0
     for epochs, size in zip(orders.index, orders.sizes.tolist()):
@@ -199,9 +214,16 @@ def local_updates_loop(
                 inputs = gather_rows(x, batch)
                 if transform is not None:
                     inputs = transform(inputs, True)
-                losses = _batch_loss(local(inputs), y[batch])
+                logits = local(inputs).reshape(-1)
+                losses = _batch_loss(logits, y[batch])
+                weight = weights[batch] if weights is not None else torch.ones_like(losses)
                 local.zero_grad(set_to_none=True)
-                losses.mean().backward()
+                if method is None:
+                    (losses * weight).mean().backward()
+                else:  # the client's own batch, so the method reads only the client's data
+                    method.loss(Batch(logits=logits, targets=y[batch], minority=minority[batch],
+                                      weights=weight, losses=losses, activations=activations),
+                                local).total().backward()
                 with torch.no_grad():
                     for name in global_params:
                         params[name].sub_(lr * params[name].grad)
@@ -210,6 +232,8 @@ def local_updates_loop(
         with torch.no_grad():
             updates.append(torch.cat([(params[n] - global_params[n]).reshape(-1)
                                       for n in global_params]))
+    for handle in handles:
+        handle.remove()
     return torch.stack(updates), loss_sum, examples
 
 
@@ -246,6 +270,7 @@ def local_updates_vectorized(
     batch_size: int,
     transform: BatchTransform | None = None,
     chunk_size: int | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float, int]:
     """Train the clients side by side; the same arguments and results as :func:`local_updates_loop`.
 
@@ -255,7 +280,7 @@ def local_updates_vectorized(
     0 and left out of the count), so its gradient is the one the loop computes; a step where a
     client has no real example is masked and leaves its parameters as they are.
     ``chunk_size`` bounds how many clients are stacked at once (memory); the results do not depend
-    on it.
+    on it. ``weights`` are per-example loss weights over the training set, as in the loop.
     """
     if not len(orders):
         return _no_updates(global_params, y.device)
@@ -264,22 +289,26 @@ def local_updates_vectorized(
     for start in range(0, len(orders), chunk_size):
         chunk_updates, chunk_loss, chunk_examples = _train_chunk(
             model, global_params, x, y, orders[start:start + chunk_size], lr=lr,
-            batch_size=batch_size, transform=transform)
+            batch_size=batch_size, transform=transform, example_weights=weights)
         updates.append(chunk_updates)
         loss_sum += chunk_loss
         examples += chunk_examples
     return (updates[0] if len(updates) == 1 else torch.cat(updates)), loss_sum, examples
 
 
-def _train_chunk(model, global_params, x, y, orders, *, lr, batch_size, transform):
+def _train_chunk(model, global_params, x, y, orders, *, lr, batch_size, transform,
+                 example_weights=None):
     index, mask = pad_orders(orders.to(y.device), batch_size)
     clients, steps, _ = index.shape
     weights_all = mask.to(y.dtype)
+    loss_weights_all = (weights_all if example_weights is None
+                        else weights_all * example_weights[index])
 
-    def client_loss(params, inputs, targets, weights):
-        losses = _batch_loss(functional_call(model, params, (inputs,)), targets) * weights
+    def client_loss(params, inputs, targets, real, loss_weights):
+        losses = _batch_loss(functional_call(model, params, (inputs,)), targets)
         # Mean over the real examples; a fully masked step has loss 0 and gradient 0.
-        return losses.sum() / weights.sum().clamp(min=1.0), losses.sum().detach()
+        return ((losses * loss_weights).sum() / real.sum().clamp(min=1.0),
+                (losses * real).sum().detach())
 
     # randomness="different": a model with dropout draws independent masks for each client, as
     # separate clients would.
@@ -298,7 +327,7 @@ def _train_chunk(model, global_params, x, y, orders, *, lr, batch_size, transfor
         if transform is not None:
             inputs = transform(inputs, True)
         inputs = inputs.reshape(clients, batch_size, *inputs.shape[1:])
-        grads, losses = step_grads(params, inputs, y[batch], weights)
+        grads, losses = step_grads(params, inputs, y[batch], weights, loss_weights_all[:, t])
         # A client with no example in this step takes no step (its gradient is 0 already; the
         # mask makes the intent explicit and keeps it true for any future update rule).
         step = weights.amax(dim=1) * -lr
@@ -398,6 +427,7 @@ class FederatedTrainer:
         secure_rng: bool = False,
         vectorized: bool = True,
         client_chunk_size: int | None = None,
+        method: RepairMethod | None = None,
     ):
         if (noise_multiplier is None) == (target_epsilon is None):
             raise ValueError("give exactly one of noise_multiplier and target_epsilon")
@@ -439,6 +469,11 @@ class FederatedTrainer:
 
         self.x = place_inputs(data.x_train, self.device, what="training inputs")
         self.y = torch.as_tensor(data.y_train).to(self.device, torch.float32)
+        self.minority = torch.as_tensor(data.minority_train).to(self.device, torch.bool)
+        # A repair method runs inside the clients, each on its own data only (its whole update is
+        # clipped as one unit): its loss per local batch, its weights per client.
+        self.method = method if method is not None else Vanilla(None, target="dp", rng=None)
+        self.example_weights = self._client_weights(data)
         # Each random purpose its own stream (utils.seeding). Who takes part in a round and the
         # server's noise carry the guarantee: under secure_rng both come from the OS's CSPRNG.
         self.secure_rng = secure_rng
@@ -465,6 +500,18 @@ class FederatedTrainer:
             "noise_std_of_average": self.noise_multiplier * max_grad_norm / self.expected_clients,
         }
 
+    def _client_weights(self, data: DataBundle) -> torch.Tensor | None:
+        """Every training example's loss weight from its own client's data
+        (:meth:`RepairMethod.client_weights`), or None when the method sets none."""
+        weights = np.ones(len(data.y_train), dtype=np.float32)
+        given = False
+        for indices in self.clients:
+            own = self.method.client_weights(data.y_train[indices], data.minority_train[indices])
+            if own is not None:
+                weights[indices] = own
+                given = True
+        return torch.as_tensor(weights, device=self.device) if given else None
+
     def sample_clients(self) -> np.ndarray:
         """This round's clients: each joins independently with probability q (may be none)."""
         source = self._secure if self._secure is not None else self._sampling_rng
@@ -479,15 +526,17 @@ class FederatedTrainer:
         rows = torch.as_tensor(chosen, dtype=torch.int64)
         orders = draw_local_orders(self._client_table[rows], self._client_sizes[rows],
                                    self.local_epochs, self._shuffle_gen).to(self.device)
-        if self.vectorized:
+        if self.vectorized and not self.method.trains_in_clients:
             updates, loss_sum, examples = local_updates_vectorized(
                 self.model, self._global, self.x, self.y, orders, lr=self.client_lr,
                 batch_size=self.batch_size, transform=self.transform,
-                chunk_size=self.client_chunk_size)
-        else:
+                chunk_size=self.client_chunk_size, weights=self.example_weights)
+        else:  # one client after another, each training with the method's loss
             updates, loss_sum, examples = local_updates_loop(
                 self.model, self._global, self.x, self.y, orders, lr=self.client_lr,
-                batch_size=self.batch_size, transform=self.transform)
+                batch_size=self.batch_size, transform=self.transform,
+                weights=self.example_weights, minority=self.minority,
+                method=self.method if self.method.trains_in_clients else None)
         result = dp_fedavg_aggregate(updates, max_grad_norm=self.max_grad_norm,
                                      noise_multiplier=self.noise_multiplier,
                                      expected_clients=self.expected_clients,
@@ -607,7 +656,7 @@ def build_federated_trainer(config, model: nn.Module, data: DataBundle, device, 
         noise_multiplier=priv.noise_multiplier, target_epsilon=priv.target_epsilon,
         server_lr=fed.server_lr, server_momentum=fed.server_momentum, partition=fed.partition,
         dirichlet_alpha=fed.dirichlet_alpha, eval_every=fed.eval_every,
-        accountant=priv.accountant, seed=config.seed, secure_rng=priv.secure_rng,
+        accountant=priv.accountant, seed=config.seed, secure_rng=priv.secure_rng, method=method,
     )
     # Legal but almost surely a mistake (1e-9 for 1e-1): most rounds would train no client, and the
     # run would report the near-initial model's accuracy as a result. Printed the project's way and
@@ -620,7 +669,4 @@ def build_federated_trainer(config, model: nn.Module, data: DataBundle, device, 
                    f"Raise client_sample_rate to at least {1 / fed.num_clients:.3g} (1 / num_clients) "
                    f"or raise num_clients.")
         warn_user(message, trainer.warnings)
-    # Only methods that leave the clients' training alone get here (the config refuses the
-    # others under dpfedavg); the run loop uses the method's post-processing of the scores.
-    trainer.method = method if method is not None else Vanilla(None, target="dp", rng=None)
     return trainer

@@ -10,8 +10,9 @@ at every step it takes its step on the current model's outputs for the public va
 off). The model's adversarial term is then each example's own adversary loss, a function of that
 example and of the adversary's parameters, which are fixed during the model's step; it is added
 to the example's loss before DP-SGD clips its gradient, so the clipping bounds the example's whole
-contribution. Refuses DP-FedAvg: the clients' local steps are vectorized over the plain loss, and
-the method's loss is not run there.
+contribution. Refuses DP-FedAvg: an adversary trained inside a client would carry that client's
+data into the next clients' updates (one adversary for all), and one reset per client learns
+nothing in a few local steps; a sound variant is not built.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from torch import nn
 
 from training.repair import METHODS
 from training.repair.base import Batch, LossTerms, PublicForm, RepairMethod
-from training.repair.gapreg import NOT_IN_CLIENTS
 from utils.config import _check
+
+ADVERSARY_ACROSS_CLIENTS = ("one adversary trained inside the clients would carry each client's data "
+                            "into the next clients' updates, outside their clipping.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,7 +66,7 @@ class Adversarial(PublicForm, RepairMethod):
     """In-processing: the model trained against an adversary that predicts the group."""
 
     Settings = AdversarialSettings
-    refuses = {"dpfedavg": NOT_IN_CLIENTS}
+    refuses = {"dpfedavg": ADVERSARY_ACROSS_CLIENTS}
     public_reads = "the adversary's updates"
 
     def __init__(self, settings, **kwargs):

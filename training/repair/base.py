@@ -163,11 +163,15 @@ class RepairMethod:
         wants_activations: whether :meth:`loss` needs the hidden activations (the trainer then
             calls :meth:`hidden_layers` and records their outputs with forward hooks).
         reads_public: whether the trainer calls :meth:`before_step` (set per instance).
+        trains_in_clients: under DP-FedAvg, whether each client trains with :meth:`loss` on its
+            own batches (sound: a client's whole update is clipped as one unit, whatever it
+            computes from its own data); otherwise clients train on the plain weighted loss.
     """
 
     Settings: ClassVar[type] = NoSettings
     refuses: ClassVar[dict[str, str]] = {}
     wants_activations: ClassVar[bool] = False
+    trains_in_clients: ClassVar[bool] = False
     reads_public: bool = False
 
     def __init__(self, settings: Any, *, target: str, rng: np.random.Generator, name: str = "none",
@@ -189,6 +193,11 @@ class RepairMethod:
         """Pre-processing: the bundle to train on (its training arrays, ``weights_train`` and
         ``info``; the validation and test sets are never touched)."""
         return data
+
+    def client_weights(self, y: np.ndarray, minority: np.ndarray) -> np.ndarray | None:
+        """Under DP-FedAvg: the loss weights of one client's examples from that client's own data
+        (labels and groups), or None for 1."""
+        return None
 
     def hidden_layers(self, model: nn.Module) -> dict[str, nn.Module]:
         """The modules whose outputs :meth:`loss` receives as ``Batch.activations``."""

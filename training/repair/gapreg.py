@@ -11,8 +11,9 @@ s the gap's sign, taken at every step from the current model on the public valid
 (:mod:`privacy.releases`, accounted in ε). Example i's term then reads only example i and these
 public or released quantities; it is added to example i's loss before DP-SGD clips that example's
 gradient, so the clipping bounds the example's whole contribution, regularizer included.
-Refuses DP-FedAvg: a client's local gap would be sound (its whole update is clipped), but the
-clients' local steps are vectorized over the plain loss, and the method's loss is not run there.
+Under DP-FedAvg (sound, in the clients): each client adds the gap of its own local batch to its
+own loss; everything it computes reads only its own data, and its whole update is clipped to S and
+noised at the server, so the user-level guarantee holds as for Vanilla.
 """
 
 from __future__ import annotations
@@ -32,9 +33,6 @@ from training.repair.base import (
     per_example_gap,
 )
 from utils.config import _check
-
-NOT_IN_CLIENTS = ("the clients' local training runs the plain loss (vectorized over clients); "
-                  "the method's loss is not run there.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,7 +54,7 @@ class GapReg(PublicGapForm, RepairMethod):
     """In-processing: the output gap added to the loss."""
 
     Settings = GapRegSettings
-    refuses = {"dpfedavg": NOT_IN_CLIENTS}
+    trains_in_clients = True
 
     def prepare(self, data):
         if self.uses_public_form:

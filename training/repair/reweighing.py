@@ -8,8 +8,10 @@ the gradient, and the clipped gradient's norm is at most C whatever the weight).
 computed from the four (group, label) counts released once through the Gaussian mechanism
 (:mod:`privacy.releases`, sensitivity 1, σ = ``privacy.counts_noise_multiplier``), whose cost is
 composed into the run's ε and logged as ``privacy/epsilon_parts/counts``; from the noisy counts on
-it is post-processing. Refuses DP-FedAvg: the counts are global, and one user changes them by as
-many records as it holds, so a release at user level needs a bound on that, which is not built.
+it is post-processing. Under DP-FedAvg (sound, local reweighing): global counts would need a
+user-level release (one user changes them by as many records as it holds), so each client weights
+its examples by its own counts instead (:meth:`Reweighing.client_weights`); that reads only the
+client's own data, and its whole update is clipped and noised at the server.
 """
 
 from __future__ import annotations
@@ -21,10 +23,6 @@ import numpy as np
 from privacy.releases import CELLS, cell_counts
 from training.repair import METHODS
 from training.repair.base import RepairMethod
-
-GLOBAL_COUNTS = ("its weights come from the training set's global (group, label) counts, which one "
-                 "user changes by as many records as it holds; a user-level release of them (a "
-                 "bound on each client's counts, then noise) is not built.")
 
 
 def weights_from_counts(counts: np.ndarray, y: np.ndarray, minority: np.ndarray) -> np.ndarray:
@@ -52,9 +50,9 @@ def reweighing_weights(y: np.ndarray, minority: np.ndarray) -> np.ndarray:
 class Reweighing(RepairMethod):
     """Pre-processing: the Kamiran-Calders weights on every training example."""
 
-    refuses = {"dpfedavg": GLOBAL_COUNTS}
-
     def prepare(self, data):
+        if self.privacy_mode == "dpfedavg":  # weighted per client, by the trainer
+            return data
         if self.statistics is not None:  # DP-SGD: the counts through the accounted release
             # (a noisy count below 1 is taken as 1: every weight stays positive and finite)
             counts = np.maximum(self.statistics.noisy_cell_counts(data.y_train,
@@ -65,3 +63,7 @@ class Reweighing(RepairMethod):
         if data.weights_train is not None:
             weights = weights * data.weights_train
         return dataclasses.replace(data, weights_train=weights)
+
+    def client_weights(self, y, minority):
+        """DP-FedAvg: the Kamiran-Calders weights of the client's own counts."""
+        return reweighing_weights(y, minority)

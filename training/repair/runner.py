@@ -25,8 +25,8 @@ means becomes a sum of per-example terms with the group shares from the noisy co
 (:func:`training.repair.base.per_example_gap`, :mod:`privacy.releases`, accounted in ε), as for
 gapreg. Example i's term reads only example i's activations and these public or released
 quantities, and is added to its loss before DP-SGD clips its gradient: the clipping bounds its
-whole contribution. Refuses DP-FedAvg: the clients' local steps are vectorized over the plain
-loss, and the method's loss is not run there.
+whole contribution. Under DP-FedAvg (sound, in the clients): each client selects and repairs on its
+own local batches, reading only its own data; its whole update is clipped and noised at the server.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ from training.repair.base import (
     pair_signs,
     per_example_gap,
 )
-from training.repair.gapreg import NOT_IN_CLIENTS
 from utils.config import _check
 
 NO_NEURONS = ("fairness.method 'runner' found no hidden neurons in model {model}: it needs a ReLU "
@@ -103,8 +102,8 @@ class Runner(PublicGapForm, RepairMethod):
     """In-processing: the gaps of the most unfairness-important neurons added to the loss."""
 
     Settings = RunnerSettings
-    refuses = {"dpfedavg": NOT_IN_CLIENTS}
     wants_activations = True
+    trains_in_clients = True
     public_reads = "the neuron selection and the sign of each gap"
 
     def prepare(self, data):
