@@ -23,6 +23,7 @@ import dp_accounting
 import numpy as np
 import pytest
 import torch
+import yaml
 from dp_accounting.rdp import RdpAccountant
 from scipy import stats
 from torch import nn
@@ -452,3 +453,24 @@ def test_every_method_sound_under_dpfedavg_trains_end_to_end(tmp_path, name):
     result = summary(tmp_path)
     assert result["privacy/private"] is True and np.isfinite(result["privacy/epsilon"])
     assert not any(key.startswith("privacy/epsilon_parts") for key in result)  # no release
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_resumed_run_counts_every_release_it_drew(tmp_path, secure):
+    """A seeded run redraws the same release on resume (one release); a secure_rng run cannot, so
+    the release before the interruption and the new one are both composed into ε."""
+    from training.experiment import build_components
+    from utils.config import config_from_mapping
+
+    raw = yaml.safe_load(TINY)
+    raw["fairness"] = {"method": "reweighing"}
+    raw["privacy"]["secure_rng"] = secure
+    config = config_from_mapping(raw)
+    _, _, first = build_components(config, torch.device("cpu"))
+    state = first.state_dict()
+    _, _, resumed = build_components(config, torch.device("cpu"))
+    resumed.load_state_dict(state)
+    assert [r.name for r in resumed.private.releases] == ["counts"] * (2 if secure else 1)
+    assert resumed.privacy_metrics()["privacy/epsilon"] == pytest.approx(epsilon_of_history(
+        [*resumed.private.engine.accountant.history, *[(4.0, 1.0, 1)] * (2 if secure else 1)],
+        delta=config.privacy.delta, accountant="rdp"))
