@@ -19,6 +19,7 @@ batches from :class:`SecurePoissonSampler`, noise through :func:`_draw_noise_sec
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 
@@ -64,6 +65,24 @@ class PrivateTraining:
     @property
     def noise_multiplier(self) -> float:
         return float(self.optimizer.noise_multiplier)
+
+    @property
+    def accountant(self):
+        """The accountant recording every step ((σ, q, steps) history, saved in checkpoints)."""
+        return self.engine.accountant
+
+    def per_example_norms(self) -> torch.Tensor:
+        """Each example's whole gradient norm before clipping, of the last backward pass."""
+        return per_example_grad_norms(self.module)
+
+    @contextlib.contextmanager
+    def hooks_off(self):
+        """Opacus records nothing while a repair method computes on public data."""
+        self.module.disable_hooks()
+        try:
+            yield
+        finally:
+            self.module.enable_hooks()
 
     @property
     def steps(self) -> int:

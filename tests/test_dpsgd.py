@@ -30,7 +30,9 @@ def small_problem(n=64, d=5, seed=0):
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=generator)
     y = (torch.rand(n, generator=generator) < 0.5).float()
-    model = nn.Sequential(nn.Linear(d, 7), nn.ReLU(), nn.Linear(7, 1))
+    with torch.random.fork_rng(devices=[]):  # the same weights whichever tests ran before
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(d, 7), nn.ReLU(), nn.Linear(7, 1))
     return x, y, model
 
 
@@ -74,7 +76,7 @@ def test_single_example_gradient_is_clipped_to_exactly_the_bound():
     assert norms.item() > 100 * bound  # the bound really bites
     applied = (before - flat_params(model)).norm().item()  # SGD with lr 1: the update is the gradient
     # Opacus scales by C / (norm + 1e-6), so the norm is C up to a relative 1e-6 / norm.
-    assert applied == pytest.approx(bound, rel=1e-5)
+    assert applied == pytest.approx(bound, rel=5e-5)  # and float32 rounding of the update
 
 
 def test_per_example_norms_equal_a_per_example_loop():

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -31,7 +32,7 @@ from torch.nn import functional as F
 
 import running
 from dataset.base import DataBundle
-from privacy import dpsgd
+from privacy import ENGINES, dpsgd
 from privacy.accounting import epsilon_of_history
 from privacy.releases import CELLS, PrivateStatistics, cell_counts
 from training.repair import METHODS
@@ -90,16 +91,13 @@ class Step:
                     lambda m, i, o, name=name: self.activations.__setitem__(name, o)
                     if m.training else None)
 
-    def public(self, wrapped=None):
+    def public(self, private=None):
         if not self.method.reads_public:
             return
-        if wrapped is not None:
-            wrapped.disable_hooks()
         self.model.eval()
-        self.method.before_step(self.model)
+        with private.hooks_off() if private is not None else contextlib.nullcontext():
+            self.method.before_step(self.model)
         self.model.train()
-        if wrapped is not None:
-            wrapped.enable_hooks()
 
     def loss(self, forward, rows):
         logits = forward(self.x[rows]).reshape(-1)
@@ -109,23 +107,28 @@ class Step:
                       losses=F.binary_cross_entropy_with_logits(logits, y, reduction="none"))
         return self.method.loss(batch, self.model).total()
 
-    def private(self, bound, rows=None):
-        """(parameter change of one noise-free DP-SGD step with lr 1, per-example gradients)."""
+    def private(self, bound, rows=None, engine="opacus"):
+        """(parameter change of one noise-free DP-SGD step with lr 1, per-example gradients, the
+        engine's per-example norms)."""
         rows = torch.arange(len(self.y)) if rows is None else rows
         before = flat(self.model)
         optimizer = torch.optim.SGD(self.model.parameters(), lr=1.0)
         loader = dpsgd.index_loader(len(rows), len(rows), shuffle=False)
+        # The batch is given, not sampled: the loader's sampling is not used (the fast engine
+        # accepts only Poisson sampling, so it is told that).
         config = PrivacyConfig(mode="dpsgd", noise_multiplier=0.0, max_grad_norm=bound,
-                               poisson_sampling=False)
-        private = dpsgd.make_private(self.model, optimizer, loader, config, epochs=1,
-                                     noise_generator=torch.Generator().manual_seed(1))
-        self.public(private.module)
+                               poisson_sampling=engine == "fast")
+        private = ENGINES.get(engine)(self.model, optimizer, loader, config, epochs=1,
+                                      noise_generator=torch.Generator().manual_seed(1))
+        self.public(private)
         private.optimizer.zero_grad()
         self.loss(private.module, rows).backward()
-        per_example = torch.cat([p.grad_sample.reshape(len(rows), -1)
-                                 for p in private.module.parameters()], dim=1).detach()
+        per_example = (torch.cat([p.grad_sample.reshape(len(rows), -1)
+                                  for p in private.module.parameters()], dim=1).detach()
+                       if engine == "opacus" else None)
+        norms = private.per_example_norms().detach()
         private.optimizer.step()
-        return flat(self.model) - before, per_example
+        return flat(self.model) - before, per_example, norms
 
 
 def flat(model):
@@ -159,7 +162,12 @@ def test_zero_noise_huge_bound_equals_the_non_private_step_and_a_per_example_loo
     data = tabular()
     method, prepared = dp_method(name, target, data)
     private = Step(method, prepared, network())
-    update, per_example = private.private(bound=1e6)
+    update, per_example, norms = private.private(bound=1e6)
+    fast_method, prepared = dp_method(name, target, data)
+    fast_update, _, fast_norms = Step(fast_method, prepared, network()).private(bound=1e6,
+                                                                                engine="fast")
+    torch.testing.assert_close(fast_update, update, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(fast_norms, norms, rtol=1e-4, atol=1e-6)
 
     reference_method, prepared = dp_method(name, target, data)
     reference = Step(reference_method, prepared, network())
@@ -194,7 +202,7 @@ def test_one_extreme_example_moves_the_clipped_sum_by_at_most_the_bound(name, ta
     grads = {}
     for key, rows in (("with", torch.arange(len(x))), ("without", torch.arange(1, len(x)))):
         method, prepared = dp_method(name, target, data)
-        _, grads[key] = Step(method, prepared, network()).private(bound=bound, rows=rows)
+        _, grads[key], _ = Step(method, prepared, network()).private(bound=bound, rows=rows)
     # The others' gradients do not depend on example 0 (no coupling through the batch) ...
     assert torch.allclose(grads["with"][1:], grads["without"], atol=1e-6)
     # ... so the clipped sums differ by example 0's clipped gradient alone, at most C.
@@ -355,8 +363,8 @@ def test_the_coupling_check_catches_the_batch_form():
     for key, rows in (("with", torch.arange(len(x))), ("without", torch.arange(1, len(x)))):
         cls = METHODS.get("gapreg")
         method = cls(cls.Settings(), target="dp", rng=np.random.default_rng(0))
-        _, grads[key] = Step(method, method.prepare(data), network()).private(bound=0.05,
-                                                                              rows=rows)
+        _, grads[key], _ = Step(method, method.prepare(data), network()).private(bound=0.05,
+                                                                                 rows=rows)
     assert not torch.allclose(grads["with"][1:], grads["without"], atol=1e-6)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dataset.base import DataBundle, gather_rows, place_inputs
-from privacy import dpsgd
+from privacy import ENGINES, dpsgd
 from privacy.releases import Release
 from training import TRAINERS
 from training.base import POISSON_VIOLATED_WARNING, guarantee_facts, no_privacy_metrics
@@ -96,9 +96,9 @@ class CentralizedTrainer:
             # The method's releases of private statistics (noisy counts) were made while it
             # prepared the data; they are composed with the steps, and under target_epsilon the
             # steps' σ is chosen for what the releases left of the budget.
-            self.private = dpsgd.make_private(model, optimizer, loader, config.privacy, self.units,
-                                              noise_generator=noise,
-                                              releases=self.method.releases())
+            engine = ENGINES.get(config.privacy.engine)
+            self.private = engine(model, optimizer, loader, config.privacy, self.units,
+                                  noise_generator=noise, releases=self.method.releases())
             model, optimizer, loader = (self.private.module, self.private.optimizer,
                                         self.private.index_loader)
         self.model, self.optimizer, self.loader = model, optimizer, loader
@@ -120,15 +120,13 @@ class CentralizedTrainer:
         method's computations on the public validation split (:meth:`RepairMethod.before_step`):
         nothing of it may enter the step's per-example gradients."""
         model = self.base_model()
-        if self.private is not None:
-            self.model.disable_hooks()
+        hooks_off = self.private.hooks_off() if self.private is not None else nullcontext()
         model.eval()
         try:
-            yield model
+            with hooks_off:
+                yield model
         finally:
             model.train()
-            if self.private is not None:
-                self.model.enable_hooks()
 
     def _recorder(self, name: str):
         def record(module, inputs, output):
@@ -221,7 +219,7 @@ class CentralizedTrainer:
                 coupled_sum += terms.coupled.detach()
                 coupled_steps += 1
             if self.private is not None and len(indices) > 0:
-                norms = dpsgd.per_example_grad_norms(self.model)
+                norms = self.private.per_example_norms()
                 group = (~self.minority[indices]).long()  # 0 = minority, 1 = majority (GROUPS order)
                 norm_sum.index_add_(0, group, norms.detach())
                 clipped.index_add_(0, group, (norms > bound).float())
@@ -282,7 +280,7 @@ class CentralizedTrainer:
             "noise_generator": (self.private.noise_generator.get_state()
                                 if self.private is not None
                                 and self.private.noise_generator is not None else None),
-            "accountant_history": (list(self.private.engine.accountant.history)
+            "accountant_history": (list(self.private.accountant.history)
                                    if self.private is not None else None),
             "releases": ([dataclasses.asdict(release) for release in self.private.releases]
                          if self.private is not None else []),
@@ -303,7 +301,7 @@ class CentralizedTrainer:
                 if state.get("noise_generator") is None:
                     raise ValueError("the checkpoint holds no noise generator state")
                 self.private.noise_generator.set_state(state["noise_generator"])
-            self.private.engine.accountant.history = [tuple(entry)
+            self.private.accountant.history = [tuple(entry)
                                                       for entry in state["accountant_history"]]
             if self.config.privacy.secure_rng:
                 # The releases before the interruption were drawn from the OS and cannot be

@@ -42,6 +42,7 @@ NAME_REGISTRIES = {
     "privacy.mode": ("training", "TRAINERS"),
     "federated.partition": ("training.partition", "PARTITIONS"),
     "fairness.method": ("training.repair", "METHODS"),
+    "privacy.engine": ("privacy", "ENGINES"),
 }
 ACCOUNTANTS = ("rdp", "prv")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -309,6 +310,10 @@ class PrivacyConfig:
             weights, the group shares of gapreg's and runner's per-example forms;
             :mod:`privacy.releases`): each count gets N(0, σ²) noise, its cost is composed into ε
             and logged as ``privacy/epsilon_parts/counts``. Unused when no method asks.
+        engine: the DP-SGD implementation, a name of ``privacy.ENGINES``: "opacus" (Opacus'
+            per-sample-gradient hooks, the reference) or "fast" (this project's book-keeping
+            engine, :mod:`privacy.fast_dpsgd`: the same algorithm and accountant, Poisson
+            sampling only). DP-SGD only.
     """
 
     mode: str = "none"
@@ -320,6 +325,7 @@ class PrivacyConfig:
     poisson_sampling: bool = True
     secure_rng: bool = False
     counts_noise_multiplier: float = 10.0
+    engine: str = "opacus"
 
     @property
     def private(self) -> bool:
@@ -336,6 +342,7 @@ class PrivacyConfig:
         if self.target_epsilon is not None:
             _check(self.target_epsilon > 0, "privacy.target_epsilon", self.target_epsilon,
                    "a positive number")
+        _registered("privacy.engine", self.engine)
         _check(self.counts_noise_multiplier > 0, "privacy.counts_noise_multiplier",
                self.counts_noise_multiplier, "a positive number")
         if self.secure_rng and not self.poisson_sampling:

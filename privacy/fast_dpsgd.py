@@ -1,0 +1,331 @@
+"""DP-SGD of the project's own (``privacy.engine: fast``): the same algorithm as Opacus', faster.
+
+The algorithm is DP-SGD exactly (Abadi et al. 2016): every step samples each training example
+independently with probability q (Poisson), clips each sampled example's whole gradient to
+``max_grad_norm`` C, adds N(0, σ²C²) to the sum of the clipped gradients, divides by the expected
+batch size q·N (Opacus' ``loss_reduction="mean"``), and records (σ, q) with the same Opacus
+accountant. What differs is how the clipped sum is computed: by book-keeping (Bu et al., "Differentially
+Private Optimization on Large Model at Small Cost", ICML 2023) from what one ordinary backward pass
+leaves behind, not from one materialized gradient per example per parameter:
+
+- each supported layer keeps its input a (forward hook) and the gradient δ of the loss with respect
+  to its output (full backward hook);
+- a :class:`torch.nn.Linear` on (B, in) inputs has per-example weight gradient δᵢaᵢᵀ, whose norm is
+  ‖δᵢ‖·‖aᵢ‖ (no per-example gradient is formed), and the clipped sum Σᵢ cᵢδᵢaᵢᵀ is the one product
+  (c ⊙ δ)ᵀ·a;
+- a :class:`torch.nn.Conv2d` unfolds its input (im2col) and forms each example's (out, in·k²)
+  gradient, which is small for the registry's models, then the clipped sum as one contraction;
+- a :class:`torch.nn.GroupNorm`'s per-example gradients are per channel, Σ over space of δ·x̂ and δ.
+
+With cᵢ = min(1, C / (‖gᵢ‖ + 1e-6)) over each example's whole gradient (all layers), as Opacus
+clips. The loss is the mean over the sampled batch, so δ carries 1/n and each per-example gradient
+is n·δᵢ ⊗ aᵢ. A model with a trainable layer of another type is refused (use Opacus). A layer used
+twice in one forward pass would break the book-keeping; none of the registry's models does.
+
+Randomness: the Poisson draws come from the trainer's batch-sampling generator, the noise from the
+run's ``dp_noise`` generator (one flat draw per step), or both from the OS under ``secure_rng``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from opacus.accountants import create_accountant
+from torch import nn
+
+from privacy.accounting import epsilon_of_history, noise_for_epsilon
+from privacy.noise import SecureRandom
+from privacy.releases import Release
+from utils.errors import ConfigError
+
+SUPPORTED = (nn.Linear, nn.Conv2d, nn.GroupNorm)
+
+
+class PoissonIndexLoader:
+    """``steps`` batches of training indices an epoch, each index included independently with
+    probability ``sample_rate``; yields ``(indices,)`` like the trainer's plain index loader."""
+
+    def __init__(self, num_examples: int, sample_rate: float, steps: int,
+                 generator: torch.Generator | None, secure: SecureRandom | None = None):
+        self.num_examples, self.sample_rate, self.steps = num_examples, sample_rate, steps
+        self.generator, self.secure = generator, secure
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            if self.secure is not None:
+                draws = torch.as_tensor(self.secure.uniform(self.num_examples))
+            else:
+                draws = torch.rand(self.num_examples, generator=self.generator)
+            yield (torch.nonzero(draws < self.sample_rate).flatten(),)
+
+
+class _Recorder:
+    """The forward and backward hooks of one supported layer."""
+
+    def __init__(self, engine: FastEngine, module: nn.Module):
+        self.engine, self.module = engine, module
+        self.input: torch.Tensor | None = None
+        self.grad_output: torch.Tensor | None = None
+        self.handles = [module.register_forward_hook(self.forward),
+                        module.register_full_backward_hook(self.backward)]
+
+    def forward(self, module, inputs, output):
+        if self.engine.hooks_enabled and module.training and torch.is_grad_enabled():
+            self.input = inputs[0].detach()
+
+    def backward(self, module, grad_input, grad_output):
+        if self.engine.hooks_enabled and self.input is not None:
+            self.grad_output = grad_output[0].detach()
+
+    def clear(self) -> None:
+        self.input = self.grad_output = None
+
+    def per_example(self, batch: int) -> dict[nn.Parameter, torch.Tensor | tuple]:
+        """Each parameter's per-example gradient (B, ...) or, for a Linear weight on (B, in)
+        inputs, the factors (δ, a) whose outer products they are."""
+        module, a, delta = self.module, self.input, self.grad_output * batch
+        out: dict[nn.Parameter, Any] = {}
+        if isinstance(module, nn.Linear):
+            if a.ndim == 2:
+                out[module.weight] = (delta, a)
+                if module.bias is not None:
+                    out[module.bias] = delta
+            else:  # (B, ..., in): sum over the middle axes per example
+                a3, d3 = a.reshape(len(a), -1, a.shape[-1]), delta.reshape(len(a), -1,
+                                                                            delta.shape[-1])
+                out[module.weight] = torch.einsum("bto,bti->boi", d3, a3)
+                if module.bias is not None:
+                    out[module.bias] = d3.sum(1)
+        elif isinstance(module, nn.Conv2d):
+            if module.groups != 1:
+                raise ConfigError(f"privacy.engine 'fast' does not support grouped convolutions "
+                                  f"({module}). Use privacy.engine: opacus.")
+            columns = F.unfold(a, module.kernel_size, dilation=module.dilation,
+                               padding=module.padding, stride=module.stride)  # (B, in·k², L)
+            d = delta.reshape(len(a), delta.shape[1], -1)  # (B, out, L)
+            out[module.weight] = torch.einsum("bol,bkl->bok", d, columns).reshape(
+                len(a), *module.weight.shape)
+            if module.bias is not None:
+                out[module.bias] = d.sum(2)
+        else:  # GroupNorm: the normalized input, per channel summed over space
+            normalized = F.group_norm(a, module.num_groups, eps=module.eps)
+            d = delta.reshape(len(a), module.num_channels, -1)
+            if module.weight is not None:
+                out[module.weight] = (d * normalized.reshape(d.shape)).sum(2)
+            if module.bias is not None:
+                out[module.bias] = d.sum(2)
+        return out
+
+
+def _squared_norms(grad: torch.Tensor | tuple) -> torch.Tensor:
+    if isinstance(grad, tuple):  # δᵢaᵢᵀ: ‖δᵢ‖²·‖aᵢ‖², no outer product formed
+        delta, a = grad
+        return delta.pow(2).sum(1) * a.pow(2).sum(1)
+    return grad.reshape(len(grad), -1).pow(2).sum(1)
+
+
+def _clipped_sum(grad: torch.Tensor | tuple, factors: torch.Tensor) -> torch.Tensor:
+    if isinstance(grad, tuple):  # Σᵢ cᵢδᵢaᵢᵀ = (c ⊙ δ)ᵀ a, one product
+        delta, a = grad
+        return (delta * factors.unsqueeze(1)).T @ a
+    return torch.tensordot(factors, grad, dims=1)
+
+
+class FastEngine:
+    """The model's hooks, the clipping and noising of each step, and the accountant."""
+
+    def __init__(self, model: nn.Module, *, max_grad_norm: float, noise_multiplier: float,
+                 sample_rate: float, expected_batch_size: float, accountant: str,
+                 noise_generator: torch.Generator | None, secure: SecureRandom | None):
+        self.model, self.max_grad_norm = model, max_grad_norm
+        self.noise_multiplier, self.sample_rate = float(noise_multiplier), sample_rate
+        self.expected_batch_size = expected_batch_size
+        self.accountant = create_accountant(mechanism=accountant)
+        self.noise_generator, self.secure = noise_generator, secure
+        self.hooks_enabled = True
+        self.recorders = []
+        for module in model.modules():
+            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+            if not own:
+                continue
+            if not isinstance(module, SUPPORTED):
+                raise ConfigError(f"privacy.engine 'fast' cannot clip the trainable layer "
+                                  f"{type(module).__name__}: it supports "
+                                  f"{', '.join(t.__name__ for t in SUPPORTED)}. Use "
+                                  f"privacy.engine: opacus for this model.")
+            self.recorders.append(_Recorder(self, module))
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self._current: tuple | None = None
+
+    def _per_example(self) -> tuple[dict[nn.Parameter, Any], torch.Tensor, torch.Tensor]:
+        """This backward pass's per-example gradients (or their factors), each example's norm and
+        clipping factor; computed once per step."""
+        if self._current is None:
+            batch = next((len(r.input) for r in self.recorders if r.input is not None), 0)
+            grads: dict[nn.Parameter, Any] = {}
+            if batch > 0:
+                for recorder in self.recorders:
+                    if recorder.input is not None and recorder.grad_output is not None:
+                        grads.update(recorder.per_example(batch))
+            device = self.params[0].device
+            if grads:
+                norms = torch.stack([_squared_norms(g) for g in grads.values()]).sum(0).sqrt()
+            else:
+                norms = torch.zeros(batch, device=device)
+            factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+            self._current = (grads, norms, factors)
+        return self._current
+
+    def per_example_norms(self) -> torch.Tensor:
+        """Each sampled example's whole gradient norm before clipping, of the last backward."""
+        return self._per_example()[1]
+
+    def privatize(self) -> None:
+        """Replace every parameter's ``grad`` by (Σ clipped per-example gradients + noise) / qN,
+        and record the step with the accountant."""
+        grads, _, factors = self._per_example()
+        device, dtype = self.params[0].device, self.params[0].dtype
+        std = self.noise_multiplier * self.max_grad_norm
+        total = sum(p.numel() for p in self.params)
+        if self.secure is not None:
+            noise = self.secure.gaussian((total,), std, device=device, dtype=dtype)
+        elif std > 0:  # one flat draw for every parameter
+            noise = torch.normal(0.0, std, size=(total,), generator=self.noise_generator,
+                                 device=device, dtype=dtype)
+        else:
+            noise = torch.zeros(total, device=device, dtype=dtype)
+        start = 0
+        for p in self.params:
+            summed = (_clipped_sum(grads[p], factors).reshape(p.shape) if p in grads
+                      else torch.zeros_like(p))
+            p.grad = (summed + noise[start:start + p.numel()].view_as(p)) / self.expected_batch_size
+            start += p.numel()
+        for recorder in self.recorders:
+            recorder.clear()
+        self._current = None
+        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+
+
+class FastDPOptimizer:
+    """The trainer's optimizer with each step privatized first (the trainer's interface: zero_grad,
+    step, state_dict, load_state_dict, param_groups)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, engine: FastEngine):
+        self.original, self.engine = optimizer, engine
+
+    @property
+    def param_groups(self):
+        return self.original.param_groups
+
+    @property
+    def noise_multiplier(self) -> float:
+        return self.engine.noise_multiplier
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.original.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.engine.privatize()
+        self.original.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.original.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.original.load_state_dict(state)
+
+
+class FastPrivateTraining:
+    """What :func:`make_private` hands back; the same interface as
+    :class:`privacy.dpsgd.PrivateTraining` (the trainer reads nothing else)."""
+
+    def __init__(self, engine: FastEngine, optimizer: FastDPOptimizer, loader: PoissonIndexLoader,
+                 releases: list[Release]):
+        self.module, self.optimizer, self.index_loader = engine.model, optimizer, loader
+        self.fast, self.releases = engine, releases
+        self.sample_rate = engine.sample_rate
+        self.noise_generator = engine.noise_generator
+
+    @property
+    def accountant(self):
+        return self.fast.accountant
+
+    @property
+    def noise_multiplier(self) -> float:
+        return self.fast.noise_multiplier
+
+    @property
+    def steps(self) -> int:
+        return int(sum(steps for _, _, steps in self.accountant.history))
+
+    def history(self) -> list[tuple[float, float, int]]:
+        return [*self.accountant.history, *(release.history() for release in self.releases)]
+
+    def epsilon(self, delta: float) -> float:
+        return epsilon_of_history(self.history(), delta=delta,
+                                  accountant=self.accountant.mechanism())
+
+    def epsilon_parts(self, delta: float) -> dict[str, float]:
+        mechanism = self.accountant.mechanism()
+        parts = {"training": epsilon_of_history(self.accountant.history, delta=delta,
+                                                accountant=mechanism)}
+        for release in self.releases:
+            parts[release.name] = epsilon_of_history([release.history()], delta=delta,
+                                                     accountant=mechanism)
+        return parts
+
+    def per_example_norms(self) -> torch.Tensor:
+        return self.fast.per_example_norms()
+
+    @contextlib.contextmanager
+    def hooks_off(self):
+        """No recording while a repair method computes on public data."""
+        self.fast.hooks_enabled = False
+        try:
+            yield
+        finally:
+            self.fast.hooks_enabled = True
+
+
+def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader, config, epochs: int,
+                 noise_generator: torch.Generator | None = None,
+                 releases: list[Release] = ()) -> FastPrivateTraining:
+    """The fast engine for ``model`` (same arguments and meaning as
+    :func:`privacy.dpsgd.make_private`; Poisson sampling only)."""
+    if not config.poisson_sampling:
+        raise ConfigError("privacy.engine 'fast' samples by Poisson only (the accountant's "
+                          "assumption). Set privacy.poisson_sampling: true, or privacy.engine: "
+                          "opacus.")
+    secure = SecureRandom() if config.secure_rng else None
+    if secure is None and noise_generator is None:
+        raise ValueError("a reproducible DP-SGD run needs its own noise generator")
+    steps_per_epoch = len(loader)
+    sample_rate = 1.0 / steps_per_epoch  # Opacus' q: one step per batch of the plain loader
+    num_examples = len(loader.dataset)
+    releases = list(releases)
+    if config.target_epsilon is not None:
+        try:
+            sigma = noise_for_epsilon(target_epsilon=config.target_epsilon, delta=config.delta,
+                                      sample_rate=sample_rate, steps=epochs * steps_per_epoch,
+                                      accountant=config.accountant,
+                                      releases=[release.history() for release in releases])
+        except ValueError as error:
+            raise ConfigError(f"privacy.target_epsilon {config.target_epsilon:g}: {error}. Raise "
+                              f"privacy.target_epsilon or privacy.counts_noise_multiplier."
+                              ) from None
+    else:
+        sigma = config.noise_multiplier
+    engine = FastEngine(model, max_grad_norm=config.max_grad_norm, noise_multiplier=sigma,
+                        sample_rate=sample_rate,
+                        expected_batch_size=int(num_examples * sample_rate),
+                        accountant=config.accountant, noise_generator=noise_generator,
+                        secure=secure)
+    index_loader = PoissonIndexLoader(num_examples, sample_rate, steps_per_epoch,
+                                      loader.generator, secure)
+    return FastPrivateTraining(engine, FastDPOptimizer(optimizer, engine), index_loader, releases)
