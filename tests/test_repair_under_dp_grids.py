@@ -4,6 +4,7 @@ grid runs end to end through the CLI and its report."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -90,4 +91,13 @@ def test_a_shrunk_adult_study_runs_end_to_end_and_reports(tmp_path):
         if summary["privacy/private"]:
             assert 2.98 <= summary["privacy/epsilon"] <= 3.0
     assert running.main(["--report", str(runs)]) == 0
-    assert (runs / "report.md").is_file()
+    # The repair-under-privacy view: the gap each method closes per privacy level and share, and
+    # the figure of every metric against the share per level.
+    with (runs / "report_gap_closed.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted((row["fairness.method"], row["privacy.mode"], float(row["data.minority_share"]))
+                  for row in rows) == sorted((method, mode, share) for method in methods[1:]
+                                             for mode in ("none", "dpsgd") for share in (0.3, 0.1))
+    assert all(row["gap"] == "test/eo_gap" and row["gap_closed_mean"] for row in rows)
+    assert (runs / "repair_privacy_eo.png").stat().st_size > 50_000
+    assert "## Repair under privacy" in (runs / "report.md").read_text()

@@ -306,3 +306,127 @@ def test_report_never_overwrites_a_method_view_file_it_did_not_write(method_grid
     assert report.REPORT_FILE_NOT_OURS.format(path=copy / name) in capsys.readouterr().err
     assert (copy / name).read_bytes() == b"the user's own file\n"
     assert not (copy / "report.md").exists() and not (copy / "report.csv").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# The repair-under-privacy view: methods crossed with privacy levels and shares
+
+PRIVATE_METHODS = ["none", "reweighing", "roc"]
+PRIVATE_SHARES = [0.2, 0.05]
+PRIVATE_LEVELS = [("none", None), ("dpsgd", 1.0)]
+PANEL_METRICS = ["test/accuracy/group=minority", "test/dp_gap", "test/eo_gap", "test/eodds_gap",
+                 "test/eodds_gap_sum", "test/accuracy_gap"]
+
+
+@pytest.fixture(scope="module")
+def private_method_grid(tmp_path_factory) -> Path:
+    """none, reweighing and roc x non-private and DP-SGD sigma 1 x 2 shares x 2 seeds, target eo."""
+    tmp_path = tmp_path_factory.mktemp("private_methods")
+    raw = grid_raw(tmp_path, sweep={"fairness.method": PRIVATE_METHODS,
+                                    "data.minority_share": PRIVATE_SHARES, "seed": [0, 1]},
+                   zip={"privacy.mode": [mode for mode, _ in PRIVATE_LEVELS],
+                        "privacy.noise_multiplier": [noise for _, noise in PRIVATE_LEVELS]},
+                   data={"name": "synthetic", "train_size": 1500, "val_fraction": 0.1},
+                   training={"epochs": 1, "batch_size": 300, "lr": 0.01},
+                   fairness={"mode": "eo"})
+    assert running.main(["--params", str(write_params(tmp_path, raw))]) == 0
+    directory = tmp_path / "runs" / "tiny"
+    assert running.main(["--report", str(directory)]) == 0
+    return directory
+
+
+def private_runs(directory: Path) -> dict[tuple, dict[int, dict]]:
+    """Every run's summary by (method, privacy mode, share), then by seed, from the files alone."""
+    runs: dict[tuple, dict[int, dict]] = {}
+    for summary_path in sorted(directory.glob("*/summary.json")):
+        config = yaml.safe_load((summary_path.parent / "config.yaml").read_text())
+        key = (config["fairness"]["method"], config["privacy"]["mode"],
+               config["data"]["minority_share"])
+        runs.setdefault(key, {})[config["seed"]] = json.loads(summary_path.read_text())
+    return runs
+
+
+def test_gap_closed_table_is_the_per_seed_difference_against_vanilla(private_method_grid):
+    with (private_method_grid / "report_gap_closed.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    expected = private_runs(private_method_grid)
+    assert len(expected) == len(PRIVATE_METHODS) * len(PRIVATE_LEVELS) * len(PRIVATE_SHARES)
+    # Method, then privacy level (non-private first), then share (largest first); no row for none.
+    assert [(row["fairness.method"], row["privacy.mode"], float(row["data.minority_share"]))
+            for row in rows] == [(method, mode, share) for method in ("reweighing", "roc")
+                                 for mode, _ in PRIVATE_LEVELS for share in PRIVATE_SHARES]
+    markdown = (private_method_grid / "report.md").read_text()
+    section = markdown.split("## Repair under privacy", 1)[1].split("## Figures", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("| ")]
+    assert table[0] == "| method | privacy | share 20 % | share 5 % |"
+    assert len(table) == 1 + 2 * len(PRIVATE_LEVELS)
+    for row in rows:
+        assert row["gap"] == "test/eo_gap" and row["seeds"] == "0 1"
+        method, mode, share = row["fairness.method"], row["privacy.mode"], float(row["data.minority_share"])
+        mine, vanilla = expected[(method, mode, share)], expected[("none", mode, share)]
+        closed = [vanilla[s]["test/eo_gap"] - mine[s]["test/eo_gap"] for s in (0, 1)]
+        assert float(row["gap_closed_mean"]) == pytest.approx(statistics.mean(closed), rel=1e-9)
+        assert float(row["gap_closed_std"]) == pytest.approx(statistics.stdev(closed), rel=1e-9)
+        base = statistics.mean(vanilla[s]["test/eo_gap"] for s in (0, 1))
+        assert float(row["baseline_gap_mean"]) == pytest.approx(base, rel=1e-9)
+        assert float(row["gap_closed_fraction"]) == pytest.approx(statistics.mean(closed) / base,
+                                                                  rel=1e-9)
+        for metric, column in (("test/accuracy", "accuracy_change"),
+                               ("test/accuracy/group=minority", "minority_accuracy_change")):
+            change = [mine[s][metric] - vanilla[s][metric] for s in (0, 1)]
+            assert float(row[f"{column}_mean"]) == pytest.approx(statistics.mean(change), abs=1e-12)
+        if mode == "dpsgd":
+            epsilon = statistics.mean(mine[s]["privacy/epsilon"] for s in (0, 1))
+            assert float(row["privacy/epsilon"]) == pytest.approx(epsilon, rel=1e-9)
+            assert row["privacy_level"].startswith("DP-SGD σ=1 (ε")
+        else:
+            assert row["privacy_level"] == "non-private" and row["privacy/epsilon"] == ""
+        cell = (f"{100 * statistics.mean(closed):+.2f} ± {100 * statistics.stdev(closed):.2f} "
+                f"({round(100 * statistics.mean(closed) / base):d} %)")
+        line = next(line for line in table if line.startswith(f"| {method} | {row['privacy_level']} |"))
+        assert cell in line
+
+
+def test_privacy_repair_figure_has_a_row_per_level_and_a_line_per_method(private_method_grid):
+    path = private_method_grid / "repair_privacy_eo.png"
+    assert f"]({path.name})" in (private_method_grid / "report.md").read_text()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width >= 1500 and image.height >= 600
+    runs, _ = report.load_runs(private_method_grid)
+    points = report.group_points(runs)
+    view = report.privacy_repair_view(report.method_view(points), points)
+    figure = report.privacy_repair_figure(view, "synthetic", "eo", title="t")
+    assert len(figure.axes) == len(PRIVATE_LEVELS) * len(PANEL_METRICS)
+    expected = private_runs(private_method_grid)
+    for index, ax in enumerate(figure.axes):
+        (mode, _), metric = PRIVATE_LEVELS[index // len(PANEL_METRICS)], PANEL_METRICS[index % len(PANEL_METRICS)]
+        assert ("non-private" if mode == "none" else "DP-SGD σ=1") in ax.get_title()
+        assert len(ax.containers) == len(PRIVATE_METHODS)  # one line per method
+        for container, method in zip(ax.containers, PRIVATE_METHODS):
+            data_line = container.lines[0]
+            # x: the shares ascending (dodged sideways by under 5 %); y: the mean over seeds in %.
+            assert data_line.get_xdata() == pytest.approx(sorted(PRIVATE_SHARES), rel=0.05)
+            means = [100 * statistics.mean(s[metric] for s in expected[(method, mode, share)].values())
+                     for share in sorted(PRIVATE_SHARES)]
+            assert list(data_line.get_ydata()) == pytest.approx(means)
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == PRIVATE_METHODS
+
+
+def test_grids_without_privacy_or_without_methods_get_no_privacy_view(method_grid, grid_dir):
+    for directory in (method_grid, grid_dir):
+        assert not (directory / "report_gap_closed.csv").exists()
+        assert not list(directory.glob("repair_privacy_*"))
+        assert "## Repair under privacy" not in (directory / "report.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["report_gap_closed.csv", "repair_privacy_eo.png"])
+def test_report_never_overwrites_a_privacy_view_file_it_did_not_write(private_method_grid, tmp_path,
+                                                                       capsys, name):
+    copy = tmp_path / "tiny"
+    shutil.copytree(private_method_grid, copy, ignore=shutil.ignore_patterns("report*", "*.png"))
+    (copy / name).write_bytes(b"the user's own file\n")
+    assert running.main(["--report", str(copy)]) == 2
+    assert report.REPORT_FILE_NOT_OURS.format(path=copy / name) in capsys.readouterr().err
+    assert (copy / name).read_bytes() == b"the user's own file\n"
+    assert not (copy / "report.md").exists() and not (copy / "report.csv").exists()
+    assert not list(copy.glob("*.png")) or name.endswith(".png")
