@@ -9,12 +9,15 @@ Private Optimization on Large Model at Small Cost", ICML 2023) from what one ord
 leaves behind, not from one materialized gradient per example per parameter:
 
 - each supported layer keeps its input a (forward hook) and the gradient δ of the loss with respect
-  to its output (full backward hook);
+  to its output (a hook on the output tensor); the parameters themselves are kept out of autograd
+  while training, since their ordinary gradients would be the unclipped sums computed again here;
 - a :class:`torch.nn.Linear` on (B, in) inputs has per-example weight gradient δᵢaᵢᵀ, whose norm is
   ‖δᵢ‖·‖aᵢ‖ (no per-example gradient is formed), and the clipped sum Σᵢ cᵢδᵢaᵢᵀ is the one product
   (c ⊙ δ)ᵀ·a;
-- a :class:`torch.nn.Conv2d` unfolds its input (im2col) and forms each example's (out, in·k²)
-  gradient, which is small for the registry's models, then the clipped sum as one contraction;
+- a :class:`torch.nn.Conv2d` takes, layer by layer, the cheaper of Bu et al.'s two forms: on large
+  maps (few positions L² against out·in·k²) each example's gradient is formed from the unfolded
+  input, on small maps the norm comes from ghost clipping's two L×L products and the clipped sum is
+  the layer's ordinary weight gradient of the reweighted δ;
 - a :class:`torch.nn.GroupNorm`'s per-example gradients are per channel, Σ over space of δ·x̂ and δ.
 
 With cᵢ = min(1, C / (‖gᵢ‖ + 1e-6)) over each example's whole gradient (all layers), as Opacus
@@ -65,76 +68,151 @@ class PoissonIndexLoader:
             yield (torch.nonzero(draws < self.sample_rate).flatten(),)
 
 
+def unfold(a: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``F.unfold(a, ...)`` for ``conv``'s kernel, stride, padding and dilation: (B, in·kh·kw, L).
+
+    Built from kh·kw strided views of the padded input, stacked in F.unfold's order (channel, then
+    kernel row, then column); on the CPU this is many times faster than F.unfold (aten::im2col),
+    which took three quarters of a CNN step in our profile.
+    """
+    (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+    if isinstance(conv.padding, str):
+        raise ConfigError(f"privacy.engine 'fast' needs a convolution's padding as numbers, not "
+                          f"{conv.padding!r} ({conv}). Use privacy.engine: opacus.")
+    ph, pw = conv.padding
+    padded = F.pad(a, (pw, pw, ph, ph)) if ph or pw else a
+    height = (padded.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    width = (padded.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    views = [padded[:, :, i * dh:i * dh + sh * (height - 1) + 1:sh,
+                    j * dw:j * dw + sw * (width - 1) + 1:sw]
+             for i in range(kh) for j in range(kw)]
+    return torch.stack(views, dim=2).reshape(len(a), a.shape[1] * kh * kw, height * width)
+
+
+class _Outer:
+    """A Linear weight's per-example gradients δᵢaᵢᵀ, kept as their factors (never formed)."""
+
+    def __init__(self, delta: torch.Tensor, a: torch.Tensor):
+        self.delta, self.a = delta, a
+
+    def squared_norms(self) -> torch.Tensor:  # ‖δᵢaᵢᵀ‖² = ‖δᵢ‖²·‖aᵢ‖²
+        return self.delta.pow(2).sum(1) * self.a.pow(2).sum(1)
+
+    def clipped_sum(self, factors: torch.Tensor) -> torch.Tensor:  # Σᵢ cᵢδᵢaᵢᵀ = (c ⊙ δ)ᵀ a
+        return (self.delta * factors.unsqueeze(1)).T @ self.a
+
+
+class _PerExample:
+    """Per-example gradients (B, ...) formed outright: biases, GroupNorm's affine parameters, and a
+    convolution whose per-example gradient is smaller than its ghost norm's L×L products."""
+
+    def __init__(self, grads: torch.Tensor):
+        self.grads = grads
+
+    def squared_norms(self) -> torch.Tensor:
+        return self.grads.reshape(len(self.grads), -1).pow(2).sum(1)
+
+    def clipped_sum(self, factors: torch.Tensor) -> torch.Tensor:
+        return torch.tensordot(factors, self.grads, dims=1)
+
+
+class _ConvGhost:
+    """A convolution's per-example gradient norms by ghost clipping (Goodfellow 2015; Li et al.,
+    ICLR 2022): with the unfolded input Aᵢ (d, L) and output gradient Δᵢ (p, L), ‖ΔᵢAᵢᵀ‖² is the
+    sum of (AᵢᵀAᵢ) ⊙ (ΔᵢᵀΔᵢ), two L×L products; the clipped sum is the convolution's ordinary
+    weight gradient of the reweighted output gradients cᵢΔᵢ."""
+
+    def __init__(self, module: nn.Conv2d, a: torch.Tensor, delta: torch.Tensor,
+                 columns: torch.Tensor):
+        self.module, self.a, self.delta = module, a, delta
+        flat = delta.reshape(len(delta), delta.shape[1], -1)
+        self.squares = ((columns.transpose(1, 2) @ columns)
+                        * (flat.transpose(1, 2) @ flat)).sum((1, 2))
+
+    def squared_norms(self) -> torch.Tensor:
+        return self.squares
+
+    def clipped_sum(self, factors: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        return torch.nn.grad.conv2d_weight(self.a, m.weight.shape,
+                                           self.delta * factors.view(-1, 1, 1, 1),
+                                           stride=m.stride, padding=m.padding,
+                                           dilation=m.dilation, groups=m.groups)
+
+
 class _Recorder:
-    """The forward and backward hooks of one supported layer."""
+    """What one supported layer leaves behind in a training step: its input a (forward hook) and
+    the gradient δ of the loss with respect to its output (a hook on the output tensor).
+
+    The engine keeps the model's parameters out of autograd while it trains (``requires_grad``
+    off): their gradients would only be the unclipped sums that the engine computes again,
+    clipped, from a and δ. A layer whose input needs no gradient (the first one) therefore has an
+    output that needs none either; its output becomes the leaf where the backward pass ends.
+    """
 
     def __init__(self, engine: FastEngine, module: nn.Module):
         self.engine, self.module = engine, module
         self.input: torch.Tensor | None = None
         self.grad_output: torch.Tensor | None = None
-        self.handles = [module.register_forward_hook(self.forward),
-                        module.register_full_backward_hook(self.backward)]
+        self.handle = module.register_forward_hook(self.forward)
 
     def forward(self, module, inputs, output):
-        if self.engine.hooks_enabled and module.training and torch.is_grad_enabled():
-            self.input = inputs[0].detach()
+        if not (self.engine.hooks_enabled and module.training and torch.is_grad_enabled()):
+            return None
+        self.input = inputs[0].detach()
+        if not output.requires_grad:
+            output = output.detach().requires_grad_(True)
+        output.register_hook(self.store)
+        return output
 
-    def backward(self, module, grad_input, grad_output):
-        if self.engine.hooks_enabled and self.input is not None:
-            self.grad_output = grad_output[0].detach()
+    def store(self, grad: torch.Tensor) -> None:
+        self.grad_output = grad.detach()
 
     def clear(self) -> None:
         self.input = self.grad_output = None
 
-    def per_example(self, batch: int) -> dict[nn.Parameter, torch.Tensor | tuple]:
-        """Each parameter's per-example gradient (B, ...) or, for a Linear weight on (B, in)
-        inputs, the factors (δ, a) whose outer products they are."""
-        module, a, delta = self.module, self.input, self.grad_output * batch
+    def per_example(self) -> dict[nn.Parameter, Any]:
+        """Each parameter's per-example gradient, in the form that is cheapest to clip, up to the
+        common factor n of a mean loss (the engine scales norms and weights by it instead, which
+        saves a pass over every δ)."""
+        module, a, delta = self.module, self.input, self.grad_output
         out: dict[nn.Parameter, Any] = {}
         if isinstance(module, nn.Linear):
             if a.ndim == 2:
-                out[module.weight] = (delta, a)
+                out[module.weight] = _Outer(delta, a)
                 if module.bias is not None:
-                    out[module.bias] = delta
+                    out[module.bias] = _PerExample(delta)
             else:  # (B, ..., in): sum over the middle axes per example
                 a3, d3 = a.reshape(len(a), -1, a.shape[-1]), delta.reshape(len(a), -1,
                                                                             delta.shape[-1])
-                out[module.weight] = torch.einsum("bto,bti->boi", d3, a3)
+                out[module.weight] = _PerExample(torch.einsum("bto,bti->boi", d3, a3))
                 if module.bias is not None:
-                    out[module.bias] = d3.sum(1)
+                    out[module.bias] = _PerExample(d3.sum(1))
         elif isinstance(module, nn.Conv2d):
             if module.groups != 1:
                 raise ConfigError(f"privacy.engine 'fast' does not support grouped convolutions "
                                   f"({module}). Use privacy.engine: opacus.")
-            columns = F.unfold(a, module.kernel_size, dilation=module.dilation,
-                               padding=module.padding, stride=module.stride)  # (B, in·k², L)
-            d = delta.reshape(len(a), delta.shape[1], -1)  # (B, out, L)
-            out[module.weight] = torch.einsum("bol,bkl->bok", d, columns).reshape(
-                len(a), *module.weight.shape)
+            d = delta.reshape(len(a), delta.shape[1], -1)  # (B, p = out, L)
+            positions = d.shape[2]
+            # Bu et al. (2023)'s layer-wise choice: the ghost norm costs about 2L² per example,
+            # the per-example gradient p·d; early layers (large maps) form the gradient, late
+            # ones (small maps, many channels) take the ghost norm.
+            columns = unfold(a, module)  # (B, d = in·k², L)
+            if 2 * positions * positions < columns.shape[1] * d.shape[1]:
+                out[module.weight] = _ConvGhost(module, a, delta, columns)
+            else:  # (A grouped weight gradient, B groups of channels, varied 30x between calls.)
+                out[module.weight] = _PerExample(
+                    torch.bmm(d, columns.transpose(1, 2)).reshape(len(a), *module.weight.shape))
             if module.bias is not None:
-                out[module.bias] = d.sum(2)
+                out[module.bias] = _PerExample(d.sum(2))
         else:  # GroupNorm: the normalized input, per channel summed over space
             normalized = F.group_norm(a, module.num_groups, eps=module.eps)
             d = delta.reshape(len(a), module.num_channels, -1)
             if module.weight is not None:
-                out[module.weight] = (d * normalized.reshape(d.shape)).sum(2)
+                out[module.weight] = _PerExample((d * normalized.reshape(d.shape)).sum(2))
             if module.bias is not None:
-                out[module.bias] = d.sum(2)
+                out[module.bias] = _PerExample(d.sum(2))
         return out
-
-
-def _squared_norms(grad: torch.Tensor | tuple) -> torch.Tensor:
-    if isinstance(grad, tuple):  # δᵢaᵢᵀ: ‖δᵢ‖²·‖aᵢ‖², no outer product formed
-        delta, a = grad
-        return delta.pow(2).sum(1) * a.pow(2).sum(1)
-    return grad.reshape(len(grad), -1).pow(2).sum(1)
-
-
-def _clipped_sum(grad: torch.Tensor | tuple, factors: torch.Tensor) -> torch.Tensor:
-    if isinstance(grad, tuple):  # Σᵢ cᵢδᵢaᵢᵀ = (c ⊙ δ)ᵀ a, one product
-        delta, a = grad
-        return (delta * factors.unsqueeze(1)).T @ a
-    return torch.tensordot(factors, grad, dims=1)
 
 
 class FastEngine:
@@ -162,6 +240,13 @@ class FastEngine:
             self.recorders.append(_Recorder(self, module))
         self.params = [p for p in model.parameters() if p.requires_grad]
         self._current: tuple | None = None
+        self.track_parameters(False)
+
+    def track_parameters(self, tracked: bool) -> None:
+        """Whether autograd computes the parameters' own gradients: off while the engine trains
+        (see :class:`_Recorder`), on while a repair method differentiates on public data."""
+        for p in self.params:
+            p.requires_grad_(tracked)
 
     def _per_example(self) -> tuple[dict[nn.Parameter, Any], torch.Tensor, torch.Tensor]:
         """This backward pass's per-example gradients (or their factors), each example's norm and
@@ -172,14 +257,16 @@ class FastEngine:
             if batch > 0:
                 for recorder in self.recorders:
                     if recorder.input is not None and recorder.grad_output is not None:
-                        grads.update(recorder.per_example(batch))
+                        grads.update(recorder.per_example())
             device = self.params[0].device
+            # The forms hold the gradients of the mean loss; each example's own gradient is n
+            # times its share, so its norm is n times the forms' and its weight in the sum cᵢ·n.
             if grads:
-                norms = torch.stack([_squared_norms(g) for g in grads.values()]).sum(0).sqrt()
+                norms = torch.stack([g.squared_norms() for g in grads.values()]).sum(0).sqrt() * batch
             else:
                 norms = torch.zeros(batch, device=device)
             factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-            self._current = (grads, norms, factors)
+            self._current = (grads, norms, factors * batch)
         return self._current
 
     def per_example_norms(self) -> torch.Tensor:
@@ -189,7 +276,7 @@ class FastEngine:
     def privatize(self) -> None:
         """Replace every parameter's ``grad`` by (Σ clipped per-example gradients + noise) / qN,
         and record the step with the accountant."""
-        grads, _, factors = self._per_example()
+        grads, _, weights = self._per_example()  # cᵢ·n, see _per_example
         device, dtype = self.params[0].device, self.params[0].dtype
         std = self.noise_multiplier * self.max_grad_norm
         total = sum(p.numel() for p in self.params)
@@ -202,7 +289,7 @@ class FastEngine:
             noise = torch.zeros(total, device=device, dtype=dtype)
         start = 0
         for p in self.params:
-            summed = (_clipped_sum(grads[p], factors).reshape(p.shape) if p in grads
+            summed = (grads[p].clipped_sum(weights).reshape(p.shape) if p in grads
                       else torch.zeros_like(p))
             p.grad = (summed + noise[start:start + p.numel()].view_as(p)) / self.expected_batch_size
             start += p.numel()
@@ -287,9 +374,11 @@ class FastPrivateTraining:
     def hooks_off(self):
         """No recording while a repair method computes on public data."""
         self.fast.hooks_enabled = False
+        self.fast.track_parameters(True)
         try:
             yield
         finally:
+            self.fast.track_parameters(False)
             self.fast.hooks_enabled = True
 
 

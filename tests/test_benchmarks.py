@@ -25,3 +25,26 @@ def test_repair_step_benchmark_prints_every_method_against_vanilla():
     for target in ("dp", "eo"):
         assert cells[("none", target)][1] == 1.0  # Vanilla's ratio to itself, round by round
     assert all(ms > 0 for ms, _ in cells.values())
+
+
+def test_dp_throughput_benchmark_writes_every_variant_with_versions(tmp_path):
+    import json
+
+    out = tmp_path / "throughput.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "dp_throughput.py"), "--device", "cpu",
+         "--models", "mlp", "cnn32", "--batches", "8", "--steps", "1", "--rounds", "2",
+         "--json", str(out)], capture_output=True, text=True, timeout=600, check=True)
+    table = [line for line in result.stdout.splitlines() if line.startswith("| mlp") or
+             line.startswith("| cnn32")]
+    assert len(table) == 2
+    report = json.loads(out.read_text())
+    assert report["torch"] and report["opacus"] and report["dtype"] == "float32"
+    variants = {(row["model"], row["variant"]): row for row in report["results"]}
+    assert set(variants) == {(model, variant) for model in ("mlp", "cnn32")
+                             for variant in ("non-private", "opacus hooks", "opacus ghost", "fast")}
+    for (_, variant), row in variants.items():
+        assert row["batch"] == 8 and len(row["rounds"]) == 2 and row["samples_per_s"] > 0
+        assert row["peak_memory_mib"] >= 0
+        if variant == "non-private":
+            assert row["ratio_to_non_private"] == 1.0

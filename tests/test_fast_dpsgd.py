@@ -192,3 +192,13 @@ def test_a_resumed_fast_run_ends_identical(method):
     for a, b in zip(straight.base_model().parameters(), resumed.base_model().parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert resumed.private.steps == straight.private.steps == 36
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation", [
+    (3, 1, 1, 1), (3, 2, 1, 1), (1, 2, 0, 1), (7, 2, 3, 1), (3, 1, 2, 2), ((3, 1), (2, 1), (1, 0), 1)])
+def test_the_engines_unfold_is_torchs(kernel, stride, padding, dilation):
+    conv = torch.nn.Conv2d(5, 4, kernel, stride=stride, padding=padding, dilation=dilation)
+    a = torch.randn(3, 5, 11, 9)
+    expected = F.unfold(a, conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
+                        stride=conv.stride)
+    assert torch.equal(fast_dpsgd.unfold(a, conv), expected)
