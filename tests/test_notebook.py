@@ -25,6 +25,33 @@ def test_no_outputs_committed():
         assert cell.get("outputs", []) == [] and cell.get("execution_count") is None
 
 
+# What a committed notebook must never hold: an API key (wandb's are 40 hexadecimal characters;
+# other services' long base64 tokens), a key assigned in code, or a path of someone's own machine.
+SECRETS = {
+    "a 40-character hex key": r"\b[0-9a-f]{40}\b",
+    "a long token": r"\b[A-Za-z0-9_\-]{48,}\b",
+    "a key assigned in code": r"(API_KEY|api_key)\s*=\s*[\"'][^\"']+[\"']",
+    "a personal path": r"(/home/[a-z_][\w-]*/|/Users/\w+/|[A-Z]:\\\\Users\\\\|/content/drive/MyDrive/(?!dp-fairness))",
+}
+
+
+@pytest.mark.parametrize("what", SECRETS)
+def test_no_key_or_personal_path_is_committed(what):
+    import re
+
+    assert not re.search(SECRETS[what], NOTEBOOK.read_text()), f"startup.ipynb holds {what}"
+
+
+@pytest.mark.parametrize("what, text", [
+    ("a 40-character hex key", "0123456789abcdef0123456789abcdef01234567"),
+    ("a key assigned in code", 'os.environ["X"]; WANDB_API_KEY = "abc"'),
+    ("a personal path", "/home/alice/celeba"), ("a personal path", "/Users/bob/runs")])
+def test_the_secret_patterns_catch_what_they_name(what, text):
+    import re
+
+    assert re.search(SECRETS[what], text)
+
+
 def test_cells_parse_and_import_what_exists():
     for source in code_cells():
         python = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith("%"))
