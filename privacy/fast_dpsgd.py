@@ -386,11 +386,8 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader, con
                  noise_generator: torch.Generator | None = None,
                  releases: list[Release] = ()) -> FastPrivateTraining:
     """The fast engine for ``model`` (same arguments and meaning as
-    :func:`privacy.dpsgd.make_private`; Poisson sampling only)."""
-    if not config.poisson_sampling:
-        raise ConfigError("privacy.engine 'fast' samples by Poisson only (the accountant's "
-                          "assumption). Set privacy.poisson_sampling: true, or privacy.engine: "
-                          "opacus.")
+    :func:`privacy.dpsgd.make_private`). With ``poisson_sampling: false`` it trains on the plain
+    loader's shuffled fixed-size batches, as Opacus does, and the trainer marks ε as no guarantee."""
     secure = SecureRandom() if config.secure_rng else None
     if secure is None and noise_generator is None:
         raise ValueError("a reproducible DP-SGD run needs its own noise generator")
@@ -415,6 +412,9 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader, con
                         expected_batch_size=int(num_examples * sample_rate),
                         accountant=config.accountant, noise_generator=noise_generator,
                         secure=secure)
-    index_loader = PoissonIndexLoader(num_examples, sample_rate, steps_per_epoch,
-                                      loader.generator, secure)
+    if config.poisson_sampling:
+        index_loader = PoissonIndexLoader(num_examples, sample_rate, steps_per_epoch,
+                                          loader.generator, secure)
+    else:  # shuffled fixed-size batches, as Opacus trains them; the run marks its ε as no guarantee
+        index_loader = loader
     return FastPrivateTraining(engine, FastDPOptimizer(optimizer, engine), index_loader, releases)

@@ -52,7 +52,8 @@ def assert_no_alignment(suspicious: np.ndarray, p0: float, masks: list[np.ndarra
     assert worst < 0.5
 
 
-def dpsgd_config(**privacy):
+def dpsgd_config(engine="opacus", **privacy):
+    """The streams' test run; the Opacus engine by default, whose optimizer the recording wraps."""
     return config_from_mapping({
         "seed": 0,
         # 5,000 examples at q = 0.1: about 500 members a step, so that an alignment stands far
@@ -60,7 +61,8 @@ def dpsgd_config(**privacy):
         "data": {"name": "synthetic", "minority_share": 0.3, "train_size": 5000},
         "model": {"name": "mlp", "hidden": [1024]},
         "training": {"epochs": 2, "batch_size": 500, "optimizer": "sgd", "lr": 0.1},
-        "privacy": {"mode": "dpsgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0, **privacy},
+        "privacy": {"mode": "dpsgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0,
+                    "engine": engine, **privacy},
         "logging": {"progress": "never"},
     })
 
@@ -133,6 +135,36 @@ def test_dpsgd_trainer_generators_are_distinct_streams():
                      stream_seed(0, "augmentation")}
     # The Poisson loader Opacus built samples from the batch_sampling generator, not the global one.
     assert trainer.loader.batch_sampler.generator is sampler
+
+
+def test_the_fast_engine_draws_batches_and_noise_from_their_own_streams():
+    """The fast engine samples with the trainer's batch_sampling generator and draws its noise, one
+    flat block per step, from the dp_noise generator: those blocks (regenerated from the stream's
+    seed) are not aligned with the batches it trained, nor with the initial weights."""
+    config = dpsgd_config(engine="fast")
+    _, _, trainer = build_components(config, torch.device("cpu"))
+    sampler, noise_generator = trainer.generator, trainer.private.noise_generator
+    assert sampler is not noise_generator
+    assert {sampler.initial_seed(), noise_generator.initial_seed()} == {
+        stream_seed(0, "batch_sampling"), stream_seed(0, "dp_noise")}
+    assert trainer.loader.generator is sampler  # its Poisson loader
+    initial = [p.detach().clone() for p in trainer.base_model().parameters()]
+    recording = RecordingLoader(trainer.loader, len(trainer.y))
+    trainer.loader = recording
+    for unit in range(trainer.units):
+        trainer.train_unit(unit)
+    total = sum(p.numel() for p in initial)
+    replay = torch.Generator().manual_seed(stream_seed(0, "dp_noise"))
+    noise = torch.cat([torch.normal(0.0, 1.0, size=(total,), generator=replay)
+                       for _ in recording.masks]).numpy()
+    assert len(recording.masks) == 20
+    # The engine drew exactly these blocks from its generator, and nothing else.
+    assert torch.equal(noise_generator.get_state(), replay.get_state())
+    p_small = stats.norm.cdf(0.2) - stats.norm.cdf(-0.2)
+    assert_no_alignment(np.abs(noise) < 0.2, p_small, recording.masks, "fast noise vs batches")
+    first = initial[0].reshape(-1).numpy()
+    uniform = (first / float(np.abs(first).max()) + 1) / 2
+    assert_no_alignment(uniform < 0.1, 0.1, recording.masks, "initial weights vs fast batches")
 
 
 def test_streams_are_distinct_and_stable():

@@ -114,10 +114,9 @@ class Step:
         before = flat(self.model)
         optimizer = torch.optim.SGD(self.model.parameters(), lr=1.0)
         loader = dpsgd.index_loader(len(rows), len(rows), shuffle=False)
-        # The batch is given, not sampled: the loader's sampling is not used (the fast engine
-        # accepts only Poisson sampling, so it is told that).
+        # The batch is given, not sampled: the loader's sampling is not used.
         config = PrivacyConfig(mode="dpsgd", noise_multiplier=0.0, max_grad_norm=bound,
-                               poisson_sampling=engine == "fast")
+                               poisson_sampling=False)
         private = ENGINES.get(engine)(self.model, optimizer, loader, config, epochs=1,
                                       noise_generator=torch.Generator().manual_seed(1))
         self.public(private)
@@ -480,5 +479,5 @@ def test_a_resumed_run_counts_every_release_it_drew(tmp_path, secure):
     resumed.load_state_dict(state)
     assert [r.name for r in resumed.private.releases] == ["counts"] * (2 if secure else 1)
     assert resumed.privacy_metrics()["privacy/epsilon"] == pytest.approx(epsilon_of_history(
-        [*resumed.private.engine.accountant.history, *[(4.0, 1.0, 1)] * (2 if secure else 1)],
+        [*resumed.private.accountant.history, *[(4.0, 1.0, 1)] * (2 if secure else 1)],
         delta=config.privacy.delta, accountant="rdp"))
