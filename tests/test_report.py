@@ -430,3 +430,27 @@ def test_report_never_overwrites_a_privacy_view_file_it_did_not_write(private_me
     assert (copy / name).read_bytes() == b"the user's own file\n"
     assert not (copy / "report.md").exists() and not (copy / "report.csv").exists()
     assert not list(copy.glob("*.png")) or name.endswith(".png")
+
+
+def test_a_constant_classifier_is_marked_where_it_closes_a_gap(private_method_grid, tmp_path):
+    """A seed whose test decisions are all negative has every gap 0 without any repair: the table
+    says so beside the gap it "closed"."""
+    copy = tmp_path / "tiny"
+    shutil.copytree(private_method_grid, copy)
+    for path in copy.glob("*/summary.json"):
+        config = yaml.safe_load((path.parent / "config.yaml").read_text())
+        if (config["fairness"]["method"], config["privacy"]["mode"], config["seed"],
+                config["data"]["minority_share"]) == ("roc", "dpsgd", 1, 0.05):
+            summary = json.loads(path.read_text())
+            summary["test/selection_rate/group=minority"] = 0.0
+            summary["test/selection_rate/group=majority"] = 0.0
+            path.write_text(json.dumps(summary))
+    assert running.main(["--report", str(copy)]) == 0
+    with (copy / "report_gap_closed.csv").open() as handle:
+        rows = {(row["fairness.method"], row["privacy.mode"], float(row["data.minority_share"])):
+                row["constant_classifier_seeds"] for row in csv.DictReader(handle)}
+    assert rows.pop(("roc", "dpsgd", 0.05)) == "1"
+    assert set(rows.values()) == {""}
+    line = next(line for line in (copy / "report.md").read_text().splitlines()
+                if line.startswith("| roc | DP-SGD"))
+    assert line.endswith("[1/2 constant] |") and line.count("constant") == 1

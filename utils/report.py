@@ -956,6 +956,17 @@ class GapClosed:
         base = {run.seed for run in self.baseline.point.runs} if self.baseline else set()
         return [run.seed for run in self.row.point.runs if run.seed in base]
 
+    def constant_seeds(self) -> list[int | None]:
+        """The method's seeds whose test decisions are all one class (both groups' selection rate
+        0, or both 1): their gaps are 0 by construction, so a gap they "close" is no repair."""
+        rates = [f"test/{group_key('selection_rate', group)}" for group in GROUPS]
+        constant = []
+        for run in self.row.point.runs:
+            values = [as_number(run.summary.get(rate)) for rate in rates]
+            if None not in values and (all(v == 0 for v in values) or all(v == 1 for v in values)):
+                constant.append(run.seed)
+        return constant
+
 
 @dataclass
 class PrivacyRepairView:
@@ -1077,7 +1088,8 @@ def write_gap_closed_csv(path: Path, view: PrivacyRepairView) -> Path:
               *LEVEL_KEYS, EPSILON, SHARE_KEY, *rest_keys, "n_seeds", "seeds", "gap",
               "baseline_gap_mean", "gap_mean", "gap_closed_mean", "gap_closed_std",
               "gap_closed_fraction", "accuracy_change_mean", "accuracy_change_std",
-              "minority_accuracy_change_mean", "minority_accuracy_change_std"]
+              "minority_accuracy_change_mean", "minority_accuracy_change_std",
+              "constant_classifier_seeds"]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
@@ -1097,6 +1109,7 @@ def write_gap_closed_csv(path: Path, view: PrivacyRepairView) -> Path:
             cells.append(_csv_value(c.closed_fraction()))
             for metric in (ACCURACY, MINORITY_ACCURACY):
                 cells += [_csv_value(value) for value in c.change(metric)]
+            cells.append(" ".join(map(str, c.constant_seeds())))
             writer.writerow(cells)
     return path
 
@@ -1108,7 +1121,9 @@ def _md_closed(c: GapClosed) -> str:
         return "–"
     cell = f"{100 * mean:+.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
     fraction = c.closed_fraction()
-    return cell + (f" ({round(100 * fraction):d} %)" if fraction is not None else "")
+    cell += f" ({round(100 * fraction):d} %)" if fraction is not None else ""
+    constant = len(c.constant_seeds())
+    return cell + (f" [{constant}/{len(c.row.point.runs)} constant]" if constant else "")
 
 
 def _privacy_repair_markdown(view: PrivacyRepairView, figures: Iterable[Path]) -> list[str]:
@@ -1123,7 +1138,9 @@ def _privacy_repair_markdown(view: PrivacyRepairView, figures: Iterable[Path]) -
         "percentage points, mean ± sample std over seeds of the per-seed differences (runs of one "
         "seed share their data and initialization), and in brackets that mean as a share of "
         "Vanilla's gap. Positive is fairer; above 100 % the gap reversed. – where Vanilla did not "
-        "run at that point. The accuracy each repair costs, overall and for the minority, is in "
+        "run at that point. [k/n constant]: k of the method's n seeds ended as a constant "
+        "classifier (every test decision one class), whose gaps are 0 without any repair. The "
+        "accuracy each repair costs, overall and for the minority, is in "
         f"`{REPORT_GAP_CLOSED_CSV}`.",
     ]
     names = view.figure_names()
