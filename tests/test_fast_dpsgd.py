@@ -202,3 +202,20 @@ def test_the_engines_unfold_is_torchs(kernel, stride, padding, dilation):
     expected = F.unfold(a, conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
                         stride=conv.stride)
     assert torch.equal(fast_dpsgd.unfold(a, conv), expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(MODELS))
+def test_on_cuda_the_fast_update_equals_opacus(name, monkeypatch):
+    """The same check on the GPU (TF32 off, so both engines' products are fp32 as on the CPU)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    device = torch.device("cuda")
+    x, y, model = problem(name)
+    x, y, model = x.to(device), y.to(device), model.to(device).train()
+    rows = torch.tensor([0, 2, 3, 5, 8, 13, 21, 22], device=device)
+    fast, fast_norms = one_step(fast_dpsgd.make_private, copy.deepcopy(model), x, y, rows)
+    opacus, opacus_norms = one_step(dpsgd.make_private, copy.deepcopy(model), x, y, rows)
+    assert fast.device.type == "cuda"
+    torch.testing.assert_close(fast, opacus, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast_norms, opacus_norms, rtol=1e-4, atol=1e-6)
