@@ -568,13 +568,14 @@ class MethodView:
     other_keys: list[str]
     styles: dict[tuple, tuple[str, str]] = field(default_factory=dict)
 
-    def figure_names(self) -> dict[tuple[Any, str], str]:
-        """The trade-off figure of each (data set, target) that has one, by file name."""
+    def figure_names(self, prefix: str = TRADEOFF_PREFIX) -> dict[tuple[Any, str], str]:
+        """The figure of each (data set, target) that has one, by file name: the trade-off
+        figures, or with another ``prefix`` the repair-under-privacy view's."""
         names = {}
         for row in self.rows:
             if row.mode in TARGET_GAPS and (row.dataset, row.mode) not in names:
                 dataset = f"{format_value(row.dataset)}_" if len(self.datasets) > 1 else ""
-                names[(row.dataset, row.mode)] = f"{TRADEOFF_PREFIX}{dataset}{format_value(row.mode)}.png"
+                names[(row.dataset, row.mode)] = f"{prefix}{dataset}{format_value(row.mode)}.png"
         return names
 
     def outputs(self) -> list[str]:
@@ -721,9 +722,13 @@ def _other_names(keys: Iterable[str]) -> dict[str, str]:
     return short_names([FAIRNESS_MODE_KEY, *keys])
 
 
+def _settings_label(settings: Mapping[str, Any]) -> str:
+    short = _other_names(settings)
+    return ", ".join(f"{short[key]}={_md_value(value)}" for key, value in settings.items())
+
+
 def _others_label(row: MethodRow) -> str:
-    short = _other_names(row.others)
-    return ", ".join(f"{short[key]}={_md_value(value)}" for key, value in row.others.items())
+    return _settings_label(row.others)
 
 
 def _methods_markdown(view: MethodView, tradeoffs: Iterable[Path]) -> list[str]:
@@ -987,13 +992,7 @@ class PrivacyRepairView:
 
     def figure_names(self) -> dict[tuple[Any, str], str]:
         """The figure of each (data set, target), by file name."""
-        names = {}
-        for row in self.methods.rows:
-            if (row.dataset, row.mode) not in names:
-                dataset = f"{format_value(row.dataset)}_" if len(self.methods.datasets) > 1 else ""
-                names[(row.dataset, row.mode)] = (f"{REPAIR_PRIVACY_PREFIX}{dataset}"
-                                                  f"{format_value(row.mode)}.png")
-        return names
+        return self.methods.figure_names(REPAIR_PRIVACY_PREFIX)
 
     def outputs(self) -> list[str]:
         """Every file the view may write, for :func:`_check_outputs_are_ours`."""
@@ -1034,11 +1033,6 @@ def _rest_of(row: MethodRow) -> dict[str, Any]:
     """The row's other settings without the privacy level and the share (the view's own axes)."""
     return {key: value for key, value in row.others.items()
             if key not in LEVEL_KEYS and key != SHARE_KEY}
-
-
-def _settings_label(settings: Mapping[str, Any]) -> str:
-    short = _other_names(settings)
-    return ", ".join(f"{short[key]}={_md_value(value)}" for key, value in settings.items())
 
 
 def privacy_repair_view(view: MethodView | None, points: list[Point]) -> PrivacyRepairView | None:
