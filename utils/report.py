@@ -853,9 +853,7 @@ def tradeoff_figure(series: list[TradeoffSeries], mode: str, *, title: str):
     handles, labels = axes[0].get_legend_handles_labels()
     if not labels and len(axes) > 1:
         handles, labels = axes[1].get_legend_handles_labels()
-    if labels:
-        columns = max(1, min(len(labels), int(figure.get_figwidth() // 2.2)))
-        figure.legend(handles, labels, loc="outside lower center", ncols=columns, frameon=False)
+    _legend_below(figure, handles, labels, 2.2)
     figure.suptitle(f"Repair methods, target {mode}: accuracy–fairness trade-off (up and left is "
                     f"better)\n{title}", fontsize=11)
     return figure
@@ -863,14 +861,12 @@ def tradeoff_figure(series: list[TradeoffSeries], mode: str, *, title: str):
 
 def write_tradeoff_figures(runs_dir: Path, view: MethodView, *, title: str) -> list[Path]:
     """One trade-off PNG per data set and target (:meth:`MethodView.figure_names`)."""
-    seeds = sorted({len(row.point.runs) for row in view.rows})
-    spread = "error bars: ±1 std over seeds" if seeds != [1] else "one seed: no error bars"
     written = []
     for (dataset, mode), name in view.figure_names().items():
         where = f", {dataset}" if len(view.datasets) > 1 else ""
         figure = tradeoff_figure(tradeoff_series(view, dataset, mode), mode,
-                                 title=f"{title}{where}; mean over {'/'.join(map(str, seeds))} "
-                                       f"seed(s), {spread}")
+                                 title=_spread_subtitle(f"{title}{where}",
+                                                        (len(row.point.runs) for row in view.rows)))
         figure.savefig(runs_dir / name, dpi=150)
         written.append(runs_dir / name)
     return written
@@ -1193,9 +1189,7 @@ def privacy_repair_figure(view: PrivacyRepairView, dataset: Any, mode: str, *, t
     for ax in axes[:-1].flat:
         ax.set_xlabel("")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    if labels:
-        columns = max(1, min(len(labels), int(figure.get_figwidth() // 2.7)))
-        figure.legend(handles, labels, loc="outside lower center", ncols=columns, frameon=False)
+    _legend_below(figure, handles, labels, 2.7)
     figure.suptitle(f"Repair under privacy, target {mode}: one row per privacy level, one line per "
                     f"method\n{title}", fontsize=11)
     return figure
@@ -1203,14 +1197,12 @@ def privacy_repair_figure(view: PrivacyRepairView, dataset: Any, mode: str, *, t
 
 def write_privacy_repair_figures(runs_dir: Path, view: PrivacyRepairView, *, title: str) -> list[Path]:
     """One PNG per data set and target (:meth:`PrivacyRepairView.figure_names`)."""
-    seeds = sorted({len(row.point.runs) for row in view.methods.rows})
-    spread = "error bars: ±1 std over seeds" if seeds != [1] else "one seed: no error bars"
     written = []
     for (dataset, mode), name in view.figure_names().items():
         where = f", {dataset}" if len(view.methods.datasets) > 1 else ""
-        figure = privacy_repair_figure(view, dataset, mode,
-                                       title=f"{title}{where}; mean over "
-                                             f"{'/'.join(map(str, seeds))} seed(s), {spread}")
+        figure = privacy_repair_figure(
+            view, dataset, mode, title=_spread_subtitle(
+                f"{title}{where}", (len(row.point.runs) for row in view.methods.rows)))
         figure.savefig(runs_dir / name, dpi=110)
         written.append(runs_dir / name)
     return written
@@ -1240,16 +1232,11 @@ def write_figures(runs_dir: Path, points: list[Point], *, title: str) -> list[Pa
     series = make_series(points)
     if not series:
         return []
-    seeds = sorted({len(point.runs) for point in points})
-    spread = ("error bars: ±1 std over seeds" if seeds != [1] else "one seed: no error bars")
-    subtitle = f"{title}; mean over {'/'.join(map(str, seeds))} seed(s), {spread}"
+    subtitle = _spread_subtitle(title, (len(point.runs) for point in points))
     written = []
 
     def save(figure: Figure, name: str, heading: str, handles_from) -> None:
-        handles, labels = handles_from.get_legend_handles_labels()
-        # As many legend columns as fit the width (about 2.7 inches per entry).
-        columns = max(1, min(len(labels), int(figure.get_figwidth() // 2.7)))
-        figure.legend(handles, labels, loc="outside lower center", ncols=columns, frameon=False)
+        _legend_below(figure, *handles_from.get_legend_handles_labels(), 2.7)
         figure.suptitle(f"{heading}\n{subtitle}", fontsize=11)
         FigureCanvasAgg(figure)
         figure.savefig(runs_dir / name, dpi=150)
@@ -1421,3 +1408,17 @@ def _md_metric(point: Point, metric: str) -> str:
     elif interval is not None:
         cell += f" [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"
     return cell
+
+
+def _legend_below(figure, handles, labels, inches_per_entry: float) -> None:
+    """The figure's legend under its axes, in as many columns as fit its width."""
+    if labels:
+        columns = max(1, min(len(labels), int(figure.get_figwidth() // inches_per_entry)))
+        figure.legend(handles, labels, loc="outside lower center", ncols=columns, frameon=False)
+
+
+def _spread_subtitle(title: str, seed_counts: Iterable[int]) -> str:
+    """``title`` with how many seeds each point averages and what the error bars are."""
+    seeds = sorted(set(seed_counts))
+    spread = "error bars: ±1 std over seeds" if seeds != [1] else "one seed: no error bars"
+    return f"{title}; mean over {'/'.join(map(str, seeds))} seed(s), {spread}"
