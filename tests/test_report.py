@@ -296,16 +296,22 @@ def test_runs_without_a_metric_show_a_dash(method_grid, tmp_path):
     assert (copy / "tradeoff_eo.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("name", ["report_methods.csv", "tradeoff_dp.png", "tradeoff_eo.png"])
-def test_report_never_overwrites_a_method_view_file_it_did_not_write(method_grid, tmp_path, capsys,
-                                                                      name):
+@pytest.mark.parametrize("grid, name", [
+    ("method_grid", "report_methods.csv"), ("method_grid", "tradeoff_dp.png"),
+    ("method_grid", "tradeoff_eo.png"), ("private_method_grid", "report_gap_closed.csv"),
+    ("private_method_grid", "repair_privacy_eo.png")])
+def test_report_never_overwrites_a_view_file_it_did_not_write(grid, name, request, tmp_path, capsys):
+    """A file of the method view's or the repair-under-privacy view's name that the report did not
+    write stops the report before it writes anything."""
     copy = tmp_path / "tiny"
-    shutil.copytree(method_grid, copy, ignore=shutil.ignore_patterns("report*", "*.png"))
+    shutil.copytree(request.getfixturevalue(grid), copy,
+                    ignore=shutil.ignore_patterns("report*", "*.png"))
     (copy / name).write_bytes(b"the user's own file\n")
     assert running.main(["--report", str(copy)]) == 2
     assert report.REPORT_FILE_NOT_OURS.format(path=copy / name) in capsys.readouterr().err
     assert (copy / name).read_bytes() == b"the user's own file\n"
     assert not (copy / "report.md").exists() and not (copy / "report.csv").exists()
+    assert [path.name for path in copy.glob("*.png")] == ([name] if name.endswith(".png") else [])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -417,19 +423,6 @@ def test_grids_without_privacy_or_without_methods_get_no_privacy_view(method_gri
         assert not (directory / "report_gap_closed.csv").exists()
         assert not list(directory.glob("repair_privacy_*"))
         assert "## Repair under privacy" not in (directory / "report.md").read_text()
-
-
-@pytest.mark.parametrize("name", ["report_gap_closed.csv", "repair_privacy_eo.png"])
-def test_report_never_overwrites_a_privacy_view_file_it_did_not_write(private_method_grid, tmp_path,
-                                                                       capsys, name):
-    copy = tmp_path / "tiny"
-    shutil.copytree(private_method_grid, copy, ignore=shutil.ignore_patterns("report*", "*.png"))
-    (copy / name).write_bytes(b"the user's own file\n")
-    assert running.main(["--report", str(copy)]) == 2
-    assert report.REPORT_FILE_NOT_OURS.format(path=copy / name) in capsys.readouterr().err
-    assert (copy / name).read_bytes() == b"the user's own file\n"
-    assert not (copy / "report.md").exists() and not (copy / "report.csv").exists()
-    assert not list(copy.glob("*.png")) or name.endswith(".png")
 
 
 def test_a_constant_classifier_is_marked_where_it_closes_a_gap(private_method_grid, tmp_path):
