@@ -30,10 +30,12 @@ and without ``output_dir``, so a folder of runs moved elsewhere resumes and skip
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -161,6 +163,22 @@ def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:
     Input errors (:class:`UserInputError`) leave no run directory behind (a resumed one stays as
     it was); the run path is checked (:mod:`utils.rundir`) before anything is built or written.
     """
+    session = open_run(config, overwrite=overwrite)
+    if isinstance(session, dict):  # already complete
+        return session
+    trainer = session.trainer
+    with session.closing_on_error():
+        for unit in progress(range(session.first_unit, trainer.units), desc=config.name,
+                             mode=config.logging.progress):
+            session.record_unit(unit, trainer.train_unit(unit))
+        return session.finish()
+
+
+def open_run(config: ExperimentConfig, *, overwrite: bool = False) -> RunSession | dict[str, Any]:
+    """Everything of :func:`run` before the first unit trains: the finished run's summary (with
+    ``skipped``) when there is one, else a :class:`RunSession` whose trainer is built, resumed
+    when it can be, and whose run directory and sink are open. :mod:`training.stacking` opens
+    several and trains their trainers together."""
     run_dir = run_directory(config)
     state = rundir.inspect_run_path(run_dir, config.output_dir)
     if not overwrite and state in (rundir.MARKED, rundir.FOREIGN):
@@ -182,8 +200,12 @@ def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:
     # Everything that can fail on the user's input happens before the run directory exists.
     device = resolve_device(config.device)
     check_selection(config)  # training.select needs a validation split (configs built in code too)
-    data, model, trainer = build_components(config, device)
+    data, _, trainer = build_components(config, device)
     evaluator = TestSetEvaluator(data, device, config.training.eval_batch_size, config.evaluation)
+    # The validation set (data.val_fraction): the same metrics, val/-prefixed, in the same row.
+    val_evaluator = (TestSetEvaluator(data, device, config.training.eval_batch_size,
+                                      config.evaluation, split="val")
+                     if data.has_validation else None)
     selector = ModelSelector(config, units=trainer.units, eval_every=trainer.eval_every,
                              has_validation=data.has_validation,
                              first_unit=trainer.first_selectable_unit)
@@ -203,16 +225,86 @@ def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:
                        wandb_entity=config.logging.wandb.entity,
                        wandb_group=config.logging.wandb.group,
                        resume_step=None if resume_point is None else first_unit)
-    try:
-        summary = _train_and_report(config, data, trainer, evaluator, sink, run_dir, device,
-                                    started, first_unit, selector)
-    except BaseException as error:
-        sink.close(None)
-        if isinstance(error, UserInputError) and made is not None:
-            rundir.discard_fresh_run(run_dir, made, keep_directory=state == rundir.EMPTY)
-        raise
-    sink.close(summary)
-    return summary
+    return RunSession(config=config, run_dir=run_dir, device=device, data=data, trainer=trainer,
+                      evaluator=evaluator, val_evaluator=val_evaluator, selector=selector,
+                      sink=sink, started=started, first_unit=first_unit, made=made,
+                      adopted_empty=state == rundir.EMPTY)
+
+
+@dataclass
+class RunSession:
+    """One open run: built, its run directory made (or resumed) and its sink open, trained unit by
+    unit by whoever holds it (:func:`run`, or :mod:`training.stacking` for several at once)."""
+
+    config: ExperimentConfig
+    run_dir: Path
+    device: torch.device
+    data: Any
+    trainer: Any
+    evaluator: TestSetEvaluator
+    val_evaluator: TestSetEvaluator | None
+    selector: ModelSelector
+    sink: MetricsSink
+    started: float
+    first_unit: int
+    made: list[Path] | None
+    adopted_empty: bool
+    row: dict[str, Any] = field(default_factory=dict)
+    y_score: Any = None
+    y_pred: Any = None
+
+    def record_unit(self, unit: int, train_metrics: dict[str, Any]) -> None:
+        """After the trainer trained ``unit``: score the test (and validation) set when due, log the
+        row, and save a checkpoint where the test set was just scored."""
+        config, trainer = self.config, self.trainer
+        train_counts = {f"data/train_count/group={g}": n
+                        for g, n in self.data.train_count_by_group.items()}
+        row = {**train_counts, **train_metrics}
+        evaluated = (unit + 1) % trainer.eval_every == 0 or unit + 1 == trainer.units
+        if evaluated:
+            self.y_score = self.evaluator.scores(trainer.model)
+            self.y_pred = trainer.method.postprocess(self.y_score, self.evaluator.minority,
+                                                     config.evaluation.threshold)
+            row.update(self.evaluator.metrics(self.y_score, self.y_pred))
+            if self.val_evaluator is not None:
+                val_score = self.val_evaluator.scores(trainer.model)
+                row.update(self.val_evaluator.metrics(val_score, trainer.method.postprocess(
+                    val_score, self.val_evaluator.minority, config.evaluation.threshold)))
+            self.selector.observe(unit, row, self.y_score, self.y_pred, trainer)
+        row.update(trainer.privacy_metrics())
+        row["time/wall_s"] = time.perf_counter() - self.started
+        row["time/train_samples_per_s"] = (trainer.train_samples / trainer.train_seconds
+                                           if trainer.train_seconds > 0 else None)
+        self.sink.log(unit + 1, row if config.logging.private_stats
+                      else without_non_private_statistics(row))
+        self.row = row
+        # A checkpoint where the test set was just scored (every epoch; every eval_every rounds),
+        # so a resumed run restarts from a logged, evaluated state. None after the last unit: its
+        # results go straight into summary.json, and a kill before that reruns the last stretch.
+        if evaluated and unit + 1 < trainer.units:
+            checkpoint.save_checkpoint(self.run_dir, step=unit + 1,
+                                       wall_s=time.perf_counter() - self.started,
+                                       trainer=trainer, selection=self.selector.state_dict())
+
+    @contextlib.contextmanager
+    def closing_on_error(self):
+        """Close the sink when training fails; an input error removes what a fresh start made."""
+        try:
+            yield
+        except BaseException as error:
+            self.abort(error)
+            raise
+
+    def abort(self, error: BaseException) -> None:
+        self.sink.close(None)
+        if isinstance(error, UserInputError) and self.made is not None:
+            rundir.discard_fresh_run(self.run_dir, self.made, keep_directory=self.adopted_empty)
+
+    def finish(self) -> dict[str, Any]:
+        """The final model: intervals, predictions and the summary, in that order (summary last)."""
+        summary = _write_results(self)
+        self.sink.close(summary)
+        return summary
 
 
 def _fresh_run_directory(run_dir: Path, config: ExperimentConfig) -> list[Path]:
@@ -225,48 +317,15 @@ def _fresh_run_directory(run_dir: Path, config: ExperimentConfig) -> list[Path]:
     return made
 
 
-def _train_and_report(config, data, trainer, evaluator, sink, run_dir, device, started, first_unit,
-                      selector=None):
-    train_counts = {f"data/train_count/group={g}": n for g, n in data.train_count_by_group.items()}
-    if selector is None:
-        selector = ModelSelector(config, units=trainer.units, eval_every=trainer.eval_every,
-                                 has_validation=data.has_validation,
-                                 first_unit=trainer.first_selectable_unit)
-    # The validation set (data.val_fraction): the same metrics, val/-prefixed, in the same row.
-    val_evaluator = (TestSetEvaluator(data, device, config.training.eval_batch_size, config.evaluation,
-                                      split="val") if data.has_validation else None)
-    row: dict[str, Any] = {}
-    y_score = y_pred = None
-    for unit in progress(range(first_unit, trainer.units), desc=config.name,
-                         mode=config.logging.progress):
-        row = {**train_counts, **trainer.train_unit(unit)}
-        evaluated = (unit + 1) % trainer.eval_every == 0 or unit + 1 == trainer.units
-        if evaluated:
-            y_score = evaluator.scores(trainer.model)
-            y_pred = trainer.method.postprocess(y_score, evaluator.minority,
-                                                config.evaluation.threshold)
-            row.update(evaluator.metrics(y_score, y_pred))
-            if val_evaluator is not None:
-                val_score = val_evaluator.scores(trainer.model)
-                row.update(val_evaluator.metrics(val_score, trainer.method.postprocess(
-                    val_score, val_evaluator.minority, config.evaluation.threshold)))
-            selector.observe(unit, row, y_score, y_pred, trainer)
-        row.update(trainer.privacy_metrics())
-        row["time/wall_s"] = time.perf_counter() - started
-        row["time/train_samples_per_s"] = (trainer.train_samples / trainer.train_seconds
-                                           if trainer.train_seconds > 0 else None)
-        sink.log(unit + 1, row if config.logging.private_stats
-                 else without_non_private_statistics(row))
-        # A checkpoint where the test set was just scored (every epoch; every eval_every rounds),
-        # so a resumed run restarts from a logged, evaluated state. None after the last unit: its
-        # results go straight into summary.json, and a kill before that reruns the last stretch.
-        if evaluated and unit + 1 < trainer.units:
-            checkpoint.save_checkpoint(run_dir, step=unit + 1, wall_s=time.perf_counter() - started,
-                                       trainer=trainer, selection=selector.state_dict())
-
+def _write_results(session: RunSession) -> dict[str, Any]:
+    """The end of a run: the selected model's intervals, predictions.csv, model_final.pt and
+    summary.json (last, atomically); the resume points are removed."""
+    config, data, trainer, evaluator = session.config, session.data, session.trainer, session.evaluator
+    run_dir, device, started = session.run_dir, session.device, session.started
+    row, y_score, y_pred = session.row, session.y_score, session.y_pred
     # training.select: the chosen unit's model (into the trainer), test scores and decisions and
     # test/ and val/ metrics are the final ones (training.selection); with "last", the last unit's.
-    row, y_score, y_pred = selector.finish(row, y_score, y_pred, trainer)
+    row, y_score, y_pred = session.selector.finish(row, y_score, y_pred, trainer)
     # The final model: intervals, predictions and the summary, in that order (summary last).
     intervals = evaluator.intervals(y_score, y_pred, seed=seed_sequence(config.seed, "bootstrap"))
     small_groups = fairness.small_group_warnings(
