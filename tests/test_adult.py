@@ -184,3 +184,19 @@ def test_adult_is_registered():
     assert TABULAR_SOURCES.get("adult") is load_adult
     with pytest.raises(ConfigError, match=r"data\.name: unknown dataset 'adlt'.*Did you mean 'adult'"):
         TABULAR_SOURCES.get("adlt")
+
+
+def test_parsed_files_are_reused_by_content_and_cannot_be_changed(tmp_path):
+    # A grid reads the same two files for every point; the second read is the first's parse, and
+    # a copy whose content differs (one row fewer) is parsed anew.
+    first = tabular._read_adult_files(None)[1]["train"]
+    again = tabular._read_adult_files(None)[1]["train"]
+    assert again[0] is first[0] and again[1] is first[1]
+    with pytest.raises(ValueError, match="read-only"):
+        first[0][0, 0] = "edited"
+    for name in ("adult.data", "adult.test"):
+        lines = [line for line in shipped_lines(name) if line.strip()]
+        (tmp_path / name).write_text("".join(lines[:-1] if name == "adult.data" else lines))
+    edited = tabular._read_adult_files(tmp_path)[1]["train"]
+    assert len(edited[0]) == len(first[0]) - 1
+    np.testing.assert_array_equal(edited[0], first[0][:-1])
