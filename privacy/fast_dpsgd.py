@@ -273,6 +273,13 @@ class FastEngine:
         """Each sampled example's whole gradient norm before clipping, of the last backward."""
         return self._per_example()[1]
 
+    def discard(self) -> None:
+        """Forget the last backward pass's records without a step (the optimizer's zero_grad): a
+        diagnostic pass, such as :mod:`privacy.individual`'s whole-set norms, must not train."""
+        for recorder in self.recorders:
+            recorder.clear()
+        self._current = None
+
     def privatize(self) -> None:
         """Replace every parameter's ``grad`` by (Σ clipped per-example gradients + noise) / qN,
         and record the step with the accountant."""
@@ -315,6 +322,7 @@ class FastDPOptimizer:
         return self.engine.noise_multiplier
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        self.engine.discard()  # as Opacus' zero_grad drops the per-example gradients
         self.original.zero_grad(set_to_none=set_to_none)
 
     def step(self) -> None:

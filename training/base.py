@@ -63,6 +63,10 @@ class Trainer(Protocol):
     def base_model(self) -> torch.nn.Module:
         """The trained module itself, unwrapped from any privacy engine (for saving weights)."""
 
+    def individual_privacy(self):
+        """Each training example's individual ε (:class:`privacy.individual.IndividualPrivacy`)
+        under ``privacy.individual_accounting``, else None."""
+
     def state_dict(self) -> dict[str, Any]:
         """The trainer's whole state at a unit boundary, for a checkpoint: model, optimizer,
         privacy accounting and every random generator the trainer owns (``torch.save``-able with

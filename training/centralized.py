@@ -21,6 +21,13 @@ from torch.nn import functional as F
 
 from dataset.base import DataBundle, gather_rows, place_inputs
 from privacy import ENGINES, dpsgd
+from privacy.accounting import epsilon_of_history
+from privacy.individual import (
+    IndividualPrivacy,
+    SensitivityLedger,
+    individual_epsilons,
+    summarize,
+)
 from privacy.releases import Release
 from training import TRAINERS
 from training.base import POISSON_VIOLATED_WARNING, guarantee_facts, no_privacy_metrics
@@ -32,6 +39,24 @@ from utils.errors import ConfigError, warn_user
 from utils.fairness import GROUPS
 from utils.progress import progress
 from utils.seeding import torch_generator
+
+INDIVIDUAL_UNSUPPORTED = (
+    "privacy.individual_accounting does not support fairness.method {method!r} under DP-SGD: its "
+    "whole-set pass computes the norm of each example's weighted cross-entropy gradient, and this "
+    "method trains with a loss or forward pass of its own ({hooks}). Use fairness.method none, "
+    "reweighing or roc, or privacy.individual_accounting: false.")
+
+
+def unsupported_method(method: RepairMethod) -> str | None:
+    """Why the individual accounting's whole-set pass cannot reproduce ``method``'s per-example
+    gradients (its own loss, forward hooks or per-batch state), or None when it can."""
+    hooks = [name for name in ("loss", "attach", "before_forward", "before_step")
+             if getattr(type(method), name) is not getattr(RepairMethod, name)]
+    if method.wants_activations and "loss" not in hooks:
+        hooks.append("hidden activations")
+    if not hooks:
+        return None
+    return INDIVIDUAL_UNSUPPORTED.format(method=method.name, hooks=", ".join(hooks))
 
 
 class CentralizedTrainer:
@@ -102,6 +127,14 @@ class CentralizedTrainer:
             model, optimizer, loader = (self.private.module, self.private.optimizer,
                                         self.private.index_loader)
         self.model, self.optimizer, self.loader = model, optimizer, loader
+        # privacy.individual_accounting: every example's clipped norm from a whole-set pass every
+        # individual_every epochs (privacy.individual), and the time those passes take.
+        self.individual: SensitivityLedger | None = None
+        self.individual_seconds = 0.0
+        if config.privacy.individual_accounting:
+            if (reason := unsupported_method(self.method)) is not None:
+                raise ConfigError(reason)
+            self.individual = SensitivityLedger(config.privacy.max_grad_norm)
         # The hidden activations a repair method's loss reads (RUNNER's neurons), recorded while
         # training by forward hooks on the model's own layers, so the models stay plain modules.
         self._activations: dict[str, torch.Tensor] = {}
@@ -179,6 +212,8 @@ class CentralizedTrainer:
         with warnings.catch_warnings():
             # Opacus' hooks fire on the first layer although inputs need no gradient; harmless.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            if self.individual is not None and unit % self.config.privacy.individual_every == 0:
+                self._record_whole_set_norms()
             metrics = self._train_epoch(unit)
         if len(self.phases) > 1:
             metrics["train/phase"] = phase + 1
@@ -241,6 +276,57 @@ class CentralizedTrainer:
                 metrics[f"dp/clip_fraction/group={group}"] = float(clipped[i]) / n if n else None
         return metrics
 
+    def _record_whole_set_norms(self) -> None:
+        """Every training example's gradient norm at the current model, into the ledger."""
+        started = time.perf_counter()
+        self.individual.record(self.private.steps, self.whole_set_norms().cpu().numpy())
+        self.individual_seconds += time.perf_counter() - started
+
+    def whole_set_norms(self) -> torch.Tensor:
+        """Each training example's gradient norm before clipping, at the current parameters.
+
+        One batched pass (``training.eval_batch_size`` examples a batch) through the DP engine's
+        own per-example norms, of the per-example loss DP-SGD clips (the weighted cross-entropy;
+        :func:`privacy.individual.unsupported_method` refuses methods with a loss of their own).
+        It trains nothing: no optimizer step, no noise, no accountant step, the engine's records
+        and the parameters' gradients dropped (zero_grad) after each batch; and it draws nothing:
+        the inputs' device transform runs in its evaluation form (no random flips).
+        """
+        self.model.train()  # both engines record per-example gradients in training mode only
+        norms = []
+        batch = self.config.training.eval_batch_size
+        for start in range(0, len(self.y), batch):
+            indices = torch.arange(start, min(start + batch, len(self.y)), device=self.device)
+            x = gather_rows(self.x, indices)
+            if self.transform is not None:
+                x = self.transform(x, False)
+            self.optimizer.zero_grad(set_to_none=True)
+            logits = self.model(x).reshape(-1)
+            losses = F.binary_cross_entropy_with_logits(logits, self.y[indices], reduction="none")
+            (losses * self.weights[indices]).mean().backward()
+            norms.append(self.private.per_example_norms().detach())
+            self.optimizer.zero_grad(set_to_none=True)
+        return torch.cat(norms)
+
+    def individual_privacy(self) -> IndividualPrivacy | None:
+        """Each training example's individual ε over the run (privacy.individual), or None when
+        ``privacy.individual_accounting`` is off."""
+        if self.individual is None:
+            return None
+        started = time.perf_counter()
+        steps, delta = self.private.steps, self.config.privacy.delta
+        epsilon = individual_epsilons(
+            self.individual.windows(steps), noise_multiplier=self.private.noise_multiplier,
+            sample_rate=self.private.sample_rate, delta=delta,
+            releases=[release.history() for release in self.private.releases])
+        # The bound they are compared with: the run's composition under RDP, the accountant they
+        # are computed with (privacy/epsilon itself under privacy.accountant: rdp).
+        worst_case = epsilon_of_history(self.private.history(), delta=delta, accountant="rdp")
+        return summarize(epsilon, self.individual.mean_clipped_norms(steps),
+                         minority=self.minority.cpu().numpy(), labels=self.y.cpu().numpy(),
+                         worst_case=worst_case,
+                         seconds=self.individual_seconds + time.perf_counter() - started)
+
     @property
     def privacy_facts(self) -> dict[str, Any]:
         """What the run's guarantee rests on, for summary.json (:func:`training.base.guarantee_facts`)."""
@@ -287,6 +373,8 @@ class CentralizedTrainer:
             "method": self.method.state_dict(),
             "train_samples": self.train_samples,
             "train_seconds": self.train_seconds,
+            "individual": (self.individual.state_dict() if self.individual is not None else None),
+            "individual_seconds": self.individual_seconds,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -311,6 +399,11 @@ class CentralizedTrainer:
         self.info.update(self.method.info())
         self.train_samples = int(state["train_samples"])
         self.train_seconds = float(state["train_seconds"])
+        if self.individual is not None:
+            if state.get("individual") is None:
+                raise ValueError("the checkpoint holds no individual accounting passes")
+            self.individual.load_state_dict(state["individual"])
+            self.individual_seconds = float(state.get("individual_seconds", 0.0))
 
 
 class BalancedBatches:

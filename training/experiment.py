@@ -344,6 +344,11 @@ def _write_results(session: RunSession) -> dict[str, Any]:
     client_counts = trainer.client_counts
     if client_counts and config.logging.private_stats:  # federated: who holds which group
         write_rows(run_dir / CLIENTS_FILE, client_counts)
+    individual = trainer.individual_privacy()  # privacy.individual_accounting (non-private)
+    if individual is not None:
+        if config.logging.private_stats:
+            individual.write(run_dir)
+        row = {**row, **individual.metrics}
     checkpoint_dir = run_dir / checkpoint.CHECKPOINT_DIR
     checkpoint_dir.mkdir(exist_ok=True)
     base_model = trainer.base_model()

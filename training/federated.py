@@ -600,6 +600,11 @@ class FederatedTrainer:
         """The global model (no privacy engine wraps it)."""
         return self.model
 
+    def individual_privacy(self) -> None:
+        """Per-client individual accounting is not implemented yet (build_federated_trainer
+        refuses privacy.individual_accounting under dpfedavg)."""
+        return None
+
     def epsilon(self) -> float:
         """User-level ε after the rounds done so far (one sampled-Gaussian step per round)."""
         if self._epsilon_cache is None or self._epsilon_cache[0] != self.rounds_done:
@@ -645,6 +650,9 @@ def build_federated_trainer(config, model: nn.Module, data: DataBundle, device, 
         raise ConfigError("privacy.poisson_sampling: false is not supported by privacy.mode "
                           "dpfedavg: clients always join by Poisson sampling, which the user-level "
                           "accounting assumes. Set privacy.poisson_sampling: true.")
+    if priv.individual_accounting:
+        raise ConfigError("privacy.individual_accounting is not implemented for privacy.mode "
+                          "dpfedavg yet (DP-SGD only). Set privacy.individual_accounting: false.")
     if fed.num_clients > len(data.y_train):
         raise ConfigError(f"federated.num_clients: got {fed.num_clients}, but the training set has "
                           f"only {len(data.y_train)} examples; use at most that many clients.")

@@ -45,6 +45,12 @@ NAME_REGISTRIES = {
     "privacy.engine": ("privacy", "ENGINES"),
 }
 ACCOUNTANTS = ("rdp", "prv")
+INDIVIDUAL_NEEDS_PRIVACY = ("privacy.individual_accounting: true needs privacy.mode dpsgd or "
+                            "dpfedavg (a non-private run spends no privacy). Set privacy.mode, or "
+                            "privacy.individual_accounting: false.")
+INDIVIDUAL_NEEDS_NOISE = ("privacy.individual_accounting: true with privacy.noise_multiplier 0: "
+                          "without noise every example's ε is infinite. Set a positive "
+                          "privacy.noise_multiplier, or privacy.individual_accounting: false.")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 FAIRNESS_TARGETS = ("dp", "eo")
 DATA_PROTOCOLS = ("official", "runner")
@@ -315,6 +321,13 @@ class PrivacyConfig:
             accountant, several times faster; the registry's layer types only) or "opacus"
             (Opacus' per-sample-gradient hooks, the reference; any layer Opacus supports).
             DP-SGD only.
+        individual_accounting: also account each example's own privacy loss (DP-SGD only; DP-FedAvg
+            refuses it for now) from its clipped gradient norm, after Yu et al.
+            (TMLR 2023), :mod:`privacy.individual`: individual_privacy.csv and
+            ``privacy/individual_epsilon/…`` in summary.json. A diagnostic computed from the
+            private data, not private itself; it does not change the training or the run's ε.
+        individual_every: the whole training set's norms are computed every this many epochs
+            and held for the steps in between.
     """
 
     mode: str = "none"
@@ -327,6 +340,8 @@ class PrivacyConfig:
     secure_rng: bool = False
     counts_noise_multiplier: float = 10.0
     engine: str = "fast"
+    individual_accounting: bool = False
+    individual_every: int = 1
 
     @property
     def private(self) -> bool:
@@ -349,6 +364,12 @@ class PrivacyConfig:
         if self.secure_rng and not self.poisson_sampling:
             raise ConfigError("privacy.secure_rng: true needs privacy.poisson_sampling: true (the "
                               "secure sampler draws Poisson batches). Set poisson_sampling: true.")
+        _check(self.individual_every > 0, "privacy.individual_every", self.individual_every,
+               "a positive integer")
+        if self.individual_accounting and not self.private:
+            raise ConfigError(INDIVIDUAL_NEEDS_PRIVACY)
+        if self.individual_accounting and self.noise_multiplier == 0:
+            raise ConfigError(INDIVIDUAL_NEEDS_NOISE)
         if self.private and (self.noise_multiplier is None) == (self.target_epsilon is None):
             raise ConfigError(
                 f"privacy.mode {self.mode!r} needs exactly one of privacy.noise_multiplier and "

@@ -26,6 +26,7 @@ SUMMARY_FILE = "summary.json"
 PREDICTIONS_FILE = "predictions.csv"
 CONFIG_FILE = "config.yaml"
 CLIENTS_FILE = "clients.csv"
+INDIVIDUAL_PRIVACY_FILE = "individual_privacy.csv"  # privacy.individual_accounting, non-private
 TENSORBOARD_DIR = "tb"
 
 # WANDB_MODE values (wandb's own environment variable) and the mode `auto` then resolves to;
@@ -95,10 +96,13 @@ def _one_line(error: BaseException) -> str:
 
 # Keys (summary.json, metrics.jsonl) of statistics computed from the private training data without
 # noise, so not covered by the run's ε: the training loss, the clipping diagnostics, the training
-# set's group counts and positive rates (data/), the federated clients' counts, and the trainer's and
-# data's info blocks. The test set is held out and treated as public. ``logging.private_stats:
-# false`` drops them all; summary.json lists the ones it holds under NON_PRIVATE_LIST_KEY.
-NON_PRIVATE_PREFIXES = ("train/", "dp/", "data/", "federated/", "trainer/")
+# set's group counts and positive rates (data/), the federated clients' counts, the trainer's and
+# data's info blocks, and the individual ε of privacy.individual_accounting (each example's privacy
+# loss, computed from its own gradient norms). The test set is held out and treated as public.
+# ``logging.private_stats: false`` drops them all (and clients.csv and individual_privacy.csv);
+# summary.json lists the ones it holds under NON_PRIVATE_LIST_KEY.
+NON_PRIVATE_PREFIXES = ("train/", "dp/", "data/", "federated/", "trainer/",
+                        "privacy/individual_epsilon/")
 NON_PRIVATE_LIST_KEY = "privacy/non_private_statistics"
 
 # JSON has no infinity: an infinite value (ε of a run without noise) is written as this string,
