@@ -10,6 +10,8 @@ ordinary run under ``{output_dir}/{name}/{point}``, ``--set`` applies to every p
 are skipped, and ``--dry-run`` lists the points and their run directories without running anything.
 ``--backend ray [--address ADDR] [--gpus-per-run N]`` runs a grid's points as Ray tasks, on this
 machine or on a Ray cluster, with the same run directories, status file and exit status.
+``--stack K`` trains up to K small points that differ only in seed, share, noise or clipping bound
+as one batched computation in this process (training/stacking.py), each with its own run directory.
 
 Exit status: 0 on success (also when the run or every grid point was already complete); 1 when a
 grid ran but some of its points failed (each failure is an ``error: grid point ...`` line on stderr
@@ -25,7 +27,7 @@ import sys
 
 from utils.config import load_config
 from utils.errors import UserInputError
-from utils.sweep import describe, load_grid, ray_executor, run_grid
+from utils.sweep import describe, load_grid, ray_executor, run_grid, stacked_executor
 
 # The headline numbers printed at the end of a run (all of them are in summary.json).
 HEADLINE = ("test/accuracy", "test/accuracy/group=minority", "test/accuracy/group=majority",
@@ -58,7 +60,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gpus-per-run", type=float, metavar="N",
                         help="with --backend ray: GPUs per grid point, fractions allowed (default: "
                              "1 when the Ray cluster has GPUs, else 0)")
+    parser.add_argument("--stack", type=int, metavar="K",
+                        help="train up to K grid points at a time as one batched computation "
+                             "(points differing only in seed, minority share, noise multiplier or "
+                             "target epsilon, clipping bound; MLP runs without privacy or with "
+                             "DP-SGD's fast engine); every point keeps its own run directory")
     args = parser.parse_args(argv)
+    if args.stack is not None and (args.stack < 1 or args.backend == "ray"):
+        parser.error(f"--stack: got {args.stack} with --backend {args.backend}; give K >= 1 "
+                     f"(runs in this process, so not with --backend ray)")
     if args.backend != "ray" and (args.address is not None or args.gpus_per_run is not None):
         parser.error("--address and --gpus-per-run need --backend ray")
     if args.gpus_per_run is not None and args.gpus_per_run < 0:
@@ -88,13 +98,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if grid is not None:
             executor = (ray_executor(args.address, args.gpus_per_run) if args.backend == "ray"
-                        else None)
+                        else stacked_executor(args.stack) if args.stack else None)
             results = run_grid(grid, overwrite=args.overwrite, executor=executor)
             failed = [r for r in results if r.status == "failed"]
             print(f"grid {grid.name}: {len(grid.points) - len(failed)} of {len(grid.points)} points "
                   f"complete, {len(failed)} failed; status in {grid.directory}/grid_status.json; "
                   f"report: python running.py --report {grid.directory}")
             return 1 if failed else 0
+        if args.stack is not None:
+            raise UserInputError(f"--stack {args.stack}: {args.params} is one experiment, not a "
+                                 f"grid; --stack trains a grid's points together (add a sweep: "
+                                 f"section, or leave out --stack).")
         config = load_config(args.params, args.overrides)
         # Imported here so that `--help` and YAML errors answer without loading torch (a config
         # check of a registered name imports its registry, and so torch).

@@ -174,11 +174,13 @@ def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:
         return session.finish()
 
 
-def open_run(config: ExperimentConfig, *, overwrite: bool = False) -> RunSession | dict[str, Any]:
+def open_run(config: ExperimentConfig, *, overwrite: bool = False,
+             concurrent: bool = False) -> RunSession | dict[str, Any]:
     """Everything of :func:`run` before the first unit trains: the finished run's summary (with
     ``skipped``) when there is one, else a :class:`RunSession` whose trainer is built, resumed
     when it can be, and whose run directory and sink are open. :mod:`training.stacking` opens
-    several and trains their trainers together."""
+    several and trains their trainers together (``concurrent``: other runs' sinks are open at the
+    same time, so wandb keeps one run per sink)."""
     run_dir = run_directory(config)
     state = rundir.inspect_run_path(run_dir, config.output_dir)
     if not overwrite and state in (rundir.MARKED, rundir.FOREIGN):
@@ -224,7 +226,8 @@ def open_run(config: ExperimentConfig, *, overwrite: bool = False) -> RunSession
                        wandb_project=config.logging.wandb.project,
                        wandb_entity=config.logging.wandb.entity,
                        wandb_group=config.logging.wandb.group,
-                       resume_step=None if resume_point is None else first_unit)
+                       resume_step=None if resume_point is None else first_unit,
+                       wandb_concurrent=concurrent)
     return RunSession(config=config, run_dir=run_dir, device=device, data=data, trainer=trainer,
                       evaluator=evaluator, val_evaluator=val_evaluator, selector=selector,
                       sink=sink, started=started, first_unit=first_unit, made=made,

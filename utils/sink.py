@@ -253,7 +253,8 @@ class MetricsSink:
 
     def __init__(self, run_dir: Path, *, run_name: str, config: Mapping[str, Any], tensorboard: bool,
                  wandb_mode: str, wandb_project: str, wandb_entity: str | None = None,
-                 wandb_group: str | None = None, resume_step: int | None = None):
+                 wandb_group: str | None = None, resume_step: int | None = None,
+                 wandb_concurrent: bool = False):
         self.run_dir = Path(run_dir)
         if resume_step is not None:
             truncate_metrics(self.run_dir / METRICS_FILE, resume_step)
@@ -269,8 +270,11 @@ class MetricsSink:
         self._wandb_run = None
         self.wandb_mode = "disabled"  # the mode wandb actually runs in (after any fallback)
         if wandb_mode != "disabled":
+            # One process holds one wandb run at a time unless runs are trained together
+            # (training.stacking), where each run's sink keeps its own.
+            reinit = "create_new" if wandb_concurrent else "finish_previous"
             self._wandb_run, self.wandb_mode = self._start_wandb(
-                wandb_mode, project=wandb_project, entity=wandb_entity, group=wandb_group,
+                wandb_mode, reinit=reinit, project=wandb_project, entity=wandb_entity, group=wandb_group,
                 name=run_name, config=dict(config), dir=str(self.run_dir))
 
     @staticmethod
@@ -285,7 +289,7 @@ class MetricsSink:
             return None, "disabled"
         for attempt in WANDB_FALLBACKS.get(mode, (mode, "offline")):
             try:
-                run = wandb.init(mode=attempt, reinit="finish_previous",
+                run = wandb.init(mode=attempt,
                                  settings=wandb.Settings(silent=True, console="off"), **init_args)
             except Exception as error:  # CommError (no network), AuthenticationError, UsageError...
                 failures.append(f"{attempt} mode: {_one_line(error)}")

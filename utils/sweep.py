@@ -411,15 +411,50 @@ def run_point(point: GridPoint, overwrite: bool = False) -> PointResult:
 
     started = time.perf_counter()
     try:
-        summary = run(point.config, overwrite=overwrite)
-    except UserInputError as error:  # the user's to fix, e.g. a share the data cannot supply
-        result = PointResult(point, "failed", error=str(error))
-    except Exception as error:  # a bug: keep its traceback, but let the other points run
-        result = PointResult(point, "failed", error=f"{type(error).__name__}: {error}",
-                             traceback=traceback.format_exc())
-    else:
-        result = PointResult(point, "skipped" if summary.get("skipped") else "done", summary=summary)
-    return dataclasses.replace(result, wall_s=time.perf_counter() - started)
+        outcome = run(point.config, overwrite=overwrite)
+    except Exception as error:  # noqa: BLE001 - decided by point_result
+        outcome = error
+    return point_result(point, outcome, time.perf_counter() - started)
+
+
+def point_result(point: GridPoint, outcome: dict[str, Any] | Exception, wall_s: float,
+                 ) -> PointResult:
+    """A point's result from its run's summary or the exception that stopped it (an input error
+    is the user's to fix; anything else is a bug, kept with its traceback)."""
+    if isinstance(outcome, UserInputError):
+        return PointResult(point, "failed", error=str(outcome), wall_s=wall_s)
+    if isinstance(outcome, Exception):
+        trace = "".join(traceback.format_exception(outcome))
+        return PointResult(point, "failed", error=f"{type(outcome).__name__}: {outcome}",
+                           traceback=trace, wall_s=wall_s)
+    return PointResult(point, "skipped" if outcome.get("skipped") else "done", summary=outcome,
+                       wall_s=wall_s)
+
+
+def stacked_executor(size: int) -> Executor:
+    """An :data:`Executor` that trains up to ``size`` points at a time as one batched computation
+    (``--stack K``, :mod:`training.stacking`): points that differ only in
+    :data:`training.stacking.STACKED_KEYS` share a stack; any other point runs on its own. Each
+    point keeps its own run directory, streams and accountant; a stack's points start together and
+    end together (each with the stack's wall time)."""
+
+    def execute(points: Sequence[GridPoint], overwrite: bool) -> Generator[tuple[int, PointResult | None], None, None]:
+        from training.stacking import plan_stacks, run_stacked
+
+        for stack in plan_stacks([point.config for point in points], size):
+            if len(stack) == 1:
+                yield stack[0], None
+                yield stack[0], run_point(points[stack[0]], overwrite)
+                continue
+            for index in stack:
+                yield index, None
+            started = time.perf_counter()
+            outcomes = run_stacked([points[index].config for index in stack], overwrite=overwrite)
+            wall_s = time.perf_counter() - started
+            for index, outcome in zip(stack, outcomes):
+                yield index, point_result(points[index], outcome, wall_s)
+
+    return execute
 
 
 def ray_executor(address: str | None = None, gpus_per_run: float | None = None) -> Executor:

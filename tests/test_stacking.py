@@ -1,0 +1,279 @@
+"""``--stack K``: K runs trained as one batched computation are, run by run, the K runs alone.
+
+Real Adult data, real runs through :func:`training.experiment.run` and the CLI; the stacked step is
+also checked against a per-example loop of the plain model and shown to ignore its padding.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from training import experiment as experiment_module
+from training.experiment import open_run, run
+from training.stacking import STACKED_KEYS, StackedTrainer, plan_stacks, run_stacked, stack_key
+from utils.config import config_from_mapping
+from utils.sink import read_predictions
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BASE = {
+    "data": {"name": "adult", "train_size": 2000},
+    "model": {"name": "mlp", "hidden": [16]},
+    "training": {"epochs": 3, "batch_size": 100, "optimizer": "adam", "lr": 1e-3},
+    "evaluation": {"bootstrap_resamples": 50},
+    "logging": {"progress": "never", "tensorboard": False, "wandb": {"mode": "disabled"}},
+}
+# Three runs of one stack: each differs from the others in seed, share, σ and clipping bound.
+POINTS = [
+    {"seed": 0, "data": {"minority_share": 0.1},
+     "privacy": {"mode": "dpsgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0}},
+    {"seed": 1, "data": {"minority_share": 0.3},
+     "privacy": {"mode": "dpsgd", "noise_multiplier": 0.7, "max_grad_norm": 0.5}},
+    {"seed": 2, "data": {"minority_share": 0.05},
+     "privacy": {"mode": "dpsgd", "noise_multiplier": 1.3, "max_grad_norm": 2.0}},
+]
+NON_PRIVATE = [{"seed": seed, "data": {"minority_share": share}} for seed, share in
+               ((0, 0.1), (1, 0.3), (2, 0.05))]
+
+
+def merged(base: dict, extra: dict) -> dict:
+    out = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
+    for key, value in extra.items():
+        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
+    return out
+
+
+def configs(points: list[dict], output: Path, **extra) -> list:
+    return [config_from_mapping(merged(merged(BASE, point), {"name": f"run{i}",
+                                                             "output_dir": str(output), **extra}))
+            for i, point in enumerate(points)]
+
+
+def comparable(summary: dict) -> dict:
+    """A summary without what may differ between a stacked and a lone run: timings, the record of
+    the stacking, and whether it was skipped."""
+    return {key: value for key, value in summary.items()
+            if not key.startswith("time/") and key not in ("trainer/info", "skipped")}
+
+
+def assert_same_run(alone: dict, stacked: dict, alone_dir: Path, stacked_dir: Path) -> None:
+    a, b = comparable(alone), comparable(stacked)
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], float):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+        else:
+            assert b[key] == a[key], key
+    # ε, steps and σ are exactly the lone run's: the same accountant saw the same steps.
+    for key in ("privacy/epsilon", "privacy/steps", "privacy/noise_multiplier"):
+        assert stacked[key] == alone[key]
+    weights_alone = torch.load(alone_dir / "checkpoints" / "model_final.pt")
+    weights_stacked = torch.load(stacked_dir / "checkpoints" / "model_final.pt")
+    for name, tensor in weights_alone.items():
+        torch.testing.assert_close(weights_stacked[name], tensor, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(read_predictions(stacked_dir / "predictions.csv")["y_pred"],
+                                  read_predictions(alone_dir / "predictions.csv")["y_pred"])
+
+
+@pytest.mark.parametrize("points", [POINTS], ids=["dpsgd"])
+def test_stacked_runs_equal_the_same_runs_trained_one_by_one(tmp_path, points):
+    alone = [run(config) for config in configs(points, tmp_path / "alone")]
+    stacked = run_stacked(configs(points, tmp_path / "stacked"))
+    for i, (one, together) in enumerate(zip(alone, stacked)):
+        assert isinstance(together, dict), together
+        assert together["trainer/info"]["stacked_runs"] == len(points)
+        assert_same_run(one, together, tmp_path / "alone" / f"run{i}",
+                        tmp_path / "stacked" / f"run{i}")
+        # Every epoch's row too (the same metrics.jsonl keys and values, timings aside).
+        rows = [[json.loads(line) for line in (tmp_path / d / f"run{i}" / "metrics.jsonl")
+                 .read_text().splitlines()] for d in ("alone", "stacked")]
+        assert [comparable(row).keys() for row in rows[0]] == \
+            [comparable(row).keys() for row in rows[1]]
+        for row_alone, row_stacked in zip(*rows):
+            assert row_stacked.get("train/loss") == pytest.approx(row_alone.get("train/loss"),
+                                                                  rel=1e-5)
+
+
+def open_members(tmp_path, points=POINTS, **extra):
+    sessions = [open_run(config) for config in configs(points, tmp_path, **extra)]
+    return sessions, StackedTrainer([session.trainer for session in sessions])
+
+
+def per_example_clipped_sum(trainer, indices: torch.Tensor, bound: float) -> list[torch.Tensor]:
+    """DP-SGD's clipped sum by a loop: each example's own gradient of its loss through the plain
+    model, clipped to ``bound`` as one vector, summed."""
+    model = trainer.base_model()
+    params = list(model.parameters())
+    total = [torch.zeros_like(p) for p in params]
+    for i in indices.tolist():
+        with trainer.private.hooks_off():  # the plain model, its parameters tracked by autograd
+            logit = model(trainer.x[i:i + 1]).reshape(-1)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, trainer.y[i:i + 1])
+            grads = torch.autograd.grad(loss * trainer.weights[i], params)
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+        factor = min(1.0, bound / (float(norm) + 1e-6))
+        total = [t + factor * g for t, g in zip(total, grads)]
+    return total
+
+
+def stacked_step(stack: StackedTrainer, batches: list[torch.Tensor], pad_to: int | None = None):
+    """The stack's clipped sums (noise aside) for ``batches``, padded to ``pad_to`` rows."""
+    rows = torch.arange(len(batches)).unsqueeze(1)
+    sizes = torch.tensor([len(b) for b in batches])
+    width = max(pad_to or 0, int(sizes.max()))
+    index = torch.zeros(len(batches), width, dtype=torch.long)
+    for k, batch in enumerate(batches):
+        index[k, :len(batch)] = batch
+    mask = torch.arange(width) < sizes.unsqueeze(1)
+    inputs, outputs, logits = stack._forward(stack.x[rows, index])
+    losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, stack.y[rows, index],
+                                                                  reduction="none")
+    means = (losses * stack.weights[rows, index] * mask).sum(1) / sizes.clamp(min=1)
+    deltas = torch.autograd.grad(means.sum(), outputs)
+    return stack._clipped_sums(inputs, deltas, sizes, mask)
+
+
+def test_the_stacked_clipped_sum_is_the_per_example_loop_of_every_run(tmp_path):
+    sessions, stack = open_members(tmp_path)
+    generator = torch.Generator().manual_seed(5)
+    batches = [torch.randperm(len(s.trainer.y), generator=generator)[:n]
+               for s, n in zip(sessions, (37, 81, 5))]
+    norms, grads = stacked_step(stack, batches)
+    for k, session in enumerate(sessions):
+        bound = POINTS[k]["privacy"]["max_grad_norm"]
+        expected = per_example_clipped_sum(session.trainer, batches[k], bound)
+        for got, want in zip(grads, expected):
+            torch.testing.assert_close(got[k], want, rtol=1e-4, atol=1e-6)
+        assert (norms[k, len(batches[k]):] == 0).all()  # the padding's norms
+    for session in sessions:
+        session.sink.close(None)
+
+
+def test_padding_never_contributes_even_where_it_points_at_real_examples(tmp_path):
+    sessions, stack = open_members(tmp_path)
+    batches = [torch.arange(10, 30), torch.arange(50, 53), torch.tensor([], dtype=torch.long)]
+    # Padded rows gather example 0 of each run: a real example, which must not count.
+    tight_norms, tight = stacked_step(stack, batches)
+    wide_norms, wide = stacked_step(stack, batches, pad_to=64)
+    for got, want in zip(wide, tight):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+    torch.testing.assert_close(wide_norms[:, :tight_norms.shape[1]], tight_norms)
+    assert (wide_norms[:, tight_norms.shape[1]:] == 0).all()
+    assert all((g[2] == 0).all() for g in wide)  # the empty batch: nothing before the noise
+    for session in sessions:
+        session.sink.close(None)
+
+
+def test_an_interrupted_stack_resumes_run_by_run_to_the_uninterrupted_result(tmp_path,
+                                                                             monkeypatch):
+    straight = run_stacked(configs(POINTS, tmp_path / "straight"))
+    original = experiment_module.MetricsSink.log
+
+    def log(self, step, metrics):  # the second run's logger fails after epoch 2: a kill
+        original(self, step, metrics)
+        if step == 2 and self.run_dir.name == "run1":
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(experiment_module.MetricsSink, "log", log)
+        with pytest.raises(KeyboardInterrupt):
+            run_stacked(configs(POINTS, tmp_path / "resumed"))
+    # run0 saved its epoch-2 checkpoint before run1 stopped; run1 and run2 have epoch 1's: the
+    # resumed runs restart from different epochs (run0 alone, run1 and run2 stacked).
+    resumed = run_stacked(configs(POINTS, tmp_path / "resumed"))
+    for i, (one, two) in enumerate(zip(straight, resumed)):
+        assert isinstance(two, dict) and not two.get("skipped")
+        assert_same_run(one, two, tmp_path / "straight" / f"run{i}",
+                        tmp_path / "resumed" / f"run{i}")
+        steps = [json.loads(line)["step"] for line in
+                 (tmp_path / "resumed" / f"run{i}" / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [1, 2, 3]
+
+
+def test_plan_stacks_groups_points_that_differ_only_in_the_stacked_keys(tmp_path):
+    runs = configs(POINTS + NON_PRIVATE, tmp_path)
+    fedavg = config_from_mapping(merged(BASE, {"privacy": {"mode": "dpfedavg",
+                                                           "noise_multiplier": 1.0}}))
+    opacus = config_from_mapping(merged(BASE, {"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0,
+                                                           "engine": "opacus"}}))
+    wider = config_from_mapping(merged(BASE, {"model": {"name": "mlp", "hidden": [32]},
+                                              "privacy": {"mode": "dpsgd",
+                                                          "noise_multiplier": 1.0}}))
+    plan = plan_stacks([*runs, fedavg, opacus, wider], size=2)
+    # Non-private runs (3-5) are not stacked yet.
+    assert plan == [[0, 1], [2], [3], [4], [5], [6], [7], [8]]
+    assert plan_stacks(runs, size=8) == [[0, 1, 2], [3], [4], [5]]
+    assert stack_key(fedavg) is None and stack_key(opacus) is None
+    assert len({stack_key(c) for c in runs[:3]}) == 1
+    assert set(STACKED_KEYS) >= {"seed", "data.minority_share", "privacy.noise_multiplier"}
+
+
+GRID = {
+    "name": "stacked_grid", "seed": 0,
+    **{key: value for key, value in BASE.items() if key != "logging"},
+    "training": {**BASE["training"], "epochs": 2},
+    "logging": {"progress": "never", "tensorboard": True, "wandb": {"mode": "offline"}},
+    "sweep": {"data.minority_share": [0.1, 0.3], "seed": [0, 1]},
+    "zip": {"privacy.mode": ["none", "dpsgd", "dpfedavg"],
+            "privacy.noise_multiplier": [None, 1.0, 1.0]},
+}
+
+
+def test_the_cli_stacks_a_grid_and_every_point_keeps_its_own_run_directory(tmp_path):
+    params = tmp_path / "grid.yaml"
+    params.write_text(yaml.safe_dump({**GRID, "output_dir": str(tmp_path / "runs"),
+                                      "federated": {"num_clients": 20, "rounds": 2,
+                                                    "eval_every": 1}}))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WANDB_MODE": "offline",
+           "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "running.py"), "--params", str(params),
+                           "--stack", "8"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    status = json.loads((tmp_path / "runs" / "stacked_grid" / "grid_status.json").read_text())
+    assert [p["status"] for p in status["points"]] == ["done"] * 12
+    for point in status["points"]:
+        summary = json.loads((Path(point["run_dir"]) / "summary.json").read_text())
+        stacked = summary["trainer/info"].get("stacked_runs")
+        # The 4 DP-SGD points share one stack; non-private and DP-FedAvg points run alone.
+        assert stacked == (4 if summary["mode"] == "dpsgd" else None)
+        run_dir = Path(point["run_dir"])
+        assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+        # Its own wandb run (offline): one run folder per point, none shared.
+        assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+    # Run again: every point is complete, nothing trains.
+    again = subprocess.run([sys.executable, str(ROOT / "running.py"), "--params", str(params),
+                            "--stack", "8"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("skipped") == 12
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--stack", "0"], "--stack: got 0"),
+    (["--stack", "2", "--backend", "ray"], "not with --backend ray"),
+])
+def test_bad_stack_arguments_exit_2(tmp_path, argv, message):
+    params = tmp_path / "grid.yaml"
+    params.write_text(yaml.safe_dump({**GRID, "output_dir": str(tmp_path / "runs")}))
+    done = subprocess.run([sys.executable, str(ROOT / "running.py"), "--params", str(params),
+                           *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr
+
+
+def test_stack_of_a_single_experiment_is_an_input_error(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "running.py"), "--params",
+                           str(ROOT / "utils" / "params_adult.yaml"), "--stack", "4",
+                           "--set", f"output_dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "is one experiment, not a grid" in done.stderr
+    assert not any(tmp_path.iterdir())
