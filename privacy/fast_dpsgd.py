@@ -280,20 +280,24 @@ class FastEngine:
             recorder.clear()
         self._current = None
 
-    def privatize(self) -> None:
-        """Replace every parameter's ``grad`` by (Σ clipped per-example gradients + noise) / qN,
-        and record the step with the accountant."""
-        grads, _, weights = self._per_example()  # cᵢ·n, see _per_example
+    def draw_noise(self) -> torch.Tensor:
+        """One step's noise N(0, σ²C²) for every parameter, one flat draw in the parameters' order
+        (from the ``dp_noise`` generator, or the OS under ``secure_rng``)."""
         device, dtype = self.params[0].device, self.params[0].dtype
         std = self.noise_multiplier * self.max_grad_norm
         total = sum(p.numel() for p in self.params)
         if self.secure is not None:
-            noise = self.secure.gaussian((total,), std, device=device, dtype=dtype)
-        elif std > 0:  # one flat draw for every parameter
-            noise = torch.normal(0.0, std, size=(total,), generator=self.noise_generator,
-                                 device=device, dtype=dtype)
-        else:
-            noise = torch.zeros(total, device=device, dtype=dtype)
+            return self.secure.gaussian((total,), std, device=device, dtype=dtype)
+        if std > 0:
+            return torch.normal(0.0, std, size=(total,), generator=self.noise_generator,
+                                device=device, dtype=dtype)
+        return torch.zeros(total, device=device, dtype=dtype)
+
+    def privatize(self) -> None:
+        """Replace every parameter's ``grad`` by (Σ clipped per-example gradients + noise) / qN,
+        and record the step with the accountant."""
+        grads, _, weights = self._per_example()  # cᵢ·n, see _per_example
+        noise = self.draw_noise()
         start = 0
         for p in self.params:
             summed = (grads[p].clipped_sum(weights).reshape(p.shape) if p in grads

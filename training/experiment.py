@@ -166,12 +166,8 @@ def run(config: ExperimentConfig, *, overwrite: bool = False) -> dict[str, Any]:
     session = open_run(config, overwrite=overwrite)
     if isinstance(session, dict):  # already complete
         return session
-    trainer = session.trainer
     with session.closing_on_error():
-        for unit in progress(range(session.first_unit, trainer.units), desc=config.name,
-                             mode=config.logging.progress):
-            session.record_unit(unit, trainer.train_unit(unit))
-        return session.finish()
+        return session.train_to_end()
 
 
 def open_run(config: ExperimentConfig, *, overwrite: bool = False,
@@ -255,6 +251,14 @@ class RunSession:
     row: dict[str, Any] = field(default_factory=dict)
     y_score: Any = None
     y_pred: Any = None
+
+    def train_to_end(self) -> dict[str, Any]:
+        """Train the remaining units with the run's own trainer, then :meth:`finish`."""
+        trainer = self.trainer
+        for unit in progress(range(self.first_unit, trainer.units), desc=self.config.name,
+                             mode=self.config.logging.progress):
+            self.record_unit(unit, trainer.train_unit(unit))
+        return self.finish()
 
     def record_unit(self, unit: int, train_metrics: dict[str, Any]) -> None:
         """After the trainer trained ``unit``: score the test (and validation) set when due, log the

@@ -250,19 +250,10 @@ class StackedTrainer:
         """Each run's own noise, drawn as its engine draws it (one flat vector in its parameters'
         order), added to its clipped sums, divided by its expected batch size; each run's step is
         recorded with its own accountant."""
-        total = sum(grad[0].numel() for grad in grads)
         draws = []
         for member in self.members:
             engine = member.private.fast
-            std = engine.noise_multiplier * engine.max_grad_norm
-            dtype = self.params[0].dtype
-            if engine.secure is not None:
-                draws.append(engine.secure.gaussian((total,), std, device=self.device, dtype=dtype))
-            elif std > 0:
-                draws.append(torch.normal(0.0, std, size=(total,), generator=engine.noise_generator,
-                                          device=self.device, dtype=dtype))
-            else:
-                draws.append(torch.zeros(total, device=self.device, dtype=dtype))
+            draws.append(engine.draw_noise())  # the draw the run's own engine would make
             engine.accountant.step(noise_multiplier=engine.noise_multiplier,
                                    sample_rate=engine.sample_rate)
         noise = torch.stack(draws)
@@ -395,10 +386,7 @@ def _train_group(group: list) -> list[dict[str, Any]]:
             on_error.enter_context(session.closing_on_error())
         first, units = group[0].first_unit, group[0].trainer.units
         if len(group) == 1:
-            trainer = group[0].trainer
-            for unit in range(first, units):
-                group[0].record_unit(unit, trainer.train_unit(unit))
-            return [group[0].finish()]
+            return [group[0].train_to_end()]
         stack = StackedTrainer([session.trainer for session in group])
         for unit in progress(range(first, units), desc=f"{len(group)} stacked runs",
                              mode=group[0].config.logging.progress):
