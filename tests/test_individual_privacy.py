@@ -73,9 +73,16 @@ def test_the_conversion_is_opacus_get_privacy_spent():
     assert epsilon_of_rdp(rdp, delta=DELTA).tolist() == expected
 
 
-def test_config_needs_a_private_mode_and_a_positive_every():
+def test_config_ignores_it_when_non_private_and_needs_noise_and_a_positive_every():
+    # A grid's non-private twins share the base config's setting: ignored there, like secure_rng.
+    non_private = config_from_mapping({"privacy": {"individual_accounting": True}})
+    assert not non_private.privacy.accounts_individuals
+    private = config_from_mapping({"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0,
+                                               "individual_accounting": True}})
+    assert private.privacy.accounts_individuals
     with pytest.raises(ConfigError, match="privacy.individual_accounting"):
-        config_from_mapping({"privacy": {"individual_accounting": True}})
+        config_from_mapping({"privacy": {"mode": "dpsgd", "noise_multiplier": 0.0,
+                                         "individual_accounting": True}})
     with pytest.raises(ConfigError, match="privacy.individual_every: got 0"):
         config_from_mapping({"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0,
                                          "individual_every": 0}})

@@ -131,7 +131,7 @@ class CentralizedTrainer:
         # individual_every epochs (privacy.individual), and the time those passes take.
         self.individual: SensitivityLedger | None = None
         self.individual_seconds = 0.0
-        if config.privacy.individual_accounting:
+        if config.privacy.accounts_individuals:
             if (reason := unsupported_method(self.method)) is not None:
                 raise ConfigError(reason)
             self.individual = SensitivityLedger(config.privacy.max_grad_norm)

@@ -650,7 +650,7 @@ def build_federated_trainer(config, model: nn.Module, data: DataBundle, device, 
         raise ConfigError("privacy.poisson_sampling: false is not supported by privacy.mode "
                           "dpfedavg: clients always join by Poisson sampling, which the user-level "
                           "accounting assumes. Set privacy.poisson_sampling: true.")
-    if priv.individual_accounting:
+    if priv.accounts_individuals:
         raise ConfigError("privacy.individual_accounting is not implemented for privacy.mode "
                           "dpfedavg yet (DP-SGD only). Set privacy.individual_accounting: false.")
     if fed.num_clients > len(data.y_train):

@@ -45,9 +45,6 @@ NAME_REGISTRIES = {
     "privacy.engine": ("privacy", "ENGINES"),
 }
 ACCOUNTANTS = ("rdp", "prv")
-INDIVIDUAL_NEEDS_PRIVACY = ("privacy.individual_accounting: true needs privacy.mode dpsgd or "
-                            "dpfedavg (a non-private run spends no privacy). Set privacy.mode, or "
-                            "privacy.individual_accounting: false.")
 INDIVIDUAL_NEEDS_NOISE = ("privacy.individual_accounting: true with privacy.noise_multiplier 0: "
                           "without noise every example's ε is infinite. Set a positive "
                           "privacy.noise_multiplier, or privacy.individual_accounting: false.")
@@ -326,6 +323,8 @@ class PrivacyConfig:
             (TMLR 2023), :mod:`privacy.individual`: individual_privacy.csv and
             ``privacy/individual_epsilon/…`` in summary.json. A diagnostic computed from the
             private data, not private itself; it does not change the training or the run's ε.
+            Ignored when ``mode`` is none (a non-private run spends no privacy), so a grid's
+            non-private twins can share the setting with its private points.
         individual_every: the whole training set's norms are computed every this many epochs
             and held for the steps in between.
     """
@@ -347,6 +346,12 @@ class PrivacyConfig:
     def private(self) -> bool:
         return self.mode != "none"
 
+    @property
+    def accounts_individuals(self) -> bool:
+        """Whether this run accounts each example's (client's) own privacy loss: asked for, and
+        private (``individual_accounting`` is ignored when ``mode`` is none)."""
+        return self.individual_accounting and self.private
+
     def validate(self) -> None:
         _registered("privacy.mode", self.mode)
         _one_of("privacy.accountant", self.accountant, ACCOUNTANTS)
@@ -366,9 +371,7 @@ class PrivacyConfig:
                               "secure sampler draws Poisson batches). Set poisson_sampling: true.")
         _check(self.individual_every > 0, "privacy.individual_every", self.individual_every,
                "a positive integer")
-        if self.individual_accounting and not self.private:
-            raise ConfigError(INDIVIDUAL_NEEDS_PRIVACY)
-        if self.individual_accounting and self.noise_multiplier == 0:
+        if self.accounts_individuals and self.noise_multiplier == 0:
             raise ConfigError(INDIVIDUAL_NEEDS_NOISE)
         if self.private and (self.noise_multiplier is None) == (self.target_epsilon is None):
             raise ConfigError(
