@@ -23,7 +23,11 @@ one standard deviation over seeds: test accuracy; the four gaps (demographic par
 opportunity, equalized odds, accuracy); each group's accuracy; and under DP the share of each
 group's examples whose gradient was clipped (``dp/clip_fraction/group=...``), the mechanism behind
 DP-SGD's disparate impact; under DP-FedAvg the share of each group's examples held by clients whose
-update was clipped (the same key).
+update was clipped (the same key). Runs with ``privacy.individual_accounting`` add
+``individual_epsilon.png``: each group's median individual ε (band: 10th to 90th percentile, dotted:
+the worst-case ε) against the share, a section of report.md with those numbers beside each group's
+accuracy, and their columns in report.csv (:data:`INDIVIDUAL_METRICS`). They are computed from the
+private data without noise, a diagnostic and not private; the run's guarantee is its worst-case ε.
 
 A grid of fairness repair methods (any run with ``fairness.method`` other than "none", e.g.
 ``configs/runner_adult.yaml``) also gets a method view (:func:`method_view`): a table in report.md and
@@ -99,12 +103,33 @@ METRICS: dict[str, str] = {
 """The headline metrics of the report, with their report.md column titles. All but ε are fractions
 that report.md shows in percent (gaps in percentage points)."""
 
+INDIVIDUAL_PREFIX = "privacy/individual_epsilon/"
+INDIVIDUAL_STATISTICS = ("median", "mean", "p10", "p90")
+INDIVIDUAL_EPSILON = {group: {statistic: f"{INDIVIDUAL_PREFIX}group={group}/{statistic}"
+                              for statistic in INDIVIDUAL_STATISTICS} for group in GROUPS}
+INDIVIDUAL_WORST_CASE = f"{INDIVIDUAL_PREFIX}worst_case"
+INDIVIDUAL_METRICS: dict[str, str] = {
+    **{key: f"individual ε {group} {statistic}" for group, keys in INDIVIDUAL_EPSILON.items()
+       for statistic, key in keys.items()},
+    INDIVIDUAL_WORST_CASE: "individual ε worst case",
+    "time/individual_accounting_s": "individual accounting (s)",
+}
+"""privacy.individual_accounting's summary keys (:mod:`privacy.individual`), in report.csv (and
+report.md's individual privacy section) only when some run logged them, so that the report of a
+grid without them is what it was. Plain numbers (ε, seconds), never percent. Computed from the
+private data without noise: a diagnostic, not private; the guarantee is the worst-case ε."""
+
 FIGURES = {
     "accuracy.png": "Test accuracy against the minority share",
     "gaps.png": "Fairness gaps against the minority share",
     "group_accuracy.png": "Accuracy of each group against the minority share",
     "clip_fraction.png": ("Share of each group's examples whose gradient (DP-SGD) or client update "
                           "(DP-FedAvg) was clipped, against the minority share"),
+    "individual_epsilon.png": ("Individual ε of each group's training examples (median, band from "
+                               "the 10th to the 90th percentile; dotted: the run's worst-case ε) "
+                               "against the minority share. A non-private diagnostic: computed from "
+                               "the private data without noise; the formal guarantee is the "
+                               "worst-case ε"),
 }
 """The figures, by file name, with their captions in report.md."""
 
@@ -407,16 +432,23 @@ def varying_keys(points: list[Point], always: Iterable[str] = ()) -> list[str]:
 def write_csv(path: Path, points: list[Point], keys: list[str]) -> Path:
     """report.csv: one row per point; the varying keys, the seeds, and per metric mean, std and
     (single-seed points) the bootstrap interval, in summary.json's units."""
-    header = [*keys, "n_seeds", "seeds", *_csv_metric_header(METRICS)]
+    metrics = [*METRICS, *(INDIVIDUAL_METRICS if has_individual_privacy(points) else ())]
+    header = [*keys, "n_seeds", "seeds", *_csv_metric_header(metrics)]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for point in points:
             row = [_csv_value(point.settings.get(key)) for key in keys]
             row += [len(point.runs), " ".join(str(seed) for seed in point.seeds)]
-            row += _csv_metric_cells(point, METRICS)
+            row += _csv_metric_cells(point, metrics)
             writer.writerow(row)
     return path
+
+
+def has_individual_privacy(points: Iterable[Point]) -> bool:
+    """Whether some run logged privacy.individual_accounting's per-group individual ε."""
+    key = INDIVIDUAL_EPSILON["minority"]["median"]
+    return any(point.values(key) for point in points)
 
 
 def _csv_metric_header(metrics: Iterable[str]) -> list[str]:
@@ -463,6 +495,8 @@ def write_markdown(path: Path, runs_dir: Path, points: list[Point], keys: list[s
         cells.append(str(len(point.runs)))
         cells += [_md_metric(point, metric) for metric in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
+    if has_individual_privacy(points):
+        lines += ["", *_individual_markdown(points, keys, short)]
     if view is not None:
         lines += ["", *_methods_markdown(view, tradeoffs)]
     if private_view is not None:
@@ -481,6 +515,59 @@ def write_markdown(path: Path, runs_dir: Path, points: list[Point], keys: list[s
                          else f"- `{problem.name}`: {problem.status}{error}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _individual_markdown(points: list[Point], keys: list[str], short: Mapping[str, str]) -> list[str]:
+    """report.md's section on privacy.individual_accounting: per point that logged it, each
+    group's median individual ε with its 10th–90th percentile beside the group's accuracy and
+    the run's worst-case ε."""
+    mine = [point for point in points if point.values(INDIVIDUAL_EPSILON["minority"]["median"])]
+    lines = [
+        "## Individual privacy (a non-private diagnostic)",
+        "",
+        "What DP-SGD cost each training example (`privacy.individual_accounting`, "
+        "`privacy/individual.py`): an example whose clipped gradient stays below the bound loses "
+        "less than the run's worst case. Per group, the median of the examples' individual ε and "
+        "in brackets the 10th and 90th percentile (each the mean over seeds; ± the sample std of "
+        "the median over seeds), beside the group's test accuracy (%) and the worst-case ε they "
+        "never exceed (RDP; `privacy/epsilon` itself under the RDP accountant). **These numbers "
+        "are computed from the private training data without noise: they are not private** and "
+        "are for the researcher, not for release. The run's formal guarantee is the worst-case ε. "
+        "Each run's `individual_privacy.csv` holds every example's ε.",
+        "",
+    ]
+    columns = [*(short[key] for key in keys), "seeds", "worst-case ε",
+               *(f"{group} median ε [p10, p90]" for group in GROUPS),
+               *(f"{group} acc." for group in GROUPS), "accounting (s)"]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for point in mine:
+        cells = [_md_value(point.settings.get(key)) for key in keys]
+        cells.append(str(len(point.runs)))
+        worst = point.mean(INDIVIDUAL_WORST_CASE)
+        cells.append("–" if worst is None else _md_epsilon(worst))
+        for group in GROUPS:
+            cells.append(_md_individual(point, group))
+        cells += [_md_metric(point, GROUP_ACCURACY[group]) for group in GROUPS]
+        seconds = point.mean("time/individual_accounting_s")
+        cells.append("–" if seconds is None else f"{seconds:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _md_individual(point: Point, group: str) -> str:
+    """A group's median individual ε (± std over seeds) and [p10, p90], three significant digits."""
+    keys = INDIVIDUAL_EPSILON[group]
+    median = point.mean(keys["median"])
+    if median is None:
+        return "–"
+    cell = _md_epsilon(median)
+    std = point.std(keys["median"])
+    if std is not None:
+        cell += f" ± {std:.2g}"
+    low, high = point.mean(keys["p10"]), point.mean(keys["p90"])
+    if low is not None and high is not None:
+        cell += f" [{_md_epsilon(low)}, {_md_epsilon(high)}]"
+    return cell
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1223,7 +1310,8 @@ class Series:
 
 
 def write_figures(runs_dir: Path, points: list[Point], *, title: str) -> list[Path]:
-    """The PNG figures of :data:`FIGURES` (clip fractions only when a run logged them)."""
+    """The PNG figures of :data:`FIGURES` (clip fractions and individual ε only when a run logged
+    them)."""
     # The object-oriented API with the Agg canvas: no pyplot state, no display, and no change to
     # the backend of a notebook that calls this.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -1271,6 +1359,19 @@ def write_figures(runs_dir: Path, points: list[Point], *, title: str) -> list[Pa
                    heading=f"{group} group")
         axes[1].set_ylabel("")
         save(figure, "clip_fraction.png", "Gradient clipping under DP, per group", axes[0])
+
+    accounted = [s for s in series if has_individual_privacy(s.points)]
+    if accounted:
+        figure = Figure(figsize=(11, 5), layout="constrained")
+        axes = figure.subplots(1, 2, sharey=True)
+        for ax, (group, keys) in zip(axes, INDIVIDUAL_EPSILON.items()):
+            _panel(ax, accounted, keys["median"], "individual ε (median; band: p10–p90)",
+                   heading=f"{group} group", scale=1.0, band=(keys["p10"], keys["p90"]),
+                   reference=INDIVIDUAL_WORST_CASE)
+        axes[1].set_ylabel("")
+        save(figure, "individual_epsilon.png",
+             "Individual ε per group (not private: a diagnostic; the guarantee is the worst-case "
+             "ε, dotted)", axes[0])
     return written
 
 
@@ -1323,8 +1424,12 @@ def _series_label(point: Point, keys: list[str], points: list[Point]) -> tuple[s
     return label, (*order, extra)
 
 
-def _panel(ax, series: list[Series], metric: str, ylabel: str, *, heading: str | None = None) -> None:
-    """One axes: ``metric`` in percent against the share, one line per series."""
+def _panel(ax, series: list[Series], metric: str, ylabel: str, *, heading: str | None = None,
+           scale: float = 100.0, band: tuple[str, str] | None = None,
+           reference: str | None = None) -> None:
+    """One axes: ``metric`` times ``scale`` (percent by default) against the share, one line per
+    series; optionally a shaded ``band`` between two metrics' means (a percentile range) and a
+    dotted ``reference`` line (a bound the metric stays under) in the line's colour."""
     shares: set[float] = set()
     for index, line in enumerate(series):
         drawn = [(point.share(), point.mean(metric), point.std(metric)) for point in line.points
@@ -1336,10 +1441,24 @@ def _panel(ax, series: list[Series], metric: str, ylabel: str, *, heading: str |
         # fixed distance on the log axis) keeps their error bars from hiding one another.
         dodge = 10 ** (0.012 * (index - (len(series) - 1) / 2))
         xs = [x * dodge for x, _, _ in drawn]
-        ax.errorbar(xs, [100 * y for _, y, _ in drawn],
-                    yerr=[100 * (s if s is not None else 0.0) for _, _, s in drawn],
+        ax.errorbar(xs, [scale * y for _, y, _ in drawn],
+                    yerr=[scale * (s if s is not None else 0.0) for _, _, s in drawn],
                     color=line.color, marker="o", markersize=5, linewidth=1.6, capsize=3,
                     label=line.label)
+        if band is not None:
+            edges = [(point.share() * dodge, point.mean(band[0]), point.mean(band[1]))
+                     for point in line.points if point.mean(metric) is not None]
+            edges = [(x, low, high) for x, low, high in edges if low is not None and high is not None]
+            if edges:
+                ax.fill_between([x for x, _, _ in edges], [scale * low for _, low, _ in edges],
+                                [scale * high for _, _, high in edges], color=line.color,
+                                alpha=0.15, linewidth=0)
+        if reference is not None:
+            bound = [(point.share() * dodge, point.mean(reference)) for point in line.points
+                     if point.mean(metric) is not None and point.mean(reference) is not None]
+            if bound:
+                ax.plot([x for x, _ in bound], [scale * y for _, y in bound], color=line.color,
+                        linestyle=":", linewidth=1.2)
     ax.set_xscale("log")
     if shares:
         from matplotlib.ticker import FixedLocator, NullLocator
