@@ -525,9 +525,10 @@ def _individual_markdown(points: list[Point], keys: list[str], short: Mapping[st
     lines = [
         "## Individual privacy (a non-private diagnostic)",
         "",
-        "What DP-SGD cost each training example (`privacy.individual_accounting`, "
-        "`privacy/individual.py`): an example whose clipped gradient stays below the bound loses "
-        "less than the run's worst case. Per group, the median of the examples' individual ε and "
+        "What privacy cost each training example (`privacy.individual_accounting`, "
+        "`privacy/individual.py`; under DP-FedAvg each example carries its client's): an example "
+        "whose clipped gradient (update) stays below the bound loses less than the run's worst "
+        "case. Per group, the median of the examples' individual ε and "
         "in brackets the 10th and 90th percentile (each the mean over seeds; ± the sample std of "
         "the median over seeds), beside the group's test accuracy (%) and the worst-case ε they "
         "never exceed (RDP; `privacy/epsilon` itself under the RDP accountant). **These numbers "
