@@ -26,6 +26,24 @@ sound per-instance guarantee: the norms drift between passes (Yu et al. measure 
 estimate and find it small for a pass per epoch), the pass's model is the one at the start of the
 window, and the norms themselves are computed from the private data.
 
+**DP-FedAvg: each client.** Under user-level DP-FedAvg (:mod:`privacy.dpfedavg`) the unit of
+privacy is a client, and the same account is made per client (the user-level form of Feldman &
+Zrnic's per-instance sensitivities). Round t adds N(0, σ²S²) to the sum of the sampled clients'
+clipped updates; client k joins by Poisson sampling at rate q (``federated.client_sample_rate``),
+and its clipped update has norm s_k = min(‖Δ_k(θ_t)‖, S), so for client k the round is the sampled
+Gaussian mechanism with noise multiplier σ·S/s_k, exactly the step above with the client's update
+in place of the example's gradient (the fixed denominator q·N is post-processing). The norms come
+from a whole-population pass every ``privacy.individual_every`` ROUNDS: every client's local
+training from the current global model (the trainer's own local-update code, on local orders drawn
+from a stream of its own, ``utils.seeding`` ``individual_orders``), held for the rounds until the
+next pass; Yu et al.'s approximation again, with one more source of drift: a client's update is
+random through its local shuffle, and the pass's norm is one draw of it. A pass trains every
+client, about 1/q rounds' worth of local training, so ``individual_every`` near 1/q makes one pass
+per expected participation. Every example carries its client's ε and mean clipped norm
+(individual_privacy.csv's :data:`FEDERATED_CSV_COLUMNS`), and the per-group summaries are over the
+examples, so a client counts once per example it holds of the group (the issue's "aggregated per
+group by the examples each client holds"), not once per client.
+
 **The grid.** compute_rdp costs about 5 ms, far too much per example and step, so sensitivity
 ratios s/C are placed on a geometric grid (:func:`ratio_grid`: 0, and from 1 down 16 points per
 octave to 1/4, 8 to 1/16, 4 to 2⁻⁷, 61 points) and each ratio is ROUNDED UP to the next grid point.
@@ -252,18 +270,22 @@ def group_summary(epsilon: np.ndarray, minority: np.ndarray) -> dict[str, float 
 def summarize(epsilon: np.ndarray, mean_clipped_norm: np.ndarray, *, minority: np.ndarray,
               labels: np.ndarray, worst_case: float, seconds: float,
               clients: np.ndarray | None = None) -> IndividualPrivacy:
-    """The rows and summary metrics of one run's individual ε (``clients``: each example's client
-    under DP-FedAvg, whose ε and norm the example carries)."""
+    """The rows and summary metrics of one run's individual ε, one row per training example.
+
+    DP-SGD and DP-FedAvg share it: under DP-FedAvg ``clients`` is each example's client, and
+    ``epsilon`` and ``mean_clipped_norm`` are already its client's, so the rows have
+    :data:`FEDERATED_CSV_COLUMNS` and the per-group summaries are over examples in both modes.
+    """
     minority = np.asarray(minority, dtype=bool)
+    columns = CSV_COLUMNS if clients is None else FEDERATED_CSV_COLUMNS
     rows = []
     for index in range(len(epsilon)):
-        row: dict[str, Any] = {"index": index}
-        if clients is not None:
-            row["client"] = int(clients[index])
-        row.update({"group": GROUPS[0] if minority[index] else GROUPS[1],
-                    "label": int(labels[index]), "epsilon": float(epsilon[index]),
-                    "mean_clipped_norm": float(mean_clipped_norm[index])})
-        rows.append(row)
+        row: dict[str, Any] = {"index": index,
+                               "client": int(clients[index]) if clients is not None else None,
+                               "group": GROUPS[0] if minority[index] else GROUPS[1],
+                               "label": int(labels[index]), "epsilon": float(epsilon[index]),
+                               "mean_clipped_norm": float(mean_clipped_norm[index])}
+        rows.append({column: row[column] for column in columns})
     metrics: dict[str, Any] = {**group_summary(epsilon, minority),
                                f"{SUMMARY_PREFIX}worst_case": worst_case,
                                f"{SUMMARY_PREFIX}accountant": "rdp",

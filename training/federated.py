@@ -30,6 +30,13 @@ and ``federated/clients``. These are computed from the clients' data without noi
 for tuning S and the learning rates, and for seeing whom the clipping hits, like DP-SGD's training
 loss and per-group clip fractions, and not covered by the reported ε.
 
+Under ``privacy.individual_accounting`` every ``privacy.individual_every`` rounds the trainer also
+computes every client's update norm at the current global model, in one pass over the whole
+population with the same local training (:meth:`FederatedTrainer.population_update_norms`), and at
+the end each client's individual user-level ε, which each of its examples carries
+(:mod:`privacy.individual`, individual_privacy.csv). The pass draws from a stream of its own and
+trains nothing, so the run's model is the one it would be without it.
+
 The run loop (``running.py``) sees a :class:`training.base.Trainer` whose unit is a round: it calls
 ``train_unit`` ``federated.rounds`` times and evaluates ``trainer.model`` (the global model) every
 ``federated.eval_every`` rounds.
@@ -53,6 +60,12 @@ from torch.func import functional_call, grad, vmap
 from dataset.base import BatchTransform, DataBundle, gather_rows, place_inputs
 from privacy.accounting import epsilon_after, noise_for_epsilon
 from privacy.dpfedavg import dp_fedavg_aggregate
+from privacy.individual import (
+    IndividualPrivacy,
+    SensitivityLedger,
+    individual_epsilons,
+    summarize,
+)
 from privacy.noise import SecureRandom
 from training import TRAINERS
 from training.partition import partition_clients, partition_counts, partition_summary
@@ -399,6 +412,9 @@ class FederatedTrainer:
         info: summary of the partition and the mechanism, for the run's records.
         rounds_done: rounds trained so far (``privacy/steps``).
         train_samples, train_seconds: local examples processed and time spent training so far.
+        individual: under individual accounting (``individual_every`` given), the whole-population
+            passes' clipped update norms, one per client (:class:`privacy.individual.SensitivityLedger`);
+            else None. ``individual_seconds``: the time the passes took.
     """
 
     def __init__(
@@ -428,6 +444,7 @@ class FederatedTrainer:
         vectorized: bool = True,
         client_chunk_size: int | None = None,
         method: RepairMethod | None = None,
+        individual_every: int | None = None,
     ):
         if (noise_multiplier is None) == (target_epsilon is None):
             raise ValueError("give exactly one of noise_multiplier and target_epsilon")
@@ -487,6 +504,19 @@ class FederatedTrainer:
             num_params, batch_size, math.prod(data.input_shape))
         self._velocity = torch.zeros(num_params, device=self.device)
         self.rounds_done = 0
+        # privacy.individual_accounting: every client's update norm from a whole-population pass
+        # every individual_every rounds (privacy.individual). The pass's local orders and its
+        # augmentation seed come from a stream of its own, so the training's sampling, shuffle,
+        # noise and augmentation streams are exactly those of a run without it.
+        self.individual: SensitivityLedger | None = None
+        self.individual_every = individual_every
+        self.individual_seconds = 0.0
+        self._individual_gen: torch.Generator | None = None
+        if individual_every is not None:
+            if individual_every < 1:
+                raise ValueError(f"individual_every must be a positive integer, got {individual_every}")
+            self.individual = SensitivityLedger(max_grad_norm)
+            self._individual_gen = torch_generator(seed, "individual_orders")
         self.warnings: list[str] = []  # for summary.json (see training.base.Trainer)
         # Local examples processed and seconds spent in train_unit, for time/train_samples_per_s.
         self.train_samples = 0
@@ -519,24 +549,37 @@ class FederatedTrainer:
                  else source.random(len(self.clients)))
         return np.flatnonzero(draws < self.sample_rate)
 
+    def _local_updates(self, orders: LocalOrders) -> tuple[torch.Tensor, float, int]:
+        """The clients of ``orders`` trained from the global model, as a round trains them: side by
+        side, or one after another with the method's loss when it trains in the clients."""
+        if self.vectorized and not self.method.trains_in_clients:
+            return local_updates_vectorized(
+                self.model, self._global, self.x, self.y, orders, lr=self.client_lr,
+                batch_size=self.batch_size, transform=self.transform,
+                chunk_size=self.client_chunk_size, weights=self.example_weights)
+        # one client after another, each training with the method's loss
+        return local_updates_loop(
+            self.model, self._global, self.x, self.y, orders, lr=self.client_lr,
+            batch_size=self.batch_size, transform=self.transform,
+            weights=self.example_weights, minority=self.minority,
+            method=self.method if self.method.trains_in_clients else None)
+
     def train_unit(self, unit: int) -> dict[str, float | None]:
-        """One round: sample, train locally, clip-and-noise, apply; returns the round's metrics."""
+        """One round: sample, train locally, clip-and-noise, apply; returns the round's metrics.
+
+        Under individual accounting a round whose index is a multiple of ``individual_every``
+        first records every client's update norm at the current global model (outside
+        ``train_seconds``)."""
+        if self.individual is not None and unit % self.individual_every == 0:
+            started = time.perf_counter()
+            self.individual.record(self.rounds_done, self.population_update_norms().cpu().numpy())
+            self.individual_seconds += time.perf_counter() - started
         started = time.perf_counter()
         chosen = self.sample_clients()
         rows = torch.as_tensor(chosen, dtype=torch.int64)
         orders = draw_local_orders(self._client_table[rows], self._client_sizes[rows],
                                    self.local_epochs, self._shuffle_gen).to(self.device)
-        if self.vectorized and not self.method.trains_in_clients:
-            updates, loss_sum, examples = local_updates_vectorized(
-                self.model, self._global, self.x, self.y, orders, lr=self.client_lr,
-                batch_size=self.batch_size, transform=self.transform,
-                chunk_size=self.client_chunk_size, weights=self.example_weights)
-        else:  # one client after another, each training with the method's loss
-            updates, loss_sum, examples = local_updates_loop(
-                self.model, self._global, self.x, self.y, orders, lr=self.client_lr,
-                batch_size=self.batch_size, transform=self.transform,
-                weights=self.example_weights, minority=self.minority,
-                method=self.method if self.method.trains_in_clients else None)
+        updates, loss_sum, examples = self._local_updates(orders)
         result = dp_fedavg_aggregate(updates, max_grad_norm=self.max_grad_norm,
                                      noise_multiplier=self.noise_multiplier,
                                      expected_clients=self.expected_clients,
@@ -562,6 +605,65 @@ class FederatedTrainer:
             "federated/local_examples": examples,
         }
 
+    def population_update_norms(self) -> torch.Tensor:
+        """Every client's update norm before clipping, ‖Δ_k‖, at the current global model.
+
+        All clients are trained from the global model as a round trains its chosen ones
+        (:meth:`_local_updates`: the same local SGD, loss, weights and, for a method that trains in
+        the clients, the same per-client loop), ``client_chunk_size`` clients at a time, keeping
+        only the norms. Each client's local orders are a fresh draw from the ``individual_orders``
+        stream (its update is random through its shuffle; the norm is one draw of it, not the
+        order the client would get in a round), and torch's global generator (dropout, random
+        flips) is forked around the pass and seeded from the same stream, so the training's
+        streams are not touched. It changes nothing: no server step, no noise, no accountant step.
+        """
+        generator = self._individual_gen
+        if generator is None:
+            raise RuntimeError("individual accounting is off (no individual_every)")
+        orders = draw_local_orders(self._client_table, self._client_sizes, self.local_epochs,
+                                   generator)
+        augmentation_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        devices = ([self.device.index if self.device.index is not None
+                    else torch.cuda.current_device()] if self.device.type == "cuda" else [])
+        norms = []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(augmentation_seed)
+            for start in range(0, len(orders), self.client_chunk_size):
+                chunk = orders[start:start + self.client_chunk_size].to(self.device)
+                updates, _, _ = self._local_updates(chunk)
+                norms.append(torch.linalg.vector_norm(updates, dim=1))
+        return torch.cat(norms)
+
+    def individual_privacy(self) -> IndividualPrivacy | None:
+        """Each client's individual user-level ε over the run, carried by each of its examples
+        (:mod:`privacy.individual`), or None when individual accounting is off.
+
+        A client's round is the sampled Gaussian mechanism with rate q, noise σS and sensitivity
+        min(‖Δ_k‖, S), its norms held from each whole-population pass to the next. The rows and the
+        per-group summaries are over the examples (each with its client's ε and mean clipped
+        norm): a group's figures weigh each client by its examples of that group, as
+        :func:`group_clip_diagnostics` does. DP-FedAvg composes no other release, and the bound
+        they are compared with (``…/worst_case``) is the run's RDP ε.
+        """
+        if self.individual is None:
+            return None
+        started = time.perf_counter()
+        steps = self.rounds_done
+        per_client = individual_epsilons(self.individual.windows(steps),
+                                         noise_multiplier=self.noise_multiplier,
+                                         sample_rate=self.sample_rate, delta=self.delta)
+        worst_case = epsilon_after(noise_multiplier=self.noise_multiplier,
+                                   sample_rate=self.sample_rate, steps=steps, delta=self.delta,
+                                   accountant="rdp")
+        client_of = np.empty(len(self.y), dtype=np.int64)
+        for k, indices in enumerate(self.clients):
+            client_of[indices] = k
+        return summarize(per_client[client_of],
+                         self.individual.mean_clipped_norms(steps)[client_of],
+                         minority=self.minority.cpu().numpy(), labels=self.y.cpu().numpy(),
+                         worst_case=worst_case, clients=client_of,
+                         seconds=self.individual_seconds + time.perf_counter() - started)
+
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs at a round boundary (see :mod:`training.checkpoint`).
 
@@ -580,6 +682,11 @@ class FederatedTrainer:
             "rounds_done": self.rounds_done,
             "train_samples": self.train_samples,
             "train_seconds": self.train_seconds,
+            # Individual accounting: the passes so far and the pass stream's state.
+            "individual": self.individual.state_dict() if self.individual is not None else None,
+            "individual_gen": (self._individual_gen.get_state()
+                               if self._individual_gen is not None else None),
+            "individual_seconds": self.individual_seconds,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -595,15 +702,16 @@ class FederatedTrainer:
         self.rounds_done = int(state["rounds_done"])
         self.train_samples = int(state["train_samples"])
         self.train_seconds = float(state["train_seconds"])
+        if self.individual is not None:
+            if state.get("individual") is None or state.get("individual_gen") is None:
+                raise ValueError("the checkpoint holds no individual accounting passes")
+            self.individual.load_state_dict(state["individual"])
+            self._individual_gen.set_state(state["individual_gen"])
+            self.individual_seconds = float(state.get("individual_seconds", 0.0))
 
     def base_model(self) -> nn.Module:
         """The global model (no privacy engine wraps it)."""
         return self.model
-
-    def individual_privacy(self) -> None:
-        """Per-client individual accounting is not implemented yet (build_federated_trainer
-        refuses privacy.individual_accounting under dpfedavg)."""
-        return None
 
     def epsilon(self) -> float:
         """User-level ε after the rounds done so far (one sampled-Gaussian step per round)."""
@@ -650,9 +758,6 @@ def build_federated_trainer(config, model: nn.Module, data: DataBundle, device, 
         raise ConfigError("privacy.poisson_sampling: false is not supported by privacy.mode "
                           "dpfedavg: clients always join by Poisson sampling, which the user-level "
                           "accounting assumes. Set privacy.poisson_sampling: true.")
-    if priv.accounts_individuals:
-        raise ConfigError("privacy.individual_accounting is not implemented for privacy.mode "
-                          "dpfedavg yet (DP-SGD only). Set privacy.individual_accounting: false.")
     if fed.num_clients > len(data.y_train):
         raise ConfigError(f"federated.num_clients: got {fed.num_clients}, but the training set has "
                           f"only {len(data.y_train)} examples; use at most that many clients.")
@@ -665,6 +770,7 @@ def build_federated_trainer(config, model: nn.Module, data: DataBundle, device, 
         server_lr=fed.server_lr, server_momentum=fed.server_momentum, partition=fed.partition,
         dirichlet_alpha=fed.dirichlet_alpha, eval_every=fed.eval_every,
         accountant=priv.accountant, seed=config.seed, secure_rng=priv.secure_rng, method=method,
+        individual_every=priv.individual_every if priv.accounts_individuals else None,
     )
     # Legal but almost surely a mistake (1e-9 for 1e-1): most rounds would train no client, and the
     # run would report the near-initial model's accuracy as a result. Printed the project's way and

@@ -318,15 +318,19 @@ class PrivacyConfig:
             accountant, several times faster; the registry's layer types only) or "opacus"
             (Opacus' per-sample-gradient hooks, the reference; any layer Opacus supports).
             DP-SGD only.
-        individual_accounting: also account each example's own privacy loss (DP-SGD only; DP-FedAvg
-            refuses it for now) from its clipped gradient norm, after Yu et al.
-            (TMLR 2023), :mod:`privacy.individual`: individual_privacy.csv and
-            ``privacy/individual_epsilon/…`` in summary.json. A diagnostic computed from the
-            private data, not private itself; it does not change the training or the run's ε.
-            Ignored when ``mode`` is none (a non-private run spends no privacy), so a grid's
-            non-private twins can share the setting with its private points.
-        individual_every: the whole training set's norms are computed every this many epochs
-            and held for the steps in between.
+        individual_accounting: also account each example's own privacy loss from its clipped
+            gradient norm (DP-SGD), or each client's from its clipped update norm, carried by each
+            of its examples (DP-FedAvg), after Yu et al. (TMLR 2023), :mod:`privacy.individual`:
+            individual_privacy.csv and ``privacy/individual_epsilon/…`` in summary.json (per
+            group over the examples in both modes). A diagnostic computed from the private data,
+            not private itself; it does not change the training or the run's ε. Ignored when
+            ``mode`` is none (a non-private run spends no privacy), so a grid's non-private twins
+            can share the setting with its private points.
+        individual_every: the norms are computed every this many of the trainer's units and held
+            for the steps in between: epochs under DP-SGD (a pass over the whole training set),
+            ROUNDS under DP-FedAvg (a pass training every client once from the global model, about
+            1/``federated.client_sample_rate`` rounds' worth of local training, so a value near
+            1/q keeps its cost near the training's own).
     """
 
     mode: str = "none"

@@ -27,6 +27,7 @@ given, never changes: renumbering one would change every run's draws of that pur
 | client_sampling    | DP-FedAvg: which clients take part in a round        | NumPy               |
 | client_shuffle     | DP-FedAvg: each client's local batch order           | torch.Generator CPU |
 | client_noise       | DP-FedAvg: the server's Gaussian noise               | torch.Generator dev |
+| individual_orders  | DP-FedAvg individual ε pass: orders, augmentation    | torch.Generator CPU |
 | bootstrap          | the test-set bootstrap behind every ``_ci`` interval | NumPy               |
 | validation         | the validation split (``data.val_fraction``)         | NumPy, per cell     |
 | celeba_val_identity| CelebA: the order validation identities are taken    | NumPy               |
@@ -71,6 +72,7 @@ STREAMS: dict[str, int] = {
     "client_sampling": 0xFED1,
     "client_shuffle": 0xFED2,
     "client_noise": 0xFED3,
+    "individual_orders": 0xFED4,
     "bootstrap": 0xB007,
     "validation": 0x5A11_DA7E,
     "celeba_val_identity": 0xCE1E_5A1D,
