@@ -51,6 +51,10 @@ def merged(base: dict, extra: dict) -> dict:
     return out
 
 
+# Non-private runs with a short last batch (2,000 = 13 × 150 + 50): shuffled fixed-size batches.
+NON_PRIVATE_SHORT_LAST = [merged(point, {"training": {"batch_size": 150}}) for point in NON_PRIVATE]
+
+
 def configs(points: list[dict], output: Path, **extra) -> list:
     return [config_from_mapping(merged(merged(BASE, point), {"name": f"run{i}",
                                                              "output_dir": str(output), **extra}))
@@ -83,7 +87,7 @@ def assert_same_run(alone: dict, stacked: dict, alone_dir: Path, stacked_dir: Pa
                                   read_predictions(alone_dir / "predictions.csv")["y_pred"])
 
 
-@pytest.mark.parametrize("points", [POINTS], ids=["dpsgd"])
+@pytest.mark.parametrize("points", [POINTS, NON_PRIVATE_SHORT_LAST], ids=["dpsgd", "none"])
 def test_stacked_runs_equal_the_same_runs_trained_one_by_one(tmp_path, points):
     alone = [run(config) for config in configs(points, tmp_path / "alone")]
     stacked = run_stacked(configs(points, tmp_path / "stacked"))
@@ -208,9 +212,9 @@ def test_plan_stacks_groups_points_that_differ_only_in_the_stacked_keys(tmp_path
                                               "privacy": {"mode": "dpsgd",
                                                           "noise_multiplier": 1.0}}))
     plan = plan_stacks([*runs, fedavg, opacus, wider], size=2)
-    # Non-private runs (3-5) are not stacked yet.
-    assert plan == [[0, 1], [2], [3], [4], [5], [6], [7], [8]]
-    assert plan_stacks(runs, size=8) == [[0, 1, 2], [3], [4], [5]]
+    # DP-SGD runs (0-2) and non-private runs (3-5) stack among themselves, never together.
+    assert plan == [[0, 1], [2], [3, 4], [5], [6], [7], [8]]
+    assert plan_stacks(runs, size=8) == [[0, 1, 2], [3, 4, 5]]
     assert stack_key(fedavg) is None and stack_key(opacus) is None
     assert len({stack_key(c) for c in runs[:3]}) == 1
     assert set(STACKED_KEYS) >= {"seed", "data.minority_share", "privacy.noise_multiplier"}
@@ -243,8 +247,9 @@ def test_the_cli_stacks_a_grid_and_every_point_keeps_its_own_run_directory(tmp_p
     for point in status["points"]:
         summary = json.loads((Path(point["run_dir"]) / "summary.json").read_text())
         stacked = summary["trainer/info"].get("stacked_runs")
-        # The 4 DP-SGD points share one stack; non-private and DP-FedAvg points run alone.
-        assert stacked == (4 if summary["mode"] == "dpsgd" else None)
+        # The 4 DP-SGD points share one stack, the 4 non-private ones another; DP-FedAvg's
+        # points run alone.
+        assert stacked == (None if summary["mode"] == "dpfedavg" else 4)
         run_dir = Path(point["run_dir"])
         assert list((run_dir / "tb").glob("events.out.tfevents.*"))
         # Its own wandb run (offline): one run folder per point, none shared.
