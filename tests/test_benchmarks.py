@@ -48,3 +48,25 @@ def test_dp_throughput_benchmark_writes_every_variant_with_versions(tmp_path):
         assert row["peak_memory_mib"] >= 0
         if variant == "non-private":
             assert row["ratio_to_non_private"] == 1.0
+
+
+def test_stacking_benchmark_prints_both_modes_and_keeps_epsilon(tmp_path):
+    import json
+
+    out = tmp_path / "stacking.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_stacking.py"), "--k", "2",
+         "--epochs", "1", "--train-size", "600", "--hidden", "8", "--bootstrap", "0",
+         "--repeats", "1", "--json", str(out)], capture_output=True, text=True, timeout=300,
+        check=True)
+    rows = [line for line in result.stdout.splitlines()
+            if line.startswith("| dpsgd") or line.startswith("| none")]
+    assert len(rows) == 2
+    report = json.loads(out.read_text())
+    assert report["torch"] and report["machine"]
+    for row in report["results"]:
+        assert row["k"] == 2
+        assert row["sequential"]["train_samples_per_s"] > 0 and row["stacked"]["wall_s"] > 0
+        # The same runs: ε run by run (None without privacy) is the sequential runs'.
+        assert row["stacked"]["epsilon"] == row["sequential"]["epsilon"]
+        assert (row["stacked"]["epsilon"][0] is None) == (row["mode"] == "none")

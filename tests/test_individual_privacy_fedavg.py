@@ -199,3 +199,16 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkey
     csvs = [(tmp_path / out / "resume_individual" / "individual_privacy.csv").read_text()
             for out in ("reference", "resumed")]
     assert csvs[0] == csvs[1]
+
+
+def test_individual_every_defaults_to_an_epochs_worth_of_rounds():
+    from training.federated import build_federated_trainer
+
+    data = synthetic_bundle(n=240)
+    config = config_from_mapping({
+        "privacy": {"mode": "dpfedavg", "noise_multiplier": 1.0, "individual_accounting": True},
+        "federated": {"num_clients": 12, "client_sample_rate": 0.3, "rounds": 5}})
+    assert config.privacy.individual_every is None
+    trainer = build_federated_trainer(config, MLP(data.input_shape[0], [8]), data, "cpu",
+                                      method=fedavg_method("none"))
+    assert trainer.individual_every == 4  # ⌈1 / 0.3⌉ rounds: each client expected to train once

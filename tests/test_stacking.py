@@ -130,19 +130,14 @@ def per_example_clipped_sum(trainer, indices: torch.Tensor, bound: float) -> lis
 
 def stacked_step(stack: StackedTrainer, batches: list[torch.Tensor], pad_to: int | None = None):
     """The stack's clipped sums (noise aside) for ``batches``, padded to ``pad_to`` rows."""
-    rows = torch.arange(len(batches)).unsqueeze(1)
     sizes = torch.tensor([len(b) for b in batches])
     width = max(pad_to or 0, int(sizes.max()))
     index = torch.zeros(len(batches), width, dtype=torch.long)
     for k, batch in enumerate(batches):
         index[k, :len(batch)] = batch
     mask = torch.arange(width) < sizes.unsqueeze(1)
-    inputs, outputs, logits = stack._forward(stack.x[rows, index])
-    losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, stack.y[rows, index],
-                                                                  reduction="none")
-    means = (losses * stack.weights[rows, index] * mask).sum(1) / sizes.clamp(min=1)
-    deltas = torch.autograd.grad(means.sum(), outputs)
-    return stack._clipped_sums(inputs, deltas, sizes, mask)
+    _, norms, grads, _ = stack.gradients(index, sizes, mask)
+    return norms, grads
 
 
 def test_the_stacked_clipped_sum_is_the_per_example_loop_of_every_run(tmp_path):

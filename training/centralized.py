@@ -212,7 +212,7 @@ class CentralizedTrainer:
         with warnings.catch_warnings():
             # Opacus' hooks fire on the first layer although inputs need no gradient; harmless.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            if self.individual is not None and unit % self.config.privacy.individual_every == 0:
+            if self.individual is not None and unit % (self.config.privacy.individual_every or 1) == 0:
                 self._record_whole_set_norms()
             metrics = self._train_epoch(unit)
         if len(self.phases) > 1:

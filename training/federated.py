@@ -770,7 +770,9 @@ def build_federated_trainer(config, model: nn.Module, data: DataBundle, device, 
         server_lr=fed.server_lr, server_momentum=fed.server_momentum, partition=fed.partition,
         dirichlet_alpha=fed.dirichlet_alpha, eval_every=fed.eval_every,
         accountant=priv.accountant, seed=config.seed, secure_rng=priv.secure_rng, method=method,
-        individual_every=priv.individual_every if priv.accounts_individuals else None,
+        # null: ⌈1/q⌉ rounds, an epoch's worth of clients (each expected to train once)
+        individual_every=((priv.individual_every or math.ceil(1 / fed.client_sample_rate))
+                          if priv.accounts_individuals else None),
     )
     # Legal but almost surely a mistake (1e-9 for 1e-1): most rounds would train no client, and the
     # run would report the near-initial model's accuracy as a result. Printed the project's way and

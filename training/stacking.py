@@ -144,12 +144,21 @@ class StackedTrainer:
                        for i in range(len(self.member_params[0]))]
         self.optimizer = build_optimizer(members[0].config.training, self.params)
         self._stack_optimizer_states()
-        # The training sets side by side, padded to the largest (a run's own rows are never
-        # mixed with another's: row k of every tensor is run k's).
-        self.x = _padded([member.x.reshape(len(member.x), -1) for member in members])
-        self.y = _padded([member.y for member in members])
-        self.weights = _padded([member.weights for member in members])
-        self.majority = _padded([~member.minority for member in members]).long()
+        # The training sets side by side, padded to the largest, as one table gathered once per
+        # step: run k's example i is row k·N + i (a run's rows are never mixed with another's),
+        # its columns the features, label, example weight, group (1 = majority) and the
+        # features' squared norm (the first layer's ‖a‖², fixed, so computed once).
+        x = [member.x.reshape(len(member.x), -1) for member in members]
+        columns = [torch.cat([features, member.y.unsqueeze(1).to(features.dtype),
+                              member.weights.unsqueeze(1).to(features.dtype),
+                              (~member.minority).unsqueeze(1).to(features.dtype),
+                              features.pow(2).sum(1, keepdim=True)], dim=1)
+                   for features, member in zip(x, members)]
+        self.features = x[0].shape[1]
+        self.rows_per_run = max(len(table) for table in columns)
+        self.table = _padded(columns).reshape(len(members) * self.rows_per_run, -1)
+        self.offsets = (torch.arange(len(members), device=self.device) * self.rows_per_run
+                        ).unsqueeze(1)
         if self.private:
             engines = [member.private.fast for member in members]
             self.bounds = torch.tensor([e.max_grad_norm for e in engines], device=self.device)
@@ -177,27 +186,18 @@ class StackedTrainer:
             index = nn.utils.rnn.pad_sequence(batches, batch_first=True) if sizes.max() > 0 else \
                 torch.zeros(k, 0, dtype=torch.long, device=self.device)
             mask = torch.arange(index.shape[1], device=self.device) < sizes.unsqueeze(1)
-            inputs, outputs, logits = self._forward(self.x[rows, index])
-            losses = F.binary_cross_entropy_with_logits(logits, self.y[rows, index],
-                                                        reduction="none")
-            per_example = losses * self.weights[rows, index] * mask
-            means = per_example.sum(1) / sizes.clamp(min=1)
-            deltas = torch.autograd.grad(means.sum(), outputs) if index.shape[1] else \
-                [torch.zeros_like(z) for z in outputs]
-            if self.private:
-                norms, grads = self._clipped_sums(inputs, deltas, sizes, mask)
-                groups = (rows * 2 + self.majority[rows, index])[mask]
-                norm_sum.index_add_(0, groups, norms[mask])
-                bounds = self.bounds.unsqueeze(1).expand_as(norms)
-                clipped.index_add_(0, groups, (norms > bounds)[mask].float())
-                counts.index_add_(0, groups, torch.ones_like(groups, dtype=torch.float32))
+            means, norms, grads, majority = self.gradients(index, sizes, mask)
+            if self.private:  # per (run, group) sums; a padded row adds 0 (norm 0, mask 0)
+                groups, real = (rows * 2 + majority).flatten(), mask.flatten().float()
+                norm_sum.index_add_(0, groups, norms.flatten())
+                beyond = (norms > self.bounds.unsqueeze(1)).flatten().float() * real
+                clipped.index_add_(0, groups, beyond)
+                counts.index_add_(0, groups, real)
                 self._add_noise(grads)
-            else:
-                grads = self._sums(inputs, deltas)
             for param, grad in zip(self.params, grads):
                 param.grad = grad
             self.optimizer.step()
-            loss_sum += means.detach() * sizes
+            loss_sum += means * sizes
             seen += sizes
         for loader in loaders:  # end each epoch's iterator as a lone run's for loop does: a
             # shuffling sampler draws from the run's generator once more when it is exhausted
@@ -207,45 +207,62 @@ class StackedTrainer:
         self._write_back()
         return self._unit_metrics(elapsed, loss_sum, seen, norm_sum, clipped, counts)
 
-    def _forward(self, x: torch.Tensor):
-        """The K MLPs on their (K, n, in) batches: every linear layer's input and output (the
-        first output is the leaf where the backward pass ends; the weights stay out of autograd)."""
-        a, inputs, outputs = x, [], []
+    def gradients(self, index: torch.Tensor, sizes: torch.Tensor, mask: torch.Tensor):
+        """One step of every run on its (padded) batch ``index`` (K, n) of ``sizes`` examples.
+
+        Returns each run's mean loss (K,), each example's whole gradient norm (K, n; None without
+        privacy), each run's gradient per parameter before noise (the clipped sum under DP-SGD,
+        the mean loss's gradient otherwise) and each example's group (K, n; 1 = majority).
+
+        The backward pass is written out, which for an MLP is short and spares autograd's graph:
+        δ of the summed loss at the output is wᵢ(σ(zᵢ) − yᵢ) (binary cross-entropy with logits),
+        and through a linear layer and a ReLU δ_{l-1} = (δ_l W_l) ⊙ [a_l > 0]. Example i's own
+        gradient in layer l is δᵢaᵢᵀ (and δᵢ for the bias), so its squared norm is
+        Σ_l ‖δᵢ‖²(‖aᵢ‖² + 1). Padded rows have weight 0, hence δ = 0: they add nothing anywhere.
+        """
+        k, n = index.shape
+        batch = self.table.index_select(0, (index + self.offsets).reshape(-1)).view(k, n, -1)
+        features = self.features
+        y, weights = batch[..., features], batch[..., features + 1] * mask
+        majority, input_squares = batch[..., features + 2].long(), batch[..., features + 3]
         layers = len(self.params) // 2
+        a, inputs = batch[..., :features], []
         for layer in range(layers):
             weight, bias = self.params[2 * layer], self.params[2 * layer + 1]
-            z = torch.baddbmm(bias.unsqueeze(1), a, weight.transpose(1, 2))
-            if layer == 0:
-                z.requires_grad_(True)
             inputs.append(a)
-            outputs.append(z)
+            z = torch.baddbmm(bias.unsqueeze(1), a, weight.transpose(1, 2))
             a = torch.relu(z) if layer + 1 < layers else z
-        return inputs, outputs, a.squeeze(-1)
+        logits = a.squeeze(-1)
+        per_example = F.binary_cross_entropy_with_logits(logits, y, reduction="none") * weights
+        count = sizes.clamp(min=1).to(logits.dtype)
+        means = per_example.sum(1) / count
+        deltas = [((torch.sigmoid(logits) - y) * weights).unsqueeze(2)]  # of the summed loss
+        for layer in range(layers - 1, 0, -1):  # ReLU's backward as one op (no mask tensor)
+            deltas.insert(0, torch.ops.aten.threshold_backward(
+                torch.bmm(deltas[0], self.params[2 * layer]), inputs[layer], 0))
+        if not self.private:  # the mean loss's gradient: the sums over each run's batch / n
+            grads = self._sums(inputs, deltas)
+            return means, None, [g / count.view(-1, *[1] * (g.ndim - 1)) for g in grads], majority
+        squares = [input_squares] + [(h * h).sum(2) for h in inputs[1:]]
+        norms = sum((delta * delta).sum(2) * (square + 1)
+                    for delta, square in zip(deltas, squares)).sqrt()
+        factors = (self.bounds.unsqueeze(1) / (norms + 1e-6)).clamp(max=1.0) * mask
+        return means, norms, self._sums(inputs, deltas, factors), majority
 
-    def _sums(self, inputs, deltas) -> list[torch.Tensor]:
-        """The mean loss's gradient of every run (non-private): Σᵢ δᵢaᵢᵀ and Σᵢ δᵢ per layer."""
+    @staticmethod
+    def _sums(inputs, deltas, factors: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Σᵢ cᵢδᵢaᵢᵀ and Σᵢ cᵢδᵢ per layer for every run (cᵢ = 1 without ``factors``); cᵢ
+        scales the narrower of δ and a, and the bias's sum is the product cᵀδ."""
         grads = []
         for a, delta in zip(inputs, deltas):
-            grads += [torch.bmm(delta.transpose(1, 2), a), delta.sum(1)]
+            if factors is None:
+                grads += [torch.bmm(delta.transpose(1, 2), a), delta.sum(1)]
+                continue
+            c = factors.unsqueeze(2)
+            weight = (torch.bmm((delta * c).transpose(1, 2), a) if delta.shape[2] <= a.shape[2]
+                      else torch.bmm(delta.transpose(1, 2), a * c))
+            grads += [weight, torch.bmm(factors.unsqueeze(1), delta).squeeze(1)]
         return grads
-
-    def _clipped_sums(self, inputs, deltas, sizes, mask):
-        """Each example's whole gradient norm (K, n) and each run's clipped sum, per parameter.
-
-        δ is of each run's mean loss, so an example's own gradient is n·δᵢaᵢᵀ (n its run's batch
-        size): its norm is n·sqrt(Σ_layers ‖δᵢ‖²(‖aᵢ‖² + 1)) and its weight in the sum n·cᵢ.
-        """
-        squares = sum(delta.pow(2).sum(2) * (a.pow(2).sum(2) + 1)
-                      for a, delta in zip(inputs, deltas))
-        n = sizes.unsqueeze(1).float()
-        norms = squares.sqrt() * n
-        factors = (self.bounds.unsqueeze(1) / (norms + 1e-6)).clamp(max=1.0)
-        weights = (factors * n * mask).unsqueeze(2)
-        grads = []
-        for a, delta in zip(inputs, deltas):
-            weighted = delta * weights
-            grads += [torch.bmm(weighted.transpose(1, 2), a), weighted.sum(1)]
-        return norms.detach(), grads
 
     def _add_noise(self, grads: list[torch.Tensor]) -> None:
         """Each run's own noise, drawn as its engine draws it (one flat vector in its parameters'

@@ -329,8 +329,10 @@ class PrivacyConfig:
         individual_every: the norms are computed every this many of the trainer's units and held
             for the steps in between: epochs under DP-SGD (a pass over the whole training set),
             ROUNDS under DP-FedAvg (a pass training every client once from the global model, about
-            1/``federated.client_sample_rate`` rounds' worth of local training, so a value near
-            1/q keeps its cost near the training's own).
+            1/``federated.client_sample_rate`` rounds' worth of local training). null (the
+            default): once per epoch's worth of data in both modes, 1 epoch under DP-SGD and
+            ⌈1/q⌉ rounds under DP-FedAvg (in which every client is expected to train once), which
+            keeps the passes' cost near a tenth to a third of the training's.
     """
 
     mode: str = "none"
@@ -344,7 +346,7 @@ class PrivacyConfig:
     counts_noise_multiplier: float = 10.0
     engine: str = "fast"
     individual_accounting: bool = False
-    individual_every: int = 1
+    individual_every: int | None = None
 
     @property
     def private(self) -> bool:
@@ -373,8 +375,9 @@ class PrivacyConfig:
         if self.secure_rng and not self.poisson_sampling:
             raise ConfigError("privacy.secure_rng: true needs privacy.poisson_sampling: true (the "
                               "secure sampler draws Poisson batches). Set poisson_sampling: true.")
-        _check(self.individual_every > 0, "privacy.individual_every", self.individual_every,
-               "a positive integer")
+        if self.individual_every is not None:
+            _check(self.individual_every > 0, "privacy.individual_every", self.individual_every,
+                   "a positive integer, or null (once per epoch's worth of data)")
         if self.accounts_individuals and self.noise_multiplier == 0:
             raise ConfigError(INDIVIDUAL_NEEDS_NOISE)
         if self.private and (self.noise_multiplier is None) == (self.target_epsilon is None):
