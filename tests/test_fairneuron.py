@@ -21,7 +21,7 @@ from torch import nn
 
 from models import build_model
 from tests.test_repair import run_cli
-from tests.test_resume import read_jsonl, run_until_interrupted, without_time
+from tests.test_resume import read_jsonl, reference_and_interrupted, without_time
 from training import checkpoint
 from training import experiment as experiment_module
 from training.repair.base import TrainingSet
@@ -32,7 +32,7 @@ from training.repair.fairneuron import (
     linear_chain,
     path_edges,
 )
-from utils.config import ModelConfig, config_from_mapping
+from utils.config import ModelConfig
 from utils.sink import read_predictions
 
 
@@ -173,14 +173,10 @@ def test_fairneuron_resumed_in_its_second_phase_ends_as_if_uninterrupted(tmp_pat
                         "fairneuron": {"theta": 0.5, "dropout": 0.3, "retrain_epochs": 3}},
            "evaluation": {"bootstrap_resamples": 20},
            "logging": {"tensorboard": False, "wandb": {"mode": "disabled"}, "progress": "never"}}
-    reference = experiment_module.run(config_from_mapping(
-        {**raw, "output_dir": str(tmp_path / "reference")}))
-    config = config_from_mapping({**raw, "output_dir": str(tmp_path / "resumed")})
     # Stopped after unit 4: the run resumes from unit 3's checkpoint, inside the retraining,
     # with the biased examples and the dropout stream restored, not recomputed.
-    run_until_interrupted(config, monkeypatch, after=4)
-    assert checkpoint.load_checkpoint(experiment_module.run_directory(config) / "checkpoints"
-                                      / "last.pt").step == 3
+    reference, config, run_dir = reference_and_interrupted(raw, tmp_path, monkeypatch, after=4)
+    assert checkpoint.load_checkpoint(run_dir / "checkpoints" / "last.pt").step == 3
     resumed = experiment_module.run(config)
     assert without_time(resumed) == without_time(reference)
     assert resumed["trainer/info"]["fairneuron/biased_fraction"] > 0

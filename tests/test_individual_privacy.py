@@ -88,15 +88,18 @@ def test_config_ignores_it_when_non_private_and_needs_noise_and_a_positive_every
                                          "individual_every": 0}})
 
 
-def adult_run(tmp_path, name: str, *overrides: str) -> dict:
-    args = ["--params", "utils/params_adult.yaml", "--set", f"output_dir={tmp_path}",
-            "--set", f"name={name}", "--set", "training.epochs=2",
-            "--set", "evaluation.bootstrap_resamples=20", "--set", "logging.tensorboard=false",
-            "--set", "logging.wandb.mode=disabled", "--set", "logging.progress=never"]
-    for override in overrides:
+def cli_run(tmp_path, params: str, name: str, *overrides: str) -> dict:
+    """``running.py --params params`` into tmp_path/name, small and quiet; its summary."""
+    args = ["--params", params, "--set", f"output_dir={tmp_path}", "--set", f"name={name}"]
+    for override in ("evaluation.bootstrap_resamples=20", "logging.tensorboard=false",
+                     "logging.wandb.mode=disabled", "logging.progress=never", *overrides):
         args += ["--set", override]
     assert running.main(args) == 0
     return json.loads((tmp_path / name / "summary.json").read_text())
+
+
+def adult_run(tmp_path, name: str, *overrides: str) -> dict:
+    return cli_run(tmp_path, "utils/params_adult.yaml", name, "training.epochs=2", *overrides)
 
 
 @pytest.mark.parametrize("engine", ["fast", "opacus"])

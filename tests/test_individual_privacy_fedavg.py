@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-import running
 from models.mlp import MLP
 from privacy.individual import FEDERATED_CSV_COLUMNS, SUMMARY_PREFIX, group_summary
 from tests.test_dpfedavg import flat, synthetic_bundle
-from tests.test_resume import read_jsonl, run_until_interrupted, without_time
+from tests.test_individual_privacy import cli_run
+from tests.test_resume import read_jsonl, reference_and_interrupted, without_time
 from training import experiment as experiment_module
 from training.federated import FederatedTrainer, draw_local_orders, local_updates_loop
 from training.repair import METHODS
@@ -122,16 +121,9 @@ def test_the_pass_changes_no_training_stream(vectorized):
 
 
 def adult_run(tmp_path, name: str, *overrides: str) -> dict:
-    args = ["--params", "utils/params_adult_fedavg.yaml", "--set", f"output_dir={tmp_path}",
-            "--set", f"name={name}", "--set", "data.train_size=4000",
-            "--set", "federated.num_clients=100", "--set", "federated.client_sample_rate=0.1",
-            "--set", "federated.rounds=4", "--set", "federated.eval_every=2",
-            "--set", "evaluation.bootstrap_resamples=20", "--set", "logging.tensorboard=false",
-            "--set", "logging.wandb.mode=disabled", "--set", "logging.progress=never"]
-    for override in overrides:
-        args += ["--set", override]
-    assert running.main(args) == 0
-    return json.loads((tmp_path / name / "summary.json").read_text())
+    return cli_run(tmp_path, "utils/params_adult_fedavg.yaml", name, "data.train_size=4000",
+                   "federated.num_clients=100", "federated.client_sample_rate=0.1",
+                   "federated.rounds=4", "federated.eval_every=2", *overrides)
 
 
 def test_adult_run_writes_the_csv_and_keys_and_trains_the_same_model(tmp_path):
@@ -185,13 +177,9 @@ FEDAVG = {
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
-    reference = experiment_module.run(config_from_mapping(
-        {**FEDAVG, "output_dir": str(tmp_path / "reference")}))
-    config = config_from_mapping({**FEDAVG, "output_dir": str(tmp_path / "resumed")})
-    run_dir = experiment_module.run_directory(config)
     # Passes before rounds 1, 4 and 7; the last checkpoint before the interruption is after
     # round 4, so the resumed run holds two passes and the pass stream's state after them.
-    run_until_interrupted(config, monkeypatch, after=5)
+    reference, config, run_dir = reference_and_interrupted(FEDAVG, tmp_path, monkeypatch, after=5)
     assert [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4, 5]
     resumed = experiment_module.run(config)
     assert without_time(resumed) == without_time(reference)

@@ -158,15 +158,21 @@ def run_until_interrupted(config, monkeypatch, *, after: int) -> None:
             experiment_module.run(config)
 
 
+def reference_and_interrupted(raw: dict, tmp_path, monkeypatch, *, after: int):
+    """The run of ``raw`` uninterrupted (its summary, under tmp_path/reference) and the same run
+    under tmp_path/resumed stopped right after unit ``after``: (reference, config, run_dir)."""
+    reference = experiment_module.run(config_from_mapping(
+        {**raw, "output_dir": str(tmp_path / "reference")}))
+    config = config_from_mapping({**raw, "output_dir": str(tmp_path / "resumed")})
+    run_until_interrupted(config, monkeypatch, after=after)
+    return reference, config, experiment_module.run_directory(config)
+
+
 def test_dpfedavg_run_interrupted_mid_way_resumes_to_the_uninterrupted_result(tmp_path,
                                                                                monkeypatch):
-    reference = experiment_module.run(config_from_mapping(
-        {**FEDAVG, "output_dir": str(tmp_path / "reference")}))
-    config = config_from_mapping({**FEDAVG, "output_dir": str(tmp_path / "resumed")})
-    run_dir = experiment_module.run_directory(config)
     # Interrupted at round 5: the last checkpoint is round 4 (eval_every 2), so round 5's row
     # must be dropped and logged again by the resumed run.
-    run_until_interrupted(config, monkeypatch, after=5)
+    reference, config, run_dir = reference_and_interrupted(FEDAVG, tmp_path, monkeypatch, after=5)
     assert [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4, 5]
     assert checkpoint.load_checkpoint(run_dir / "checkpoints" / "last.pt").step == 4
 
