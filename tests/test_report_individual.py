@@ -1,7 +1,8 @@
 """The report of a grid with privacy.individual_accounting (issue 15, "who pays for privacy"): a
-tiny Adult grid of two shares x DP-SGD and its non-private twin, run through ``running.main`` and
-reported; the figure, report.md's section and report.csv's columns, and every run's per-group
-summary recomputed here from its own individual_privacy.csv."""
+tiny Adult grid of two shares x a private mode (DP-SGD; DP-FedAvg, where each example carries its
+client's ε) and its non-private twin, run through ``running.main`` and reported; the figure,
+report.md's section and report.csv's columns, and every run's per-group summary recomputed here from
+its own individual_privacy.csv."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ PREFIX = "privacy/individual_epsilon/"
 GROUPS = ("minority", "majority")
 # Spelled out rather than imported from privacy.individual: the definitions the README states.
 PERCENTILES = {"median": 50, "p10": 10, "p90": 90}
-CSV_COLUMNS = ["index", "group", "label", "epsilon", "mean_clipped_norm"]
+CSV_COLUMNS = {"dpsgd": ["index", "group", "label", "epsilon", "mean_clipped_norm"],
+               "dpfedavg": ["index", "client", "group", "label", "epsilon", "mean_clipped_norm"]}
 
 GRID = {
     "name": "individual",
@@ -34,17 +36,33 @@ GRID = {
     "sweep": {"data.minority_share": [0.3, 0.05]},
     "zip": {"privacy.mode": ["none", "dpsgd"], "privacy.noise_multiplier": [None, 1.0]},
 }
+# The same grid under DP-FedAvg: 100 clients of about 20 examples, a tenth of them each round.
+FEDAVG_GRID = {
+    **GRID,
+    "name": "individual_fedavg",
+    "training": {"batch_size": 16},
+    "privacy": {**GRID["privacy"], "max_grad_norm": 0.5, "individual_every": 3},
+    "federated": {"num_clients": 100, "client_sample_rate": 0.1, "local_epochs": 1, "rounds": 6,
+                  "client_lr": 0.1, "eval_every": 3},
+    "zip": {"privacy.mode": ["none", "dpfedavg"], "privacy.noise_multiplier": [None, 1.0]},
+}
+GRIDS = {"dpsgd": GRID, "dpfedavg": FEDAVG_GRID}
 
 
-@pytest.fixture(scope="module")
-def grid_dir(tmp_path_factory) -> Path:
-    tmp_path = tmp_path_factory.mktemp("report_individual")
+@pytest.fixture(scope="module", params=sorted(GRIDS))
+def grid_dir(request, tmp_path_factory) -> Path:
+    grid = GRIDS[request.param]
+    tmp_path = tmp_path_factory.mktemp(f"report_{grid['name']}")
     params = tmp_path / "grid.yaml"
-    params.write_text(yaml.safe_dump({**GRID, "output_dir": str(tmp_path / "runs")}, sort_keys=False))
+    params.write_text(yaml.safe_dump({**grid, "output_dir": str(tmp_path / "runs")}, sort_keys=False))
     assert running.main(["--params", str(params)]) == 0
-    directory = tmp_path / "runs" / GRID["name"]
+    directory = tmp_path / "runs" / grid["name"]
     assert running.main(["--report", str(directory)]) == 0
     return directory
+
+
+def private_mode(directory: Path) -> str:
+    return "dpfedavg" if directory.name == FEDAVG_GRID["name"] else "dpsgd"
 
 
 def runs(directory: Path) -> dict[tuple[float, str], Path]:
@@ -52,7 +70,8 @@ def runs(directory: Path) -> dict[tuple[float, str], Path]:
     for config_path in directory.glob("*/config.yaml"):
         config = yaml.safe_load(config_path.read_text())
         found[(config["data"]["minority_share"], config["privacy"]["mode"])] = config_path.parent
-    assert set(found) == {(share, mode) for share in (0.3, 0.05) for mode in ("none", "dpsgd")}
+    modes = ("none", private_mode(directory))
+    assert set(found) == {(share, mode) for share in (0.3, 0.05) for mode in modes}
     return found
 
 
@@ -66,10 +85,16 @@ def test_each_runs_group_summaries_are_its_csvs(grid_dir):
             continue
         with (run_dir / "individual_privacy.csv").open() as handle:
             rows = list(csv.DictReader(handle))
-        assert list(rows[0]) == CSV_COLUMNS
+        assert list(rows[0]) == CSV_COLUMNS[mode]
         assert len(rows) == 2000
         epsilon = np.array([float(row["epsilon"]) for row in rows])
         group = np.array([row["group"] for row in rows])
+        if mode == "dpfedavg":  # each example carries its client's ε
+            by_client: dict[str, set[str]] = {}
+            for row in rows:
+                by_client.setdefault(row["client"], set()).add(row["epsilon"])
+            assert len(by_client) == FEDAVG_GRID["federated"]["num_clients"]
+            assert all(len(values) == 1 for values in by_client.values())
         assert (group == "minority").sum() == summary["data/train_count/group=minority"]
         assert round(share * 2000) == (group == "minority").sum()
         assert epsilon.max() <= summary[f"{PREFIX}worst_case"] == summary["privacy/epsilon"]
@@ -102,7 +127,7 @@ def test_report_csv_and_markdown_carry_the_medians(grid_dir):
                     assert row[f"{metric}_mean"] == ""
                 else:
                     assert float(row[f"{metric}_mean"]) == summary[metric]
-        if key[1] == "dpsgd":
+        if key[1] != "none":
             cells = [f"{summary[f'{PREFIX}group={name}/median']:.3g} "
                      f"[{summary[f'{PREFIX}group={name}/p10']:.3g}, "
                      f"{summary[f'{PREFIX}group={name}/p90']:.3g}]" for name in GROUPS]
