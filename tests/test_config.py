@@ -66,6 +66,14 @@ def test_integer_coercion_and_refusals():
         config_from_mapping({"model": {"hidden": [10, "x"]}})
 
 
+def test_yaml_boolean_for_a_string_key_says_to_quote_it(tmp_path):
+    # `progress: off` is the boolean False to PyYAML; the error says why and what to write.
+    path = write(tmp_path, "logging:\n  progress: off\n")
+    with pytest.raises(ConfigError, match=r"logging\.progress: got False; expected a string \(YAML reads "
+                       r"unquoted yes, no, on, off, true and false as booleans: quote the value\)"):
+        load_config(path)
+
+
 @pytest.mark.parametrize("section, key, value, fragment", [
     ("privacy", "delta", 0.0, "privacy.delta: got 0.0; expected a number strictly between 0 and 1"),
     ("privacy", "delta", 1.5, "privacy.delta: got 1.5"),

@@ -715,7 +715,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 # No name, path or value of the config can hold one; the OS would refuse a path.
                 raise ConfigError(f"{key}: {NUL_IN_STRING}")
             return text
-        raise ConfigError(f"{key}: got {value!r}; expected a string.")
+        hint = ""
+        if isinstance(value, bool):
+            # The YAML 1.1 reader turns unquoted yes/no/on/off/true/false into booleans, so a
+            # user who wrote `off` sees False here and needs to know why.
+            hint = " (YAML reads unquoted yes, no, on, off, true and false as booleans: quote the value)"
+        raise ConfigError(f"{key}: got {value!r}; expected a string{hint}.")
     raise TypeError(f"no coercion for {annotation!r} at {key}")
 
 
