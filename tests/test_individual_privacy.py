@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import dp_accounting
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 import running
 from privacy.accounting import epsilon_after, epsilon_of_history
 from privacy.individual import ORDERS, epsilon_of_rdp, group_summary, individual_epsilons
+from training.repair import METHODS
 from utils.config import config_from_mapping
 from utils.errors import ConfigError
 
@@ -86,6 +88,38 @@ def test_config_ignores_it_when_non_private_and_needs_noise_and_a_positive_every
     with pytest.raises(ConfigError, match="privacy.individual_every: got 0"):
         config_from_mapping({"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0,
                                          "individual_every": 0}})
+
+
+# The methods that train as Vanilla does (prepare the data or post-process), by their own hooks.
+PLAIN_METHODS = {"none", "reweighing", "oversample", "fairsmote", "roc"}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS.names()))
+def test_dpsgd_refuses_exactly_the_methods_that_change_the_training_step(method):
+    # The whole-set pass takes the norms of the plain weighted cross-entropy, so it is sound only
+    # for a method that trains with it; the config refuses the others before any file is written.
+    cls = METHODS.get(method)
+    assert (not cls.training_changes()) == (method in PLAIN_METHODS)
+    mapping = {"data": {"val_fraction": 0.1}, "fairness": {"method": method},
+               "privacy": {"mode": "dpsgd", "noise_multiplier": 1.0, "individual_accounting": True}}
+    if (refusal := cls.refusal(method, "dpsgd")) is not None:  # refuses DP-SGD altogether
+        with pytest.raises(ConfigError, match=re.escape(refusal)):
+            config_from_mapping(mapping)
+        return
+    if method in PLAIN_METHODS:
+        assert config_from_mapping(mapping).privacy.accounts_individuals
+        return
+    with pytest.raises(ConfigError) as error:
+        config_from_mapping(mapping)
+    message = str(error.value)
+    assert message.startswith(f"privacy.individual_accounting does not support fairness.method "
+                              f"{method!r} under DP-SGD")
+    assert f"({', '.join(cls.training_changes())})" in message
+    assert all(name in message for name in PLAIN_METHODS)  # the ones that would work
+    # Under DP-FedAvg each client's pass trains with the method's own client loss: accepted.
+    federated = {**mapping, "privacy": {**mapping["privacy"], "mode": "dpfedavg"}}
+    if cls.refusal(method, "dpfedavg") is None:
+        assert config_from_mapping(federated).privacy.accounts_individuals
 
 
 def cli_run(tmp_path, params: str, name: str, *overrides: str) -> dict:

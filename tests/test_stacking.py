@@ -18,7 +18,15 @@ import yaml
 
 from training import experiment as experiment_module
 from training.experiment import open_run, run
-from training.stacking import STACKED_KEYS, StackedTrainer, plan_stacks, run_stacked, stack_key
+from training.stacking import (
+    STACKED_KEYS,
+    NotStackable,
+    StackedTrainer,
+    plan_stacks,
+    run_stacked,
+    runtime_signature,
+    stack_key,
+)
 from utils.config import config_from_mapping
 from utils.sink import read_predictions
 
@@ -213,6 +221,24 @@ def test_plan_stacks_groups_points_that_differ_only_in_the_stacked_keys(tmp_path
     assert stack_key(fedavg) is None and stack_key(opacus) is None
     assert len({stack_key(c) for c in runs[:3]}) == 1
     assert set(STACKED_KEYS) >= {"seed", "data.minority_share", "privacy.noise_multiplier"}
+
+
+@pytest.mark.parametrize("base, method, changes", [
+    (POINTS[0], "gapreg", "loss, before_step, public data"),  # DP-SGD: its gaps from public data
+    (NON_PRIVATE[0], "runner", "loss, before_step, hidden_layers, hidden activations"),
+    (NON_PRIVATE[0], "fairneuron", "phases, start_phase, attach, before_forward"),  # refuses DP-SGD
+])
+def test_a_method_that_changes_the_training_step_trains_alone(tmp_path, base, method, changes):
+    # Only methods that train as Vanilla does may share the stack's written-out step.
+    point = merged(base, {"data": {"val_fraction": 0.1}, "fairness": {"method": method}})
+    [session] = [open_run(config) for config in configs([point], tmp_path)]
+    with pytest.raises(NotStackable, match=rf"fairness.method '{method}' changes the training step "
+                                           rf"\({changes}\)"):
+        runtime_signature(session.trainer)
+    session.sink.close(None)
+    [plain] = [open_run(config) for config in configs([base], tmp_path / "plain")]
+    assert runtime_signature(plain.trainer)  # the same run without the method stacks
+    plain.sink.close(None)
 
 
 GRID = {

@@ -40,24 +40,6 @@ from utils.fairness import GROUPS
 from utils.progress import progress
 from utils.seeding import torch_generator
 
-INDIVIDUAL_UNSUPPORTED = (
-    "privacy.individual_accounting does not support fairness.method {method!r} under DP-SGD: its "
-    "whole-set pass computes the norm of each example's weighted cross-entropy gradient, and this "
-    "method trains with a loss or forward pass of its own ({hooks}). Use fairness.method none, "
-    "reweighing or roc, or privacy.individual_accounting: false.")
-
-
-def unsupported_method(method: RepairMethod) -> str | None:
-    """Why the individual accounting's whole-set pass cannot reproduce ``method``'s per-example
-    gradients (its own loss, forward hooks or per-batch state), or None when it can."""
-    hooks = [name for name in ("loss", "attach", "before_forward", "before_step")
-             if getattr(type(method), name) is not getattr(RepairMethod, name)]
-    if method.wants_activations and "loss" not in hooks:
-        hooks.append("hidden activations")
-    if not hooks:
-        return None
-    return INDIVIDUAL_UNSUPPORTED.format(method=method.name, hooks=", ".join(hooks))
-
 
 class CentralizedTrainer:
     """Epochs of minibatch training on data held on the device.
@@ -132,8 +114,6 @@ class CentralizedTrainer:
         self.individual: SensitivityLedger | None = None
         self.individual_seconds = 0.0
         if config.privacy.accounts_individuals:
-            if (reason := unsupported_method(self.method)) is not None:
-                raise ConfigError(reason)
             self.individual = SensitivityLedger(config.privacy.max_grad_norm)
         # The hidden activations a repair method's loss reads (RUNNER's neurons), recorded while
         # training by forward hooks on the model's own layers, so the models stay plain modules.
@@ -287,7 +267,7 @@ class CentralizedTrainer:
 
         One batched pass (``training.eval_batch_size`` examples a batch) through the DP engine's
         own per-example norms, of the per-example loss DP-SGD clips (the weighted cross-entropy;
-        :func:`privacy.individual.unsupported_method` refuses methods with a loss of their own).
+        the config refuses methods that change the training step, :meth:`RepairMethod.training_changes`).
         It trains nothing: no optimizer step, no noise, no accountant step, the engine's records
         and the parameters' gradients dropped (zero_grad) after each batch; and it draws nothing:
         the inputs' device transform runs in its evaluation form (no random flips).

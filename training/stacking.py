@@ -48,7 +48,6 @@ from models.mlp import MLP
 from privacy.fast_dpsgd import FastPrivateTraining
 from training.centralized import CentralizedTrainer
 from training.optim import build_optimizer
-from training.repair.base import RepairMethod
 from utils.config import ExperimentConfig
 from utils.fairness import GROUPS
 from utils.progress import progress
@@ -56,9 +55,6 @@ from utils.progress import progress
 # The keys in which the runs of one stack may differ; every other key must be equal.
 STACKED_KEYS = ("seed", "data.minority_share", "privacy.noise_multiplier",
                 "privacy.target_epsilon", "privacy.max_grad_norm")
-# The hooks a repair method may not override to be stacked: they change how a batch trains.
-TRAINING_HOOKS = ("loss", "phases", "start_phase", "attach", "before_forward", "before_step",
-                  "hidden_layers")
 
 
 class NotStackable(Exception):
@@ -112,13 +108,6 @@ def plan_stacks(configs: list[ExperimentConfig], size: int) -> list[list[int]]:
             plan.append(stack)
         stack.append(index)
     return plan
-
-
-def _plain_training(method: RepairMethod) -> bool:
-    """Whether ``method`` leaves the training step alone (prepares data or post-processes only)."""
-    cls = type(method)
-    return (not cls.wants_activations and not method.reads_public
-            and all(getattr(cls, hook) is getattr(RepairMethod, hook) for hook in TRAINING_HOOKS))
 
 
 class StackedTrainer:
@@ -346,8 +335,9 @@ def runtime_signature(trainer) -> tuple:
         raise NotStackable("DP-SGD on an engine other than 'fast'")
     if trainer.transform is not None:
         raise NotStackable("the data set has a batch transform (images)")
-    if not _plain_training(trainer.method):
-        raise NotStackable(f"fairness.method {trainer.method.name!r} changes the training step")
+    if changes := trainer.method.training_changes() + (["public data"] if trainer.method.reads_public else []):
+        raise NotStackable(f"fairness.method {trainer.method.name!r} changes the training step "
+                           f"({', '.join(changes)})")
     if len(trainer.phases) != 1:
         raise NotStackable("the training has several phases")
     model = trainer.base_model()

@@ -45,6 +45,12 @@ NAME_REGISTRIES = {
     "privacy.engine": ("privacy", "ENGINES"),
 }
 ACCOUNTANTS = ("rdp", "prv")
+INDIVIDUAL_UNSUPPORTED = (
+    "privacy.individual_accounting does not support fairness.method {method!r} under DP-SGD: its "
+    "whole-set pass computes the norm of each example's weighted cross-entropy gradient, and this "
+    "method changes the training step ({changes}). Use a method that only prepares the data or "
+    "post-processes (none, reweighing, oversample, fairsmote, roc), or "
+    "privacy.individual_accounting: false.")
 INDIVIDUAL_NEEDS_NOISE = ("privacy.individual_accounting: true with privacy.noise_multiplier 0: "
                           "without noise every example's ε is infinite. Set a positive "
                           "privacy.noise_multiplier, or privacy.individual_accounting: false.")
@@ -622,6 +628,12 @@ class ExperimentConfig:
             refusal = self.fairness.method_class().refusal(self.fairness.method, self.privacy.mode)
             if refusal is not None:
                 raise ConfigError(refusal)
+        if self.privacy.accounts_individuals and self.privacy.mode == "dpsgd":
+            # DP-FedAvg's pass trains each client with the method's own client loss; DP-SGD's
+            # pass takes the norms of the plain weighted cross-entropy, so it must be what trains.
+            if changes := self.fairness.method_class().training_changes():
+                raise ConfigError(INDIVIDUAL_UNSUPPORTED.format(method=self.fairness.method,
+                                                                changes=", ".join(changes)))
         if self.training.balanced_batches and self.privacy.private:
             raise ConfigError(BALANCED_BATCHES_NOT_PRIVATE.format(mode=self.privacy.mode))
         if self.data.train_size is not None:

@@ -145,6 +145,13 @@ class LossTerms:
         return mean if self.coupled is None else mean + self.coupled
 
 
+# The hooks through which a method changes how a training batch is computed (its loss, forward
+# pass, phases or per-step state). A method overriding none of them trains exactly as Vanilla does,
+# which the individual accounting's whole-set pass and the stacked trainer rely on.
+TRAINING_HOOKS = ("loss", "phases", "start_phase", "attach", "before_forward", "before_step",
+                  "hidden_layers")
+
+
 class RepairMethod:
     """Vanilla training; subclasses override the hooks they need.
 
@@ -246,6 +253,16 @@ class RepairMethod:
     def postprocess(self, scores: np.ndarray, minority: np.ndarray, threshold: float) -> np.ndarray:
         """Post-processing: scores and group flags to 0/1 decisions."""
         return predictions(scores, threshold)
+
+    @classmethod
+    def training_changes(cls) -> list[str]:
+        """How the method changes the plain training step: the names of the :data:`TRAINING_HOOKS`
+        it overrides, and "hidden activations" when its loss reads them. Empty for a method that
+        only prepares the data or post-processes the scores (it trains as Vanilla does)."""
+        changes = [hook for hook in TRAINING_HOOKS if getattr(cls, hook) is not getattr(RepairMethod, hook)]
+        if cls.wants_activations:
+            changes.append("hidden activations")
+        return changes
 
     @classmethod
     def refusal(cls, name: str, privacy_mode: str) -> str | None:
