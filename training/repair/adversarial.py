@@ -72,6 +72,7 @@ class Adversarial(PublicForm, RepairMethod):
     def __init__(self, settings, **kwargs):
         super().__init__(settings, **kwargs)
         self.adversary: nn.Module | None = None
+        self._restored: dict | None = None  # a checkpoint's adversary, loaded when it is built
 
     def prepare(self, data):
         if self.uses_public_form:
@@ -99,6 +100,21 @@ class Adversarial(PublicForm, RepairMethod):
             self.adversary = adversary_network(inputs, self.settings.adversary_hidden).to(device)
         self.optimizer = torch.optim.Adam(self.adversary.parameters(),
                                           lr=self.settings.adversary_lr)
+        if self._restored is not None:  # a resumed run continues the adversary it had trained
+            self.adversary.load_state_dict(self._restored["adversary"])
+            self.optimizer.load_state_dict(self._restored["optimizer"])
+            self._restored = None
+
+    def state_dict(self) -> dict:
+        """The adversary and its Adam state: a resumed run goes on training the same adversary
+        (its fresh initialization would undo what it had learned against the model)."""
+        if self.adversary is None:
+            return {}
+        return {"adversary": self.adversary.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        # Built at the first step, on the model's device, as in the uninterrupted run.
+        self._restored = state or None
 
     def adversary_step(self, batch: Batch) -> float:
         """One update of the adversary on the batch's detached outputs; returns its loss."""
