@@ -196,9 +196,16 @@ def test_a_resumed_fast_run_ends_identical(method):
 
 @pytest.mark.parametrize("kernel, stride, padding, dilation", [
     (3, 1, 1, 1), (3, 2, 1, 1), (1, 2, 0, 1), (7, 2, 3, 1), (3, 1, 2, 2), ((3, 1), (2, 1), (1, 0), 1)])
-def test_the_engines_unfold_is_torchs(kernel, stride, padding, dilation):
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "offset view"])
+def test_the_engines_unfold_is_torchs(kernel, stride, padding, dilation, layout):
+    # The unfold is one strided view of the input's storage, so inputs whose memory is laid out
+    # otherwise (channels last, a view starting inside a larger tensor) must give the same.
     conv = torch.nn.Conv2d(5, 4, kernel, stride=stride, padding=padding, dilation=dilation)
     a = torch.randn(3, 5, 11, 9)
+    if layout == "channels_last":
+        a = a.to(memory_format=torch.channels_last)
+    elif layout == "offset view":
+        a = torch.randn(4, 6, 13, 9)[1:, 1:, 2:]
     expected = F.unfold(a, conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
                         stride=conv.stride)
     assert torch.equal(fast_dpsgd.unfold(a, conv), expected)

@@ -23,8 +23,8 @@ import torch
 import yaml
 from torch import nn
 
-import running
 from models import build_model
+from tests.cli import main_on_yaml
 from training.repair import METHODS, build_method
 from training.repair.base import Batch, group_gap
 from training.repair.fairsmote import NEEDS_TABULAR
@@ -207,12 +207,7 @@ logging: {tensorboard: false, wandb: {mode: disabled}, progress: never}
 
 
 def run_cli(tmp_path: Path, *overrides: str) -> int:
-    params = tmp_path / "params.yaml"
-    params.write_text(TINY)
-    argv = ["--params", str(params), "--set", f"output_dir={tmp_path / 'out'}"]
-    for override in overrides:
-        argv += ["--set", override]
-    return running.main(argv)
+    return main_on_yaml(tmp_path, TINY, *overrides)
 
 
 @pytest.mark.parametrize("target", ["dp", "eo"])

@@ -30,11 +30,11 @@ from scipy import stats
 from torch import nn
 from torch.nn import functional as F
 
-import running
 from dataset.base import DataBundle
 from privacy import ENGINES, dpsgd
 from privacy.accounting import epsilon_of_history
 from privacy.releases import CELLS, PrivateStatistics, cell_counts
+from tests.cli import main_on_yaml
 from training.repair import METHODS
 from training.repair.base import (
     Batch,
@@ -258,12 +258,7 @@ logging: {tensorboard: false, wandb: {mode: disabled}, progress: never}
 
 
 def run_cli(tmp_path: Path, *overrides: str) -> int:
-    params = tmp_path / "params.yaml"
-    params.write_text(TINY)
-    argv = ["--params", str(params), "--set", f"output_dir={tmp_path / 'out'}"]
-    for override in overrides:
-        argv += ["--set", override]
-    return running.main(argv)
+    return main_on_yaml(tmp_path, TINY, *overrides)
 
 
 def summary(tmp_path: Path, name: str = "dprepair") -> dict:
