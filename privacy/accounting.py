@@ -8,7 +8,9 @@ steps at a given δ; nothing here re-derives them (Mironov 2017 for RDP, Gopi et
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Sequence
 
 from opacus.accountants import create_accountant
 from opacus.accountants.accountant import IAccountant
@@ -47,15 +49,32 @@ def epsilon_after(*, noise_multiplier: float, sample_rate: float, steps: int, de
                               accountant=accountant)
 
 
+def effective_noise_multiplier(sigma: float, step_releases: Sequence[float] = ()) -> float:
+    """σ_eff = (σ⁻² + Σⱼ σⱼ⁻²)^(-1/2) of a step whose noisy sum (noise multiplier σ) and releases
+    (noise multipliers σⱼ) read the same sample: one sampled Gaussian mechanism
+    (:mod:`privacy.clipping` gives the argument). σ itself without releases; 0 when a part has no
+    noise."""
+    if not step_releases:
+        return sigma
+    multipliers = [sigma, *step_releases]
+    if any(value == 0 for value in multipliers):
+        return 0.0
+    return sum(value ** -2 for value in multipliers) ** -0.5
+
+
 def noise_for_epsilon(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
-                      accountant: str, releases: list[tuple[float, float, int]] = ()) -> float:
+                      accountant: str, releases: list[tuple[float, float, int]] = (),
+                      step_releases: Sequence[float] = ()) -> float:
     """The smallest σ (to 0.01 in ε) whose ε after ``steps`` steps is at most the target.
 
     ``releases`` are the run's other releases ((σ, q, steps) entries, :mod:`privacy.releases`):
     the training's σ is then chosen for the whole budget, ε of the steps composed with them.
+    ``step_releases`` are the noise multipliers of releases every step makes on its sample (a
+    clipping rule's, :mod:`privacy.clipping`): each step is then accounted at
+    :func:`effective_noise_multiplier` of σ and them.
     Raises ValueError when the releases alone spend the target.
     """
-    if not releases:
+    if not releases and not step_releases:
         with warnings.catch_warnings():
             # The search evaluates RDP at small σ candidates, where the best order is often the
             # largest tried; each bound is still valid.
@@ -64,14 +83,20 @@ def noise_for_epsilon(*, target_epsilon: float, delta: float, sample_rate: float
                                               sample_rate=sample_rate, steps=steps,
                                               accountant=accountant))
     releases = list(releases)
-    spent = epsilon_of_history(releases, delta=delta, accountant=accountant)
+    # With infinite noise on the sum, what is left is the releases alone: the steps' at the
+    # releases' own σ_eff, and the one-off releases.
+    alone = list(releases)
+    if step_releases:
+        alone.append((effective_noise_multiplier(math.inf, step_releases), sample_rate, steps))
+    spent = epsilon_of_history(alone, delta=delta, accountant=accountant)
     if spent >= target_epsilon:
         raise ValueError(f"the auxiliary releases alone spend ε = {spent:.3g} of the target "
                          f"{target_epsilon:g}")
 
     def epsilon(sigma: float) -> float:
-        return epsilon_of_history([(sigma, sample_rate, steps), *releases], delta=delta,
-                                  accountant=accountant)
+        return epsilon_of_history(
+            [(effective_noise_multiplier(sigma, step_releases), sample_rate, steps), *releases],
+            delta=delta, accountant=accountant)
 
     # Bisection on the monotone ε(σ), as Opacus' get_noise_multiplier does for one mechanism:
     # stop with ε within 0.01 below the target, keeping the side that meets it.

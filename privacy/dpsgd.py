@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from privacy.accounting import epsilon_of_history, noise_for_epsilon
+from privacy.clipping import NEEDS_FAST_ENGINE, Flat
 from privacy.noise import SecureRandom
 from privacy.releases import Release
 from utils.config import PrivacyConfig
@@ -52,6 +53,8 @@ class PrivateTraining:
             None under ``secure_rng``, whose draws have no state to save.
         releases: the run's other releases of private statistics (:mod:`privacy.releases`),
             composed with the training steps in :meth:`epsilon`.
+        clipping: the clipping rule, always flat: Opacus' optimizer clips flat, and the config
+            refuses other rules with this engine.
     """
 
     module: GradSampleModule
@@ -61,6 +64,11 @@ class PrivateTraining:
     sample_rate: float
     noise_generator: torch.Generator | None
     releases: list[Release]
+    clipping: Flat
+    step_releases = ()  # flat clipping releases nothing per step
+
+    def batch_groups(self, minority: torch.Tensor) -> None:
+        """Flat clipping reads no group label."""
 
     @property
     def noise_multiplier(self) -> float:
@@ -184,7 +192,8 @@ def _draw_noise_securely(optimizer: DPOptimizer, source: SecureRandom) -> None:
 def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
                  config: PrivacyConfig, epochs: int,
                  noise_generator: torch.Generator | None = None,
-                 releases: list[Release] = ()) -> PrivateTraining:
+                 releases: list[Release] = (),
+                 clipping_generator: torch.Generator | None = None) -> PrivateTraining:
     """Wrap model, optimizer and index loader for DP-SGD as ``config`` says.
 
     With ``target_epsilon`` the smallest noise multiplier is chosen whose ε after ``epochs``
@@ -197,7 +206,11 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
         noise_generator: the noise's own seeded generator, on the model's device (the run's
             ``dp_noise`` stream). Required unless ``config.secure_rng``; it must not be the
             loader's generator, nor seeded like it.
+        clipping_generator: unused (the fast engine's clipping rules draw from it); Opacus clips
+            flat, which releases nothing.
     """
+    if config.clipping != "flat":
+        raise ConfigError(NEEDS_FAST_ENGINE.format(rule=config.clipping))
     secure = config.secure_rng
     if not secure and noise_generator is None:
         raise ValueError("a reproducible DP-SGD run needs its own noise generator")
@@ -249,7 +262,9 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
         _draw_noise_securely(dp_optimizer, source)
     return PrivateTraining(module=module, optimizer=dp_optimizer, index_loader=dp_loader,
                            engine=engine, sample_rate=sample_rate,
-                           noise_generator=None if secure else noise_generator, releases=releases)
+                           noise_generator=None if secure else noise_generator, releases=releases,
+                           clipping=Flat(None, max_grad_norm=config.max_grad_norm,
+                                         expected_batch_size=len(loader.dataset) * sample_rate))
 
 
 def per_example_grad_norms(module: nn.Module) -> torch.Tensor:

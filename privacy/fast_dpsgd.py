@@ -21,12 +21,16 @@ leaves behind, not from one materialized gradient per example per parameter:
 - a :class:`torch.nn.GroupNorm`'s per-example gradients are per channel, Σ over space of δ·x̂ and δ.
 
 With cᵢ = min(1, C / (‖gᵢ‖ + 1e-6)) over each example's whole gradient (all layers), as Opacus
-clips. The loss is the mean over the sampled batch, so δ carries 1/n and each per-example gradient
+clips; or the factors, noise scale and per-step releases of another clipping rule
+(``privacy.clipping``, :mod:`privacy.clipping`), which reads the same norms (and, for DPSGD-F, the
+batch's group labels, :meth:`FastPrivateTraining.batch_groups`); the accountant then records each
+step at the rule's effective noise multiplier. The loss is the mean over the sampled batch, so δ carries 1/n and each per-example gradient
 is n·δᵢ ⊗ aᵢ. A model with a trainable layer of another type is refused (use Opacus). A layer used
 twice in one forward pass would break the book-keeping; none of the registry's models does.
 
 Randomness: the Poisson draws come from the trainer's batch-sampling generator, the noise from the
-run's ``dp_noise`` generator (one flat draw per step), or both from the OS under ``secure_rng``.
+run's ``dp_noise`` generator (one flat draw per step), a clipping rule's releases from the
+``dp_clipping`` generator, or all from the OS under ``secure_rng``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from opacus.accountants import create_accountant
 from torch import nn
 
 from privacy.accounting import epsilon_of_history, noise_for_epsilon
+from privacy.clipping import ClippingRule, ClipStep, Flat, build_rule
 from privacy.noise import SecureRandom
 from privacy.releases import Release
 from utils.errors import ConfigError
@@ -225,9 +230,18 @@ class FastEngine:
 
     def __init__(self, model: nn.Module, *, max_grad_norm: float, noise_multiplier: float,
                  sample_rate: float, expected_batch_size: float, accountant: str,
-                 noise_generator: torch.Generator | None, secure: SecureRandom | None):
+                 noise_generator: torch.Generator | None, secure: SecureRandom | None,
+                 rule: ClippingRule | None = None):
         self.model, self.max_grad_norm = model, max_grad_norm
         self.noise_multiplier, self.sample_rate = float(noise_multiplier), sample_rate
+        # The clipping rule (flat unless privacy.clipping says otherwise), and the noise multiplier
+        # the accountant records per step: σ, or σ_eff of the sum and the rule's releases.
+        self.rule = rule if rule is not None else Flat(
+            None, max_grad_norm=max_grad_norm, expected_batch_size=expected_batch_size)
+        self.accounted_noise_multiplier = self.rule.accounted_noise_multiplier(self.noise_multiplier)
+        self._groups: torch.Tensor | None = None  # the batch's group flags (batch_groups)
+        self._step: ClipStep | None = None  # this step's clipping, once computed
+        self.last_step: ClipStep | None = None  # the last privatized step's, for diagnostics
         self.expected_batch_size = expected_batch_size
         self.accountant = create_accountant(mechanism=accountant)
         self.noise_generator, self.secure = noise_generator, secure
@@ -253,9 +267,9 @@ class FastEngine:
         for p in self.params:
             p.requires_grad_(tracked)
 
-    def _per_example(self) -> tuple[dict[nn.Parameter, Any], torch.Tensor, torch.Tensor]:
+    def _per_example(self) -> tuple[dict[nn.Parameter, Any], torch.Tensor, int]:
         """This backward pass's per-example gradients (or their factors), each example's norm and
-        clipping factor; computed once per step."""
+        the batch size; computed once per step."""
         if self._current is None:
             batch = next((len(r.input) for r in self.recorders if r.input is not None), 0)
             grads: dict[nn.Parameter, Any] = {}
@@ -270,9 +284,22 @@ class FastEngine:
                 norms = torch.stack([g.squared_norms() for g in grads.values()]).sum(0).sqrt() * batch
             else:
                 norms = torch.zeros(batch, device=device)
-            factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-            self._current = (grads, norms, factors * batch)
+            self._current = (grads, norms, batch)
         return self._current
+
+    def batch_groups(self, minority: torch.Tensor) -> None:
+        """The group flags of the batch about to be forwarded (True: minority), for a rule that
+        clips by group (DPSGD-F); dropped after the step."""
+        self._groups = minority
+
+    def clip_step(self) -> ClipStep:
+        """This step's clipping: the rule's factors, sensitivity and bounds from the last backward
+        pass's norms (and groups). Computed once per step (the rule draws its releases and moves
+        on when it is), shared by the diagnostics and :meth:`privatize`."""
+        if self._step is None:
+            _, norms, _ = self._per_example()
+            self._step = self.rule.clip(norms, self._groups if self.rule.uses_groups else None)
+        return self._step
 
     def per_example_norms(self) -> torch.Tensor:
         """Each sampled example's whole gradient norm before clipping, of the last backward."""
@@ -283,13 +310,14 @@ class FastEngine:
         diagnostic pass, such as :mod:`privacy.individual`'s whole-set norms, must not train."""
         for recorder in self.recorders:
             recorder.clear()
-        self._current = None
+        self._current = self._step = self._groups = None
 
-    def draw_noise(self) -> torch.Tensor:
-        """One step's noise N(0, σ²C²) for every parameter, one flat draw in the parameters' order
-        (from the ``dp_noise`` generator, or the OS under ``secure_rng``)."""
+    def draw_noise(self, sensitivity: float | None = None) -> torch.Tensor:
+        """One step's noise N(0, σ²S²) for every parameter, one flat draw in the parameters' order
+        (from the ``dp_noise`` generator, or the OS under ``secure_rng``); S is the step's
+        sensitivity, C (flat clipping) unless given."""
         device, dtype = self.params[0].device, self.params[0].dtype
-        std = self.noise_multiplier * self.max_grad_norm
+        std = self.noise_multiplier * (self.max_grad_norm if sensitivity is None else sensitivity)
         total = sum(p.numel() for p in self.params)
         if self.secure is not None:
             return self.secure.gaussian((total,), std, device=device, dtype=dtype)
@@ -301,8 +329,10 @@ class FastEngine:
     def privatize(self) -> None:
         """Replace every parameter's ``grad`` by (Σ clipped per-example gradients + noise) / qN,
         and record the step with the accountant."""
-        grads, _, weights = self._per_example()  # cᵢ·n, see _per_example
-        noise = self.draw_noise()
+        grads, _, batch = self._per_example()
+        step = self.clip_step()
+        weights = step.factors * batch  # cᵢ·n, see _per_example
+        noise = self.draw_noise(step.sensitivity)
         start = 0
         for p in self.params:
             summed = (grads[p].clipped_sum(weights).reshape(p.shape) if p in grads
@@ -311,8 +341,10 @@ class FastEngine:
             start += p.numel()
         for recorder in self.recorders:
             recorder.clear()
-        self._current = None
-        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+        self.last_step = step
+        self._current = self._step = self._groups = None
+        self.accountant.step(noise_multiplier=self.accounted_noise_multiplier,
+                             sample_rate=self.sample_rate)
 
 
 class FastDPOptimizer:
@@ -368,7 +400,19 @@ class FastPrivateTraining:
     def steps(self) -> int:
         return int(sum(steps for _, _, steps in self.accountant.history))
 
+    @property
+    def clipping(self) -> ClippingRule:
+        """The clipping rule (``privacy.clipping``); its state goes into checkpoints."""
+        return self.fast.rule
+
+    @property
+    def step_releases(self) -> list:
+        """The clipping rule's per-step releases (:class:`privacy.clipping.StepRelease`)."""
+        return self.fast.rule.step_releases()
+
     def history(self) -> list[tuple[float, float, int]]:
+        """Every step the accountant recorded (at σ_eff under a rule with releases), then every
+        one-off release."""
         return [*self.accountant.history, *(release.history() for release in self.releases)]
 
     def epsilon(self, delta: float) -> float:
@@ -376,9 +420,19 @@ class FastPrivateTraining:
                                   accountant=self.accountant.mechanism())
 
     def epsilon_parts(self, delta: float) -> dict[str, float]:
+        """Each part's ε alone: ``training`` (the steps' noisy sums at σ), each of the clipping
+        rule's per-step releases at its own σⱼ over the same steps, each one-off release."""
         mechanism = self.accountant.mechanism()
-        parts = {"training": epsilon_of_history(self.accountant.history, delta=delta,
-                                                accountant=mechanism)}
+        if self.step_releases:
+            q, steps = self.sample_rate, self.steps
+            parts = {"training": epsilon_of_history([(self.noise_multiplier, q, steps)],
+                                                    delta=delta, accountant=mechanism)}
+            for release in self.step_releases:
+                parts[release.name] = epsilon_of_history([(release.noise_multiplier, q, steps)],
+                                                         delta=delta, accountant=mechanism)
+        else:
+            parts = {"training": epsilon_of_history(self.accountant.history, delta=delta,
+                                                    accountant=mechanism)}
         for release in self.releases:
             parts[release.name] = epsilon_of_history([release.history()], delta=delta,
                                                      accountant=mechanism)
@@ -386,6 +440,19 @@ class FastPrivateTraining:
 
     def per_example_norms(self) -> torch.Tensor:
         return self.fast.per_example_norms()
+
+    def batch_groups(self, minority: torch.Tensor) -> None:
+        """The group flags (True: minority) of the batch about to be forwarded."""
+        self.fast.batch_groups(minority)
+
+    def clip_step(self) -> ClipStep:
+        """This step's clipping (:meth:`FastEngine.clip_step`)."""
+        return self.fast.clip_step()
+
+    @property
+    def last_clip_step(self) -> ClipStep | None:
+        """The last privatized step's clipping."""
+        return self.fast.last_step
 
     @contextlib.contextmanager
     def hooks_off(self):
@@ -401,34 +468,43 @@ class FastPrivateTraining:
 
 def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader, config, epochs: int,
                  noise_generator: torch.Generator | None = None,
-                 releases: list[Release] = ()) -> FastPrivateTraining:
+                 releases: list[Release] = (),
+                 clipping_generator: torch.Generator | None = None) -> FastPrivateTraining:
     """The fast engine for ``model`` (same arguments and meaning as
-    :func:`privacy.dpsgd.make_private`). With ``poisson_sampling: false`` it trains on the plain
-    loader's shuffled fixed-size batches, as Opacus does, and the trainer marks ε as no guarantee."""
+    :func:`privacy.dpsgd.make_private`), clipping by ``config.clipping``; a rule with releases draws
+    them from ``clipping_generator`` (the run's ``dp_clipping`` stream, on the CPU) unless
+    ``secure_rng``. With ``poisson_sampling: false`` it trains on the plain loader's shuffled
+    fixed-size batches, as Opacus does, and the trainer marks ε as no guarantee."""
     secure = SecureRandom() if config.secure_rng else None
     if secure is None and noise_generator is None:
         raise ValueError("a reproducible DP-SGD run needs its own noise generator")
     steps_per_epoch = len(loader)
     sample_rate = 1.0 / steps_per_epoch  # Opacus' q: one step per batch of the plain loader
     num_examples = len(loader.dataset)
+    expected_batch_size = int(num_examples * sample_rate)
+    rule = build_rule(config, expected_batch_size=expected_batch_size,
+                      source=secure if secure is not None else clipping_generator)
+    if rule.step_releases() and secure is None and clipping_generator is None:
+        raise ValueError(f"privacy.clipping {rule.name!r} releases counts: a reproducible run "
+                         f"needs its own clipping generator")
     releases = list(releases)
     if config.target_epsilon is not None:
         try:
-            sigma = noise_for_epsilon(target_epsilon=config.target_epsilon, delta=config.delta,
-                                      sample_rate=sample_rate, steps=epochs * steps_per_epoch,
-                                      accountant=config.accountant,
-                                      releases=[release.history() for release in releases])
+            sigma = noise_for_epsilon(
+                target_epsilon=config.target_epsilon, delta=config.delta, sample_rate=sample_rate,
+                steps=epochs * steps_per_epoch, accountant=config.accountant,
+                releases=[release.history() for release in releases],
+                step_releases=[release.noise_multiplier for release in rule.step_releases()])
         except ValueError as error:
+            keys = ["privacy.counts_noise_multiplier", *(r.key for r in rule.step_releases())]
             raise ConfigError(f"privacy.target_epsilon {config.target_epsilon:g}: {error}. Raise "
-                              f"privacy.target_epsilon or privacy.counts_noise_multiplier."
-                              ) from None
+                              f"privacy.target_epsilon or {' or '.join(keys)}.") from None
     else:
         sigma = config.noise_multiplier
     engine = FastEngine(model, max_grad_norm=config.max_grad_norm, noise_multiplier=sigma,
-                        sample_rate=sample_rate,
-                        expected_batch_size=int(num_examples * sample_rate),
+                        sample_rate=sample_rate, expected_batch_size=expected_batch_size,
                         accountant=config.accountant, noise_generator=noise_generator,
-                        secure=secure)
+                        secure=secure, rule=rule)
     if config.poisson_sampling:
         index_loader = PoissonIndexLoader(num_examples, sample_rate, steps_per_epoch,
                                           loader.generator, secure)

@@ -16,6 +16,7 @@ import torch
 
 from dataset.celeba import SPLITS
 from privacy import ENGINES
+from privacy.clipping import RULES
 from training import TRAINERS
 from training.base import Trainer
 from training.experiment import build_components
@@ -29,15 +30,17 @@ from utils.registry import CLOSE_MATCH, UNKNOWN_NAME
 ROOT = Path(__file__).resolve().parent.parent
 
 # The registries whose names are the valid values of a config key, by that key.
-NAMED = {registry.config_key: registry for registry in (SPLITS, OPTIMIZERS, TRAINERS, PARTITIONS, METHODS, ENGINES)}
+NAMED = {registry.config_key: registry for registry in (SPLITS, OPTIMIZERS, TRAINERS, PARTITIONS, METHODS, ENGINES, RULES)}
 # Under a private privacy.mode the config needs a noise level; a non-private run ignores it.
 BASE = {"privacy": {"noise_multiplier": 1.0}}
+# A clipping rule other than flat needs DP-SGD (every rule runs under it).
+NEEDS = {"privacy.clipping": {"mode": "dpsgd"}}
 
 
 def with_value(key: str, value: object) -> dict:
     """:data:`BASE` with the dotted ``key`` (section.name) set to ``value``."""
     section, name = key.split(".")
-    return {**BASE, section: {**BASE.get(section, {}), name: value}}
+    return {**BASE, section: {**BASE.get(section, {}), **NEEDS.get(key, {}), name: value}}
 
 
 def test_the_config_asks_exactly_these_registries():

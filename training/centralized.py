@@ -104,8 +104,12 @@ class CentralizedTrainer:
             # prepared the data; they are composed with the steps, and under target_epsilon the
             # steps' σ is chosen for what the releases left of the budget.
             engine = ENGINES.get(config.privacy.engine)
+            # A clipping rule's noisy counts (privacy.clipping) have their own stream.
+            clipping = (None if config.privacy.secure_rng
+                        else torch_generator(config.seed, "dp_clipping"))
             self.private = engine(model, optimizer, loader, config.privacy, self.units,
-                                  noise_generator=noise, releases=self.method.releases())
+                                  noise_generator=noise, releases=self.method.releases(),
+                                  clipping_generator=clipping)
             model, optimizer, loader = (self.private.module, self.private.optimizer,
                                         self.private.index_loader)
         self.model, self.optimizer, self.loader = model, optimizer, loader
@@ -210,6 +214,9 @@ class CentralizedTrainer:
         clipped = torch.zeros(2, device=self.device)
         counts = torch.zeros(2, device=self.device)
         bound = self.config.privacy.max_grad_norm
+        # A clipping rule other than flat (privacy.clipping): its bounds in force, step by step.
+        rule_steps = RuleDiagnostics() if (self.private is not None
+                                           and self.config.privacy.clipping != "flat") else None
         for (indices,) in progress(self.loader, desc=f"epoch {unit + 1}/{self.units}", leave=False,
                                    mode=self.config.logging.progress):
             indices = indices.to(self.device)
@@ -218,6 +225,8 @@ class CentralizedTrainer:
                 x = self.transform(x, True)
             y = self.y[indices]
             self.optimizer.zero_grad(set_to_none=True)
+            if self.private is not None:  # a rule may clip by group (DPSGD-F)
+                self.private.batch_groups(self.minority[indices])
             self._activations.clear()
             if self.method.reads_public:
                 with self._public_pass() as model:
@@ -237,9 +246,13 @@ class CentralizedTrainer:
                 norms = self.private.per_example_norms()
                 group = (~self.minority[indices]).long()  # 0 = minority, 1 = majority (GROUPS order)
                 norm_sum.index_add_(0, group, norms.detach())
-                clipped.index_add_(0, group, (norms > bound).float())
+                limit = (self.private.clip_step().limits(self.minority[indices])
+                         if rule_steps is not None else bound)
+                clipped.index_add_(0, group, (norms > limit).float())
                 counts.index_add_(0, group, torch.ones_like(norms))
             self.optimizer.step()
+            if rule_steps is not None:
+                rule_steps.add(self.private.last_clip_step)
             if loss is not None:  # an empty Poisson batch has no mean loss and adds nothing
                 loss_sum += loss * len(indices)
                 seen += len(indices)
@@ -254,6 +267,8 @@ class CentralizedTrainer:
                 n = counts_cpu[i]
                 metrics[f"dp/grad_norm/group={group}"] = float(norm_sum[i]) / n if n else None
                 metrics[f"dp/clip_fraction/group={group}"] = float(clipped[i]) / n if n else None
+        if rule_steps is not None:
+            metrics.update(rule_steps.metrics())
         return metrics
 
     def _record_whole_set_norms(self) -> None:
@@ -323,7 +338,7 @@ class CentralizedTrainer:
             "privacy/sample_rate": self.private.sample_rate,
             "privacy/steps": self.private.steps,
         }
-        if self.private.releases:  # what each part of the composition would cost alone
+        if self.private.releases or self.private.step_releases:  # each part's cost alone
             metrics.update({f"privacy/epsilon_parts/{name}": value
                             for name, value in self.private.epsilon_parts(delta).items()})
         return metrics
@@ -350,6 +365,8 @@ class CentralizedTrainer:
                                    if self.private is not None else None),
             "releases": ([dataclasses.asdict(release) for release in self.private.releases]
                          if self.private is not None else []),
+            # The clipping rule's bound and release generator (privacy.clipping).
+            "clipping": self.private.clipping.state_dict() if self.private is not None else None,
             "method": self.method.state_dict(),
             "train_samples": self.train_samples,
             "train_seconds": self.train_seconds,
@@ -371,6 +388,7 @@ class CentralizedTrainer:
                 self.private.noise_generator.set_state(state["noise_generator"])
             self.private.accountant.history = [tuple(entry)
                                                       for entry in state["accountant_history"]]
+            self.private.clipping.load_state_dict(state.get("clipping") or {})
             if self.config.privacy.secure_rng:
                 # The releases before the interruption were drawn from the OS and cannot be
                 # replayed: this build drew its own, so both are spent and both are composed.
@@ -384,6 +402,30 @@ class CentralizedTrainer:
                 raise ValueError("the checkpoint holds no individual accounting passes")
             self.individual.load_state_dict(state["individual"])
             self.individual_seconds = float(state.get("individual_seconds", 0.0))
+
+
+class RuleDiagnostics:
+    """A clipping rule's bounds over an epoch's steps (``privacy.clipping`` other than flat): per
+    group the bound in force (``dp/clip_bound/group=…``), the sum's sensitivity
+    (``dp/noise_bound``) and the rule's extras (Z: ``dp/clip_threshold``), each the mean over the
+    epoch's steps, empty batches included (the bound is in force at every step). The bounds come
+    from the rule's noisy releases, but the means are logged with the other ``dp/`` diagnostics."""
+
+    def __init__(self):
+        self.steps = 0
+        self.sums: dict[str, float] = {}
+
+    def add(self, step) -> None:
+        values = {**{f"dp/clip_bound/group={group}": bound
+                     for group, bound in zip(GROUPS, step.bounds)},
+                  "dp/noise_bound": step.sensitivity,
+                  **{f"dp/{name}": value for name, value in step.extras.items()}}
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.steps += 1
+
+    def metrics(self) -> dict[str, float]:
+        return {key: total / self.steps for key, total in self.sums.items()} if self.steps else {}
 
 
 class BalancedBatches:

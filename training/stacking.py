@@ -25,8 +25,8 @@ usual, with its own data, initialization, streams and run directory):
 
 The result equals K sequential runs to float rounding (batched and single matrix products sum in
 different orders); tests/test_stacking.py checks models, metrics and ε run by run. What can be
-stacked: centralized training, non-private or DP-SGD on the fast engine, the ``mlp`` model,
-tabular data (no batch transform), and a repair method that only prepares the data or post-processes
+stacked: centralized training, non-private or DP-SGD on the fast engine with flat clipping, the
+``mlp`` model with ReLU, tabular data (no batch transform), and a repair method that only prepares the data or post-processes
 decisions (``none``, ``reweighing``, ``oversample``, ``fairsmote``, ``roc``). Anything else runs on
 its own, as without ``--stack``.
 """
@@ -70,8 +70,11 @@ def why_not_stackable(config: ExperimentConfig) -> str | None:
         return f"privacy.engine {privacy.engine!r} (stacking computes DP-SGD as the fast engine)"
     if getattr(privacy, "individual_accounting", False):
         return "privacy.individual_accounting"
-    if config.model.name != "mlp":
-        return f"model.name {config.model.name!r} (stacking batches MLPs)"
+    if privacy.mode == "dpsgd" and privacy.clipping != "flat":
+        return f"privacy.clipping {privacy.clipping!r} (stacking clips flat)"
+    if config.model.name != "mlp" or config.model.activation != "relu":
+        return (f"model.name {config.model.name!r}, model.activation {config.model.activation!r} "
+                f"(stacking batches ReLU MLPs)")
     if config.training.balanced_batches:
         return "training.balanced_batches"
     return None
@@ -333,6 +336,9 @@ def runtime_signature(trainer) -> tuple:
         raise NotStackable(f"{type(trainer).__name__} is not centralized training")
     if trainer.private is not None and not isinstance(trainer.private, FastPrivateTraining):
         raise NotStackable("DP-SGD on an engine other than 'fast'")
+    if trainer.private is not None and trainer.private.clipping.name != "flat":
+        raise NotStackable(f"privacy.clipping {trainer.private.clipping.name!r} (stacking clips "
+                           f"flat)")
     if trainer.transform is not None:
         raise NotStackable("the data set has a batch transform (images)")
     if changes := trainer.method.training_changes() + (["public data"] if trainer.method.reads_public else []):

@@ -43,6 +43,7 @@ NAME_REGISTRIES = {
     "federated.partition": ("training.partition", "PARTITIONS"),
     "fairness.method": ("training.repair", "METHODS"),
     "privacy.engine": ("privacy", "ENGINES"),
+    "privacy.clipping": ("privacy.clipping", "RULES"),
 }
 ACCOUNTANTS = ("rdp", "prv")
 INDIVIDUAL_UNSUPPORTED = (
@@ -58,6 +59,7 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 FAIRNESS_TARGETS = ("dp", "eo")
 DATA_PROTOCOLS = ("official", "runner")
 MODEL_SELECTIONS = ("last", "best_val_gap", "best_val_ap")
+ACTIVATIONS = ("relu", "tanh")
 # Message part of a model selection asked for without a validation split (tests import it).
 SELECT_NEEDS_VALIDATION = "needs a validation split"
 BALANCED_BATCHES_NOT_PRIVATE = (
@@ -221,17 +223,23 @@ class ModelConfig:
         width: channels of the first stage of the convolutional models.
         weights: optional local file of pretrained weights (a state dict), loaded with
             ``torch.load(weights_only=True)``.
+        activation: the MLP's hidden activation, "relu" (the default) or "tanh" (fair-dp's MLP,
+            ``configs/dp_mitigation_adult.yaml``); the convolutional models use ReLU.
     """
 
     name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [200])
     width: int = 64
     weights: str | None = None
+    activation: str = "relu"
 
     def validate(self) -> None:
         _check(all(h > 0 for h in self.hidden), "model.hidden", self.hidden,
                "a list of positive layer sizes, e.g. [200]")
         _check(self.width > 0, "model.width", self.width, "a positive integer")
+        _one_of("model.activation", self.activation, ACTIVATIONS)
+        _check(self.activation == "relu" or self.name == "mlp", "model.activation",
+               self.activation, f"relu for model.name {self.name!r} (only the MLP has a choice)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -339,6 +347,26 @@ class PrivacyConfig:
             default): once per epoch's worth of data in both modes, 1 epoch under DP-SGD and
             ⌈1/q⌉ rounds under DP-FedAvg (in which every client is expected to train once), which
             keeps the passes' cost near a tenth to a third of the training's.
+        clipping: the clipping rule, a name of ``privacy.clipping.RULES`` (:mod:`privacy.clipping`
+            says what each does, its sensitivity and its releases): "flat" (the default, DP-SGD's
+            and DP-FedAvg's own clipping at ``max_grad_norm``), "dpsgd_f" (a bound per group, Xu
+            et al. 2021), "global" and "global_adapt" (scaling by C/Z, Esipova et al. 2023),
+            "adaptive" (the bound tracks a private quantile of the norms, Andrew et al. 2021),
+            "bounded_adaptive" (the same within bounds, Zhao et al. 2025) or "automatic"
+            (normalization, Bu et al. 2023). A rule's settings are a sub-section named after it,
+            checked as strictly as any section: ``privacy: {clipping: global_adapt, global_adapt:
+            {z: 50, bits_noise_multiplier: 10, lr_z: 0.1, threshold: 1}}``; the resolved config
+            holds the chosen rule's. A rule's per-step releases are composed into ε (each step is
+            one sampled Gaussian mechanism of the effective noise multiplier), listed in
+            ``privacy/epsilon_parts/clipping_*``, and a ``target_epsilon`` solves for
+            ``noise_multiplier`` with them included. Rules other than flat need a private mode,
+            the fast engine under DP-SGD, and no individual accounting; under DP-FedAvg only
+            adaptive and bounded_adaptive apply (to client updates). Each run then logs
+            ``dp/clip_bound/group=…`` (the bound in force, mean over the epoch's steps),
+            ``dp/noise_bound`` (the sum's sensitivity) and, for the global rules,
+            ``dp/clip_threshold`` (Z).
+        clipping_settings: the chosen rule's settings dataclass, built from ``privacy.<clipping>``
+            (its docstring documents the keys); None for flat.
     """
 
     mode: str = "none"
@@ -353,6 +381,8 @@ class PrivacyConfig:
     engine: str = "fast"
     individual_accounting: bool = False
     individual_every: int | None = None
+    clipping: str = "flat"
+    clipping_settings: Any = None
 
     @property
     def private(self) -> bool:
@@ -392,6 +422,55 @@ class PrivacyConfig:
                 f"privacy.target_epsilon; got noise_multiplier={self.noise_multiplier!r}, "
                 f"target_epsilon={self.target_epsilon!r}. Set the other one to null."
             )
+        rule = registry_of("privacy.clipping").get(self.clipping)
+        if self.clipping_settings is not None:
+            self.clipping_settings.validate()
+        if (refusal := rule.refusal(self)) is not None:
+            raise ConfigError(refusal)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as YAML holds it: the chosen rule's settings as ``privacy.<clipping>``."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "clipping_settings"}
+        if self.clipping_settings is not None and dataclasses.fields(self.clipping_settings):
+            out[self.clipping] = dataclasses.asdict(self.clipping_settings)
+        return out
+
+
+def _clipping_sections() -> dict[str, type]:
+    """Every clipping rule's settings class by rule name (``privacy.<name>``)."""
+    rules = registry_of("privacy.clipping")
+    return {name: rules.get(name).Settings for name in rules}
+
+
+def build_privacy(raw: Any, key: str = "privacy") -> PrivacyConfig:
+    """Build :class:`PrivacyConfig` from its YAML mapping: its keys, and beside them the clipping
+    rules' settings sections (``privacy.dpsgd_f: {...}``). Sections of rules other than the chosen
+    one may stand beside it (a grid that sweeps ``privacy.clipping``); they are checked too, and only
+    the chosen rule's lands in the config (its defaults when its section is absent)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key}: got {raw!r}; expected a mapping of the section's keys.")
+    names = [f.name for f in dataclasses.fields(PrivacyConfig) if f.name != "clipping_settings"]
+    config = build_dataclass(PrivacyConfig, {k: v for k, v in raw.items() if k in names},
+                             prefix=f"{key}.")
+    sections = {k: v for k, v in raw.items() if k not in names}
+    if config.clipping == "flat" and not sections:  # the common case needs no rule registry
+        return config
+    known = _clipping_sections()
+    for name in sections:
+        if name not in known:
+            raise _unknown_key_error(str(name), [*names, *known], f"{key}.")
+    built = {}
+    for name, values in sections.items():
+        settings = _coerce(values, known[name], f"{key}.{name}")
+        settings.validate()
+        built[name] = settings
+    chosen = built.get(config.clipping)
+    if chosen is None and config.clipping in known:  # the rule's defaults, written out
+        chosen = known[config.clipping]()
+    if chosen is None or not dataclasses.fields(chosen):  # an unknown name: validate refuses it
+        return config
+    return dataclasses.replace(config, clipping_settings=chosen)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -642,6 +721,7 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
+        out["privacy"] = self.privacy.to_dict()
         out["fairness"] = self.fairness.to_dict()
         return out
 
@@ -677,6 +757,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
     if annotation is FairnessConfig:  # its sub-sections come from the method registry
         return build_fairness(value, key)
+    if annotation is PrivacyConfig:  # its rules' sub-sections come from the clipping registry
+        return build_privacy(value, key)
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: got {value!r}; expected a mapping of the section's keys.")
@@ -989,9 +1071,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def _override_children(cls: type) -> dict[str, Any]:
     """The keys ``--set`` may name inside section ``cls``, with their types; the fairness section's
-    sub-sections are the methods' settings (``fairness.runner.lam``), not its ``settings`` field."""
+    sub-sections are the methods' settings (``fairness.runner.lam``), not its ``settings`` field,
+    and the privacy section's the clipping rules' (``privacy.global_adapt.z``)."""
     if cls is FairnessConfig:
         return {"method": str, "mode": str, **_fairness_sections()}
+    if cls is PrivacyConfig:
+        hints = typing.get_type_hints(cls)
+        return {**{f.name: hints[f.name] for f in dataclasses.fields(cls)
+                   if f.name != "clipping_settings"}, **_clipping_sections()}
     return {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
 
 

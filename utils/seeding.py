@@ -23,6 +23,7 @@ given, never changes: renumbering one would change every run's draws of that pur
 | augmentation       | dropout, random flips (torch's global generator)     | torch global        |
 | batch_sampling     | DP-SGD's Poisson batches, the non-private shuffle    | torch.Generator CPU |
 | dp_noise           | DP-SGD's Gaussian noise                              | torch.Generator dev |
+| dp_clipping        | a clipping rule's noisy counts (DP-SGD, DP-FedAvg)   | torch.Generator CPU |
 | client_partition   | DP-FedAvg: which examples each client holds          | NumPy               |
 | client_sampling    | DP-FedAvg: which clients take part in a round        | NumPy               |
 | client_shuffle     | DP-FedAvg: each client's local batch order           | torch.Generator CPU |
@@ -79,6 +80,7 @@ STREAMS: dict[str, int] = {
     "adult_runner_split": 0xAD_0C0D,
     "repair": 0x4E9A14,
     "dp_counts": 0xD9_C047,
+    "dp_clipping": 0xD9_C119,
     "python_numpy_global": 0x61_0BA1,
 }
 
