@@ -193,6 +193,11 @@ class ClippingRule:
             elif self.step_releases():
                 raise ValueError(f"the checkpoint holds no state of privacy.clipping {self.name!r}")
 
+    def release(self, values: list[float], std: float) -> list[float]:
+        """The Gaussian mechanism on ``values``: each plus an N(0, std²) draw, in order, from the
+        rule's source (the one place a rule's noise is drawn)."""
+        return [value + std * z for value, z in zip(values, self._normal(len(values)))]
+
     def _normal(self, count: int) -> list[float]:
         """``count`` N(0, 1) draws from the rule's source, as Python floats (float64)."""
         if isinstance(self.source, SecureRandom):
@@ -326,9 +331,7 @@ class DpsgdF(ClippingRule):
         above = norms > self.max_grad_norm
         counts = torch.stack([(above & minority).sum(), (~above & minority).sum(),
                               (above & ~minority).sum(), (~above & ~minority).sum()]).tolist()
-        sigma = self.settings.counts_noise_multiplier
-        noisy = [count + sigma * z for count, z in zip(counts, self._normal(4))]
-        bounds = self.group_bounds(noisy)
+        bounds = self.group_bounds(self.release(counts, self.settings.counts_noise_multiplier))
         limits = torch.where(minority, torch.tensor(bounds[0], device=norms.device, dtype=norms.dtype),
                              torch.tensor(bounds[1], device=norms.device, dtype=norms.dtype))
         factors = (limits / (norms + 1e-6)).clamp(max=1.0)
@@ -437,7 +440,7 @@ class GlobalAdapt(ClippingRule):
         clipped = (bound / (norms + 1e-6)).clamp(max=1.0)
         factors = torch.where(norms <= z, torch.full_like(norms, bound / z), clipped)
         above = float((norms > s.threshold * z).sum())
-        noisy = above + s.bits_noise_multiplier * self._normal(1)[0]
+        (noisy,) = self.release([above], s.bits_noise_multiplier)
         self.z = z * math.exp(-s.lr_z + noisy / self.expected_batch_size)
         return ClipStep(factors, bound, (z, z), {"clip_threshold": z})
 
@@ -517,7 +520,7 @@ class Adaptive(ClippingRule):
         bound = self.bound
         factors = (bound / (norms + 1e-6)).clamp(max=1.0)
         centred = float((norms <= bound).sum()) - len(norms) / 2
-        noisy = centred + self.count_noise_std * self._normal(1)[0]
+        (noisy,) = self.release([centred], self.count_noise_std)
         self.bound = self.next_bound(bound, noisy / self.expected_batch_size + 0.5)
         return ClipStep(factors, bound, (bound, bound))
 

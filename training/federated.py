@@ -12,7 +12,14 @@ The algorithm is McMahan et al., "Learning Differentially Private Recurrent Lang
 
 One round is one sampled-Gaussian step with (q, σ) at the level of a user, so ε after T rounds is
 :func:`privacy.accounting.epsilon_after` with ``steps = T``; ``target_epsilon`` picks σ for the
-planned ``federated.rounds`` as DP-SGD does for its steps. Local training needs no noise: only
+planned ``federated.rounds`` as DP-SGD does for its steps.
+
+Adaptive clipping (``privacy.clipping: adaptive`` or ``bounded_adaptive``, Andrew et al. 2021, made
+for this setting; :mod:`privacy.clipping`): S is the rule's bound S_t of the round; after the round
+the rule releases the noisy count of the round's clients whose update norm was at most S_t and
+moves the bound toward the target quantile. The round and its release are one sampled Gaussian
+mechanism at the effective noise multiplier, which the accountant records; a target ε solves for
+σ with the release included. Local training needs no noise: only
 what leaves the client (Δ_k) has to be private, and the server's clip-and-noise makes it so.
 
 The clients chosen in a round are trained side by side (:func:`local_updates_vectorized`): their
@@ -58,7 +65,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from dataset.base import BatchTransform, DataBundle, gather_rows, place_inputs
-from privacy.accounting import epsilon_after, noise_for_epsilon
+from privacy.accounting import epsilon_after, epsilon_of_history, noise_for_epsilon
+from privacy.clipping import ClippingRule, build_rule
 from privacy.dpfedavg import dp_fedavg_aggregate
 from privacy.individual import (
     IndividualPrivacy,
@@ -445,6 +453,7 @@ class FederatedTrainer:
         client_chunk_size: int | None = None,
         method: RepairMethod | None = None,
         individual_every: int | None = None,
+        clipping: ClippingRule | None = None,
     ):
         if (noise_multiplier is None) == (target_epsilon is None):
             raise ValueError("give exactly one of noise_multiplier and target_epsilon")
@@ -478,11 +487,24 @@ class FederatedTrainer:
         # The fixed denominator of McMahan et al.: the expected number of clients in a round. It
         # does not depend on who was sampled, so one user changes the average by at most S / (qN).
         self.expected_clients = client_sample_rate * num_clients
+        # An adaptive clipping rule (privacy.clipping), or None for the fixed bound S.
+        self.clipping = clipping
+        step_releases = ([r.noise_multiplier for r in clipping.step_releases()]
+                         if clipping is not None else [])
         if noise_multiplier is None:
-            noise_multiplier = noise_for_epsilon(target_epsilon=target_epsilon, delta=delta,
-                                                 sample_rate=client_sample_rate, steps=rounds,
-                                                 accountant=accountant)
+            try:
+                noise_multiplier = noise_for_epsilon(target_epsilon=target_epsilon, delta=delta,
+                                                     sample_rate=client_sample_rate, steps=rounds,
+                                                     accountant=accountant,
+                                                     step_releases=step_releases)
+            except ValueError as error:
+                keys = [r.key for r in clipping.step_releases()] if clipping is not None else []
+                raise ConfigError(f"privacy.target_epsilon {target_epsilon:g}: {error}. Raise "
+                                  f"{' or '.join(['privacy.target_epsilon', *keys])}.") from None
         self.noise_multiplier = float(noise_multiplier)
+        # What the accountant records per round: σ, or σ_eff of the round and the rule's release.
+        self.accounted_noise_multiplier = (clipping.accounted_noise_multiplier(self.noise_multiplier)
+                                           if clipping is not None else self.noise_multiplier)
 
         self.x = place_inputs(data.x_train, self.device, what="training inputs")
         self.y = torch.as_tensor(data.y_train).to(self.device, torch.float32)
@@ -529,6 +551,9 @@ class FederatedTrainer:
             "model_parameters": num_params,
             "noise_std_of_average": self.noise_multiplier * max_grad_norm / self.expected_clients,
         }
+        if clipping is not None:  # the bound moves: the noise's scale is σ times the round's bound
+            self.info["clipping"] = clipping.name
+            self.info["accounted_noise_multiplier"] = self.accounted_noise_multiplier
 
     def _client_weights(self, data: DataBundle) -> torch.Tensor | None:
         """Every training example's loss weight from its own client's data
@@ -580,7 +605,14 @@ class FederatedTrainer:
         orders = draw_local_orders(self._client_table[rows], self._client_sizes[rows],
                                    self.local_epochs, self._shuffle_gen).to(self.device)
         updates, loss_sum, examples = self._local_updates(orders)
-        result = dp_fedavg_aggregate(updates, max_grad_norm=self.max_grad_norm,
+        bound, rule_metrics = self.max_grad_norm, {}
+        if self.clipping is not None:  # this round's bound S_t; the rule releases its count
+            step = self.clipping.clip(torch.linalg.vector_norm(updates, dim=1))
+            bound = step.sensitivity
+            rule_metrics = {**{f"dp/clip_bound/group={group}": value
+                               for group, value in zip(GROUPS, step.bounds)},
+                            "dp/noise_bound": step.sensitivity}
+        result = dp_fedavg_aggregate(updates, max_grad_norm=bound,
                                      noise_multiplier=self.noise_multiplier,
                                      expected_clients=self.expected_clients,
                                      generator=self._secure or self._noise_gen)
@@ -600,7 +632,8 @@ class FederatedTrainer:
             "train/loss": loss_sum / examples if examples else None,
             "dp/clip_fraction": result.clip_fraction,
             "dp/update_norm": result.update_norm,
-            **group_clip_diagnostics(result.norms, self._group_examples[rows], self.max_grad_norm),
+            **group_clip_diagnostics(result.norms, self._group_examples[rows], bound),
+            **rule_metrics,
             "federated/clients": result.clients,
             "federated/local_examples": examples,
         }
@@ -687,11 +720,15 @@ class FederatedTrainer:
             "individual_gen": (self._individual_gen.get_state()
                                if self._individual_gen is not None else None),
             "individual_seconds": self.individual_seconds,
+            # An adaptive clipping rule's bound and release generator.
+            "clipping": self.clipping.state_dict() if self.clipping is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output into this freshly built trainer of the same config."""
         self.model.load_state_dict(state["model"])
+        if self.clipping is not None:
+            self.clipping.load_state_dict(state.get("clipping") or {})
         self._global = trainable_parameters(self.model)
         self._velocity.copy_(state["velocity"])
         if self._sampling_rng is not None:
@@ -716,7 +753,7 @@ class FederatedTrainer:
     def epsilon(self) -> float:
         """User-level ε after the rounds done so far (one sampled-Gaussian step per round)."""
         if self._epsilon_cache is None or self._epsilon_cache[0] != self.rounds_done:
-            eps = epsilon_after(noise_multiplier=self.noise_multiplier,
+            eps = epsilon_after(noise_multiplier=self.accounted_noise_multiplier,
                                 sample_rate=self.sample_rate, steps=self.rounds_done,
                                 delta=self.delta, accountant=self.accountant)
             self._epsilon_cache = (self.rounds_done, eps)
@@ -730,14 +767,24 @@ class FederatedTrainer:
                 "privacy/accounting_assumption": "poisson"}
 
     def privacy_metrics(self) -> dict[str, float | None]:
-        """User-level (ε, δ) so far, with σ, q and the rounds (``privacy/steps``) behind it."""
-        return {
+        """User-level (ε, δ) so far, with σ, q and the rounds (``privacy/steps``) behind it; under
+        an adaptive clipping rule also each part's ε alone (the rounds' sums at σ, the rule's
+        releases at theirs)."""
+        metrics = {
             "privacy/epsilon": self.epsilon(),
             "privacy/delta": self.delta,
             "privacy/noise_multiplier": self.noise_multiplier,
             "privacy/sample_rate": self.sample_rate,
             "privacy/steps": self.rounds_done,
         }
+        if self.clipping is not None and self.clipping.step_releases():
+            q, rounds = self.sample_rate, self.rounds_done
+            parts = {"training": self.noise_multiplier,
+                     **{r.name: r.noise_multiplier for r in self.clipping.step_releases()}}
+            metrics.update({f"privacy/epsilon_parts/{name}": epsilon_of_history(
+                [(sigma, q, rounds)], delta=self.delta, accountant=self.accountant)
+                for name, sigma in parts.items()})
+        return metrics
 
 
 # Message part of the warning for a client sample rate that expects fewer than one client a round.
@@ -773,6 +820,12 @@ def build_federated_trainer(config, model: nn.Module, data: DataBundle, device, 
         # null: ⌈1/q⌉ rounds, an epoch's worth of clients (each expected to train once)
         individual_every=((priv.individual_every or math.ceil(1 / fed.client_sample_rate))
                           if priv.accounts_individuals else None),
+        # privacy.clipping adaptive or bounded_adaptive (the config refuses the others here); its
+        # releases from the dp_clipping stream, or the OS under secure_rng.
+        clipping=(build_rule(priv, expected_batch_size=fed.client_sample_rate * fed.num_clients,
+                             source=SecureRandom() if priv.secure_rng
+                             else torch_generator(config.seed, "dp_clipping"))
+                  if priv.clipping != "flat" else None),
     )
     # Legal but almost surely a mistake (1e-9 for 1e-1): most rounds would train no client, and the
     # run would report the near-initial model's accuracy as a result. Printed the project's way and
