@@ -70,3 +70,19 @@ def test_stacking_benchmark_prints_both_modes_and_keeps_epsilon(tmp_path):
         # The same runs: ε run by run (None without privacy) is the sequential runs'.
         assert row["stacked"]["epsilon"] == row["sequential"]["epsilon"]
         assert (row["stacked"]["epsilon"][0] is None) == (row["mode"] == "none")
+
+
+def test_clipping_benchmark_prints_every_rule_against_flat(tmp_path):
+    import json
+
+    out = tmp_path / "clipping.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_clipping.py"), "--rounds", "1",
+         "--rules", "flat", "dpsgd_f", "global_adapt", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, check=True)
+    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines()
+            if line.startswith("| ") and "---" not in line and "rule" not in line}
+    assert set(rows) == {"flat", "dpsgd_f", "global_adapt"}
+    report = json.loads(out.read_text())
+    ratios = {row["rule"]: row["time_ratio_to_flat"] for row in report["results"]}
+    assert ratios["flat"] == 1.0 and all(ratio > 0 for ratio in ratios.values())

@@ -46,6 +46,11 @@ one line per method; and a table, in report.md and ``report_gap_closed.csv``, of
 Vanilla's gap each method closes at each privacy level and share, with the accuracy it costs
 (per-seed differences against the ``none`` run of the same seed, see :class:`GapClosed`).
 
+A grid of clipping rules (some DP run with ``privacy.clipping`` other than flat,
+``configs/dp_mitigation_*.yaml``) also gets the DP mitigation view (:mod:`utils.report_mitigation`):
+per-group accuracy and every gap against ε and share, one line per rule, and a table of how much of
+DP-SGD's added gap each rule removes, with the accuracy it costs.
+
 Points that did not finish are listed in report.md: those the grid's status file
 (``grid_status.json``) records as failed or not run, and run directories without ``summary.json``.
 """
@@ -249,8 +254,13 @@ def write_report(runs_dir: str | Path) -> list[Path]:
     keys = varying_keys(points, always=swept)
     view = method_view(points, method_order=_status_methods(status))
     private_view = privacy_repair_view(view, points)
+    # Imported here: the view builds on this module's points and panels.
+    from utils.report_mitigation import mitigation_view, rule_order, write_mitigation
+
+    mitigation = mitigation_view(points, rule_order(status))
     _check_outputs_are_ours(runs_dir, [*(view.outputs() if view is not None else ()),
-                                       *(private_view.outputs() if private_view is not None else ())])
+                                       *(private_view.outputs() if private_view is not None else ()),
+                                       *(mitigation.outputs() if mitigation is not None else ())])
     title = runs_dir.resolve().name
     written = [write_csv(runs_dir / REPORT_CSV, points, keys)]
     figures = write_figures(runs_dir, points, title=title)
@@ -265,9 +275,14 @@ def write_report(runs_dir: str | Path) -> list[Path]:
         written.append(write_gap_closed_csv(runs_dir / REPORT_GAP_CLOSED_CSV, private_view))
         private_figures = write_privacy_repair_figures(runs_dir, private_view, title=title)
         written += private_figures
+    sections: list[list[str]] = []
+    if mitigation is not None:  # a grid of clipping rules (utils.report_mitigation)
+        files, section = write_mitigation(runs_dir, mitigation, title=title)
+        written += files
+        sections.append(section)
     written.insert(0, write_markdown(runs_dir / REPORT_MD, runs_dir, points, keys, problems, figures,
                                      view=view, tradeoffs=tradeoffs, private_view=private_view,
-                                     private_figures=private_figures))
+                                     private_figures=private_figures, sections=sections))
     return written
 
 
@@ -467,10 +482,11 @@ def _csv_metric_cells(point: Point, metrics: Iterable[str]) -> list[Any]:
 def write_markdown(path: Path, runs_dir: Path, points: list[Point], keys: list[str],
                    problems: list[Problem], figures: list[Path], *, view: MethodView | None = None,
                    tradeoffs: Iterable[Path] = (), private_view: PrivacyRepairView | None = None,
-                   private_figures: Iterable[Path] = ()) -> Path:
+                   private_figures: Iterable[Path] = (),
+                   sections: Iterable[list[str]] = ()) -> Path:
     """report.md: what was read, the table of points, the method view (a grid of repair methods),
-    the repair-under-privacy view (methods crossed with privacy levels), the figures and the
-    unfinished points."""
+    the repair-under-privacy view (methods crossed with privacy levels), further views' sections
+    (the DP mitigation view), the figures and the unfinished points."""
     short = short_names(keys)
     n_runs = sum(len(point.runs) for point in points)
     seed_counts = sorted({len(point.runs) for point in points})
@@ -501,6 +517,8 @@ def write_markdown(path: Path, runs_dir: Path, points: list[Point], keys: list[s
         lines += ["", *_methods_markdown(view, tradeoffs)]
     if private_view is not None:
         lines += ["", *_privacy_repair_markdown(private_view, private_figures)]
+    for section in sections:
+        lines += ["", *section]
     if figures:
         lines += ["", "## Figures", ""]
         for figure in figures:
@@ -1417,7 +1435,8 @@ def _series_label(point: Point, keys: list[str], points: list[Point]) -> tuple[s
             else:
                 label += (f" (ε≈{low:.2g})" if high - low <= 0.05 * high
                           else f" (ε {low:.2g}–{_md_epsilon(high)})")
-    others = [key for key in keys if not key.startswith("privacy.")]
+    # The level says the privacy mode and noise; other privacy settings (a clipping rule) do not.
+    others = [key for key in keys if key not in (MODE_KEY, NOISE_KEY, TARGET_KEY)]
     short = short_names(others)
     extra = ", ".join(f"{short[key]}={_md_value(settings.get(key))}" for key in others)
     if extra:
