@@ -24,8 +24,8 @@ With cᵢ = min(1, C / (‖gᵢ‖ + 1e-6)) over each example's whole gradient (
 clips; or the factors, noise scale and per-step releases of another clipping rule
 (``privacy.clipping``, :mod:`privacy.clipping`), which reads the same norms (and, for DPSGD-F, the
 batch's group labels, :meth:`FastPrivateTraining.batch_groups`); the accountant then records each
-step at the rule's effective noise multiplier. The loss is the mean over the sampled batch, so δ carries 1/n and each per-example gradient
-is n·δᵢ ⊗ aᵢ. A model with a trainable layer of another type is refused (use Opacus). A layer used
+step at the rule's effective noise multiplier. The loss is the mean over the sampled batch, so δ
+carries 1/n and each per-example gradient is n·δᵢ ⊗ aᵢ. A model with a trainable layer of another type is refused (use Opacus). A layer used
 twice in one forward pass would break the book-keeping; none of the registry's models does.
 
 Randomness: the Poisson draws come from the trainer's batch-sampling generator, the noise from the

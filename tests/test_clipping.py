@@ -407,6 +407,19 @@ def test_epsilon_composes_the_rules_releases_as_dp_accounting_does(tmp_path, nam
                                accountant="rdp"), rel=1e-9)
 
 
+def test_under_prv_the_joint_step_is_accounted_as_dp_accountings_pld(tmp_path):
+    assert run_cli(tmp_path, "privacy.clipping=global_adapt", "privacy.accountant=prv") == 0
+    result = summary(tmp_path)
+    sigma, q, steps = (result["privacy/noise_multiplier"], result["privacy/sample_rate"],
+                       result["privacy/steps"])
+    joint = effective_noise_multiplier(sigma, [10.0])
+    accountant = dp_accounting.pld.PLDAccountant()
+    accountant.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(joint)),
+                       steps)
+    assert result["privacy/epsilon"] == pytest.approx(accountant.get_epsilon(result["privacy/delta"]),
+                                                      rel=2e-2)
+
+
 @pytest.mark.parametrize("name", [n for n in RULES if n not in WITH_RELEASES])
 def test_a_rule_without_releases_spends_what_flat_spends(tmp_path, name):
     assert run_cli(tmp_path, f"privacy.clipping={name}", f"name={name}") == 0
