@@ -15,9 +15,8 @@ from PIL import Image
 
 import running
 from tests.test_sweep import grid_raw, write_params
-from utils.report_mitigation import GAPS, REPORT_MITIGATION_CSV, REPORT_REMOVED_CSV
-
-pytestmark = pytest.mark.slow  # a grid of 20 runs, then the report
+from utils.report import Point, Run
+from utils.report_mitigation import GAPS, REPORT_MITIGATION_CSV, REPORT_REMOVED_CSV, mitigation_view
 
 RULES = ["flat", "dpsgd_f", "global_adapt", "automatic"]
 SHARES = [0.3, 0.1]
@@ -59,6 +58,7 @@ def read(directory: Path, name: str) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow  # a grid of runs, then the report
 def test_the_removed_table_is_the_per_seed_difference_against_flat_and_non_private(rule_grid):
     expected = runs(rule_grid)
     rows = read(rule_grid, REPORT_REMOVED_CSV)
@@ -88,6 +88,7 @@ def test_the_removed_table_is_the_per_seed_difference_against_flat_and_non_priva
         assert float(row["minority_accuracy_gain_mean"]) == pytest.approx(statistics.fmean(gain))
 
 
+@pytest.mark.slow  # a grid of runs, then the report
 def test_the_rule_table_holds_every_point_and_the_rules_own_settings(rule_grid):
     expected = runs(rule_grid)
     rows = read(rule_grid, REPORT_MITIGATION_CSV)
@@ -106,6 +107,7 @@ def test_the_rule_table_holds_every_point_and_the_rules_own_settings(rule_grid):
     assert markdown.count("| DP-SGD σ=1") >= len(RULES) * len(SHARES)
 
 
+@pytest.mark.slow  # a grid of runs, then the report
 @pytest.mark.parametrize("figure", ["mitigation_share.png", "mitigation_epsilon.png"])
 def test_the_views_figures_are_real_images(rule_grid, figure):
     with Image.open(rule_grid / figure) as image:
@@ -113,6 +115,7 @@ def test_the_views_figures_are_real_images(rule_grid, figure):
     assert f"]({figure})" in (rule_grid / "report.md").read_text()
 
 
+@pytest.mark.slow  # a grid of runs, then the report
 def test_the_general_figures_keep_one_line_per_rule(rule_grid):
     # The report's own series: a rule is a setting like any other, never merged with flat's line.
     from utils import report
@@ -122,6 +125,7 @@ def test_the_general_figures_keep_one_line_per_rule(rule_grid):
     assert len(labels) == 1 + len(RULES)
 
 
+@pytest.mark.slow  # a grid of runs, then the report
 def test_a_grid_without_rules_gets_no_mitigation_view(tmp_path):
     raw = grid_raw(tmp_path, sweep={"seed": [0]},
                    zip={"privacy.mode": ["none", "dpsgd"], "privacy.noise_multiplier": [None, 1.0]},
@@ -132,3 +136,44 @@ def test_a_grid_without_rules_gets_no_mitigation_view(tmp_path):
     assert running.main(["--report", str(directory)]) == 0
     assert not (directory / REPORT_MITIGATION_CSV).exists()
     assert "DP mitigations" not in (directory / "report.md").read_text()
+
+
+def point(rule: str, *, mode: str = "dpsgd", lr: float = 0.01, z: float | None = None,
+          gaps=(0.1, 0.2)) -> Point:
+    """A grid point of two seeds with hand-set summaries (accuracy gap per seed)."""
+    settings = {"data.name": "adult", "data.minority_share": 0.1, "privacy.mode": mode,
+                "privacy.noise_multiplier": 1.0 if mode != "none" else None,
+                "privacy.clipping": rule, "training.lr": lr}
+    if z is not None:
+        settings["privacy.global_adapt.z"] = z
+    runs = [Run(Path("."), settings, seed, {"test/accuracy_gap": gap, "test/accuracy": 0.8,
+                                            "privacy/epsilon": 1.0 if mode != "none" else None})
+            for seed, gap in zip(SEEDS, gaps)]
+    return Point(settings, runs)
+
+
+def test_a_rules_own_varying_setting_names_its_rows_and_shares_the_baselines():
+    points = [point("flat", mode="none", gaps=(0.1, 0.1)), point("flat", gaps=(0.3, 0.5)),
+              point("global_adapt", z=20.0, gaps=(0.2, 0.2)),
+              point("global_adapt", z=50.0, gaps=(0.4, 0.4))]
+    view = mitigation_view(points)
+    assert [row.name for row in view.rows if row.rule == "global_adapt"] == [
+        "global_adapt (z=20)", "global_adapt (z=50)"]
+    removed = {r.row.own["privacy.global_adapt.z"]: r for r in view.removed}
+    for r in removed.values():  # one flat and one non-private baseline for both
+        assert r.flat.rule == "flat" and r.private.rule == "non-private"
+        assert r.added("test/accuracy_gap") == pytest.approx([0.2, 0.4])
+    assert removed[20.0].removed("test/accuracy_gap") == pytest.approx([0.1, 0.3])
+    assert removed[50.0].removed("test/accuracy_gap") == pytest.approx([-0.1, 0.1])
+    assert removed[20.0].removed_fraction("test/accuracy_gap") == pytest.approx(0.2 / 0.3)
+
+
+def test_a_setting_that_varies_within_a_rule_places_the_point():
+    # DP-SGD and the twin at two learning rates: each rule meets the baselines at its own lr.
+    points = [point("flat", mode="none"), point("flat", mode="none", lr=0.2), point("flat"),
+              point("flat", lr=0.2), point("global", lr=0.2), point("dpsgd_f")]
+    view = mitigation_view(points)
+    for r in view.removed:
+        assert r.flat.context["training.lr"] == r.private.context["training.lr"] == \
+            r.row.context["training.lr"]
+    assert mitigation_view([point("flat", mode="none"), point("flat")]) is None

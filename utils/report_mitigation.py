@@ -72,8 +72,11 @@ TABLE_METRICS: dict[str, str] = {
     EPSILON: "ε", ACCURACY: "accuracy",
     **{metric: f"{group} acc." for group, metric in GROUP_ACCURACY.items()},
     **GAPS, "test/eodds_gap": "ΔEOdds",
+    **{f"test/selection_rate/group={group}": f"{group} sel." for group in ("minority", "majority")},
 }
-"""The per-rule table's metrics with their column titles (ε plain, the rest in %)."""
+"""The per-rule table's metrics with their column titles (ε plain, the rest in %). The selection
+rates show a model that (almost) always predicts one class, whose gaps are the groups' base rates
+rather than anything the rule did."""
 
 PANELS: dict[str, str] = {**{metric: f"{group} accuracy" for group, metric in GROUP_ACCURACY.items()},
                           ACCURACY_GAP: "Accuracy gap", "test/dp_gap": "ΔDP",
@@ -94,6 +97,8 @@ class RuleRow:
         level: the privacy level's label ("DP-SGD σ=1 (ε≈3.8)"), "non-private" for the twin.
         level_order: its sort key (non-private first, then the most noise first).
         context: the point's other settings that make it a different point (share, data set, ...).
+        own: the rule's own settings (``privacy.<rule>.…``) where they vary among its points (a
+            grid sweeping Z), else empty.
     """
 
     point: Point
@@ -101,6 +106,14 @@ class RuleRow:
     level: str
     level_order: tuple
     context: dict[str, Any]
+    own: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The rule with its varying own settings, as the tables show it."""
+        settings = ", ".join(f"{key.rsplit('.', 1)[-1]}={_md_value(value)}"
+                             for key, value in self.own.items())
+        return f"{self.rule} ({settings})" if settings else self.rule
 
     @property
     def share(self) -> float | None:
@@ -259,6 +272,9 @@ def mitigation_view(points: list[Point], rule_order: Iterable[str] = ()) -> Miti
     rule_settings = {}
     for point in points:
         rule_settings.setdefault(_rule(point), {key: point.settings.get(key) for key in shown})
+    own_keys = {rule: [key for key in rule_keys if key.startswith(f"privacy.{rule}.") and len(
+        {json.dumps(point.settings.get(key), default=repr) for point in points
+         if _rule(point) == rule}) > 1] for rule in rules}
     rows = []
     for point in points:
         label, order = _series_label(point, [], points)
@@ -266,14 +282,15 @@ def mitigation_view(points: list[Point], rule_order: Iterable[str] = ()) -> Miti
         context[SHARE_KEY] = point.share()
         if DATASET_KEY not in context:
             context[DATASET_KEY] = point.settings.get(DATASET_KEY)
-        rows.append(RuleRow(point, _rule(point), label, order, context))
+        own = {key: point.settings.get(key) for key in own_keys[_rule(point)]}
+        rows.append(RuleRow(point, _rule(point), label, order, context, own))
     datasets = sorted({json.dumps(row.dataset, default=repr): row.dataset for row in rows}.values(),
                       key=_sort_value)
     rank = {rule: index for index, rule in enumerate(rules)}
     rows.sort(key=lambda row: (datasets.index(row.dataset), row.level_order,
                                -(row.share if row.share is not None else math.inf),
                                json.dumps(row.context, sort_keys=True, default=repr),
-                               rank[row.rule]))
+                               rank[row.rule], [_sort_value(v) for v in row.own.values()]))
     flats = {row.where(level=True): row for row in rows if row.rule == FLAT}
     privates = {row.where(level=False): row for row in rows if row.rule == NON_PRIVATE}
     removed = [Removed(row, flats.get(row.where(level=True)), privates.get(row.where(level=False)))
@@ -301,7 +318,9 @@ def write_mitigation_csv(path: Path, view: MitigationView) -> Path:
     """report_mitigation.csv: per data set, level, share and rule, the table's metrics (mean, std
     over seeds) in summary.json's units."""
     context_keys = list(dict.fromkeys(key for row in view.rows for key in row.context))
-    header = [*context_keys, "privacy_level", "rule", *view.rule_keys, "n_seeds", "seeds"]
+    own_keys = list(dict.fromkeys(key for row in view.rows for key in row.own))
+    header = [*context_keys, "privacy_level", "rule", *view.rule_keys, *own_keys, "n_seeds",
+              "seeds"]
     header += [f"{metric}_{part}" for metric in TABLE_METRICS for part in ("mean", "std")]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -310,6 +329,7 @@ def write_mitigation_csv(path: Path, view: MitigationView) -> Path:
             cells = [_csv_value(row.context.get(key)) for key in context_keys]
             cells += [row.level, row.rule]
             cells += [_csv_value(row.point.settings.get(key)) for key in view.rule_keys]
+            cells += [_csv_value(row.own[key]) if key in row.own else "" for key in own_keys]
             cells += [len(row.point.runs), " ".join(str(seed) for seed in row.point.seeds)]
             for metric in TABLE_METRICS:
                 cells += [_csv_value(row.point.mean(metric)), _csv_value(row.point.std(metric))]
@@ -321,7 +341,8 @@ def write_removed_csv(path: Path, view: MitigationView) -> Path:
     """report_mitigation_removed.csv: per rule, level and share, DP's added gap and the gap the rule
     removes (per gap), the share removed, the accuracy cost and the minority's accuracy gain."""
     context_keys = list(dict.fromkeys(key for r in view.removed for key in r.row.context))
-    header = [*context_keys, "privacy_level", "rule", "n_seeds", "seeds"]
+    own_keys = list(dict.fromkeys(key for r in view.removed for key in r.row.own))
+    header = [*context_keys, "privacy_level", "rule", *own_keys, "n_seeds", "seeds"]
     for gap in GAPS:
         header += [f"{gap}_added_mean", f"{gap}_added_std", f"{gap}_removed_mean",
                    f"{gap}_removed_std", f"{gap}_removed_fraction"]
@@ -332,7 +353,9 @@ def write_removed_csv(path: Path, view: MitigationView) -> Path:
         writer.writerow(header)
         for r in view.removed:
             cells = [_csv_value(r.row.context.get(key)) for key in context_keys]
-            cells += [r.row.level, r.row.rule, len(r.seeds()), " ".join(map(str, r.seeds()))]
+            cells += [r.row.level, r.row.rule]
+            cells += [_csv_value(r.row.own[key]) if key in r.row.own else "" for key in own_keys]
+            cells += [len(r.seeds()), " ".join(map(str, r.seeds()))]
             for gap in GAPS:
                 cells += [_csv_value(v) for v in (*_mean_std(r.added(gap)),
                                                   *_mean_std(r.removed(gap)))]
@@ -351,7 +374,9 @@ def mitigation_markdown(view: MitigationView, figures: Iterable[Path]) -> list[s
         "",
         "Each clipping rule (`privacy.clipping`, `privacy/clipping.py`) beside DP-SGD's own "
         "(flat) and the non-private twin: mean ± sample std over seeds, accuracies in %, gaps in "
-        "percentage points, ε at the run's δ with every release of the rule composed in. "
+        "percentage points, ε at the run's δ with every release of the rule composed in; the "
+        "groups' selection rates (sel.) near 0 or 100 % mark a model that (almost) always predicts "
+        "one class, whose gaps are the groups' base rates. "
         f"Unrounded: `{REPORT_MITIGATION_CSV}`.",
     ]
     if view.rule_keys:
@@ -369,7 +394,7 @@ def mitigation_markdown(view: MitigationView, figures: Iterable[Path]) -> list[s
             share = row.share
             cells = [row.level, "–" if share is None else f"{100 * share:g} %"]
             cells += [_md_value(row.context.get(key)) for key in other_context]
-            cells += [row.rule, str(len(row.point.runs))]
+            cells += [row.name, str(len(row.point.runs))]
             cells += [_md_metric(row.point, metric) for metric in TABLE_METRICS]
             lines.append("| " + " | ".join(cells) + " |")
         removed = [r for r in view.removed if r.row.dataset == dataset]
@@ -393,7 +418,7 @@ def mitigation_markdown(view: MitigationView, figures: Iterable[Path]) -> list[s
             share = r.row.share
             cells = [r.row.level, "–" if share is None else f"{100 * share:g} %"]
             cells += [_md_value(r.row.context.get(key)) for key in other_context]
-            cells += [r.row.rule, str(len(r.seeds()))]
+            cells += [r.row.name, str(len(r.seeds()))]
             cells += [_md_points(r.added(gap)) for gap in GAPS]
             for gap in GAPS:
                 cell = _md_points(r.removed(gap))
