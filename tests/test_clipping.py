@@ -629,3 +629,20 @@ def test_a_resumed_run_with_a_rule_ends_identical(name, mode):
     for key in ("z", "bound"):
         if hasattr(rules[0], key):
             assert getattr(rules[0], key) == getattr(rules[1], key)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", OTHERS)
+def test_on_cuda_each_rule_steps_as_on_the_cpu(name):
+    """The rule's factors and the noise-free update on CUDA equal the CPU's (the releases are
+    drawn on the CPU from the same generator either way)."""
+    updates = {}
+    for device in ("cpu", "cuda"):
+        x, y, minority, model = problem()
+        x, y, minority, model = x.to(device), y.to(device), minority.to(device), model.to(device)
+        engine, optimizer = make_engine(model, make_rule(name, seed=5))
+        engine.noise_generator = torch.Generator(device=device).manual_seed(9)
+        updates[device] = [engine_step(engine, optimizer, model, x, y, minority,
+                                       rows.to(device)).cpu() for rows in BATCHES]
+    for cpu, cuda in zip(updates["cpu"], updates["cuda"]):
+        torch.testing.assert_close(cuda, cpu, rtol=1e-4, atol=1e-6)
