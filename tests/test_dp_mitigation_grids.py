@@ -55,7 +55,7 @@ def test_the_adult_study_is_fair_dps_adult_setting_with_every_rule():
 
 @pytest.mark.parametrize(("name", "levels"), [
     pytest.param("dp_mitigation_grid_adult", {("target_epsilon", value) for value in (1.0, 3.0, 8.0)},
-                 marks=pytest.mark.slow),  # 440 points to check
+                 marks=pytest.mark.slow),  # 520 points to check
     ("dp_mitigation_celeba", {("noise_multiplier", value) for value in (1.5, 0.7)})])
 def test_the_crossing_grids_run_every_rule_at_every_privacy_level_and_share(name, levels):
     configs = configs_of(name)
@@ -67,6 +67,10 @@ def test_the_crossing_grids_run_every_rule_at_every_privacy_level_and_share(name
             for share in shares} <= found
     assert {c.privacy.clipping for c in configs if not c.privacy.private} == {"flat"}
     assert len(shares) >= 3
+    # Every rule's learning rate has DP-SGD and the non-private twin beside it.
+    for rule_lr in {c.training.lr for c in private}:
+        assert {rule_of(c) for c in configs if c.training.lr == rule_lr
+                and c.privacy.clipping == "flat"} == {"non-private", "flat"}
 
 
 @pytest.mark.slow
