@@ -408,8 +408,10 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader, con
     secure = SecureRandom() if config.secure_rng else None
     if secure is None and noise_generator is None:
         raise ValueError("a reproducible DP-SGD run needs its own noise generator")
+    # Opacus' q: one step per batch of one pass of the plain loader; an epoch is len(loader)
+    # steps (one pass, or training.steps_per_epoch), each a Poisson sample at that q.
     steps_per_epoch = len(loader)
-    sample_rate = 1.0 / steps_per_epoch  # Opacus' q: one step per batch of the plain loader
+    sample_rate = 1.0 / loader.batches_per_pass
     num_examples = len(loader.dataset)
     releases = list(releases)
     if config.target_epsilon is not None:

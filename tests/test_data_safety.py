@@ -410,7 +410,10 @@ def test_a_moved_folder_of_runs_resumes_and_then_skips(world, capsys):
     before = snapshot(world.root, skip=(moved / NAME,))
     assert running.main(cli(moved, "training.epochs=2")) == 0
     err = capsys.readouterr().err
-    assert f"resuming {moved / NAME} from last.pt after unit 1" in err and "warning" not in err
+    assert f"resuming {moved / NAME} from last.pt after unit 1" in err
+    # No warning but the tiny run's own (its model may end as a constant classifier).
+    assert not [line for line in err.splitlines()
+                if line.startswith("warning") and "constant classifier" not in line]
     rows = read_jsonl(moved / NAME / "metrics.jsonl")
     assert [row["step"] for row in rows] == [1, 2] and rows[0] == kept_row  # epoch 1 was kept
     assert complete_summary(moved / NAME)["privacy/steps"] is not None

@@ -18,6 +18,7 @@ from dataset.celeba import SPLITS
 from privacy import ENGINES
 from training import TRAINERS
 from training.base import Trainer
+from training.batches import BATCHES
 from training.experiment import build_components
 from training.optim import OPTIMIZERS
 from training.partition import PARTITIONS
@@ -29,7 +30,8 @@ from utils.registry import CLOSE_MATCH, UNKNOWN_NAME
 ROOT = Path(__file__).resolve().parent.parent
 
 # The registries whose names are the valid values of a config key, by that key.
-NAMED = {registry.config_key: registry for registry in (SPLITS, OPTIMIZERS, TRAINERS, PARTITIONS, METHODS, ENGINES)}
+NAMED = {registry.config_key: registry for registry in (SPLITS, OPTIMIZERS, TRAINERS, PARTITIONS, METHODS, ENGINES,
+                                                             BATCHES)}
 # Under a private privacy.mode the config needs a noise level; a non-private run ignores it.
 BASE = {"privacy": {"noise_multiplier": 1.0}}
 

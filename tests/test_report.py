@@ -205,12 +205,16 @@ def test_method_table_numbers_and_order_match_the_runs(method_grid):
     markdown = (method_grid / "report.md").read_text()
     section = markdown.split("## Fairness repair methods", 1)[1].split("## Figures", 1)[0]
     table = [line for line in section.splitlines() if line.startswith("| ")]
-    assert table[0] == "| target | method | settings | seeds | AP | accuracy | ΔDP | ΔEO | ΔEOdds sum |"
+    assert table[0] == ("| target | method | settings | seeds | constant | AP | accuracy | ΔDP | ΔEO "
+                        "| ΔEOdds sum |")
     assert len(table) == 1 + len(METHOD_ROWS)
     for row, key, line in zip(rows, keys, table[1:]):
         summaries = expected[key]
         assert row["n_seeds"] == "2" and row["seeds"] == "0 1"
         cells = [key[0], key[1], f"λ={key[2]:g}" if key[2] is not None else "–", "2"]
+        constant = [s["seed"] for s in summaries if s["test/constant_prediction"]]
+        assert row["n_constant"] == str(len(constant))
+        cells.append(f"{len(constant)}/2" if constant else "–")
         for metric in METHOD_METRICS:
             values = [s[metric] for s in summaries]
             mean, std = statistics.mean(values), statistics.stdev(values)
@@ -425,18 +429,30 @@ def test_grids_without_privacy_or_without_methods_get_no_privacy_view(method_gri
         assert "## Repair under privacy" not in (directory / "report.md").read_text()
 
 
-def test_a_constant_classifier_is_marked_where_it_closes_a_gap(private_method_grid, tmp_path):
-    """A seed whose test decisions are all negative has every gap 0 without any repair: the table
-    says so beside the gap it "closed"."""
+@pytest.mark.parametrize("recorded", ["flag", "older run"])
+def test_a_constant_classifier_is_marked_in_every_table_and_figure(private_method_grid, tmp_path,
+                                                                   recorded):
+    """A seed whose test decisions are all one class has every gap 0 without any repair: every
+    table says so (the gap-closed table beside the gap it "closed"), and every figure rings it.
+    The run says so itself (test/constant_prediction); a run from before that key is recognised
+    by both groups' selection rates being 0."""
     copy = tmp_path / "tiny"
     shutil.copytree(private_method_grid, copy)
+    for path in copy.glob("*/*.png"):
+        path.unlink()
+    before = {path.name: _red_pixels(path) for path in private_method_grid.glob("*.png")}
     for path in copy.glob("*/summary.json"):
         config = yaml.safe_load((path.parent / "config.yaml").read_text())
         if (config["fairness"]["method"], config["privacy"]["mode"], config["seed"],
                 config["data"]["minority_share"]) == ("roc", "dpsgd", 1, 0.05):
             summary = json.loads(path.read_text())
-            summary["test/selection_rate/group=minority"] = 0.0
-            summary["test/selection_rate/group=majority"] = 0.0
+            assert summary["test/constant_prediction"] is False
+            if recorded == "flag":
+                summary["test/constant_prediction"] = True
+            else:
+                del summary["test/constant_prediction"]
+                summary["test/selection_rate/group=minority"] = 0.0
+                summary["test/selection_rate/group=majority"] = 0.0
             path.write_text(json.dumps(summary))
     assert running.main(["--report", str(copy)]) == 0
     with (copy / "report_gap_closed.csv").open() as handle:
@@ -444,6 +460,26 @@ def test_a_constant_classifier_is_marked_where_it_closes_a_gap(private_method_gr
                 row["constant_classifier_seeds"] for row in csv.DictReader(handle)}
     assert rows.pop(("roc", "dpsgd", 0.05)) == "1"
     assert set(rows.values()) == {""}
-    line = next(line for line in (copy / "report.md").read_text().splitlines()
-                if line.startswith("| roc | DP-SGD"))
+    markdown = (copy / "report.md").read_text()
+    line = next(line for line in markdown.splitlines() if line.startswith("| roc | DP-SGD"))
     assert line.endswith("[1/2 constant] |") and line.count("constant") == 1
+    assert report.CONSTANT_NOTE.split("{")[0] in markdown
+    for name in ("report.csv", "report_methods.csv"):
+        with (copy / name).open() as handle:
+            table = list(csv.DictReader(handle))
+        marked = [row for row in table if row["n_constant"] != "0"]
+        assert len(marked) == 1 and marked[0]["constant_seeds"] == "1", name
+        assert marked[0]["fairness.method"] == "roc" and marked[0]["privacy.mode"] == "dpsgd"
+    # report.md's tables: one "1/2" in the main table and one in the method table.
+    assert sum(" | 1/2 | " in line for line in markdown.splitlines()) == 2
+    # Every figure that draws the point rings it in red (the palette holds no pure red).
+    for name in ("accuracy.png", "gaps.png", "group_accuracy.png", "repair_privacy_eo.png",
+                 "tradeoff_eo.png"):
+        assert _red_pixels(copy / name) > before[name] + 50, name
+
+
+def _red_pixels(path: Path) -> int:
+    """Pixels of the constant-classifier ring's pure red (the palette has none)."""
+    with Image.open(path) as image:
+        colors = image.convert("RGB").getcolors(maxcolors=1 << 22)
+    return sum(count for count, (r, g, b) in colors if r > 230 and g < 40 and b < 40)

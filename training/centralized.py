@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dataset.base import DataBundle, gather_rows, place_inputs
-from privacy import ENGINES, dpsgd
+from privacy import ENGINES
 from privacy.accounting import epsilon_of_history
 from privacy.individual import (
     IndividualPrivacy,
@@ -31,6 +31,7 @@ from privacy.individual import (
 from privacy.releases import Release
 from training import TRAINERS
 from training.base import POISSON_VIOLATED_WARNING, guarantee_facts, no_privacy_metrics
+from training.batches import build_batches
 from training.optim import build_optimizer
 from training.repair.base import Batch, RepairMethod, TrainingSet
 from training.repair.vanilla import Vanilla
@@ -77,10 +78,11 @@ class CentralizedTrainer:
         # generator, which initialized the model (utils.seeding). Both are part of the trainer's
         # state, so that a resumed run draws the same batches and the same noise.
         self.generator = torch_generator(config.seed, "batch_sampling")
-        if config.training.balanced_batches:  # non-private only (ExperimentConfig.validate)
-            loader = BalancedBatches(self._cells(data), config.training.batch_size, self.generator)
-        else:
-            loader = dpsgd.index_loader(num_examples, config.training.batch_size, self.generator)
+        # training.batches (anything but shuffled is non-private only: ExperimentConfig.validate)
+        # and training.steps_per_epoch; under DP-SGD the engine turns shuffled into Poisson batches.
+        loader = build_batches(config.training.batches, minority=self.minority.cpu(),
+                               labels=self.y.cpu() > 0.5, batch_size=config.training.batch_size,
+                               steps=config.training.steps_per_epoch, generator=self.generator)
         # The repair method's phases (one by default); a phase that starts afresh reloads these
         # initial weights, the init stream's draw, so every phase starts from the same model.
         self.phases = self.method.phases(config.training.epochs)
@@ -146,24 +148,6 @@ class CentralizedTrainer:
             if module.training:
                 self._activations[name] = output
         return record
-
-    def _cells(self, data: DataBundle) -> list[torch.Tensor]:
-        """The training indices of each cell a balanced batch draws from equally: the two groups
-        (dp), or group × label (eo). A cell too small for its share of a batch is a ConfigError."""
-        minority, labels = self.minority.cpu(), self.y.cpu() > 0.5
-        masks = ([minority, ~minority] if self.config.fairness.mode == "dp" else
-                 [minority & labels, minority & ~labels, ~minority & labels, ~minority & ~labels])
-        cells = [mask.nonzero().flatten() for mask in masks]
-        share = self.config.training.batch_size // len(cells)
-        smallest = min(len(cell) for cell in cells)
-        if share < 1 or smallest < share:
-            raise ConfigError(
-                f"training.balanced_batches: a batch of training.batch_size "
-                f"{self.config.training.batch_size} takes {share} examples from each of the "
-                f"{len(cells)} cells of fairness.mode {self.config.fairness.mode!r}, but the "
-                f"smallest cell holds {smallest}. Set training.batch_size between {len(cells)} and "
-                f"{smallest * len(cells)}, or training.balanced_batches: false.")
-        return cells
 
     def _phase_at(self, unit: int) -> tuple[int, int]:
         """(phase index, the unit its first epoch is) of 0-based ``unit``."""
@@ -384,29 +368,6 @@ class CentralizedTrainer:
                 raise ValueError("the checkpoint holds no individual accounting passes")
             self.individual.load_state_dict(state["individual"])
             self.individual_seconds = float(state.get("individual_seconds", 0.0))
-
-
-class BalancedBatches:
-    """Batches with the same number of examples from every cell (``training.balanced_batches``).
-
-    Each of the ceil(N / batch_size) steps of an epoch draws batch_size // cells examples from
-    every cell, uniformly without replacement within the step and independently across steps (as
-    RUNNER's released code samples), from the trainer's batch-order generator. Yields ``(indices,)``
-    like the plain loader.
-    """
-
-    def __init__(self, cells: list[torch.Tensor], batch_size: int, generator: torch.Generator):
-        self.cells, self.generator = cells, generator
-        self.share = batch_size // len(cells)
-        self.steps = -(-sum(len(cell) for cell in cells) // batch_size)
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self):
-        for _ in range(self.steps):
-            yield (torch.cat([cell[torch.randperm(len(cell), generator=self.generator)[:self.share]]
-                              for cell in self.cells]),)
 
 
 @TRAINERS.register("none")

@@ -50,7 +50,7 @@ from training.evaluation import TestSetEvaluator
 from training.repair import build_method
 from training.selection import ModelSelector
 from utils import fairness, rundir
-from utils.config import PROVENANCE_KEY, ExperimentConfig, check_selection
+from utils.config import PROVENANCE_KEY, RETIRED_KEYS, ExperimentConfig, check_selection
 from utils.errors import UserInputError
 from utils.progress import progress
 from utils.seeding import resolve_device, seed_global_generators, seed_sequence
@@ -70,6 +70,11 @@ from utils.sink import (
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The final model decides one class for every test example (tests import it).
+CONSTANT_CLASSIFIER = (
+    "the final model (unit {unit} of {units}) predicts {label} for every test example: a constant "
+    "classifier, whose gaps are 0 or undefined by construction and say nothing about fairness "
+    "(test/constant_prediction: true in summary.json).")
 PACKAGES = ("torch", "torchvision", "opacus", "numpy", "scikit-learn", "pandas", "wandb",
             "tensorboard", "pyyaml")
 
@@ -110,10 +115,13 @@ def changed_keys(run_dir: Path, config: ExperimentConfig) -> list[str]:
 
     old, new = flat(stored), flat(config.to_dict())
     # A key the stored config lacks because the tool gained it later is no change while this
-    # config leaves it at its default (the run trained with that behaviour).
+    # config leaves it at its default (the run trained with that behaviour); nor is a key the tool
+    # has since retired, stored at the value that meant today's default.
     defaults = flat(ExperimentConfig().to_dict())
+    retired = {key: default for key, (_, default) in RETIRED_KEYS.items()}
     return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key)
-                  and not (key not in old and key in defaults and new.get(key) == defaults[key]))
+                  and not (key not in old and key in defaults and new.get(key) == defaults[key])
+                  and not (key not in new and key in retired and old[key] == retired[key]))
 
 
 def provenance() -> dict[str, Any]:
@@ -341,6 +349,13 @@ def _write_results(session: RunSession) -> dict[str, Any]:
         print(f"warning: {message}", file=sys.stderr)
     # The trainer's own warnings were printed when it was built; the record keeps them all.
     warnings = [*trainer.warnings, *small_groups]
+    if row.get(f"test/{fairness.CONSTANT_PREDICTION}"):
+        decisions = y_pred if y_pred is not None else fairness.predictions(
+            y_score, config.evaluation.threshold)
+        message = CONSTANT_CLASSIFIER.format(unit=row["select/unit"], units=trainer.units,
+                                             label=int(decisions[0]))
+        print(f"warning: {message}", file=sys.stderr)
+        warnings.append(message)
     facts = dict(trainer.privacy_facts)
     if row["privacy/epsilon"] == float("inf"):  # no noise: nothing is private
         facts["privacy/private"] = False

@@ -72,8 +72,8 @@ def why_not_stackable(config: ExperimentConfig) -> str | None:
         return "privacy.individual_accounting"
     if config.model.name != "mlp":
         return f"model.name {config.model.name!r} (stacking batches MLPs)"
-    if config.training.balanced_batches:
-        return "training.balanced_batches"
+    if config.training.batches != "shuffled":
+        return f"training.batches {config.training.batches!r} (stacking draws shuffled or Poisson batches)"
     return None
 
 

@@ -39,6 +39,7 @@ from utils.registry import Registry
 NAME_REGISTRIES = {
     "data.split": ("dataset.celeba", "SPLITS"),
     "training.optimizer": ("training.optim", "OPTIMIZERS"),
+    "training.batches": ("training.batches", "BATCHES"),
     "privacy.mode": ("training", "TRAINERS"),
     "federated.partition": ("training.partition", "PARTITIONS"),
     "fairness.method": ("training.repair", "METHODS"),
@@ -56,14 +57,44 @@ INDIVIDUAL_NEEDS_NOISE = ("privacy.individual_accounting: true with privacy.nois
                           "privacy.noise_multiplier, or privacy.individual_accounting: false.")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 FAIRNESS_TARGETS = ("dp", "eo")
-DATA_PROTOCOLS = ("official", "runner")
-MODEL_SELECTIONS = ("last", "best_val_gap", "best_val_ap")
+DATA_PROTOCOLS = ("official", "runner", "runner_released")
+# training.select: each rule's validation metric (None: the last unit) and whether larger is
+# better. "best_val_gap" is the target's own gap (fairness.mode dp: the DP gap; eo: the TPR gap);
+# the others name their gap whatever the target. The one home of these names: training.selection
+# ranks by this table.
+MODEL_SELECTIONS: dict[str, tuple[str | None, bool]] = {
+    "last": (None, False),
+    "best_val_gap": ("val/{mode}_gap", False),
+    "best_val_dp_gap": ("val/dp_gap", False),
+    "best_val_eo_gap": ("val/eo_gap", False),
+    "best_val_eodds_gap": ("val/eodds_gap", False),
+    "best_val_eodds_sum": ("val/eodds_gap_sum", False),
+    "best_val_ap": ("val/average_precision", True),
+}
+
 # Message part of a model selection asked for without a validation split (tests import it).
 SELECT_NEEDS_VALIDATION = "needs a validation split"
-BALANCED_BATCHES_NOT_PRIVATE = (
-    "training.balanced_batches: true refuses privacy.mode {mode!r}: balanced batches draw a fixed "
-    "number of examples from each cell, not a Poisson sample, so the accountant's epsilon would "
-    "not hold. Use training.balanced_batches: false under privacy, or privacy.mode: none.")
+BATCHES_NOT_PRIVATE = (
+    "training.batches: {batches!r} refuses privacy.mode {mode!r}: its steps draw a fixed number of "
+    "examples (from each cell, or from the whole set), not a Poisson sample of the training set, "
+    "so the accountant's epsilon would not hold. Use training.batches: shuffled under privacy "
+    "(Poisson batches), or privacy.mode: none.")
+# training.balanced_batches (a boolean until the batches setting replaced it) in a params file.
+BALANCED_BATCHES_REPLACED = (
+    "training.balanced_batches: replaced by training.batches. Write training.batches: "
+    "group_balanced (the old true under fairness.mode dp: the same number of examples from each "
+    "group), cell_balanced (the old true under eo: from each group x label cell) or shuffled (the "
+    "old false).")
+# Keys this version no longer has: each with the message a params file that sets it gets, and the
+# value it took by default (an old run's config.yaml holding that value trained as today's default,
+# so resuming or skipping it is no change of config: training.experiment.changed_keys).
+RETIRED_KEYS: dict[str, tuple[str, Any]] = {
+    "training.balanced_batches": (BALANCED_BATCHES_REPLACED, False),
+}
+STEPS_PER_EPOCH_NOT_FEDERATED = (
+    "training.steps_per_epoch: got {steps}, but privacy.mode dpfedavg trains in federated rounds "
+    "(federated.rounds, each client federated.local_epochs passes over its own data). Set "
+    "training.steps_per_epoch: null under DP-FedAvg.")
 
 # Keys a resolved config.yaml carries for provenance; reading such a file back ignores them.
 PROVENANCE_KEY = "provenance"
@@ -161,11 +192,14 @@ class DataConfig:
             held out and, like the test set, treated as public: model selection
             (``training.select``) and repair methods may use it freely, and nothing computed from
             it is charged to ε. Do not point it at data that must stay private.
-        protocol: Adult only: "official" (adult.data trains, adult.test tests) or "runner" (the
+        protocol: Adult only: "official" (adult.data trains, adult.test tests), "runner" (the
             RUNNER paper's protocol: the 45,222 complete rows of both files shuffled per seed into
-            60 / 20 / 20 train / validation / test, sex not an input, numeric columns in quantile
-            bins; see ``dataset.tabular.load_adult_runner``). "runner" brings its own validation
-            set, so ``val_fraction`` must stay 0.
+            60 / 20 / 20 train / validation / test, sex not an input, each numeric column in its
+            own decile bins: 97 inputs; see ``dataset.tabular.load_adult_runner``) or
+            "runner_released" (the same rows and split with the released code's encoding: every
+            numeric column binned on age's standardized deciles, 10 one-hot columns each, 120
+            inputs; for setting this tool's numbers beside the paper's). Both RUNNER protocols
+            bring their own validation set, so ``val_fraction`` must stay 0.
     """
 
     name: str = "adult"
@@ -194,21 +228,26 @@ class DataConfig:
         _check(0 <= self.val_fraction < 1, "data.val_fraction", self.val_fraction,
                "a number in [0, 1): the share of the training pool held out for validation")
         _one_of("data.protocol", self.protocol, DATA_PROTOCOLS)
-        if self.protocol == "runner":
+        if self.runner_protocol:
             _check(self.name == "adult", "data.protocol", self.protocol,
-                   f"official for data set {self.name!r} (the runner protocol is Adult's)")
+                   f"official for data set {self.name!r} (the RUNNER protocols are Adult's)")
             if self.val_fraction != 0:
                 raise ConfigError(
-                    f"data.val_fraction: got {self.val_fraction!r}, but data.protocol: runner draws "
+                    f"data.val_fraction: got {self.val_fraction!r}, but data.protocol: {self.protocol} draws "
                     "its own validation set (as many rows as the test set, 20 %). Set "
                     "data.val_fraction: 0, or use data.protocol: official.")
             _check(self.protected == "sex", "data.protected", self.protected,
-                   "sex under data.protocol: runner (its protected attribute, not an input)")
+                   f"sex under data.protocol: {self.protocol} (its protected attribute, not an input)")
 
     @property
     def has_validation(self) -> bool:
         """Whether the data set built from this config holds a validation split."""
-        return self.val_fraction > 0 or self.protocol == "runner"
+        return self.val_fraction > 0 or self.runner_protocol
+
+    @property
+    def runner_protocol(self) -> bool:
+        """Whether the data are Adult in one of RUNNER's protocols (their own split and inputs)."""
+        return self.protocol in ("runner", "runner_released")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,7 +256,7 @@ class ModelConfig:
 
     Attributes:
         name: "mlp", "cnn" or "resnet18".
-        hidden: hidden layer sizes of the MLP (the RUNNER paper uses one layer of 200 on Adult).
+        hidden: hidden layer sizes of the MLP (RUNNER's released model has two layers of 200).
         width: channels of the first stage of the convolutional models.
         weights: optional local file of pretrained weights (a state dict), loaded with
             ``torch.load(weights_only=True)``.
@@ -251,21 +290,41 @@ class TrainingConfig:
         eval_batch_size: examples per forward pass at evaluation (memory only; no effect on results).
         select: which evaluated unit (epoch, or federated evaluation round) gives the final model:
             "last"; "best_val_gap", the smallest validation gap of ``fairness.mode``
-            (``val/dp_gap`` for dp, ``val/eo_gap`` for eo), the first evaluated unit left out
-            when there are two or more (as the RUNNER paper ignores its first epoch); or
-            "best_val_ap", the largest ``val/average_precision``. Ties go to the earlier unit.
-            The chosen unit's model and test scores become the run's final ones (summary.json,
-            predictions.csv, intervals, model_final.pt; ``select/unit`` says which). Anything
-            but "last" needs a validation split (``data.val_fraction`` > 0, or
-            ``data.protocol: runner``). Selection reads only the public validation set and
-            models that are already DP outputs, so it costs no privacy; ε is the whole run's.
-        balanced_batches: false: each epoch is a shuffled pass over the training set (Poisson
-            batches under DP-SGD). true: every step draws the same number of examples,
-            ``batch_size`` / cells, from each cell of ``fairness.mode`` (dp: the two groups; eo:
-            group × label, four cells), without replacement within a step, and an epoch is
-            ceil(N / batch_size) such steps, as RUNNER's released code trains; a minority cell is
-            then seen far more often than once per epoch. Non-private training only: the batches
-            are not Poisson samples, so DP-SGD's accounting would not hold.
+            (``val/dp_gap`` for dp, ``val/eo_gap``, the TPR gap, for eo); "best_val_dp_gap",
+            "best_val_eo_gap", "best_val_eodds_gap" (the larger of the TPR and FPR gaps:
+            fairlearn's ``equalized_odds_difference``, which RUNNER's released code selects by
+            under its eo target) or "best_val_eodds_sum" (their sum, the gap RUNNER's paper
+            reports), whatever the target; or "best_val_ap", the largest
+            ``val/average_precision``. Every rule but "last" and "best_val_ap" leaves out the
+            first evaluated unit when there are two or more (RUNNER's released code drops its
+            first epoch: an almost untrained model predicts one class for everyone and has a gap
+            near zero). Ties go to the earlier unit. The chosen unit's model and test scores
+            become the run's final ones (summary.json, predictions.csv, intervals,
+            model_final.pt; ``select/unit`` says which). Anything but "last" needs a validation
+            split (``data.val_fraction`` > 0, or an Adult RUNNER protocol).
+        select_skip_constant: leave out of the selection every unit whose validation decisions
+            are all one class (``val/constant_prediction``), so that a gap of 0 by construction
+            is never chosen. A deviation from RUNNER's released rule, which keeps such epochs;
+            false by default and in the RUNNER configs. When every candidate is constant, the
+            rule falls back to all of them, with a warning.
+        batches: how each step's examples are drawn (``training.batches.BATCHES``):
+            "shuffled", shuffled passes over the training set cut into batches of ``batch_size``
+            (Poisson batches of expected size ``batch_size`` under DP-SGD); "group_balanced",
+            ``batch_size`` / 2 examples from each group every step; "cell_balanced",
+            ``batch_size`` / 4 from each group x label cell every step; "uniform",
+            ``batch_size`` examples drawn uniformly from the whole training set every step.
+            The last three draw without replacement within a step and independently across
+            steps, as RUNNER's released code does (group-balanced for every method under its
+            dp target, cell-balanced for GapReg and RUNNER under eo, uniform for Vanilla under
+            eo); a small cell is then seen many times per epoch. They are non-private only: their
+            batches are not Poisson samples, so DP-SGD's accounting would not hold.
+        steps_per_epoch: optimizer steps in an epoch; null (the default): one pass, ceil(N /
+            ``batch_size``) steps. A number makes every epoch that many steps, each a freshly drawn
+            batch (RUNNER's released code: 100): "shuffled" batches come from fresh shuffled passes,
+            cut after that many steps; under DP-SGD each step is a Poisson sample at the same
+            sample rate q = 1 / ceil(N / ``batch_size``), and the accountant counts steps, so
+            ε is that of ``epochs`` x ``steps_per_epoch`` steps at q (and ``target_epsilon``
+            solves σ for that many). DP-FedAvg trains in rounds and refuses it.
     """
 
     epochs: int = 5
@@ -276,11 +335,16 @@ class TrainingConfig:
     momentum: float = 0.0
     eval_batch_size: int = 4096
     select: str = "last"
-    balanced_batches: bool = False
+    select_skip_constant: bool = False
+    batches: str = "shuffled"
+    steps_per_epoch: int | None = None
 
     def validate(self) -> None:
         _check(self.epochs > 0, "training.epochs", self.epochs, "a positive integer")
-        _one_of("training.select", self.select, MODEL_SELECTIONS)
+        _one_of("training.select", self.select, tuple(MODEL_SELECTIONS))
+        _registered("training.batches", self.batches)
+        _check(self.steps_per_epoch is None or self.steps_per_epoch > 0, "training.steps_per_epoch",
+               self.steps_per_epoch, "a positive integer, or null for one pass over the training set")
         _check(self.batch_size > 0, "training.batch_size", self.batch_size, "a positive integer")
         _registered("training.optimizer", self.optimizer)
         _check(self.lr > 0, "training.lr", self.lr, "a positive number")
@@ -634,8 +698,11 @@ class ExperimentConfig:
             if changes := self.fairness.method_class().training_changes():
                 raise ConfigError(INDIVIDUAL_UNSUPPORTED.format(method=self.fairness.method,
                                                                 changes=", ".join(changes)))
-        if self.training.balanced_batches and self.privacy.private:
-            raise ConfigError(BALANCED_BATCHES_NOT_PRIVATE.format(mode=self.privacy.mode))
+        if self.training.batches != "shuffled" and self.privacy.private:
+            raise ConfigError(BATCHES_NOT_PRIVATE.format(batches=self.training.batches,
+                                                         mode=self.privacy.mode))
+        if self.training.steps_per_epoch is not None and self.privacy.mode == "dpfedavg":
+            raise ConfigError(STEPS_PER_EPOCH_NOT_FEDERATED.format(steps=self.training.steps_per_epoch))
         if self.data.train_size is not None:
             _check(self.training.batch_size <= self.data.train_size, "training.batch_size",
                    self.training.batch_size, f"at most data.train_size ({self.data.train_size})")
@@ -737,6 +804,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 
 
 def _unknown_key_error(key: str, valid: list[str], prefix: str) -> ConfigError:
+    if f"{prefix}{key}" in RETIRED_KEYS:  # a key the tool had: say what replaced it
+        return ConfigError(RETIRED_KEYS[f"{prefix}{key}"][0])
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
     return ConfigError(

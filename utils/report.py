@@ -46,6 +46,14 @@ one line per method; and a table, in report.md and ``report_gap_closed.csv``, of
 Vanilla's gap each method closes at each privacy level and share, with the accuracy it costs
 (per-seed differences against the ``none`` run of the same seed, see :class:`GapClosed`).
 
+A run whose final model decides one class for every test example (``test/constant_prediction``
+in its summary; for runs from before that key, both groups' selection rates 0, or both 1) is a
+constant classifier: its gaps are 0 or undefined by construction and say nothing about fairness.
+Every view says how many of a point's seeds ended so: a ``constant`` column in report.md's tables
+("k/n"), ``n_constant`` and ``constant_seeds`` in report.csv and report_methods.csv, the gap-closed
+table's "[k/n constant]", and in every figure a red ring around such a point with "k/n const."
+beside it.
+
 Points that did not finish are listed in report.md: those the grid's status file
 (``grid_status.json``) records as failed or not run, and run directories without ``summary.json``.
 """
@@ -68,7 +76,7 @@ import yaml
 
 from utils.config import FAIRNESS_TARGETS, PROVENANCE_KEY
 from utils.errors import UserInputError
-from utils.fairness import GROUPS, group_key
+from utils.fairness import CONSTANT_PREDICTION, GROUPS, group_key
 from utils.rundir import read_summary
 from utils.sink import CONFIG_FILE, SUMMARY_FILE, as_number
 from utils.sweep import STATUS_FILE, format_value, read_status, short_names
@@ -198,6 +206,15 @@ class Point:
         interval = self.runs[0].summary.get(f"{metric}_ci")
         return interval if isinstance(interval, list) and len(interval) == 2 else None
 
+    def constant_seeds(self) -> list[int | None]:
+        """The seeds whose final model is a constant classifier (:func:`is_constant_run`)."""
+        return [run.seed for run in self.runs if is_constant_run(run.summary)]
+
+    def constant_label(self, *, empty: str = "–") -> str:
+        """"k/n": k of the point's n seeds ended as a constant classifier; ``empty`` when none."""
+        constant = len(self.constant_seeds())
+        return f"{constant}/{len(self.runs)}" if constant else empty
+
     def share(self) -> float | None:
         """The minority share: the configured one, else the measured share of the training set."""
         if isinstance(self.settings.get(SHARE_KEY), (int, float)):
@@ -208,6 +225,20 @@ class Point:
             if all(isinstance(count, (int, float)) for count in counts) and sum(counts) > 0:
                 shares.append(counts[GROUPS.index("minority")] / sum(counts))
         return statistics.fmean(shares) if shares else None
+
+
+CONSTANT_KEY = f"test/{CONSTANT_PREDICTION}"
+CONSTANT_RATES = [f"test/{group_key('selection_rate', group)}" for group in GROUPS]
+
+
+def is_constant_run(summary: Mapping[str, Any]) -> bool:
+    """Whether a finished run's final model decides one class for every test example: its
+    ``test/constant_prediction``, or, for a run from before that key, both groups' selection rate
+    0 (or both 1)."""
+    if CONSTANT_KEY in summary:
+        return bool(summary[CONSTANT_KEY])
+    rates = [as_number(summary.get(rate)) for rate in CONSTANT_RATES]
+    return None not in rates and (all(r == 0 for r in rates) or all(r == 1 for r in rates))
 
 
 @dataclass(frozen=True)
@@ -433,13 +464,14 @@ def write_csv(path: Path, points: list[Point], keys: list[str]) -> Path:
     """report.csv: one row per point; the varying keys, the seeds, and per metric mean, std and
     (single-seed points) the bootstrap interval, in summary.json's units."""
     metrics = [*METRICS, *(INDIVIDUAL_METRICS if has_individual_privacy(points) else ())]
-    header = [*keys, "n_seeds", "seeds", *_csv_metric_header(metrics)]
+    header = [*keys, "n_seeds", "seeds", *CONSTANT_COLUMNS, *_csv_metric_header(metrics)]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for point in points:
             row = [_csv_value(point.settings.get(key)) for key in keys]
             row += [len(point.runs), " ".join(str(seed) for seed in point.seeds)]
+            row += _csv_constant_cells(point)
             row += _csv_metric_cells(point, metrics)
             writer.writerow(row)
     return path
@@ -449,6 +481,16 @@ def has_individual_privacy(points: Iterable[Point]) -> bool:
     """Whether some run logged privacy.individual_accounting's per-group individual ε."""
     key = INDIVIDUAL_EPSILON["minority"]["median"]
     return any(point.values(key) for point in points)
+
+
+CONSTANT_COLUMNS = ("n_constant", "constant_seeds")
+"""report.csv's and report_methods.csv's columns of constant classifiers: how many of a point's
+seeds, and which."""
+
+
+def _csv_constant_cells(point: Point) -> list[Any]:
+    constant = point.constant_seeds()
+    return [len(constant), " ".join(str(seed) for seed in constant)]
 
 
 def _csv_metric_header(metrics: Iterable[str]) -> list[str]:
@@ -487,12 +529,13 @@ def write_markdown(path: Path, runs_dir: Path, points: list[Point], keys: list[s
         "and clipped shares are in %, gaps in percentage points, ε at the run's δ. "
         f"All numbers, unrounded and in summary.json's units, are in `{REPORT_CSV}`.",
         "",
+        *_constant_note(points),
     ]
-    columns = [*(short[key] for key in keys), "seeds", *METRICS.values()]
+    columns = [*(short[key] for key in keys), "seeds", "constant", *METRICS.values()]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for point in points:
         cells = [_md_value(point.settings.get(key)) for key in keys]
-        cells.append(str(len(point.runs)))
+        cells += [str(len(point.runs)), point.constant_label()]
         cells += [_md_metric(point, metric) for metric in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     if has_individual_privacy(points):
@@ -515,6 +558,22 @@ def write_markdown(path: Path, runs_dir: Path, points: list[Point], keys: list[s
                          else f"- `{problem.name}`: {problem.status}{error}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+CONSTANT_NOTE = (
+    "**Constant classifiers: {constant} of {runs} runs** ended with a model that decides one class "
+    "for every test example (column `constant`: k of a point's n seeds; red rings in the figures). "
+    "Their gaps are 0 or undefined by construction: a mean gap over such seeds is not a fairness "
+    "result.")
+
+
+def _constant_note(points: Iterable[Point]) -> list[str]:
+    """report.md's paragraph on constant classifiers, when any run ended as one."""
+    points = list(points)
+    constant = sum(len(point.constant_seeds()) for point in points)
+    if not constant:
+        return []
+    return [CONSTANT_NOTE.format(constant=constant, runs=sum(len(p.runs) for p in points)), ""]
 
 
 def _individual_markdown(points: list[Point], keys: list[str], short: Mapping[str, str]) -> list[str]:
@@ -779,7 +838,7 @@ def write_methods_csv(path: Path, view: MethodView) -> Path:
     """report_methods.csv: the method view's rows, in summary.json's units (fractions) like
     report.csv, with the bootstrap interval of single-seed rows."""
     keys = ([DATASET_KEY] if len(view.datasets) > 1 else []) + [METHOD_KEY, FAIRNESS_MODE_KEY]
-    header = [*keys, *view.own_keys, *view.other_keys, "n_seeds", "seeds",
+    header = [*keys, *view.own_keys, *view.other_keys, "n_seeds", "seeds", *CONSTANT_COLUMNS,
               *_csv_metric_header(METHOD_METRICS)]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -790,6 +849,7 @@ def write_methods_csv(path: Path, view: MethodView) -> Path:
             cells += [_csv_value(row.own[key]) if key in row.own else "" for key in view.own_keys]
             cells += [_csv_value(row.others[key]) for key in view.other_keys]
             cells += [len(row.point.runs), " ".join(str(seed) for seed in row.point.seeds)]
+            cells += _csv_constant_cells(row.point)
             cells += _csv_metric_cells(row.point, METHOD_METRICS)
             writer.writerow(cells)
     return path
@@ -832,18 +892,21 @@ def _methods_markdown(view: MethodView, tradeoffs: Iterable[Path]) -> list[str]:
         "interval instead); – where the runs did not record the metric. ΔEOdds sum = |ΔTPR| + "
         f"|ΔFPR|. Unrounded, in summary.json's units: `{REPORT_METHODS_CSV}`.",
         "",
+        *_constant_note(row.point for row in view.rows),
     ]
     short = _other_names(view.other_keys)
     columns = (["data set"] if len(view.datasets) > 1 else []) + ["target", "method"]
     columns += ["settings"] if view.own_keys else []
-    columns += [short[key] for key in view.other_keys] + ["seeds", *METHOD_METRICS.values()]
+    columns += [short[key] for key in view.other_keys] + ["seeds", "constant",
+                                                          *METHOD_METRICS.values()]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in view.rows:
         cells = [_md_value(row.dataset)] if len(view.datasets) > 1 else []
         cells += [_md_value(row.mode), _md_value(row.method)]
         cells += [_own_label(row) or "–"] if view.own_keys else []
         cells += [_md_value(row.others[key]) for key in view.other_keys]
-        cells += [str(len(row.point.runs)), *(_md_metric(row.point, m) for m in METHOD_METRICS)]
+        cells += [str(len(row.point.runs)), row.point.constant_label(),
+                  *(_md_metric(row.point, m) for m in METHOD_METRICS)]
         lines.append("| " + " | ".join(cells) + " |")
     names = {name: key for key, name in view.figure_names().items()}
     for figure in tradeoffs:
@@ -931,6 +994,7 @@ def tradeoff_figure(series: list[TradeoffSeries], mode: str, *, title: str):
                 if row.own and len(line.rows) > 1:  # which λ is which point of the line
                     ax.annotate(_own_label(row), (x, y), xytext=(5, 5), textcoords="offset points",
                                 fontsize=8, color=line.color)
+            _mark_constant(ax, [(x, y, row.point) for row, x, _, y, _ in drawn])
         if not ax.has_data():
             ax.text(0.5, 0.5, f"no run recorded {gap}", transform=ax.transAxes, ha="center",
                     va="center", color="gray")
@@ -1046,15 +1110,9 @@ class GapClosed:
         return [run.seed for run in self.row.point.runs if run.seed in base]
 
     def constant_seeds(self) -> list[int | None]:
-        """The method's seeds whose test decisions are all one class (both groups' selection rate
-        0, or both 1): their gaps are 0 by construction, so a gap they "close" is no repair."""
-        rates = [f"test/{group_key('selection_rate', group)}" for group in GROUPS]
-        constant = []
-        for run in self.row.point.runs:
-            values = [as_number(run.summary.get(rate)) for rate in rates]
-            if None not in values and (all(v == 0 for v in values) or all(v == 1 for v in values)):
-                constant.append(run.seed)
-        return constant
+        """The method's seeds whose final model is a constant classifier (:func:`is_constant_run`):
+        their gaps are 0 by construction, so a gap they "close" is no repair."""
+        return self.row.point.constant_seeds()
 
 
 @dataclass
@@ -1446,6 +1504,9 @@ def _panel(ax, series: list[Series], metric: str, ylabel: str, *, heading: str |
                     yerr=[scale * (s if s is not None else 0.0) for _, _, s in drawn],
                     color=line.color, marker="o", markersize=5, linewidth=1.6, capsize=3,
                     label=line.label)
+        drawn_points = [point for point in line.points if point.mean(metric) is not None]
+        _mark_constant(ax, [(x, scale * y, point)
+                            for x, (_, y, _), point in zip(xs, drawn, drawn_points)])
         if band is not None:
             edges = [(point.share() * dodge, point.mean(band[0]), point.mean(band[1]))
                      for point in line.points if point.mean(metric) is not None]
@@ -1530,8 +1591,32 @@ def _md_metric(point: Point, metric: str) -> str:
     return cell
 
 
+CONSTANT_LEGEND = "constant classifier in k/n seeds"
+
+
+def _mark_constant(ax, placed: Iterable[tuple[float, float, Point]]) -> None:
+    """A red ring around each drawn point (x, y) whose point has constant-classifier seeds, with
+    "k/n const." beside it; the figure then gets the ring in its legend (:func:`_legend_below`)."""
+    for x, y, point in placed:
+        label = point.constant_label(empty="")
+        if not label:
+            continue
+        ax.plot([x], [y], marker="o", markersize=13, markerfacecolor="none", markeredgecolor="red",
+                markeredgewidth=1.4, linestyle="none", zorder=5)
+        ax.annotate(f"{label} const.", (x, y), xytext=(6, -11), textcoords="offset points",
+                    fontsize=7, color="red")
+        ax.figure.has_constant = True
+
+
 def _legend_below(figure, handles, labels, inches_per_entry: float) -> None:
-    """The figure's legend under its axes, in as many columns as fit its width."""
+    """The figure's legend under its axes, in as many columns as fit its width (with the ring of
+    :func:`_mark_constant` when some point has constant-classifier seeds)."""
+    if getattr(figure, "has_constant", False):
+        from matplotlib.lines import Line2D
+
+        handles = [*handles, Line2D([], [], marker="o", markersize=10, markerfacecolor="none",
+                                    markeredgecolor="red", linestyle="none")]
+        labels = [*labels, CONSTANT_LEGEND]
     if labels:
         columns = max(1, min(len(labels), int(figure.get_figwidth() // inches_per_entry)))
         figure.legend(handles, labels, loc="outside lower center", ncols=columns, frameon=False)

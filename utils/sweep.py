@@ -666,4 +666,6 @@ def _result_line(result: PointResult) -> str:
     summary = result.summary or {}
     facts = [f"{key} {summary[key]:.4g}" for key in ("test/accuracy", "privacy/epsilon")
              if isinstance(summary.get(key), (int, float))]
+    if summary.get("test/constant_prediction"):  # its gaps say nothing: say so where it is seen
+        facts.append("CONSTANT CLASSIFIER")
     return f"{label}: done in {result.wall_s:.1f} s" + (f" ({', '.join(facts)})" if facts else "")
