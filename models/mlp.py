@@ -13,8 +13,8 @@ from utils.config import ModelConfig
 class MLP(nn.Module):
     """Fully connected ReLU network with one output logit.
 
-    The RUNNER paper trains one hidden layer of 200 units on Adult; ``model.hidden`` sets any
-    depth. ReLU is not in place, so Opacus' hooks see intact activations.
+    RUNNER's released model has two hidden layers of 200 units (``configs/runner_*.yaml``); the
+    other Adult configs use one; ``model.hidden`` sets any depth. ReLU is not in place, so Opacus' hooks see intact activations.
     """
 
     def __init__(self, in_features: int, hidden: list[int]):

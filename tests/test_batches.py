@@ -235,3 +235,20 @@ def test_a_cell_too_small_is_an_exit_2_error_before_any_file(tmp_path, capsys):
 def test_steps_per_epoch_must_be_a_positive_integer(tmp_path, capsys, steps):
     assert run_cli(tmp_path, f"training.steps_per_epoch={steps}") == 2
     assert "training.steps_per_epoch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("batches", list(BATCHES))
+def test_a_run_interrupted_mid_way_resumes_the_same_batches(tmp_path, monkeypatch, batches):
+    """The draws of every composition, with fixed-length epochs, continue after a resume exactly
+    where the uninterrupted run drew them (the batch-sampling generator is in the checkpoint)."""
+    from tests.test_repair_resume import BASE
+    from tests.test_resume import reference_and_interrupted, without_time
+
+    raw = {**BASE, "name": f"resume_{batches}",
+           "training": {**BASE["training"], "batches": batches, "steps_per_epoch": 6,
+                        "select": "best_val_eodds_gap"},
+           "fairness": {"method": "none", "mode": "eo"}}
+    reference, config, run_dir = reference_and_interrupted(raw, tmp_path, monkeypatch, after=3)
+    from training import experiment as experiment_module
+
+    assert without_time(experiment_module.run(config)) == without_time(reference)

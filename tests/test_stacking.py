@@ -95,7 +95,15 @@ def assert_same_run(alone: dict, stacked: dict, alone_dir: Path, stacked_dir: Pa
                                   read_predictions(alone_dir / "predictions.csv")["y_pred"])
 
 
-@pytest.mark.parametrize("points", [POINTS, NON_PRIVATE_SHORT_LAST], ids=["dpsgd", "none"])
+# training.steps_per_epoch: 7 Poisson steps an epoch (a pass would be 20); 17 shuffled batches an
+# epoch, which runs past the end of a pass (its short last batch) into a fresh one.
+STEPS = [(POINTS, 7), (NON_PRIVATE_SHORT_LAST, 17)]
+
+
+@pytest.mark.parametrize("points", [POINTS, NON_PRIVATE_SHORT_LAST,
+                                    *[[merged(point, {"training": {"steps_per_epoch": steps}})
+                                       for point in points] for points, steps in STEPS]],
+                         ids=["dpsgd", "none", "dpsgd-steps_per_epoch", "none-steps_per_epoch"])
 def test_stacked_runs_equal_the_same_runs_trained_one_by_one(tmp_path, points):
     alone = [run(config) for config in configs(points, tmp_path / "alone")]
     stacked = run_stacked(configs(points, tmp_path / "stacked"))
