@@ -38,6 +38,7 @@ resumed run selects exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,49 @@ def ranks_a_gap(select: str) -> bool:
 def evaluated_units(units: int, eval_every: int) -> list[int]:
     """The 0-based units after which the run loop evaluates (as ``training.base.Trainer`` says)."""
     return [unit for unit in range(units) if (unit + 1) % eval_every == 0 or unit + 1 == units]
+
+
+@dataclass
+class Candidate:
+    """What the selector keeps of an evaluated unit: its model (a CPU copy of the state dict), its
+    test scores and decisions, and its ``test/`` and ``val/`` metrics."""
+
+    unit: int
+    value: float
+    model: dict[str, torch.Tensor]
+    scores: np.ndarray
+    decisions: np.ndarray | None
+    metrics: dict[str, Any]
+
+    @classmethod
+    def of(cls, unit: int, value: float, row: dict[str, Any], y_score, y_pred, trainer) -> Candidate:
+        return cls(unit=unit, value=value,
+                   model={key: tensor.detach().to("cpu", copy=True)
+                          for key, tensor in _base_model(trainer).state_dict().items()},
+                   scores=np.array(y_score, copy=True),
+                   decisions=None if y_pred is None else np.array(y_pred, copy=True),
+                   metrics={key: v for key, v in row.items() if key.startswith(("test/", "val/"))})
+
+    def state(self) -> dict[str, Any]:
+        """As a checkpoint holds it (tensors and plain values: ``torch.load(weights_only=True)``)."""
+        return {"unit": self.unit, "value": self.value, "model": self.model,
+                "scores": torch.from_numpy(self.scores),
+                "decisions": None if self.decisions is None else torch.from_numpy(self.decisions),
+                "metrics": self.metrics}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Candidate | None:
+        if state.get("unit") is None:
+            return None
+        return cls(unit=int(state["unit"]), value=float(state["value"]), model=state["model"],
+                   scores=state["scores"].numpy(),
+                   decisions=None if state["decisions"] is None else state["decisions"].numpy(),
+                   metrics=state["metrics"])
+
+
+# What a checkpoint of a selector that has kept no unit yet holds in the unit's place.
+_NOTHING_KEPT = {"unit": None, "value": None, "model": None, "scores": None, "decisions": None,
+                 "metrics": None}
 
 
 class ModelSelector:
@@ -102,14 +146,9 @@ class ModelSelector:
 
     def reset(self) -> None:
         """Forget every unit seen (a fresh run, or a checkpoint that could not be restored)."""
-        self.unit: int | None = None
-        self.value: float | None = None
-        self.model: dict[str, torch.Tensor] | None = None
-        self.scores: np.ndarray | None = None
-        self.decisions: np.ndarray | None = None
-        self.metrics: dict[str, Any] | None = None
-        # select_skip_constant: the best of the constant units, used when every candidate is.
-        self.fallback: dict[str, Any] | None = None
+        self.best: Candidate | None = None
+        # select_skip_constant: the best of the constant units, used when every candidate is one.
+        self.fallback: Candidate | None = None
 
     def observe(self, unit: int, row: dict[str, Any], y_score: np.ndarray, y_pred: np.ndarray | None,
                 trainer) -> None:
@@ -122,27 +161,14 @@ class ModelSelector:
         value = float(value)
         if self.skip_constant and row.get(f"val/{CONSTANT_PREDICTION}"):
             # No candidate while a non-constant unit exists; kept aside in case none does.
-            if self.unit is None and self._better(value, self.fallback and self.fallback["value"]):
-                self.fallback = self._candidate(unit, value, row, y_score, y_pred, trainer)
+            if self.best is None and self._better(value, self.fallback):
+                self.fallback = Candidate.of(unit, value, row, y_score, y_pred, trainer)
             return
-        if self._better(value, self.value):
-            self.__dict__.update(self._candidate(unit, value, row, y_score, y_pred, trainer))
-            self.fallback = None
+        if self._better(value, self.best):
+            self.best, self.fallback = Candidate.of(unit, value, row, y_score, y_pred, trainer), None
 
-    def _better(self, value: float, than: float | None) -> bool:
-        return than is None or (value > than if self.larger_is_better else value < than)
-
-    @staticmethod
-    def _candidate(unit, value, row, y_score, y_pred, trainer) -> dict[str, Any]:
-        """What the selector keeps of a unit: its model (a CPU copy), test outputs and metrics."""
-        return {
-            "unit": unit, "value": value,
-            "model": {key: tensor.detach().to("cpu", copy=True)
-                      for key, tensor in _base_model(trainer).state_dict().items()},
-            "scores": np.array(y_score, copy=True),
-            "decisions": None if y_pred is None else np.array(y_pred, copy=True),
-            "metrics": {key: value for key, value in row.items() if key.startswith(("test/", "val/"))},
-        }
+    def _better(self, value: float, than: Candidate | None) -> bool:
+        return than is None or (value > than.value if self.larger_is_better else value < than.value)
 
     def finish(self, row: dict[str, Any], y_score: np.ndarray, y_pred: np.ndarray | None, trainer,
                ) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
@@ -152,36 +178,27 @@ class ModelSelector:
         chosen unit's ``test/`` and ``val/`` metrics and the ``select/`` keys.
         """
         facts = {"select/criterion": self.select, "select/metric": self.metric}
-        if self.unit is None and self.fallback is not None:
+        if self.best is None and self.fallback is not None:
             warn_user(f"training.select_skip_constant: every candidate unit's validation decisions "
                       f"are all one class, so the best of them by {self.metric} is kept.",
                       trainer.warnings)
-            self.__dict__.update(self.fallback)
-        if self.metric is None or self.unit is None:
+            self.best = self.fallback
+        if self.metric is None or self.best is None:
             if self.metric is not None:
                 warn_user(f"training.select: {self.select}: {self.metric} is undefined (null) at every "
                           f"candidate unit, so the last unit's model is kept.", trainer.warnings)
             return {**row, **facts, "select/unit": self.last_unit + 1,
                     "select/value": None if self.metric is None else row.get(self.metric)}, y_score, y_pred
-        _base_model(trainer).load_state_dict(self.model)
-        chosen = {**row, **self.metrics, **facts, "select/unit": self.unit + 1, "select/value": self.value}
-        return chosen, self.scores, self.decisions
+        best = self.best
+        _base_model(trainer).load_state_dict(best.model)
+        chosen = {**row, **best.metrics, **facts, "select/unit": best.unit + 1, "select/value": best.value}
+        return chosen, best.scores, best.decisions
 
     def state_dict(self) -> dict[str, Any]:
-        """The best unit so far, for a checkpoint (tensors, lists and plain values only, so that
-        ``torch.load(weights_only=True)`` reads it)."""
-        def kept(candidate: dict[str, Any] | None) -> dict[str, Any] | None:
-            if candidate is None:
-                return None
-            scores, decisions = candidate["scores"], candidate["decisions"]
-            return {**candidate,
-                    "scores": None if scores is None else torch.from_numpy(scores),
-                    "decisions": None if decisions is None else torch.from_numpy(decisions)}
-
-        return {"select": self.select, **kept({
-            "unit": self.unit, "value": self.value, "model": self.model, "scores": self.scores,
-            "decisions": self.decisions, "metrics": self.metrics}),
-            "fallback": kept(self.fallback)}
+        """The best unit so far (at the top level, as checkpoints have always held it) and the
+        constant fallback, for a checkpoint."""
+        return {"select": self.select, **(self.best.state() if self.best else _NOTHING_KEPT),
+                "fallback": self.fallback.state() if self.fallback else None}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Restore :meth:`state_dict`'s output; ValueError when it is missing or of another selection."""
@@ -191,20 +208,8 @@ class ModelSelector:
             raise ValueError(f"the checkpoint {NO_SELECTION_STATE} (training.select: {self.select})")
         if state.get("select") != self.select:
             raise ValueError(f"the checkpoint selects by {state.get('select')!r}, this run by {self.select!r}")
-        def restored(candidate: dict[str, Any]) -> dict[str, Any]:
-            return {
-                "unit": None if candidate["unit"] is None else int(candidate["unit"]),
-                "value": None if candidate["value"] is None else float(candidate["value"]),
-                "model": candidate["model"],
-                "scores": None if candidate["scores"] is None else candidate["scores"].numpy(),
-                "decisions": (None if candidate["decisions"] is None
-                              else candidate["decisions"].numpy()),
-                "metrics": candidate["metrics"],
-            }
-
-        self.__dict__.update(restored(state))
-        fallback = state.get("fallback")
-        self.fallback = None if fallback is None else restored(fallback)
+        self.best = Candidate.from_state(state)
+        self.fallback = Candidate.from_state(state.get("fallback") or {})
 
 
 def _base_model(trainer) -> torch.nn.Module:
