@@ -990,9 +990,15 @@ def tradeoff_figure(series: list[TradeoffSeries], mode: str, *, title: str):
                         xerr=[s for _, _, s, _, _ in drawn], yerr=[s for _, _, _, _, s in drawn],
                         color=line.color, marker=line.marker, markersize=7, linewidth=1.4,
                         elinewidth=0.9, capsize=3, label=line.label)
+            # Which λ is which point of the line: the own settings that vary along it (a
+            # neuron ratio zipped with the target is the same on every point of one figure).
+            moving = [key for key in line.rows[0].own
+                      if len({_identity({"v": row.own.get(key)}) for row in line.rows}) > 1]
             for row, x, _, y, _ in drawn:
-                if row.own and len(line.rows) > 1:  # which λ is which point of the line
-                    ax.annotate(_own_label(row), (x, y), xytext=(5, 5), textcoords="offset points",
+                if moving:
+                    label = ", ".join(f"{_setting_label(key)}={_md_value(row.own[key])}"
+                                      for key in moving)
+                    ax.annotate(label, (x, y), xytext=(5, 5), textcoords="offset points",
                                 fontsize=8, color=line.color)
             _mark_constant(ax, [(x, y, row.point) for row, x, _, y, _ in drawn])
         if not ax.has_data():
