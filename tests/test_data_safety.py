@@ -23,6 +23,8 @@ import re
 import shutil
 import stat
 import string
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +101,8 @@ def snapshot(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, tuple]:
             state[rel] = ("dir", stat.S_IMODE(info.st_mode))
             for child in sorted(path.iterdir()):
                 visit(child)
+        elif not stat.S_ISREG(info.st_mode):  # a FIFO: reading it would block
+            state[rel] = ("special", stat.S_IFMT(info.st_mode))
         else:
             state[rel] = ("file", stat.S_IMODE(info.st_mode), info.st_mtime_ns,
                           hashlib.sha256(path.read_bytes()).hexdigest())
@@ -629,3 +633,335 @@ def test_wandb_that_cannot_start_at_all_is_turned_off_and_the_run_completes(wand
     assert not list((world.run_dir() / "wandb").glob("*/*.wandb"))
     assert complete_summary(world.run_dir())["name"] == NAME
     assert snapshot(world.root, skip=(world.run_dir(),)) == before
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. Hostile input, round three (issue 26): links and wrong kinds of entries on resume, locks,
+#    interrupts, full disks, another run's checkpoint, another program's summary.json
+
+
+def _user_file(world: World) -> Path:
+    return world.user / "notes.txt"
+
+
+@pytest.mark.parametrize("kind", ["model_final-link", "last-link", "checkpoints-link", "tb-link",
+                                  "link-inside-tb", "metrics-link", "summary-tmp-link"])
+def test_resume_never_writes_through_a_link(world, interrupted, capsys, kind):
+    """Issue 26: an interrupted run whose checkpoints/model_final.pt (or checkpoints/, tb/, a file
+    inside tb/, metrics.jsonl, a temporary name) is a symbolic link to a user's file or folder:
+    resuming used to write through it; now every path below the run directory is checked on
+    resume as on a fresh start, and nothing is written."""
+    run_dir = world.run_dir()
+    shutil.copytree(interrupted, run_dir)
+    (run_dir / "tb").mkdir(exist_ok=True)
+    link = {"model_final-link": run_dir / "checkpoints" / "model_final.pt",
+            "last-link": run_dir / "checkpoints" / "last.pt",
+            "checkpoints-link": run_dir / "checkpoints",
+            "tb-link": run_dir / "tb",
+            "link-inside-tb": run_dir / "tb" / "events.out.tfevents.0",
+            "metrics-link": run_dir / "metrics.jsonl",
+            "summary-tmp-link": run_dir / "summary.json.tmp"}[kind]
+    if kind in ("checkpoints-link", "tb-link"):
+        shutil.move(link, world.user / link.name)  # the user's folder now holds the real one
+        link.symlink_to(world.user / link.name, target_is_directory=True)
+    else:
+        if os.path.lexists(link):
+            link.unlink()
+        link.symlink_to(_user_file(world))
+    before = snapshot(world.root)
+    code = running.main(cli(world.out, "training.epochs=2"))
+    assert_one_error(capsys, code, rundir.LINK_IN_RUN_DIR.format(path=link))
+    assert snapshot(world.root) == before
+    assert running.main(cli(world.out, "training.epochs=2", extra=("--overwrite",))) == 2  # nor --overwrite
+    assert snapshot(world.root) == before
+
+
+@pytest.mark.parametrize(("entry", "make", "kind", "expected"), [
+    ("checkpoints/last.pt", "folder", "folder", "file"),
+    ("checkpoints/previous.pt", "folder", "folder", "file"),
+    ("tb", "file", "file", "folder"),
+    ("checkpoints", "file", "file", "folder"),
+    ("summary.json", "folder", "folder", "file"),
+    ("config.yaml", "fifo", "special file", "file"),
+], ids=["last.pt-a-folder", "previous.pt-a-folder", "tb-a-file", "checkpoints-a-file",
+        "summary-a-folder", "config-a-fifo"])
+@pytest.mark.parametrize("overwrite", [False, True], ids=["resume", "overwrite"])
+def test_a_wrong_kind_of_entry_is_one_clean_error(world, interrupted, capsys, entry, make, kind,
+                                                  expected, overwrite):
+    """Issue 26: last.pt replaced by a directory failed every rerun with NotADirectoryError; tb/
+    a file gave a traceback. Each is now one error naming the path, before anything is written or
+    removed, on a resume and under --overwrite alike."""
+    run_dir = world.run_dir()
+    shutil.copytree(interrupted, run_dir)
+    path = run_dir / entry
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+    if make == "folder":
+        (path / "mine").mkdir(parents=True)
+    elif make == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_text("a user's file\n")
+    before = snapshot(world.root)
+    code = running.main(cli(world.out, "training.epochs=2",
+                            extra=("--overwrite",) if overwrite else ()))
+    assert_one_error(capsys, code, rundir.ENTRY_WRONG_KIND.format(path=path, kind=kind,
+                                                                  expected=expected))
+    assert snapshot(world.root) == before
+
+
+@pytest.mark.parametrize("how", ["not-writable", pytest.param("fails-half-way", marks=pytest.mark.slow)])
+def test_overwrite_of_an_undeletable_tb_removes_nothing_first(world, finished, capsys, monkeypatch,
+                                                              how):
+    """Issue 26: a read-only or undeletable tb/ under --overwrite gave a traceback after the
+    finished run had already been cleared. Root ignores permissions, so the fault is simulated:
+    os.access says tb/ is not writable (what a read-only folder or file system says), or the
+    removal itself fails half-way (what root meets on an immutable file). Either way: one error
+    line, and the finished run is still whole (the check comes first), or at worst no longer
+    claims to be complete (summary.json is removed first)."""
+    run_dir = world.run_dir()
+    shutil.copytree(finished[0], run_dir)
+    (run_dir / "tb" / "sub").mkdir(parents=True)
+    (run_dir / "tb" / "sub" / "events").write_text("x")
+    blocked = run_dir / "tb" / "sub"
+    if how == "not-writable":
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
+            False if Path(path) == blocked and mode & os.W_OK else real_access(path, mode, **kw)))
+        before = snapshot(world.root)
+        code = running.main(cli(world.out, extra=("--overwrite",)))
+        assert_one_error(capsys, code, rundir.CANNOT_CLEAR.format(
+            path=run_dir / "tb", reason=f"{blocked} is not writable"))
+        assert snapshot(world.root) == before
+        return
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        if Path(path) == run_dir / "tb":
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(blocked / "events"))
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    code = running.main(cli(world.out, extra=("--overwrite",)))
+    assert_one_error(capsys, code, rundir.CANNOT_CLEAR.format(path=blocked / "events",
+                                                              reason=os.strerror(errno.EPERM)))
+    assert not (run_dir / "summary.json").exists()  # the half-cleared run is not "complete"
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    assert running.main(cli(world.out)) == 0  # once the fault is gone, it trains again
+    complete_summary(run_dir)
+
+
+def _hold_lock(path: Path) -> subprocess.Popen:
+    """Another process holding the flock on ``path`` (a marker file) until it is killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(path)!r}, os.O_RDONLY)\nfcntl.flock(fd, fcntl.LOCK_EX)\n"
+         "print('locked', flush=True)\ntime.sleep(120)\n"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+@pytest.mark.parametrize("state", ["interrupted", "finished-overwrite"])
+def test_a_second_process_on_the_same_run_directory_is_refused(world, interrupted, finished,
+                                                               capsys, state):
+    """Issue 26: two processes on one config had no lock; one died with FileNotFoundError and both
+    trained the same units. Now a second process gets one line (exit 2) and touches nothing."""
+    run_dir = world.run_dir()
+    shutil.copytree(interrupted if state == "interrupted" else finished[0], run_dir)
+    holder = _hold_lock(run_dir / rundir.MARKER_FILE)
+    try:
+        before = snapshot(world.root)
+        code = running.main(cli(world.out, "training.epochs=2" if state == "interrupted" else
+                                "training.epochs=1",
+                                extra=("--overwrite",) if state != "interrupted" else ()))
+        assert_one_error(capsys, code, rundir.RUN_LOCKED.format(path=run_dir,
+                                                                marker=rundir.MARKER_FILE))
+        assert snapshot(world.root) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert running.main(cli(world.out, "training.epochs=2")) == 0  # the lock died with its holder
+
+
+def test_a_run_directory_made_meanwhile_by_another_process_is_not_cleared(world, capsys,
+                                                                          monkeypatch):
+    """Issue 26: two processes starting the same new run: the second finds, after loading its
+    data, that the first has made and marked the directory, and stops instead of clearing it."""
+    run_dir = world.run_dir()
+    from training import experiment
+
+    real = experiment.build_components
+
+    def build_while_another_process_starts(config, device):
+        built = real(config, device)
+        run_dir.mkdir()
+        rundir.write_marker(run_dir)
+        (run_dir / "config.yaml").write_text("the other process's\n")
+        return built
+
+    monkeypatch.setattr(experiment, "build_components", build_while_another_process_starts)
+    code = running.main(cli(world.out))
+    assert_one_error(capsys, code, rundir.RUN_LOCKED.format(path=run_dir, marker=rundir.MARKER_FILE))
+    assert (run_dir / "config.yaml").read_text() == "the other process's\n"
+
+
+def test_ctrl_c_during_training_exits_130_with_one_line_and_resumes(world, capsys, monkeypatch):
+    """Issue 26: Ctrl-C printed a 50-line KeyboardInterrupt traceback. Now: exit 130, one line
+    saying how to continue, and the same command resumes from the last checkpoint."""
+    from training import experiment
+    from utils.errors import INTERRUPTED
+
+    original = experiment.MetricsSink.log
+
+    def log(self, step, metrics):
+        original(self, step, metrics)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment.MetricsSink, "log", log)
+    before = snapshot(world.root, skip=(world.run_dir(),))
+    code = running.main(cli(world.out, "training.epochs=3"))
+    err = capsys.readouterr().err
+    assert code == 130
+    assert err.splitlines() == [f"interrupted: {INTERRUPTED}"]
+    monkeypatch.setattr(experiment.MetricsSink, "log", original)
+    assert running.main(cli(world.out, "training.epochs=3")) == 0
+    assert f"resuming {world.run_dir()} from last.pt after unit 1" in capsys.readouterr().err
+    assert [row["step"] for row in read_jsonl(world.run_dir() / "metrics.jsonl")] == [1, 2, 3]
+    assert snapshot(world.root, skip=(world.run_dir(),)) == before
+
+
+def test_ctrl_c_before_the_run_directory_exists_leaves_nothing(world, capsys, monkeypatch):
+    from training import experiment
+    from utils.errors import INTERRUPTED
+
+    def interrupted_while_loading(config, device):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "build_components", interrupted_while_loading)
+    before = snapshot(world.root)
+    code = running.main(cli(world.out))
+    assert code == 130 and capsys.readouterr().err.splitlines() == [f"interrupted: {INTERRUPTED}"]
+    assert snapshot(world.root) == before
+
+
+def _fail_writes_to(monkeypatch, name: str, error_number: int) -> None:
+    """os.write fails with ``error_number`` (ENOSPC: a full disk) for the file called ``name``:
+    what the kernel answers when the disk fills, without needing a tmpfs or root."""
+    real_write = os.write
+
+    def write(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/" + name):
+            raise OSError(error_number, os.strerror(error_number))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name the open file")
+@pytest.mark.parametrize("name", [".last.pt.tmp", *(pytest.param(name, marks=pytest.mark.slow) for name in (
+    "summary.json.tmp", "predictions.csv.tmp", "model_final.pt.tmp"))])
+def test_a_full_disk_is_one_clean_error_and_leaves_no_temporary_file(world, capsys, monkeypatch,
+                                                                      name):
+    """Issue 26: a full disk gave a traceback (torch's `enforce fail`, ENOSPC) and left
+    .last.pt.tmp behind. Now: one line naming the file and the fix, exit 2, no temporary file, and
+    the same command afterwards completes the run (resuming where a checkpoint was saved)."""
+    from utils.errors import WRITE_FAILED
+
+    _fail_writes_to(monkeypatch, name, errno.ENOSPC)
+    run_dir = world.run_dir()
+    code = running.main(cli(world.out, "training.epochs=2"))
+    folder = run_dir / "checkpoints" if name.endswith(".pt.tmp") else run_dir
+    assert_one_error(capsys, code, WRITE_FAILED.format(
+        path=folder / name, reason=os.strerror(errno.ENOSPC),
+        fix="The disk is full: free space (or set output_dir on another disk)."))
+    assert not list(run_dir.rglob("*.tmp"))
+    assert not (run_dir / "summary.json").exists()
+    monkeypatch.undo()
+    assert running.main(cli(world.out, "training.epochs=2")) == 0
+    assert [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+    complete_summary(run_dir)
+
+
+def test_a_file_size_limit_is_one_clean_error(world, capsys):
+    """Issue 26: `ulimit -f` gave a traceback (EFBIG). A real limit, set in this process (Python
+    ignores SIGXFSZ, so the write fails with EFBIG): config.yaml and metrics.jsonl fit under it,
+    the checkpoint does not."""
+    import resource
+
+    from utils.errors import WRITE_FAILED
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        code = running.main(cli(world.out, "training.epochs=2"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    checkpoints = world.run_dir() / "checkpoints"
+    assert_one_error(capsys, code, WRITE_FAILED.format(
+        path=checkpoints / ".last.pt.tmp", reason=os.strerror(errno.EFBIG),
+        fix="A file size limit stops the write (ulimit -f): raise it."))
+    assert not list(world.run_dir().rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_seed_is_refused(world, interrupted, capsys, tmp_path):
+    """Issue 26: last.pt and previous.pt replaced by an interrupted seed-1 run's of the same
+    config resumed ("after unit 3") and gave a summary labelled seed 0 that was seed 1's training.
+    Each checkpoint now records its run (config and seed) and is refused for another; the run
+    starts afresh and ends as the uninterrupted seed-0 run does."""
+    other = interrupted_run(tmp_path / "seed1", "seed=1")
+    run_dir = world.run_dir()
+    shutil.copytree(interrupted, run_dir)  # seed 0, interrupted after unit 1
+    for name in ("last.pt", "previous.pt"):
+        shutil.copy(other / "checkpoints" / "last.pt", run_dir / "checkpoints" / name)
+    assert running.main(cli(world.out, "training.epochs=2")) == 0
+    err = capsys.readouterr().err
+    assert "resuming" not in err
+    for name in ("last.pt", "previous.pt"):
+        assert ("warning: checkpoint not usable, " + checkpoint.OTHER_RUN.format(
+            path=run_dir / "checkpoints" / name, keys="seed")) in err
+    assert running.main(cli(tmp_path / "plain", "training.epochs=2")) == 0
+    ours, plain = complete_summary(run_dir), complete_summary(tmp_path / "plain" / NAME)
+    assert {k: v for k, v in ours.items() if not k.startswith("time/")} == \
+        {k: v for k, v in plain.items() if not k.startswith("time/")}
+
+
+def test_a_checkpoint_without_a_run_record_is_not_resumed(world, interrupted, capsys):
+    run_dir = world.run_dir()
+    shutil.copytree(interrupted, run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    payload = torch.load(last, map_location="cpu", weights_only=True)
+    del payload["run"]
+    torch.save(payload, last)
+    assert running.main(cli(world.out, "training.epochs=2")) == 0
+    err = capsys.readouterr().err
+    assert "resuming" not in err and f"{last} is incomplete (missing keys)" in err
+
+
+def test_another_programs_summary_in_an_unmarked_folder_is_not_a_result(world, capsys):
+    """Issue 26: an unmarked folder holding another program's summary.json with the six required
+    keys was printed as this config's result (exit 0). It is now refused as not the tool's."""
+    folder = world.out / NAME
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(
+        {key: 0 for key in rundir.SUMMARY_REQUIRED_KEYS} | {"name": NAME}))
+    before = snapshot(world.root)
+    code = running.main(cli(world.out))
+    assert_one_error(capsys, code, rundir.NOT_OURS.format(path=folder, marker=rundir.MARKER_FILE))
+    assert snapshot(world.root) == before
+
+
+def test_a_finished_run_from_before_the_marker_is_still_returned(world, finished, capsys):
+    run_dir = world.run_dir()
+    shutil.copytree(finished[0], run_dir)
+    (run_dir / rundir.MARKER_FILE).unlink()
+    before = snapshot(world.root)
+    assert running.main(cli(world.out)) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert snapshot(world.root) == before
+    # Its config.yaml is that run's: another seed under the same name is not returned as it.
+    code = running.main(cli(world.out, "seed=1"))
+    assert_one_error(capsys, code, rundir.NOT_OURS.format(path=run_dir, marker=rundir.MARKER_FILE))

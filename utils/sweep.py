@@ -69,7 +69,7 @@ from utils.config import (
     parse_override,
     read_yaml,
 )
-from utils.errors import ConfigError, UserInputError
+from utils.errors import ConfigError, UserInputError, describe_fault
 from utils.rundir import OUTPUT_DIR_NOT_A_DIRECTORY, check_output_dir, make_dirs, read_json_object
 from utils.sink import SUMMARY_FILE, write_json_atomic
 
@@ -420,9 +420,13 @@ def run_point(point: GridPoint, overwrite: bool = False) -> PointResult:
 def point_result(point: GridPoint, outcome: dict[str, Any] | Exception, wall_s: float,
                  ) -> PointResult:
     """A point's result from its run's summary or the exception that stopped it (an input error
-    is the user's to fix; anything else is a bug, kept with its traceback)."""
+    or a fault of the machine, :func:`utils.errors.describe_fault`, is the user's to fix; anything
+    else is a bug, kept with its traceback)."""
     if isinstance(outcome, UserInputError):
         return PointResult(point, "failed", error=str(outcome), wall_s=wall_s)
+    if isinstance(outcome, Exception) and (fault := describe_fault(outcome)) is not None:
+        # The machine refused (a full disk, memory): the user's to fix, like an input error.
+        return PointResult(point, "failed", error=fault, wall_s=wall_s)
     if isinstance(outcome, Exception):
         trace = "".join(traceback.format_exception(outcome))
         return PointResult(point, "failed", error=f"{type(outcome).__name__}: {outcome}",
