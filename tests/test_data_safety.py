@@ -46,6 +46,7 @@ from utils.report import (
     IGNORED_STATUS,
     REPORT_CSV,
     REPORT_FILE_NOT_OURS,
+    REPORT_LEDGER,
     REPORT_MD,
     SKIPPED_RUN,
 )
@@ -453,7 +454,7 @@ def test_report_skips_what_it_cannot_read_and_reports_the_rest(world, finished, 
         broken = runs / "broken" / where
         template = SKIPPED_RUN
     broken.write_bytes(content)
-    outputs = tuple(runs / name for name in (REPORT_MD, REPORT_CSV, *FIGURES))
+    outputs = tuple(runs / name for name in (REPORT_MD, REPORT_CSV, *FIGURES, REPORT_LEDGER))
     before = snapshot(world.root, skip=outputs)
     code = running.main(["--report", str(runs)])
     err = capsys.readouterr().err
@@ -475,7 +476,7 @@ def test_report_never_overwrites_a_file_it_did_not_write(world, finished, capsys
     (runs / name).write_bytes(b"the user's own file\n")
     before = snapshot(world.root)
     code = running.main(["--report", str(runs)])
-    assert_one_error(capsys, code, REPORT_FILE_NOT_OURS.format(path=runs / name))
+    assert_one_error(capsys, code, REPORT_FILE_NOT_OURS.format(path=runs / name, ledger=REPORT_LEDGER))
     assert snapshot(world.root) == before
     # Its own earlier report is overwritten: a second report over a first one works.
     (runs / name).unlink()
@@ -965,3 +966,189 @@ def test_a_finished_run_from_before_the_marker_is_still_returned(world, finished
     # Its config.yaml is that run's: another seed under the same name is not returned as it.
     code = running.main(cli(world.out, "seed=1"))
     assert_one_error(capsys, code, rundir.NOT_OURS.format(path=run_dir, marker=rundir.MARKER_FILE))
+
+
+# The report: never over a file it did not write, whole files after an interrupt, one line when the
+# folder cannot be written
+
+
+def _report_world(world: World, finished: dict[int, Path]) -> Path:
+    runs = world.out / "grid"
+    for seed, source in finished.items():
+        shutil.copytree(source, runs / f"seed={seed}")
+    return runs
+
+
+@pytest.mark.parametrize("case", ["users-report-with-the-title", "figure-replaced-after-a-report",
+                                  "csv-edited-after-a-report"])
+def test_report_never_overwrites_a_file_whose_content_it_did_not_write(world, finished, capsys,
+                                                                        case):
+    """Issue 26: --report overwrote a user's own report.md whose first line happened to be
+    `# Report: …`, and a gaps.png the user replaced after an earlier report. The report now
+    records the SHA-256 of every file it writes and overwrites only those exact contents."""
+    from utils.report import REPORT_TITLE
+
+    runs = _report_world(world, finished)
+    if case == "users-report-with-the-title":
+        target = runs / REPORT_MD
+        target.write_text(f"{REPORT_TITLE}my own notes\n\nthree years of work\n")
+    else:
+        assert running.main(["--report", str(runs)]) == 0
+        capsys.readouterr()
+        target = runs / ("gaps.png" if case == "figure-replaced-after-a-report" else REPORT_CSV)
+        target.write_bytes(target.read_bytes() + b"the user's change\n")
+    before = snapshot(world.root)
+    code = running.main(["--report", str(runs)])
+    assert_one_error(capsys, code, REPORT_FILE_NOT_OURS.format(path=target, ledger=REPORT_LEDGER))
+    assert snapshot(world.root) == before
+
+
+@pytest.mark.parametrize("stop_at", [1, 2, 5])
+def test_ctrl_c_during_report_leaves_whole_files_and_the_next_report_works(world, finished, capsys,
+                                                                          monkeypatch, stop_at):
+    """Issue 26: Ctrl-C during --report left report.csv without report.md, and the next --report
+    refused it as "not written by an earlier report" until deleted by hand. Now: exit 130 with one
+    line, no staging folder left, every file whole, and the next report overwrites them."""
+    from utils.errors import INTERRUPTED_REPORT
+
+    runs = _report_world(world, finished)
+    assert running.main(["--report", str(runs)]) == 0  # an earlier report: files to replace
+    capsys.readouterr()
+    real_replace = os.replace
+    placed = []
+
+    def replace(source, target, *args, **kwargs):
+        if Path(source).parent.name.startswith(".report-"):
+            placed.append(Path(target).name)
+            if len(placed) == stop_at:
+                raise KeyboardInterrupt
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    code = running.main(["--report", str(runs)])
+    assert code == 130
+    assert capsys.readouterr().err.splitlines() == [f"interrupted: {INTERRUPTED_REPORT}"]
+    assert not [path for path in runs.iterdir() if path.name.startswith(".report-")]
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert running.main(["--report", str(runs)]) == 0, capsys.readouterr().err
+
+
+def test_report_on_a_folder_that_cannot_be_written_is_one_line(world, finished, capsys,
+                                                               monkeypatch):
+    """Issue 26: --report on a read-only grid directory gave a PermissionError traceback. Root
+    writes anyway, so the fault is simulated twice: os.access says the folder is read-only (the
+    check before anything is drawn), and the staging folder's mkdir fails with EACCES (a fault the
+    check cannot see: one line naming the folder)."""
+    import tempfile
+
+    from utils.errors import WRITE_FAILED
+    from utils.report import REPORT_NOT_WRITABLE
+
+    runs = _report_world(world, finished)
+    before = snapshot(world.root)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
+        False if Path(path) == runs and mode & os.W_OK else real_access(path, mode, **kw)))
+    code = running.main(["--report", str(runs)])
+    assert_one_error(capsys, code, REPORT_NOT_WRITABLE.format(path=runs))
+    monkeypatch.setattr(os, "access", real_access)
+
+    def mkdtemp(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    code = running.main(["--report", str(runs)])
+    assert_one_error(capsys, code, WRITE_FAILED.format(
+        path=runs, reason=os.strerror(errno.EACCES),
+        fix="Permission denied: fix the permissions or set another output_dir."))
+    assert snapshot(world.root) == before
+
+
+# Grids: their directory is the tool's only with its marker, and one process runs a grid at a time
+
+
+def _grid_params(world: World, **extra) -> Path:
+    return write_params(world.root, {**GRID_BASE, "output_dir": str(world.out), "sweep": SWEEP,
+                                     **extra})
+
+
+def test_a_grid_named_like_a_users_folder_is_refused(world, capsys):
+    """Issue 26: a grid whose name matched a user's existing unmarked folder got grid_status.json
+    written into it. The folder is now refused, and nothing is written into it."""
+    from utils.sweep import GRID_MARKER, GRID_NOT_OURS
+
+    params = _grid_params(world, name="thesis_data")
+    before = snapshot(world.root)
+    code = running.main(["--params", str(params)])
+    assert_one_error(capsys, code, GRID_NOT_OURS.format(path=world.user, marker=GRID_MARKER))
+    assert snapshot(world.root) == before
+
+
+def test_a_grid_directory_that_is_a_link_is_refused(world, capsys):
+    from utils.sweep import GRID_PATH_IS_LINK
+
+    (world.out / GRID_BASE["name"]).symlink_to(world.user, target_is_directory=True)
+    params = _grid_params(world)
+    before = snapshot(world.root)
+    code = running.main(["--params", str(params)])
+    assert_one_error(capsys, code, GRID_PATH_IS_LINK.format(path=world.out / GRID_BASE["name"]))
+    assert snapshot(world.root) == before
+
+
+def test_a_second_process_on_the_same_grid_is_refused(world, capsys):
+    """Issue 26: two processes on one grid trained the same points into the same files; the second
+    is now refused with one line while the first holds the grid's lock."""
+    from utils.sweep import GRID_MARKER
+
+    grid_dir = world.out / GRID_BASE["name"]
+    grid_dir.mkdir()
+    rundir.write_marker(grid_dir, GRID_MARKER)
+    holder = _hold_lock(grid_dir / GRID_MARKER)
+    params = _grid_params(world)
+    try:
+        before = snapshot(world.root)
+        code = running.main(["--params", str(params)])
+        assert_one_error(capsys, code, rundir.RUN_LOCKED.format(path=grid_dir, marker=GRID_MARKER))
+        assert snapshot(world.root) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_grid_from_before_the_grid_marker_is_adopted(world, capsys):
+    """A grid directory an earlier version made (its status file, no marker) is still the tool's:
+    it is marked and continued."""
+    from utils.sweep import GRID_MARKER
+
+    grid_dir = world.out / GRID_BASE["name"]
+    grid_dir.mkdir()
+    (grid_dir / STATUS_FILE).write_text(json.dumps({"grid": "tiny", "points": [],
+                                                    "updated_at": "then"}))
+    params = _grid_params(world, sweep={"seed": [0]})
+    assert running.main(["--params", str(params)]) == 0
+    assert rundir.is_marked(grid_dir, GRID_MARKER) and (grid_dir / "seed=0" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize(("sweep", "what", "count"), [
+    ({"seed": list(range(1000)), "training.lr": [0.001 * (i + 1) for i in range(1000)]},
+     "combinations", 1_000_000),
+    ({"seed": list(range(101)), "training.lr": [0.001 * (i + 1) for i in range(100)]},
+     "runs", 10_100),
+], ids=["a-million-points", "just-over-the-run-cap"])
+def test_an_unbounded_sweep_is_refused_at_once(world, capsys, sweep, what, count):
+    """Issue 26: a sweep of 10^6 points ran --dry-run for minutes with memory climbing (20,000
+    points: 30 s). A grid is now capped (MAX_GRID_COMBINATIONS, MAX_GRID_POINTS) and refused in
+    well under a second, before any point's config is built."""
+    from utils.sweep import GRID_TOO_LARGE, MAX_GRID_COMBINATIONS, MAX_GRID_POINTS
+
+    params = _grid_params(world, sweep=sweep)
+    before = snapshot(world.root)
+    started = time.perf_counter()
+    code = running.main(["--params", str(params), "--dry-run"])
+    seconds = time.perf_counter() - started
+    limit = MAX_GRID_COMBINATIONS if what == "combinations" else MAX_GRID_POINTS
+    spelled = f"{len(sweep['training.lr'])} training.lr x {len(sweep['seed'])} seed"
+    assert_one_error(capsys, code, GRID_TOO_LARGE.format(count=count, what=what, spelled=spelled,
+                                                         limit=limit))
+    assert snapshot(world.root) == before
+    assert seconds < 5, seconds

@@ -308,7 +308,8 @@ def test_report_never_overwrites_a_view_file_it_did_not_write(grid, name, reques
                     ignore=shutil.ignore_patterns("report*", "*.png"))
     (copy / name).write_bytes(b"the user's own file\n")
     assert running.main(["--report", str(copy)]) == 2
-    assert report.REPORT_FILE_NOT_OURS.format(path=copy / name) in capsys.readouterr().err
+    assert report.REPORT_FILE_NOT_OURS.format(path=copy / name, ledger=report.REPORT_LEDGER) \
+        in capsys.readouterr().err
     assert (copy / name).read_bytes() == b"the user's own file\n"
     assert not (copy / "report.md").exists() and not (copy / "report.csv").exists()
     assert [path.name for path in copy.glob("*.png")] == ([name] if name.endswith(".png") else [])

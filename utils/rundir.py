@@ -146,16 +146,17 @@ def read_json_object(path: Path) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
-def is_marked(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds this tool's marker (a regular file, not a link, naming the tool)."""
-    payload = read_json_object(Path(run_dir) / MARKER_FILE)
+def is_marked(run_dir: Path, marker: str = MARKER_FILE) -> bool:
+    """Whether ``run_dir`` holds this tool's marker (a regular file, not a link, naming the tool);
+    ``marker`` is the run directory's, or a grid directory's (utils.sweep)."""
+    payload = read_json_object(Path(run_dir) / marker)
     return payload is not None and payload.get("tool") == TOOL
 
 
-def write_marker(run_dir: Path) -> None:
+def write_marker(run_dir: Path, marker: str = MARKER_FILE) -> None:
     """Mark ``run_dir`` as this tool's (the first file of every run directory)."""
-    write_json_atomic(run_dir / MARKER_FILE, {"tool": TOOL, "format": MARKER_FORMAT,
-                                              "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    write_json_atomic(run_dir / marker, {"tool": TOOL, "format": MARKER_FORMAT,
+                                         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 def check_output_dir(output_dir: str | Path) -> None:
@@ -187,7 +188,7 @@ def check_writable(run_dir: Path, output_dir: str | Path, state: str) -> None:
         raise UserInputError(OUTPUT_DIR_NOT_WRITABLE.format(output=str(output_dir), where=where))
 
 
-def inspect_run_path(run_dir: Path, output_dir: str | Path) -> str:
+def inspect_run_path(run_dir: Path, output_dir: str | Path, marker: str = MARKER_FILE) -> str:
     """What is at the run path: :data:`ABSENT`, :data:`EMPTY`, :data:`MARKED` or :data:`FOREIGN`.
 
     Raises:
@@ -215,7 +216,7 @@ def inspect_run_path(run_dir: Path, output_dir: str | Path) -> str:
         return ABSENT
     if not stat.S_ISDIR(info.st_mode):
         raise UserInputError(RUN_PATH_IS_FILE.format(path=run_dir))
-    if is_marked(run_dir):
+    if is_marked(run_dir, marker):
         return MARKED
     try:
         empty = next(run_dir.iterdir(), None) is None
