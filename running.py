@@ -37,6 +37,11 @@ HEADLINE = ("test/accuracy", "test/accuracy/group=minority", "test/accuracy/grou
             "time/wall_s")
 
 
+BACKEND_NEEDS_GRID = ("--backend ray: {params} is one experiment, not a grid; Ray runs a grid's "
+                      "points as tasks, and a single run would quietly run here instead. Add a "
+                      "sweep: section, or leave out --backend ray.")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Train and evaluate a fairness-under-privacy experiment (or a grid of them) "
@@ -111,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserInputError(f"--stack {args.stack}: {args.params} is one experiment, not a "
                                  f"grid; --stack trains a grid's points together (add a sweep: "
                                  f"section, or leave out --stack).")
+        if args.backend == "ray":
+            raise UserInputError(BACKEND_NEEDS_GRID.format(params=args.params))
         config = load_config(args.params, args.overrides)
         # Imported here so that `--help` and YAML errors answer without loading torch (a config
         # check of a registered name imports its registry, and so torch).

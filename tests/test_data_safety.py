@@ -1152,3 +1152,76 @@ def test_an_unbounded_sweep_is_refused_at_once(world, capsys, sweep, what, count
                                                          limit=limit))
     assert snapshot(world.root) == before
     assert seconds < 5, seconds
+
+
+# logging.private_stats: false leaves the seed out of every record; a run still resumes
+
+
+SECRET_SEED = 918273645  # distinctive: found as bytes anywhere it is written
+
+
+def _files_holding(root: Path, needle: bytes) -> list[str]:
+    return [str(path.relative_to(root)) for path in root.rglob("*")
+            if path.is_file() and not path.is_symlink() and needle in path.read_bytes()]
+
+
+def test_private_stats_false_leaves_the_seed_out_of_every_record(world, capsys, monkeypatch):
+    """Issue 26: logging.private_stats: false left the seed in config.yaml, summary.json and the
+    wandb run, although the README lists the seed among what it leaves out (anyone with the seed
+    can replay a reproducible run's sampling and noise). Now no file of the run directory, wandb's
+    offline record and TensorBoard's events included, holds it; the command line in provenance has
+    it masked; and running the command again finds the run complete."""
+    import yaml
+
+    from training.experiment import SEED_WITHHELD
+
+    argv = cli(world.out, "logging.private_stats=false", f"seed={SECRET_SEED}",
+               "logging.wandb.mode=offline", "logging.tensorboard=true")
+    monkeypatch.setattr(sys, "argv", ["running.py", *argv])
+    assert running.main(argv) == 0, capsys.readouterr().err
+    run_dir = world.run_dir()
+    assert _files_holding(run_dir, str(SECRET_SEED).encode()) == []
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["seed"] is None
+    assert f"seed={SEED_WITHHELD}" in config["provenance"]["command"]
+    assert complete_summary(run_dir)["seed"] is None
+    # wandb's offline record (its binary .wandb file, searched above) holds the run's config,
+    # the seed key included, but not its value; nor the command line it records from sys.argv.
+    (record,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    assert b"seed" in record.read_bytes() and SEED_WITHHELD.encode() in record.read_bytes()
+    assert list((run_dir / "tb").iterdir())  # TensorBoard wrote, and it was searched
+    capsys.readouterr()
+    assert running.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "already complete" in captured.out and "warning" not in captured.err
+
+
+@pytest.mark.slow
+def test_private_stats_false_resumes_from_its_checkpoint_and_refuses_another_seed(world, capsys):
+    """Resuming does not need the seed from config.yaml: the params file gives it again, and the
+    checkpoint (a private file, removed when the run completes) records it, so another seed's
+    command does not continue this run."""
+    run_dir = interrupted_run(world.out, "logging.private_stats=false", f"seed={SECRET_SEED}")
+    assert str(SECRET_SEED).encode() not in (run_dir / "config.yaml").read_bytes()
+    copy = world.root / "copy"
+    shutil.copytree(world.out, copy)
+    capsys.readouterr()
+    assert running.main(cli(world.out, "training.epochs=2", "logging.private_stats=false",
+                            f"seed={SECRET_SEED}")) == 0
+    assert f"resuming {run_dir} from last.pt after unit 1" in capsys.readouterr().err
+    assert _files_holding(run_dir, str(SECRET_SEED).encode()) == []  # the checkpoints are gone
+    assert running.main(cli(copy, "training.epochs=2", "logging.private_stats=false",
+                            f"seed={SECRET_SEED + 1}")) == 0
+    err = capsys.readouterr().err
+    assert "resuming" not in err
+    assert checkpoint.OTHER_RUN.format(path=copy / NAME / "checkpoints" / "last.pt", keys="seed") in err
+
+
+def test_a_grid_sweeping_seeds_under_private_stats_false_warns_that_names_spell_them(world,
+                                                                                     capsys):
+    from utils.sweep import SEED_IN_POINT_NAMES
+
+    params = _grid_params(world, logging={"private_stats": False, "wandb": {"mode": "disabled"},
+                                          "tensorboard": False, "progress": "never"})
+    assert running.main(["--params", str(params), "--dry-run"]) == 0
+    assert capsys.readouterr().err.splitlines() == [f"warning: {SEED_IN_POINT_NAMES}"]

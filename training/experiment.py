@@ -141,13 +141,14 @@ def records_config(config: ExperimentConfig) -> dict[str, Any]:
     return resolved
 
 
-def _command(config: ExperimentConfig | None) -> str:
-    """The command line, a ``--set seed=...`` masked when the config withholds its seed."""
+def recorded_argv(config: ExperimentConfig | None) -> list[str]:
+    """The command line as the records hold it: a ``--set seed=...`` masked when the config
+    withholds its seed (config.yaml's provenance, and wandb, which records ``sys.argv`` itself)."""
     words = list(sys.argv)
     if config is not None and withholds_seed(config):
         words = [re.sub(r"^((?:--set=)?\s*seed\s*=).*$", rf"\g<1>{SEED_WITHHELD}", word, flags=re.S)
                  for word in words]
-    return " ".join(words)
+    return words
 
 
 def provenance(config: ExperimentConfig | None = None) -> dict[str, Any]:
@@ -167,7 +168,7 @@ def provenance(config: ExperimentConfig | None = None) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     return {"versions": versions, "git_commit": commit, "git_dirty": dirty,
-            "command": _command(config), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "command": " ".join(recorded_argv(config)), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def build_components(config: ExperimentConfig, device: torch.device):
@@ -293,7 +294,8 @@ def _open_locked(config: ExperimentConfig, run_dir: Path, state: str, lock, *, o
                            wandb_entity=config.logging.wandb.entity,
                            wandb_group=config.logging.wandb.group,
                            resume_step=None if resume_point is None else first_unit,
-                           wandb_concurrent=concurrent)
+                           wandb_concurrent=concurrent,
+                           wandb_argv=recorded_argv(config) if withholds_seed(config) else None)
     except BaseException:
         lock.release()
         raise

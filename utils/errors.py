@@ -72,3 +72,26 @@ def describe_fault(error: BaseException) -> str | None:
                                                     type(error).__name__)
         return OUT_OF_MEMORY.format(detail=detail)
     return None
+
+
+NOT_A_REGULAR_FILE = "is a special file (a device, FIFO or socket), not a regular file"
+
+
+def file_problem(path) -> str | None:
+    """Why ``path`` cannot be read as a file (links followed), as words that follow the path in a
+    message: "does not exist", "is a folder, not a file", or :data:`NOT_A_REGULAR_FILE` (``/dev/zero``
+    would read forever, a FIFO would block); None for a regular file."""
+    import os
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "does not exist"
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(mode):
+        return NOT_A_REGULAR_FILE
+    return None

@@ -284,6 +284,22 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 
 
 @contextlib.contextmanager
+def _argv(argv: list[str] | None):
+    """``sys.argv`` as ``argv`` while wandb starts (it records the command line it finds there);
+    None leaves it alone."""
+    if argv is None:
+        yield
+        return
+    import sys
+
+    saved, sys.argv = sys.argv, list(argv)
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+@contextlib.contextmanager
 def _naming(path: Path):
     """An OSError of a write (a full disk) that names no file names ``path``, so the user is told
     which file could not be written (utils.errors.describe_fault)."""
@@ -310,6 +326,8 @@ class MetricsSink:
         wandb_project, wandb_entity, wandb_group: wandb's run placement.
         resume_step: set when an interrupted run continues after this many units (its
             checkpoint); the records are cut back to that step so that no step appears twice.
+        wandb_argv: the command line wandb records instead of ``sys.argv`` (one with a secret
+            masked, such as a withheld seed); None records the real one.
 
     Resuming: metrics.jsonl keeps exactly its rows with ``step <= resume_step`` (rewritten
     atomically; rows a killed run logged after its last checkpoint are dropped, because the resumed
@@ -324,7 +342,7 @@ class MetricsSink:
     def __init__(self, run_dir: Path, *, run_name: str, config: Mapping[str, Any], tensorboard: bool,
                  wandb_mode: str, wandb_project: str, wandb_entity: str | None = None,
                  wandb_group: str | None = None, resume_step: int | None = None,
-                 wandb_concurrent: bool = False):
+                 wandb_concurrent: bool = False, wandb_argv: list[str] | None = None):
         self.run_dir = Path(run_dir)
         if resume_step is not None:
             truncate_metrics(self.run_dir / METRICS_FILE, resume_step)
@@ -347,9 +365,10 @@ class MetricsSink:
             # One process holds one wandb run at a time unless runs are trained together
             # (training.stacking), where each run's sink keeps its own.
             reinit = "create_new" if wandb_concurrent else "finish_previous"
-            self._wandb_run, self.wandb_mode = self._start_wandb(
-                wandb_mode, reinit=reinit, project=wandb_project, entity=wandb_entity, group=wandb_group,
-                name=run_name, config=dict(config), dir=str(self.run_dir))
+            with _argv(wandb_argv):
+                self._wandb_run, self.wandb_mode = self._start_wandb(
+                    wandb_mode, reinit=reinit, project=wandb_project, entity=wandb_entity,
+                    group=wandb_group, name=run_name, config=dict(config), dir=str(self.run_dir))
 
     @staticmethod
     def _start_wandb(mode: str, **init_args: Any) -> tuple[Any, str]:
