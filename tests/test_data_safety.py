@@ -1225,3 +1225,31 @@ def test_a_grid_sweeping_seeds_under_private_stats_false_warns_that_names_spell_
                                           "tensorboard": False, "progress": "never"})
     assert running.main(["--params", str(params), "--dry-run"]) == 0
     assert capsys.readouterr().err.splitlines() == [f"warning: {SEED_IN_POINT_NAMES}"]
+
+
+def test_ctrl_c_during_a_grid_exits_130_and_the_grid_continues(world, capsys, monkeypatch):
+    """Issue 26 (Ctrl-C anywhere): a grid interrupted in its second point exits 130 with one line,
+    records the point as interrupted, releases its lock, and the same command finishes the grid."""
+    from training import experiment
+    from utils.errors import INTERRUPTED
+    from utils.sweep import read_status
+
+    params = _grid_params(world, sweep={"seed": [0, 1]})
+    original = experiment.MetricsSink.log
+    calls = []
+
+    def log(self, step, metrics):
+        calls.append(step)
+        if len(calls) == 3:  # the second point's first epoch (tiny grid: 2 epochs a point)
+            raise KeyboardInterrupt
+        original(self, step, metrics)
+
+    monkeypatch.setattr(experiment.MetricsSink, "log", log)
+    code = running.main(["--params", str(params)])
+    captured = capsys.readouterr()
+    assert code == 130 and captured.err.splitlines() == [f"interrupted: {INTERRUPTED}"]
+    grid_dir = world.out / GRID_BASE["name"]
+    assert [entry["status"] for entry in read_status(grid_dir)["points"]] == ["done", "interrupted"]
+    monkeypatch.setattr(experiment.MetricsSink, "log", original)
+    assert running.main(["--params", str(params)]) == 0
+    assert [entry["status"] for entry in read_status(grid_dir)["points"]] == ["skipped", "done"]

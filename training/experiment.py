@@ -20,8 +20,11 @@ cleared of the tool's own entries only (config.yaml, metrics.jsonl, summary.json
 clients.csv, tb/, wandb/, checkpoints/), leaving anything else in it alone. Anything else at the
 run path (a folder without the marker that is not empty, a file, a symbolic link) is an input
 error naming the path, and is never written to or removed, ``--overwrite`` or not; the one
-exception is reading: a valid summary.json in an unmarked folder (a complete run of a version
-before the marker) is returned as complete. Nothing outside ``{output_dir}/{name}`` is written or
+exception is reading: a valid summary.json in an unmarked folder whose config.yaml is this config
+(a complete run of a version before the marker) is returned as complete. Inside a marked directory
+every path a resume or a fresh start writes is checked first (no link, the right kind of entry:
+:func:`utils.rundir.check_run_entries`), and the directory is locked for this process
+(:class:`utils.rundir.RunLock`) until the run ends. Nothing outside ``{output_dir}/{name}`` is written or
 removed, apart from making the missing folders of output_dir. summary.json counts only when it is
 an object with every key a complete run writes; a broken one (cut short, empty, ``{}``) makes the
 run an interrupted one, with a warning naming the file. Configs are compared without provenance

@@ -590,7 +590,10 @@ class LoggingConfig:
             noise (``train/``, ``dp/``, ``data/``, ``federated/`` keys, ``trainer/info``,
             clients.csv; the list is ``utils.sink.NON_PRIVATE_PREFIXES``). They are diagnostics
             for the researcher, not covered by ε; false leaves them out of every record of the run
-            (metrics.jsonl, TensorBoard, wandb, summary.json) for a run directory to be released.
+            (metrics.jsonl, TensorBoard, wandb, summary.json) for a run directory to be released,
+            and withholds the seed (``seed: null`` in config.yaml, summary.json and wandb's config;
+            ``--set seed=<withheld>`` in the recorded command lines); the checkpoints, removed
+            when the run completes, keep it for resuming.
     """
 
     tensorboard: bool = True

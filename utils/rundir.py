@@ -5,7 +5,8 @@
 "format": 1, "created_at": ...}`` that the tool writes first thing whenever it makes or adopts a run
 directory, before config.yaml. Writing into a run directory and removing anything from it need the
 marker; reading does not (a complete run of an earlier version of the tool, which wrote no marker,
-is still returned as complete; it cannot be trained again in place).
+is still returned as complete when its own config.yaml is the config asked for; another program's
+summary.json is not; it cannot be trained again in place).
 
 What is found at ``{output_dir}/{name}`` decides what may happen there (:func:`inspect_run_path`):
 

@@ -40,6 +40,11 @@ checkpoint: ``run`` does both, because a point's config is the same every time t
 ``grid_status.json`` (:data:`STATUS_FILE`), rewritten atomically after every point: each point's
 values, run directory, status (``pending``, ``running``, ``done``, ``skipped``, ``failed``,
 ``interrupted``) and error, which the report (:mod:`utils.report`) reads to mark failed points.
+
+The grid's directory is the tool's only with its marker (:data:`GRID_MARKER`, like a run
+directory's; :func:`open_grid_directory`), and a running grid holds its lock, so a second process on
+the same grid is refused. A grid is capped (:data:`MAX_GRID_COMBINATIONS`, :data:`MAX_GRID_POINTS`)
+and refused before anything is expanded: a sweep of a million points costs nothing to refuse.
 """
 
 from __future__ import annotations
