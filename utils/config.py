@@ -108,7 +108,7 @@ def is_plain_name(name: str) -> bool:
             and len(name.encode("utf-8")) <= NAME_MAX_BYTES)
 
 
-def shown(value: Any, limit: int = 200) -> str:
+def shown(value: Any, limit: int = 400) -> str:
     """``repr(value)`` for an error message, never itself an error: an integer too long for
     Python to print (over 4,300 digits raises ValueError) is described by its length, and a long
     value is cut at ``limit`` characters."""

@@ -300,7 +300,12 @@ class RunLock:
         self._fd: int | None = None
         if fcntl is None:
             return
-        fd = os.open(self.directory / marker, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        try:
+            fd = os.open(self.directory / marker,
+                         os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except OSError as error:  # removed or replaced since it was inspected
+            raise UserInputError(CANNOT_READ.format(path=self.directory / marker,
+                                                    reason=error.strerror or error)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
