@@ -1253,3 +1253,21 @@ def test_ctrl_c_during_a_grid_exits_130_and_the_grid_continues(world, capsys, mo
     monkeypatch.setattr(experiment.MetricsSink, "log", original)
     assert running.main(["--params", str(params)]) == 0
     assert [entry["status"] for entry in read_status(grid_dir)["points"]] == ["skipped", "done"]
+
+
+@pytest.mark.slow
+def test_wandbs_own_links_do_not_stop_a_resume_and_none_is_written_through(world, capsys):
+    """wandb keeps links of its own in wandb/ (latest-run, debug.log, a log in its cache folder):
+    a resume accepts them, and even a link there swapped for one to a user's file is not written
+    through (wandb replaces its links; the tool writes nothing in wandb/)."""
+    run_dir = interrupted_run(world.out, "logging.wandb.mode=offline")
+    assert [p.name for p in (run_dir / "wandb").iterdir() if p.is_symlink()]  # wandb made some
+    link = run_dir / "wandb" / "debug.log"
+    link.unlink()
+    link.symlink_to(_user_file(world))
+    before = snapshot(world.root, skip=(run_dir,))
+    capsys.readouterr()
+    assert running.main(cli(world.out, "training.epochs=2", "logging.wandb.mode=offline")) == 0
+    assert f"resuming {run_dir} from last.pt after unit 1" in capsys.readouterr().err
+    assert snapshot(world.root, skip=(run_dir,)) == before  # the user's file is as it was
+    complete_summary(run_dir)

@@ -255,7 +255,8 @@ def check_run_entries(run_dir: Path) -> None:
     """Refuse a marked run directory in which a path the tool writes is not what the tool made.
 
     Each of :data:`RUN_ENTRIES` that exists must be a regular file (the files) or a folder (tb/,
-    wandb/, checkpoints/); no symbolic link may sit at any of them or anywhere below the folders;
+    wandb/, checkpoints/); no symbolic link may sit at any of them or anywhere below tb/ and
+    checkpoints/ (inside wandb/ the links are wandb's, which it replaces and never writes through);
     and checkpoints/' own files (:data:`CHECKPOINT_FILES`) must be regular files. Called before a
     run resumes, before a fresh start clears the directory, and so before anything is written.
 
@@ -267,6 +268,11 @@ def check_run_entries(run_dir: Path) -> None:
         expected = "folder" if name in _RUN_FOLDERS else "file"
         _expect(run_dir / name, expected)
         if expected == "folder" and os.path.lexists(run_dir / name):
+            if name == WANDB_DIR:
+                # wandb's own folder, full of wandb's own links (latest-run, debug.log, a log in
+                # its cache): wandb writes each run into a new folder and replaces its links by
+                # renaming, never writing through one, and the tool writes nothing in it.
+                continue
             for folder, subfolders, files in os.walk(run_dir / name):  # never follows links
                 for child in (*subfolders, *files):
                     if os.path.islink(os.path.join(folder, child)):
