@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import difflib
+import functools
 import importlib
 import math
 import re
@@ -762,9 +763,16 @@ def _unknown_key_error(key: str, valid: list[str], prefix: str) -> ConfigError:
     )
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints`` of a config class, once per class: it evaluates every annotation
+    again on each call, and a grid builds thousands of configs."""
+    return typing.get_type_hints(cls)
+
+
 def build_dataclass(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
     """Build ``cls`` from a mapping, refusing unknown keys and coercing every value."""
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     valid = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in raw.items():
@@ -1041,7 +1049,8 @@ def _override_children(cls: type) -> dict[str, Any]:
     sub-sections are the methods' settings (``fairness.runner.lam``), not its ``settings`` field."""
     if cls is FairnessConfig:
         return {"method": str, "mode": str, "public_examples": int | None, **_fairness_sections()}
-    return {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
+    hints = _type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _deep_copy(raw: Any) -> Any:
