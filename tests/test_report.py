@@ -394,6 +394,24 @@ def test_gap_closed_table_is_the_per_seed_difference_against_vanilla(private_met
         assert cell in line
 
 
+def test_gap_closed_never_pairs_runs_whose_seeds_were_withheld(private_method_grid, tmp_path):
+    """Issue 26: logging.private_stats: false writes seed: null. The per-seed differences against
+    Vanilla then have no seeds to pair by: the cells are blank, never a difference between
+    arbitrary runs."""
+    copy = tmp_path / "tiny"
+    shutil.copytree(private_method_grid, copy, ignore=shutil.ignore_patterns("report*", "*.png",
+                                                                            ".dp-fairness-report"))
+    for path in copy.glob("*/config.yaml"):
+        config = yaml.safe_load(path.read_text())
+        path.write_text(yaml.safe_dump({**config, "seed": None}, sort_keys=False))
+        summary = json.loads((path.parent / "summary.json").read_text())
+        (path.parent / "summary.json").write_text(json.dumps({**summary, "seed": None}))
+    assert running.main(["--report", str(copy)]) == 0
+    with (copy / "report_gap_closed.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and all(row["gap_closed_mean"] == "" and row["seeds"] == "" for row in rows)
+
+
 def test_privacy_repair_figure_has_a_row_per_level_and_a_line_per_method(private_method_grid):
     path = private_method_grid / "repair_privacy_eo.png"
     assert f"]({path.name})" in (private_method_grid / "report.md").read_text()

@@ -1077,11 +1077,14 @@ class GapClosed:
         """``(baseline, method)`` values of ``metric`` for each seed both points finished with it."""
         if self.baseline is None:
             return []
-        base = {run.seed: as_number(run.summary.get(metric)) for run in self.baseline.point.runs}
+        # A withheld seed (logging.private_stats: false) pairs with nothing: pairing runs whose
+        # seeds are unknown would compare arbitrary runs.
+        base = {run.seed: as_number(run.summary.get(metric)) for run in self.baseline.point.runs
+                if run.seed is not None}
         pairs = []
         for run in self.row.point.runs:
             mine = as_number(run.summary.get(metric))
-            if mine is not None and base.get(run.seed) is not None:
+            if run.seed is not None and mine is not None and base.get(run.seed) is not None:
                 pairs.append((base[run.seed], mine))
         return [(b, m) for b, m in pairs if math.isfinite(b) and math.isfinite(m)]
 
@@ -1103,7 +1106,8 @@ class GapClosed:
 
     @property
     def seeds(self) -> list[int | None]:
-        base = {run.seed for run in self.baseline.point.runs} if self.baseline else set()
+        base = ({run.seed for run in self.baseline.point.runs if run.seed is not None}
+                if self.baseline else set())
         return [run.seed for run in self.row.point.runs if run.seed in base]
 
     def constant_seeds(self) -> list[int | None]:
