@@ -783,7 +783,7 @@ def test_a_second_process_on_the_same_run_directory_is_refused(world, interrupte
     finally:
         holder.kill()
         holder.wait()
-    assert running.main(cli(world.out, "training.epochs=2")) == 0  # the lock died with its holder
+    rundir.lock_run(run_dir).release()  # the lock died with its holder
 
 
 def test_a_run_directory_made_meanwhile_by_another_process_is_not_cleared(world, capsys,
@@ -930,6 +930,7 @@ def test_a_checkpoint_of_another_seed_is_refused(world, interrupted, capsys, tmp
         {k: v for k, v in plain.items() if not k.startswith("time/")}
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_a_run_record_is_not_resumed(world, interrupted, capsys):
     run_dir = world.run_dir()
     shutil.copytree(interrupted, run_dir)
@@ -979,8 +980,9 @@ def _report_world(world: World, finished: dict[int, Path]) -> Path:
     return runs
 
 
-@pytest.mark.parametrize("case", ["users-report-with-the-title", "figure-replaced-after-a-report",
-                                  "csv-edited-after-a-report"])
+@pytest.mark.parametrize("case", ["users-report-with-the-title", *(
+    pytest.param(case, marks=pytest.mark.slow)
+    for case in ("figure-replaced-after-a-report", "csv-edited-after-a-report"))])
 def test_report_never_overwrites_a_file_whose_content_it_did_not_write(world, finished, capsys,
                                                                         case):
     """Issue 26: --report overwrote a user's own report.md whose first line happened to be
@@ -1003,7 +1005,7 @@ def test_report_never_overwrites_a_file_whose_content_it_did_not_write(world, fi
     assert snapshot(world.root) == before
 
 
-@pytest.mark.parametrize("stop_at", [1, 2, 5])
+@pytest.mark.parametrize("stop_at", [2, *(pytest.param(n, marks=pytest.mark.slow) for n in (1, 5))])
 def test_ctrl_c_during_report_leaves_whole_files_and_the_next_report_works(world, finished, capsys,
                                                                           monkeypatch, stop_at):
     """Issue 26: Ctrl-C during --report left report.csv without report.md, and the next --report
@@ -1227,6 +1229,7 @@ def test_a_grid_sweeping_seeds_under_private_stats_false_warns_that_names_spell_
     assert capsys.readouterr().err.splitlines() == [f"warning: {SEED_IN_POINT_NAMES}"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_grid_exits_130_and_the_grid_continues(world, capsys, monkeypatch):
     """Issue 26 (Ctrl-C anywhere): a grid interrupted in its second point exits 130 with one line,
     records the point as interrupted, releases its lock, and the same command finishes the grid."""

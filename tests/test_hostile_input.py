@@ -798,6 +798,7 @@ def test_the_notebooks_overrides_given_as_a_string_are_not_split_into_characters
     assert code.index("OVERRIDES = override_list(OVERRIDES)") < first_use
 
 
+@pytest.mark.slow
 def test_a_celeba_cache_with_a_flipped_byte_is_rebuilt_not_used(tmp_path, capsys):
     """Issue 26: a CelebA image cache with flipped bytes was used as it was (accuracy 0.575 →
     0.525). Each cache now has its SHA-256 beside it; a mismatch rebuilds it with a warning, and the
