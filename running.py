@@ -17,7 +17,9 @@ Exit status: 0 on success (also when the run or every grid point was already com
 grid ran but some of its points failed (each failure is an ``error: grid point ...`` line on stderr
 and is recorded in ``grid_status.json``; the other points still ran); 2 on a config or input error
 before anything ran (a bad key in ``sweep:`` included), with one ``error: ...`` line on stderr
-naming the key or file and the fix.
+naming the key or file and the fix, and likewise when the machine refuses (a full disk, a file size
+limit, a read-only file system, memory exhausted) or another process holds the run directory or
+grid; 130 when interrupted (Ctrl-C), with one line saying how to continue.
 """
 
 from __future__ import annotations
@@ -26,13 +28,18 @@ import argparse
 import sys
 
 from utils.config import load_config
-from utils.errors import UserInputError
+from utils.errors import INTERRUPTED, INTERRUPTED_REPORT, UserInputError, describe_fault
 from utils.sweep import describe, load_grid, ray_executor, run_grid, stacked_executor
 
 # The headline numbers printed at the end of a run (all of them are in summary.json).
 HEADLINE = ("test/accuracy", "test/accuracy/group=minority", "test/accuracy/group=majority",
             "test/dp_gap", "test/eo_gap", "test/eodds_gap", "privacy/epsilon", "privacy/delta",
             "time/wall_s")
+
+
+BACKEND_NEEDS_GRID = ("--backend ray: {params} is one experiment, not a grid; Ray runs a grid's "
+                      "points as tasks, and a single run would quietly run here instead. Add a "
+                      "sweep: section, or leave out --backend ray.")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -109,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserInputError(f"--stack {args.stack}: {args.params} is one experiment, not a "
                                  f"grid; --stack trains a grid's points together (add a sweep: "
                                  f"section, or leave out --stack).")
+        if args.backend == "ray":
+            raise UserInputError(BACKEND_NEEDS_GRID.format(params=args.params))
         config = load_config(args.params, args.overrides)
         # Imported here so that `--help` and YAML errors answer without loading torch (a config
         # check of a registered name imports its registry, and so torch).
@@ -120,6 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(config, overwrite=args.overwrite)
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {INTERRUPTED_REPORT if args.report else INTERRUPTED}", file=sys.stderr)
+        return 130
+    except (OSError, MemoryError, RuntimeError) as error:
+        message = describe_fault(error)
+        if message is None:  # a bug: its traceback is the report
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     where = run_directory(config)
     if summary.get("skipped"):

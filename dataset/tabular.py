@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
+import os
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import numpy as np
 from dataset import DATASETS
 from dataset.base import DataBundle
 from dataset.imbalance import resample_to_share, validation_info, validation_split
-from utils.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError, file_problem
 from utils.registry import Registry
 from utils.seeding import numpy_generator
 
@@ -238,6 +239,8 @@ def load_adult(root: str | Path | None, *, protected: str, minority_value: str) 
     kept = {}
     for split, (table, labels) in splits.items():
         complete = ~(table == MISSING).any(axis=1)
+        if not complete.any():
+            _refuse_all_missing(paths["adult.data" if split == "train" else "adult.test"], len(table))
         kept[split] = (table[complete], labels[complete])
         info[f"rows_read/{split}"] = len(table)
         info[f"rows_dropped_missing/{split}"] = int(np.count_nonzero(~complete))
@@ -367,6 +370,8 @@ def load_adult_runner(root: str | Path | None, *, protected: str, minority_value
     table = np.concatenate([splits["train"][0], splits["test"][0]])
     labels = np.concatenate([splits["train"][1], splits["test"][1]])
     complete = ~(table == MISSING).any(axis=1)
+    if not complete.any():
+        _refuse_all_missing(paths["adult.data"].parent, len(table))
     info.update({"protocol": "runner" if encoding == "corrected" else "runner_released",
                  "runner_encoding": encoding, "rows_read": len(table),
                  "rows_dropped_missing": int(np.count_nonzero(~complete)),
@@ -541,6 +546,9 @@ def _find_user_file(directory: Path, name: str) -> Path:
     for candidate in (directory / name, directory / f"{name}.gz"):
         if candidate.is_file():
             return candidate
+        if os.path.lexists(candidate) and (problem := file_problem(candidate)) != "does not exist":
+            raise DataError(f"{candidate}: {problem}; put the UCI Adult file {name} there, or set "
+                            f"data.root: null to use the copy shipped with this repository.")
     raise DataError(
         f"{directory / name}: file not found (nor {name}.gz) in data.root {str(directory)!r}. UCI Adult is "
         f"published by the UCI Machine Learning Repository at {ADULT_URL}; put adult.data and adult.test "
@@ -606,6 +614,17 @@ def _parse_adult(raw: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not rows:
         raise DataError(f"{path}: no data rows; expected the comma-separated UCI Adult file.")
     return np.array(rows, dtype=str), np.array(labels, dtype=np.int64)
+
+
+ADULT_ALL_MISSING = "every row has a missing value"
+
+
+def _refuse_all_missing(where: Path, rows: int) -> None:
+    # Otherwise the empty table reaches the minority rule, which lists the values that occur in
+    # it: "use one of ." with nothing to choose from.
+    raise DataError(f"{where}: {ADULT_ALL_MISSING} ({MISSING!r}) in its {rows:,} rows, so none is "
+                    f"left once such rows are dropped. Use a copy of UCI Adult with complete rows, "
+                    f"or data.root: null for the copy shipped with this repository.")
 
 
 def _minority_rule(train: np.ndarray, protected: str, minority_value: str) -> Callable[[np.ndarray], np.ndarray]:

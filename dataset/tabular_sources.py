@@ -40,6 +40,7 @@ import gzip
 import hashlib
 import io
 import math
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ import numpy as np
 from dataset import DATASETS
 from dataset.base import DataBundle
 from dataset.tabular import TABULAR_SOURCES, TabularPool, build_tabular_bundle
-from utils.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError, file_problem
 from utils.seeding import numpy_generator
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -120,6 +121,8 @@ def _locate(root: str | Path | None, name: str, *, shipped_dir: Path | None, tit
     for candidate in (directory / name, directory / f"{name}.gz"):
         if candidate.is_file():
             return candidate, False
+        if os.path.lexists(candidate) and (problem := file_problem(candidate)) != "does not exist":
+            raise DataError(f"{candidate}: {problem}; put your copy of {name} there. {where}")
     raise DataError(f"{directory / name}: {FILE_NOT_FOUND} (nor {name}.gz) in data.root {str(directory)!r}. "
                     f"{where}")
 

@@ -31,7 +31,7 @@ from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processe
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from privacy.accounting import epsilon_of_history, noise_for_epsilon
+from privacy.accounting import check_target_epsilon, epsilon_of_history, noise_for_epsilon
 from privacy.noise import SecureRandom
 from privacy.releases import Release
 from utils.config import PrivacyConfig
@@ -260,6 +260,9 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
             ) from None
         module, dp_optimizer, dp_loader = engine.make_private(noise_multiplier=sigma, **common)
     elif config.target_epsilon is not None:
+        # Opacus' own search never returns for a target that no σ > 0 bounds (1e50): refused first.
+        check_target_epsilon(target_epsilon=config.target_epsilon, delta=config.delta,
+                             sample_rate=sample_rate, steps=epochs * len(loader))
         with warnings.catch_warnings():
             # The noise search evaluates RDP at small σ candidates, where the best order is often
             # the largest tried; the bound is still valid, and the final σ is checked by get_epsilon.

@@ -15,7 +15,7 @@ import yaml
 
 import running
 from tests.test_sweep import BASE
-from utils.sweep import STATUS_FILE, load_grid
+from utils.sweep import GRID_MARKER, STATUS_FILE, load_grid
 
 # Two shares x two seeds; share 0.9 of 3,000 is more minority examples than the synthetic pool holds,
 # so its points fail inside run() (a UserInputError) while the share 0.2 points train.
@@ -56,8 +56,8 @@ def test_ray_backend_writes_what_the_in_process_backend_writes(local_ray, tmp_pa
 
     local_dirs = sorted(p.name for p in (tmp_path / "local" / "tiny").iterdir())
     assert local_dirs == sorted(p.name for p in (tmp_path / "ray" / "tiny").iterdir())
-    assert local_dirs == [STATUS_FILE, "share=0.2,seed=0", "share=0.2,seed=1"]
-    for name in local_dirs[1:]:
+    assert local_dirs == [GRID_MARKER, STATUS_FILE, "share=0.2,seed=0", "share=0.2,seed=1"]
+    for name in local_dirs[2:]:
         here, there = tmp_path / "local" / "tiny" / name, tmp_path / "ray" / "tiny" / name
         assert sorted(p.name for p in here.iterdir()) == sorted(p.name for p in there.iterdir())
         summaries = [json.loads((d / "summary.json").read_text()) for d in (here, there)]

@@ -312,7 +312,8 @@ def test_report_never_overwrites_a_view_file_it_did_not_write(grid, name, reques
                     ignore=shutil.ignore_patterns("report*", "*.png"))
     (copy / name).write_bytes(b"the user's own file\n")
     assert running.main(["--report", str(copy)]) == 2
-    assert report.REPORT_FILE_NOT_OURS.format(path=copy / name) in capsys.readouterr().err
+    assert report.REPORT_FILE_NOT_OURS.format(path=copy / name, ledger=report.REPORT_LEDGER) \
+        in capsys.readouterr().err
     assert (copy / name).read_bytes() == b"the user's own file\n"
     assert not (copy / "report.md").exists() and not (copy / "report.csv").exists()
     assert [path.name for path in copy.glob("*.png")] == ([name] if name.endswith(".png") else [])
@@ -395,6 +396,24 @@ def test_gap_closed_table_is_the_per_seed_difference_against_vanilla(private_met
                 f"({round(100 * statistics.mean(closed) / base):d} %)")
         line = next(line for line in table if line.startswith(f"| {method} | {row['privacy_level']} |"))
         assert cell in line
+
+
+def test_gap_closed_never_pairs_runs_whose_seeds_were_withheld(private_method_grid, tmp_path):
+    """Issue 26: logging.private_stats: false writes seed: null. The per-seed differences against
+    Vanilla then have no seeds to pair by: the cells are blank, never a difference between
+    arbitrary runs."""
+    copy = tmp_path / "tiny"
+    shutil.copytree(private_method_grid, copy, ignore=shutil.ignore_patterns("report*", "*.png",
+                                                                            ".dp-fairness-report"))
+    for path in copy.glob("*/config.yaml"):
+        config = yaml.safe_load(path.read_text())
+        path.write_text(yaml.safe_dump({**config, "seed": None}, sort_keys=False))
+        summary = json.loads((path.parent / "summary.json").read_text())
+        (path.parent / "summary.json").write_text(json.dumps({**summary, "seed": None}))
+    assert running.main(["--report", str(copy)]) == 0
+    with (copy / "report_gap_closed.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and all(row["gap_closed_mean"] == "" and row["seeds"] == "" for row in rows)
 
 
 def test_privacy_repair_figure_has_a_row_per_level_and_a_line_per_method(private_method_grid):

@@ -112,7 +112,7 @@ def test_colliding_short_names_keep_their_dotted_keys(tmp_path):
     ({"zip": {"privacy.noise_multipler": [1.0]}}, "zip: unknown config key 'privacy.noise_multipler'"),
     ({"zip": {"privacy.mode": ["dpsgd"], "privacy.noise_multiplier": [None]}},
      "grid point (privacy.mode='dpsgd', privacy.noise_multiplier=None): privacy.mode 'dpsgd' needs "
-     "exactly one of"),
+     "one of privacy.noise_multiplier and privacy.target_epsilon: both are null"),
     ({"sweep": {"data.minority_share": [0.1, 1.5]}}, "grid point (data.minority_share=1.5): data.minority_share: got 1.5"),
 ])
 def test_bad_grids_are_config_errors(tmp_path, sections, fragment):

@@ -87,6 +87,21 @@ POISSON_VIOLATED_WARNING = (
     "privacy.poisson_sampling: true for a sound epsilon.")
 
 
+DELTA_TOO_LARGE = "is not below 1/n"
+
+
+def delta_warning(delta: float, n: int, unit: str) -> str | None:
+    """The warning for a δ of at least 1/n (``n`` examples, or clients under user-level DP), or
+    None. At such a δ, publishing one randomly chosen ``unit`` in the clear meets (0, δ)-DP, so the
+    (ε, δ) pair promises next to nothing; the run says so and records ``privacy/private: false``."""
+    if n <= 0 or delta < 1 / n:
+        return None
+    return (f"privacy.delta {delta:g} {DELTA_TOO_LARGE} ({n} {unit}s, 1/n = {1 / n:.3g}): a "
+            f"mechanism that publishes one {unit} in the clear meets (0, δ)-DP at such a δ, so this "
+            f"run's (ε, δ) guarantees little and its summary says privacy/private: false. Set "
+            f"privacy.delta well below 1/n, e.g. {1 / (10 * n):.1g}.")
+
+
 def guarantee_facts(privacy, *, poisson: bool) -> dict[str, object]:
     """What a run's reported (ε, δ) rests on, for summary.json.
 

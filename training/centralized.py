@@ -30,7 +30,12 @@ from privacy.individual import (
 )
 from privacy.releases import Release
 from training import TRAINERS
-from training.base import POISSON_VIOLATED_WARNING, guarantee_facts, no_privacy_metrics
+from training.base import (
+    POISSON_VIOLATED_WARNING,
+    delta_warning,
+    guarantee_facts,
+    no_privacy_metrics,
+)
 from training.batches import build_batches
 from training.optim import build_optimizer
 from training.repair.base import Batch, RepairMethod, TrainingSet
@@ -97,9 +102,13 @@ class CentralizedTrainer:
         optimizer = build_optimizer(config.training, model.parameters())
         self.private = None
         self.warnings: list[str] = []  # for summary.json (see training.base.Trainer)
+        self.delta_too_large = False
         if config.privacy.mode == "dpsgd":
             if not config.privacy.poisson_sampling:
                 warn_user(POISSON_VIOLATED_WARNING, self.warnings)
+            if (message := delta_warning(config.privacy.delta, num_examples, "training example")):
+                warn_user(message, self.warnings)
+                self.delta_too_large = True
             noise = (None if config.privacy.secure_rng
                      else torch_generator(config.seed, "dp_noise", device))
             # The method's releases of private statistics (noisy counts) were made while it
@@ -294,7 +303,10 @@ class CentralizedTrainer:
     @property
     def privacy_facts(self) -> dict[str, Any]:
         """What the run's guarantee rests on, for summary.json (:func:`training.base.guarantee_facts`)."""
-        return guarantee_facts(self.config.privacy, poisson=self.config.privacy.poisson_sampling)
+        facts = guarantee_facts(self.config.privacy, poisson=self.config.privacy.poisson_sampling)
+        if self.delta_too_large:  # delta_warning: (ε, δ) at δ ≥ 1/n is no meaningful guarantee
+            facts["privacy/private"] = False
+        return facts
 
     def privacy_metrics(self) -> dict[str, float | None]:
         if self.private is None:

@@ -68,6 +68,7 @@ from privacy.individual import (
 )
 from privacy.noise import SecureRandom
 from training import TRAINERS
+from training.base import delta_warning
 from training.partition import partition_clients, partition_counts, partition_summary
 from training.repair.base import Batch, RepairMethod
 from training.repair.vanilla import Vanilla
@@ -518,6 +519,11 @@ class FederatedTrainer:
             self.individual = SensitivityLedger(max_grad_norm)
             self._individual_gen = torch_generator(seed, "individual_orders")
         self.warnings: list[str] = []  # for summary.json (see training.base.Trainer)
+        # User-level DP: n is the number of clients (training.base.delta_warning).
+        self.delta_too_large = False
+        if (message := delta_warning(delta, num_clients, "client")):
+            warn_user(message, self.warnings)
+            self.delta_too_large = True
         # Local examples processed and seconds spent in train_unit, for time/train_samples_per_s.
         self.train_samples = 0
         self.train_seconds = 0.0
@@ -726,7 +732,7 @@ class FederatedTrainer:
     def privacy_facts(self) -> dict[str, Any]:
         """What the guarantee rests on (:func:`training.base.guarantee_facts`); clients always join
         by Poisson sampling."""
-        return {"privacy/private": True, "privacy/secure_rng": self.secure_rng,
+        return {"privacy/private": not self.delta_too_large, "privacy/secure_rng": self.secure_rng,
                 "privacy/accounting_assumption": "poisson"}
 
     def privacy_metrics(self) -> dict[str, float | None]:

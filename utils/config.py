@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import difflib
+import functools
 import importlib
 import math
 import re
@@ -28,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from utils.errors import ConfigError
+from utils.errors import ConfigError, file_problem
 from utils.registry import Registry
 
 # The keys whose valid values are the names of a registry, each with that registry as (module,
@@ -139,9 +140,19 @@ def is_plain_name(name: str) -> bool:
             and len(name.encode("utf-8")) <= NAME_MAX_BYTES)
 
 
+def shown(value: Any, limit: int = 400) -> str:
+    """``repr(value)`` for an error message, never itself an error: an integer too long for
+    Python to print (over 4,300 digits raises ValueError) is described by its length, and a long
+    value is cut at ``limit`` characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3000:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1:,} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _check(condition: bool, key: str, value: Any, expected: str) -> None:
     if not condition:
-        raise ConfigError(f"{key}: got {value!r}; expected {expected}.")
+        raise ConfigError(f"{key}: got {shown(value)}; expected {expected}.")
 
 
 def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -450,7 +461,11 @@ class PrivacyConfig:
                    "a positive integer, or null (once per epoch's worth of data)")
         if self.accounts_individuals and self.noise_multiplier == 0:
             raise ConfigError(INDIVIDUAL_NEEDS_NOISE)
-        if self.private and (self.noise_multiplier is None) == (self.target_epsilon is None):
+        if self.private and self.noise_multiplier is None and self.target_epsilon is None:
+            raise ConfigError(f"privacy.mode {self.mode!r} {NEEDS_NOISE_OR_TARGET}: both are null. Set "
+                              f"one of them, e.g. privacy.target_epsilon: 3.0 or "
+                              f"privacy.noise_multiplier: 1.0.")
+        if self.private and self.noise_multiplier is not None and self.target_epsilon is not None:
             raise ConfigError(
                 f"privacy.mode {self.mode!r} needs exactly one of privacy.noise_multiplier and "
                 f"privacy.target_epsilon; got noise_multiplier={self.noise_multiplier!r}, "
@@ -561,7 +576,7 @@ def _fairness_sections() -> dict[str, type]:
 def build_fairness(raw: Any, key: str = "fairness") -> FairnessConfig:
     """Build :class:`FairnessConfig` from its YAML mapping (see its docstring for the shape)."""
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{key}: got {raw!r}; expected a mapping of the section's keys.")
+        raise ConfigError(f"{key}: got {shown(raw)}; expected a mapping of the section's keys.")
     method = _coerce(raw.get("method", "none"), str, f"{key}.method")
     mode = _coerce(raw.get("mode", "dp"), str, f"{key}.mode")
     common = {"public_examples": _coerce(raw["public_examples"], int | None,
@@ -640,7 +655,10 @@ class LoggingConfig:
             noise (``train/``, ``dp/``, ``data/``, ``federated/`` keys, ``trainer/info``,
             clients.csv; the list is ``utils.sink.NON_PRIVATE_PREFIXES``). They are diagnostics
             for the researcher, not covered by ε; false leaves them out of every record of the run
-            (metrics.jsonl, TensorBoard, wandb, summary.json) for a run directory to be released.
+            (metrics.jsonl, TensorBoard, wandb, summary.json) for a run directory to be released,
+            and withholds the seed (``seed: null`` in config.yaml, summary.json and wandb's config;
+            ``--set seed=<withheld>`` in the recorded command lines); the checkpoints, removed
+            when the run completes, keep it for resuming.
     """
 
     tensorboard: bool = True
@@ -740,18 +758,18 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin is list:
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: got {value!r}; expected a list of {_describe(item_type)}.")
+            raise ConfigError(f"{key}: got {shown(value)}; expected a list of {_describe(item_type)}.")
         return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
     if annotation is FairnessConfig:  # its sub-sections come from the method registry
         return build_fairness(value, key)
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: got {value!r}; expected a mapping of the section's keys.")
+            raise ConfigError(f"{key}: got {shown(value)}; expected a mapping of the section's keys.")
         return build_dataclass(annotation, value, prefix=f"{key}.")
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: got {value!r}; expected true or false.")
+        raise ConfigError(f"{key}: got {shown(value)}; expected true or false.")
     if annotation is float:
         number = None
         # bool is an int subclass: `lr: yes` must not become 1.0.
@@ -763,7 +781,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             except ValueError:
                 pass
         if number is None:
-            raise ConfigError(f"{key}: got {value!r}; expected a number.")
+            raise ConfigError(f"{key}: got {shown(value)}; expected a number.")
         try:
             number = float(number)
         except OverflowError:  # an int of hundreds of digits
@@ -772,7 +790,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         # meaning (an infinite target_epsilon or lr would otherwise pass `> 0` and run), and a
         # range check such as `0 < x < 1` lets NaN through because every comparison is False.
         if not math.isfinite(number):
-            raise ConfigError(f"{key}: got {value!r}; {NON_FINITE_NUMBER}.")
+            raise ConfigError(f"{key}: got {shown(value)}; {NON_FINITE_NUMBER}.")
         return number
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -786,7 +804,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                     return int(number)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: got {value!r}; expected an integer.")
+        raise ConfigError(f"{key}: got {shown(value)}; expected an integer.")
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             text = str(value)  # CelebA attribute values such as 1 are read as ints
@@ -799,7 +817,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             # The YAML 1.1 reader turns unquoted yes/no/on/off/true/false into booleans, so a
             # user who wrote `off` sees False here and needs to know why.
             hint = " (YAML reads unquoted yes, no, on, off, true and false as booleans: quote the value)"
-        raise ConfigError(f"{key}: got {value!r}; expected a string{hint}.")
+        raise ConfigError(f"{key}: got {shown(value)}; expected a string{hint}.")
     raise TypeError(f"no coercion for {annotation!r} at {key}")
 
 
@@ -814,9 +832,16 @@ def _unknown_key_error(key: str, valid: list[str], prefix: str) -> ConfigError:
     )
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints`` of a config class, once per class: it evaluates every annotation
+    again on each call, and a grid builds thousands of configs."""
+    return typing.get_type_hints(cls)
+
+
 def build_dataclass(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
     """Build ``cls`` from a mapping, refusing unknown keys and coercing every value."""
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     valid = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in raw.items():
@@ -828,6 +853,11 @@ def build_dataclass(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
 
 # --------------------------------------------------------------------------------------------------
 # Files and overrides
+
+
+NEEDS_NOISE_OR_TARGET = "needs one of privacy.noise_multiplier and privacy.target_epsilon"
+MAX_INTEGER_DIGITS = 1000
+INTEGER_TOO_LONG = "an integer too long to be a setting"
 
 
 class _Refused(yaml.YAMLError):
@@ -904,6 +934,18 @@ class ParamsLoader(yaml.SafeLoader):
         _measure(node)
         return node
 
+    def construct_yaml_int(self, node):
+        # Python refuses to read (and to print) integers of more than 4,300 digits; no setting
+        # needs one, and PyYAML's ValueError would otherwise escape as a traceback.
+        digits = sum(character.isdigit() for character in str(node.value))
+        if digits > MAX_INTEGER_DIGITS:
+            raise _Refused(f"{INTEGER_TOO_LONG} ({digits:,} digits; at most {MAX_INTEGER_DIGITS:,}). "
+                           f"Give a setting's real value", node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+ParamsLoader.add_constructor("tag:yaml.org,2002:int", ParamsLoader.construct_yaml_int)
+
 
 def _measure(root: yaml.Node) -> None:
     """Refuse a composed document whose expansion (aliases written out) is too large or too deep."""
@@ -958,8 +1000,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     silently run every default."""
     path = Path(path)
     name = repr(str(path))
-    if not path.is_file():
-        raise ConfigError(f"params file {name} does not exist. Pass an existing YAML file, "
+    if (problem := file_problem(path)) is not None:  # before opening: a FIFO would block
+        raise ConfigError(f"params file {name} {problem}. Pass an existing YAML file, "
                           f"e.g. --params utils/params_adult.yaml.")
     try:
         with path.open("rb") as stream:
@@ -1031,6 +1073,21 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), parsed
 
 
+OVERRIDES_EXPECTED = 'a list of KEY=VALUE strings, e.g. ["training.epochs=2", "seed=1"]'
+
+
+def override_list(value: Any, name: str = "OVERRIDES") -> list[str]:
+    """``value`` as a list of ``--set`` strings (the notebook's ``OVERRIDES``): a list as it is; a
+    single string, which papermill's ``-p OVERRIDES ...`` gives, as one override per line (a
+    string iterated would be one ``--set`` per character). Anything else is refused."""
+    if isinstance(value, str):
+        value = [line.strip() for line in value.splitlines() if line.strip()]
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(item, str) and "=" in item for item in value):
+        raise ConfigError(f"{name}: got {shown(value)}; expected {OVERRIDES_EXPECTED}.")
+    return list(value)
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply dotted ``KEY=VALUE`` overrides to a raw mapping (a copy); unknown keys are refused."""
     merged = _deep_copy(raw)
@@ -1060,8 +1117,9 @@ def _override_children(cls: type) -> dict[str, Any]:
     """The keys ``--set`` may name inside section ``cls``, with their types; the fairness section's
     sub-sections are the methods' settings (``fairness.runner.lam``), not its ``settings`` field."""
     if cls is FairnessConfig:
-        return {"method": str, "mode": str, **_fairness_sections()}
-    return {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
+        return {"method": str, "mode": str, "public_examples": int | None, **_fairness_sections()}
+    hints = _type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _deep_copy(raw: Any) -> Any:

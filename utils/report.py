@@ -61,11 +61,14 @@ Points that did not finish are listed in report.md: those the grid's status file
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -77,8 +80,8 @@ import yaml
 from utils.config import FAIRNESS_TARGETS, PROVENANCE_KEY
 from utils.errors import UserInputError
 from utils.fairness import CONSTANT_PREDICTION, GROUPS, group_key
-from utils.rundir import read_summary
-from utils.sink import CONFIG_FILE, SUMMARY_FILE, as_number
+from utils.rundir import TOOL, read_json_object, read_summary
+from utils.sink import CONFIG_FILE, SUMMARY_FILE, as_number, write_json_atomic
 from utils.sweep import STATUS_FILE, format_value, read_status, short_names
 
 REPORT_MD = "report.md"
@@ -259,9 +262,19 @@ class Problem:
 def write_report(runs_dir: str | Path) -> list[Path]:
     """Write report.md, report.csv and the figures into ``runs_dir``; return the files written.
 
+    The report never overwrites a file it did not write. Every file it writes is recorded, with
+    the SHA-256 of its content, in ``runs_dir/.dp-fairness-report`` (:data:`REPORT_LEDGER`); a file
+    of an output's name whose content is not one recorded there (a user's own report.md, a figure
+    replaced after an earlier report, a link) stops the report before anything is written. The
+    files are made in a fresh staging folder inside ``runs_dir`` and then renamed into place one by
+    one, the ledger listing both the old and the new content of a file while it is replaced: an
+    interrupt (Ctrl-C) at any moment leaves each file whole, old or new, and the next report
+    accepts both.
+
     Raises:
-        UserInputError: ``runs_dir`` is not a directory, or holds no run directory and no grid
-            status file.
+        UserInputError: ``runs_dir`` is not a directory or cannot be written, holds no run
+            directory and no grid status file, or holds a file of an output's name that an earlier
+            report did not write (:data:`REPORT_FILE_NOT_OURS`).
     """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -272,6 +285,8 @@ def write_report(runs_dir: str | Path) -> list[Path]:
         raise UserInputError(f"--report {str(runs_dir)!r}: no run directories in it (subdirectories "
                              f"holding {CONFIG_FILE}). Give the directory of a grid's runs, "
                              f"e.g. runs/paper_adult, not a run directory itself.")
+    if not os.access(runs_dir, os.W_OK | os.X_OK):
+        raise UserInputError(REPORT_NOT_WRITABLE.format(path=runs_dir))
     points = group_points(runs)
     # A grid's swept keys are columns even where the finished points agree on them (the others
     # failed), so that the report reads the same way as the grid.
@@ -280,55 +295,101 @@ def write_report(runs_dir: str | Path) -> list[Path]:
     keys = varying_keys(points, always=swept)
     view = method_view(points, method_order=_status_methods(status))
     private_view = privacy_repair_view(view, points)
-    _check_outputs_are_ours(runs_dir, [*(view.outputs() if view is not None else ()),
-                                       *(private_view.outputs() if private_view is not None else ())])
+    ledger = _check_outputs_are_ours(runs_dir, [
+        *(view.outputs() if view is not None else ()),
+        *(private_view.outputs() if private_view is not None else ())])
     title = runs_dir.resolve().name
-    written = [write_csv(runs_dir / REPORT_CSV, points, keys)]
-    figures = write_figures(runs_dir, points, title=title)
-    written += figures
-    tradeoffs: list[Path] = []
-    if view is not None:
-        written.append(write_methods_csv(runs_dir / REPORT_METHODS_CSV, view))
-        tradeoffs = write_tradeoff_figures(runs_dir, view, title=title)
-        written += tradeoffs
-    private_figures: list[Path] = []
-    if private_view is not None:
-        written.append(write_gap_closed_csv(runs_dir / REPORT_GAP_CLOSED_CSV, private_view))
-        private_figures = write_privacy_repair_figures(runs_dir, private_view, title=title)
-        written += private_figures
-    written.insert(0, write_markdown(runs_dir / REPORT_MD, runs_dir, points, keys, problems, figures,
-                                     view=view, tradeoffs=tradeoffs, private_view=private_view,
-                                     private_figures=private_figures))
-    return written
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=runs_dir))  # new, so never a link
+    try:
+        written = [write_csv(staging / REPORT_CSV, points, keys)]
+        figures = write_figures(staging, points, title=title)
+        written += figures
+        tradeoffs: list[Path] = []
+        if view is not None:
+            written.append(write_methods_csv(staging / REPORT_METHODS_CSV, view))
+            tradeoffs = write_tradeoff_figures(staging, view, title=title)
+            written += tradeoffs
+        private_figures: list[Path] = []
+        if private_view is not None:
+            written.append(write_gap_closed_csv(staging / REPORT_GAP_CLOSED_CSV, private_view))
+            private_figures = write_privacy_repair_figures(staging, private_view, title=title)
+            written += private_figures
+        written.insert(0, write_markdown(staging / REPORT_MD, runs_dir, points, keys, problems,
+                                         figures, view=view, tradeoffs=tradeoffs,
+                                         private_view=private_view,
+                                         private_figures=private_figures))
+        return [_put_in_place(runs_dir, staged, ledger) for staged in written]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 REPORT_TITLE = "# Report: "
+REPORT_LEDGER = ".dp-fairness-report"
+"""The report's record of what it wrote: JSON ``{"tool", "format", "files": {name: [sha256, ...]}}``."""
 REPORT_FILE_NOT_OURS = ("--report: {path} exists and was not written by an earlier report of this "
-                        "tool (there is no report.md of ours beside it); it is left untouched. "
-                        "Move it away, or report on a copy of the runs.")
+                        "tool (its content is not one the report recorded in {ledger}); it is left "
+                        "untouched. Move it away, or report on a copy of the runs.")
+REPORT_NOT_WRITABLE = ("--report: cannot write in {path} (permission denied or a read-only file "
+                       "system); nothing was written. Report on a writable copy of the runs.")
 
 
-def _check_outputs_are_ours(runs_dir: Path, extra: Iterable[str] = ()) -> None:
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_ledger(runs_dir: Path) -> dict[str, list[str]]:
+    """The files an earlier report wrote here and their accepted contents (hashes); {} without a
+    ledger of this tool."""
+    payload = read_json_object(runs_dir / REPORT_LEDGER)
+    files = payload.get("files") if payload is not None and payload.get("tool") == TOOL else None
+    if not isinstance(files, dict):
+        return {}
+    return {str(name): [str(h) for h in hashes] for name, hashes in files.items()
+            if isinstance(hashes, list)}
+
+
+def _write_ledger(runs_dir: Path, ledger: Mapping[str, list[str]]) -> None:
+    write_json_atomic(runs_dir / REPORT_LEDGER, {"tool": TOOL, "format": 1, "files": dict(ledger)})
+
+
+def _check_outputs_are_ours(runs_dir: Path, extra: Iterable[str] = ()) -> dict[str, list[str]]:
     """Refuse to overwrite report.md, report.csv, a figure, or one of the ``extra`` files (the
-    method view's, whose names depend on the grid) that this tool did not write.
+    method view's, whose names depend on the grid) that this tool did not write; return the
+    ledger (:data:`REPORT_LEDGER`) of the files it did write, as they are on disk now.
 
-    The report's files are written together, report.md last; an existing report.md whose first
-    line is the report's title marks them all as an earlier report's. Without one, any existing
-    file (or link) of those names is the user's, and the report stops before writing anything.
+    A file of those names is the report's only when it is a regular file (not a link) whose
+    SHA-256 the ledger records for that name. Anything else stops the report before anything is
+    written.
     """
-    outputs = [runs_dir / REPORT_MD, runs_dir / REPORT_CSV, *(runs_dir / name for name in FIGURES),
-               *(runs_dir / name for name in extra)]
-    ours = False
-    markdown = runs_dir / REPORT_MD
-    if markdown.is_file() and not markdown.is_symlink():
-        try:
-            with markdown.open(encoding="utf-8") as handle:
-                ours = handle.readline().startswith(REPORT_TITLE)
-        except (OSError, UnicodeDecodeError):
-            ours = False
-    for path in outputs:
-        if os.path.lexists(path) and (not ours or path.is_symlink() or not path.is_file()):
-            raise UserInputError(REPORT_FILE_NOT_OURS.format(path=path))
+    ledger = _read_ledger(runs_dir)
+    names = [REPORT_MD, REPORT_CSV, *FIGURES, *extra]
+    for name in names:
+        path = runs_dir / name
+        if not os.path.lexists(path):
+            continue
+        if path.is_symlink() or not path.is_file() or _sha256(path) not in ledger.get(name, ()):
+            raise UserInputError(REPORT_FILE_NOT_OURS.format(path=path, ledger=REPORT_LEDGER))
+    # Files recorded but since removed or changed are forgotten; the others keep their entry.
+    return {name: [digest] for name, hashes in ledger.items()
+            if (runs_dir / name).is_file() and not (runs_dir / name).is_symlink()
+            and (digest := _sha256(runs_dir / name)) in hashes}
+
+
+def _put_in_place(runs_dir: Path, staged: Path, ledger: dict[str, list[str]]) -> Path:
+    """Rename the staged file over its name in ``runs_dir``, recording its hash first, with the
+    old one, so that the file on disk is always one the ledger accepts."""
+    name = staged.name
+    digest = _sha256(staged)
+    ledger[name] = sorted({*ledger.get(name, ()), digest})
+    _write_ledger(runs_dir, ledger)
+    os.replace(staged, runs_dir / name)
+    ledger[name] = [digest]
+    _write_ledger(runs_dir, ledger)
+    return runs_dir / name
 
 
 # A file the report cannot use is named in one warning line and left out; the rest is reported.
@@ -1086,11 +1147,14 @@ class GapClosed:
         """``(baseline, method)`` values of ``metric`` for each seed both points finished with it."""
         if self.baseline is None:
             return []
-        base = {run.seed: as_number(run.summary.get(metric)) for run in self.baseline.point.runs}
+        # A withheld seed (logging.private_stats: false) pairs with nothing: pairing runs whose
+        # seeds are unknown would compare arbitrary runs.
+        base = {run.seed: as_number(run.summary.get(metric)) for run in self.baseline.point.runs
+                if run.seed is not None}
         pairs = []
         for run in self.row.point.runs:
             mine = as_number(run.summary.get(metric))
-            if mine is not None and base.get(run.seed) is not None:
+            if run.seed is not None and mine is not None and base.get(run.seed) is not None:
                 pairs.append((base[run.seed], mine))
         return [(b, m) for b, m in pairs if math.isfinite(b) and math.isfinite(m)]
 
@@ -1112,7 +1176,8 @@ class GapClosed:
 
     @property
     def seeds(self) -> list[int | None]:
-        base = {run.seed for run in self.baseline.point.runs} if self.baseline else set()
+        base = ({run.seed for run in self.baseline.point.runs if run.seed is not None}
+                if self.baseline else set())
         return [run.seed for run in self.row.point.runs if run.seed in base]
 
     def constant_seeds(self) -> list[int | None]:

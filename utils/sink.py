@@ -7,11 +7,14 @@ and wandb are imported when a sink is opened, so importing the project never sta
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
 import netrc
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from utils.errors import warn_user
+from utils.errors import UserInputError, warn_user
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -147,11 +150,73 @@ def as_number(value: Any) -> float | None:
     return None
 
 
+TMP_SUFFIX = ".tmp"
+NOT_A_FILE = ("{path} is a {kind}, where this tool writes a file; it is left untouched. Move it "
+              "away and run again.")
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Put ``data`` at ``path`` atomically: a new temporary file beside it (``{name}.tmp``), fsynced,
+    then renamed over ``path``.
+
+    Nothing is ever written through an existing path: the temporary file is created with
+    ``O_CREAT | O_EXCL | O_NOFOLLOW`` (a stale one the tool left, a regular file, is removed first;
+    a link or anything else at that name is refused), and the rename replaces whatever entry is at
+    ``path`` (a link included) rather than writing into what it points at. A reader sees the old
+    file or the new one, never half of one. On any failure (a full disk, ``ulimit -f``, Ctrl-C)
+    the temporary file is removed and the error propagates; ``path`` is as it was.
+
+    Raises:
+        UserInputError: a link, folder or other non-file sits at ``path`` or at its temporary name.
+        OSError: the write failed (ENOSPC, EFBIG, EROFS, ...).
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    for entry in (path, tmp):
+        kind = entry_kind(entry)
+        if kind not in (None, "file"):
+            raise UserInputError(NOT_A_FILE.format(path=entry, kind=kind))
+    if os.path.lexists(tmp):  # the leftover of an interrupted write of this tool
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as error:  # os.write's error names no file: name the one being written
+            if error.filename is None:
+                error.filename = str(tmp)
+            raise
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def entry_kind(path: Path) -> str | None:
+    """What is at ``path`` without following a link: None (nothing), "file", "folder",
+    "symbolic link" or "special file" (a FIFO, a device, a socket)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    return "special file"
+
+
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     """Write JSON to a temporary file and rename it, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(payload), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    replace_file(path, (json.dumps(to_jsonable(payload), indent=2, sort_keys=True) + "\n").encode())
 
 
 def write_predictions(path: Path, y_true: np.ndarray, y_score: np.ndarray, y_pred: np.ndarray,
@@ -162,14 +227,13 @@ def write_predictions(path: Path, y_true: np.ndarray, y_score: np.ndarray, y_pre
     reads back to the same number, so a metric recomputed from the file (average precision, a
     prediction at any threshold) equals the run's to the last bit.
     """
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(PREDICTION_COLUMNS)
-        for row in zip(y_true.astype(int).tolist(), np.asarray(y_score, dtype=np.float64).tolist(),
-                       y_pred.astype(int).tolist(), minority.astype(int).tolist()):
-            writer.writerow([row[0], repr(row[1]), row[2], row[3]])
-    os.replace(tmp, path)
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(PREDICTION_COLUMNS)
+    for row in zip(y_true.astype(int).tolist(), np.asarray(y_score, dtype=np.float64).tolist(),
+                   y_pred.astype(int).tolist(), minority.astype(int).tolist()):
+        writer.writerow([row[0], repr(row[1]), row[2], row[3]])
+    replace_file(path, handle.getvalue().encode())
 
 
 PREDICTION_COLUMNS = ("y_true", "y_score", "y_pred", "minority")
@@ -193,12 +257,11 @@ def read_predictions(path: Path) -> dict[str, np.ndarray]:
 
 def write_rows(path: Path, rows: list[Mapping[str, Any]]) -> None:
     """A list of same-keyed dicts as CSV (e.g. the federated clients' group counts)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    replace_file(path, handle.getvalue().encode())
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
@@ -217,12 +280,35 @@ def truncate_metrics(path: Path, last_step: int) -> None:
             continue
         if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
             kept.append(line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as handle:
-        handle.writelines(kept)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    replace_file(path, "".join(kept).encode())
+
+
+@contextlib.contextmanager
+def _argv(argv: list[str] | None):
+    """``sys.argv`` as ``argv`` while wandb starts (it records the command line it finds there);
+    None leaves it alone."""
+    if argv is None:
+        yield
+        return
+    import sys
+
+    saved, sys.argv = sys.argv, list(argv)
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+@contextlib.contextmanager
+def _naming(path: Path):
+    """An OSError of a write (a full disk) that names no file names ``path``, so the user is told
+    which file could not be written (utils.errors.describe_fault)."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            error.filename = str(path)
+        raise
 
 
 class MetricsSink:
@@ -240,6 +326,8 @@ class MetricsSink:
         wandb_project, wandb_entity, wandb_group: wandb's run placement.
         resume_step: set when an interrupted run continues after this many units (its
             checkpoint); the records are cut back to that step so that no step appears twice.
+        wandb_argv: the command line wandb records instead of ``sys.argv`` (one with a secret
+            masked, such as a withheld seed); None records the real one.
 
     Resuming: metrics.jsonl keeps exactly its rows with ``step <= resume_step`` (rewritten
     atomically; rows a killed run logged after its last checkpoint are dropped, because the resumed
@@ -254,11 +342,15 @@ class MetricsSink:
     def __init__(self, run_dir: Path, *, run_name: str, config: Mapping[str, Any], tensorboard: bool,
                  wandb_mode: str, wandb_project: str, wandb_entity: str | None = None,
                  wandb_group: str | None = None, resume_step: int | None = None,
-                 wandb_concurrent: bool = False):
+                 wandb_concurrent: bool = False, wandb_argv: list[str] | None = None):
         self.run_dir = Path(run_dir)
         if resume_step is not None:
             truncate_metrics(self.run_dir / METRICS_FILE, resume_step)
-        self._jsonl = (self.run_dir / METRICS_FILE).open("a")
+        # Appended to, so opened without following a link (resume checks the run directory's
+        # entries first, utils.rundir.check_run_entries; O_NOFOLLOW keeps it so).
+        fd = os.open(self.run_dir / METRICS_FILE,
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        self._jsonl = os.fdopen(fd, "a")
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -273,9 +365,10 @@ class MetricsSink:
             # One process holds one wandb run at a time unless runs are trained together
             # (training.stacking), where each run's sink keeps its own.
             reinit = "create_new" if wandb_concurrent else "finish_previous"
-            self._wandb_run, self.wandb_mode = self._start_wandb(
-                wandb_mode, reinit=reinit, project=wandb_project, entity=wandb_entity, group=wandb_group,
-                name=run_name, config=dict(config), dir=str(self.run_dir))
+            with _argv(wandb_argv):
+                self._wandb_run, self.wandb_mode = self._start_wandb(
+                    wandb_mode, reinit=reinit, project=wandb_project, entity=wandb_entity,
+                    group=wandb_group, name=run_name, config=dict(config), dir=str(self.run_dir))
 
     @staticmethod
     def _start_wandb(mode: str, **init_args: Any) -> tuple[Any, str]:
@@ -304,13 +397,15 @@ class MetricsSink:
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Record ``metrics`` at ``step`` (an epoch or round, counted from 1)."""
         row = to_jsonable({"step": step, **metrics})
-        self._jsonl.write(json.dumps(row, sort_keys=True) + "\n")
-        self._jsonl.flush()  # a crash keeps every finished epoch
+        with _naming(self.run_dir / METRICS_FILE):
+            self._jsonl.write(json.dumps(row, sort_keys=True) + "\n")
+            self._jsonl.flush()  # a crash keeps every finished epoch
         scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
         if self._tb is not None:
-            for key, value in scalars.items():
-                self._tb.add_scalar(key, value, global_step=step)
-            self._tb.flush()
+            with _naming(self.run_dir / TENSORBOARD_DIR):  # its writer thread's error surfaces here
+                for key, value in scalars.items():
+                    self._tb.add_scalar(key, value, global_step=step)
+                self._tb.flush()
         if self._wandb_run is not None:
             try:
                 self._wandb_run.log(scalars, step=step)
