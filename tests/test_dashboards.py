@@ -374,3 +374,32 @@ def test_the_report_puts_its_figures_and_text_in_the_grid_log_directory(tensorbo
     # The HParams experiment now has report.csv's setting columns (the same keys) and the seed.
     experiment, _ = hparams_dashboard(grid)
     assert [info.name for info in experiment.hparam_infos] == [*SWEPT, "seed"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Never through a link
+
+
+def test_a_linked_tb_or_wandb_folder_in_the_grid_is_left_alone(tmp_path, capsys, monkeypatch):
+    """A ``tb`` or ``wandb`` in the grid's folder that is a link: nothing is written through it,
+    wandb is not started, one warning each, and the report's publishing goes on."""
+    import wandb
+    from PIL import Image
+
+    grid, elsewhere = tmp_path / "grid", tmp_path / "elsewhere"
+    (grid / "point").mkdir(parents=True)
+    elsewhere.mkdir()
+    (grid / "point" / "config.yaml").write_text(yaml.safe_dump(
+        {"seed": 0, "data": {"minority_share": 0.1},
+         "logging": {"tensorboard": True, "wandb": {"mode": "offline"}}}))
+    (grid / "tb").symlink_to(elsewhere, target_is_directory=True)
+    (grid / "wandb").symlink_to(elsewhere, target_is_directory=True)
+    Image.new("RGB", (4, 3)).save(grid / "accuracy.png")
+    (grid / REPORT_MD).write_text("# Report: grid\n")
+    calls = []
+    monkeypatch.setattr(wandb, "init", lambda *args, **kwargs: calls.append(kwargs))
+    lines = dashboards.publish_report(grid, [grid / REPORT_MD, grid / "accuracy.png"])
+    assert lines == [] and calls == [] and not list(elsewhere.iterdir())
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 3  # the HParams experiment, the report's events, the wandb report run
+    assert all("is a link or not a folder" in line for line in warnings)
