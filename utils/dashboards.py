@@ -39,6 +39,7 @@ import hashlib
 import html
 import os
 import re
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -66,8 +67,9 @@ WANDB_DIR = "wandb"
 WANDB_DATA_DIR = "WANDB_DATA_DIR"  # wandb's environment variable for its data directory
 HPARAMS_EVENTS = "events.out.tfevents.hparams"
 REPORT_EVENTS = "events.out.tfevents.report"
-# A name TensorBoard never reads as an event file (no "tfevents" in it), renamed into place.
-PARTIAL_EVENTS = ".dashboards-partial"
+# Event files are written under a new name TensorBoard never reads (no "tfevents" in it), then
+# renamed into place.
+PARTIAL_PREFIX = ".dashboards-"
 
 REPORT_RUN_NAME = "report: {group}"
 REPORT_TAG = "report"
@@ -249,10 +251,12 @@ def _write_events(path: Path, summaries: Iterable[Any]) -> Path:
     if os.path.lexists(logdir) and (logdir.is_symlink() or not logdir.is_dir()):
         raise UserInputError(NOT_OURS.format(path=logdir, what="TensorBoard log"))
     logdir.mkdir(exist_ok=True)
-    partial = logdir / PARTIAL_EVENTS
+    descriptor, name = tempfile.mkstemp(prefix=PARTIAL_PREFIX, dir=logdir)  # new: never a link
+    partial = Path(name)
+    os.fchmod(descriptor, 0o644)  # readable like the run's own event files (mkstemp makes 0600)
     now = time.time()
     try:
-        with partial.open("wb") as handle:
+        with os.fdopen(descriptor, "wb") as handle:
             writer = RecordWriter(handle)
             writer.write(event_pb2.Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
             for summary in summaries:
