@@ -4,6 +4,7 @@
     python running.py --params configs/paper_adult.yaml [--dry-run]   # a grid (sweep:/zip:)
     python running.py --params configs/paper_adult.yaml --backend ray [--address auto]
     python running.py --report runs/paper_adult                       # report.md, report.csv, PNGs
+                                                  # (also to wandb and TensorBoard: utils/dashboards.py)
 
 A params file with a ``sweep:`` or ``zip:`` section is a grid (utils/sweep.py): every point is an
 ordinary run under ``{output_dir}/{name}/{point}``, ``--set`` applies to every point, complete points
@@ -49,7 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--params", metavar="FILE", help="experiment or grid YAML file")
     source.add_argument("--report", metavar="RUNS_DIR",
-                        help="write report.md, report.csv and figures for the runs in RUNS_DIR")
+                        help="write report.md, report.csv and figures for the runs in RUNS_DIR "
+                             "(and put them in wandb and TensorBoard where the runs log)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a dotted config key (of every grid point); VALUE is YAML "
                              "(repeatable)")
@@ -94,10 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.report is not None:
             # Imported here so that a run never loads matplotlib.
+            from utils.dashboards import publish_report
             from utils.report import write_report
 
-            for path in write_report(args.report):
+            written = write_report(args.report)
+            for path in written:
                 print(f"wrote {path}")
+            # The report where researchers look too: TensorBoard's grid log, wandb's report run.
+            for line in publish_report(args.report, written):
+                print(line)
             return 0
         grid = load_grid(args.params, args.overrides)
         if grid is not None and args.dry_run:
@@ -111,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"grid {grid.name}: {len(grid.points) - len(failed)} of {len(grid.points)} points "
                   f"complete, {len(failed)} failed; status in {grid.directory}/grid_status.json; "
                   f"report: python running.py --report {grid.directory}")
+            # The grid in the dashboards: with wandb on, its report and report run; else its
+            # TensorBoard HParams experiment (utils/dashboards.py). matplotlib only loads for a report.
+            from utils.dashboards import publish_grid
+
+            for line in publish_grid(grid.directory, grid.keys):
+                print(line)
             return 1 if failed else 0
         if args.stack is not None:
             raise UserInputError(f"--stack {args.stack}: {args.params} is one experiment, not a "

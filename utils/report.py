@@ -81,7 +81,7 @@ from utils.config import FAIRNESS_TARGETS, PROVENANCE_KEY
 from utils.errors import UserInputError
 from utils.fairness import CONSTANT_PREDICTION, GROUPS, group_key
 from utils.rundir import TOOL, read_json_object, read_summary
-from utils.sink import CONFIG_FILE, SUMMARY_FILE, as_number, write_json_atomic
+from utils.sink import CONFIG_FILE, SUMMARY_FILE, as_number, flatten, write_json_atomic
 from utils.sweep import STATUS_FILE, format_value, read_status, short_names
 
 REPORT_MD = "report.md"
@@ -484,17 +484,6 @@ def load_runs(runs_dir: Path) -> tuple[list[Run], list[Problem]]:
         unfinished[entry["label"]] = Problem(entry["label"], entry["status"], entry.get("error"))
     return [run for run in runs if run.summary is not None], sorted(unfinished.values(),
                                                                       key=lambda p: p.name)
-
-
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested mapping as one level of dotted keys: ``{"privacy": {"mode": x}}`` -> ``privacy.mode``."""
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def group_points(runs: Iterable[Run]) -> list[Point]:
