@@ -24,6 +24,17 @@ import numpy as np
 from dataset import DATASETS
 from dataset.base import DataBundle
 from dataset.imbalance import resample_to_share, validation_info, validation_split
+from dataset.preprocessing import (
+    FITTED,
+    PUBLIC,
+    PublicCategories,
+    PublicRange,
+    column_record,
+    document,
+    one_hot_record,
+    resolved_mode,
+    standardized_record,
+)
 from utils.errors import ConfigError, DataError
 from utils.registry import Registry
 from utils.seeding import numpy_generator
@@ -47,6 +58,12 @@ class TabularPool:
         info: facts worth logging: file provenance, rows read and dropped per split, group counts.
         x_val, y_val, minority_val: a validation set that the source's protocol fixes itself
             (Adult's RUNNER protocol), or None: then ``data.val_fraction`` draws one from the pool.
+        public_ranges: per numeric column (in ``numeric_columns`` order) its public bounds
+            (:class:`dataset.preprocessing.PublicRange`), which ``preprocessing: public`` maps
+            it with; empty when the loader encoded nothing numeric.
+        encoding: preprocessing.json's entries of the columns the loader encoded itself (one-hot
+            columns, RUNNER's bins), with their sources.
+        preprocessing: the mode the loader encoded with, "public" or "fitted".
     """
 
     x_pool: np.ndarray
@@ -61,6 +78,9 @@ class TabularPool:
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
     minority_val: np.ndarray | None = None
+    public_ranges: tuple[PublicRange, ...] = ()
+    encoding: tuple[dict[str, Any], ...] = ()
+    preprocessing: str = FITTED
 
     def __post_init__(self):
         splits = [("pool", self.x_pool), ("test", self.x_test)]
@@ -78,21 +98,23 @@ def build_tabular_bundle(
     pool: TabularPool, *, minority_share: float | None, train_size: int | None, seed: int,
     val_fraction: float = 0.0,
 ) -> DataBundle:
-    """Hold out a validation set, resample the rest to the minority share, standardize.
+    """Hold out a validation set, resample the rest to the minority share, scale the numbers.
 
     With ``val_fraction`` > 0 the validation set is :func:`dataset.imbalance.validation_split` of
     the pool (stratified by group and label, its own random stream), drawn first; a pool that
     brings its own validation set (``pool.x_val``, a protocol's) uses that one instead. The
     training set is :func:`dataset.imbalance.resample_to_share` of the rest of the pool (see there
-    for the counts and the nesting across shares). The numeric columns are then centred and
-    scaled with the mean and standard deviation (ddof 0) of the *selected* training rows, and the
-    validation and test sets with the same statistics: neither must shape the features, and the
-    pool rows left out are not part of this experiment's training data either. A numeric column
-    that is constant in the training set keeps scale 1, so it becomes all zeros rather than NaN.
+    for the counts and the nesting across shares). The numeric columns are then scaled as the
+    pool's ``preprocessing`` says (:mod:`dataset.preprocessing`):
 
-    Under DP these two statistics per column are computed from the private training data without
-    noise and are not counted in ε; this follows common practice for tabular DP benchmarks, and the
-    leak is bounded to a handful of aggregate numbers, but it is not covered by the guarantee.
+    - public: each clipped to its public bounds and mapped to [-1, 1]
+      (:meth:`dataset.preprocessing.PublicRange.scale`), row by row, reading no other row;
+    - fitted: centred and scaled with the mean and standard deviation (ddof 0) of the *selected*
+      training rows, and the validation and test sets with the same statistics: neither must shape
+      the features, and the pool rows left out are not part of this experiment's training data
+      either. A numeric column that is constant in the training set keeps scale 1, so it becomes
+      all zeros rather than NaN. Under DP these statistics are computed from the private training
+      data without noise and are not covered by ε (the run says so).
 
     Args:
         pool: the source's encoded data.
@@ -105,7 +127,7 @@ def build_tabular_bundle(
     Returns:
         A DataBundle with float32 features, ``input_shape`` ``(n_features,)`` and no transform;
         ``info`` holds the pool's facts, its per-group counts, the validation set's and the
-        resampling outcome.
+        resampling outcome; ``preprocessing`` the content of preprocessing.json.
     """
     if pool.x_val is not None:
         if val_fraction:
@@ -132,14 +154,25 @@ def build_tabular_bundle(
     x_test = pool.x_test.copy()
 
     numeric = list(pool.numeric_columns)
-    # Statistics in float64: capital-gain reaches 99,999 and a float32 sum over 30k rows loses digits.
-    values = x_train[:, numeric].astype(np.float64)
-    mean = values.mean(axis=0)
-    std = values.std(axis=0)
-    std[std == 0] = 1.0
-    x_train[:, numeric] = ((values - mean) / std).astype(np.float32)
-    x_test[:, numeric] = ((x_test[:, numeric].astype(np.float64) - mean) / std).astype(np.float32)
-    x_val[:, numeric] = ((x_val[:, numeric].astype(np.float64) - mean) / std).astype(np.float32)
+    numeric_records = []
+    if pool.preprocessing == PUBLIC:
+        if len(pool.public_ranges) != len(numeric):
+            raise ValueError("preprocessing: public needs a public range for every numeric column")
+        for column, bounds in zip(numeric, pool.public_ranges):
+            for x in (x_train, x_test, x_val):
+                x[:, column] = bounds.scale(x[:, column]).astype(np.float32)
+            numeric_records.append(bounds.record(pool.feature_names[column]))
+    else:
+        # Statistics in float64: capital-gain reaches 99,999 and a float32 sum over 30k rows loses digits.
+        values = x_train[:, numeric].astype(np.float64)
+        mean = values.mean(axis=0)
+        std = values.std(axis=0)
+        std[std == 0] = 1.0
+        x_train[:, numeric] = ((values - mean) / std).astype(np.float32)
+        x_test[:, numeric] = ((x_test[:, numeric].astype(np.float64) - mean) / std).astype(np.float32)
+        x_val[:, numeric] = ((x_val[:, numeric].astype(np.float64) - mean) / std).astype(np.float32)
+        numeric_records = [standardized_record(pool.feature_names[column], m, sd)
+                           for column, m, sd in zip(numeric, mean, std)]
 
     n_min = int(np.count_nonzero(minority_train))
     info = dict(pool.info)
@@ -151,7 +184,7 @@ def build_tabular_bundle(
             "train_positive_rate/group=minority": _rate(y_train[minority_train]),
             "train_positive_rate/group=majority": _rate(y_train[~minority_train]),
             "feature_names": list(pool.feature_names),
-            "standardized_features": [pool.feature_names[i] for i in numeric],
+            "numeric_features": [pool.feature_names[i] for i in numeric],
             **validation_info(y_val, minority_val, val_fraction, val_source),
         }
     )
@@ -168,6 +201,8 @@ def build_tabular_bundle(
         x_val=x_val,
         y_val=y_val,
         minority_val=minority_val,
+        preprocessing=document(pool.preprocessing, [*numeric_records, *pool.encoding],
+                               dropped_columns=list(pool.info.get("dropped_columns", []))),
     )
 
 
@@ -195,20 +230,69 @@ ADULT_NUMERIC = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss
 ADULT_DROPPED = ("fnlwgt",)
 ADULT_PROTECTED = ("race", "sex")
 MISSING = "?"
+
+# Public preprocessing (dataset.preprocessing; data.preprocessing: public): bounds and categories
+# that no row of the data set chose, with their sources; the same table is in
+# dataset/data/adult/README.md. adult.names (on the UCI page) lists every category of every
+# categorical column, and its extraction rule ((AAGE>16) && (AGI>100) && (AFNLWGT>1) && (HRSWK>0))
+# gives the lower bounds of age and hours-per-week; it gives no upper bound, so those are
+# assumptions fixed from the fields' widths in the 1994 Current Population Survey (two digits for
+# age and hours, five for dollar amounts). The two capital amounts are mapped on the log1p scale:
+# nine in ten are 0, the rest span four orders of magnitude.
+ADULT_NAMES = "adult.names (UCI Adult's description file)"
+_ASSUMED_TWO_DIGITS = "assumed: a two-digit field, at most 99"
+_ASSUMED_FIVE_DIGITS = "assumed: a non-negative five-digit dollar amount, at most 99,999"
+ADULT_PUBLIC_RANGES: dict[str, PublicRange] = {
+    "age": PublicRange(17, 99, source=f"low: {ADULT_NAMES}, extraction rule AAGE>16; high: "
+                                      f"{_ASSUMED_TWO_DIGITS}"),
+    "education-num": PublicRange(1, 16, source=f"{ADULT_NAMES}: the code of one of its 16 "
+                                               "education levels, 1 (Preschool) to 16 (Doctorate)"),
+    "capital-gain": PublicRange(0, 99_999, log=True, source=_ASSUMED_FIVE_DIGITS),
+    "capital-loss": PublicRange(0, 99_999, log=True, source=_ASSUMED_FIVE_DIGITS),
+    "hours-per-week": PublicRange(1, 99, source=f"low: {ADULT_NAMES}, extraction rule HRSWK>0; "
+                                                f"high: {_ASSUMED_TWO_DIGITS}"),
+}
+ADULT_CATEGORIES: dict[str, PublicCategories] = {name: PublicCategories(tuple(values), ADULT_NAMES)
+                                                 for name, values in {
+    "workclass": ("Private", "Self-emp-not-inc", "Self-emp-inc", "Federal-gov", "Local-gov",
+                  "State-gov", "Without-pay", "Never-worked"),
+    "education": ("Bachelors", "Some-college", "11th", "HS-grad", "Prof-school", "Assoc-acdm",
+                  "Assoc-voc", "9th", "7th-8th", "12th", "Masters", "1st-4th", "10th", "Doctorate",
+                  "5th-6th", "Preschool"),
+    "marital-status": ("Married-civ-spouse", "Divorced", "Never-married", "Separated", "Widowed",
+                       "Married-spouse-absent", "Married-AF-spouse"),
+    "occupation": ("Tech-support", "Craft-repair", "Other-service", "Sales", "Exec-managerial",
+                   "Prof-specialty", "Handlers-cleaners", "Machine-op-inspct", "Adm-clerical",
+                   "Farming-fishing", "Transport-moving", "Priv-house-serv", "Protective-serv",
+                   "Armed-Forces"),
+    "relationship": ("Wife", "Own-child", "Husband", "Not-in-family", "Other-relative", "Unmarried"),
+    "race": ("White", "Asian-Pac-Islander", "Amer-Indian-Eskimo", "Other", "Black"),
+    "sex": ("Female", "Male"),
+    "native-country": (
+        "United-States", "Cambodia", "England", "Puerto-Rico", "Canada", "Germany",
+        "Outlying-US(Guam-USVI-etc)", "India", "Japan", "Greece", "South", "China", "Cuba", "Iran",
+        "Honduras", "Philippines", "Italy", "Poland", "Jamaica", "Vietnam", "Mexico", "Portugal",
+        "Ireland", "France", "Dominican-Republic", "Laos", "Ecuador", "Taiwan", "Haiti", "Columbia",
+        "Hungary", "Guatemala", "Nicaragua", "Scotland", "Thailand", "Yugoslavia", "El-Salvador",
+        "Trinadad&Tobago", "Peru", "Hong", "Holand-Netherlands"),
+}.items()}
 # Message part for a numeric field that float() reads as NaN or infinity (tests import it).
 ADULT_NON_FINITE = "expected a finite number"
 
 
 @TABULAR_SOURCES.register("adult")
-def load_adult(root: str | Path | None, *, protected: str, minority_value: str) -> TabularPool:
+def load_adult(root: str | Path | None, *, protected: str, minority_value: str,
+               preprocessing: str = FITTED) -> TabularPool:
     """UCI Adult (census income, 1994) with its official train/test split.
 
     ``adult.data`` (32,561 rows) is the training pool and ``adult.test`` (16,281 rows) the test set.
     Rows with a missing value ("?", in workclass, occupation or native-country) are dropped from
     both splits alike, leaving 30,162 and 15,060; the counts go into ``info``. The label is 1 for
-    income >50K. Numeric features stay raw (the bundle builder standardizes them; ``fnlwgt`` is
-    dropped, see ``ADULT_DROPPED``); each categorical column is one-hot over the categories of the
-    training pool, so a category that occurs only in the test set encodes as all zeros.
+    income >50K. Numeric features stay raw (the bundle builder scales them; ``fnlwgt`` is
+    dropped, see ``ADULT_DROPPED``); each categorical column is one-hot over the categories of
+    adult.names (``preprocessing`` "public", :data:`ADULT_CATEGORIES`) or of the training pool
+    ("fitted"); a value outside them (a category that occurs only in the test set, when fitted)
+    encodes as all zeros.
 
     The protected column stays a feature: the study is about how much the model learns of a group
     it rarely sees, not about fairness through unawareness, and removing the column would not
@@ -222,6 +306,7 @@ def load_adult(root: str | Path | None, *, protected: str, minority_value: str) 
         protected: ``data.protected``, "sex" or "race".
         minority_value: ``data.minority_value``, a value of that column ("Female", "Black") or
             "non-X" for every value except X ("non-White").
+        preprocessing: "public" or "fitted" (:mod:`dataset.preprocessing`).
 
     Raises:
         DataError: a missing, corrupted or malformed file (naming the file and line).
@@ -253,9 +338,12 @@ def load_adult(root: str | Path | None, *, protected: str, minority_value: str) 
             f"({paths['adult.test']}), so no group metric could be computed; choose a larger group."
         )
 
-    features = _AdultEncoder(train)
-    x_pool, _ = features.encode(train)
+    public = preprocessing == PUBLIC
+    features = _AdultEncoder(train, ADULT_CATEGORIES if public else None)
+    x_pool, unseen_pool = features.encode(train)
     x_test, unseen = features.encode(test)
+    if public:  # a user's copy may spell a category otherwise; it then encodes as all zeros
+        info["pool_rows_unlisted_category"] = unseen_pool
     info["dropped_columns"] = list(ADULT_DROPPED)
     info["test_rows_unseen_category"] = unseen
     info["protected"] = protected
@@ -276,6 +364,11 @@ def load_adult(root: str | Path | None, *, protected: str, minority_value: str) 
         feature_names=features.names,
         numeric_columns=features.numeric_columns,
         info=info,
+        public_ranges=tuple(ADULT_PUBLIC_RANGES[ADULT_COLUMNS[j]] for j in features.numeric),
+        encoding=tuple(one_hot_record(ADULT_COLUMNS[j], values,
+                                      public=ADULT_CATEGORIES[ADULT_COLUMNS[j]] if public else None)
+                       for j, values in features.categories.items()),
+        preprocessing=preprocessing,
     )
 
 
@@ -297,7 +390,7 @@ RUNNER_ROWS = 45_222  # complete rows of adult.data + adult.test
 
 
 def load_adult_runner(root: str | Path | None, *, protected: str, minority_value: str,
-                      seed: int) -> TabularPool:
+                      seed: int, preprocessing: str = FITTED) -> TabularPool:
     """UCI Adult as the RUNNER paper's released code prepares it, with the binning done right.
 
     **Rows.** adult.data and adult.test together, less every row with a missing value: 45,222 of
@@ -333,11 +426,20 @@ def load_adult_runner(root: str | Path | None, *, protected: str, minority_value
     and 27 + 70 = 97 inputs on the UCI files (for seeds 0 to 19), not 120: the 23 columns
     missing are bins that the buggy edges create for the other four columns, most of them empty.
 
+    **Under public preprocessing** (``preprocessing`` "public", the default under privacy) no
+    edge or category is read off the rows: each numeric column gets 10 equal-width bins of its
+    public range (:data:`ADULT_PUBLIC_RANGES`, on the log1p scale for the capital amounts), empty
+    bins included (50 bin columns), and the categorical pairs are those of adult.names' categories
+    (:data:`ADULT_CATEGORIES`; workclass has 8 there, with Never-worked, whose rows all miss their
+    occupation), so 50 + 72 = 122 inputs whatever the rows.
+
     Args:
         root: as for :func:`load_adult`.
         protected: must be "sex".
         minority_value: "Female" or "Male".
         seed: the run's seed (the split).
+        preprocessing: "fitted" (deciles and categories of the rows, as the released code) or
+            "public" (:mod:`dataset.preprocessing`).
 
     Returns:
         A TabularPool whose pool is the training pool and which brings its validation set
@@ -365,18 +467,37 @@ def load_adult_runner(root: str | Path | None, *, protected: str, minority_value
                             f"in {paths['adult.data'].parent} is too small for this protocol.")
 
     column = {name: ADULT_COLUMNS.index(name) for name in ADULT_COLUMNS}
-    blocks, names, edges_info = [], [], {}
+    public = preprocessing == PUBLIC
+    blocks, names, edges_info, encoding = [], [], {}, []
     for name in RUNNER_NUMERIC:
         values = table[:, column[name]].astype(np.float64)
-        edges = np.quantile(values[rows["train"]], np.linspace(0.0, 1.0, RUNNER_BINS + 1))
-        inner = np.unique(edges[1:-1])
+        if public:
+            inner = ADULT_PUBLIC_RANGES[name].bin_edges(RUNNER_BINS)
+        else:
+            edges = np.quantile(values[rows["train"]], np.linspace(0.0, 1.0, RUNNER_BINS + 1))
+            inner = np.unique(edges[1:-1])
+        encoding.append(column_record(
+            name, "one-hot of right-closed bins between the edges", {"edges": inner.tolist()},
+            PUBLIC if public else FITTED,
+            f"{RUNNER_BINS} equal-width bins of the public range: "
+            f"{ADULT_PUBLIC_RANGES[name].source}" if public
+            else "deciles of the training pool's values"))
         code = np.searchsorted(inner, values, side="left")  # right-closed bins (e_i, e_i+1]
         blocks.append(np.eye(len(inner) + 1, dtype=np.float32)[code])
         names += _bin_names(name, inner)
         edges_info[name] = [float(e) for e in inner]
     race = table[:, column["race"]]
+    categories = {name: ADULT_CATEGORIES[name].sorted() if public else np.unique(table[:, column[name]])
+                  for name in RUNNER_CATEGORICAL}
     dummies = [(name, value, table[:, column[name]] == value)
-               for name in RUNNER_CATEGORICAL for value in np.unique(table[:, column[name]])]
+               for name in RUNNER_CATEGORICAL for value in categories[name]]
+    encoding += [column_record(name, "a pair (col!=v, col=v) per category",
+                               {"categories": categories[name].tolist()},
+                               PUBLIC if public else FITTED,
+                               ADULT_NAMES if public else "the categories of every row of both files")
+                 for name in RUNNER_CATEGORICAL]
+    encoding.append(column_record("race", "a pair (race!=White, race=White)", None, PUBLIC,
+                                  "the released code's race_White dummy"))
     dummies.append(("race", RUNNER_RACE_VALUE, race == RUNNER_RACE_VALUE))
     for name, value, hit in dummies:
         blocks.append(np.stack([~hit, hit], axis=1).astype(np.float32))
@@ -408,6 +529,7 @@ def load_adult_runner(root: str | Path | None, *, protected: str, minority_value
         x_test=x[rows["test"]], y_test=labels[rows["test"]], minority_test=minority[rows["test"]],
         feature_names=tuple(names), numeric_columns=(), info=info,
         x_val=x[rows["val"]], y_val=labels[rows["val"]], minority_val=minority[rows["val"]],
+        encoding=tuple(encoding), preprocessing=preprocessing,
     )
 
 
@@ -583,17 +705,20 @@ def _minority_rule(train: np.ndarray, protected: str, minority_value: str) -> Ca
 
 
 class _AdultEncoder:
-    """Numeric columns raw, categorical ones one-hot over the categories seen in the training pool.
+    """Numeric columns raw, categorical ones one-hot over the documented categories (``public``,
+    column name -> :class:`~dataset.preprocessing.PublicCategories`) or, without them, over the
+    categories seen in the training pool.
 
-    Fitting on the training pool alone fixes one column layout for both splits; a test value never
-    seen in training has no column and encodes as all zeros.
+    Either fixes one column layout for both splits; a value outside the categories (a test value
+    never seen in training, when fitted) has no column and encodes as all zeros.
     """
 
-    def __init__(self, train: np.ndarray):
+    def __init__(self, train: np.ndarray, public: dict[str, PublicCategories] | None = None):
         self.numeric = [ADULT_COLUMNS.index(c) for c in ADULT_NUMERIC if c not in ADULT_DROPPED]
         categorical = [j for j, c in enumerate(ADULT_COLUMNS[:-1]) if c not in ADULT_NUMERIC and c not in ADULT_DROPPED]
-        # np.unique sorts, which fixes the column order independently of the row order.
-        self.categories = {j: np.unique(train[:, j]) for j in categorical}
+        # Sorted (np.unique sorts), which fixes the column order independently of the row order.
+        self.categories = {j: public[ADULT_COLUMNS[j]].sorted() if public is not None
+                           else np.unique(train[:, j]) for j in categorical}
         names = [ADULT_COLUMNS[j] for j in self.numeric]
         self.offsets: dict[int, int] = {}
         for j, values in self.categories.items():
@@ -634,16 +759,24 @@ def _register_tabular_dataset(name: str) -> None:
         if data.target != TABULAR_TARGETS[name]:
             raise ConfigError(f"data.target: got {data.target!r}; data set {name!r} predicts "
                               f"{TABULAR_TARGETS[name]!r} only.")
+        preprocessing = resolved_mode(config)
         if data.protocol == "runner":  # DataConfig allows it for Adult alone
             pool = load_adult_runner(data.root, protected=data.protected,
-                                     minority_value=data.minority_value, seed=config.seed)
+                                     minority_value=data.minority_value, seed=config.seed,
+                                     preprocessing=preprocessing)
         else:
             pool = TABULAR_SOURCES.get(name)(data.root, protected=data.protected,
-                                             minority_value=data.minority_value)
+                                             minority_value=data.minority_value,
+                                             preprocessing=preprocessing)
         return build_tabular_bundle(pool, minority_share=data.minority_share,
                                     train_size=data.train_size, seed=config.seed,
                                     val_fraction=data.val_fraction)
 
+    build.data_keys = TABULAR_DATA_KEYS
+
+
+# The DataConfig keys only the tabular data sets read (dataset.check_data_keys refuses them elsewhere).
+TABULAR_DATA_KEYS = ("preprocessing",)
 
 for _name in TABULAR_SOURCES:
     _register_tabular_dataset(_name)
