@@ -247,3 +247,37 @@ def test_the_preprocessing_key_is_for_tabular_data_only():
         check_data_keys(config_from_mapping({"data": {"name": "synthetic", "preprocessing": "public"}}))
     with pytest.raises(ConfigError, match="data.preprocessing"):
         config_from_mapping({"data": {"preprocessing": "standardized"}})
+
+
+def test_a_finished_private_run_from_before_preprocessing_existed_is_named_fitted(tmp_path, capsys):
+    """An older config.yaml without data.preprocessing ran the fitted pipeline; under privacy the
+    default is now public, so re-running that config names the difference (it is returned, as
+    every finished run is, with the warning)."""
+    import yaml
+
+    from training.experiment import run
+
+    raw = {"name": "old", "output_dir": str(tmp_path), "device": "cpu",
+           "data": {"name": "synthetic", "train_size": 500}, "model": {"hidden": [8]},
+           "training": {"epochs": 1, "batch_size": 100},
+           "privacy": {"mode": "dpsgd", "noise_multiplier": 1.0},
+           "evaluation": {"bootstrap_resamples": 0},
+           "logging": {"progress": "never", "tensorboard": False, "wandb": {"mode": "disabled"}}}
+    run(config_from_mapping(raw))
+    stored_path = tmp_path / "old" / "config.yaml"
+    stored = yaml.safe_load(stored_path.read_text())
+    del stored["data"]["preprocessing"]  # as the tool wrote it before
+    stored_path.write_text(yaml.safe_dump(stored))
+    capsys.readouterr()
+    assert run(config_from_mapping(raw))["skipped"] is True
+    assert "differs in data.preprocessing" in capsys.readouterr().err
+    # A non-private one preprocessed as auto still does: no difference.
+    non_private = {**raw, "name": "old_np", "privacy": {"mode": "none"}}
+    run(config_from_mapping(non_private))
+    stored_path = tmp_path / "old_np" / "config.yaml"
+    stored = yaml.safe_load(stored_path.read_text())
+    del stored["data"]["preprocessing"]
+    stored_path.write_text(yaml.safe_dump(stored))
+    capsys.readouterr()
+    assert run(config_from_mapping(non_private))["skipped"] is True
+    assert "warning" not in capsys.readouterr().err

@@ -15,6 +15,7 @@ import running
 from privacy.individual import ORDERS
 from utils.release import (
     NO_GUARANTEE,
+    NO_HISTORY,
     NOT_PRIVATE,
     REPORT_RELEASE_CSV,
     SHARED_STREAMS,
@@ -76,13 +77,14 @@ def test_pools_are_the_data_sets_files_and_what_voids_a_release():
             run(history, private=False, identity="3"),  # fitted preprocessing, say
             run(history, paired=True, identity="p"), run(history, paired=True, identity="p"),
             run(history, paired=True, identity="q"),  # paired, but sharing with no other run
+            run(None, identity="old"),  # a run from before privacy/history
             run(history, name="compas"), run(history, name="adult", root="/data/adult")]
     pools = {(pool.name, pool.root): pool for pool in release_pools(runs)}
     assert set(pools) == {("adult", None), ("compas", None), ("adult", "/data/adult")}
     shipped = pools[("adult", None)]
     assert len(shipped.covered) == 3
     assert sorted(reason for _, reason in shipped.uncovered) == sorted(
-        [NOT_PRIVATE, NO_GUARANTEE, SHARED_STREAMS, SHARED_STREAMS])
+        [NOT_PRIVATE, NO_GUARANTEE, NO_HISTORY, SHARED_STREAMS, SHARED_STREAMS])
     assert shipped.combined_epsilon() == pytest.approx(google_epsilon([history] * 3), rel=1e-3)
     # A grid without a private run has no release to describe.
     assert release_pools([run(None, mode="none")]) == []

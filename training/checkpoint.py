@@ -44,8 +44,12 @@ from utils.sink import CONFIG_FILE, SUMMARY_FILE
 
 LAST = "last.pt"
 PREVIOUS = "previous.pt"
-# Bumped whenever the layout below changes, so an old file is refused rather than misread.
-FORMAT_VERSION = 1
+# Bumped whenever the layout below changes, or what a resumed run rebuilds would differ from what
+# the interrupted one built, so an old file is refused rather than misread. 2 (2026-12-06): the run
+# streams are keyed by the run's identity and the preprocessing is public under privacy (issue 25),
+# so a run begun before would resume on other features, or release its noisy counts again from
+# another stream.
+FORMAT_VERSION = 2
 _REQUIRED_KEYS = ("format", "step", "wall_s", "trainer", "rng")
 # A checkpoint is saved after an evaluated unit and before the last one, so its step lies in
 # 1 .. units - 1; any other step (a file from a longer run, a tampered one) cannot be resumed.

@@ -112,6 +112,10 @@ def changed_keys(run_dir: Path, config: ExperimentConfig) -> list[str]:
         return out
 
     old, new = flat(stored), flat(config.to_dict())
+    # A config.yaml from before data.preprocessing existed was preprocessed as "fitted" is now;
+    # under privacy that is not what the default (auto: public) does.
+    if "data.preprocessing" not in old and old.get("privacy.mode", "none") != "none":
+        old["data.preprocessing"] = "fitted"
     # A key the stored config lacks because the tool gained it later is no change while this
     # config leaves it at its default (the run trained with that behaviour).
     defaults = flat(ExperimentConfig().to_dict())

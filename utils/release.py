@@ -43,6 +43,8 @@ PUBLIC_DATA = "privacy/public_data"
 # Why a run leaves the combined release without a guarantee.
 NOT_PRIVATE = "non-private"
 NO_GUARANTEE = "private mode, no guarantee (privacy/private: false)"
+NO_HISTORY = ("no privacy/history (run before 2026-12-06, on streams keyed by the seed alone, "
+              "which the grid's other points of its seed may share)")
 SHARED_STREAMS = "paired streams shared with another run"
 
 
@@ -129,8 +131,10 @@ def release_pools(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -
         pool = pools.setdefault(key, Pool(*key))
         if settings.get("privacy.mode", "none") == "none":
             pool.uncovered.append((settings, NOT_PRIVATE))
-        elif summary.get("privacy/private") is not True or not summary.get(HISTORY):
+        elif summary.get("privacy/private") is not True:
             pool.uncovered.append((settings, NO_GUARANTEE))
+        elif not summary.get(HISTORY):
+            pool.uncovered.append((settings, NO_HISTORY))
         elif shared.get((summary.get("seed"), summary.get("streams/identity")), 0) > 1 and \
                 summary.get("privacy/paired_streams"):
             pool.uncovered.append((settings, SHARED_STREAMS))
