@@ -17,10 +17,10 @@ is written first thing whenever a run directory is made, before config.yaml. A m
 made and marked; an empty one is adopted (marked and used); a marked one is resumed, returned as
 complete, or, for a fresh start (``--overwrite``, or an interrupted run that cannot resume),
 cleared of the tool's own entries only (config.yaml, metrics.jsonl, summary.json, predictions.csv,
-clients.csv, preprocessing.json, tb/, wandb/, checkpoints/), leaving anything else in it alone. Anything else at the
-run path (a folder without the marker that is not empty, a file, a symbolic link) is an input
-error naming the path, and is never written to or removed, ``--overwrite`` or not; the one
-exception is reading: a valid summary.json in an unmarked folder (a complete run of a version
+clients.csv, preprocessing.json, tb/, wandb/, checkpoints/), leaving anything else in it alone.
+Anything else at the run path (a folder without the marker that is not empty, a file, a symbolic
+link) is an input error naming the path, and is never written to or removed, ``--overwrite`` or
+not; the one exception is reading: a valid summary.json in an unmarked folder (a complete run of a version
 before the marker) is returned as complete. Nothing outside ``{output_dir}/{name}`` is written or
 removed, apart from making the missing folders of output_dir. summary.json counts only when it is
 an object with every key a complete run writes; a broken one (cut short, empty, ``{}``) makes the
