@@ -62,6 +62,7 @@ from PIL import Image
 from dataset import DATASETS
 from dataset.base import DataBundle
 from dataset.imbalance import resample_to_share, validation_counts, validation_info, validation_split
+from dataset.preprocessing import column_record, document
 from utils.config import ExperimentConfig
 from utils.errors import ConfigError, DataError, warn_user
 from utils.progress import progress
@@ -1205,6 +1206,12 @@ def build_celeba(config: ExperimentConfig) -> DataBundle:
         x_val=cache.images[n_test:n_test + n_val],
         y_val=targets[split.val_rows],
         minority_val=minority[split.val_rows],
+        # Fixed constants, no statistic of the images: nothing to fit, nothing outside ε.
+        preprocessing=document("public", [column_record(
+            "pixels", f"centre crop 178x178, resize to {data.image_size}x{data.image_size} "
+            "(cached as uint8); per batch x / 127.5 - 1, training batches flipped left-right "
+            "with probability 1/2", {"crop": 178, "size": data.image_size, "mean": 0.5, "std": 0.5},
+            "public", "constants of this loader (celeba_transform)")]),
     )
 
 

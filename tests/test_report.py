@@ -337,7 +337,8 @@ def private_method_grid(tmp_path_factory) -> Path:
                                     "data.minority_share": PRIVATE_SHARES, "seed": [0, 1]},
                    zip={"privacy.mode": [mode for mode, _ in PRIVATE_LEVELS],
                         "privacy.noise_multiplier": [noise for _, noise in PRIVATE_LEVELS]},
-                   data={"name": "synthetic", "train_size": 1500, "val_fraction": 0.1},
+                   data={"name": "synthetic", "train_size": 1500, "val_fraction": 0.1,
+                         "validation_public": True},
                    training={"epochs": 1, "batch_size": 300, "lr": 0.01},
                    fairness={"mode": "eo"})
     assert running.main(["--params", str(write_params(tmp_path, raw))]) == 0

@@ -179,7 +179,9 @@ def test_padding_never_contributes_even_where_it_points_at_real_examples(tmp_pat
     tight_norms, tight = stacked_step(stack, batches)
     wide_norms, wide = stacked_step(stack, batches, pad_to=64)
     for got, want in zip(wide, tight):
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+        # Float rounding only (a wider padding sums in another order); a padded row that counted
+        # would move the sum by a whole clipped gradient, of order 1.
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     torch.testing.assert_close(wide_norms[:, :tight_norms.shape[1]], tight_norms)
     assert (wide_norms[:, tight_norms.shape[1]:] == 0).all()
     assert all((g[2] == 0).all() for g in wide)  # the empty batch: nothing before the noise
@@ -238,7 +240,7 @@ def test_plan_stacks_groups_points_that_differ_only_in_the_stacked_keys(tmp_path
 ])
 def test_a_method_that_changes_the_training_step_trains_alone(tmp_path, base, method, changes):
     # Only methods that train as Vanilla does may share the stack's written-out step.
-    point = merged(base, {"data": {"val_fraction": 0.1}, "fairness": {"method": method}})
+    point = merged(base, {"data": {"val_fraction": 0.1, "validation_public": True}, "fairness": {"method": method}})
     [session] = [open_run(config) for config in configs([point], tmp_path)]
     with pytest.raises(NotStackable, match=rf"fairness.method '{method}' changes the training step "
                                            rf"\({changes}\)"):

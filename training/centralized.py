@@ -31,6 +31,7 @@ from privacy.individual import (
 from privacy.releases import Release
 from training import TRAINERS
 from training.base import (
+    HISTORY_KEY,
     POISSON_VIOLATED_WARNING,
     delta_warning,
     guarantee_facts,
@@ -44,7 +45,7 @@ from utils.config import ExperimentConfig
 from utils.errors import ConfigError, warn_user
 from utils.fairness import GROUPS
 from utils.progress import progress
-from utils.seeding import torch_generator
+from utils.seeding import RunStreams
 
 
 class CentralizedTrainer:
@@ -81,8 +82,10 @@ class CentralizedTrainer:
         # The batch order's own stream (Opacus' Poisson sampler inherits it from this loader), and
         # under DP-SGD the noise's own, on the device where it is added: never torch's global
         # generator, which initialized the model (utils.seeding). Both are part of the trainer's
-        # state, so that a resumed run draws the same batches and the same noise.
-        self.generator = torch_generator(config.seed, "batch_sampling")
+        # state, so that a resumed run draws the same batches and the same noise. Both are keyed
+        # by the run's identity, so no two points of a grid share them.
+        streams = RunStreams(config)
+        self.generator = streams.torch("batch_sampling")
         # training.batches (anything but shuffled is non-private only: ExperimentConfig.validate)
         # and training.steps_per_epoch; under DP-SGD the engine turns shuffled into Poisson batches.
         loader = build_batches(config.training.batches, minority=self.minority.cpu(),
@@ -110,7 +113,7 @@ class CentralizedTrainer:
                 warn_user(message, self.warnings)
                 self.delta_too_large = True
             noise = (None if config.privacy.secure_rng
-                     else torch_generator(config.seed, "dp_noise", device))
+                     else streams.torch("dp_noise", device))
             # The method's releases of private statistics (noisy counts) were made while it
             # prepared the data; they are composed with the steps, and under target_epsilon the
             # steps' σ is chosen for what the releases left of the budget.
@@ -302,10 +305,14 @@ class CentralizedTrainer:
 
     @property
     def privacy_facts(self) -> dict[str, Any]:
-        """What the run's guarantee rests on, for summary.json (:func:`training.base.guarantee_facts`)."""
+        """What the run's guarantee rests on, for summary.json (:func:`training.base.guarantee_facts`),
+        and under DP-SGD its whole composition (``privacy/history``: the (σ, q, steps) entries of
+        its steps and releases), which the report composes across runs."""
         facts = guarantee_facts(self.config.privacy, poisson=self.config.privacy.poisson_sampling)
         if self.delta_too_large:  # delta_warning: (ε, δ) at δ ≥ 1/n is no meaningful guarantee
             facts["privacy/private"] = False
+        if self.private is not None:
+            facts[HISTORY_KEY] = [list(entry) for entry in self.private.history()]
         return facts
 
     def privacy_metrics(self) -> dict[str, float | None]:

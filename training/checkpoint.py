@@ -53,9 +53,13 @@ from utils.sink import CONFIG_FILE, SUMMARY_FILE, replace_file
 
 LAST = "last.pt"
 PREVIOUS = "previous.pt"
-# Bumped whenever the layout below changes, so an old file is refused rather than misread.
-# 2: the run's config ("run"), so that another run's checkpoint is refused.
-FORMAT_VERSION = 2
+# Bumped whenever the layout below changes, or what a resumed run rebuilds would differ from what
+# the interrupted one built, so an old file is refused rather than misread.
+# 2: the run's config ("run"), so that another run's checkpoint is refused (issue 26).
+# 3 (2026-12-06): the run streams are keyed by the run's identity and the preprocessing is public
+# under privacy (issue 25), so a run begun before would resume on other features, or release its
+# noisy counts again from another stream.
+FORMAT_VERSION = 3
 _REQUIRED_KEYS = ("format", "step", "wall_s", "trainer", "rng", "run")
 OTHER_RUN = ("{path} belongs to another run (its config differs in {keys}); it is not resumed "
              "here")

@@ -17,14 +17,14 @@ is written first thing whenever a run directory is made, before config.yaml. A m
 made and marked; an empty one is adopted (marked and used); a marked one is resumed, returned as
 complete, or, for a fresh start (``--overwrite``, or an interrupted run that cannot resume),
 cleared of the tool's own entries only (config.yaml, metrics.jsonl, summary.json, predictions.csv,
-clients.csv, tb/, wandb/, checkpoints/), leaving anything else in it alone. Anything else at the
-run path (a folder without the marker that is not empty, a file, a symbolic link) is an input
-error naming the path, and is never written to or removed, ``--overwrite`` or not; the one
-exception is reading: a valid summary.json in an unmarked folder whose config.yaml is this config
-(a complete run of a version before the marker) is returned as complete. Inside a marked directory
-every path a resume or a fresh start writes is checked first (no link, the right kind of entry:
-:func:`utils.rundir.check_run_entries`), and the directory is locked for this process
-(:class:`utils.rundir.RunLock`) until the run ends. Nothing outside ``{output_dir}/{name}`` is written or
+clients.csv, preprocessing.json, tb/, wandb/, checkpoints/), leaving anything else in it alone.
+Anything else at the run path (a folder without the marker that is not empty, a file, a symbolic
+link) is an input error naming the path, and is never written to or removed, ``--overwrite`` or
+not; the one exception is reading: a valid summary.json in an unmarked folder whose config.yaml is
+this config (a complete run of a version before the marker) is returned as complete. Inside a
+marked directory every path a resume or a fresh start writes is checked first (no link, the right
+kind of entry: :func:`utils.rundir.check_run_entries`), and the directory is locked for this
+process (:class:`utils.rundir.RunLock`) until the run ends. Nothing outside ``{output_dir}/{name}`` is written or
 removed, apart from making the missing folders of output_dir. summary.json counts only when it is
 an object with every key a complete run writes; a broken one (cut short, empty, ``{}``) makes the
 run an interrupted one, with a warning naming the file. Configs are compared without provenance
@@ -48,8 +48,10 @@ import torch
 import yaml
 
 from dataset import build_dataset
+from dataset.preprocessing import FITTED, FITTED_UNDER_PRIVACY, without_fitted_parameters
 from models import build_model
 from training import build_trainer, checkpoint
+from training.base import PUBLIC_DATA_KEY, public_data_facts
 from training.evaluation import TestSetEvaluator
 from training.repair import build_method
 from training.selection import ModelSelector
@@ -57,12 +59,13 @@ from utils import fairness, rundir
 from utils.config import PROVENANCE_KEY, RETIRED_KEYS, ExperimentConfig, check_selection
 from utils.errors import UserInputError, warn_user
 from utils.progress import progress
-from utils.seeding import resolve_device, seed_global_generators, seed_sequence
+from utils.seeding import PAIRED_STREAMS_WARNING, RunStreams, resolve_device, run_identity
 from utils.sink import (
     CLIENTS_FILE,
     CONFIG_FILE,
     NON_PRIVATE_LIST_KEY,
     PREDICTIONS_FILE,
+    PREPROCESSING_FILE,
     SUMMARY_FILE,
     MetricsSink,
     is_non_private_statistic,
@@ -121,6 +124,10 @@ def changed_keys(run_dir: Path, config: ExperimentConfig) -> list[str]:
     old, new = flat(stored), flat(config.to_dict())
     if "seed" in old and old["seed"] is None and withholds_seed(config):
         del old["seed"], new["seed"]  # withheld from config.yaml: nothing to compare it with
+    # A config.yaml from before data.preprocessing existed was preprocessed as "fitted" is now;
+    # under privacy that is not what the default (auto: public) does.
+    if "data.preprocessing" not in old and old.get("privacy.mode", "none") != "none":
+        old["data.preprocessing"] = "fitted"
     # A key the stored config lacks because the tool gained it later is no change while this
     # config leaves it at its default (the run trained with that behaviour); nor is a key the tool
     # has since retired, stored at the value that meant today's default.
@@ -193,10 +200,15 @@ def build_components(config: ExperimentConfig, device: torch.device):
     """
     method = build_method(config)
     data = method.prepare(build_dataset(config))  # the repair method's pre-processing
-    seed_global_generators(config.seed, "init")
+    streams = RunStreams(config)
+    streams.seed_global("init")
     model = build_model(config.model, data.input_shape)
-    seed_global_generators(config.seed, "augmentation")
+    streams.seed_global("augmentation")
     trainer = build_trainer(config, model, data, device, method=method)
+    if config.privacy.private and config.privacy.paired_streams:
+        warn_user(PAIRED_STREAMS_WARNING, trainer.warnings)
+    if config.privacy.private and fitted_preprocessing(data):
+        warn_user(FITTED_UNDER_PRIVACY.format(mode=config.privacy.mode), trainer.warnings)
     return data, model, trainer
 
 
@@ -448,7 +460,7 @@ def _write_results(session: RunSession) -> dict[str, Any]:
     # test/ and val/ metrics are the final ones (training.selection); with "last", the last unit's.
     row, y_score, y_pred = session.selector.finish(row, y_score, y_pred, trainer)
     # The final model: intervals, predictions and the summary, in that order (summary last).
-    intervals = evaluator.intervals(y_score, y_pred, seed=seed_sequence(config.seed, "bootstrap"))
+    intervals = evaluator.intervals(y_score, y_pred, seed=RunStreams(config).sequence("bootstrap"))
     small_groups = fairness.small_group_warnings(
         {g: row[f"test/count/group={g}"] for g in fairness.GROUPS})
     for message in small_groups:
@@ -467,10 +479,22 @@ def _write_results(session: RunSession) -> dict[str, Any]:
     facts = dict(trainer.privacy_facts)
     if row["privacy/epsilon"] == float("inf"):  # no noise: nothing is private
         facts["privacy/private"] = False
+    # Which streams the run drew from (utils.seeding): runs of equal identity and seed share them.
+    facts["streams/identity"] = run_identity(config)
+    facts["privacy/paired_streams"] = config.privacy.private and config.privacy.paired_streams
+    if config.privacy.private and fitted_preprocessing(data):  # statistics of private rows
+        facts["privacy/private"] = False
+    # Everything read without noise and charged nothing (training.base.public_data_facts).
+    facts[PUBLIC_DATA_KEY] = public_data_facts(config, has_validation=data.has_validation,
+                                               preprocessing=data.preprocessing,
+                                               method=trainer.method)
     # The decisions every metric was computed from (the repair method's post-processing, by
     # default utils.fairness.predictions), so the file and the metrics cannot disagree.
     write_predictions(run_dir / PREDICTIONS_FILE, evaluator.y_true, y_score, y_pred,
                       evaluator.minority)
+    if data.preprocessing is not None:  # the feature transform and its sources
+        write_json_atomic(run_dir / PREPROCESSING_FILE, data.preprocessing if config.logging.private_stats
+                          else without_fitted_parameters(data.preprocessing))
     client_counts = trainer.client_counts
     if client_counts and config.logging.private_stats:  # federated: who holds which group
         write_rows(run_dir / CLIENTS_FILE, client_counts)
@@ -501,3 +525,8 @@ def _write_results(session: RunSession) -> dict[str, Any]:
     for name in (checkpoint.LAST, checkpoint.PREVIOUS):
         (checkpoint_dir / name).unlink(missing_ok=True)
     return summary
+
+
+def fitted_preprocessing(data) -> bool:
+    """Whether some feature transform's parameters were fitted on the data (preprocessing.json)."""
+    return data.preprocessing is not None and data.preprocessing["source"] == FITTED

@@ -68,13 +68,13 @@ from privacy.individual import (
 )
 from privacy.noise import SecureRandom
 from training import TRAINERS
-from training.base import delta_warning
+from training.base import HISTORY_KEY, delta_warning
 from training.partition import partition_clients, partition_counts, partition_summary
 from training.repair.base import Batch, RepairMethod
 from training.repair.vanilla import Vanilla
 from utils.errors import ConfigError, warn_user
 from utils.fairness import GROUPS
-from utils.seeding import numpy_generator, stream_seed, torch_generator
+from utils.seeding import RunStreams, numpy_generator, stream_seed, torch_generator
 
 # Rough memory budget of one batched chunk of clients, and how many times the size of a batch's
 # inputs its activations are assumed to take (see :func:`default_chunk_size`).
@@ -733,7 +733,8 @@ class FederatedTrainer:
         """What the guarantee rests on (:func:`training.base.guarantee_facts`); clients always join
         by Poisson sampling."""
         return {"privacy/private": not self.delta_too_large, "privacy/secure_rng": self.secure_rng,
-                "privacy/accounting_assumption": "poisson"}
+                "privacy/accounting_assumption": "poisson",
+                HISTORY_KEY: [[self.noise_multiplier, self.sample_rate, self.rounds_done]]}
 
     def privacy_metrics(self) -> dict[str, float | None]:
         """User-level (ε, δ) so far, with σ, q and the rounds (``privacy/steps``) behind it."""
@@ -775,7 +776,7 @@ def build_federated_trainer(config, model: nn.Module, data: DataBundle, device, 
         noise_multiplier=priv.noise_multiplier, target_epsilon=priv.target_epsilon,
         server_lr=fed.server_lr, server_momentum=fed.server_momentum, partition=fed.partition,
         dirichlet_alpha=fed.dirichlet_alpha, eval_every=fed.eval_every,
-        accountant=priv.accountant, seed=config.seed, secure_rng=priv.secure_rng, method=method,
+        accountant=priv.accountant, seed=RunStreams(config).key, secure_rng=priv.secure_rng, method=method,
         # null: ⌈1/q⌉ rounds, an epoch's worth of clients (each expected to train once)
         individual_every=((priv.individual_every or math.ceil(1 / fed.client_sample_rate))
                           if priv.accounts_individuals else None),

@@ -59,6 +59,8 @@ INDIVIDUAL_NEEDS_NOISE = ("privacy.individual_accounting: true with privacy.nois
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 FAIRNESS_TARGETS = ("dp", "eo")
 DATA_PROTOCOLS = ("official", "runner", "runner_released")
+# data.preprocessing (dataset.preprocessing): auto is public under privacy and fitted without.
+PREPROCESSING_MODES = ("auto", "public", "fitted")
 # training.select: each rule's validation metric (None: the last unit) and whether larger is
 # better. "best_val_gap" is the target's own gap (fairness.mode dp: the DP gap; eo: the TPR gap);
 # the others name their gap whatever the target. The one home of these names: training.selection
@@ -75,6 +77,12 @@ MODEL_SELECTIONS: dict[str, tuple[str | None, bool]] = {
 
 # Message part of a model selection asked for without a validation split (tests import it).
 SELECT_NEEDS_VALIDATION = "needs a validation split"
+VALIDATION_NOT_DECLARED = (
+    "privacy.mode {mode!r} with a validation split ({where}): the validation rows are drawn from "
+    "the private pool, and the val/ metrics, training.select and the repair methods read them "
+    "without noise, outside epsilon. Declare them public with data.validation_public: true (the "
+    "run's summary then lists them under privacy/public_data), or hold none out "
+    "(data.val_fraction: 0, training.select: last).")
 BATCHES_NOT_PRIVATE = (
     "training.batches: {batches!r} refuses privacy.mode {mode!r}: its steps draw a fixed number of "
     "examples (from each cell, or from the whole set), not a Poisson sample of the training set, "
@@ -199,18 +207,32 @@ class DataConfig:
             (group, label) so that its group shares and label rates are the pool's (to within one
             example), from its own random stream, and it is never resampled. For CelebA's
             protocol the pool is what is left after the test set (and, with identities, the
-            validation set is drawn by person too; see ``dataset.celeba``). The validation set is
-            held out and, like the test set, treated as public: model selection
-            (``training.select``) and repair methods may use it freely, and nothing computed from
-            it is charged to ε. Do not point it at data that must stay private.
+            validation set is drawn by person too; see ``dataset.celeba``). Model selection
+            (``training.select``) and repair methods may use it, and nothing computed from it is
+            charged to ε; under privacy that needs ``validation_public: true``.
         protocol: Adult only: "official" (adult.data trains, adult.test tests), "runner" (the
             RUNNER paper's protocol: the 45,222 complete rows of both files shuffled per seed into
             60 / 20 / 20 train / validation / test, sex not an input, each numeric column in its
-            own decile bins: 97 inputs; see ``dataset.tabular.load_adult_runner``) or
-            "runner_released" (the same rows and split with the released code's encoding: every
-            numeric column binned on age's standardized deciles, 10 one-hot columns each, 120
-            inputs; for setting this tool's numbers beside the paper's). Both RUNNER protocols
-            bring their own validation set, so ``val_fraction`` must stay 0.
+            own decile bins (97 inputs), or in 10 bins of its public range under public
+            preprocessing (122); see ``dataset.tabular.load_adult_runner``) or "runner_released"
+            (the same rows and split with the released code's encoding: every numeric column
+            binned on age's standardized deciles, 10 one-hot columns each, 120 inputs; for setting
+            this tool's numbers beside the paper's; fitted preprocessing only). Both RUNNER
+            protocols bring their own validation set, so ``val_fraction`` must stay 0.
+        preprocessing: how the tabular features are scaled and encoded (``dataset.preprocessing``):
+            "public" (numeric columns clipped to public bounds and mapped to [-1, 1], categories
+            one-hot over documented lists, RUNNER's bins between public bounds: nothing is read
+            off a row, so nothing escapes ε), "fitted" (standardized with the training rows' mean
+            and standard deviation, categories of the training pool, RUNNER's deciles: statistics
+            of private rows; under privacy the run warns and is marked not private) or "auto"
+            (the default: public under privacy.mode dpsgd or dpfedavg, fitted without privacy).
+            Tabular data sets only; every run records what it applied in preprocessing.json.
+        validation_public: declare the validation split public. It is drawn from the same
+            private pool as the training set, and under privacy whatever reads it (the ``val/``
+            metrics, ``training.select``, a repair method's public form) reads it without noise,
+            outside ε; so a private run with a validation split (``val_fraction`` > 0, or
+            ``protocol: runner``) must declare it: true, or the config is refused. The run's
+            summary lists it under ``privacy/public_data``. Ignored without privacy.
     """
 
     name: str = "adult"
@@ -226,6 +248,8 @@ class DataConfig:
     cache_dir: str | None = None
     val_fraction: float = 0.0
     protocol: str = "official"
+    preprocessing: str = "auto"
+    validation_public: bool = False
 
     def validate(self) -> None:
         if self.minority_share is not None:
@@ -239,6 +263,7 @@ class DataConfig:
         _check(0 <= self.val_fraction < 1, "data.val_fraction", self.val_fraction,
                "a number in [0, 1): the share of the training pool held out for validation")
         _one_of("data.protocol", self.protocol, DATA_PROTOCOLS)
+        _one_of("data.preprocessing", self.preprocessing, PREPROCESSING_MODES)
         if self.runner_protocol:
             _check(self.name == "adult", "data.protocol", self.protocol,
                    f"official for data set {self.name!r} (the RUNNER protocols are Adult's)")
@@ -312,7 +337,9 @@ class TrainingConfig:
             near zero). Ties go to the earlier unit. The chosen unit's model and test scores
             become the run's final ones (summary.json, predictions.csv, intervals,
             model_final.pt; ``select/unit`` says which). Anything but "last" needs a validation
-            split (``data.val_fraction`` > 0, or an Adult RUNNER protocol).
+            split (``data.val_fraction`` > 0, or an Adult RUNNER protocol). Selection reads only the
+            validation set (which a private run must declare public, ``data.validation_public``)
+            and models that are already DP outputs, so it costs no privacy; ε is the whole run's.
         select_skip_constant: leave out of the selection every unit whose validation decisions
             are all one class (``val/constant_prediction``), so that a gap of 0 by construction
             is never chosen. A deviation from RUNNER's released rule, which keeps such epochs;
@@ -414,6 +441,16 @@ class PrivacyConfig:
             default): once per epoch's worth of data in both modes, 1 epoch under DP-SGD and
             ⌈1/q⌉ rounds under DP-FedAvg (in which every client is expected to train once), which
             keeps the passes' cost near a tenth to a third of the training's.
+        paired_streams: false (the default): every point of a grid draws its own batches, noise
+            and initialization (the run streams of :mod:`utils.seeding` are keyed by the seed
+            and every config value that changes what is trained). true: common random numbers
+            across noise levels: runs that differ only in ``noise_multiplier`` or
+            ``target_epsilon`` draw the same batches, initialization and N(0, 1) noise (each
+            scaled by its own σ), for lower-variance comparisons between noise levels. Two
+            released models of such runs reveal their clipped gradient sums, so each run's ε
+            holds for releasing one of them alone: its summary.json says so
+            (``privacy/paired_streams``, a warning) and the report counts their combined
+            release as covered by no ε.
     """
 
     mode: str = "none"
@@ -428,6 +465,7 @@ class PrivacyConfig:
     engine: str = "fast"
     individual_accounting: bool = False
     individual_every: int | None = None
+    paired_streams: bool = False
 
     @property
     def private(self) -> bool:
@@ -716,6 +754,10 @@ class ExperimentConfig:
             if changes := self.fairness.method_class().training_changes():
                 raise ConfigError(INDIVIDUAL_UNSUPPORTED.format(method=self.fairness.method,
                                                                 changes=", ".join(changes)))
+        if self.privacy.private and self.data.has_validation and not self.data.validation_public:
+            where = (f"data.protocol: {self.data.protocol}" if self.data.runner_protocol
+                     else f"data.val_fraction: {self.data.val_fraction!r}")
+            raise ConfigError(VALIDATION_NOT_DECLARED.format(mode=self.privacy.mode, where=where))
         if self.training.batches != "shuffled" and self.privacy.private:
             raise ConfigError(BATCHES_NOT_PRIVATE.format(batches=self.training.batches,
                                                          mode=self.privacy.mode))

@@ -29,6 +29,12 @@ the worst-case ε) against the share, a section of report.md with those numbers 
 accuracy, and their columns in report.csv (:data:`INDIVIDUAL_METRICS`). They are computed from the
 private data without noise, a diagnostic and not private; the run's guarantee is its worst-case ε.
 
+A grid with a private run also gets "What ε covers" (:mod:`utils.release`): per training pool
+(the data set's files) the runs, each run's own ε, the ε of releasing every model with a guarantee
+trained on the pool together (the RDP composition of the runs' ``privacy/history``), whether a
+run without a guarantee voids that release, and what the runs treated as public
+(``privacy/public_data``); in report.md right after the table and in ``report_release.csv``.
+
 A grid of fairness repair methods (any run with ``fairness.method`` other than "none", e.g.
 ``configs/runner_adult.yaml``) also gets a method view (:func:`method_view`): a table in report.md and
 ``report_methods.csv`` with one row per data set (when there are several), target
@@ -80,6 +86,7 @@ import yaml
 from utils.config import FAIRNESS_TARGETS, PROVENANCE_KEY
 from utils.errors import UserInputError
 from utils.fairness import CONSTANT_PREDICTION, GROUPS, group_key
+from utils.release import REPORT_RELEASE_CSV, Pool, release_markdown, release_pools, write_release_csv
 from utils.rundir import TOOL, read_json_object, read_summary
 from utils.sink import CONFIG_FILE, SUMMARY_FILE, as_number, flatten, write_json_atomic
 from utils.sweep import STATUS_FILE, format_value, read_status, short_names
@@ -295,13 +302,17 @@ def write_report(runs_dir: str | Path) -> list[Path]:
     keys = varying_keys(points, always=swept)
     view = method_view(points, method_order=_status_methods(status))
     private_view = privacy_repair_view(view, points)
+    release = release_pools((run.settings, run.summary) for run in runs)  # utils.release
     ledger = _check_outputs_are_ours(runs_dir, [
         *(view.outputs() if view is not None else ()),
-        *(private_view.outputs() if private_view is not None else ())])
+        *(private_view.outputs() if private_view is not None else ()),
+        *([REPORT_RELEASE_CSV] if release else [])])
     title = runs_dir.resolve().name
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=runs_dir))  # new, so never a link
     try:
         written = [write_csv(staging / REPORT_CSV, points, keys)]
+        if release:
+            written.append(write_release_csv(staging / REPORT_RELEASE_CSV, release))
         figures = write_figures(staging, points, title=title)
         written += figures
         tradeoffs: list[Path] = []
@@ -317,7 +328,7 @@ def write_report(runs_dir: str | Path) -> list[Path]:
         written.insert(0, write_markdown(staging / REPORT_MD, runs_dir, points, keys, problems,
                                          figures, view=view, tradeoffs=tradeoffs,
                                          private_view=private_view,
-                                         private_figures=private_figures))
+                                         private_figures=private_figures, release=release))
         return [_put_in_place(runs_dir, staged, ledger) for staged in written]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -559,10 +570,11 @@ def _csv_metric_cells(point: Point, metrics: Iterable[str]) -> list[Any]:
 def write_markdown(path: Path, runs_dir: Path, points: list[Point], keys: list[str],
                    problems: list[Problem], figures: list[Path], *, view: MethodView | None = None,
                    tradeoffs: Iterable[Path] = (), private_view: PrivacyRepairView | None = None,
-                   private_figures: Iterable[Path] = ()) -> Path:
-    """report.md: what was read, the table of points, the method view (a grid of repair methods),
-    the repair-under-privacy view (methods crossed with privacy levels), the figures and the
-    unfinished points."""
+                   private_figures: Iterable[Path] = (), release: list[Pool] | None = None) -> Path:
+    """report.md: what was read, the table of points, what ε covers (the combined release per
+    training pool, :mod:`utils.release`, when a run is private), the method view (a grid of
+    repair methods), the repair-under-privacy view (methods crossed with privacy levels), the
+    figures and the unfinished points."""
     short = short_names(keys)
     n_runs = sum(len(point.runs) for point in points)
     seed_counts = sorted({len(point.runs) for point in points})
@@ -588,6 +600,8 @@ def write_markdown(path: Path, runs_dir: Path, points: list[Point], keys: list[s
         cells += [str(len(point.runs)), point.constant_label()]
         cells += [_md_metric(point, metric) for metric in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
+    if release:
+        lines += ["", *release_markdown(release)]
     if has_individual_privacy(points):
         lines += ["", *_individual_markdown(points, keys, short)]
     if view is not None:
@@ -1115,10 +1129,11 @@ class GapClosed:
 
     The baseline is the grid's ``none`` point with the same data set, privacy level, share and other
     settings (the same target where the grid ran ``none`` per target). Differences are taken per
-    seed, between runs of the same seed (the same resampled data and initialization streams), and
-    averaged over the seeds both points finished; the std is the sample std of those per-seed
-    differences (ddof = 1), so that it measures how reliable the repair is, not how much the gap
-    itself moves between seeds.
+    seed, between runs of the same seed (the same resampled data; each run its own initialization,
+    batch and noise streams, as :mod:`utils.seeding` keys them by the run's identity, except a
+    method that only post-processes, which shares its Vanilla twin's model), and averaged over the
+    seeds both points finished; the std is the sample std of those per-seed differences (ddof = 1),
+    so that it measures how reliable the repair is, not how much the gap itself moves between seeds.
 
     Attributes:
         row: the method's row of the method view.

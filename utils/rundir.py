@@ -17,8 +17,8 @@ What is found at ``{output_dir}/{name}`` decides what may happen there (:func:`i
 - a marked directory (:data:`MARKED`): the tool's. A complete run is returned; an interrupted one
   resumes; a fresh start in it (``--overwrite``, or an interrupted run that cannot resume) removes
   only the tool's own entries (:data:`RUN_ENTRIES`: config.yaml, metrics.jsonl, summary.json,
-  predictions.csv, clients.csv, individual_privacy.csv, tb/, wandb/, checkpoints/ and the ``.tmp``
-  files of atomic writes).
+  predictions.csv, clients.csv, individual_privacy.csv, preprocessing.json, tb/, wandb/,
+  checkpoints/ and the ``.tmp`` files of atomic writes).
   Anything else a user put there stays where it is, and a symbolic link at one of those names is
   an error rather than something to follow or remove;
 - a directory with other content and no marker (:data:`FOREIGN`), a file, or a symbolic link (to
@@ -63,6 +63,7 @@ from utils.sink import (
     INDIVIDUAL_PRIVACY_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,
+    PREPROCESSING_FILE,
     SUMMARY_FILE,
     TENSORBOARD_DIR,
     TMP_SUFFIX,
@@ -82,7 +83,7 @@ CHECKPOINT_DIR = "checkpoints"
 WANDB_DIR = "wandb"
 
 _RUN_FILES = (SUMMARY_FILE, CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE, CLIENTS_FILE,
-              INDIVIDUAL_PRIVACY_FILE)
+              INDIVIDUAL_PRIVACY_FILE, PREPROCESSING_FILE)
 _RUN_FOLDERS = (TENSORBOARD_DIR, WANDB_DIR, CHECKPOINT_DIR)
 RUN_ENTRIES = (*_RUN_FILES, *(f"{name}{TMP_SUFFIX}" for name in _RUN_FILES), *_RUN_FOLDERS)
 """The entries of a run directory the tool writes, and the only ones a fresh start removes

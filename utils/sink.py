@@ -39,6 +39,7 @@ PREDICTIONS_FILE = "predictions.csv"
 CONFIG_FILE = "config.yaml"
 CLIENTS_FILE = "clients.csv"
 INDIVIDUAL_PRIVACY_FILE = "individual_privacy.csv"  # privacy.individual_accounting, non-private
+PREPROCESSING_FILE = "preprocessing.json"  # the feature transform and its sources (dataset.preprocessing)
 TENSORBOARD_DIR = "tb"
 
 # WANDB_MODE values (wandb's own environment variable) and the mode `auto` then resolves to;
