@@ -4,6 +4,7 @@
     python running.py --params configs/paper_adult.yaml [--dry-run]   # a grid (sweep:/zip:)
     python running.py --params configs/paper_adult.yaml --backend ray [--address auto]
     python running.py --report runs/paper_adult                       # report.md, report.csv, PNGs
+                                                  # (also to wandb and TensorBoard: utils/dashboards.py)
 
 A params file with a ``sweep:`` or ``zip:`` section is a grid (utils/sweep.py): every point is an
 ordinary run under ``{output_dir}/{name}/{point}``, ``--set`` applies to every point, complete points
@@ -17,7 +18,9 @@ Exit status: 0 on success (also when the run or every grid point was already com
 grid ran but some of its points failed (each failure is an ``error: grid point ...`` line on stderr
 and is recorded in ``grid_status.json``; the other points still ran); 2 on a config or input error
 before anything ran (a bad key in ``sweep:`` included), with one ``error: ...`` line on stderr
-naming the key or file and the fix.
+naming the key or file and the fix, and likewise when the machine refuses (a full disk, a file size
+limit, a read-only file system, memory exhausted) or another process holds the run directory or
+grid; 130 when interrupted (Ctrl-C), with one line saying how to continue.
 """
 
 from __future__ import annotations
@@ -26,13 +29,18 @@ import argparse
 import sys
 
 from utils.config import load_config
-from utils.errors import UserInputError
+from utils.errors import INTERRUPTED, INTERRUPTED_REPORT, UserInputError, describe_fault
 from utils.sweep import describe, load_grid, ray_executor, run_grid, stacked_executor
 
 # The headline numbers printed at the end of a run (all of them are in summary.json).
 HEADLINE = ("test/accuracy", "test/accuracy/group=minority", "test/accuracy/group=majority",
             "test/dp_gap", "test/eo_gap", "test/eodds_gap", "privacy/epsilon", "privacy/delta",
             "time/wall_s")
+
+
+BACKEND_NEEDS_GRID = ("--backend ray: {params} is one experiment, not a grid; Ray runs a grid's "
+                      "points as tasks, and a single run would quietly run here instead. Add a "
+                      "sweep: section, or leave out --backend ray.")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,7 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--params", metavar="FILE", help="experiment or grid YAML file")
     source.add_argument("--report", metavar="RUNS_DIR",
-                        help="write report.md, report.csv and figures for the runs in RUNS_DIR")
+                        help="write report.md, report.csv and figures for the runs in RUNS_DIR "
+                             "(and put them in wandb and TensorBoard where the runs log)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a dotted config key (of every grid point); VALUE is YAML "
                              "(repeatable)")
@@ -87,10 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.report is not None:
             # Imported here so that a run never loads matplotlib.
+            from utils.dashboards import publish_report
             from utils.report import write_report
 
-            for path in write_report(args.report):
+            written = write_report(args.report)
+            for path in written:
                 print(f"wrote {path}")
+            # The report where researchers look too: TensorBoard's grid log, wandb's report run.
+            for line in publish_report(args.report, written):
+                print(line)
             return 0
         grid = load_grid(args.params, args.overrides)
         if grid is not None and args.dry_run:
@@ -104,11 +118,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"grid {grid.name}: {len(grid.points) - len(failed)} of {len(grid.points)} points "
                   f"complete, {len(failed)} failed; status in {grid.directory}/grid_status.json; "
                   f"report: python running.py --report {grid.directory}")
+            # The grid in the dashboards: with wandb on, its report and report run; else its
+            # TensorBoard HParams experiment (utils/dashboards.py). matplotlib only loads for a report.
+            from utils.dashboards import publish_grid
+
+            for line in publish_grid(grid.directory, grid.keys):
+                print(line)
             return 1 if failed else 0
         if args.stack is not None:
             raise UserInputError(f"--stack {args.stack}: {args.params} is one experiment, not a "
                                  f"grid; --stack trains a grid's points together (add a sweep: "
                                  f"section, or leave out --stack).")
+        if args.backend == "ray":
+            raise UserInputError(BACKEND_NEEDS_GRID.format(params=args.params))
         config = load_config(args.params, args.overrides)
         # Imported here so that `--help` and YAML errors answer without loading torch (a config
         # check of a registered name imports its registry, and so torch).
@@ -120,6 +142,15 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(config, overwrite=args.overwrite)
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {INTERRUPTED_REPORT if args.report else INTERRUPTED}", file=sys.stderr)
+        return 130
+    except (OSError, MemoryError, RuntimeError) as error:
+        message = describe_fault(error)
+        if message is None:  # a bug: its traceback is the report
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     where = run_directory(config)
     if summary.get("skipped"):

@@ -43,6 +43,8 @@ class DataBundle:
             training pool before resampling and never resampled; like the test set it is treated
             as public (model selection, repair methods). Empty arrays (0 rows, shaped and typed
             like the training arrays) when there is none; None is read as empty.
+        preprocessing: what was applied to the features and where its parameters come from,
+            the content of the run's preprocessing.json (:func:`dataset.preprocessing.document`).
     """
 
     x_train: np.ndarray
@@ -58,6 +60,7 @@ class DataBundle:
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
     minority_val: np.ndarray | None = None
+    preprocessing: dict[str, Any] | None = None
 
     def __post_init__(self):
         # No validation split: empty arrays with the training arrays' trailing shape and dtypes,

@@ -62,8 +62,9 @@ from PIL import Image
 from dataset import DATASETS
 from dataset.base import DataBundle
 from dataset.imbalance import resample_to_share, validation_counts, validation_info, validation_split
+from dataset.preprocessing import column_record, document
 from utils.config import ExperimentConfig
-from utils.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError, warn_user
 from utils.progress import progress
 from utils.registry import Registry
 from utils.seeding import numpy_generator
@@ -759,6 +760,10 @@ def load_image_cache(
     the array is writable in memory (so torch can wrap it without a read-only warning), but nothing
     is ever written back to the file.
 
+    Each cache has its SHA-256 beside it (``{name}.sha256``, written when it is built). A cache
+    whose content no longer matches (a flipped byte on disk, a file edited or swapped), or that has
+    no checksum (made before checksums existed), is built again with a warning, never read as it is.
+
     Pre-processing (identical on every backend up to the JPEG decoder's rounding): the central
     178×178 square of the 178×218 image, resized to ``size`` with an antialiased bilinear filter.
     On CUDA the JPEGs are decoded in batches on the GPU (nvJPEG, through TorchCodec's
@@ -797,9 +802,11 @@ def load_image_cache(
     shape = (len(filenames), 3, size, size)
     if path.is_file():
         images = _open_cache(path, shape)
-        if images is not None:
+        problem = (f"not a {shape} uint8 array" if images is None else _checksum_problem(path))
+        if problem is None:
             return ImageCache(images, path, built=False, seconds=0.0)
-        warnings.warn(f"{path}: not a {shape} uint8 array; building it again.", stacklevel=2)
+        del images  # the memory map, before the file is replaced
+        warn_user(f"{path}: {problem}; {CACHE_REBUILT}.")
 
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -828,6 +835,9 @@ def load_image_cache(
         # data that never reached the disk, a cache that would be trusted and wrong.
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
+        # The checksum first: whatever moment this stops at, the file under the final name and
+        # the checksum beside it agree only when both are this build's.
+        _write_checksum(path, _sha256_of(temporary))
         os.replace(temporary, path)
     except BaseException:  # KeyboardInterrupt included: never leave a partial array behind
         temporary.unlink(missing_ok=True)
@@ -835,6 +845,44 @@ def load_image_cache(
     images = _open_cache(path, shape)
     assert images is not None, f"{path} was just written with shape {shape}"
     return ImageCache(images, path, built=True, seconds=time.perf_counter() - started)
+
+
+CHECKSUM_SUFFIX = ".sha256"
+CACHE_REBUILT = "building it again"
+CACHE_CHECKSUM_MISMATCH = "its content does not match the SHA-256 recorded when it was built"
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_checksum(path: Path, digest: str) -> None:
+    """``{path}.sha256``, written to a new temporary file and renamed into place."""
+    checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
+    temporary = checksum.with_name(f"{checksum.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        temporary.write_text(digest + "\n")
+        os.replace(temporary, checksum)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _checksum_problem(path: Path) -> str | None:
+    """Why the cache at ``path`` cannot be trusted (its checksum is missing, or the content no
+    longer matches it: a flipped byte, a file edited or swapped), or None. Reading the file once
+    costs about a second per GB, against minutes to decode the JPEGs again."""
+    try:
+        recorded = path.with_name(path.name + CHECKSUM_SUFFIX).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return f"no checksum ({path.name}{CHECKSUM_SUFFIX}) to verify it by"
+    if _sha256_of(path) != recorded:
+        return CACHE_CHECKSUM_MISMATCH
+    return None
 
 
 def _open_cache(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -1158,6 +1206,12 @@ def build_celeba(config: ExperimentConfig) -> DataBundle:
         x_val=cache.images[n_test:n_test + n_val],
         y_val=targets[split.val_rows],
         minority_val=minority[split.val_rows],
+        # Fixed constants, no statistic of the images: nothing to fit, nothing outside ε.
+        preprocessing=document("public", [column_record(
+            "pixels", f"centre crop 178x178, resize to {data.image_size}x{data.image_size} "
+            "(cached as uint8); per batch x / 127.5 - 1, training batches flipped left-right "
+            "with probability 1/2", {"crop": 178, "size": data.image_size, "mean": 0.5, "std": 0.5},
+            "public", "constants of this loader (celeba_transform)")]),
     )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from dataset import DATASETS
 from dataset.base import DataBundle
 from dataset.imbalance import resample_to_share, validation_info, validation_split
+from dataset.preprocessing import column_record, document
 
 POOL_SIZE = 6000
 TEST_SIZE = 2000
@@ -53,4 +54,7 @@ def build_synthetic(config) -> DataBundle:
               **validation_info(y_pool[val], minority_pool[val], config.data.val_fraction,
                                 "val_fraction" if len(val) else None)},
         x_val=x_pool[val], y_val=y_pool[val], minority_val=minority_pool[val],
+        preprocessing=document("none", [column_record(
+            "x0 ... group=minority", "none: features drawn standard normal (the last is the group "
+            "flag)", None, "public", "dataset.synthetic: a fixed generated population")]),
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
+import os
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,18 @@ import numpy as np
 from dataset import DATASETS
 from dataset.base import DataBundle
 from dataset.imbalance import resample_to_share, validation_info, validation_split
-from utils.errors import ConfigError, DataError
+from dataset.preprocessing import (
+    FITTED,
+    PUBLIC,
+    PublicCategories,
+    PublicRange,
+    column_record,
+    document,
+    one_hot_record,
+    resolved_mode,
+    standardized_record,
+)
+from utils.errors import ConfigError, DataError, file_problem
 from utils.registry import Registry
 from utils.seeding import numpy_generator
 
@@ -47,6 +59,12 @@ class TabularPool:
         info: facts worth logging: file provenance, rows read and dropped per split, group counts.
         x_val, y_val, minority_val: a validation set that the source's protocol fixes itself
             (Adult's RUNNER protocol), or None: then ``data.val_fraction`` draws one from the pool.
+        public_ranges: per numeric column (in ``numeric_columns`` order) its public bounds
+            (:class:`dataset.preprocessing.PublicRange`), which ``preprocessing: public`` maps
+            it with; empty when the loader encoded nothing numeric.
+        encoding: preprocessing.json's entries of the columns the loader encoded itself (one-hot
+            columns, RUNNER's bins), with their sources.
+        preprocessing: the mode the loader encoded with, "public" or "fitted".
     """
 
     x_pool: np.ndarray
@@ -61,6 +79,9 @@ class TabularPool:
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
     minority_val: np.ndarray | None = None
+    public_ranges: tuple[PublicRange, ...] = ()
+    encoding: tuple[dict[str, Any], ...] = ()
+    preprocessing: str = FITTED
 
     def __post_init__(self):
         splits = [("pool", self.x_pool), ("test", self.x_test)]
@@ -78,21 +99,23 @@ def build_tabular_bundle(
     pool: TabularPool, *, minority_share: float | None, train_size: int | None, seed: int,
     val_fraction: float = 0.0,
 ) -> DataBundle:
-    """Hold out a validation set, resample the rest to the minority share, standardize.
+    """Hold out a validation set, resample the rest to the minority share, scale the numbers.
 
     With ``val_fraction`` > 0 the validation set is :func:`dataset.imbalance.validation_split` of
     the pool (stratified by group and label, its own random stream), drawn first; a pool that
     brings its own validation set (``pool.x_val``, a protocol's) uses that one instead. The
     training set is :func:`dataset.imbalance.resample_to_share` of the rest of the pool (see there
-    for the counts and the nesting across shares). The numeric columns are then centred and
-    scaled with the mean and standard deviation (ddof 0) of the *selected* training rows, and the
-    validation and test sets with the same statistics: neither must shape the features, and the
-    pool rows left out are not part of this experiment's training data either. A numeric column
-    that is constant in the training set keeps scale 1, so it becomes all zeros rather than NaN.
+    for the counts and the nesting across shares). The numeric columns are then scaled as the
+    pool's ``preprocessing`` says (:mod:`dataset.preprocessing`):
 
-    Under DP these two statistics per column are computed from the private training data without
-    noise and are not counted in ε; this follows common practice for tabular DP benchmarks, and the
-    leak is bounded to a handful of aggregate numbers, but it is not covered by the guarantee.
+    - public: each clipped to its public bounds and mapped to [-1, 1]
+      (:meth:`dataset.preprocessing.PublicRange.scale`), row by row, reading no other row;
+    - fitted: centred and scaled with the mean and standard deviation (ddof 0) of the *selected*
+      training rows, and the validation and test sets with the same statistics: neither must shape
+      the features, and the pool rows left out are not part of this experiment's training data
+      either. A numeric column that is constant in the training set keeps scale 1, so it becomes
+      all zeros rather than NaN. Under DP these statistics are computed from the private training
+      data without noise and are not covered by ε (the run says so).
 
     Args:
         pool: the source's encoded data.
@@ -105,7 +128,7 @@ def build_tabular_bundle(
     Returns:
         A DataBundle with float32 features, ``input_shape`` ``(n_features,)`` and no transform;
         ``info`` holds the pool's facts, its per-group counts, the validation set's and the
-        resampling outcome.
+        resampling outcome; ``preprocessing`` the content of preprocessing.json.
     """
     if pool.x_val is not None:
         if val_fraction:
@@ -132,14 +155,25 @@ def build_tabular_bundle(
     x_test = pool.x_test.copy()
 
     numeric = list(pool.numeric_columns)
-    # Statistics in float64: capital-gain reaches 99,999 and a float32 sum over 30k rows loses digits.
-    values = x_train[:, numeric].astype(np.float64)
-    mean = values.mean(axis=0)
-    std = values.std(axis=0)
-    std[std == 0] = 1.0
-    x_train[:, numeric] = ((values - mean) / std).astype(np.float32)
-    x_test[:, numeric] = ((x_test[:, numeric].astype(np.float64) - mean) / std).astype(np.float32)
-    x_val[:, numeric] = ((x_val[:, numeric].astype(np.float64) - mean) / std).astype(np.float32)
+    numeric_records = []
+    if pool.preprocessing == PUBLIC:
+        if len(pool.public_ranges) != len(numeric):
+            raise ValueError("preprocessing: public needs a public range for every numeric column")
+        for column, bounds in zip(numeric, pool.public_ranges):
+            for x in (x_train, x_test, x_val):
+                x[:, column] = bounds.scale(x[:, column]).astype(np.float32)
+            numeric_records.append(bounds.record(pool.feature_names[column]))
+    else:
+        # Statistics in float64: capital-gain reaches 99,999 and a float32 sum over 30k rows loses digits.
+        values = x_train[:, numeric].astype(np.float64)
+        mean = values.mean(axis=0)
+        std = values.std(axis=0)
+        std[std == 0] = 1.0
+        x_train[:, numeric] = ((values - mean) / std).astype(np.float32)
+        x_test[:, numeric] = ((x_test[:, numeric].astype(np.float64) - mean) / std).astype(np.float32)
+        x_val[:, numeric] = ((x_val[:, numeric].astype(np.float64) - mean) / std).astype(np.float32)
+        numeric_records = [standardized_record(pool.feature_names[column], m, sd)
+                           for column, m, sd in zip(numeric, mean, std)]
 
     n_min = int(np.count_nonzero(minority_train))
     info = dict(pool.info)
@@ -151,7 +185,7 @@ def build_tabular_bundle(
             "train_positive_rate/group=minority": _rate(y_train[minority_train]),
             "train_positive_rate/group=majority": _rate(y_train[~minority_train]),
             "feature_names": list(pool.feature_names),
-            "standardized_features": [pool.feature_names[i] for i in numeric],
+            "numeric_features": [pool.feature_names[i] for i in numeric],
             **validation_info(y_val, minority_val, val_fraction, val_source),
         }
     )
@@ -168,6 +202,8 @@ def build_tabular_bundle(
         x_val=x_val,
         y_val=y_val,
         minority_val=minority_val,
+        preprocessing=document(pool.preprocessing, [*numeric_records, *pool.encoding],
+                               dropped_columns=list(pool.info.get("dropped_columns", []))),
     )
 
 
@@ -195,20 +231,69 @@ ADULT_NUMERIC = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss
 ADULT_DROPPED = ("fnlwgt",)
 ADULT_PROTECTED = ("race", "sex")
 MISSING = "?"
+
+# Public preprocessing (dataset.preprocessing; data.preprocessing: public): bounds and categories
+# that no row of the data set chose, with their sources; the same table is in
+# dataset/data/adult/README.md. adult.names (on the UCI page) lists every category of every
+# categorical column, and its extraction rule ((AAGE>16) && (AGI>100) && (AFNLWGT>1) && (HRSWK>0))
+# gives the lower bounds of age and hours-per-week; it gives no upper bound, so those are
+# assumptions fixed from the fields' widths in the 1994 Current Population Survey (two digits for
+# age and hours, five for dollar amounts). The two capital amounts are mapped on the log1p scale:
+# nine in ten are 0, the rest span four orders of magnitude.
+ADULT_NAMES = "adult.names (UCI Adult's description file)"
+_ASSUMED_TWO_DIGITS = "assumed: a two-digit field, at most 99"
+_ASSUMED_FIVE_DIGITS = "assumed: a non-negative five-digit dollar amount, at most 99,999"
+ADULT_PUBLIC_RANGES: dict[str, PublicRange] = {
+    "age": PublicRange(17, 99, source=f"low: {ADULT_NAMES}, extraction rule AAGE>16; high: "
+                                      f"{_ASSUMED_TWO_DIGITS}"),
+    "education-num": PublicRange(1, 16, source=f"{ADULT_NAMES}: the code of one of its 16 "
+                                               "education levels, 1 (Preschool) to 16 (Doctorate)"),
+    "capital-gain": PublicRange(0, 99_999, log=True, source=_ASSUMED_FIVE_DIGITS),
+    "capital-loss": PublicRange(0, 99_999, log=True, source=_ASSUMED_FIVE_DIGITS),
+    "hours-per-week": PublicRange(1, 99, source=f"low: {ADULT_NAMES}, extraction rule HRSWK>0; "
+                                                f"high: {_ASSUMED_TWO_DIGITS}"),
+}
+ADULT_CATEGORIES: dict[str, PublicCategories] = {name: PublicCategories(tuple(values), ADULT_NAMES)
+                                                 for name, values in {
+    "workclass": ("Private", "Self-emp-not-inc", "Self-emp-inc", "Federal-gov", "Local-gov",
+                  "State-gov", "Without-pay", "Never-worked"),
+    "education": ("Bachelors", "Some-college", "11th", "HS-grad", "Prof-school", "Assoc-acdm",
+                  "Assoc-voc", "9th", "7th-8th", "12th", "Masters", "1st-4th", "10th", "Doctorate",
+                  "5th-6th", "Preschool"),
+    "marital-status": ("Married-civ-spouse", "Divorced", "Never-married", "Separated", "Widowed",
+                       "Married-spouse-absent", "Married-AF-spouse"),
+    "occupation": ("Tech-support", "Craft-repair", "Other-service", "Sales", "Exec-managerial",
+                   "Prof-specialty", "Handlers-cleaners", "Machine-op-inspct", "Adm-clerical",
+                   "Farming-fishing", "Transport-moving", "Priv-house-serv", "Protective-serv",
+                   "Armed-Forces"),
+    "relationship": ("Wife", "Own-child", "Husband", "Not-in-family", "Other-relative", "Unmarried"),
+    "race": ("White", "Asian-Pac-Islander", "Amer-Indian-Eskimo", "Other", "Black"),
+    "sex": ("Female", "Male"),
+    "native-country": (
+        "United-States", "Cambodia", "England", "Puerto-Rico", "Canada", "Germany",
+        "Outlying-US(Guam-USVI-etc)", "India", "Japan", "Greece", "South", "China", "Cuba", "Iran",
+        "Honduras", "Philippines", "Italy", "Poland", "Jamaica", "Vietnam", "Mexico", "Portugal",
+        "Ireland", "France", "Dominican-Republic", "Laos", "Ecuador", "Taiwan", "Haiti", "Columbia",
+        "Hungary", "Guatemala", "Nicaragua", "Scotland", "Thailand", "Yugoslavia", "El-Salvador",
+        "Trinadad&Tobago", "Peru", "Hong", "Holand-Netherlands"),
+}.items()}
 # Message part for a numeric field that float() reads as NaN or infinity (tests import it).
 ADULT_NON_FINITE = "expected a finite number"
 
 
 @TABULAR_SOURCES.register("adult")
-def load_adult(root: str | Path | None, *, protected: str, minority_value: str) -> TabularPool:
+def load_adult(root: str | Path | None, *, protected: str, minority_value: str,
+               preprocessing: str = FITTED) -> TabularPool:
     """UCI Adult (census income, 1994) with its official train/test split.
 
     ``adult.data`` (32,561 rows) is the training pool and ``adult.test`` (16,281 rows) the test set.
     Rows with a missing value ("?", in workclass, occupation or native-country) are dropped from
     both splits alike, leaving 30,162 and 15,060; the counts go into ``info``. The label is 1 for
-    income >50K. Numeric features stay raw (the bundle builder standardizes them; ``fnlwgt`` is
-    dropped, see ``ADULT_DROPPED``); each categorical column is one-hot over the categories of the
-    training pool, so a category that occurs only in the test set encodes as all zeros.
+    income >50K. Numeric features stay raw (the bundle builder scales them; ``fnlwgt`` is
+    dropped, see ``ADULT_DROPPED``); each categorical column is one-hot over the categories of
+    adult.names (``preprocessing`` "public", :data:`ADULT_CATEGORIES`) or of the training pool
+    ("fitted"); a value outside them (a category that occurs only in the test set, when fitted)
+    encodes as all zeros.
 
     The protected column stays a feature: the study is about how much the model learns of a group
     it rarely sees, not about fairness through unawareness, and removing the column would not
@@ -222,6 +307,7 @@ def load_adult(root: str | Path | None, *, protected: str, minority_value: str) 
         protected: ``data.protected``, "sex" or "race".
         minority_value: ``data.minority_value``, a value of that column ("Female", "Black") or
             "non-X" for every value except X ("non-White").
+        preprocessing: "public" or "fitted" (:mod:`dataset.preprocessing`).
 
     Raises:
         DataError: a missing, corrupted or malformed file (naming the file and line).
@@ -238,6 +324,8 @@ def load_adult(root: str | Path | None, *, protected: str, minority_value: str) 
     kept = {}
     for split, (table, labels) in splits.items():
         complete = ~(table == MISSING).any(axis=1)
+        if not complete.any():
+            _refuse_all_missing(paths["adult.data" if split == "train" else "adult.test"], len(table))
         kept[split] = (table[complete], labels[complete])
         info[f"rows_read/{split}"] = len(table)
         info[f"rows_dropped_missing/{split}"] = int(np.count_nonzero(~complete))
@@ -253,9 +341,12 @@ def load_adult(root: str | Path | None, *, protected: str, minority_value: str) 
             f"({paths['adult.test']}), so no group metric could be computed; choose a larger group."
         )
 
-    features = _AdultEncoder(train)
-    x_pool, _ = features.encode(train)
+    public = preprocessing == PUBLIC
+    features = _AdultEncoder(train, ADULT_CATEGORIES if public else None)
+    x_pool, unseen_pool = features.encode(train)
     x_test, unseen = features.encode(test)
+    if public:  # a user's copy may spell a category otherwise; it then encodes as all zeros
+        info["pool_rows_unlisted_category"] = unseen_pool
     info["dropped_columns"] = list(ADULT_DROPPED)
     info["test_rows_unseen_category"] = unseen
     info["protected"] = protected
@@ -276,6 +367,11 @@ def load_adult(root: str | Path | None, *, protected: str, minority_value: str) 
         feature_names=features.names,
         numeric_columns=features.numeric_columns,
         info=info,
+        public_ranges=tuple(ADULT_PUBLIC_RANGES[ADULT_COLUMNS[j]] for j in features.numeric),
+        encoding=tuple(one_hot_record(ADULT_COLUMNS[j], values,
+                                      public=ADULT_CATEGORIES[ADULT_COLUMNS[j]] if public else None)
+                       for j, values in features.categories.items()),
+        preprocessing=preprocessing,
     )
 
 
@@ -296,9 +392,20 @@ RUNNER_MISSING_COLUMNS = ("native-country", "occupation")
 RUNNER_ROWS = 45_222  # complete rows of adult.data + adult.test
 
 
+# data.protocol: runner_released under public preprocessing (data.preprocessing: public, or auto
+# under privacy); tests import it.
+RELEASED_NOT_PUBLIC = (
+    "data.protocol: runner_released bins every column at the deciles of standardized age, statistics "
+    "of the private training rows, so it has no public form. Under privacy use data.protocol: runner "
+    "(public bin ranges), or set data.preprocessing: fitted, which epsilon does not cover.")
+
+
 def load_adult_runner(root: str | Path | None, *, protected: str, minority_value: str,
-                      seed: int) -> TabularPool:
-    """UCI Adult as the RUNNER paper's released code prepares it, with the binning done right.
+                      seed: int, encoding: str = "corrected",
+                      preprocessing: str = FITTED) -> TabularPool:
+    """UCI Adult as the RUNNER paper's released code prepares it, with the binning done right
+    (``encoding="corrected"``, ``data.protocol: runner``) or as released (``"released"``,
+    ``data.protocol: runner_released``).
 
     **Rows.** adult.data and adult.test together, less every row with a missing value: 45,222 of
     48,842 rows (the released code drops rows whose native-country or occupation is "?"; in the
@@ -333,11 +440,34 @@ def load_adult_runner(root: str | Path | None, *, protected: str, minority_value
     and 27 + 70 = 97 inputs on the UCI files (for seeds 0 to 19), not 120: the 23 columns
     missing are bins that the buggy edges create for the other four columns, most of them empty.
 
+    **The binning as released** (``encoding="released"``, :func:`_runner_bins_released`): the five
+    numeric columns standardized with the mean and (population) standard deviation of the training
+    part (training pool and validation rows, as the released code fits its StandardScaler before it
+    cuts the validation rows off), the deciles of standardized age over the training pool taken as
+    the edges of every column, each value binned by ``numpy.digitize`` (left-closed) clipped to bins
+    1..10, and 10 one-hot columns per column, empty ones included: 50 + 70 = 120 inputs, the
+    released code's count. The paper's numbers were made with these inputs, so this encoding is the
+    one to set beside them; the corrected one is the default because a bin scale borrowed from age
+    throws most of the other columns' information away (capital-gain, 0 for 92 % of the rows, lands
+    in one or two of age's bins). Both bin at statistics of the private rows (``preprocessing``
+    "fitted").
+
+    **Under public preprocessing** (``preprocessing`` "public", the default under privacy) no
+    edge or category is read off the rows: each numeric column gets 10 equal-width bins of its
+    public range (:data:`ADULT_PUBLIC_RANGES`, on the log1p scale for the capital amounts), empty
+    bins included (50 bin columns), and the categorical pairs are those of adult.names' categories
+    (:data:`ADULT_CATEGORIES`; workclass has 8 there, with Never-worked, whose rows all miss their
+    occupation), so 50 + 72 = 122 inputs whatever the rows. The released encoding has no public
+    form (its edges are deciles of standardized age) and is refused under public preprocessing.
+
     Args:
         root: as for :func:`load_adult`.
         protected: must be "sex".
         minority_value: "Female" or "Male".
         seed: the run's seed (the split).
+        encoding: "corrected" (97 inputs on the UCI files) or "released" (120).
+        preprocessing: "fitted" (bins and categories of the rows, as the released code) or
+            "public" (:mod:`dataset.preprocessing`; the corrected encoding only).
 
     Returns:
         A TabularPool whose pool is the training pool and which brings its validation set
@@ -346,11 +476,18 @@ def load_adult_runner(root: str | Path | None, *, protected: str, minority_value
     if protected != "sex":
         raise ConfigError(f"data.protected: got {protected!r}; data.protocol: runner protects sex (which is not "
                           "an input). Set data.protected: sex, or use data.protocol: official.")
+    if encoding not in RUNNER_BINNINGS:
+        raise ValueError(f"encoding must be one of {tuple(RUNNER_BINNINGS)}, not {encoding!r}")
+    if preprocessing == PUBLIC and encoding != "corrected":
+        raise ConfigError(RELEASED_NOT_PUBLIC)
     info, splits, paths = _read_adult_files(root)
     table = np.concatenate([splits["train"][0], splits["test"][0]])
     labels = np.concatenate([splits["train"][1], splits["test"][1]])
     complete = ~(table == MISSING).any(axis=1)
-    info.update({"protocol": "runner", "rows_read": len(table),
+    if not complete.any():
+        _refuse_all_missing(paths["adult.data"].parent, len(table))
+    info.update({"protocol": "runner" if encoding == "corrected" else "runner_released",
+                 "runner_encoding": encoding, "rows_read": len(table),
                  "rows_dropped_missing": int(np.count_nonzero(~complete)),
                  "rows": int(np.count_nonzero(complete))})
     table, labels = table[complete], labels[complete]
@@ -365,18 +502,24 @@ def load_adult_runner(root: str | Path | None, *, protected: str, minority_value
                             f"in {paths['adult.data'].parent} is too small for this protocol.")
 
     column = {name: ADULT_COLUMNS.index(name) for name in ADULT_COLUMNS}
-    blocks, names, edges_info = [], [], {}
-    for name in RUNNER_NUMERIC:
-        values = table[:, column[name]].astype(np.float64)
-        edges = np.quantile(values[rows["train"]], np.linspace(0.0, 1.0, RUNNER_BINS + 1))
-        inner = np.unique(edges[1:-1])
-        code = np.searchsorted(inner, values, side="left")  # right-closed bins (e_i, e_i+1]
-        blocks.append(np.eye(len(inner) + 1, dtype=np.float32)[code])
-        names += _bin_names(name, inner)
-        edges_info[name] = [float(e) for e in inner]
+    public = preprocessing == PUBLIC
+    numeric = {name: table[:, column[name]].astype(np.float64) for name in RUNNER_NUMERIC}
+    if public:
+        blocks, names, bins_info, encoding_records = _runner_bins_public(numeric)
+    else:
+        blocks, names, bins_info, encoding_records = RUNNER_BINNINGS[encoding](numeric, rows)
     race = table[:, column["race"]]
+    categories = {name: ADULT_CATEGORIES[name].sorted() if public else np.unique(table[:, column[name]])
+                  for name in RUNNER_CATEGORICAL}
     dummies = [(name, value, table[:, column[name]] == value)
-               for name in RUNNER_CATEGORICAL for value in np.unique(table[:, column[name]])]
+               for name in RUNNER_CATEGORICAL for value in categories[name]]
+    encoding_records += [column_record(name, "a pair (col!=v, col=v) per category",
+                               {"categories": categories[name].tolist()},
+                               PUBLIC if public else FITTED,
+                               ADULT_NAMES if public else "the categories of every row of both files")
+                 for name in RUNNER_CATEGORICAL]
+    encoding_records.append(column_record("race", "a pair (race!=White, race=White)", None, PUBLIC,
+                                  "the released code's race_White dummy"))
     dummies.append(("race", RUNNER_RACE_VALUE, race == RUNNER_RACE_VALUE))
     for name, value, hit in dummies:
         blocks.append(np.stack([~hit, hit], axis=1).astype(np.float32))
@@ -391,8 +534,7 @@ def load_adult_runner(root: str | Path | None, *, protected: str, minority_value
                  "the first rows, as many as the test set's, validate",
         "test_rows_md5": hashlib.md5(",".join(map(str, rows["test"])).encode()).hexdigest(),
         "dropped_columns": list(RUNNER_DROPPED),
-        "runner_bins": {name: len(edges) + 1 for name, edges in edges_info.items()},
-        "runner_bin_edges": edges_info,
+        **bins_info,
         "input_count": x.shape[1],
         "train_rows_categories_unseen": int(sum(not hit[rows["train"]].any() for _, _, hit in dummies)),
     })
@@ -408,7 +550,75 @@ def load_adult_runner(root: str | Path | None, *, protected: str, minority_value
         x_test=x[rows["test"]], y_test=labels[rows["test"]], minority_test=minority[rows["test"]],
         feature_names=tuple(names), numeric_columns=(), info=info,
         x_val=x[rows["val"]], y_val=labels[rows["val"]], minority_val=minority[rows["val"]],
+        encoding=tuple(encoding_records), preprocessing=preprocessing,
     )
+
+
+def _runner_bins_public(numeric: dict[str, np.ndarray]):
+    """Each numeric column in 10 equal-width bins of its public range (:data:`ADULT_PUBLIC_RANGES`),
+    empty bins included: (one-hot blocks, column names, info entries, preprocessing records)."""
+    blocks, names, edges_info, records = [], [], {}, []
+    for name, values in numeric.items():
+        inner = ADULT_PUBLIC_RANGES[name].bin_edges(RUNNER_BINS)
+        code = np.searchsorted(inner, values, side="left")  # right-closed bins (e_i, e_i+1]
+        blocks.append(np.eye(len(inner) + 1, dtype=np.float32)[code])
+        names += _bin_names(name, inner)
+        edges_info[name] = [float(e) for e in inner]
+        records.append(column_record(
+            name, "one-hot of right-closed bins between the edges", {"edges": inner.tolist()},
+            PUBLIC, f"{RUNNER_BINS} equal-width bins of the public range: "
+                    f"{ADULT_PUBLIC_RANGES[name].source}"))
+    return blocks, names, {"runner_bins": {name: len(e) + 1 for name, e in edges_info.items()},
+                           "runner_bin_edges": edges_info}, records
+
+
+def _runner_bins_corrected(numeric: dict[str, np.ndarray], rows: dict[str, np.ndarray]):
+    """Each numeric column in its own right-closed decile bins of the training pool (the corrected
+    rule of :func:`load_adult_runner`): (one-hot blocks, column names, info entries, preprocessing
+    records)."""
+    blocks, names, edges_info, records = [], [], {}, []
+    for name, values in numeric.items():
+        edges = np.quantile(values[rows["train"]], np.linspace(0.0, 1.0, RUNNER_BINS + 1))
+        inner = np.unique(edges[1:-1])
+        code = np.searchsorted(inner, values, side="left")  # right-closed bins (e_i, e_i+1]
+        blocks.append(np.eye(len(inner) + 1, dtype=np.float32)[code])
+        names += _bin_names(name, inner)
+        edges_info[name] = [float(e) for e in inner]
+        records.append(column_record(name, "one-hot of right-closed bins between the edges",
+                                     {"edges": inner.tolist()}, FITTED,
+                                     "deciles of the training pool's values"))
+    return blocks, names, {"runner_bins": {name: len(e) + 1 for name, e in edges_info.items()},
+                           "runner_bin_edges": edges_info}, records
+
+
+def _runner_bins_released(numeric: dict[str, np.ndarray], rows: dict[str, np.ndarray]):
+    """The released code's binning (:func:`load_adult_runner`, "as released"): every standardized
+    numeric column cut at the deciles of standardized age, 10 one-hot columns each, empty or not."""
+    fitted = np.concatenate([rows["train"], rows["val"]])  # the released StandardScaler's rows
+    moments = {name: (float(values[fitted].mean()), float(values[fitted].std()))
+               for name, values in numeric.items()}
+    standardized = {name: (values - moments[name][0]) / moments[name][1]
+                    for name, values in numeric.items()}
+    edges = np.quantile(standardized["age"][rows["train"]], np.linspace(0.0, 1.0, RUNNER_BINS + 1))
+    blocks, names, filled, records = [], [], {}, []
+    for name, values in standardized.items():
+        code = np.clip(np.digitize(values, edges), 1, RUNNER_BINS) - 1
+        blocks.append(np.eye(RUNNER_BINS, dtype=np.float32)[code])
+        names += [f"{name}:age_bin={b}" for b in range(RUNNER_BINS)]
+        filled[name] = int(np.unique(code[rows["train"]]).size)
+        records.append(column_record(
+            name, "standardized, then one-hot of numpy.digitize at the edges, clipped to bins 1..10",
+            {"mean": moments[name][0], "std": moments[name][1], "edges": edges.tolist()}, FITTED,
+            "the released code: mean and std of the training part, edges the deciles of "
+            "standardized age over the training pool"))
+    return blocks, names, {"runner_bins": {name: RUNNER_BINS for name in numeric},
+                           "runner_bins_filled": filled,
+                           "runner_age_edges_standardized": [float(e) for e in edges]}, records
+
+
+# The numeric-column binnings of data.protocol: runner (corrected) and runner_released, fitted on
+# the training rows; the public one is _runner_bins_public.
+RUNNER_BINNINGS = {"corrected": _runner_bins_corrected, "released": _runner_bins_released}
 
 
 def runner_split(n: int, seed: int) -> dict[str, np.ndarray]:
@@ -493,6 +703,9 @@ def _find_user_file(directory: Path, name: str) -> Path:
     for candidate in (directory / name, directory / f"{name}.gz"):
         if candidate.is_file():
             return candidate
+        if os.path.lexists(candidate) and (problem := file_problem(candidate)) != "does not exist":
+            raise DataError(f"{candidate}: {problem}; put the UCI Adult file {name} there, or set "
+                            f"data.root: null to use the copy shipped with this repository.")
     raise DataError(
         f"{directory / name}: file not found (nor {name}.gz) in data.root {str(directory)!r}. UCI Adult is "
         f"published by the UCI Machine Learning Repository at {ADULT_URL}; put adult.data and adult.test "
@@ -560,6 +773,17 @@ def _parse_adult(raw: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array(rows, dtype=str), np.array(labels, dtype=np.int64)
 
 
+ADULT_ALL_MISSING = "every row has a missing value"
+
+
+def _refuse_all_missing(where: Path, rows: int) -> None:
+    # Otherwise the empty table reaches the minority rule, which lists the values that occur in
+    # it: "use one of ." with nothing to choose from.
+    raise DataError(f"{where}: {ADULT_ALL_MISSING} ({MISSING!r}) in its {rows:,} rows, so none is "
+                    f"left once such rows are dropped. Use a copy of UCI Adult with complete rows, "
+                    f"or data.root: null for the copy shipped with this repository.")
+
+
 def _minority_rule(train: np.ndarray, protected: str, minority_value: str) -> Callable[[np.ndarray], np.ndarray]:
     """A function of a string table giving the minority mask of its rows, from the two config values.
 
@@ -583,17 +807,20 @@ def _minority_rule(train: np.ndarray, protected: str, minority_value: str) -> Ca
 
 
 class _AdultEncoder:
-    """Numeric columns raw, categorical ones one-hot over the categories seen in the training pool.
+    """Numeric columns raw, categorical ones one-hot over the documented categories (``public``,
+    column name -> :class:`~dataset.preprocessing.PublicCategories`) or, without them, over the
+    categories seen in the training pool.
 
-    Fitting on the training pool alone fixes one column layout for both splits; a test value never
-    seen in training has no column and encodes as all zeros.
+    Either fixes one column layout for both splits; a value outside the categories (a test value
+    never seen in training, when fitted) has no column and encodes as all zeros.
     """
 
-    def __init__(self, train: np.ndarray):
+    def __init__(self, train: np.ndarray, public: dict[str, PublicCategories] | None = None):
         self.numeric = [ADULT_COLUMNS.index(c) for c in ADULT_NUMERIC if c not in ADULT_DROPPED]
         categorical = [j for j, c in enumerate(ADULT_COLUMNS[:-1]) if c not in ADULT_NUMERIC and c not in ADULT_DROPPED]
-        # np.unique sorts, which fixes the column order independently of the row order.
-        self.categories = {j: np.unique(train[:, j]) for j in categorical}
+        # Sorted (np.unique sorts), which fixes the column order independently of the row order.
+        self.categories = {j: public[ADULT_COLUMNS[j]].sorted() if public is not None
+                           else np.unique(train[:, j]) for j in categorical}
         names = [ADULT_COLUMNS[j] for j in self.numeric]
         self.offsets: dict[int, int] = {}
         for j, values in self.categories.items():
@@ -634,16 +861,25 @@ def _register_tabular_dataset(name: str) -> None:
         if data.target != TABULAR_TARGETS[name]:
             raise ConfigError(f"data.target: got {data.target!r}; data set {name!r} predicts "
                               f"{TABULAR_TARGETS[name]!r} only.")
-        if data.protocol == "runner":  # DataConfig allows it for Adult alone
+        preprocessing = resolved_mode(config)
+        if data.runner_protocol:  # DataConfig allows them for Adult alone
+            encoding = "released" if data.protocol == "runner_released" else "corrected"
             pool = load_adult_runner(data.root, protected=data.protected,
-                                     minority_value=data.minority_value, seed=config.seed)
+                                     minority_value=data.minority_value, seed=config.seed,
+                                     encoding=encoding, preprocessing=preprocessing)
         else:
             pool = TABULAR_SOURCES.get(name)(data.root, protected=data.protected,
-                                             minority_value=data.minority_value)
+                                             minority_value=data.minority_value,
+                                             preprocessing=preprocessing)
         return build_tabular_bundle(pool, minority_share=data.minority_share,
                                     train_size=data.train_size, seed=config.seed,
                                     val_fraction=data.val_fraction)
 
+    build.data_keys = TABULAR_DATA_KEYS
+
+
+# The DataConfig keys only the tabular data sets read (dataset.check_data_keys refuses them elsewhere).
+TABULAR_DATA_KEYS = ("preprocessing",)
 
 for _name in TABULAR_SOURCES:
     _register_tabular_dataset(_name)

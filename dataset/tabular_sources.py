@@ -40,6 +40,7 @@ import gzip
 import hashlib
 import io
 import math
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,8 +51,17 @@ import numpy as np
 
 from dataset import DATASETS
 from dataset.base import DataBundle
-from dataset.tabular import TABULAR_SOURCES, TabularPool, build_tabular_bundle
-from utils.errors import ConfigError, DataError
+from dataset.preprocessing import (
+    FITTED,
+    PUBLIC,
+    PublicCategories,
+    PublicRange,
+    PublicSchema,
+    one_hot_record,
+    resolved_mode,
+)
+from dataset.tabular import TABULAR_DATA_KEYS, TABULAR_SOURCES, TabularPool, build_tabular_bundle
+from utils.errors import ConfigError, DataError, file_problem
 from utils.seeding import numpy_generator
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -120,6 +130,8 @@ def _locate(root: str | Path | None, name: str, *, shipped_dir: Path | None, tit
     for candidate in (directory / name, directory / f"{name}.gz"):
         if candidate.is_file():
             return candidate, False
+        if os.path.lexists(candidate) and (problem := file_problem(candidate)) != "does not exist":
+            raise DataError(f"{candidate}: {problem}; put your copy of {name} there. {where}")
     raise DataError(f"{directory / name}: {FILE_NOT_FOUND} (nor {name}.gz) in data.root {str(directory)!r}. "
                     f"{where}")
 
@@ -248,12 +260,15 @@ def _check_protected(protected: str, allowed: Sequence[str], title: str) -> None
 
 
 class _Encoder:
-    """Numeric columns raw (the bundle builder standardizes them), categorical ones one-hot over the
-    values of the training pool, in sorted order; a test value unseen in training encodes as zeros."""
+    """Numeric columns raw (the bundle builder scales them), categorical ones one-hot, in sorted
+    order, over the documented categories (``public``) or, without them, the values of the
+    training pool; a value outside them (a test value unseen in training) encodes as zeros."""
 
-    def __init__(self, train: dict[str, np.ndarray], numeric: Sequence[str], categorical: Sequence[str]):
+    def __init__(self, train: dict[str, np.ndarray], numeric: Sequence[str], categorical: Sequence[str],
+                 public: PublicSchema | None = None):
         self.numeric = list(numeric)
-        self.categories = {name: np.unique(train[name]) for name in categorical}
+        self.categories = {name: public.categories[name].sorted() if public is not None
+                           else np.unique(train[name]) for name in categorical}
         names = list(self.numeric)
         for name, values in self.categories.items():
             names += [f"{name}={v}" for v in values]
@@ -283,14 +298,16 @@ def _rate(y: np.ndarray) -> float | None:
 
 def _assemble(table: dict[str, np.ndarray], labels: np.ndarray, minority: np.ndarray, is_test: np.ndarray,
               keep: np.ndarray, *, groups: np.ndarray, row_ids: np.ndarray, numeric: Sequence[str], categorical: Sequence[str],
-              info: dict[str, Any], protected: str, minority_value: Any, title: str, path: Path) -> TabularPool:
+              info: dict[str, Any], protected: str, minority_value: Any, title: str, path: Path,
+              schema: PublicSchema, preprocessing: str) -> TabularPool:
     """Encode the kept rows into a :class:`TabularPool` and record the counts every source reports.
 
     ``table`` maps a column to its values over all rows (numbers already as float arrays); only the
     ``numeric`` and ``categorical`` columns become features. ``keep`` says which rows take part in
     this configuration (COMPAS drops races it does not compare); ``groups`` holds each row's value
     of the protected attribute (German credit's age group, say), for ``info["minority_values"]``;
-    ``row_ids`` its 0-based data row in the file, for ``info["test_rows_md5"]``.
+    ``row_ids`` its 0-based data row in the file, for ``info["test_rows_md5"]``. ``schema`` is
+    the source's public preprocessing, used when ``preprocessing`` is "public".
     """
     train_rows = np.flatnonzero(keep & ~is_test)
     test_rows = np.flatnonzero(keep & is_test)
@@ -300,8 +317,11 @@ def _assemble(table: dict[str, np.ndarray], labels: np.ndarray, minority: np.nda
             which = "no" if not mask.any() else "only"
             raise ConfigError(f"data.minority_value: {minority_value!r} leaves {which} minority examples in the "
                               f"{split} of {title} ({path}), so the groups cannot be compared; choose another value.")
-    encoder = _Encoder({name: table[name][train_rows] for name in categorical}, numeric, categorical)
-    x_pool, _ = encoder.encode(table, train_rows)
+    public = schema if preprocessing == PUBLIC else None
+    encoder = _Encoder({name: table[name][train_rows] for name in categorical}, numeric, categorical, public)
+    x_pool, unseen_pool = encoder.encode(table, train_rows)
+    if public is not None:  # a user's copy may spell a category otherwise; it then encodes as all zeros
+        info["pool_rows_unlisted_category"] = unseen_pool
     x_test, unseen = encoder.encode(table, test_rows)
     y_pool, y_test = labels[train_rows], labels[test_rows]
 
@@ -326,7 +346,12 @@ def _assemble(table: dict[str, np.ndarray], labels: np.ndarray, minority: np.nda
         info[f"test_positive_rate/group={group}"] = _rate(y_test[test_mask])
     return TabularPool(x_pool=x_pool, y_pool=y_pool, minority_pool=minority_pool, x_test=x_test, y_test=y_test,
                        minority_test=minority_test, feature_names=encoder.names,
-                       numeric_columns=encoder.numeric_columns, info=info)
+                       numeric_columns=encoder.numeric_columns, info=info,
+                       public_ranges=tuple(schema.ranges[name] for name in numeric),
+                       encoding=tuple(one_hot_record(name, values, public=schema.categories[name]
+                                                     if public is not None else None)
+                                      for name, values in encoder.categories.items()),
+                       preprocessing=preprocessing)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -346,10 +371,30 @@ COMPAS_PROTECTED = ("race", "sex")
 # ProPublica compares these two races; a race run with one of them as minority_value keeps only them.
 COMPAS_RACE_PAIR = ("African-American", "Caucasian")
 COMPAS_SCREENING_WINDOW = 30  # days between the arrest and the COMPAS screening, either way
+# Public preprocessing (dataset.preprocessing), also in dataset/data/compas/README.md. The file's
+# documentation gives no numeric range: the bounds are assumptions from the columns' meaning, the
+# counts on the log1p scale (most are 0 or small, a few run into the tens). The categories are
+# the values ProPublica's analysis notebook (Compas Analysis.ipynb) publishes for each column.
+_PROPUBLICA = "ProPublica's analysis notebook (compas-analysis, Compas Analysis.ipynb)"
+_ASSUMED_COUNT = "assumed: a count of at most two digits"
+COMPAS_PUBLIC = PublicSchema(
+    ranges={"age": PublicRange(18, 99, source="assumed: adult defendants (the screening is of "
+                                              "people arrested as adults), at most two digits"),
+            **{name: PublicRange(0, 99, log=True, source=_ASSUMED_COUNT)
+               for name in ("priors_count", "juv_fel_count", "juv_misd_count", "juv_other_count")}},
+    categories={
+        "age_cat": PublicCategories(("Less than 25", "25 - 45", "Greater than 45"), _PROPUBLICA),
+        "sex": PublicCategories(("Male", "Female"), _PROPUBLICA),
+        "race": PublicCategories(("African-American", "Caucasian", "Hispanic", "Other", "Asian",
+                                  "Native American"), _PROPUBLICA),
+        "c_charge_degree": PublicCategories(("F", "M"), f"{_PROPUBLICA}: felony or misdemeanour "
+                                                        "(its filter drops the other code, O)"),
+    })
 
 
 @TABULAR_SOURCES.register("compas")
-def load_compas(root: str | Path | None, *, protected: str, minority_value: str) -> TabularPool:
+def load_compas(root: str | Path | None, *, protected: str, minority_value: str,
+                preprocessing: str = FITTED) -> TabularPool:
     """ProPublica's two-year recidivism data, filtered as in ProPublica's analysis.
 
     ``compas-scores-two-years.csv`` (7,214 defendants screened in Broward County, Florida, in 2013-2014)
@@ -443,7 +488,8 @@ def load_compas(root: str | Path | None, *, protected: str, minority_value: str)
     return _assemble(table, labels, minority, is_test, rows_kept, groups=values, row_ids=filtered,
                      numeric=COMPAS_NUMERIC,
                      categorical=COMPAS_CATEGORICAL, info=info, protected=protected,
-                     minority_value=minority_value, title=COMPAS.title, path=path)
+                     minority_value=minority_value, title=COMPAS.title, path=path,
+                     schema=COMPAS_PUBLIC, preprocessing=preprocessing)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -473,10 +519,39 @@ GERMAN_SEX = {"A91": "Male", "A92": "Female", "A93": "Male", "A94": "Male", "A95
 # Age groups of Kamiran & Calders (2009), the usual split of this data set: 25 or younger vs older.
 GERMAN_YOUNG_MAX_AGE = 25
 GERMAN_AGE_GROUPS = ("young", "non-young")
+# Public preprocessing (dataset.preprocessing), also in dataset/data/german/README.md. german.doc
+# lists every code of the 13 qualitative attributes (A47 and A95 included, which do not occur) and
+# no range of the 7 numerical ones: those bounds are assumptions from the attributes' meaning.
+_GERMAN_DOC = "german.doc (UCI Statlog German Credit's description file)"
+_ASSUMED_SMALL = "assumed: a small code or count, at most 10 (german.doc gives no range)"
+_GERMAN_CODES = {
+    "checking_account": 4, "credit_history": (0, 4), "purpose": (0, 10), "savings": 5,
+    "employment_since": 5, "personal_status_sex": 5, "other_debtors": 3, "property": 4,
+    "other_installment_plans": 3, "housing": 3, "job": 4, "telephone": 2, "foreign_worker": 2,
+}
+
+
+def _german_codes(name: str) -> tuple[str, ...]:
+    """german.doc's codes of attribute ``name``: A<attribute number><k>, k from 1 (or 0)."""
+    attribute = GERMAN_COLUMNS.index(name) + 1
+    spec = _GERMAN_CODES[name]
+    first, last = spec if isinstance(spec, tuple) else (1, spec)
+    return tuple(f"A{attribute}{k}" for k in range(first, last + 1))
+
+
+GERMAN_PUBLIC = PublicSchema(
+    ranges={"duration_months": PublicRange(1, 120, source="assumed: a loan of at most ten years"),
+            "credit_amount": PublicRange(0, 100_000, log=True,
+                                         source="assumed: at most 100,000 Deutsche Mark"),
+            "age": PublicRange(18, 99, source="assumed: adult applicants, at most two digits"),
+            **{name: PublicRange(0, 10, source=_ASSUMED_SMALL) for name in
+               ("installment_rate", "residence_since", "existing_credits", "people_liable")}},
+    categories={name: PublicCategories(_german_codes(name), _GERMAN_DOC) for name in _GERMAN_CODES})
 
 
 @TABULAR_SOURCES.register("german")
-def load_german(root: str | Path | None, *, protected: str, minority_value: str) -> TabularPool:
+def load_german(root: str | Path | None, *, protected: str, minority_value: str,
+                preprocessing: str = FITTED) -> TabularPool:
     """UCI Statlog German Credit: 1,000 loan applicants, 300 of them bad credit risks.
 
     ``german.data`` has 20 space-separated attributes and the class (1 good, 2 bad). The label is 1
@@ -551,7 +626,8 @@ def load_german(root: str | Path | None, *, protected: str, minority_value: str)
                             "young_max_age": GERMAN_YOUNG_MAX_AGE}
     return _assemble(table, labels, minority, is_test, np.ones(len(labels), dtype=bool), groups=groups,
                      row_ids=np.arange(len(labels)), numeric=GERMAN_NUMERIC, categorical=GERMAN_CATEGORICAL, info=info, protected=protected,
-                     minority_value=minority_value, title=GERMAN.title, path=path)
+                     minority_value=minority_value, title=GERMAN.title, path=path,
+                     schema=GERMAN_PUBLIC, preprocessing=preprocessing)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -581,10 +657,33 @@ LSAC_RACES = {"white": "White", "black": "Black", "hisp": "Hispanic", "asian": "
 LSAC_SEXES = {"gender": {"female": "Female", "male": "Male"}, "male": {"1": "Male", "0": "Female"}}
 # Missing-value spellings: empty (pandas' to_csv), NA (R), NaN/nan (other writers).
 LSAC_MISSING = ("", "na", "nan", "null")
+# Public preprocessing (dataset.preprocessing), also in README.md's Data section (the data is not
+# shipped). The LSAT score scale of the study's entering class of 1991 was 10 to 48; GPAs are on
+# the 4-point scale; zfygpa and zgpa are z-scores within the law school, clipped at 4 standard
+# deviations (an assumption); fam_inc is a quintile code, 1 to 5. Categories: the study's six law
+# school tiers, full-time (1) or part-time (2), and the sexes and races this loader maps to.
+_LSAC_STUDY = "the LSAC National Longitudinal Bar Passage Study (Wightman 1998)"
+LSAC_PUBLIC = PublicSchema(
+    ranges={"lsat": PublicRange(10, 48, source=f"{_LSAC_STUDY}: the LSAT's 10 to 48 score scale "
+                                               "of the 1991 entering class"),
+            "ugpa": PublicRange(0, 4, source="the 4-point grade point average scale"),
+            "zfygpa": PublicRange(-4, 4, source="assumed: a z-score within the school, clipped at "
+                                                "4 standard deviations"),
+            "zgpa": PublicRange(-4, 4, source="assumed: a z-score within the school, clipped at "
+                                              "4 standard deviations"),
+            "fam_inc": PublicRange(1, 5, source=f"{_LSAC_STUDY}: family income quintile, 1 to 5")},
+    categories={"fulltime": PublicCategories(("1", "2"), f"{_LSAC_STUDY}: 1 full-time, 2 part-time"),
+                "tier": PublicCategories(tuple(map(str, range(1, 7))),
+                                         f"{_LSAC_STUDY}: six law school tiers"),
+                "sex": PublicCategories(("Female", "Male"), "this loader's LSAC_SEXES"),
+                "race": PublicCategories(("White", "Black", "Hispanic", "Asian", "Other"),
+                                         "this loader's LSAC_RACES (race1's white, black, hisp, asian, "
+                                         "other)")})
 
 
 @TABULAR_SOURCES.register("lsac")
-def load_lsac(root: str | Path | None, *, protected: str, minority_value: str) -> TabularPool:
+def load_lsac(root: str | Path | None, *, protected: str, minority_value: str,
+              preprocessing: str = FITTED) -> TabularPool:
     """Bar passage of the LSAC National Longitudinal Bar Passage Study (Wightman 1998), the user's copy.
 
     Reads ``bar_pass_prediction.csv`` (plain or .gz) from ``data.root``, mapping known column names
@@ -682,7 +781,8 @@ def load_lsac(root: str | Path | None, *, protected: str, minority_value: str) -
     return _assemble(table, labels, minority, is_test, np.ones(n, dtype=bool), groups=values,
                      row_ids=np.array(row_ids), numeric=LSAC_NUMERIC,
                      categorical=(*LSAC_CATEGORICAL_CODES, "sex", "race"), info=info, protected=protected,
-                     minority_value=minority_value, title=LSAC.title, path=path)
+                     minority_value=minority_value, title=LSAC.title, path=path,
+                     schema=LSAC_PUBLIC, preprocessing=preprocessing)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -716,9 +816,12 @@ def _register(facts: SourceFacts) -> None:
         data = config.data
         check_target(facts, data.target)
         pool = TABULAR_SOURCES.get(facts.name)(data.root, protected=data.protected,
-                                               minority_value=data.minority_value)
+                                               minority_value=data.minority_value,
+                                               preprocessing=resolved_mode(config))
         return build_tabular_bundle(pool, minority_share=data.minority_share, train_size=data.train_size,
                                     seed=config.seed, val_fraction=data.val_fraction)
+
+    build.data_keys = TABULAR_DATA_KEYS
 
 
 for _facts in SOURCES.values():

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from utils.config import ModelConfig
-from utils.errors import ConfigError
+from utils.errors import ConfigError, file_problem
 from utils.registry import Registry
 
 MODELS: Registry = Registry("model", "model.name")
@@ -37,6 +37,7 @@ MODEL_TOO_LARGE = f"more than the limit of {MAX_MODEL_PARAMETERS:,}"
 WEIGHTS_NOT_A_STATE_DICT = "is not a state dict (a mapping of parameter names to tensors)"
 WEIGHTS_REFUSED = "torch.load(weights_only=True) refused it"
 WEIGHTS_UNREADABLE = "torch.load cannot read it"
+WEIGHTS_NOT_FINITE = "holds NaN or infinite values"
 _INT64_MAX = 2**63 - 1
 
 
@@ -88,8 +89,8 @@ def load_weights(model: nn.Module, path: str) -> None:
     torch's message advises retrying with ``weights_only=False``, i.e. running the pickle.
     """
     file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"model.weights: file {path!r} does not exist. Give a local state-dict "
+    if (problem := file_problem(file)) is not None:
+        raise ConfigError(f"model.weights: file {path!r} {problem}. Give a local state-dict "
                           f"file (weights are never downloaded) or null.")
     fix = "Give a file saved with torch.save(model.state_dict(), path) from the same model.name."
     try:
@@ -130,4 +131,12 @@ def load_weights(model: nn.Module, path: str) -> None:
             f"missing [{few(missing)}], unexpected [{few(unexpected)}], "
             f"wrong shape [{few(mismatched)}]. Use weights saved from the same model.name and width."
         )
+    # A model cannot start from NaN or infinity: the first scores would be non-finite, and the run
+    # would stop as "diverged" and blame training.lr for what is in the file.
+    bad = sorted(key for key, value in state.items()
+                 if value.is_floating_point() and not bool(torch.isfinite(value).all()))
+    if bad:
+        raise ConfigError(f"model.weights: {path!r} {WEIGHTS_NOT_FINITE} (in {', '.join(bad[:5])}"
+                          f"{' ...' if len(bad) > 5 else ''}); a model cannot start from them. "
+                          f"Give weights saved from a model that trained without diverging.")
     model.load_state_dict(state)

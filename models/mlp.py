@@ -15,9 +15,9 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 class MLP(nn.Module):
     """Fully connected network (ReLU, or tanh with ``model.activation``) with one output logit.
 
-    The RUNNER paper trains one hidden layer of 200 units on Adult; ``model.hidden`` sets any
-    depth; fair-dp trains 256-256 with tanh. ReLU is not in place, so Opacus' hooks see intact
-    activations.
+    RUNNER's released model has two hidden layers of 200 units (``configs/runner_*.yaml``); the
+    other Adult configs use one; ``model.hidden`` sets any depth; fair-dp trains 256-256 with tanh.
+    ReLU is not in place, so Opacus' hooks see intact activations.
     """
 
     def __init__(self, in_features: int, hidden: list[int], activation: str = "relu"):

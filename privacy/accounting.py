@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 from opacus.accountants import create_accountant
 from opacus.accountants.accountant import IAccountant
-from opacus.accountants.utils import get_noise_multiplier
+
+from utils.errors import ConfigError
 
 
 def make_accountant(name: str) -> IAccountant:
@@ -62,6 +63,19 @@ def effective_noise_multiplier(sigma: float, step_releases: Sequence[float] = ()
     return sum(value ** -2 for value in multipliers) ** -0.5
 
 
+SIGMA_FLOOR = 0.01
+"""The smallest noise multiplier the σ search considers. A target ε that σ = 0.01 already meets
+(ε in the thousands to millions for usual q and steps) puts no real bound on the noise: it is
+refused (:data:`TARGET_PUTS_NO_BOUND`) instead of searched for, since the search would chase σ
+towards 0 without end (``privacy.target_epsilon: 1e50`` never returned)."""
+MAX_SIGMA = 1e6
+MAX_SEARCH_STEPS = 200
+TARGET_PUTS_NO_BOUND = ("even σ = {floor} meets it (ε = {epsilon:.4g} there), so the target puts no "
+                        "real bound on the noise")
+TARGET_TOO_LARGE = ("privacy.target_epsilon: got {target:g}; {reason}. Give a target_epsilon below "
+                    "{epsilon:.4g}, or set privacy.noise_multiplier (and target_epsilon: null).")
+
+
 def noise_for_epsilon(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
                       accountant: str, releases: list[tuple[float, float, int]] = (),
                       step_releases: Sequence[float] = ()) -> float:
@@ -72,40 +86,48 @@ def noise_for_epsilon(*, target_epsilon: float, delta: float, sample_rate: float
     ``step_releases`` are the noise multipliers of releases every step makes on its sample (a
     clipping rule's, :mod:`privacy.clipping`): each step is then accounted at
     :func:`effective_noise_multiplier` of σ and them.
-    Raises ValueError when the releases alone spend the target.
+
+    Without releases the search is Opacus' ``get_noise_multiplier`` (the same σ to the last bit:
+    the same bracket from 20, doubled, then bisection), bounded: σ lies in [:data:`SIGMA_FLOOR`,
+    :data:`MAX_SIGMA`] and at most :data:`MAX_SEARCH_STEPS` bisection steps are taken.
+
+    Raises:
+        ValueError: the releases alone spend the target, or no σ up to :data:`MAX_SIGMA` meets it.
+        ConfigError: the target is met even at :data:`SIGMA_FLOOR` (:data:`TARGET_TOO_LARGE`).
     """
-    if not releases and not step_releases:
+    releases = list(releases)
+
+    def epsilon(sigma: float, by: str = accountant) -> float:
         with warnings.catch_warnings():
             # The search evaluates RDP at small σ candidates, where the best order is often the
-            # largest tried; each bound is still valid.
-            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-            return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
-                                              sample_rate=sample_rate, steps=steps,
-                                              accountant=accountant))
-    releases = list(releases)
-    # With infinite noise on the sum, what is left is the releases alone: the steps' at the
-    # releases' own σ_eff, and the one-off releases.
-    alone = list(releases)
-    if step_releases:
-        alone.append((effective_noise_multiplier(math.inf, step_releases), sample_rate, steps))
-    spent = epsilon_of_history(alone, delta=delta, accountant=accountant)
-    if spent >= target_epsilon:
-        raise ValueError(f"the auxiliary releases alone spend ε = {spent:.3g} of the target "
-                         f"{target_epsilon:g}")
+            # largest (or smallest) tried; each bound is still valid.
+            warnings.filterwarnings("ignore", message="Optimal order is the")
+            return epsilon_of_history(
+                [(effective_noise_multiplier(sigma, step_releases), sample_rate, steps), *releases],
+                delta=delta, accountant=by)
 
-    def epsilon(sigma: float) -> float:
-        return epsilon_of_history(
-            [(effective_noise_multiplier(sigma, step_releases), sample_rate, steps), *releases],
-            delta=delta, accountant=accountant)
+    if releases or step_releases:
+        # With infinite noise on the sum, what is left is the releases alone: the steps' at the
+        # releases' own σ_eff, and the one-off releases.
+        alone = list(releases)
+        if step_releases:
+            alone.append((effective_noise_multiplier(math.inf, step_releases), sample_rate, steps))
+        spent = epsilon_of_history(alone, delta=delta, accountant=accountant)
+        if spent >= target_epsilon:
+            raise ValueError(f"the auxiliary releases alone spend ε = {spent:.3g} of the target "
+                             f"{target_epsilon:g}")
+    check_target_bound(target_epsilon, epsilon)
+    if not releases and not step_releases:
+        return _opacus_search(target_epsilon, epsilon)
 
     # Bisection on the monotone ε(σ), as Opacus' get_noise_multiplier does for one mechanism:
     # stop with ε within 0.01 below the target, keeping the side that meets it.
     low, high = 0.0, 10.0
     while epsilon(high) > target_epsilon:
         high *= 2
-        if high > 1e6:
+        if high > MAX_SIGMA:
             raise ValueError(f"no noise multiplier up to 1e6 reaches ε = {target_epsilon:g}")
-    for _ in range(200):  # ε is continuous in σ: far fewer halvings reach the tolerance
+    for _ in range(MAX_SEARCH_STEPS):  # ε is continuous in σ: far fewer halvings reach the tolerance
         middle = (low + high) / 2
         value = epsilon(middle)
         if value > target_epsilon:
@@ -115,3 +137,51 @@ def noise_for_epsilon(*, target_epsilon: float, delta: float, sample_rate: float
             if target_epsilon - value <= 0.01:
                 break
     return high
+
+
+def check_target_bound(target_epsilon: float, epsilon) -> None:
+    """Refuse a target ε that :data:`SIGMA_FLOOR` already meets (``epsilon(σ, accountant)``: ε as a
+    function of σ), with :data:`TARGET_TOO_LARGE`.
+
+    Decided by RDP whatever the run's accountant: PRV's discretization at σ = 0.01 needs hundreds of
+    GiB, and RDP's ε is the larger bound, so a target RDP meets at the floor PRV meets too."""
+    at_floor = epsilon(SIGMA_FLOOR, "rdp")
+    if at_floor <= target_epsilon:
+        raise ConfigError(TARGET_TOO_LARGE.format(
+            target=target_epsilon, epsilon=at_floor,
+            reason=TARGET_PUTS_NO_BOUND.format(floor=SIGMA_FLOOR, epsilon=at_floor)))
+
+
+def check_target_epsilon(*, target_epsilon: float, delta: float, sample_rate: float,
+                         steps: int) -> None:
+    """:func:`check_target_bound` for one sampled-Gaussian mechanism (callers that leave the search
+    itself to Opacus, ``make_private_with_epsilon``)."""
+    def epsilon(sigma: float, by: str) -> float:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order is the")
+            return epsilon_after(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps,
+                                 delta=delta, accountant=by)
+
+    check_target_bound(target_epsilon, epsilon)
+
+
+def _opacus_search(target_epsilon: float, epsilon, tolerance: float = 0.01) -> float:
+    """Opacus' ``get_noise_multiplier`` search on ``epsilon`` (σ -> ε): the same candidates in the
+    same order, so the same σ; with the number of steps bounded."""
+    sigma_low, sigma_high = 0.0, 10.0
+    eps_high = math.inf
+    while eps_high > target_epsilon:
+        sigma_high *= 2
+        eps_high = epsilon(sigma_high)
+        if sigma_high > MAX_SIGMA:
+            raise ValueError(f"no noise multiplier up to {MAX_SIGMA:g} reaches ε = {target_epsilon:g}")
+    for _ in range(MAX_SEARCH_STEPS):
+        if target_epsilon - eps_high <= tolerance:
+            return sigma_high
+        sigma = (sigma_low + sigma_high) / 2
+        eps = epsilon(sigma)
+        if eps < target_epsilon:
+            sigma_high, eps_high = sigma, eps
+        else:
+            sigma_low = sigma
+    return sigma_high  # meets the target (ε ≤ target), if not to within the tolerance

@@ -31,7 +31,7 @@ from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processe
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from privacy.accounting import epsilon_of_history, noise_for_epsilon
+from privacy.accounting import check_target_epsilon, epsilon_of_history, noise_for_epsilon
 from privacy.clipping import NEEDS_FAST_ENGINE, Flat
 from privacy.noise import SecureRandom
 from privacy.releases import Release
@@ -120,30 +120,47 @@ class PrivateTraining:
 
 class IndexLoader(DataLoader):
     """Batches ``(indices,)`` of example indices in a random order (one ``randperm`` from the
-    generator per epoch, cut into batches of ``batch_size``, the last one shorter), or in order.
+    generator per pass, cut into batches of ``batch_size``, the last one shorter), or in order.
 
-    A DataLoader, so that the DP engines can read its dataset, length and generator (Opacus turns
-    it into a Poisson sampler with q = 1/len(loader)); iterating it skips DataLoader's machinery,
+    An epoch is one pass (``steps`` None), or ``steps`` batches (``training.steps_per_epoch``) cut
+    from as many fresh passes as they need: every epoch starts a new pass, so an epoch's batches
+    depend only on the generator's state at its start (what a checkpoint saves).
+
+    A DataLoader, so that the DP engines can read its dataset, generator and one pass's length
+    (:attr:`batches_per_pass`; Opacus' q is 1 / that); iterating it skips DataLoader's machinery,
     which fetched and collated every index one by one: a third of a small MLP's epoch.
     """
 
     def __init__(self, num_examples: int, batch_size: int, generator: torch.Generator | None,
-                 shuffle: bool):
+                 shuffle: bool, steps: int | None = None):
         super().__init__(TensorDataset(torch.arange(num_examples)), batch_size=batch_size,
                          shuffle=shuffle, generator=generator)
-        self.num_examples, self.shuffle = num_examples, shuffle
+        self.num_examples, self.shuffle, self.steps = num_examples, shuffle, steps
+        self.batches_per_pass = -(-num_examples // batch_size)
+
+    def __len__(self) -> int:
+        return self.batches_per_pass if self.steps is None else self.steps
+
+    def one_pass(self) -> IndexLoader:
+        """This loader with one pass an epoch (what Opacus derives q from)."""
+        return IndexLoader(self.num_examples, self.batch_size, self.generator, self.shuffle)
 
     def __iter__(self):
-        order = (torch.randperm(self.num_examples, generator=self.generator) if self.shuffle
-                 else torch.arange(self.num_examples))
-        for batch in order.split(self.batch_size):
-            yield (batch,)
+        produced = 0
+        while self.num_examples > 0:
+            order = (torch.randperm(self.num_examples, generator=self.generator) if self.shuffle
+                     else torch.arange(self.num_examples))
+            for batch in order.split(self.batch_size):
+                yield (batch,)
+                produced += 1
+                if produced == len(self):
+                    return
 
 
 def index_loader(num_examples: int, batch_size: int, generator: torch.Generator | None = None,
-                 shuffle: bool = True) -> IndexLoader:
+                 shuffle: bool = True, steps: int | None = None) -> IndexLoader:
     """Batches of example indices (:class:`IndexLoader`)."""
-    return IndexLoader(num_examples, batch_size, generator, shuffle)
+    return IndexLoader(num_examples, batch_size, generator, shuffle, steps)
 
 
 class SecurePoissonSampler:
@@ -197,12 +214,14 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
     """Wrap model, optimizer and index loader for DP-SGD as ``config`` says.
 
     With ``target_epsilon`` the smallest noise multiplier is chosen whose ε after ``epochs``
-    epochs, composed with ``releases``, is at most the target (by Opacus itself when there are no
-    releases); with ``noise_multiplier`` it is used as given.
+    epochs of ``len(loader)`` steps, composed with ``releases``, is at most the target (by Opacus
+    itself when there are no releases and an epoch is one pass); with ``noise_multiplier`` it is
+    used as given.
 
     Args:
         loader: the index loader (:func:`index_loader`); under Poisson sampling Opacus replaces it
-            by a Poisson sampler that inherits its generator, and q = 1 / len(loader).
+            by a Poisson sampler that inherits its generator, q = 1 / (batches of one pass), and
+            an epoch is ``len(loader)`` steps (``training.steps_per_epoch``, or one pass).
         noise_generator: the noise's own seeded generator, on the model's device (the run's
             ``dp_noise`` stream). Required unless ``config.secure_rng``; it must not be the
             loader's generator, nor seeded like it.
@@ -219,22 +238,28 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant=config.accountant, secure_mode=False)
-    # Opacus' own definition of q: one step per batch of the original loader.
-    sample_rate = 1.0 / len(loader)
+    # Opacus' own definition of q: one step per batch of one pass of the original loader. An
+    # epoch is len(loader) steps (one pass, or training.steps_per_epoch): Opacus is given a loader
+    # of one pass, from which it derives q, and the epoch's length is set on what it returns.
+    sample_rate = 1.0 / loader.batches_per_pass
+    steps_per_epoch = len(loader)
+    plain_loader, opacus_loader = loader, loader.one_pass()
     poisson_by_opacus = config.poisson_sampling
     if secure:
         source = SecureRandom()
-        loader = DataLoader(loader.dataset, collate_fn=_index_batch, batch_sampler=
-                            SecurePoissonSampler(len(loader.dataset), sample_rate, len(loader),
-                                                 source))
+        opacus_loader = DataLoader(loader.dataset, collate_fn=_index_batch, batch_sampler=
+                                   SecurePoissonSampler(len(loader.dataset), sample_rate,
+                                                        loader.batches_per_pass, source))
         poisson_by_opacus = False  # the loader already samples by Poisson, at the same q
-    common = dict(module=model, optimizer=optimizer, data_loader=loader,
+    common = dict(module=model, optimizer=optimizer, data_loader=opacus_loader,
                   max_grad_norm=config.max_grad_norm, poisson_sampling=poisson_by_opacus,
                   loss_reduction="mean", grad_sample_mode="hooks",
                   noise_generator=None if secure else noise_generator)
     releases = list(releases)
-    if config.target_epsilon is not None and releases:
-        steps = epochs * len(loader)
+    # Opacus' own search counts epochs x one pass; our search takes any number of steps.
+    own_search = bool(releases) or steps_per_epoch != loader.batches_per_pass
+    if config.target_epsilon is not None and own_search:
+        steps = epochs * steps_per_epoch
         try:
             sigma = noise_for_epsilon(target_epsilon=config.target_epsilon, delta=config.delta,
                                       sample_rate=sample_rate, steps=steps,
@@ -248,6 +273,9 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
             ) from None
         module, dp_optimizer, dp_loader = engine.make_private(noise_multiplier=sigma, **common)
     elif config.target_epsilon is not None:
+        # Opacus' own search never returns for a target that no σ > 0 bounds (1e50): refused first.
+        check_target_epsilon(target_epsilon=config.target_epsilon, delta=config.delta,
+                             sample_rate=sample_rate, steps=epochs * len(loader))
         with warnings.catch_warnings():
             # The noise search evaluates RDP at small σ candidates, where the best order is often
             # the largest tried; the bound is still valid, and the final σ is checked by get_epsilon.
@@ -260,6 +288,12 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
             noise_multiplier=config.noise_multiplier, **common)
     if secure:
         _draw_noise_securely(dp_optimizer, source)
+    if secure or config.poisson_sampling:
+        # Opacus read q off a sampler of one pass; an epoch is steps_per_epoch of its batches
+        # (both Poisson samplers take the number of batches they yield as their `steps`).
+        dp_loader.batch_sampler.steps = steps_per_epoch
+    else:  # fixed-size shuffled batches: our loader, with the epoch's length
+        dp_loader = plain_loader
     return PrivateTraining(module=module, optimizer=dp_optimizer, index_loader=dp_loader,
                            engine=engine, sample_rate=sample_rate,
                            noise_generator=None if secure else noise_generator, releases=releases,

@@ -478,8 +478,10 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader, con
     secure = SecureRandom() if config.secure_rng else None
     if secure is None and noise_generator is None:
         raise ValueError("a reproducible DP-SGD run needs its own noise generator")
+    # Opacus' q: one step per batch of one pass of the plain loader; an epoch is len(loader)
+    # steps (one pass, or training.steps_per_epoch), each a Poisson sample at that q.
     steps_per_epoch = len(loader)
-    sample_rate = 1.0 / steps_per_epoch  # Opacus' q: one step per batch of the plain loader
+    sample_rate = 1.0 / loader.batches_per_pass
     num_examples = len(loader.dataset)
     expected_batch_size = int(num_examples * sample_rate)
     rule = build_rule(config, expected_batch_size=expected_batch_size,

@@ -63,7 +63,8 @@ class PrivateStatistics:
 
     Args:
         counts_noise_multiplier: σ of the count release (``privacy.counts_noise_multiplier``).
-        seed: the run's seed (the ``dp_counts`` stream), unless ``secure``.
+        seed: the root of the run's ``dp_counts`` stream (``utils.seeding.RunStreams.root``),
+            unless ``secure``.
         secure: draw from the OS's cryptographic generator (``privacy.secure_rng``).
     """
 

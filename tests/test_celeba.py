@@ -20,7 +20,10 @@ from dataset.celeba import (
     ATTRIBUTE_FILE,
     ATTRIBUTE_NAMES,
     BATCH_DECODERS,
+    CACHE_CHECKSUM_MISMATCH,
+    CACHE_REBUILT,
     CELEBA_URL,
+    CHECKSUM_SUFFIX,
     IDENTITY_FILE,
     PARTITION_FILE,
     available_batch_decoders,
@@ -468,7 +471,8 @@ def test_cache_matches_reference_and_is_built_once(tmp_path, fake, monkeypatch):
     assert not second.built and second.path == first.path
     assert isinstance(second.images, np.memmap)
     np.testing.assert_array_equal(second.images, first.images)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [first.path.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.path.name,
+                                                           first.path.name + CHECKSUM_SUFFIX]
     # Another size or another list of images is another file.
     monkeypatch.undo()
     assert load_image_cache(image_dir, names, size=32, cache_dir=tmp_path).path != first.path
@@ -497,16 +501,29 @@ def test_interrupted_build_leaves_nothing_a_later_run_trusts(tmp_path, fake, mon
     np.testing.assert_array_equal(rebuilt.images[79], decode(image_dir / names[79], 64))
 
 
-def test_a_damaged_cache_file_is_rebuilt(tmp_path, fake):
+@pytest.mark.parametrize("damage", ["cut-short", "one-byte-flipped", "checksum-missing"])
+def test_a_damaged_cache_file_is_rebuilt(tmp_path, fake, capsys, damage):
     image_dir = fake["directory"] / "img_align_celeba"
     names = fake["filenames"][:10]
     good = load_image_cache(image_dir, names, size=32, cache_dir=tmp_path)
     expected = np.array(good.images)
-    good.path.write_bytes(good.path.read_bytes()[:1000])  # e.g. a copy cut short
-    with pytest.warns(UserWarning, match="building it again"):
-        again = load_image_cache(image_dir, names, size=32, cache_dir=tmp_path)
+    if damage == "cut-short":  # e.g. a copy cut short
+        good.path.write_bytes(good.path.read_bytes()[:1000])
+    elif damage == "one-byte-flipped":  # the shape is right; only the checksum can tell
+        data = bytearray(good.path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        good.path.write_bytes(bytes(data))
+    else:
+        good.path.with_name(good.path.name + CHECKSUM_SUFFIX).unlink()
+    capsys.readouterr()
+    again = load_image_cache(image_dir, names, size=32, cache_dir=tmp_path)
+    warning = capsys.readouterr().err
+    assert warning.startswith(f"warning: {good.path}: ") and CACHE_REBUILT in warning
+    if damage == "one-byte-flipped":
+        assert CACHE_CHECKSUM_MISMATCH in warning
     assert again.built
     np.testing.assert_array_equal(again.images, expected)
+    assert not load_image_cache(image_dir, names, size=32, cache_dir=tmp_path).built  # verified now
 
 
 @pytest.mark.parametrize("backend", list(BATCH_DECODERS))

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utils.config import ExperimentConfig, apply_overrides, config_from_mapping, load_config
+from utils.config import (
+    NEEDS_NOISE_OR_TARGET,
+    ExperimentConfig,
+    apply_overrides,
+    config_from_mapping,
+    load_config,
+)
 from utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +98,7 @@ def test_range_checks_name_key_and_value(section, key, value, fragment):
 
 
 def test_exactly_one_of_noise_and_target_under_dp():
-    with pytest.raises(ConfigError, match="exactly one of privacy.noise_multiplier and privacy.target_epsilon"):
+    with pytest.raises(ConfigError, match=f"{NEEDS_NOISE_OR_TARGET}: both are null. Set one of them"):
         config_from_mapping({"privacy": {"mode": "dpsgd"}})
     with pytest.raises(ConfigError, match="exactly one of"):
         config_from_mapping({"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0, "target_epsilon": 3}})

@@ -158,6 +158,10 @@ def test_trainer_without_noise_or_clipping_equals_non_private_trainer():
     private = make_trainer(synthetic_config(mode="dpsgd", noise_multiplier=0.0, max_grad_norm=1e6,
                                             poisson_sampling=False))
     plain = make_trainer(synthetic_config(mode="none"))
+    # Two configs, two identities, so each draws its own streams (utils.seeding): start the plain
+    # trainer from the private one's initial weights and batch stream.
+    plain.base_model().load_state_dict(private.base_model().state_dict())
+    plain.generator.set_state(private.generator.get_state())
     for unit in range(2):
         private.train_unit(unit)
         plain.train_unit(unit)

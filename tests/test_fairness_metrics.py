@@ -28,6 +28,7 @@ from utils.fairness import (
     bootstrap_intervals,
     compute_metrics,
     group_key,
+    is_constant,
     predictions,
     small_group_warnings,
     with_prefix,
@@ -44,6 +45,7 @@ CONTRACT_NAMES = {
     "fpr/group=minority", "fpr/group=majority",
     "selection_rate/group=minority", "selection_rate/group=majority",
     "count/group=minority", "count/group=majority",
+    "constant_prediction",
 }
 
 
@@ -79,7 +81,8 @@ def test_names_are_the_contract_and_generated_in_one_place():
     assert set(METRIC_NAMES) == CONTRACT_NAMES
     assert tuple(metrics) == METRIC_NAMES
     expected_intervals = {f"{name}_ci" for name in CONTRACT_NAMES
-                          if name != "average_precision" and not name.startswith("count/")}
+                          if name not in ("average_precision", "constant_prediction")
+                          and not name.startswith("count/")}
     assert set(INTERVAL_NAMES) == expected_intervals
     assert set(bootstrap_intervals(y_true, y_score, minority, n_resamples=20)) == expected_intervals
 
@@ -150,6 +153,7 @@ def test_hand_counted_example():
         # Recall steps of 1/5 at precisions 1/1, 2/2, 3/3, 4/6, 5/7.
         "average_precision": (1 + 1 + 1 + 4 / 6 + 5 / 7) / 5,
     }
+    assert metrics.pop("constant_prediction") is False
     assert metrics == pytest.approx(expected)
     assert isinstance(metrics["count/group=minority"], int)
 
@@ -425,3 +429,25 @@ def test_with_prefix():
     expected = {"test/accuracy": 0.5, "test/tpr/group=minority": None}
     assert with_prefix(metrics, "test") == expected
     assert with_prefix(metrics, "test/") == expected
+
+
+@pytest.mark.parametrize("label", [0, 1])
+def test_a_constant_classifier_is_flagged_and_its_gaps_are_what_fairlearn_says(label):
+    # Every decision one class: gaps 0 (fairlearn agrees), which is why the flag must say so.
+    y_true, y_score, minority = random_test_set(3)
+    y_pred = np.full(len(y_true), label)
+    metrics = compute_metrics(y_true, y_score, minority, y_pred=y_pred)
+    assert metrics["constant_prediction"] is True
+    assert metrics["dp_gap"] == flm.demographic_parity_difference(
+        y_true, y_pred, sensitive_features=sensitive(minority)) == 0.0
+    assert metrics["eodds_gap"] == flm.equalized_odds_difference(
+        y_true, y_pred, sensitive_features=sensitive(minority)) == 0.0
+    assert metrics["selection_rate/group=minority"] == metrics["selection_rate/group=majority"] == label
+
+
+def test_one_decision_of_the_other_class_is_not_constant_and_an_empty_set_is_undefined():
+    y_true, y_score, minority = random_test_set(4)
+    y_pred = np.zeros(len(y_true), dtype=int)
+    y_pred[len(y_pred) // 2] = 1
+    assert compute_metrics(y_true, y_score, minority, y_pred=y_pred)["constant_prediction"] is False
+    assert is_constant(np.zeros(0)) is None

@@ -144,7 +144,7 @@ TINY = """\
 name: fast
 seed: 3
 device: cpu
-data: {name: synthetic, minority_share: 0.2, train_size: 1200, val_fraction: 0.1}
+data: {name: synthetic, minority_share: 0.2, train_size: 1200, val_fraction: 0.1, validation_public: true}
 model: {name: mlp, hidden: [16]}
 training: {epochs: 3, batch_size: 100}
 privacy: {mode: dpsgd, noise_multiplier: 1.0, engine: fast}
@@ -163,12 +163,29 @@ def test_a_fast_run_reports_the_accountants_epsilon_and_trains(tmp_path):
         noise_multiplier=1.0, sample_rate=summary["privacy/sample_rate"], steps=36,
         delta=summary["privacy/delta"], accountant="rdp"), rel=1e-9)
     assert summary["dp/clip_fraction/group=minority"] is not None
-    # It learns what Opacus learns on this (hard) synthetic task, to within a few points.
     assert running.main(["--params", str(params), "--set", f"output_dir={tmp_path}",
                          "--set", "privacy.engine=opacus", "--set", "name=opacus"]) == 0
     reference = json.loads((tmp_path / "opacus" / "summary.json").read_text())
-    assert abs(summary["test/accuracy"] - reference["test/accuracy"]) < 0.05
     assert summary["privacy/epsilon"] == reference["privacy/epsilon"]
+
+
+@pytest.mark.slow
+def test_the_fast_engine_learns_what_opacus_learns(tmp_path):
+    """On this (hard) synthetic task, to within a few points over six seeds. The engine is part of
+    the run's identity, so the two draw other batches and noise (utils.seeding), and one seed's
+    accuracy spreads over 0.48 to 0.66: only means over seeds compare."""
+    from training import experiment
+    from utils.config import config_from_mapping
+
+    raw = yaml.safe_load(TINY)
+    mean = {}
+    for engine in ("fast", "opacus"):
+        accuracies = [experiment.run(config_from_mapping(
+            {**raw, "seed": seed, "output_dir": str(tmp_path / engine),
+             "name": f"seed{seed}", "privacy": {**raw["privacy"], "engine": engine}}))["test/accuracy"]
+            for seed in range(6)]
+        mean[engine] = sum(accuracies) / len(accuracies)
+    assert abs(mean["fast"] - mean["opacus"]) < 0.05, mean
 
 
 @pytest.mark.parametrize("method", ["none", "runner"])

@@ -100,7 +100,7 @@ def test_dpsgd_refuses_exactly_the_methods_that_change_the_training_step(method)
     # for a method that trains with it; the config refuses the others before any file is written.
     cls = METHODS.get(method)
     assert (not cls.training_changes()) == (method in PLAIN_METHODS)
-    mapping = {"data": {"val_fraction": 0.1}, "fairness": {"method": method},
+    mapping = {"data": {"val_fraction": 0.1, "validation_public": True}, "fairness": {"method": method},
                "privacy": {"mode": "dpsgd", "noise_multiplier": 1.0, "individual_accounting": True}}
     if (refusal := cls.refusal(method, "dpsgd")) is not None:  # refuses DP-SGD altogether
         with pytest.raises(ConfigError, match=re.escape(refusal)):

@@ -24,7 +24,7 @@ from scipy import signal, stats
 
 from training.experiment import build_components
 from utils.config import config_from_mapping
-from utils.seeding import STREAMS, stream_seed, torch_generator
+from utils.seeding import DATA_STREAMS, STREAMS, RunStreams, stream_seed, torch_generator
 
 FAMILY_WISE_ERROR = 1e-6
 
@@ -125,14 +125,16 @@ def test_dpsgd_noise_and_batches_are_independent_streams(secure_rng):
 
 def test_dpsgd_trainer_generators_are_distinct_streams():
     """The trainer's sampler and noise generators and torch's global one (initialization, then
-    augmentation) are different objects seeded from different streams of the run seed."""
+    augmentation) are different objects seeded from different streams of the run's root."""
     config = dpsgd_config()
     _, _, trainer = build_components(config, torch.device("cpu"))
     sampler, noise = trainer.generator, trainer.private.noise_generator
     assert sampler is not noise
     seeds = {sampler.initial_seed(), noise.initial_seed(), torch.initial_seed()}
-    assert seeds == {stream_seed(0, "batch_sampling"), stream_seed(0, "dp_noise"),
-                     stream_seed(0, "augmentation")}
+    streams = RunStreams(config)
+    assert seeds == {streams.torch_seed("batch_sampling"), streams.torch_seed("dp_noise"),
+                     streams.torch_seed("augmentation")}
+    assert len(seeds) == 3
     # The Poisson loader Opacus built samples from the batch_sampling generator, not the global one.
     assert trainer.loader.batch_sampler.generator is sampler
 
@@ -145,8 +147,9 @@ def test_the_fast_engine_draws_batches_and_noise_from_their_own_streams():
     _, _, trainer = build_components(config, torch.device("cpu"))
     sampler, noise_generator = trainer.generator, trainer.private.noise_generator
     assert sampler is not noise_generator
+    streams = RunStreams(config)
     assert {sampler.initial_seed(), noise_generator.initial_seed()} == {
-        stream_seed(0, "batch_sampling"), stream_seed(0, "dp_noise")}
+        streams.torch_seed("batch_sampling"), streams.torch_seed("dp_noise")}
     assert trainer.loader.generator is sampler  # its Poisson loader
     initial = [p.detach().clone() for p in trainer.base_model().parameters()]
     recording = RecordingLoader(trainer.loader, len(trainer.y))
@@ -154,7 +157,7 @@ def test_the_fast_engine_draws_batches_and_noise_from_their_own_streams():
     for unit in range(trainer.units):
         trainer.train_unit(unit)
     total = sum(p.numel() for p in initial)
-    replay = torch.Generator().manual_seed(stream_seed(0, "dp_noise"))
+    replay = torch.Generator().manual_seed(streams.torch_seed("dp_noise"))
     noise = torch.cat([torch.normal(0.0, 1.0, size=(total,), generator=replay)
                        for _ in recording.masks]).numpy()
     assert len(recording.masks) == 20
@@ -178,6 +181,13 @@ def test_streams_are_distinct_and_stable():
     assert torch.equal(a, b) and not torch.equal(a, c)
     with pytest.raises(KeyError):
         stream_seed(7, "no such purpose")
+    # A run's streams: its data streams from the seed alone, every other from the run's key.
+    streams = RunStreams(dpsgd_config())
+    assert streams.key != streams.seed
+    for purpose in STREAMS:
+        assert streams.root(purpose) == (0 if purpose in DATA_STREAMS else streams.key), purpose
+    with pytest.raises(KeyError):
+        streams.root("no such purpose")
 
 
 def fedavg_config(**privacy):

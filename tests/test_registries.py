@@ -19,6 +19,7 @@ from privacy import ENGINES
 from privacy.clipping import RULES
 from training import TRAINERS
 from training.base import Trainer
+from training.batches import BATCHES
 from training.experiment import build_components
 from training.optim import OPTIMIZERS
 from training.partition import PARTITIONS
@@ -30,7 +31,8 @@ from utils.registry import CLOSE_MATCH, UNKNOWN_NAME
 ROOT = Path(__file__).resolve().parent.parent
 
 # The registries whose names are the valid values of a config key, by that key.
-NAMED = {registry.config_key: registry for registry in (SPLITS, OPTIMIZERS, TRAINERS, PARTITIONS, METHODS, ENGINES, RULES)}
+NAMED = {registry.config_key: registry for registry in (SPLITS, OPTIMIZERS, TRAINERS, PARTITIONS, METHODS, ENGINES,
+                                                             BATCHES, RULES)}
 # Under a private privacy.mode the config needs a noise level; a non-private run ignores it.
 BASE = {"privacy": {"noise_multiplier": 1.0}}
 # A clipping rule other than flat needs DP-SGD (every rule runs under it).

@@ -267,7 +267,8 @@ def test_refused_privacy_modes_exit_2_with_the_reason_and_write_nothing(tmp_path
 def test_sound_methods_run_under_dpsgd(tmp_path, method):
     # The public forms read the validation split (tests/test_repair_under_dp.py checks them).
     assert run_cli(tmp_path, f"fairness.method={method}", "privacy.mode=dpsgd",
-                   "privacy.noise_multiplier=1.0", "data.val_fraction=0.1") == 0
+                   "privacy.noise_multiplier=1.0", "data.val_fraction=0.1",
+                   "data.validation_public=true") == 0
 
 
 def test_method_settings_are_strict_config_keys(tmp_path):

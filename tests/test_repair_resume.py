@@ -13,7 +13,8 @@ from training.repair import METHODS
 
 BASE = {
     "seed": 4, "device": "cpu",
-    "data": {"name": "synthetic", "minority_share": 0.2, "train_size": 600, "val_fraction": 0.1},
+    "data": {"name": "synthetic", "minority_share": 0.2, "train_size": 600, "val_fraction": 0.1,
+             "validation_public": True},
     "model": {"name": "mlp", "hidden": [8]},
     "training": {"epochs": 4, "batch_size": 60, "optimizer": "adam", "lr": 1e-2},
     "evaluation": {"bootstrap_resamples": 20},

@@ -248,7 +248,7 @@ def test_the_noisy_counts_have_the_configured_noise(secure):
 TINY = """\
 name: dprepair
 device: cpu
-data: {name: synthetic, minority_share: 0.2, train_size: 1200, val_fraction: 0.1}
+data: {name: synthetic, minority_share: 0.2, train_size: 1200, val_fraction: 0.1, validation_public: true}
 model: {name: mlp, hidden: [16, 16]}
 training: {epochs: 2, batch_size: 200}
 privacy: {mode: dpsgd, noise_multiplier: 1.0, counts_noise_multiplier: 4.0}

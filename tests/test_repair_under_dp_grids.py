@@ -40,6 +40,7 @@ def test_tabular_studies_cross_every_sound_method_with_privacy_share_target_and_
     assert len(configs) == len(SOUND_UNDER_DPSGD) * 4 * 4 * 2 * 5
     for config in configs:
         assert config.data.val_fraction > 0  # the public split the DP forms read
+        assert config.data.validation_public  # declared as such
         assert config.data.train_size is not None  # the same q and steps at every share
     assert configs[0].data.name == name.rsplit("_", 1)[1]
 

@@ -205,12 +205,16 @@ def test_method_table_numbers_and_order_match_the_runs(method_grid):
     markdown = (method_grid / "report.md").read_text()
     section = markdown.split("## Fairness repair methods", 1)[1].split("## Figures", 1)[0]
     table = [line for line in section.splitlines() if line.startswith("| ")]
-    assert table[0] == "| target | method | settings | seeds | AP | accuracy | ΔDP | ΔEO | ΔEOdds sum |"
+    assert table[0] == ("| target | method | settings | seeds | constant | AP | accuracy | ΔDP | ΔEO "
+                        "| ΔEOdds sum |")
     assert len(table) == 1 + len(METHOD_ROWS)
     for row, key, line in zip(rows, keys, table[1:]):
         summaries = expected[key]
         assert row["n_seeds"] == "2" and row["seeds"] == "0 1"
         cells = [key[0], key[1], f"λ={key[2]:g}" if key[2] is not None else "–", "2"]
+        constant = [s["seed"] for s in summaries if s["test/constant_prediction"]]
+        assert row["n_constant"] == str(len(constant))
+        cells.append(f"{len(constant)}/2" if constant else "–")
         for metric in METHOD_METRICS:
             values = [s[metric] for s in summaries]
             mean, std = statistics.mean(values), statistics.stdev(values)
@@ -308,7 +312,8 @@ def test_report_never_overwrites_a_view_file_it_did_not_write(grid, name, reques
                     ignore=shutil.ignore_patterns("report*", "*.png"))
     (copy / name).write_bytes(b"the user's own file\n")
     assert running.main(["--report", str(copy)]) == 2
-    assert report.REPORT_FILE_NOT_OURS.format(path=copy / name) in capsys.readouterr().err
+    assert report.REPORT_FILE_NOT_OURS.format(path=copy / name, ledger=report.REPORT_LEDGER) \
+        in capsys.readouterr().err
     assert (copy / name).read_bytes() == b"the user's own file\n"
     assert not (copy / "report.md").exists() and not (copy / "report.csv").exists()
     assert [path.name for path in copy.glob("*.png")] == ([name] if name.endswith(".png") else [])
@@ -332,7 +337,8 @@ def private_method_grid(tmp_path_factory) -> Path:
                                     "data.minority_share": PRIVATE_SHARES, "seed": [0, 1]},
                    zip={"privacy.mode": [mode for mode, _ in PRIVATE_LEVELS],
                         "privacy.noise_multiplier": [noise for _, noise in PRIVATE_LEVELS]},
-                   data={"name": "synthetic", "train_size": 1500, "val_fraction": 0.1},
+                   data={"name": "synthetic", "train_size": 1500, "val_fraction": 0.1,
+                         "validation_public": True},
                    training={"epochs": 1, "batch_size": 300, "lr": 0.01},
                    fairness={"mode": "eo"})
     assert running.main(["--params", str(write_params(tmp_path, raw))]) == 0
@@ -393,6 +399,24 @@ def test_gap_closed_table_is_the_per_seed_difference_against_vanilla(private_met
         assert cell in line
 
 
+def test_gap_closed_never_pairs_runs_whose_seeds_were_withheld(private_method_grid, tmp_path):
+    """Issue 26: logging.private_stats: false writes seed: null. The per-seed differences against
+    Vanilla then have no seeds to pair by: the cells are blank, never a difference between
+    arbitrary runs."""
+    copy = tmp_path / "tiny"
+    shutil.copytree(private_method_grid, copy, ignore=shutil.ignore_patterns("report*", "*.png",
+                                                                            ".dp-fairness-report"))
+    for path in copy.glob("*/config.yaml"):
+        config = yaml.safe_load(path.read_text())
+        path.write_text(yaml.safe_dump({**config, "seed": None}, sort_keys=False))
+        summary = json.loads((path.parent / "summary.json").read_text())
+        (path.parent / "summary.json").write_text(json.dumps({**summary, "seed": None}))
+    assert running.main(["--report", str(copy)]) == 0
+    with (copy / "report_gap_closed.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and all(row["gap_closed_mean"] == "" and row["seeds"] == "" for row in rows)
+
+
 def test_privacy_repair_figure_has_a_row_per_level_and_a_line_per_method(private_method_grid):
     path = private_method_grid / "repair_privacy_eo.png"
     assert f"]({path.name})" in (private_method_grid / "report.md").read_text()
@@ -425,18 +449,30 @@ def test_grids_without_privacy_or_without_methods_get_no_privacy_view(method_gri
         assert "## Repair under privacy" not in (directory / "report.md").read_text()
 
 
-def test_a_constant_classifier_is_marked_where_it_closes_a_gap(private_method_grid, tmp_path):
-    """A seed whose test decisions are all negative has every gap 0 without any repair: the table
-    says so beside the gap it "closed"."""
+@pytest.mark.parametrize("recorded", ["flag", "older run"])
+def test_a_constant_classifier_is_marked_in_every_table_and_figure(private_method_grid, tmp_path,
+                                                                   recorded):
+    """A seed whose test decisions are all one class has every gap 0 without any repair: every
+    table says so (the gap-closed table beside the gap it "closed"), and every figure rings it.
+    The run says so itself (test/constant_prediction); a run from before that key is recognised
+    by both groups' selection rates being 0."""
     copy = tmp_path / "tiny"
     shutil.copytree(private_method_grid, copy)
+    for path in copy.glob("*/*.png"):
+        path.unlink()
+    before = {path.name: _red_pixels(path) for path in private_method_grid.glob("*.png")}
     for path in copy.glob("*/summary.json"):
         config = yaml.safe_load((path.parent / "config.yaml").read_text())
         if (config["fairness"]["method"], config["privacy"]["mode"], config["seed"],
                 config["data"]["minority_share"]) == ("roc", "dpsgd", 1, 0.05):
             summary = json.loads(path.read_text())
-            summary["test/selection_rate/group=minority"] = 0.0
-            summary["test/selection_rate/group=majority"] = 0.0
+            assert summary["test/constant_prediction"] is False
+            if recorded == "flag":
+                summary["test/constant_prediction"] = True
+            else:
+                del summary["test/constant_prediction"]
+                summary["test/selection_rate/group=minority"] = 0.0
+                summary["test/selection_rate/group=majority"] = 0.0
             path.write_text(json.dumps(summary))
     assert running.main(["--report", str(copy)]) == 0
     with (copy / "report_gap_closed.csv").open() as handle:
@@ -444,6 +480,26 @@ def test_a_constant_classifier_is_marked_where_it_closes_a_gap(private_method_gr
                 row["constant_classifier_seeds"] for row in csv.DictReader(handle)}
     assert rows.pop(("roc", "dpsgd", 0.05)) == "1"
     assert set(rows.values()) == {""}
-    line = next(line for line in (copy / "report.md").read_text().splitlines()
-                if line.startswith("| roc | DP-SGD"))
+    markdown = (copy / "report.md").read_text()
+    line = next(line for line in markdown.splitlines() if line.startswith("| roc | DP-SGD"))
     assert line.endswith("[1/2 constant] |") and line.count("constant") == 1
+    assert report.CONSTANT_NOTE.split("{")[0] in markdown
+    for name in ("report.csv", "report_methods.csv"):
+        with (copy / name).open() as handle:
+            table = list(csv.DictReader(handle))
+        marked = [row for row in table if row["n_constant"] != "0"]
+        assert len(marked) == 1 and marked[0]["constant_seeds"] == "1", name
+        assert marked[0]["fairness.method"] == "roc" and marked[0]["privacy.mode"] == "dpsgd"
+    # report.md's tables: one "1/2" in the main table and one in the method table.
+    assert sum(" | 1/2 | " in line for line in markdown.splitlines()) == 2
+    # Every figure that draws the point rings it in red (the palette holds no pure red).
+    for name in ("accuracy.png", "gaps.png", "group_accuracy.png", "repair_privacy_eo.png",
+                 "tradeoff_eo.png"):
+        assert _red_pixels(copy / name) > before[name] + 50, name
+
+
+def _red_pixels(path: Path) -> int:
+    """Pixels of the constant-classifier ring's pure red (the palette has none)."""
+    with Image.open(path) as image:
+        colors = image.convert("RGB").getcolors(maxcolors=1 << 22)
+    return sum(count for count, (r, g, b) in colors if r > 230 and g < 40 and b < 40)

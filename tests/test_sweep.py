@@ -112,7 +112,7 @@ def test_colliding_short_names_keep_their_dotted_keys(tmp_path):
     ({"zip": {"privacy.noise_multipler": [1.0]}}, "zip: unknown config key 'privacy.noise_multipler'"),
     ({"zip": {"privacy.mode": ["dpsgd"], "privacy.noise_multiplier": [None]}},
      "grid point (privacy.mode='dpsgd', privacy.noise_multiplier=None): privacy.mode 'dpsgd' needs "
-     "exactly one of"),
+     "one of privacy.noise_multiplier and privacy.target_epsilon: both are null"),
     ({"sweep": {"data.minority_share": [0.1, 1.5]}}, "grid point (data.minority_share=1.5): data.minority_share: got 1.5"),
 ])
 def test_bad_grids_are_config_errors(tmp_path, sections, fragment):
@@ -180,7 +180,9 @@ def test_runner_grid_expands_every_method_and_target_with_its_own_settings(tmp_p
     assert methods == set(METHODS)  # every registered method
     for point in grid.points:
         config = point.config
-        assert config.data.protocol == "runner" and config.training.select == "best_val_gap"
+        assert config.data.protocol == "runner" and config.training.steps_per_epoch == 100
+        assert config.training.select == {"dp": "best_val_dp_gap",
+                                          "eo": "best_val_eodds_gap"}[config.fairness.mode]
         assert config.training.batch_size == {"dp": 1000, "eo": 2000}[config.fairness.mode]
         if config.fairness.method == "runner":
             expected = {"dp": (0.3, 0.5), "eo": (1.0, 0.05)}[config.fairness.mode]
@@ -270,3 +272,14 @@ def test_a_bug_in_one_point_is_recorded_and_ctrl_c_marks_the_point_interrupted(t
     status = json.loads((grid.directory / STATUS_FILE).read_text())
     assert [entry["status"] for entry in status["points"]] == ["done", "failed", "done", "interrupted"]
     assert status["points"][1]["error"] == "RuntimeError: boom"
+
+
+@pytest.mark.parametrize("constant", [True, False])
+def test_a_points_line_says_when_its_model_is_a_constant_classifier(tmp_path, constant):
+    from utils.sweep import PointResult, _result_line
+
+    point = expand_grid(grid_raw(tmp_path, sweep={"seed": [0]})).points[0]
+    line = _result_line(PointResult(point, "done", summary={
+        "test/accuracy": 0.75, "test/constant_prediction": constant}, wall_s=1.0))
+    assert line.startswith(f"{point.label}: done in 1.0 s (test/accuracy 0.75")
+    assert ("CONSTANT CLASSIFIER" in line) is constant

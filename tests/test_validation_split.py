@@ -51,7 +51,9 @@ ONE_EXAMPLE = 1.0
 
 
 def synthetic(output_dir, **overrides) -> dict:
-    raw = {"name": "val", "seed": 1, "device": "cpu", "output_dir": str(output_dir),
+    # Seed 8: its best validation gap is at unit 3 of 5 (the selection tests need one before the
+    # last, and the resume test one before the interruption after unit 4).
+    raw = {"name": "val", "seed": 8, "device": "cpu", "output_dir": str(output_dir),
            "data": {"name": "synthetic", "minority_share": 0.2, "train_size": 2000, "val_fraction": 0.2},
            "model": {"name": "mlp", "hidden": [16]},
            "training": {"epochs": 5, "batch_size": 64, "select": "best_val_gap"},
@@ -146,7 +148,7 @@ def test_val_fraction_zero_keeps_the_earlier_selection(tmp_path):
     config = config_from_mapping(synthetic(tmp_path, **{"data.val_fraction": 0.0, "training.select": "last"}))
     data = build_dataset(config)
     pool_x, pool_y, pool_minority = make_synthetic(POOL_SIZE, np.random.default_rng(12345))
-    keep = resample_to_share(pool_minority, pool_y, 0.2, train_size=2000, seed=1)
+    keep = resample_to_share(pool_minority, pool_y, 0.2, train_size=2000, seed=config.seed)
     np.testing.assert_array_equal(data.x_train, pool_x[keep])
     assert data.x_val.shape == (0, pool_x.shape[1]) and len(data.y_val) == len(data.minority_val) == 0
     assert not data.has_validation and data.info["val_size"] == 0
@@ -166,7 +168,7 @@ def test_adult_official_with_validation_split(tmp_path):
     # The same validation rows at another share (its features standardized with the other training set's
     # statistics, so only the one-hot columns are compared).
     resampled = build_dataset(config_from_mapping({**raw, "data": {**raw["data"], "minority_share": 0.1}}))
-    one_hot = len(data.info["standardized_features"])
+    one_hot = len(data.info["numeric_features"])
     np.testing.assert_array_equal(resampled.x_val[:, one_hot:], data.x_val[:, one_hot:])
     np.testing.assert_array_equal(resampled.y_val, data.y_val)
     assert resampled.info["train_share"] == pytest.approx(0.1, abs=1e-3)
@@ -320,19 +322,121 @@ def test_selection_is_not_the_last_unit_in_this_fixture(selected_run):
     assert summary["select/unit"] < summary["units"]
 
 
-@pytest.mark.parametrize("select, mode, metric, larger", [("best_val_gap", "eo", "val/eo_gap", False),
-                                                          ("best_val_ap", "dp", "val/average_precision", True)])
+@pytest.mark.parametrize("select, mode, metric, larger", [
+    ("best_val_gap", "eo", "val/eo_gap", False),
+    ("best_val_ap", "dp", "val/average_precision", True),
+    ("best_val_dp_gap", "eo", "val/dp_gap", False),
+    ("best_val_eo_gap", "dp", "val/eo_gap", False),
+    ("best_val_eodds_gap", "dp", "val/eodds_gap", False),
+    ("best_val_eodds_sum", "eo", "val/eodds_gap_sum", False),
+])
 def test_other_criteria_pick_their_metric(tmp_path, select, mode, metric, larger):
     raw = synthetic(tmp_path, **{"training.select": select, "training.epochs": 4, "fairness": {"mode": mode}})
     summary = experiment_module.run(config_from_mapping(raw))
     rows = read_jsonl(tmp_path / "val" / "metrics.jsonl")
-    candidates = rows[1:] if select == "best_val_gap" else rows
+    candidates = rows if larger else rows[1:]  # every gap rule leaves the first unit out
     if larger:  # ties go to the earlier unit
         best = max(candidates, key=lambda row: (row[metric], -row["step"]))
     else:
         best = min(candidates, key=lambda row: (row[metric], row["step"]))
     assert summary["select/unit"] == best["step"] and summary["select/metric"] == metric
     assert summary["test/accuracy"] == best["test/accuracy"]
+
+
+@pytest.mark.parametrize("select", ["best_val_eodds_gap", "best_val_eodds_sum"])
+def test_the_equalized_odds_selections_rank_by_fairlearns_gap_and_by_the_sum(tmp_path, select):
+    """The selected model's validation gap, recomputed from model_final.pt on the validation set:
+    fairlearn's equalized_odds_difference (the larger of the TPR and FPR differences) for
+    best_val_eodds_gap, |ΔTPR| + |ΔFPR| from sklearn's per-group recall for best_val_eodds_sum."""
+    from fairlearn.metrics import equalized_odds_difference
+    from sklearn.metrics import recall_score
+
+    raw = synthetic(tmp_path, **{"training.select": select, "training.epochs": 4,
+                                 "fairness": {"mode": "eo"}})
+    config = config_from_mapping(raw)
+    summary = experiment_module.run(config)
+    run_dir = experiment_module.run_directory(config)
+    data = build_dataset(config)
+    model = build_model(config.model, data.input_shape)
+    model.load_state_dict(torch.load(run_dir / "checkpoints" / "model_final.pt", weights_only=True))
+    evaluator = Evaluator(data, torch.device("cpu"), 4096, config.evaluation, split="val")
+    y_pred = (evaluator.scores(model) >= 0.5).astype(int)
+    y_true, group = evaluator.y_true, np.where(evaluator.minority, "minority", "majority")
+    if select == "best_val_eodds_gap":
+        expected = equalized_odds_difference(y_true, y_pred, sensitive_features=group)
+    else:
+        def rates(mask):  # TPR = recall of the positives; FPR = 1 - recall of the negatives
+            return (recall_score(y_true[mask], y_pred[mask]),
+                    1 - recall_score(1 - y_true[mask], 1 - y_pred[mask]))
+        (tpr_min, fpr_min), (tpr_maj, fpr_maj) = rates(evaluator.minority), rates(~evaluator.minority)
+        expected = abs(tpr_min - tpr_maj) + abs(fpr_min - fpr_maj)
+    assert summary["select/value"] == pytest.approx(expected, abs=1e-12)
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert summary["select/value"] == min(row[summary["select/metric"]] for row in rows[1:])
+
+
+class _Trainer:
+    """What ModelSelector reads of a trainer: its model and its warnings."""
+
+    def __init__(self):
+        self.model, self.warnings = torch.nn.Linear(2, 1), []
+
+    def base_model(self):
+        return self.model
+
+
+def _selector(skip_constant: bool, units: int = 5):
+    from training.selection import ModelSelector
+
+    config = config_from_mapping({"data": {"name": "synthetic", "val_fraction": 0.2},
+                                  "training": {"select": "best_val_dp_gap",
+                                               "select_skip_constant": skip_constant}})
+    return ModelSelector(config, units=units, eval_every=1, has_validation=True)
+
+
+def _observe(selector, trainer, gaps_and_constant):
+    for unit, (gap, constant) in enumerate(gaps_and_constant):
+        with torch.no_grad():
+            trainer.model.weight.fill_(unit)  # tells the units' models apart
+        row = {"val/dp_gap": gap, "val/constant_prediction": constant, "test/accuracy": unit / 10}
+        selector.observe(unit, row, np.full(3, unit / 10), np.full(3, unit % 2), trainer)
+
+
+@pytest.mark.parametrize("skip_constant, chosen", [(False, 3), (True, 4)])
+def test_skip_constant_passes_over_units_whose_validation_decisions_are_one_class(skip_constant,
+                                                                                  chosen):
+    # Unit 0 (no candidate: the first), 3 (constant, gap 0) and 4 (the best non-constant).
+    trainer, selector = _Trainer(), _selector(skip_constant)
+    _observe(selector, trainer, [(0.0, True), (0.30, False), (0.20, True), (0.0, True), (0.10, False)])
+    row, scores, _ = selector.finish({"val/dp_gap": 0.1}, np.zeros(3), None, trainer)
+    assert row["select/unit"] == chosen + 1 and float(trainer.model.weight[0, 0].detach()) == chosen
+    assert scores[0] == pytest.approx(chosen / 10) and not trainer.warnings
+
+
+def test_skip_constant_falls_back_to_the_constant_units_when_every_candidate_is_one(capsys):
+    trainer, selector = _Trainer(), _selector(True, units=4)
+    _observe(selector, trainer, [(0.0, False), (0.2, True), (0.1, True), (0.3, True)])
+    # The state survives a checkpoint in the middle (what a resumed run restores).
+    restored = _selector(True, units=4)
+    restored.load_state_dict(selector.state_dict())
+    row, _, _ = restored.finish({}, np.zeros(3), None, trainer)
+    assert row["select/unit"] == 3 and row["select/value"] == 0.1
+    assert len(trainer.warnings) == 1 and "every candidate" in trainer.warnings[0]
+    assert "select_skip_constant" in capsys.readouterr().err
+
+
+def test_a_constant_final_model_is_flagged_in_the_summary_and_on_stderr(tmp_path, capsys):
+    # A threshold no score reaches: every test decision is 0, so every gap is 0 by construction.
+    raw = synthetic(tmp_path, **{"training.select": "last", "training.epochs": 1,
+                                 "evaluation": {"bootstrap_resamples": 20, "threshold": 0.999999}})
+    summary = experiment_module.run(config_from_mapping(raw))
+    err = capsys.readouterr().err
+    assert summary["test/constant_prediction"] is True and summary["test/dp_gap"] == 0
+    message = experiment_module.CONSTANT_CLASSIFIER.format(unit=1, units=1, label=0)
+    assert f"warning: {message}" in err and message in summary["warnings"]
+    stored = json.loads((tmp_path / "val" / "summary.json").read_text())
+    assert stored["test/constant_prediction"] is True
+    assert read_jsonl(tmp_path / "val" / "metrics.jsonl")[0]["test/constant_prediction"] is True
 
 
 def test_last_records_the_last_unit(tmp_path):
@@ -461,8 +565,51 @@ def test_runner_seeds_differ_and_the_bundle_resamples_only_training(runner_pools
     assert resampled.info["train_share"] == pytest.approx(0.1, abs=1e-3)
 
 
+def test_the_released_encoding_has_120_inputs_binned_on_ages_standardized_deciles(runner_pools):
+    """data.protocol: runner_released, against an independent re-implementation of the released
+    rule: sklearn's StandardScaler fitted on the training part (pool and validation rows), the
+    deciles of standardized age over the pool as every column's edges, each value through
+    numpy.digitize one at a time, clipped to bins 1..10, and 10 one-hot columns per column."""
+    from sklearn.preprocessing import StandardScaler
+
+    released = load_adult_runner(None, protected="sex", minority_value="Female", seed=0,
+                                 encoding="released")
+    corrected = runner_pools[0]
+    assert released.x_pool.shape == (27_132, 120) and len(released.feature_names) == 120
+    assert released.info["runner_bins"] == dict.fromkeys(
+        ("age", "education-num", "capital-gain", "capital-loss", "hours-per-week"), 10)
+    # The one-hot pairs are the corrected protocol's; only the 50 bin columns differ.
+    np.testing.assert_array_equal(released.x_pool[:, 50:], corrected.x_pool[:, 27:])
+    np.testing.assert_array_equal(released.x_test[:, 50:], corrected.x_test[:, 27:])
+    _, splits, _ = _read_adult_files(None)
+    table = np.concatenate([splits["train"][0], splits["test"][0]])
+    table = table[~(table == "?").any(axis=1)]
+    rows = runner_split(len(table), 0)
+    numeric = table[:, [ADULT_COLUMNS.index(c) for c in ("age", "education-num", "capital-gain",
+                                                          "capital-loss", "hours-per-week")]]
+    numeric = numeric.astype(np.float64)
+    scaler = StandardScaler().fit(numeric[np.concatenate([rows["train"], rows["val"]])])
+    z = scaler.transform(numeric)
+    edges = np.quantile(z[rows["train"], 0], np.linspace(0, 1, 11))
+    for split, x in (("train", released.x_pool), ("val", released.x_val), ("test", released.x_test)):
+        for column in range(5):
+            codes = np.array([min(max(int(np.digitize(value, edges)), 1), 10) - 1
+                              for value in z[rows[split], column]])
+            np.testing.assert_array_equal(x[:, 10 * column:10 * column + 10],
+                                          np.eye(10, dtype=np.float32)[codes])
+    # Age's own bins hold a tenth of the pool each (to within ties); the others are on its scale.
+    assert released.info["runner_bins_filled"]["age"] == 10
+    assert released.info["runner_bins_filled"]["capital-gain"] < 10
+    raw = {"data": {"name": "adult", "protocol": "runner_released", "minority_share": None}}
+    data = build_dataset(config_from_mapping(raw))
+    assert data.x_train.shape == (27_132, 120) and data.info["runner_encoding"] == "released"
+    assert data.info["protocol"] == "runner_released"
+
+
 @pytest.mark.parametrize("data, key", [
     ({"name": "adult", "protocol": "runner", "val_fraction": 0.2}, "data.val_fraction"),
+    ({"name": "adult", "protocol": "runner_released", "val_fraction": 0.2}, "data.val_fraction"),
+    ({"name": "compas", "target": "two_year_recid", "protocol": "runner_released"}, "data.protocol"),
     ({"name": "compas", "target": "two_year_recid", "protocol": "runner"}, "data.protocol"),
     ({"name": "adult", "protocol": "runner", "protected": "race", "minority_value": "non-White"},
      "data.protected"),

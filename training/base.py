@@ -87,6 +87,21 @@ POISSON_VIOLATED_WARNING = (
     "privacy.poisson_sampling: true for a sound epsilon.")
 
 
+DELTA_TOO_LARGE = "is not below 1/n"
+
+
+def delta_warning(delta: float, n: int, unit: str) -> str | None:
+    """The warning for a δ of at least 1/n (``n`` examples, or clients under user-level DP), or
+    None. At such a δ, publishing one randomly chosen ``unit`` in the clear meets (0, δ)-DP, so the
+    (ε, δ) pair promises next to nothing; the run says so and records ``privacy/private: false``."""
+    if n <= 0 or delta < 1 / n:
+        return None
+    return (f"privacy.delta {delta:g} {DELTA_TOO_LARGE} ({n} {unit}s, 1/n = {1 / n:.3g}): a "
+            f"mechanism that publishes one {unit} in the clear meets (0, δ)-DP at such a δ, so this "
+            f"run's (ε, δ) guarantees little and its summary says privacy/private: false. Set "
+            f"privacy.delta well below 1/n, e.g. {1 / (10 * n):.1g}.")
+
+
 def guarantee_facts(privacy, *, poisson: bool) -> dict[str, object]:
     """What a run's reported (ε, δ) rests on, for summary.json.
 
@@ -101,6 +116,47 @@ def guarantee_facts(privacy, *, poisson: bool) -> dict[str, object]:
                 "privacy/accounting_assumption": None}
     return {"privacy/private": poisson, "privacy/secure_rng": privacy.secure_rng,
             "privacy/accounting_assumption": "poisson" if poisson else "poisson_violated"}
+
+
+PUBLIC_DATA_KEY = "privacy/public_data"
+# summary.json: a private run's composition, the (σ, q, steps) entries ε was computed from.
+HISTORY_KEY = "privacy/history"
+
+
+def public_data_facts(config, *, has_validation: bool, preprocessing: dict | None,
+                      method) -> dict[str, object]:
+    """What the run treated as public, for summary.json's ``privacy/public_data``: data read
+    without noise and charged nothing, which ε does not cover.
+
+    - ``test_split``: always; what reads it (the test metrics, predictions.csv, and a repair
+      method's post-processing, which decides with each test person's group).
+    - ``validation_split``: null without one; else whether it was declared public
+      (``data.validation_public``, required under privacy) and what reads it: the ``val/``
+      metrics, ``training.select`` other than last, and a repair method's public form
+      (:attr:`training.repair.base.RepairMethod.reads_public`, with what it computes there).
+    - ``preprocessing``: where the feature transform's parameters come from (preprocessing.json):
+      "public", or "fitted" on the private training rows, which ε does not cover.
+    - ``pretrained_weights``: ``model.weights``, when set: trained on other data, taken as public.
+    """
+    from training.repair.base import RepairMethod
+
+    postprocesses = type(method).postprocess is not RepairMethod.postprocess
+    decisions = [f"fairness.{method.name} (its decisions use each person's group)"] if postprocesses else []
+    facts: dict[str, object] = {"test_split": {"read_by": ["test/ metrics", "predictions.csv", *decisions]},
+                                "validation_split": None}
+    if has_validation:
+        read_by = ["val/ metrics", *decisions]
+        if config.training.select != "last":
+            read_by.append(f"training.select: {config.training.select}")
+        if method.reads_public:
+            examples = config.fairness.public_examples
+            read_by.append(f"fairness.{method.name}: {method.public_reads} (fairness.public_examples: "
+                           f"{'all' if examples is None else examples})")
+        facts["validation_split"] = {"declared": config.data.validation_public, "read_by": read_by}
+    facts["preprocessing"] = (None if preprocessing is None else
+                              {"source": preprocessing["source"], "file": "preprocessing.json"})
+    facts["pretrained_weights"] = config.model.weights
+    return facts
 
 
 def no_privacy_metrics() -> dict[str, None]:

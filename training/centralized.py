@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dataset.base import DataBundle, gather_rows, place_inputs
-from privacy import ENGINES, dpsgd
+from privacy import ENGINES
 from privacy.accounting import epsilon_of_history
 from privacy.individual import (
     IndividualPrivacy,
@@ -30,7 +30,14 @@ from privacy.individual import (
 )
 from privacy.releases import Release
 from training import TRAINERS
-from training.base import POISSON_VIOLATED_WARNING, guarantee_facts, no_privacy_metrics
+from training.base import (
+    HISTORY_KEY,
+    POISSON_VIOLATED_WARNING,
+    delta_warning,
+    guarantee_facts,
+    no_privacy_metrics,
+)
+from training.batches import build_batches
 from training.optim import build_optimizer
 from training.repair.base import Batch, RepairMethod, TrainingSet
 from training.repair.vanilla import Vanilla
@@ -38,7 +45,7 @@ from utils.config import ExperimentConfig
 from utils.errors import ConfigError, warn_user
 from utils.fairness import GROUPS
 from utils.progress import progress
-from utils.seeding import torch_generator
+from utils.seeding import RunStreams
 
 
 class CentralizedTrainer:
@@ -75,12 +82,15 @@ class CentralizedTrainer:
         # The batch order's own stream (Opacus' Poisson sampler inherits it from this loader), and
         # under DP-SGD the noise's own, on the device where it is added: never torch's global
         # generator, which initialized the model (utils.seeding). Both are part of the trainer's
-        # state, so that a resumed run draws the same batches and the same noise.
-        self.generator = torch_generator(config.seed, "batch_sampling")
-        if config.training.balanced_batches:  # non-private only (ExperimentConfig.validate)
-            loader = BalancedBatches(self._cells(data), config.training.batch_size, self.generator)
-        else:
-            loader = dpsgd.index_loader(num_examples, config.training.batch_size, self.generator)
+        # state, so that a resumed run draws the same batches and the same noise. Both are keyed
+        # by the run's identity, so no two points of a grid share them.
+        streams = RunStreams(config)
+        self.generator = streams.torch("batch_sampling")
+        # training.batches (anything but shuffled is non-private only: ExperimentConfig.validate)
+        # and training.steps_per_epoch; under DP-SGD the engine turns shuffled into Poisson batches.
+        loader = build_batches(config.training.batches, minority=self.minority.cpu(),
+                               labels=self.y.cpu() > 0.5, batch_size=config.training.batch_size,
+                               steps=config.training.steps_per_epoch, generator=self.generator)
         # The repair method's phases (one by default); a phase that starts afresh reloads these
         # initial weights, the init stream's draw, so every phase starts from the same model.
         self.phases = self.method.phases(config.training.epochs)
@@ -95,18 +105,22 @@ class CentralizedTrainer:
         optimizer = build_optimizer(config.training, model.parameters())
         self.private = None
         self.warnings: list[str] = []  # for summary.json (see training.base.Trainer)
+        self.delta_too_large = False
         if config.privacy.mode == "dpsgd":
             if not config.privacy.poisson_sampling:
                 warn_user(POISSON_VIOLATED_WARNING, self.warnings)
+            if (message := delta_warning(config.privacy.delta, num_examples, "training example")):
+                warn_user(message, self.warnings)
+                self.delta_too_large = True
             noise = (None if config.privacy.secure_rng
-                     else torch_generator(config.seed, "dp_noise", device))
+                     else streams.torch("dp_noise", device))
             # The method's releases of private statistics (noisy counts) were made while it
             # prepared the data; they are composed with the steps, and under target_epsilon the
             # steps' σ is chosen for what the releases left of the budget.
             engine = ENGINES.get(config.privacy.engine)
             # A clipping rule's noisy counts (privacy.clipping) have their own stream.
             clipping = (None if config.privacy.secure_rng
-                        else torch_generator(config.seed, "dp_clipping"))
+                        else streams.torch("dp_clipping"))
             self.private = engine(model, optimizer, loader, config.privacy, self.units,
                                   noise_generator=noise, releases=self.method.releases(),
                                   clipping_generator=clipping)
@@ -150,24 +164,6 @@ class CentralizedTrainer:
             if module.training:
                 self._activations[name] = output
         return record
-
-    def _cells(self, data: DataBundle) -> list[torch.Tensor]:
-        """The training indices of each cell a balanced batch draws from equally: the two groups
-        (dp), or group × label (eo). A cell too small for its share of a batch is a ConfigError."""
-        minority, labels = self.minority.cpu(), self.y.cpu() > 0.5
-        masks = ([minority, ~minority] if self.config.fairness.mode == "dp" else
-                 [minority & labels, minority & ~labels, ~minority & labels, ~minority & ~labels])
-        cells = [mask.nonzero().flatten() for mask in masks]
-        share = self.config.training.batch_size // len(cells)
-        smallest = min(len(cell) for cell in cells)
-        if share < 1 or smallest < share:
-            raise ConfigError(
-                f"training.balanced_batches: a batch of training.batch_size "
-                f"{self.config.training.batch_size} takes {share} examples from each of the "
-                f"{len(cells)} cells of fairness.mode {self.config.fairness.mode!r}, but the "
-                f"smallest cell holds {smallest}. Set training.batch_size between {len(cells)} and "
-                f"{smallest * len(cells)}, or training.balanced_batches: false.")
-        return cells
 
     def _phase_at(self, unit: int) -> tuple[int, int]:
         """(phase index, the unit its first epoch is) of 0-based ``unit``."""
@@ -324,8 +320,15 @@ class CentralizedTrainer:
 
     @property
     def privacy_facts(self) -> dict[str, Any]:
-        """What the run's guarantee rests on, for summary.json (:func:`training.base.guarantee_facts`)."""
-        return guarantee_facts(self.config.privacy, poisson=self.config.privacy.poisson_sampling)
+        """What the run's guarantee rests on, for summary.json (:func:`training.base.guarantee_facts`),
+        and under DP-SGD its whole composition (``privacy/history``: the (σ, q, steps) entries of
+        its steps and releases), which the report composes across runs."""
+        facts = guarantee_facts(self.config.privacy, poisson=self.config.privacy.poisson_sampling)
+        if self.delta_too_large:  # delta_warning: (ε, δ) at δ ≥ 1/n is no meaningful guarantee
+            facts["privacy/private"] = False
+        if self.private is not None:
+            facts[HISTORY_KEY] = [list(entry) for entry in self.private.history()]
+        return facts
 
     def privacy_metrics(self) -> dict[str, float | None]:
         if self.private is None:
@@ -426,29 +429,6 @@ class RuleDiagnostics:
 
     def metrics(self) -> dict[str, float]:
         return {key: total / self.steps for key, total in self.sums.items()} if self.steps else {}
-
-
-class BalancedBatches:
-    """Batches with the same number of examples from every cell (``training.balanced_batches``).
-
-    Each of the ceil(N / batch_size) steps of an epoch draws batch_size // cells examples from
-    every cell, uniformly without replacement within the step and independently across steps (as
-    RUNNER's released code samples), from the trainer's batch-order generator. Yields ``(indices,)``
-    like the plain loader.
-    """
-
-    def __init__(self, cells: list[torch.Tensor], batch_size: int, generator: torch.Generator):
-        self.cells, self.generator = cells, generator
-        self.share = batch_size // len(cells)
-        self.steps = -(-sum(len(cell) for cell in cells) // batch_size)
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self):
-        for _ in range(self.steps):
-            yield (torch.cat([cell[torch.randperm(len(cell), generator=self.generator)[:self.share]]
-                              for cell in self.cells]),)
 
 
 @TRAINERS.register("none")

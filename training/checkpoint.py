@@ -8,11 +8,18 @@ NumPy's legacy global generator, Python's ``random``), the number of units done,
 spent so far and, under ``training.select``, the best unit so far with its model and test outputs
 (:meth:`training.selection.ModelSelector.state_dict`), so that a resumed run selects the same unit.
 
-Writing is crash-safe: the new checkpoint goes to a temporary file in the same directory, is
-fsynced, the current ``last.pt`` is renamed to ``previous.pt``, and the temporary file is renamed to
+Every checkpoint records the run it belongs to: the run's config (``run``: every key but provenance
+and ``output_dir``, seed included) as the run saw it. A file whose record is not this run's (a
+``last.pt`` of another seed or setting copied into the directory) is refused like a damaged one, so
+a resumed run can never continue another run's training under this run's name.
+
+Writing is crash-safe: the checkpoint is serialized in memory, written to a new temporary file in
+the same directory (never through an existing path, :func:`utils.sink.replace_file`) and fsynced,
+the current ``last.pt`` is renamed to ``previous.pt``, and the temporary file is renamed to
 ``last.pt`` (renames within one directory are atomic). Whatever moment a run is killed at, one of the
-two files is whole. :func:`find_resumable` tries ``last.pt`` and falls back to ``previous.pt`` with a
-warning when the former cannot be read or lacks a key.
+two files is whole, and a failed write (a full disk) removes its temporary file.
+:func:`find_resumable` tries ``last.pt`` and falls back to ``previous.pt`` with a warning when the
+former cannot be read, lacks a key or belongs to another run.
 
 Resuming restores every random stream at the unit boundary, so the resumed run draws the same
 batches and the same DP noise as an uninterrupted one and (on the CPU) ends with the same model and
@@ -25,6 +32,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
+import json
 import os
 import random
 import sys
@@ -40,13 +49,20 @@ from utils import rundir
 from utils.config import PROVENANCE_KEY, ExperimentConfig, config_from_mapping
 from utils.errors import UserInputError
 from utils.rundir import CHECKPOINT_DIR
-from utils.sink import CONFIG_FILE, SUMMARY_FILE
+from utils.sink import CONFIG_FILE, SUMMARY_FILE, replace_file
 
 LAST = "last.pt"
 PREVIOUS = "previous.pt"
-# Bumped whenever the layout below changes, so an old file is refused rather than misread.
-FORMAT_VERSION = 1
-_REQUIRED_KEYS = ("format", "step", "wall_s", "trainer", "rng")
+# Bumped whenever the layout below changes, or what a resumed run rebuilds would differ from what
+# the interrupted one built, so an old file is refused rather than misread.
+# 2: the run's config ("run"), so that another run's checkpoint is refused (issue 26).
+# 3 (2026-12-06): the run streams are keyed by the run's identity and the preprocessing is public
+# under privacy (issue 25), so a run begun before would resume on other features, or release its
+# noisy counts again from another stream.
+FORMAT_VERSION = 3
+_REQUIRED_KEYS = ("format", "step", "wall_s", "trainer", "rng", "run")
+OTHER_RUN = ("{path} belongs to another run (its config differs in {keys}); it is not resumed "
+             "here")
 # A checkpoint is saved after an evaluated unit and before the last one, so its step lies in
 # 1 .. units - 1; any other step (a file from a longer run, a tampered one) cannot be resumed.
 STEP_OUT_OF_RANGE = ("{path} is after unit {step}, but this run has {units} units (a checkpoint "
@@ -66,6 +82,7 @@ class ResumePoint:
         path: the file it was read from (``last.pt``, or ``previous.pt`` when ``last.pt`` was bad).
         selection: the model selector's state (:mod:`training.selection`), or None in a file
             written without one.
+        run: the run the file belongs to (:func:`run_record`).
     """
 
     step: int
@@ -74,6 +91,7 @@ class ResumePoint:
     rng_state: dict[str, Any]
     path: Path
     selection: dict[str, Any] | None = None
+    run: str | None = None
 
 
 def rng_state() -> dict[str, Any]:
@@ -105,11 +123,39 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def run_record(config: ExperimentConfig) -> str:
+    """The run a checkpoint belongs to: ``config`` without provenance and ``output_dir`` (a moved
+    folder of runs still resumes), seed included, as canonical JSON."""
+    record = {key: value for key, value in config.to_dict().items()
+              if key != PROVENANCE_KEY and key not in rundir.LOCATION_KEYS}
+    return json.dumps(record, sort_keys=True, default=str)
+
+
+def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def serialized(payload: Any) -> bytes:
+    """``torch.save`` into memory: the bytes are then written by :func:`utils.sink.replace_file`,
+    so a full disk is an ``OSError`` naming the file, never an error from inside torch's writer."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
 def save_checkpoint(run_dir: Path, *, step: int, wall_s: float, trainer,
-                    selection: dict[str, Any] | None = None) -> Path:
+                    selection: dict[str, Any] | None = None,
+                    config: ExperimentConfig | None = None) -> Path:
     """Save the run's state after ``step`` units as ``checkpoints/last.pt``; keep the old one.
 
-    ``selection`` is the model selector's :meth:`~training.selection.ModelSelector.state_dict`.
+    ``selection`` is the model selector's :meth:`~training.selection.ModelSelector.state_dict`;
+    ``config`` is the run's (recorded, :func:`run_record`; a file without it is never resumed).
 
     The order of operations is what makes it safe to kill the process at any instant: the new file
     is complete and on disk (fsync) before any rename, ``last.pt`` becomes ``previous.pt`` before
@@ -119,18 +165,18 @@ def save_checkpoint(run_dir: Path, *, step: int, wall_s: float, trainer,
     directory = Path(run_dir) / CHECKPOINT_DIR
     directory.mkdir(exist_ok=True)
     payload = {"format": FORMAT_VERSION, "step": step, "wall_s": wall_s,
-               "trainer": trainer.state_dict(), "rng": rng_state()}
+               "trainer": trainer.state_dict(), "rng": rng_state(),
+               "run": None if config is None else run_record(config)}
     if selection is not None:
         payload["selection"] = selection
-    tmp = directory / f".{LAST}.tmp"
-    with tmp.open("wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    data = serialized(payload)
+    # replace_file's temporary name is last.pt.tmp; the hidden name keeps it out of listings.
+    staged = directory / f".{LAST}"
+    replace_file(staged, data)
     last = directory / LAST
-    if last.exists():
+    if os.path.lexists(last):
         os.replace(last, directory / PREVIOUS)
-    os.replace(tmp, last)
+    os.replace(staged, last)
     _fsync_directory(directory)
     return last
 
@@ -164,7 +210,7 @@ def load_checkpoint(path: Path) -> ResumePoint:
                          f"{FORMAT_VERSION}")
     return ResumePoint(step=int(payload["step"]), wall_s=float(payload["wall_s"]),
                        trainer_state=payload["trainer"], rng_state=payload["rng"], path=path,
-                       selection=payload.get("selection"))
+                       selection=payload.get("selection"), run=payload["run"])
 
 
 def saved_config_matches(run_dir: Path, config: ExperimentConfig) -> bool:
@@ -173,7 +219,12 @@ def saved_config_matches(run_dir: Path, config: ExperimentConfig) -> bool:
     path = Path(run_dir) / CONFIG_FILE
     try:
         raw = yaml.safe_load(path.read_text())
-        saved = config_from_mapping({k: v for k, v in raw.items() if k != PROVENANCE_KEY})
+        raw = {k: v for k, v in raw.items() if k != PROVENANCE_KEY}
+        if raw.get("seed", 0) is None and not config.logging.private_stats:
+            # Withheld from config.yaml (logging.private_stats: false); the checkpoint's own
+            # record of the run (run_record, seed included) is checked instead.
+            raw["seed"] = config.seed
+        saved = config_from_mapping(raw)
     except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError, UserInputError):
         return False
     here = {key: getattr(config, key) for key in rundir.LOCATION_KEYS}
@@ -186,9 +237,11 @@ def find_resumable(run_dir: Path, config: ExperimentConfig, trainer, selector=No
     A run directory resumes only when it is the tool's (:func:`utils.rundir.is_marked`), has no
     complete run's summary.json (the run did not finish; a broken summary.json does not count),
     its config.yaml equals ``config`` apart from provenance and ``output_dir`` (a changed config is
-    a different experiment, whose earlier epochs would mix two settings; a moved folder is not),
-    and a usable checkpoint exists. ``last.pt`` is tried first, then ``previous.pt``. A file is
-    usable when it loads, holds every key, lies after unit 1 to ``trainer.units - 1``
+    a different experiment, whose earlier epochs would mix two settings; a moved folder is not;
+    a seed withheld from config.yaml is checked against the checkpoint's record), and a usable
+    checkpoint exists. ``last.pt`` is tried first, then ``previous.pt``. A file is
+    usable when it loads, holds every key, belongs to this run (its :func:`run_record` is this
+    config's, :data:`OTHER_RUN`), lies after unit 1 to ``trainer.units - 1``
     (:data:`STEP_OUT_OF_RANGE`), and the trainer accepts its state; each unusable file, and a fresh
     start forced by having neither, is reported on stderr, never passed over silently.
 
@@ -216,6 +269,15 @@ def find_resumable(run_dir: Path, config: ExperimentConfig, trainer, selector=No
     for path in candidates:
         try:
             point = load_checkpoint(path)
+            if point.run != run_record(config):
+                try:
+                    theirs = _flat(json.loads(point.run))
+                except (TypeError, ValueError):
+                    theirs = {}
+                ours = _flat(json.loads(run_record(config)))
+                keys = sorted(key for key in theirs.keys() | ours.keys()
+                              if theirs.get(key, ...) != ours.get(key, ...)) or ["its record"]
+                raise ValueError(OTHER_RUN.format(path=path, keys=", ".join(keys)))
             if not 0 < point.step < trainer.units:
                 raise ValueError(STEP_OUT_OF_RANGE.format(path=path, step=point.step,
                                                           units=trainer.units,

@@ -17,11 +17,14 @@ is written first thing whenever a run directory is made, before config.yaml. A m
 made and marked; an empty one is adopted (marked and used); a marked one is resumed, returned as
 complete, or, for a fresh start (``--overwrite``, or an interrupted run that cannot resume),
 cleared of the tool's own entries only (config.yaml, metrics.jsonl, summary.json, predictions.csv,
-clients.csv, tb/, wandb/, checkpoints/), leaving anything else in it alone. Anything else at the
-run path (a folder without the marker that is not empty, a file, a symbolic link) is an input
-error naming the path, and is never written to or removed, ``--overwrite`` or not; the one
-exception is reading: a valid summary.json in an unmarked folder (a complete run of a version
-before the marker) is returned as complete. Nothing outside ``{output_dir}/{name}`` is written or
+clients.csv, preprocessing.json, tb/, wandb/, checkpoints/), leaving anything else in it alone.
+Anything else at the run path (a folder without the marker that is not empty, a file, a symbolic
+link) is an input error naming the path, and is never written to or removed, ``--overwrite`` or
+not; the one exception is reading: a valid summary.json in an unmarked folder whose config.yaml is
+this config (a complete run of a version before the marker) is returned as complete. Inside a
+marked directory every path a resume or a fresh start writes is checked first (no link, the right
+kind of entry: :func:`utils.rundir.check_run_entries`), and the directory is locked for this
+process (:class:`utils.rundir.RunLock`) until the run ends. Nothing outside ``{output_dir}/{name}`` is written or
 removed, apart from making the missing folders of output_dir. summary.json counts only when it is
 an object with every key a complete run writes; a broken one (cut short, empty, ``{}``) makes the
 run an interrupted one, with a warning naming the file. Configs are compared without provenance
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -44,24 +48,28 @@ import torch
 import yaml
 
 from dataset import build_dataset
+from dataset.preprocessing import FITTED, FITTED_UNDER_PRIVACY, without_fitted_parameters
 from models import build_model
 from training import build_trainer, checkpoint
+from training.base import PUBLIC_DATA_KEY, public_data_facts
 from training.evaluation import TestSetEvaluator
 from training.repair import build_method
 from training.selection import ModelSelector
 from utils import fairness, rundir
-from utils.config import PROVENANCE_KEY, ExperimentConfig, check_selection
-from utils.errors import UserInputError
+from utils.config import PROVENANCE_KEY, RETIRED_KEYS, ExperimentConfig, check_selection
+from utils.errors import UserInputError, warn_user
 from utils.progress import progress
-from utils.seeding import resolve_device, seed_global_generators, seed_sequence
+from utils.seeding import PAIRED_STREAMS_WARNING, RunStreams, resolve_device, run_identity
 from utils.sink import (
     CLIENTS_FILE,
     CONFIG_FILE,
     NON_PRIVATE_LIST_KEY,
     PREDICTIONS_FILE,
+    PREPROCESSING_FILE,
     SUMMARY_FILE,
     MetricsSink,
     is_non_private_statistic,
+    replace_file,
     resolve_wandb_mode,
     without_non_private_statistics,
     write_json_atomic,
@@ -70,6 +78,11 @@ from utils.sink import (
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The final model decides one class for every test example (tests import it).
+CONSTANT_CLASSIFIER = (
+    "the final model (unit {unit} of {units}) predicts {label} for every test example: a constant "
+    "classifier, whose gaps are 0 or undefined by construction and say nothing about fairness "
+    "(test/constant_prediction: true in summary.json).")
 PACKAGES = ("torch", "torchvision", "opacus", "numpy", "scikit-learn", "pandas", "wandb",
             "tensorboard", "pyyaml")
 
@@ -109,14 +122,54 @@ def changed_keys(run_dir: Path, config: ExperimentConfig) -> list[str]:
         return out
 
     old, new = flat(stored), flat(config.to_dict())
+    if "seed" in old and old["seed"] is None and withholds_seed(config):
+        del old["seed"], new["seed"]  # withheld from config.yaml: nothing to compare it with
+    # A config.yaml from before data.preprocessing existed was preprocessed as "fitted" is now;
+    # under privacy that is not what the default (auto: public) does.
+    if "data.preprocessing" not in old and old.get("privacy.mode", "none") != "none":
+        old["data.preprocessing"] = "fitted"
     # A key the stored config lacks because the tool gained it later is no change while this
-    # config leaves it at its default (the run trained with that behaviour).
+    # config leaves it at its default (the run trained with that behaviour); nor is a key the tool
+    # has since retired, stored at the value that meant today's default.
     defaults = flat(ExperimentConfig().to_dict())
+    retired = {key: default for key, (_, default) in RETIRED_KEYS.items()}
     return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key)
-                  and not (key not in old and key in defaults and new.get(key) == defaults[key]))
+                  and not (key not in old and key in defaults and new.get(key) == defaults[key])
+                  and not (key not in new and key in retired and old[key] == retired[key]))
 
 
-def provenance() -> dict[str, Any]:
+SEED_WITHHELD = "<withheld>"  # in provenance's command, for --set seed=N under private_stats: false
+
+
+def withholds_seed(config: ExperimentConfig) -> bool:
+    """``logging.private_stats: false`` leaves the seed out of every record of the run: it replays a
+    reproducible run's sampling and noise and names the resampled training rows (README,
+    *What ε does not cover*). Resuming does not need it from the records: the params file (or
+    ``--set``) gives it again, and the checkpoints, private files removed when the run completes,
+    record it to refuse another seed's (training.checkpoint.run_record)."""
+    return not config.logging.private_stats
+
+
+def records_config(config: ExperimentConfig) -> dict[str, Any]:
+    """The config as the run's records hold it (config.yaml, wandb's run config): the resolved
+    config, with ``seed: null`` when :func:`withholds_seed`."""
+    resolved = config.to_dict()
+    if withholds_seed(config):
+        resolved["seed"] = None
+    return resolved
+
+
+def recorded_argv(config: ExperimentConfig | None) -> list[str]:
+    """The command line as the records hold it: a ``--set seed=...`` masked when the config
+    withholds its seed (config.yaml's provenance, and wandb, which records ``sys.argv`` itself)."""
+    words = list(sys.argv)
+    if config is not None and withholds_seed(config):
+        words = [re.sub(r"^((?:--set=)?\s*seed\s*=).*$", rf"\g<1>{SEED_WITHHELD}", word, flags=re.S)
+                 for word in words]
+    return words
+
+
+def provenance(config: ExperimentConfig | None = None) -> dict[str, Any]:
     """Package versions and the project's git commit, so a result can be traced to its code."""
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -133,7 +186,7 @@ def provenance() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     return {"versions": versions, "git_commit": commit, "git_dirty": dirty,
-            "command": " ".join(sys.argv), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "command": " ".join(recorded_argv(config)), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def build_components(config: ExperimentConfig, device: torch.device):
@@ -147,10 +200,15 @@ def build_components(config: ExperimentConfig, device: torch.device):
     """
     method = build_method(config)
     data = method.prepare(build_dataset(config))  # the repair method's pre-processing
-    seed_global_generators(config.seed, "init")
+    streams = RunStreams(config)
+    streams.seed_global("init")
     model = build_model(config.model, data.input_shape)
-    seed_global_generators(config.seed, "augmentation")
+    streams.seed_global("augmentation")
     trainer = build_trainer(config, model, data, device, method=method)
+    if config.privacy.private and config.privacy.paired_streams:
+        warn_user(PAIRED_STREAMS_WARNING, trainer.warnings)
+    if config.privacy.private and fitted_preprocessing(data):
+        warn_user(FITTED_UNDER_PRIVACY.format(mode=config.privacy.mode), trainer.warnings)
     return data, model, trainer
 
 
@@ -181,24 +239,59 @@ def open_run(config: ExperimentConfig, *, overwrite: bool = False,
     state = rundir.inspect_run_path(run_dir, config.output_dir)
     if not overwrite and state in (rundir.MARKED, rundir.FOREIGN):
         done, problem = rundir.read_summary(run_dir / SUMMARY_FILE)
+        if done is not None and state == rundir.FOREIGN and not _earlier_version_run(run_dir, config,
+                                                                                     done):
+            raise rundir.refuse_foreign(run_dir)
         if done is not None:
             if changed := changed_keys(run_dir, config):
                 print(f"warning: {run_dir} holds a finished run of a different config (it differs "
                       f"in {', '.join(changed)}); returning that run's results. Use --overwrite to "
                       f"train this config there, or give it another name.", file=sys.stderr)
             return {**done, "skipped": True}
-        if problem is not None and state == rundir.MARKED:
-            print("warning: " + rundir.SUMMARY_BROKEN.format(path=run_dir / SUMMARY_FILE,
-                                                             problem=problem), file=sys.stderr)
+    else:
+        problem = None
     if state == rundir.FOREIGN:
         raise rundir.refuse_foreign(run_dir)
     rundir.check_writable(run_dir, config.output_dir, state)
+    # One process per run directory (utils.rundir.RunLock): a marked one is locked before its
+    # checkpoint is read, an absent or empty one as soon as it is made and marked.
+    lock = rundir.lock_run(run_dir) if state == rundir.MARKED else None
+    try:
+        if state == rundir.MARKED:  # every path a resume or a fresh start writes is the tool's
+            rundir.check_run_entries(run_dir)
+            if problem is not None:
+                print("warning: " + rundir.SUMMARY_BROKEN.format(path=run_dir / SUMMARY_FILE,
+                                                                 problem=problem), file=sys.stderr)
+        return _open_locked(config, run_dir, state, lock, overwrite=overwrite,
+                            concurrent=concurrent)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _earlier_version_run(run_dir: Path, config: ExperimentConfig, summary: dict[str, Any]) -> bool:
+    """Whether an unmarked folder holding a complete summary.json is a finished run of this
+    config made by a version of the tool from before the marker: its config.yaml is a regular
+    file holding this config (:func:`changed_keys` finds no difference) and the summary names this
+    run. Another program's summary.json with the same keys is not (it is refused as not ours)."""
+    return (rundir.entry_kind(run_dir / CONFIG_FILE) == "file" and not changed_keys(run_dir, config)
+            and summary.get("name") == config.name)
+
+
+def _open_locked(config: ExperimentConfig, run_dir: Path, state: str, lock, *, overwrite: bool,
+                 concurrent: bool) -> RunSession:
+    """:func:`open_run` once the run path is checked (and, when marked, locked)."""
     started = time.perf_counter()
 
     # Everything that can fail on the user's input happens before the run directory exists.
     device = resolve_device(config.device)
     check_selection(config)  # training.select needs a validation split (configs built in code too)
     data, _, trainer = build_components(config, device)
+    # The model as initialized (or loaded from model.weights), to tell at the end whether training
+    # changed it at all (MODEL_UNCHANGED).
+    initial_state = {key: value.detach().clone()
+                     for key, value in trainer.base_model().state_dict().items()}
     evaluator = TestSetEvaluator(data, device, config.training.eval_batch_size, config.evaluation)
     # The validation set (data.val_fraction): the same metrics, val/-prefixed, in the same row.
     val_evaluator = (TestSetEvaluator(data, device, config.training.eval_batch_size,
@@ -212,22 +305,27 @@ def open_run(config: ExperimentConfig, *, overwrite: bool = False,
                     else checkpoint.find_resumable(run_dir, config, trainer, selector))
     made = None  # the folders a fresh start made: what an input error removes again
     if resume_point is None:
-        made = _fresh_run_directory(run_dir, config)
+        made, lock = _fresh_run_directory(run_dir, config, state, lock)
     else:  # time/wall_s adds this process's time to the interrupted run's
         started -= resume_point.wall_s
     first_unit = 0 if resume_point is None else resume_point.step
-    sink = MetricsSink(run_dir, run_name=config.name, config=config.to_dict(),
-                       tensorboard=config.logging.tensorboard,
-                       wandb_mode=resolve_wandb_mode(config.logging.wandb.mode),
-                       wandb_project=config.logging.wandb.project,
-                       wandb_entity=config.logging.wandb.entity,
-                       wandb_group=config.logging.wandb.group,
-                       resume_step=None if resume_point is None else first_unit,
-                       wandb_concurrent=concurrent)
+    try:
+        sink = MetricsSink(run_dir, run_name=config.name, config=records_config(config),
+                           tensorboard=config.logging.tensorboard,
+                           wandb_mode=resolve_wandb_mode(config.logging.wandb.mode),
+                           wandb_project=config.logging.wandb.project,
+                           wandb_entity=config.logging.wandb.entity,
+                           wandb_group=config.logging.wandb.group,
+                           resume_step=None if resume_point is None else first_unit,
+                           wandb_concurrent=concurrent,
+                           wandb_argv=recorded_argv(config) if withholds_seed(config) else None)
+    except BaseException:
+        lock.release()
+        raise
     return RunSession(config=config, run_dir=run_dir, device=device, data=data, trainer=trainer,
                       evaluator=evaluator, val_evaluator=val_evaluator, selector=selector,
                       sink=sink, started=started, first_unit=first_unit, made=made,
-                      adopted_empty=state == rundir.EMPTY)
+                      adopted_empty=state == rundir.EMPTY, lock=lock, initial_state=initial_state)
 
 
 @dataclass
@@ -248,6 +346,8 @@ class RunSession:
     first_unit: int
     made: list[Path] | None
     adopted_empty: bool
+    lock: rundir.RunLock | None = None
+    initial_state: dict[str, torch.Tensor] | None = None
     row: dict[str, Any] = field(default_factory=dict)
     y_score: Any = None
     y_pred: Any = None
@@ -291,7 +391,8 @@ class RunSession:
         if evaluated and unit + 1 < trainer.units:
             checkpoint.save_checkpoint(self.run_dir, step=unit + 1,
                                        wall_s=time.perf_counter() - self.started,
-                                       trainer=trainer, selection=self.selector.state_dict())
+                                       trainer=trainer, selection=self.selector.state_dict(),
+                                       config=config)
 
     @contextlib.contextmanager
     def closing_on_error(self):
@@ -303,25 +404,50 @@ class RunSession:
             raise
 
     def abort(self, error: BaseException) -> None:
-        self.sink.close(None)
-        if isinstance(error, UserInputError) and self.made is not None:
-            rundir.discard_fresh_run(self.run_dir, self.made, keep_directory=self.adopted_empty)
+        try:
+            with contextlib.suppress(OSError):  # a full disk fails the close too: report the first
+                self.sink.close(None)
+            if isinstance(error, UserInputError) and self.made is not None:
+                rundir.discard_fresh_run(self.run_dir, self.made, keep_directory=self.adopted_empty)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def finish(self) -> dict[str, Any]:
         """The final model: intervals, predictions and the summary, in that order (summary last)."""
         summary = _write_results(self)
         self.sink.close(summary)
+        if self.lock is not None:
+            self.lock.release()
         return summary
 
 
-def _fresh_run_directory(run_dir: Path, config: ExperimentConfig) -> list[Path]:
-    """A marked run directory holding config.yaml alone of the tool's files; return the folders
-    made for it. A missing directory is made, an empty one adopted, a marked one (--overwrite, an
-    interrupted run that cannot resume) cleared of the tool's entries (:func:`utils.rundir.start_fresh`)."""
-    made = rundir.start_fresh(run_dir, config.output_dir)
-    resolved = {**config.to_dict(), PROVENANCE_KEY: provenance()}
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
-    return made
+def _fresh_run_directory(run_dir: Path, config: ExperimentConfig, state: str,
+                         lock: rundir.RunLock | None) -> tuple[list[Path], rundir.RunLock]:
+    """A marked run directory, locked, holding config.yaml alone of the tool's files; return the
+    folders made for it and the lock. A missing directory is made, an empty one adopted, a marked
+    one (--overwrite, an interrupted run that cannot resume) cleared of the tool's entries
+    (:func:`utils.rundir.start_fresh`)."""
+    made, lock = rundir.start_fresh(run_dir, config.output_dir, expected=state, lock=lock)
+    try:
+        resolved = {**records_config(config), PROVENANCE_KEY: provenance(config)}
+        replace_file(run_dir / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False).encode())
+    except BaseException:
+        lock.release()
+        raise
+    return made, lock
+
+
+MODEL_UNCHANGED = ("the model's parameters after training are exactly those it started from: "
+                   "this run learned nothing, and its metrics are those of the initial model. "
+                   "Typical causes: an update that overflows float32 (privacy.max_grad_norm or "
+                   "training.weight_decay far too large, so Adam divides by infinity), or "
+                   "training.lr 0. Fix the setting and run again with --overwrite.")
+
+
+def _unchanged(initial: dict[str, torch.Tensor], final: dict[str, torch.Tensor]) -> bool:
+    return initial.keys() == final.keys() and all(
+        torch.equal(initial[key], final[key].detach().to(initial[key].device)) for key in initial)
 
 
 def _write_results(session: RunSession) -> dict[str, Any]:
@@ -334,20 +460,41 @@ def _write_results(session: RunSession) -> dict[str, Any]:
     # test/ and val/ metrics are the final ones (training.selection); with "last", the last unit's.
     row, y_score, y_pred = session.selector.finish(row, y_score, y_pred, trainer)
     # The final model: intervals, predictions and the summary, in that order (summary last).
-    intervals = evaluator.intervals(y_score, y_pred, seed=seed_sequence(config.seed, "bootstrap"))
+    intervals = evaluator.intervals(y_score, y_pred, seed=RunStreams(config).sequence("bootstrap"))
     small_groups = fairness.small_group_warnings(
         {g: row[f"test/count/group={g}"] for g in fairness.GROUPS})
     for message in small_groups:
         print(f"warning: {message}", file=sys.stderr)
     # The trainer's own warnings were printed when it was built; the record keeps them all.
     warnings = [*trainer.warnings, *small_groups]
+    if row.get(f"test/{fairness.CONSTANT_PREDICTION}"):
+        decisions = y_pred if y_pred is not None else fairness.predictions(
+            y_score, config.evaluation.threshold)
+        warn_user(CONSTANT_CLASSIFIER.format(unit=row["select/unit"], units=trainer.units,
+                                             label=int(decisions[0])), warnings)
+    base_model = trainer.base_model()
+    if session.initial_state is not None and _unchanged(session.initial_state,
+                                                        base_model.state_dict()):
+        warn_user(MODEL_UNCHANGED, warnings)
     facts = dict(trainer.privacy_facts)
     if row["privacy/epsilon"] == float("inf"):  # no noise: nothing is private
         facts["privacy/private"] = False
+    # Which streams the run drew from (utils.seeding): runs of equal identity and seed share them.
+    facts["streams/identity"] = run_identity(config)
+    facts["privacy/paired_streams"] = config.privacy.private and config.privacy.paired_streams
+    if config.privacy.private and fitted_preprocessing(data):  # statistics of private rows
+        facts["privacy/private"] = False
+    # Everything read without noise and charged nothing (training.base.public_data_facts).
+    facts[PUBLIC_DATA_KEY] = public_data_facts(config, has_validation=data.has_validation,
+                                               preprocessing=data.preprocessing,
+                                               method=trainer.method)
     # The decisions every metric was computed from (the repair method's post-processing, by
     # default utils.fairness.predictions), so the file and the metrics cannot disagree.
     write_predictions(run_dir / PREDICTIONS_FILE, evaluator.y_true, y_score, y_pred,
                       evaluator.minority)
+    if data.preprocessing is not None:  # the feature transform and its sources
+        write_json_atomic(run_dir / PREPROCESSING_FILE, data.preprocessing if config.logging.private_stats
+                          else without_fitted_parameters(data.preprocessing))
     client_counts = trainer.client_counts
     if client_counts and config.logging.private_stats:  # federated: who holds which group
         write_rows(run_dir / CLIENTS_FILE, client_counts)
@@ -358,12 +505,12 @@ def _write_results(session: RunSession) -> dict[str, Any]:
         row = {**row, **individual.metrics}
     checkpoint_dir = run_dir / checkpoint.CHECKPOINT_DIR
     checkpoint_dir.mkdir(exist_ok=True)
-    base_model = trainer.base_model()
-    torch.save(base_model.state_dict(), checkpoint_dir / "model_final.pt")
+    replace_file(checkpoint_dir / "model_final.pt", checkpoint.serialized(base_model.state_dict()))
     summary = {
         **row, **intervals,
         "time/wall_s": time.perf_counter() - started,
-        "name": config.name, "seed": config.seed, "mode": config.privacy.mode,
+        "name": config.name, "seed": None if withholds_seed(config) else config.seed,
+        "mode": config.privacy.mode,
         "device": str(device), "units": trainer.units, "warnings": warnings,
         "data/info": data.info, "trainer/info": trainer.info,
         **facts,
@@ -378,3 +525,8 @@ def _write_results(session: RunSession) -> dict[str, Any]:
     for name in (checkpoint.LAST, checkpoint.PREVIOUS):
         (checkpoint_dir / name).unlink(missing_ok=True)
     return summary
+
+
+def fitted_preprocessing(data) -> bool:
+    """Whether some feature transform's parameters were fitted on the data (preprocessing.json)."""
+    return data.preprocessing is not None and data.preprocessing["source"] == FITTED

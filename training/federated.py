@@ -76,12 +76,13 @@ from privacy.individual import (
 )
 from privacy.noise import SecureRandom
 from training import TRAINERS
+from training.base import HISTORY_KEY, delta_warning
 from training.partition import partition_clients, partition_counts, partition_summary
 from training.repair.base import Batch, RepairMethod
 from training.repair.vanilla import Vanilla
 from utils.errors import ConfigError, warn_user
 from utils.fairness import GROUPS
-from utils.seeding import numpy_generator, stream_seed, torch_generator
+from utils.seeding import RunStreams, numpy_generator, stream_seed, torch_generator
 
 # Rough memory budget of one batched chunk of clients, and how many times the size of a batch's
 # inputs its activations are assumed to take (see :func:`default_chunk_size`).
@@ -540,6 +541,11 @@ class FederatedTrainer:
             self.individual = SensitivityLedger(max_grad_norm)
             self._individual_gen = torch_generator(seed, "individual_orders")
         self.warnings: list[str] = []  # for summary.json (see training.base.Trainer)
+        # User-level DP: n is the number of clients (training.base.delta_warning).
+        self.delta_too_large = False
+        if (message := delta_warning(delta, num_clients, "client")):
+            warn_user(message, self.warnings)
+            self.delta_too_large = True
         # Local examples processed and seconds spent in train_unit, for time/train_samples_per_s.
         self.train_samples = 0
         self.train_seconds = 0.0
@@ -763,8 +769,10 @@ class FederatedTrainer:
     def privacy_facts(self) -> dict[str, Any]:
         """What the guarantee rests on (:func:`training.base.guarantee_facts`); clients always join
         by Poisson sampling."""
-        return {"privacy/private": True, "privacy/secure_rng": self.secure_rng,
-                "privacy/accounting_assumption": "poisson"}
+        return {"privacy/private": not self.delta_too_large, "privacy/secure_rng": self.secure_rng,
+                "privacy/accounting_assumption": "poisson",
+                # σ_eff under a clipping rule with per-round releases, as epsilon() accounts them.
+                HISTORY_KEY: [[self.accounted_noise_multiplier, self.sample_rate, self.rounds_done]]}
 
     def privacy_metrics(self) -> dict[str, float | None]:
         """User-level (ε, δ) so far, with σ, q and the rounds (``privacy/steps``) behind it; under
@@ -816,7 +824,7 @@ def build_federated_trainer(config, model: nn.Module, data: DataBundle, device, 
         noise_multiplier=priv.noise_multiplier, target_epsilon=priv.target_epsilon,
         server_lr=fed.server_lr, server_momentum=fed.server_momentum, partition=fed.partition,
         dirichlet_alpha=fed.dirichlet_alpha, eval_every=fed.eval_every,
-        accountant=priv.accountant, seed=config.seed, secure_rng=priv.secure_rng, method=method,
+        accountant=priv.accountant, seed=RunStreams(config).key, secure_rng=priv.secure_rng, method=method,
         # null: ⌈1/q⌉ rounds, an epoch's worth of clients (each expected to train once)
         individual_every=((priv.individual_every or math.ceil(1 / fed.client_sample_rate))
                           if priv.accounts_individuals else None),
@@ -824,7 +832,7 @@ def build_federated_trainer(config, model: nn.Module, data: DataBundle, device, 
         # releases from the dp_clipping stream, or the OS under secure_rng.
         clipping=(build_rule(priv, expected_batch_size=fed.client_sample_rate * fed.num_clients,
                              source=SecureRandom() if priv.secure_rng
-                             else torch_generator(config.seed, "dp_clipping"))
+                             else RunStreams(config).torch("dp_clipping"))
                   if priv.clipping != "flat" else None),
     )
     # Legal but almost surely a mistake (1e-9 for 1e-1): most rounds would train no client, and the

@@ -1,12 +1,22 @@
 """Which evaluated unit's model becomes the run's final one (``training.select``).
 
-``last`` keeps the model of the last unit. ``best_val_gap`` keeps the evaluated unit (epoch, or
-federated evaluation round) with the smallest validation gap of the fairness target,
-``val/dp_gap`` under ``fairness.mode: dp`` and ``val/eo_gap`` under ``eo``; as the RUNNER paper
-reports the epoch with the smallest validation gap ignoring its first epoch, the first evaluated
-unit is no candidate when there are two or more (an almost untrained model predicts one class for
-everyone and has a gap near zero). A repair method that trains in phases (FairNeuron) offers only
-its last phase's units, the first of them likewise left out. ``best_val_ap`` keeps the largest ``val/average_precision``.
+``last`` keeps the model of the last unit. The other rules rank the evaluated units (epochs, or
+federated evaluation rounds) by one validation metric, from the table
+:data:`utils.config.MODEL_SELECTIONS`: ``best_val_gap`` the smallest validation gap of the fairness
+target (``val/dp_gap`` under ``fairness.mode: dp``, ``val/eo_gap`` under ``eo``);
+``best_val_dp_gap``, ``best_val_eo_gap``, ``best_val_eodds_gap`` (``val/eodds_gap``, the larger of
+the TPR and FPR gaps: fairlearn's ``equalized_odds_difference``) and ``best_val_eodds_sum``
+(``val/eodds_gap_sum``, their sum) the smallest of that gap whatever the target; ``best_val_ap``
+the largest ``val/average_precision``. RUNNER's released code keeps, per seed, the epoch with the
+smallest validation ``demographic_parity_difference`` (dp target) or ``equalized_odds_difference``
+(eo target), its first epoch left out: ``best_val_dp_gap`` / ``best_val_eodds_gap`` here.
+
+Every gap rule leaves the first evaluated unit out when there are two or more (an almost untrained
+model predicts one class for everyone and has a gap near zero), as RUNNER's released code does. A
+repair method that trains in phases (FairNeuron) offers only its last phase's units, the first of
+them likewise left out. With ``training.select_skip_constant`` a unit whose validation decisions are
+all one class (``val/constant_prediction``) is no candidate either (a deviation from the released
+rule, off by default); when every candidate is constant the rule falls back to them, with a warning.
 Ties go to the earlier unit; a unit whose criterion is undefined (null: a group of the validation
 set without positives, say) is no candidate, and when no unit has a defined value the last one is
 kept, with a warning.
@@ -28,13 +38,15 @@ resumed run selects exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from utils.config import SELECT_NEEDS_VALIDATION
+from utils.config import MODEL_SELECTIONS, SELECT_NEEDS_VALIDATION
 from utils.errors import ConfigError, warn_user
+from utils.fairness import CONSTANT_PREDICTION
 
 # Message part of a checkpoint that lacks the selection state (tests import it).
 NO_SELECTION_STATE = "holds no model-selection state"
@@ -42,13 +54,62 @@ NO_SELECTION_STATE = "holds no model-selection state"
 
 def selection_metric(select: str, fairness_mode: str) -> str | None:
     """The metrics.jsonl key ``select`` ranks units by (None for "last")."""
-    return {"last": None, "best_val_gap": f"val/{fairness_mode}_gap",
-            "best_val_ap": "val/average_precision"}[select]
+    metric, _ = MODEL_SELECTIONS[select]
+    return None if metric is None else metric.format(mode=fairness_mode)
+
+
+def ranks_a_gap(select: str) -> bool:
+    """Whether ``select`` picks the smallest of a gap (its first evaluated unit left out)."""
+    metric, larger_is_better = MODEL_SELECTIONS[select]
+    return metric is not None and not larger_is_better
 
 
 def evaluated_units(units: int, eval_every: int) -> list[int]:
     """The 0-based units after which the run loop evaluates (as ``training.base.Trainer`` says)."""
     return [unit for unit in range(units) if (unit + 1) % eval_every == 0 or unit + 1 == units]
+
+
+@dataclass
+class Candidate:
+    """What the selector keeps of an evaluated unit: its model (a CPU copy of the state dict), its
+    test scores and decisions, and its ``test/`` and ``val/`` metrics."""
+
+    unit: int
+    value: float
+    model: dict[str, torch.Tensor]
+    scores: np.ndarray
+    decisions: np.ndarray | None
+    metrics: dict[str, Any]
+
+    @classmethod
+    def of(cls, unit: int, value: float, row: dict[str, Any], y_score, y_pred, trainer) -> Candidate:
+        return cls(unit=unit, value=value,
+                   model={key: tensor.detach().to("cpu", copy=True)
+                          for key, tensor in _base_model(trainer).state_dict().items()},
+                   scores=np.array(y_score, copy=True),
+                   decisions=None if y_pred is None else np.array(y_pred, copy=True),
+                   metrics={key: v for key, v in row.items() if key.startswith(("test/", "val/"))})
+
+    def state(self) -> dict[str, Any]:
+        """As a checkpoint holds it (tensors and plain values: ``torch.load(weights_only=True)``)."""
+        return {"unit": self.unit, "value": self.value, "model": self.model,
+                "scores": torch.from_numpy(self.scores),
+                "decisions": None if self.decisions is None else torch.from_numpy(self.decisions),
+                "metrics": self.metrics}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Candidate | None:
+        if state.get("unit") is None:
+            return None
+        return cls(unit=int(state["unit"]), value=float(state["value"]), model=state["model"],
+                   scores=state["scores"].numpy(),
+                   decisions=None if state["decisions"] is None else state["decisions"].numpy(),
+                   metrics=state["metrics"])
+
+
+# What a checkpoint of a selector that has kept no unit yet holds in the unit's place.
+_NOTHING_KEPT = {"unit": None, "value": None, "model": None, "scores": None, "decisions": None,
+                 "metrics": None}
 
 
 class ModelSelector:
@@ -75,21 +136,19 @@ class ModelSelector:
                 f"training.select: {self.select!r} {SELECT_NEEDS_VALIDATION}, but the data set holds "
                 f"none (data.val_fraction is {config.data.val_fraction!r}). Set data.val_fraction to a "
                 "share of the training pool such as 0.2, or training.select: last.")
-        self.larger_is_better = self.select == "best_val_ap"
+        self.larger_is_better = MODEL_SELECTIONS[self.select][1]
+        self.skip_constant = config.training.select_skip_constant
         evaluated = [unit for unit in evaluated_units(units, eval_every) if unit >= first_unit]
-        skip_first = self.select == "best_val_gap" and len(evaluated) >= 2
+        skip_first = ranks_a_gap(self.select) and len(evaluated) >= 2
         self.first_candidate = evaluated[1] if skip_first else evaluated[0]
         self.last_unit = units - 1
         self.reset()
 
     def reset(self) -> None:
         """Forget every unit seen (a fresh run, or a checkpoint that could not be restored)."""
-        self.unit: int | None = None
-        self.value: float | None = None
-        self.model: dict[str, torch.Tensor] | None = None
-        self.scores: np.ndarray | None = None
-        self.decisions: np.ndarray | None = None
-        self.metrics: dict[str, Any] | None = None
+        self.best: Candidate | None = None
+        # select_skip_constant: the best of the constant units, used when every candidate is one.
+        self.fallback: Candidate | None = None
 
     def observe(self, unit: int, row: dict[str, Any], y_score: np.ndarray, y_pred: np.ndarray | None,
                 trainer) -> None:
@@ -100,15 +159,16 @@ class ModelSelector:
         if value is None:
             return
         value = float(value)
-        better = (self.value is None
-                  or (value > self.value if self.larger_is_better else value < self.value))
-        if better:
-            self.unit, self.value = unit, value
-            self.model = {key: tensor.detach().to("cpu", copy=True)
-                          for key, tensor in _base_model(trainer).state_dict().items()}
-            self.scores = np.array(y_score, copy=True)
-            self.decisions = None if y_pred is None else np.array(y_pred, copy=True)
-            self.metrics = {key: value for key, value in row.items() if key.startswith(("test/", "val/"))}
+        if self.skip_constant and row.get(f"val/{CONSTANT_PREDICTION}"):
+            # No candidate while a non-constant unit exists; kept aside in case none does.
+            if self.best is None and self._better(value, self.fallback):
+                self.fallback = Candidate.of(unit, value, row, y_score, y_pred, trainer)
+            return
+        if self._better(value, self.best):
+            self.best, self.fallback = Candidate.of(unit, value, row, y_score, y_pred, trainer), None
+
+    def _better(self, value: float, than: Candidate | None) -> bool:
+        return than is None or (value > than.value if self.larger_is_better else value < than.value)
 
     def finish(self, row: dict[str, Any], y_score: np.ndarray, y_pred: np.ndarray | None, trainer,
                ) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
@@ -118,25 +178,27 @@ class ModelSelector:
         chosen unit's ``test/`` and ``val/`` metrics and the ``select/`` keys.
         """
         facts = {"select/criterion": self.select, "select/metric": self.metric}
-        if self.metric is None or self.unit is None:
+        if self.best is None and self.fallback is not None:
+            warn_user(f"training.select_skip_constant: every candidate unit's validation decisions "
+                      f"are all one class, so the best of them by {self.metric} is kept.",
+                      trainer.warnings)
+            self.best = self.fallback
+        if self.metric is None or self.best is None:
             if self.metric is not None:
                 warn_user(f"training.select: {self.select}: {self.metric} is undefined (null) at every "
                           f"candidate unit, so the last unit's model is kept.", trainer.warnings)
             return {**row, **facts, "select/unit": self.last_unit + 1,
                     "select/value": None if self.metric is None else row.get(self.metric)}, y_score, y_pred
-        _base_model(trainer).load_state_dict(self.model)
-        chosen = {**row, **self.metrics, **facts, "select/unit": self.unit + 1, "select/value": self.value}
-        return chosen, self.scores, self.decisions
+        best = self.best
+        _base_model(trainer).load_state_dict(best.model)
+        chosen = {**row, **best.metrics, **facts, "select/unit": best.unit + 1, "select/value": best.value}
+        return chosen, best.scores, best.decisions
 
     def state_dict(self) -> dict[str, Any]:
-        """The best unit so far, for a checkpoint (tensors, lists and plain values only, so that
-        ``torch.load(weights_only=True)`` reads it)."""
-        return {
-            "select": self.select, "unit": self.unit, "value": self.value, "model": self.model,
-            "scores": None if self.scores is None else torch.from_numpy(self.scores),
-            "decisions": None if self.decisions is None else torch.from_numpy(self.decisions),
-            "metrics": self.metrics,
-        }
+        """The best unit so far (at the top level, as checkpoints have always held it) and the
+        constant fallback, for a checkpoint."""
+        return {"select": self.select, **(self.best.state() if self.best else _NOTHING_KEPT),
+                "fallback": self.fallback.state() if self.fallback else None}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Restore :meth:`state_dict`'s output; ValueError when it is missing or of another selection."""
@@ -146,12 +208,8 @@ class ModelSelector:
             raise ValueError(f"the checkpoint {NO_SELECTION_STATE} (training.select: {self.select})")
         if state.get("select") != self.select:
             raise ValueError(f"the checkpoint selects by {state.get('select')!r}, this run by {self.select!r}")
-        self.unit = None if state["unit"] is None else int(state["unit"])
-        self.value = None if state["value"] is None else float(state["value"])
-        self.model = state["model"]
-        self.scores = None if state["scores"] is None else state["scores"].numpy()
-        self.decisions = None if state["decisions"] is None else state["decisions"].numpy()
-        self.metrics = state["metrics"]
+        self.best = Candidate.from_state(state)
+        self.fallback = Candidate.from_state(state.get("fallback") or {})
 
 
 def _base_model(trainer) -> torch.nn.Module:

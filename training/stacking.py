@@ -75,8 +75,8 @@ def why_not_stackable(config: ExperimentConfig) -> str | None:
     if config.model.name != "mlp" or config.model.activation != "relu":
         return (f"model.name {config.model.name!r}, model.activation {config.model.activation!r} "
                 f"(stacking batches ReLU MLPs)")
-    if config.training.balanced_batches:
-        return "training.balanced_batches"
+    if config.training.batches != "shuffled":
+        return f"training.batches {config.training.batches!r} (stacking draws shuffled or Poisson batches)"
     return None
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import difflib
+import functools
 import importlib
 import math
 import re
@@ -28,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from utils.errors import ConfigError
+from utils.errors import ConfigError, file_problem
 from utils.registry import Registry
 
 # The keys whose valid values are the names of a registry, each with that registry as (module,
@@ -39,6 +40,7 @@ from utils.registry import Registry
 NAME_REGISTRIES = {
     "data.split": ("dataset.celeba", "SPLITS"),
     "training.optimizer": ("training.optim", "OPTIMIZERS"),
+    "training.batches": ("training.batches", "BATCHES"),
     "privacy.mode": ("training", "TRAINERS"),
     "federated.partition": ("training.partition", "PARTITIONS"),
     "fairness.method": ("training.repair", "METHODS"),
@@ -57,15 +59,53 @@ INDIVIDUAL_NEEDS_NOISE = ("privacy.individual_accounting: true with privacy.nois
                           "privacy.noise_multiplier, or privacy.individual_accounting: false.")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 FAIRNESS_TARGETS = ("dp", "eo")
-DATA_PROTOCOLS = ("official", "runner")
-MODEL_SELECTIONS = ("last", "best_val_gap", "best_val_ap")
+DATA_PROTOCOLS = ("official", "runner", "runner_released")
+# data.preprocessing (dataset.preprocessing): auto is public under privacy and fitted without.
+PREPROCESSING_MODES = ("auto", "public", "fitted")
 ACTIVATIONS = ("relu", "tanh")
+# training.select: each rule's validation metric (None: the last unit) and whether larger is
+# better. "best_val_gap" is the target's own gap (fairness.mode dp: the DP gap; eo: the TPR gap);
+# the others name their gap whatever the target. The one home of these names: training.selection
+# ranks by this table.
+MODEL_SELECTIONS: dict[str, tuple[str | None, bool]] = {
+    "last": (None, False),
+    "best_val_gap": ("val/{mode}_gap", False),
+    "best_val_dp_gap": ("val/dp_gap", False),
+    "best_val_eo_gap": ("val/eo_gap", False),
+    "best_val_eodds_gap": ("val/eodds_gap", False),
+    "best_val_eodds_sum": ("val/eodds_gap_sum", False),
+    "best_val_ap": ("val/average_precision", True),
+}
+
 # Message part of a model selection asked for without a validation split (tests import it).
 SELECT_NEEDS_VALIDATION = "needs a validation split"
-BALANCED_BATCHES_NOT_PRIVATE = (
-    "training.balanced_batches: true refuses privacy.mode {mode!r}: balanced batches draw a fixed "
-    "number of examples from each cell, not a Poisson sample, so the accountant's epsilon would "
-    "not hold. Use training.balanced_batches: false under privacy, or privacy.mode: none.")
+VALIDATION_NOT_DECLARED = (
+    "privacy.mode {mode!r} with a validation split ({where}): the validation rows are drawn from "
+    "the private pool, and the val/ metrics, training.select and the repair methods read them "
+    "without noise, outside epsilon. Declare them public with data.validation_public: true (the "
+    "run's summary then lists them under privacy/public_data), or hold none out "
+    "(data.val_fraction: 0, training.select: last).")
+BATCHES_NOT_PRIVATE = (
+    "training.batches: {batches!r} refuses privacy.mode {mode!r}: its steps draw a fixed number of "
+    "examples (from each cell, or from the whole set), not a Poisson sample of the training set, "
+    "so the accountant's epsilon would not hold. Use training.batches: shuffled under privacy "
+    "(Poisson batches), or privacy.mode: none.")
+# training.balanced_batches (a boolean until the batches setting replaced it) in a params file.
+BALANCED_BATCHES_REPLACED = (
+    "training.balanced_batches: replaced by training.batches. Write training.batches: "
+    "group_balanced (the old true under fairness.mode dp: the same number of examples from each "
+    "group), cell_balanced (the old true under eo: from each group x label cell) or shuffled (the "
+    "old false).")
+# Keys this version no longer has: each with the message a params file that sets it gets, and the
+# value it took by default (an old run's config.yaml holding that value trained as today's default,
+# so resuming or skipping it is no change of config: training.experiment.changed_keys).
+RETIRED_KEYS: dict[str, tuple[str, Any]] = {
+    "training.balanced_batches": (BALANCED_BATCHES_REPLACED, False),
+}
+STEPS_PER_EPOCH_NOT_FEDERATED = (
+    "training.steps_per_epoch: got {steps}, but privacy.mode dpfedavg trains in federated rounds "
+    "(federated.rounds, each client federated.local_epochs passes over its own data). Set "
+    "training.steps_per_epoch: null under DP-FedAvg.")
 
 # Keys a resolved config.yaml carries for provenance; reading such a file back ignores them.
 PROVENANCE_KEY = "provenance"
@@ -110,9 +150,19 @@ def is_plain_name(name: str) -> bool:
             and len(name.encode("utf-8")) <= NAME_MAX_BYTES)
 
 
+def shown(value: Any, limit: int = 400) -> str:
+    """``repr(value)`` for an error message, never itself an error: an integer too long for
+    Python to print (over 4,300 digits raises ValueError) is described by its length, and a long
+    value is cut at ``limit`` characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3000:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1:,} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _check(condition: bool, key: str, value: Any, expected: str) -> None:
     if not condition:
-        raise ConfigError(f"{key}: got {value!r}; expected {expected}.")
+        raise ConfigError(f"{key}: got {shown(value)}; expected {expected}.")
 
 
 def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -159,15 +209,32 @@ class DataConfig:
             (group, label) so that its group shares and label rates are the pool's (to within one
             example), from its own random stream, and it is never resampled. For CelebA's
             protocol the pool is what is left after the test set (and, with identities, the
-            validation set is drawn by person too; see ``dataset.celeba``). The validation set is
-            held out and, like the test set, treated as public: model selection
-            (``training.select``) and repair methods may use it freely, and nothing computed from
-            it is charged to ε. Do not point it at data that must stay private.
-        protocol: Adult only: "official" (adult.data trains, adult.test tests) or "runner" (the
+            validation set is drawn by person too; see ``dataset.celeba``). Model selection
+            (``training.select``) and repair methods may use it, and nothing computed from it is
+            charged to ε; under privacy that needs ``validation_public: true``.
+        protocol: Adult only: "official" (adult.data trains, adult.test tests), "runner" (the
             RUNNER paper's protocol: the 45,222 complete rows of both files shuffled per seed into
-            60 / 20 / 20 train / validation / test, sex not an input, numeric columns in quantile
-            bins; see ``dataset.tabular.load_adult_runner``). "runner" brings its own validation
-            set, so ``val_fraction`` must stay 0.
+            60 / 20 / 20 train / validation / test, sex not an input, each numeric column in its
+            own decile bins (97 inputs), or in 10 bins of its public range under public
+            preprocessing (122); see ``dataset.tabular.load_adult_runner``) or "runner_released"
+            (the same rows and split with the released code's encoding: every numeric column
+            binned on age's standardized deciles, 10 one-hot columns each, 120 inputs; for setting
+            this tool's numbers beside the paper's; fitted preprocessing only). Both RUNNER
+            protocols bring their own validation set, so ``val_fraction`` must stay 0.
+        preprocessing: how the tabular features are scaled and encoded (``dataset.preprocessing``):
+            "public" (numeric columns clipped to public bounds and mapped to [-1, 1], categories
+            one-hot over documented lists, RUNNER's bins between public bounds: nothing is read
+            off a row, so nothing escapes ε), "fitted" (standardized with the training rows' mean
+            and standard deviation, categories of the training pool, RUNNER's deciles: statistics
+            of private rows; under privacy the run warns and is marked not private) or "auto"
+            (the default: public under privacy.mode dpsgd or dpfedavg, fitted without privacy).
+            Tabular data sets only; every run records what it applied in preprocessing.json.
+        validation_public: declare the validation split public. It is drawn from the same
+            private pool as the training set, and under privacy whatever reads it (the ``val/``
+            metrics, ``training.select``, a repair method's public form) reads it without noise,
+            outside ε; so a private run with a validation split (``val_fraction`` > 0, or
+            ``protocol: runner``) must declare it: true, or the config is refused. The run's
+            summary lists it under ``privacy/public_data``. Ignored without privacy.
     """
 
     name: str = "adult"
@@ -183,6 +250,8 @@ class DataConfig:
     cache_dir: str | None = None
     val_fraction: float = 0.0
     protocol: str = "official"
+    preprocessing: str = "auto"
+    validation_public: bool = False
 
     def validate(self) -> None:
         if self.minority_share is not None:
@@ -196,21 +265,27 @@ class DataConfig:
         _check(0 <= self.val_fraction < 1, "data.val_fraction", self.val_fraction,
                "a number in [0, 1): the share of the training pool held out for validation")
         _one_of("data.protocol", self.protocol, DATA_PROTOCOLS)
-        if self.protocol == "runner":
+        _one_of("data.preprocessing", self.preprocessing, PREPROCESSING_MODES)
+        if self.runner_protocol:
             _check(self.name == "adult", "data.protocol", self.protocol,
-                   f"official for data set {self.name!r} (the runner protocol is Adult's)")
+                   f"official for data set {self.name!r} (the RUNNER protocols are Adult's)")
             if self.val_fraction != 0:
                 raise ConfigError(
-                    f"data.val_fraction: got {self.val_fraction!r}, but data.protocol: runner draws "
+                    f"data.val_fraction: got {self.val_fraction!r}, but data.protocol: {self.protocol} draws "
                     "its own validation set (as many rows as the test set, 20 %). Set "
                     "data.val_fraction: 0, or use data.protocol: official.")
             _check(self.protected == "sex", "data.protected", self.protected,
-                   "sex under data.protocol: runner (its protected attribute, not an input)")
+                   f"sex under data.protocol: {self.protocol} (its protected attribute, not an input)")
 
     @property
     def has_validation(self) -> bool:
         """Whether the data set built from this config holds a validation split."""
-        return self.val_fraction > 0 or self.protocol == "runner"
+        return self.val_fraction > 0 or self.runner_protocol
+
+    @property
+    def runner_protocol(self) -> bool:
+        """Whether the data are Adult in one of RUNNER's protocols (their own split and inputs)."""
+        return self.protocol in ("runner", "runner_released")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,7 +294,7 @@ class ModelConfig:
 
     Attributes:
         name: "mlp", "cnn" or "resnet18".
-        hidden: hidden layer sizes of the MLP (the RUNNER paper uses one layer of 200 on Adult).
+        hidden: hidden layer sizes of the MLP (RUNNER's released model has two layers of 200).
         width: channels of the first stage of the convolutional models.
         weights: optional local file of pretrained weights (a state dict), loaded with
             ``torch.load(weights_only=True)``.
@@ -259,21 +334,43 @@ class TrainingConfig:
         eval_batch_size: examples per forward pass at evaluation (memory only; no effect on results).
         select: which evaluated unit (epoch, or federated evaluation round) gives the final model:
             "last"; "best_val_gap", the smallest validation gap of ``fairness.mode``
-            (``val/dp_gap`` for dp, ``val/eo_gap`` for eo), the first evaluated unit left out
-            when there are two or more (as the RUNNER paper ignores its first epoch); or
-            "best_val_ap", the largest ``val/average_precision``. Ties go to the earlier unit.
-            The chosen unit's model and test scores become the run's final ones (summary.json,
-            predictions.csv, intervals, model_final.pt; ``select/unit`` says which). Anything
-            but "last" needs a validation split (``data.val_fraction`` > 0, or
-            ``data.protocol: runner``). Selection reads only the public validation set and
-            models that are already DP outputs, so it costs no privacy; ε is the whole run's.
-        balanced_batches: false: each epoch is a shuffled pass over the training set (Poisson
-            batches under DP-SGD). true: every step draws the same number of examples,
-            ``batch_size`` / cells, from each cell of ``fairness.mode`` (dp: the two groups; eo:
-            group × label, four cells), without replacement within a step, and an epoch is
-            ceil(N / batch_size) such steps, as RUNNER's released code trains; a minority cell is
-            then seen far more often than once per epoch. Non-private training only: the batches
-            are not Poisson samples, so DP-SGD's accounting would not hold.
+            (``val/dp_gap`` for dp, ``val/eo_gap``, the TPR gap, for eo); "best_val_dp_gap",
+            "best_val_eo_gap", "best_val_eodds_gap" (the larger of the TPR and FPR gaps:
+            fairlearn's ``equalized_odds_difference``, which RUNNER's released code selects by
+            under its eo target) or "best_val_eodds_sum" (their sum, the gap RUNNER's paper
+            reports), whatever the target; or "best_val_ap", the largest
+            ``val/average_precision``. Every rule but "last" and "best_val_ap" leaves out the
+            first evaluated unit when there are two or more (RUNNER's released code drops its
+            first epoch: an almost untrained model predicts one class for everyone and has a gap
+            near zero). Ties go to the earlier unit. The chosen unit's model and test scores
+            become the run's final ones (summary.json, predictions.csv, intervals,
+            model_final.pt; ``select/unit`` says which). Anything but "last" needs a validation
+            split (``data.val_fraction`` > 0, or an Adult RUNNER protocol). Selection reads only the
+            validation set (which a private run must declare public, ``data.validation_public``)
+            and models that are already DP outputs, so it costs no privacy; ε is the whole run's.
+        select_skip_constant: leave out of the selection every unit whose validation decisions
+            are all one class (``val/constant_prediction``), so that a gap of 0 by construction
+            is never chosen. A deviation from RUNNER's released rule, which keeps such epochs;
+            false by default and in the RUNNER configs. When every candidate is constant, the
+            rule falls back to all of them, with a warning.
+        batches: how each step's examples are drawn (``training.batches.BATCHES``):
+            "shuffled", shuffled passes over the training set cut into batches of ``batch_size``
+            (Poisson batches of expected size ``batch_size`` under DP-SGD); "group_balanced",
+            ``batch_size`` / 2 examples from each group every step; "cell_balanced",
+            ``batch_size`` / 4 from each group x label cell every step; "uniform",
+            ``batch_size`` examples drawn uniformly from the whole training set every step.
+            The last three draw without replacement within a step and independently across
+            steps, as RUNNER's released code does (group-balanced for every method under its
+            dp target, cell-balanced for GapReg and RUNNER under eo, uniform for Vanilla under
+            eo); a small cell is then seen many times per epoch. They are non-private only: their
+            batches are not Poisson samples, so DP-SGD's accounting would not hold.
+        steps_per_epoch: optimizer steps in an epoch; null (the default): one pass, ceil(N /
+            ``batch_size``) steps. A number makes every epoch that many steps, each a freshly drawn
+            batch (RUNNER's released code: 100): "shuffled" batches come from fresh shuffled passes,
+            cut after that many steps; under DP-SGD each step is a Poisson sample at the same
+            sample rate q = 1 / ceil(N / ``batch_size``), and the accountant counts steps, so
+            ε is that of ``epochs`` x ``steps_per_epoch`` steps at q (and ``target_epsilon``
+            solves σ for that many). DP-FedAvg trains in rounds and refuses it.
     """
 
     epochs: int = 5
@@ -284,11 +381,16 @@ class TrainingConfig:
     momentum: float = 0.0
     eval_batch_size: int = 4096
     select: str = "last"
-    balanced_batches: bool = False
+    select_skip_constant: bool = False
+    batches: str = "shuffled"
+    steps_per_epoch: int | None = None
 
     def validate(self) -> None:
         _check(self.epochs > 0, "training.epochs", self.epochs, "a positive integer")
-        _one_of("training.select", self.select, MODEL_SELECTIONS)
+        _one_of("training.select", self.select, tuple(MODEL_SELECTIONS))
+        _registered("training.batches", self.batches)
+        _check(self.steps_per_epoch is None or self.steps_per_epoch > 0, "training.steps_per_epoch",
+               self.steps_per_epoch, "a positive integer, or null for one pass over the training set")
         _check(self.batch_size > 0, "training.batch_size", self.batch_size, "a positive integer")
         _registered("training.optimizer", self.optimizer)
         _check(self.lr > 0, "training.lr", self.lr, "a positive number")
@@ -367,6 +469,16 @@ class PrivacyConfig:
             ``dp/clip_threshold`` (Z).
         clipping_settings: the chosen rule's settings dataclass, built from ``privacy.<clipping>``
             (its docstring documents the keys); None for flat.
+        paired_streams: false (the default): every point of a grid draws its own batches, noise
+            and initialization (the run streams of :mod:`utils.seeding` are keyed by the seed
+            and every config value that changes what is trained). true: common random numbers
+            across noise levels: runs that differ only in ``noise_multiplier`` or
+            ``target_epsilon`` draw the same batches, initialization and N(0, 1) noise (each
+            scaled by its own σ), for lower-variance comparisons between noise levels. Two
+            released models of such runs reveal their clipped gradient sums, so each run's ε
+            holds for releasing one of them alone: its summary.json says so
+            (``privacy/paired_streams``, a warning) and the report counts their combined
+            release as covered by no ε.
     """
 
     mode: str = "none"
@@ -383,6 +495,7 @@ class PrivacyConfig:
     individual_every: int | None = None
     clipping: str = "flat"
     clipping_settings: Any = None
+    paired_streams: bool = False
 
     @property
     def private(self) -> bool:
@@ -416,7 +529,11 @@ class PrivacyConfig:
                    "a positive integer, or null (once per epoch's worth of data)")
         if self.accounts_individuals and self.noise_multiplier == 0:
             raise ConfigError(INDIVIDUAL_NEEDS_NOISE)
-        if self.private and (self.noise_multiplier is None) == (self.target_epsilon is None):
+        if self.private and self.noise_multiplier is None and self.target_epsilon is None:
+            raise ConfigError(f"privacy.mode {self.mode!r} {NEEDS_NOISE_OR_TARGET}: both are null. Set "
+                              f"one of them, e.g. privacy.target_epsilon: 3.0 or "
+                              f"privacy.noise_multiplier: 1.0.")
+        if self.private and self.noise_multiplier is not None and self.target_epsilon is not None:
             raise ConfigError(
                 f"privacy.mode {self.mode!r} needs exactly one of privacy.noise_multiplier and "
                 f"privacy.target_epsilon; got noise_multiplier={self.noise_multiplier!r}, "
@@ -576,7 +693,7 @@ def _fairness_sections() -> dict[str, type]:
 def build_fairness(raw: Any, key: str = "fairness") -> FairnessConfig:
     """Build :class:`FairnessConfig` from its YAML mapping (see its docstring for the shape)."""
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{key}: got {raw!r}; expected a mapping of the section's keys.")
+        raise ConfigError(f"{key}: got {shown(raw)}; expected a mapping of the section's keys.")
     method = _coerce(raw.get("method", "none"), str, f"{key}.method")
     mode = _coerce(raw.get("mode", "dp"), str, f"{key}.mode")
     common = {"public_examples": _coerce(raw["public_examples"], int | None,
@@ -655,7 +772,10 @@ class LoggingConfig:
             noise (``train/``, ``dp/``, ``data/``, ``federated/`` keys, ``trainer/info``,
             clients.csv; the list is ``utils.sink.NON_PRIVATE_PREFIXES``). They are diagnostics
             for the researcher, not covered by ε; false leaves them out of every record of the run
-            (metrics.jsonl, TensorBoard, wandb, summary.json) for a run directory to be released.
+            (metrics.jsonl, TensorBoard, wandb, summary.json) for a run directory to be released,
+            and withholds the seed (``seed: null`` in config.yaml, summary.json and wandb's config;
+            ``--set seed=<withheld>`` in the recorded command lines); the checkpoints, removed
+            when the run completes, keep it for resuming.
     """
 
     tensorboard: bool = True
@@ -713,8 +833,15 @@ class ExperimentConfig:
             if changes := self.fairness.method_class().training_changes():
                 raise ConfigError(INDIVIDUAL_UNSUPPORTED.format(method=self.fairness.method,
                                                                 changes=", ".join(changes)))
-        if self.training.balanced_batches and self.privacy.private:
-            raise ConfigError(BALANCED_BATCHES_NOT_PRIVATE.format(mode=self.privacy.mode))
+        if self.privacy.private and self.data.has_validation and not self.data.validation_public:
+            where = (f"data.protocol: {self.data.protocol}" if self.data.runner_protocol
+                     else f"data.val_fraction: {self.data.val_fraction!r}")
+            raise ConfigError(VALIDATION_NOT_DECLARED.format(mode=self.privacy.mode, where=where))
+        if self.training.batches != "shuffled" and self.privacy.private:
+            raise ConfigError(BATCHES_NOT_PRIVATE.format(batches=self.training.batches,
+                                                         mode=self.privacy.mode))
+        if self.training.steps_per_epoch is not None and self.privacy.mode == "dpfedavg":
+            raise ConfigError(STEPS_PER_EPOCH_NOT_FEDERATED.format(steps=self.training.steps_per_epoch))
         if self.data.train_size is not None:
             _check(self.training.batch_size <= self.data.train_size, "training.batch_size",
                    self.training.batch_size, f"at most data.train_size ({self.data.train_size})")
@@ -753,7 +880,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin is list:
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: got {value!r}; expected a list of {_describe(item_type)}.")
+            raise ConfigError(f"{key}: got {shown(value)}; expected a list of {_describe(item_type)}.")
         return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
     if annotation is FairnessConfig:  # its sub-sections come from the method registry
         return build_fairness(value, key)
@@ -761,12 +888,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return build_privacy(value, key)
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: got {value!r}; expected a mapping of the section's keys.")
+            raise ConfigError(f"{key}: got {shown(value)}; expected a mapping of the section's keys.")
         return build_dataclass(annotation, value, prefix=f"{key}.")
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: got {value!r}; expected true or false.")
+        raise ConfigError(f"{key}: got {shown(value)}; expected true or false.")
     if annotation is float:
         number = None
         # bool is an int subclass: `lr: yes` must not become 1.0.
@@ -778,7 +905,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             except ValueError:
                 pass
         if number is None:
-            raise ConfigError(f"{key}: got {value!r}; expected a number.")
+            raise ConfigError(f"{key}: got {shown(value)}; expected a number.")
         try:
             number = float(number)
         except OverflowError:  # an int of hundreds of digits
@@ -787,7 +914,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         # meaning (an infinite target_epsilon or lr would otherwise pass `> 0` and run), and a
         # range check such as `0 < x < 1` lets NaN through because every comparison is False.
         if not math.isfinite(number):
-            raise ConfigError(f"{key}: got {value!r}; {NON_FINITE_NUMBER}.")
+            raise ConfigError(f"{key}: got {shown(value)}; {NON_FINITE_NUMBER}.")
         return number
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -801,7 +928,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                     return int(number)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: got {value!r}; expected an integer.")
+        raise ConfigError(f"{key}: got {shown(value)}; expected an integer.")
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             text = str(value)  # CelebA attribute values such as 1 are read as ints
@@ -814,11 +941,13 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             # The YAML 1.1 reader turns unquoted yes/no/on/off/true/false into booleans, so a
             # user who wrote `off` sees False here and needs to know why.
             hint = " (YAML reads unquoted yes, no, on, off, true and false as booleans: quote the value)"
-        raise ConfigError(f"{key}: got {value!r}; expected a string{hint}.")
+        raise ConfigError(f"{key}: got {shown(value)}; expected a string{hint}.")
     raise TypeError(f"no coercion for {annotation!r} at {key}")
 
 
 def _unknown_key_error(key: str, valid: list[str], prefix: str) -> ConfigError:
+    if f"{prefix}{key}" in RETIRED_KEYS:  # a key the tool had: say what replaced it
+        return ConfigError(RETIRED_KEYS[f"{prefix}{key}"][0])
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
     return ConfigError(
@@ -827,9 +956,16 @@ def _unknown_key_error(key: str, valid: list[str], prefix: str) -> ConfigError:
     )
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints`` of a config class, once per class: it evaluates every annotation
+    again on each call, and a grid builds thousands of configs."""
+    return typing.get_type_hints(cls)
+
+
 def build_dataclass(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
     """Build ``cls`` from a mapping, refusing unknown keys and coercing every value."""
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     valid = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in raw.items():
@@ -841,6 +977,11 @@ def build_dataclass(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
 
 # --------------------------------------------------------------------------------------------------
 # Files and overrides
+
+
+NEEDS_NOISE_OR_TARGET = "needs one of privacy.noise_multiplier and privacy.target_epsilon"
+MAX_INTEGER_DIGITS = 1000
+INTEGER_TOO_LONG = "an integer too long to be a setting"
 
 
 class _Refused(yaml.YAMLError):
@@ -917,6 +1058,18 @@ class ParamsLoader(yaml.SafeLoader):
         _measure(node)
         return node
 
+    def construct_yaml_int(self, node):
+        # Python refuses to read (and to print) integers of more than 4,300 digits; no setting
+        # needs one, and PyYAML's ValueError would otherwise escape as a traceback.
+        digits = sum(character.isdigit() for character in str(node.value))
+        if digits > MAX_INTEGER_DIGITS:
+            raise _Refused(f"{INTEGER_TOO_LONG} ({digits:,} digits; at most {MAX_INTEGER_DIGITS:,}). "
+                           f"Give a setting's real value", node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+ParamsLoader.add_constructor("tag:yaml.org,2002:int", ParamsLoader.construct_yaml_int)
+
 
 def _measure(root: yaml.Node) -> None:
     """Refuse a composed document whose expansion (aliases written out) is too large or too deep."""
@@ -971,8 +1124,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     silently run every default."""
     path = Path(path)
     name = repr(str(path))
-    if not path.is_file():
-        raise ConfigError(f"params file {name} does not exist. Pass an existing YAML file, "
+    if (problem := file_problem(path)) is not None:  # before opening: a FIFO would block
+        raise ConfigError(f"params file {name} {problem}. Pass an existing YAML file, "
                           f"e.g. --params utils/params_adult.yaml.")
     try:
         with path.open("rb") as stream:
@@ -1044,6 +1197,21 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), parsed
 
 
+OVERRIDES_EXPECTED = 'a list of KEY=VALUE strings, e.g. ["training.epochs=2", "seed=1"]'
+
+
+def override_list(value: Any, name: str = "OVERRIDES") -> list[str]:
+    """``value`` as a list of ``--set`` strings (the notebook's ``OVERRIDES``): a list as it is; a
+    single string, which papermill's ``-p OVERRIDES ...`` gives, as one override per line (a
+    string iterated would be one ``--set`` per character). Anything else is refused."""
+    if isinstance(value, str):
+        value = [line.strip() for line in value.splitlines() if line.strip()]
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(item, str) and "=" in item for item in value):
+        raise ConfigError(f"{name}: got {shown(value)}; expected {OVERRIDES_EXPECTED}.")
+    return list(value)
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply dotted ``KEY=VALUE`` overrides to a raw mapping (a copy); unknown keys are refused."""
     merged = _deep_copy(raw)
@@ -1074,12 +1242,12 @@ def _override_children(cls: type) -> dict[str, Any]:
     sub-sections are the methods' settings (``fairness.runner.lam``), not its ``settings`` field,
     and the privacy section's the clipping rules' (``privacy.global_adapt.z``)."""
     if cls is FairnessConfig:
-        return {"method": str, "mode": str, **_fairness_sections()}
+        return {"method": str, "mode": str, "public_examples": int | None, **_fairness_sections()}
+    hints = _type_hints(cls)
     if cls is PrivacyConfig:
-        hints = typing.get_type_hints(cls)
         return {**{f.name: hints[f.name] for f in dataclasses.fields(cls)
                    if f.name != "clipping_settings"}, **_clipping_sections()}
-    return {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _deep_copy(raw: Any) -> Any:

@@ -35,6 +35,11 @@ Gaps, as in the table :data:`GAPS`, are absolute differences minority − majori
 - ``eodds_gap_sum`` = eo_gap + fpr_gap (table :data:`SUM_GAPS`): the equalized-odds gap as the
   RUNNER paper (Li et al.) reports it; twice fairlearn's ``agg="mean"``.
 
+``constant_prediction`` is true when every decision is the same class (every example ŷ = 0, or
+every one ŷ = 1; None for an empty set). Such a model's gaps are 0 by construction or undefined,
+which reads as "fair" in any table: a run flags it (summary.json, stderr, every report view), and a
+gap-based model selection can be told to pass such epochs over (``training.select_skip_constant``).
+
 Overall: ``accuracy`` on the whole test set, and ``average_precision``
 AP = Σₙ (Rₙ − Rₙ₋₁) Pₙ over the distinct score thresholds, where Pₙ and Rₙ are the precision and
 recall at the n-th threshold: sklearn's ``average_precision_score`` definition (no interpolation
@@ -182,6 +187,8 @@ OVERALL_RATES = ("accuracy",)
 """Rates from :data:`GROUP_RATES` also reported on the whole test set, under their bare name."""
 
 AVERAGE_PRECISION = "average_precision"
+CONSTANT_PREDICTION = "constant_prediction"
+"""True when every decision is one class: a model whose gaps say nothing about fairness."""
 
 
 def group_key(name: str, group: str) -> str:
@@ -201,6 +208,7 @@ METRIC_NAMES: tuple[str, ...] = (
     AVERAGE_PRECISION,
     *_gap_names(),
     *(group_key(rate, group) for rate in (*GROUP_RATES, COUNT) for group in GROUPS),
+    CONSTANT_PREDICTION,
 )
 
 # The metrics bootstrap_intervals covers: all of the above but the counts (fixed by the
@@ -269,7 +277,14 @@ def compute_metrics(y_true, y_score, minority, threshold: float = 0.5,
     metrics[AVERAGE_PRECISION] = average_precision(y_true, y_score)
     for group in GROUPS:
         metrics[group_key(COUNT, group)] = int(counts[group].sum())
+    metrics[CONSTANT_PREDICTION] = is_constant(y_pred)
     return {name: metrics[name] for name in METRIC_NAMES}
+
+
+def is_constant(y_pred) -> bool | None:
+    """Whether every decision in ``y_pred`` is the same class (None when there is none)."""
+    y_pred = np.asarray(y_pred)
+    return None if y_pred.size == 0 else bool((y_pred == y_pred.flat[0]).all())
 
 
 def _metrics_from_counts(counts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

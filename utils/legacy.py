@@ -125,6 +125,7 @@ CELEBA_PAPER_DEFAULTS: dict[str, Any] = {
 }
 
 PAPER = "arXiv 2009.06389"
+LEGACY_DP_NEEDS_Z = "needs z, the noise multiplier the original code trained with"
 
 
 def _fields(cls: type) -> dict[str, Any]:
@@ -313,6 +314,11 @@ def translate(raw: Mapping[str, Any], *, source: str | Path | None = None) -> Le
             raise ConfigError(f"dp: got {raw['dp']!r} in {where}; expected true or false.")
         _put(mapping, "privacy.mode", "dpsgd" if raw["dp"] else "none")
     private = raw.get("dp") is True
+    if private and raw.get("z") is None:
+        # The original always trained dp: true at the noise multiplier z; it had no target ε.
+        raise ConfigError(f"dp: true in {where} {LEGACY_DP_NEEDS_Z} (got z: "
+                          f"{'null' if 'z' in raw else 'none given'}). Give z, e.g. z: 0.7 as in the "
+                          f"paper's CelebA setting, or dp: false.")
 
     for key, target in (("optimizer", "training.optimizer"), ("dataset", "data.name")):
         if key in raw:

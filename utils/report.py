@@ -29,6 +29,12 @@ the worst-case ε) against the share, a section of report.md with those numbers 
 accuracy, and their columns in report.csv (:data:`INDIVIDUAL_METRICS`). They are computed from the
 private data without noise, a diagnostic and not private; the run's guarantee is its worst-case ε.
 
+A grid with a private run also gets "What ε covers" (:mod:`utils.release`): per training pool
+(the data set's files) the runs, each run's own ε, the ε of releasing every model with a guarantee
+trained on the pool together (the RDP composition of the runs' ``privacy/history``), whether a
+run without a guarantee voids that release, and what the runs treated as public
+(``privacy/public_data``); in report.md right after the table and in ``report_release.csv``.
+
 A grid of fairness repair methods (any run with ``fairness.method`` other than "none", e.g.
 ``configs/runner_adult.yaml``) also gets a method view (:func:`method_view`): a table in report.md and
 ``report_methods.csv`` with one row per data set (when there are several), target
@@ -51,6 +57,14 @@ A grid of clipping rules (some DP run with ``privacy.clipping`` other than flat,
 per-group accuracy and every gap against ε and share, one line per rule, and a table of how much of
 DP-SGD's added gap each rule removes, with the accuracy it costs.
 
+A run whose final model decides one class for every test example (``test/constant_prediction``
+in its summary; for runs from before that key, both groups' selection rates 0, or both 1) is a
+constant classifier: its gaps are 0 or undefined by construction and say nothing about fairness.
+Every view says how many of a point's seeds ended so: a ``constant`` column in report.md's tables
+("k/n"), ``n_constant`` and ``constant_seeds`` in report.csv and report_methods.csv, the gap-closed
+table's "[k/n constant]", and in every figure a red ring around such a point with "k/n const."
+beside it.
+
 Points that did not finish are listed in report.md: those the grid's status file
 (``grid_status.json``) records as failed or not run, and run directories without ``summary.json``.
 """
@@ -58,11 +72,14 @@ Points that did not finish are listed in report.md: those the grid's status file
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -73,9 +90,10 @@ import yaml
 
 from utils.config import FAIRNESS_TARGETS, PROVENANCE_KEY
 from utils.errors import UserInputError
-from utils.fairness import GROUPS, group_key
-from utils.rundir import read_summary
-from utils.sink import CONFIG_FILE, SUMMARY_FILE, as_number
+from utils.fairness import CONSTANT_PREDICTION, GROUPS, group_key
+from utils.release import REPORT_RELEASE_CSV, Pool, release_markdown, release_pools, write_release_csv
+from utils.rundir import TOOL, read_json_object, read_summary
+from utils.sink import CONFIG_FILE, SUMMARY_FILE, as_number, flatten, write_json_atomic
 from utils.sweep import STATUS_FILE, format_value, read_status, short_names
 
 REPORT_MD = "report.md"
@@ -203,6 +221,15 @@ class Point:
         interval = self.runs[0].summary.get(f"{metric}_ci")
         return interval if isinstance(interval, list) and len(interval) == 2 else None
 
+    def constant_seeds(self) -> list[int | None]:
+        """The seeds whose final model is a constant classifier (:func:`is_constant_run`)."""
+        return [run.seed for run in self.runs if is_constant_run(run.summary)]
+
+    def constant_label(self, *, empty: str = "–") -> str:
+        """"k/n": k of the point's n seeds ended as a constant classifier; ``empty`` when none."""
+        constant = len(self.constant_seeds())
+        return f"{constant}/{len(self.runs)}" if constant else empty
+
     def share(self) -> float | None:
         """The minority share: the configured one, else the measured share of the training set."""
         if isinstance(self.settings.get(SHARE_KEY), (int, float)):
@@ -213,6 +240,20 @@ class Point:
             if all(isinstance(count, (int, float)) for count in counts) and sum(counts) > 0:
                 shares.append(counts[GROUPS.index("minority")] / sum(counts))
         return statistics.fmean(shares) if shares else None
+
+
+CONSTANT_KEY = f"test/{CONSTANT_PREDICTION}"
+CONSTANT_RATES = [f"test/{group_key('selection_rate', group)}" for group in GROUPS]
+
+
+def is_constant_run(summary: Mapping[str, Any]) -> bool:
+    """Whether a finished run's final model decides one class for every test example: its
+    ``test/constant_prediction``, or, for a run from before that key, both groups' selection rate
+    0 (or both 1)."""
+    if CONSTANT_KEY in summary:
+        return bool(summary[CONSTANT_KEY])
+    rates = [as_number(summary.get(rate)) for rate in CONSTANT_RATES]
+    return None not in rates and (all(r == 0 for r in rates) or all(r == 1 for r in rates))
 
 
 @dataclass(frozen=True)
@@ -233,9 +274,19 @@ class Problem:
 def write_report(runs_dir: str | Path) -> list[Path]:
     """Write report.md, report.csv and the figures into ``runs_dir``; return the files written.
 
+    The report never overwrites a file it did not write. Every file it writes is recorded, with
+    the SHA-256 of its content, in ``runs_dir/.dp-fairness-report`` (:data:`REPORT_LEDGER`); a file
+    of an output's name whose content is not one recorded there (a user's own report.md, a figure
+    replaced after an earlier report, a link) stops the report before anything is written. The
+    files are made in a fresh staging folder inside ``runs_dir`` and then renamed into place one by
+    one, the ledger listing both the old and the new content of a file while it is replaced: an
+    interrupt (Ctrl-C) at any moment leaves each file whole, old or new, and the next report
+    accepts both.
+
     Raises:
-        UserInputError: ``runs_dir`` is not a directory, or holds no run directory and no grid
-            status file.
+        UserInputError: ``runs_dir`` is not a directory or cannot be written, holds no run
+            directory and no grid status file, or holds a file of an output's name that an earlier
+            report did not write (:data:`REPORT_FILE_NOT_OURS`).
     """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -246,6 +297,8 @@ def write_report(runs_dir: str | Path) -> list[Path]:
         raise UserInputError(f"--report {str(runs_dir)!r}: no run directories in it (subdirectories "
                              f"holding {CONFIG_FILE}). Give the directory of a grid's runs, "
                              f"e.g. runs/paper_adult, not a run directory itself.")
+    if not os.access(runs_dir, os.W_OK | os.X_OK):
+        raise UserInputError(REPORT_NOT_WRITABLE.format(path=runs_dir))
     points = group_points(runs)
     # A grid's swept keys are columns even where the finished points agree on them (the others
     # failed), so that the report reads the same way as the grid.
@@ -258,61 +311,112 @@ def write_report(runs_dir: str | Path) -> list[Path]:
     from utils.report_mitigation import mitigation_view, rule_order, write_mitigation
 
     mitigation = mitigation_view(points, rule_order(status))
-    _check_outputs_are_ours(runs_dir, [*(view.outputs() if view is not None else ()),
-                                       *(private_view.outputs() if private_view is not None else ()),
-                                       *(mitigation.outputs() if mitigation is not None else ())])
+    release = release_pools((run.settings, run.summary) for run in runs)  # utils.release
+    ledger = _check_outputs_are_ours(runs_dir, [
+        *(view.outputs() if view is not None else ()),
+        *(private_view.outputs() if private_view is not None else ()),
+        *(mitigation.outputs() if mitigation is not None else ()),
+        *([REPORT_RELEASE_CSV] if release else [])])
     title = runs_dir.resolve().name
-    written = [write_csv(runs_dir / REPORT_CSV, points, keys)]
-    figures = write_figures(runs_dir, points, title=title)
-    written += figures
-    tradeoffs: list[Path] = []
-    if view is not None:
-        written.append(write_methods_csv(runs_dir / REPORT_METHODS_CSV, view))
-        tradeoffs = write_tradeoff_figures(runs_dir, view, title=title)
-        written += tradeoffs
-    private_figures: list[Path] = []
-    if private_view is not None:
-        written.append(write_gap_closed_csv(runs_dir / REPORT_GAP_CLOSED_CSV, private_view))
-        private_figures = write_privacy_repair_figures(runs_dir, private_view, title=title)
-        written += private_figures
-    sections: list[list[str]] = []
-    if mitigation is not None:  # a grid of clipping rules (utils.report_mitigation)
-        files, section = write_mitigation(runs_dir, mitigation, title=title)
-        written += files
-        sections.append(section)
-    written.insert(0, write_markdown(runs_dir / REPORT_MD, runs_dir, points, keys, problems, figures,
-                                     view=view, tradeoffs=tradeoffs, private_view=private_view,
-                                     private_figures=private_figures, sections=sections))
-    return written
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=runs_dir))  # new, so never a link
+    try:
+        written = [write_csv(staging / REPORT_CSV, points, keys)]
+        if release:
+            written.append(write_release_csv(staging / REPORT_RELEASE_CSV, release))
+        figures = write_figures(staging, points, title=title)
+        written += figures
+        tradeoffs: list[Path] = []
+        if view is not None:
+            written.append(write_methods_csv(staging / REPORT_METHODS_CSV, view))
+            tradeoffs = write_tradeoff_figures(staging, view, title=title)
+            written += tradeoffs
+        private_figures: list[Path] = []
+        if private_view is not None:
+            written.append(write_gap_closed_csv(staging / REPORT_GAP_CLOSED_CSV, private_view))
+            private_figures = write_privacy_repair_figures(staging, private_view, title=title)
+            written += private_figures
+        sections: list[list[str]] = []
+        if mitigation is not None:  # a grid of clipping rules (utils.report_mitigation)
+            files, section = write_mitigation(staging, mitigation, title=title)
+            written += files
+            sections.append(section)
+        written.insert(0, write_markdown(staging / REPORT_MD, runs_dir, points, keys, problems,
+                                         figures, view=view, tradeoffs=tradeoffs,
+                                         private_view=private_view,
+                                         private_figures=private_figures, release=release,
+                                         sections=sections))
+        return [_put_in_place(runs_dir, staged, ledger) for staged in written]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 REPORT_TITLE = "# Report: "
+REPORT_LEDGER = ".dp-fairness-report"
+"""The report's record of what it wrote: JSON ``{"tool", "format", "files": {name: [sha256, ...]}}``."""
 REPORT_FILE_NOT_OURS = ("--report: {path} exists and was not written by an earlier report of this "
-                        "tool (there is no report.md of ours beside it); it is left untouched. "
-                        "Move it away, or report on a copy of the runs.")
+                        "tool (its content is not one the report recorded in {ledger}); it is left "
+                        "untouched. Move it away, or report on a copy of the runs.")
+REPORT_NOT_WRITABLE = ("--report: cannot write in {path} (permission denied or a read-only file "
+                       "system); nothing was written. Report on a writable copy of the runs.")
 
 
-def _check_outputs_are_ours(runs_dir: Path, extra: Iterable[str] = ()) -> None:
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_ledger(runs_dir: Path) -> dict[str, list[str]]:
+    """The files an earlier report wrote here and their accepted contents (hashes); {} without a
+    ledger of this tool."""
+    payload = read_json_object(runs_dir / REPORT_LEDGER)
+    files = payload.get("files") if payload is not None and payload.get("tool") == TOOL else None
+    if not isinstance(files, dict):
+        return {}
+    return {str(name): [str(h) for h in hashes] for name, hashes in files.items()
+            if isinstance(hashes, list)}
+
+
+def _write_ledger(runs_dir: Path, ledger: Mapping[str, list[str]]) -> None:
+    write_json_atomic(runs_dir / REPORT_LEDGER, {"tool": TOOL, "format": 1, "files": dict(ledger)})
+
+
+def _check_outputs_are_ours(runs_dir: Path, extra: Iterable[str] = ()) -> dict[str, list[str]]:
     """Refuse to overwrite report.md, report.csv, a figure, or one of the ``extra`` files (the
-    method view's, whose names depend on the grid) that this tool did not write.
+    method view's, whose names depend on the grid) that this tool did not write; return the
+    ledger (:data:`REPORT_LEDGER`) of the files it did write, as they are on disk now.
 
-    The report's files are written together, report.md last; an existing report.md whose first
-    line is the report's title marks them all as an earlier report's. Without one, any existing
-    file (or link) of those names is the user's, and the report stops before writing anything.
+    A file of those names is the report's only when it is a regular file (not a link) whose
+    SHA-256 the ledger records for that name. Anything else stops the report before anything is
+    written.
     """
-    outputs = [runs_dir / REPORT_MD, runs_dir / REPORT_CSV, *(runs_dir / name for name in FIGURES),
-               *(runs_dir / name for name in extra)]
-    ours = False
-    markdown = runs_dir / REPORT_MD
-    if markdown.is_file() and not markdown.is_symlink():
-        try:
-            with markdown.open(encoding="utf-8") as handle:
-                ours = handle.readline().startswith(REPORT_TITLE)
-        except (OSError, UnicodeDecodeError):
-            ours = False
-    for path in outputs:
-        if os.path.lexists(path) and (not ours or path.is_symlink() or not path.is_file()):
-            raise UserInputError(REPORT_FILE_NOT_OURS.format(path=path))
+    ledger = _read_ledger(runs_dir)
+    names = [REPORT_MD, REPORT_CSV, *FIGURES, *extra]
+    for name in names:
+        path = runs_dir / name
+        if not os.path.lexists(path):
+            continue
+        if path.is_symlink() or not path.is_file() or _sha256(path) not in ledger.get(name, ()):
+            raise UserInputError(REPORT_FILE_NOT_OURS.format(path=path, ledger=REPORT_LEDGER))
+    # Files recorded but since removed or changed are forgotten; the others keep their entry.
+    return {name: [digest] for name, hashes in ledger.items()
+            if (runs_dir / name).is_file() and not (runs_dir / name).is_symlink()
+            and (digest := _sha256(runs_dir / name)) in hashes}
+
+
+def _put_in_place(runs_dir: Path, staged: Path, ledger: dict[str, list[str]]) -> Path:
+    """Rename the staged file over its name in ``runs_dir``, recording its hash first, with the
+    old one, so that the file on disk is always one the ledger accepts."""
+    name = staged.name
+    digest = _sha256(staged)
+    ledger[name] = sorted({*ledger.get(name, ()), digest})
+    _write_ledger(runs_dir, ledger)
+    os.replace(staged, runs_dir / name)
+    ledger[name] = [digest]
+    _write_ledger(runs_dir, ledger)
+    return runs_dir / name
 
 
 # A file the report cannot use is named in one warning line and left out; the rest is reported.
@@ -409,17 +513,6 @@ def load_runs(runs_dir: Path) -> tuple[list[Run], list[Problem]]:
                                                                       key=lambda p: p.name)
 
 
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested mapping as one level of dotted keys: ``{"privacy": {"mode": x}}`` -> ``privacy.mode``."""
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def group_points(runs: Iterable[Run]) -> list[Point]:
     """Finished runs grouped into points by their settings, in the order of :func:`_point_order`."""
     points: dict[str, Point] = {}
@@ -448,13 +541,14 @@ def write_csv(path: Path, points: list[Point], keys: list[str]) -> Path:
     """report.csv: one row per point; the varying keys, the seeds, and per metric mean, std and
     (single-seed points) the bootstrap interval, in summary.json's units."""
     metrics = [*METRICS, *(INDIVIDUAL_METRICS if has_individual_privacy(points) else ())]
-    header = [*keys, "n_seeds", "seeds", *_csv_metric_header(metrics)]
+    header = [*keys, "n_seeds", "seeds", *CONSTANT_COLUMNS, *_csv_metric_header(metrics)]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for point in points:
             row = [_csv_value(point.settings.get(key)) for key in keys]
             row += [len(point.runs), " ".join(str(seed) for seed in point.seeds)]
+            row += _csv_constant_cells(point)
             row += _csv_metric_cells(point, metrics)
             writer.writerow(row)
     return path
@@ -464,6 +558,16 @@ def has_individual_privacy(points: Iterable[Point]) -> bool:
     """Whether some run logged privacy.individual_accounting's per-group individual ε."""
     key = INDIVIDUAL_EPSILON["minority"]["median"]
     return any(point.values(key) for point in points)
+
+
+CONSTANT_COLUMNS = ("n_constant", "constant_seeds")
+"""report.csv's and report_methods.csv's columns of constant classifiers: how many of a point's
+seeds, and which."""
+
+
+def _csv_constant_cells(point: Point) -> list[Any]:
+    constant = point.constant_seeds()
+    return [len(constant), " ".join(str(seed) for seed in constant)]
 
 
 def _csv_metric_header(metrics: Iterable[str]) -> list[str]:
@@ -482,11 +586,12 @@ def _csv_metric_cells(point: Point, metrics: Iterable[str]) -> list[Any]:
 def write_markdown(path: Path, runs_dir: Path, points: list[Point], keys: list[str],
                    problems: list[Problem], figures: list[Path], *, view: MethodView | None = None,
                    tradeoffs: Iterable[Path] = (), private_view: PrivacyRepairView | None = None,
-                   private_figures: Iterable[Path] = (),
+                   private_figures: Iterable[Path] = (), release: list[Pool] | None = None,
                    sections: Iterable[list[str]] = ()) -> Path:
-    """report.md: what was read, the table of points, the method view (a grid of repair methods),
-    the repair-under-privacy view (methods crossed with privacy levels), further views' sections
-    (the DP mitigation view), the figures and the unfinished points."""
+    """report.md: what was read, the table of points, what ε covers (the combined release per
+    training pool, :mod:`utils.release`, when a run is private), the method view (a grid of
+    repair methods), the repair-under-privacy view (methods crossed with privacy levels), further
+    views' sections (the DP mitigation view), the figures and the unfinished points."""
     short = short_names(keys)
     n_runs = sum(len(point.runs) for point in points)
     seed_counts = sorted({len(point.runs) for point in points})
@@ -503,14 +608,17 @@ def write_markdown(path: Path, runs_dir: Path, points: list[Point], keys: list[s
         "and clipped shares are in %, gaps in percentage points, ε at the run's δ. "
         f"All numbers, unrounded and in summary.json's units, are in `{REPORT_CSV}`.",
         "",
+        *_constant_note(points),
     ]
-    columns = [*(short[key] for key in keys), "seeds", *METRICS.values()]
+    columns = [*(short[key] for key in keys), "seeds", "constant", *METRICS.values()]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for point in points:
         cells = [_md_value(point.settings.get(key)) for key in keys]
-        cells.append(str(len(point.runs)))
+        cells += [str(len(point.runs)), point.constant_label()]
         cells += [_md_metric(point, metric) for metric in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
+    if release:
+        lines += ["", *release_markdown(release)]
     if has_individual_privacy(points):
         lines += ["", *_individual_markdown(points, keys, short)]
     if view is not None:
@@ -533,6 +641,22 @@ def write_markdown(path: Path, runs_dir: Path, points: list[Point], keys: list[s
                          else f"- `{problem.name}`: {problem.status}{error}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+CONSTANT_NOTE = (
+    "**Constant classifiers: {constant} of {runs} runs** ended with a model that decides one class "
+    "for every test example (column `constant`: k of a point's n seeds; red rings in the figures). "
+    "Their gaps are 0 or undefined by construction: a mean gap over such seeds is not a fairness "
+    "result.")
+
+
+def _constant_note(points: Iterable[Point]) -> list[str]:
+    """report.md's paragraph on constant classifiers, when any run ended as one."""
+    points = list(points)
+    constant = sum(len(point.constant_seeds()) for point in points)
+    if not constant:
+        return []
+    return [CONSTANT_NOTE.format(constant=constant, runs=sum(len(p.runs) for p in points)), ""]
 
 
 def _individual_markdown(points: list[Point], keys: list[str], short: Mapping[str, str]) -> list[str]:
@@ -797,7 +921,7 @@ def write_methods_csv(path: Path, view: MethodView) -> Path:
     """report_methods.csv: the method view's rows, in summary.json's units (fractions) like
     report.csv, with the bootstrap interval of single-seed rows."""
     keys = ([DATASET_KEY] if len(view.datasets) > 1 else []) + [METHOD_KEY, FAIRNESS_MODE_KEY]
-    header = [*keys, *view.own_keys, *view.other_keys, "n_seeds", "seeds",
+    header = [*keys, *view.own_keys, *view.other_keys, "n_seeds", "seeds", *CONSTANT_COLUMNS,
               *_csv_metric_header(METHOD_METRICS)]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -808,6 +932,7 @@ def write_methods_csv(path: Path, view: MethodView) -> Path:
             cells += [_csv_value(row.own[key]) if key in row.own else "" for key in view.own_keys]
             cells += [_csv_value(row.others[key]) for key in view.other_keys]
             cells += [len(row.point.runs), " ".join(str(seed) for seed in row.point.seeds)]
+            cells += _csv_constant_cells(row.point)
             cells += _csv_metric_cells(row.point, METHOD_METRICS)
             writer.writerow(cells)
     return path
@@ -850,18 +975,21 @@ def _methods_markdown(view: MethodView, tradeoffs: Iterable[Path]) -> list[str]:
         "interval instead); – where the runs did not record the metric. ΔEOdds sum = |ΔTPR| + "
         f"|ΔFPR|. Unrounded, in summary.json's units: `{REPORT_METHODS_CSV}`.",
         "",
+        *_constant_note(row.point for row in view.rows),
     ]
     short = _other_names(view.other_keys)
     columns = (["data set"] if len(view.datasets) > 1 else []) + ["target", "method"]
     columns += ["settings"] if view.own_keys else []
-    columns += [short[key] for key in view.other_keys] + ["seeds", *METHOD_METRICS.values()]
+    columns += [short[key] for key in view.other_keys] + ["seeds", "constant",
+                                                          *METHOD_METRICS.values()]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in view.rows:
         cells = [_md_value(row.dataset)] if len(view.datasets) > 1 else []
         cells += [_md_value(row.mode), _md_value(row.method)]
         cells += [_own_label(row) or "–"] if view.own_keys else []
         cells += [_md_value(row.others[key]) for key in view.other_keys]
-        cells += [str(len(row.point.runs)), *(_md_metric(row.point, m) for m in METHOD_METRICS)]
+        cells += [str(len(row.point.runs)), row.point.constant_label(),
+                  *(_md_metric(row.point, m) for m in METHOD_METRICS)]
         lines.append("| " + " | ".join(cells) + " |")
     names = {name: key for key, name in view.figure_names().items()}
     for figure in tradeoffs:
@@ -945,10 +1073,17 @@ def tradeoff_figure(series: list[TradeoffSeries], mode: str, *, title: str):
                         xerr=[s for _, _, s, _, _ in drawn], yerr=[s for _, _, _, _, s in drawn],
                         color=line.color, marker=line.marker, markersize=7, linewidth=1.4,
                         elinewidth=0.9, capsize=3, label=line.label)
+            # Which λ is which point of the line: the own settings that vary along it (a
+            # neuron ratio zipped with the target is the same on every point of one figure).
+            moving = [key for key in line.rows[0].own
+                      if len({_identity({"v": row.own.get(key)}) for row in line.rows}) > 1]
             for row, x, _, y, _ in drawn:
-                if row.own and len(line.rows) > 1:  # which λ is which point of the line
-                    ax.annotate(_own_label(row), (x, y), xytext=(5, 5), textcoords="offset points",
+                if moving:
+                    label = ", ".join(f"{_setting_label(key)}={_md_value(row.own[key])}"
+                                      for key in moving)
+                    ax.annotate(label, (x, y), xytext=(5, 5), textcoords="offset points",
                                 fontsize=8, color=line.color)
+            _mark_constant(ax, [(x, y, row.point) for row, x, _, y, _ in drawn])
         if not ax.has_data():
             ax.text(0.5, 0.5, f"no run recorded {gap}", transform=ax.transAxes, ha="center",
                     va="center", color="gray")
@@ -1013,10 +1148,11 @@ class GapClosed:
 
     The baseline is the grid's ``none`` point with the same data set, privacy level, share and other
     settings (the same target where the grid ran ``none`` per target). Differences are taken per
-    seed, between runs of the same seed (the same resampled data and initialization streams), and
-    averaged over the seeds both points finished; the std is the sample std of those per-seed
-    differences (ddof = 1), so that it measures how reliable the repair is, not how much the gap
-    itself moves between seeds.
+    seed, between runs of the same seed (the same resampled data; each run its own initialization,
+    batch and noise streams, as :mod:`utils.seeding` keys them by the run's identity, except a
+    method that only post-processes, which shares its Vanilla twin's model), and averaged over the
+    seeds both points finished; the std is the sample std of those per-seed differences (ddof = 1),
+    so that it measures how reliable the repair is, not how much the gap itself moves between seeds.
 
     Attributes:
         row: the method's row of the method view.
@@ -1034,11 +1170,14 @@ class GapClosed:
         """``(baseline, method)`` values of ``metric`` for each seed both points finished with it."""
         if self.baseline is None:
             return []
-        base = {run.seed: as_number(run.summary.get(metric)) for run in self.baseline.point.runs}
+        # A withheld seed (logging.private_stats: false) pairs with nothing: pairing runs whose
+        # seeds are unknown would compare arbitrary runs.
+        base = {run.seed: as_number(run.summary.get(metric)) for run in self.baseline.point.runs
+                if run.seed is not None}
         pairs = []
         for run in self.row.point.runs:
             mine = as_number(run.summary.get(metric))
-            if mine is not None and base.get(run.seed) is not None:
+            if run.seed is not None and mine is not None and base.get(run.seed) is not None:
                 pairs.append((base[run.seed], mine))
         return [(b, m) for b, m in pairs if math.isfinite(b) and math.isfinite(m)]
 
@@ -1060,19 +1199,14 @@ class GapClosed:
 
     @property
     def seeds(self) -> list[int | None]:
-        base = {run.seed for run in self.baseline.point.runs} if self.baseline else set()
+        base = ({run.seed for run in self.baseline.point.runs if run.seed is not None}
+                if self.baseline else set())
         return [run.seed for run in self.row.point.runs if run.seed in base]
 
     def constant_seeds(self) -> list[int | None]:
-        """The method's seeds whose test decisions are all one class (both groups' selection rate
-        0, or both 1): their gaps are 0 by construction, so a gap they "close" is no repair."""
-        rates = [f"test/{group_key('selection_rate', group)}" for group in GROUPS]
-        constant = []
-        for run in self.row.point.runs:
-            values = [as_number(run.summary.get(rate)) for rate in rates]
-            if None not in values and (all(v == 0 for v in values) or all(v == 1 for v in values)):
-                constant.append(run.seed)
-        return constant
+        """The method's seeds whose final model is a constant classifier (:func:`is_constant_run`):
+        their gaps are 0 by construction, so a gap they "close" is no repair."""
+        return self.row.point.constant_seeds()
 
 
 @dataclass
@@ -1465,6 +1599,9 @@ def _panel(ax, series: list[Series], metric: str, ylabel: str, *, heading: str |
                     yerr=[scale * (s if s is not None else 0.0) for _, _, s in drawn],
                     color=line.color, marker="o", markersize=5, linewidth=1.6, capsize=3,
                     label=line.label)
+        drawn_points = [point for point in line.points if point.mean(metric) is not None]
+        _mark_constant(ax, [(x, scale * y, point)
+                            for x, (_, y, _), point in zip(xs, drawn, drawn_points)])
         if band is not None:
             edges = [(point.share() * dodge, point.mean(band[0]), point.mean(band[1]))
                      for point in line.points if point.mean(metric) is not None]
@@ -1549,8 +1686,32 @@ def _md_metric(point: Point, metric: str) -> str:
     return cell
 
 
+CONSTANT_LEGEND = "constant classifier in k/n seeds"
+
+
+def _mark_constant(ax, placed: Iterable[tuple[float, float, Point]]) -> None:
+    """A red ring around each drawn point (x, y) whose point has constant-classifier seeds, with
+    "k/n const." beside it; the figure then gets the ring in its legend (:func:`_legend_below`)."""
+    for x, y, point in placed:
+        label = point.constant_label(empty="")
+        if not label:
+            continue
+        ax.plot([x], [y], marker="o", markersize=13, markerfacecolor="none", markeredgecolor="red",
+                markeredgewidth=1.4, linestyle="none", zorder=5)
+        ax.annotate(f"{label} const.", (x, y), xytext=(6, -11), textcoords="offset points",
+                    fontsize=7, color="red")
+        ax.figure.has_constant = True
+
+
 def _legend_below(figure, handles, labels, inches_per_entry: float) -> None:
-    """The figure's legend under its axes, in as many columns as fit its width."""
+    """The figure's legend under its axes, in as many columns as fit its width (with the ring of
+    :func:`_mark_constant` when some point has constant-classifier seeds)."""
+    if getattr(figure, "has_constant", False):
+        from matplotlib.lines import Line2D
+
+        handles = [*handles, Line2D([], [], marker="o", markersize=10, markerfacecolor="none",
+                                    markeredgecolor="red", linestyle="none")]
+        labels = [*labels, CONSTANT_LEGEND]
     if labels:
         columns = max(1, min(len(labels), int(figure.get_figwidth() // inches_per_entry)))
         figure.legend(handles, labels, loc="outside lower center", ncols=columns, frameon=False)

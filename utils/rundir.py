@@ -5,7 +5,8 @@
 "format": 1, "created_at": ...}`` that the tool writes first thing whenever it makes or adopts a run
 directory, before config.yaml. Writing into a run directory and removing anything from it need the
 marker; reading does not (a complete run of an earlier version of the tool, which wrote no marker,
-is still returned as complete; it cannot be trained again in place).
+is still returned as complete when its own config.yaml is the config asked for; another program's
+summary.json is not; it cannot be trained again in place).
 
 What is found at ``{output_dir}/{name}`` decides what may happen there (:func:`inspect_run_path`):
 
@@ -16,8 +17,8 @@ What is found at ``{output_dir}/{name}`` decides what may happen there (:func:`i
 - a marked directory (:data:`MARKED`): the tool's. A complete run is returned; an interrupted one
   resumes; a fresh start in it (``--overwrite``, or an interrupted run that cannot resume) removes
   only the tool's own entries (:data:`RUN_ENTRIES`: config.yaml, metrics.jsonl, summary.json,
-  predictions.csv, clients.csv, individual_privacy.csv, tb/, wandb/, checkpoints/ and the ``.tmp``
-  files of atomic writes).
+  predictions.csv, clients.csv, individual_privacy.csv, preprocessing.json, tb/, wandb/,
+  checkpoints/ and the ``.tmp`` files of atomic writes).
   Anything else a user put there stays where it is, and a symbolic link at one of those names is
   an error rather than something to follow or remove;
 - a directory with other content and no marker (:data:`FOREIGN`), a file, or a symbolic link (to
@@ -31,6 +32,18 @@ at the run path, it always does; the check keeps it so.
 ``summary.json`` is trusted only when it is a JSON object holding every key a complete run writes
 (:data:`SUMMARY_REQUIRED_KEYS`); anything else (cut short, empty, ``{}``, a list) is reported by
 :func:`read_summary` as broken, and the run directory is then an interrupted run.
+
+**Inside a marked directory** every path the tool writes is checked, on a resume as on a fresh
+start (:func:`check_run_entries`): the tool's files must be regular files and its folders (tb/,
+wandb/, checkpoints/) folders, with no symbolic link anywhere below them, so that nothing is ever
+written through a link a user (or another program) put there. Files are written by creating a new
+temporary file and renaming it into place (:func:`utils.sink.replace_file`).
+
+**One process at a time.** A process that trains in a run directory holds an exclusive lock on its
+marker file (``fcntl.flock``, :class:`RunLock`) from before it reads a checkpoint until the run ends;
+a second process on the same directory gets one error line (:data:`RUN_LOCKED`, exit 2) instead of
+training the same units into the same files. The lock dies with its process, so a killed run never
+leaves a stale one. (Where flock does not exist, Windows, runs are not locked.)
 """
 
 from __future__ import annotations
@@ -50,10 +63,18 @@ from utils.sink import (
     INDIVIDUAL_PRIVACY_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,
+    PREPROCESSING_FILE,
     SUMMARY_FILE,
     TENSORBOARD_DIR,
+    TMP_SUFFIX,
+    entry_kind,
     write_json_atomic,
 )
+
+try:  # POSIX: one process per run directory (RunLock); Windows has no flock
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 TOOL = "dp-fairness"
 MARKER_FILE = ".dp-fairness-run"
@@ -61,11 +82,16 @@ MARKER_FORMAT = 1
 CHECKPOINT_DIR = "checkpoints"
 WANDB_DIR = "wandb"
 
-_RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, PREDICTIONS_FILE, CLIENTS_FILE,
-              INDIVIDUAL_PRIVACY_FILE)
-RUN_ENTRIES = (*_RUN_FILES, *(f"{name}.tmp" for name in _RUN_FILES), TENSORBOARD_DIR, WANDB_DIR,
-               CHECKPOINT_DIR)
-"""The entries of a run directory the tool writes, and the only ones a fresh start removes."""
+_RUN_FILES = (SUMMARY_FILE, CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE, CLIENTS_FILE,
+              INDIVIDUAL_PRIVACY_FILE, PREPROCESSING_FILE)
+_RUN_FOLDERS = (TENSORBOARD_DIR, WANDB_DIR, CHECKPOINT_DIR)
+RUN_ENTRIES = (*_RUN_FILES, *(f"{name}{TMP_SUFFIX}" for name in _RUN_FILES), *_RUN_FOLDERS)
+"""The entries of a run directory the tool writes, and the only ones a fresh start removes
+(summary.json first: a clearing stopped half-way leaves an interrupted run, never a "complete" one
+with files missing)."""
+CHECKPOINT_FILES = ("last.pt", "previous.pt", "model_final.pt", ".last.pt", ".last.pt.tmp",
+                    "model_final.pt.tmp")
+"""The files the tool writes in checkpoints/ (training.checkpoint, training.experiment)."""
 
 SUMMARY_REQUIRED_KEYS = ("name", "seed", "mode", "units", "test/accuracy", "privacy/epsilon")
 """Keys every complete run writes into summary.json; without one of them it is not trusted."""
@@ -102,6 +128,12 @@ CANNOT_READ = ("the run directory {path} cannot be read ({reason}). Give the run
                "(--set name=...) or fix the directory's permissions.")
 SUMMARY_BROKEN = ("{path} is not a complete run's summary ({problem}); treating the run as "
                   "interrupted")
+ENTRY_WRONG_KIND = ("{path} is a {kind}, where this tool keeps its {expected}; nothing was written "
+                    "or removed. Move it away (or give the run another name) and run again.")
+CANNOT_CLEAR = ("cannot remove {path} for a fresh start ({reason}); nothing was removed. Fix its "
+                "permissions (or move it away) and run again.")
+RUN_LOCKED = ("{path} is in use by another process of this tool (it holds the lock on {marker}); "
+              "nothing was written. Wait for that process to finish (or stop it), then run again.")
 
 
 def read_json_object(path: Path) -> dict[str, Any] | None:
@@ -116,16 +148,17 @@ def read_json_object(path: Path) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
-def is_marked(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds this tool's marker (a regular file, not a link, naming the tool)."""
-    payload = read_json_object(Path(run_dir) / MARKER_FILE)
+def is_marked(run_dir: Path, marker: str = MARKER_FILE) -> bool:
+    """Whether ``run_dir`` holds this tool's marker (a regular file, not a link, naming the tool);
+    ``marker`` is the run directory's, or a grid directory's (utils.sweep)."""
+    payload = read_json_object(Path(run_dir) / marker)
     return payload is not None and payload.get("tool") == TOOL
 
 
-def write_marker(run_dir: Path) -> None:
+def write_marker(run_dir: Path, marker: str = MARKER_FILE) -> None:
     """Mark ``run_dir`` as this tool's (the first file of every run directory)."""
-    write_json_atomic(run_dir / MARKER_FILE, {"tool": TOOL, "format": MARKER_FORMAT,
-                                              "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    write_json_atomic(run_dir / marker, {"tool": TOOL, "format": MARKER_FORMAT,
+                                         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 def check_output_dir(output_dir: str | Path) -> None:
@@ -157,7 +190,7 @@ def check_writable(run_dir: Path, output_dir: str | Path, state: str) -> None:
         raise UserInputError(OUTPUT_DIR_NOT_WRITABLE.format(output=str(output_dir), where=where))
 
 
-def inspect_run_path(run_dir: Path, output_dir: str | Path) -> str:
+def inspect_run_path(run_dir: Path, output_dir: str | Path, marker: str = MARKER_FILE) -> str:
     """What is at the run path: :data:`ABSENT`, :data:`EMPTY`, :data:`MARKED` or :data:`FOREIGN`.
 
     Raises:
@@ -185,7 +218,7 @@ def inspect_run_path(run_dir: Path, output_dir: str | Path) -> str:
         return ABSENT
     if not stat.S_ISDIR(info.st_mode):
         raise UserInputError(RUN_PATH_IS_FILE.format(path=run_dir))
-    if is_marked(run_dir):
+    if is_marked(run_dir, marker):
         return MARKED
     try:
         empty = next(run_dir.iterdir(), None) is None
@@ -219,24 +252,117 @@ def read_summary(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     return summary, None
 
 
-def start_fresh(run_dir: Path, output_dir: str | Path) -> list[Path]:
-    """Make ``run_dir`` an empty, marked run directory; return the folders made for it.
+def check_run_entries(run_dir: Path) -> None:
+    """Refuse a marked run directory in which a path the tool writes is not what the tool made.
+
+    Each of :data:`RUN_ENTRIES` that exists must be a regular file (the files) or a folder (tb/,
+    wandb/, checkpoints/); no symbolic link may sit at any of them or anywhere below tb/ and
+    checkpoints/ (inside wandb/ the links are wandb's, which it replaces and never writes through);
+    and checkpoints/' own files (:data:`CHECKPOINT_FILES`) must be regular files. Called before a
+    run resumes, before a fresh start clears the directory, and so before anything is written.
+
+    Raises:
+        UserInputError: :data:`LINK_IN_RUN_DIR` or :data:`ENTRY_WRONG_KIND`, naming the path.
+    """
+    run_dir = Path(run_dir)
+    for name in RUN_ENTRIES:
+        expected = "folder" if name in _RUN_FOLDERS else "file"
+        _expect(run_dir / name, expected)
+        if expected == "folder" and os.path.lexists(run_dir / name):
+            if name == WANDB_DIR:
+                # wandb's own folder, full of wandb's own links (latest-run, debug.log, a log in
+                # its cache): wandb writes each run into a new folder and replaces its links by
+                # renaming, never writing through one, and the tool writes nothing in it.
+                continue
+            for folder, subfolders, files in os.walk(run_dir / name):  # never follows links
+                for child in (*subfolders, *files):
+                    if os.path.islink(os.path.join(folder, child)):
+                        raise UserInputError(LINK_IN_RUN_DIR.format(path=Path(folder) / child))
+    for name in CHECKPOINT_FILES:
+        _expect(run_dir / CHECKPOINT_DIR / name, "file")
+
+
+def _expect(path: Path, expected: str) -> None:
+    kind = entry_kind(path)
+    if kind == "symbolic link":
+        raise UserInputError(LINK_IN_RUN_DIR.format(path=path))
+    if kind is not None and kind != expected:
+        raise UserInputError(ENTRY_WRONG_KIND.format(path=path, kind=kind, expected=expected))
+
+
+class RunLock:
+    """An exclusive lock on a marked directory, held by this process until :meth:`release`.
+
+    ``flock`` on the directory's marker file, opened without following a link and never written.
+    The kernel drops the lock when the process ends, however it ends. Two locks on one directory
+    conflict within one process too (each is its own open file description).
+
+    Raises:
+        UserInputError: :data:`RUN_LOCKED` when another process (or another run of this one)
+            holds it.
+    """
+
+    def __init__(self, directory: Path, marker: str = MARKER_FILE):
+        self.directory = Path(directory)
+        self._fd: int | None = None
+        if fcntl is None:
+            return
+        try:
+            fd = os.open(self.directory / marker,
+                         os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except OSError as error:  # removed or replaced since it was inspected
+            raise UserInputError(CANNOT_READ.format(path=self.directory / marker,
+                                                    reason=error.strerror or error)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserInputError(RUN_LOCKED.format(path=self.directory, marker=marker)) from None
+        except OSError:  # a file system without flock (some network mounts): run unlocked
+            os.close(fd)
+            return
+        self._fd = fd
+
+    def release(self) -> None:
+        """Give the lock up (idempotent)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+def lock_run(run_dir: Path) -> RunLock:
+    """:class:`RunLock` on a marked run directory."""
+    return RunLock(run_dir, MARKER_FILE)
+
+
+def start_fresh(run_dir: Path, output_dir: str | Path, expected: str | None = None,
+                lock: RunLock | None = None) -> tuple[list[Path], RunLock]:
+    """Make ``run_dir`` an empty, marked run directory, locked by this process; return the
+    folders made for it and the lock.
 
     The path is inspected here (again: the data may have taken minutes to load since the first
     look), and a path that is not the tool's is refused. A marked directory is cleared
-    (:func:`clear_run_directory`), an empty one adopted, a missing one made.
+    (:func:`clear_run_directory`), an empty one adopted, a missing one made. ``expected`` is what
+    the caller found at its first look: a directory that was absent then and exists now was made
+    by another process meanwhile, and is refused rather than cleared. ``lock`` is the caller's
+    lock on the directory when it already holds one (a marked directory is locked when first
+    seen).
 
     Raises:
         UserInputError: the path is not the tool's any more, a folder or the marker cannot be
-            written (nothing is left behind), or a link sits at one of the tool's entry names.
+            written (nothing is left behind), a link or a wrong kind of entry sits at one of the
+            tool's entry names, or another process holds the directory.
     """
     run_dir = Path(run_dir)
     now = inspect_run_path(run_dir, output_dir)
     if now == FOREIGN:
         raise refuse_foreign(run_dir)
+    if expected is not None and now != expected and now != ABSENT:
+        raise UserInputError(RUN_LOCKED.format(path=run_dir, marker=MARKER_FILE))
     if now == MARKED:
+        lock = lock or lock_run(run_dir)
         clear_run_directory(run_dir)
-        return []
+        return [], lock
     made = make_dirs(run_dir, output_dir) if now == ABSENT else []
     try:
         write_marker(run_dir)
@@ -244,29 +370,53 @@ def start_fresh(run_dir: Path, output_dir: str | Path) -> list[Path]:
         _remove_made(made)
         raise UserInputError(CANNOT_CREATE.format(output=str(output_dir), path=run_dir / MARKER_FILE,
                                                   reason=error.strerror or error)) from None
-    return made
+    try:
+        return made, lock or lock_run(run_dir)
+    except UserInputError:
+        raise
+    except OSError as error:
+        raise UserInputError(CANNOT_CREATE.format(output=str(output_dir), path=run_dir / MARKER_FILE,
+                                                  reason=error.strerror or error)) from None
 
 
 def clear_run_directory(run_dir: Path) -> None:
     """Remove the tool's own entries (:data:`RUN_ENTRIES`) from the marked ``run_dir``.
 
-    Nothing else is touched: entries of other names stay, the marker stays, and a link at one of
-    those names stops the clearing before anything is removed.
+    Nothing else is touched: entries of other names stay, the marker stays, and a link or a wrong
+    kind of entry at one of those names (:func:`check_run_entries`), or one that cannot be removed
+    (a read-only folder or file system), stops the clearing before anything is removed.
+    summary.json goes first, so a clearing that fails half-way anyway leaves an interrupted run.
     """
     run_dir = Path(run_dir)
     if not is_marked(run_dir):  # a bug if it happens: callers inspect first
         raise RuntimeError(f"refusing to clear {run_dir}: it holds no {MARKER_FILE}")
+    check_run_entries(run_dir)
     entries = [run_dir / name for name in RUN_ENTRIES if os.path.lexists(run_dir / name)]
     for entry in entries:
-        if entry.is_symlink():
-            raise UserInputError(LINK_IN_RUN_DIR.format(path=entry))
+        _check_removable(entry)
     root = run_dir.resolve()
     for entry in entries:
         assert entry.resolve().parent == root, entry  # plain names, no links: always inside
-        if entry.is_dir():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+        try:
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError as error:  # what the check could not foresee (root ignores permissions)
+            raise UserInputError(CANNOT_CLEAR.format(path=error.filename or entry,
+                                                     reason=error.strerror or error)) from None
+
+
+def _check_removable(entry: Path) -> None:
+    """Refuse (:data:`CANNOT_CLEAR`) an entry that cannot be removed: its folder, or for a folder
+    any folder inside it, is not writable (``os.access``; a read-only file system fails it for
+    root too)."""
+    folders = [entry.parent]
+    if entry.is_dir():
+        folders += [Path(folder) for folder, _, _ in os.walk(entry)]
+    for folder in folders:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UserInputError(CANNOT_CLEAR.format(path=entry, reason=f"{folder} is not writable"))
 
 
 def discard_fresh_run(run_dir: Path, made: list[Path], *, keep_directory: bool) -> None:

@@ -40,6 +40,11 @@ checkpoint: ``run`` does both, because a point's config is the same every time t
 ``grid_status.json`` (:data:`STATUS_FILE`), rewritten atomically after every point: each point's
 values, run directory, status (``pending``, ``running``, ``done``, ``skipped``, ``failed``,
 ``interrupted``) and error, which the report (:mod:`utils.report`) reads to mark failed points.
+
+The grid's directory is the tool's only with its marker (:data:`GRID_MARKER`, like a run
+directory's; :func:`open_grid_directory`), and a running grid holds its lock, so a second process on
+the same grid is refused. A grid is capped (:data:`MAX_GRID_COMBINATIONS`, :data:`MAX_GRID_POINTS`)
+and refused before anything is expanded: a sweep of a million points costs nothing to refuse.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import math
 import os
 import re
 import sys
@@ -69,14 +75,46 @@ from utils.config import (
     parse_override,
     read_yaml,
 )
-from utils.errors import ConfigError, UserInputError
-from utils.rundir import OUTPUT_DIR_NOT_A_DIRECTORY, check_output_dir, make_dirs, read_json_object
-from utils.sink import SUMMARY_FILE, write_json_atomic
+from utils.errors import ConfigError, UserInputError, describe_fault, warn_user
+from utils.rundir import (
+    ABSENT,
+    CANNOT_CREATE,
+    FOREIGN,
+    MARKED,
+    OUTPUT_DIR_NOT_A_DIRECTORY,
+    RunLock,
+    inspect_run_path,
+    make_dirs,
+    read_json_object,
+    write_marker,
+)
+from utils.sink import SUMMARY_FILE, entry_kind, write_json_atomic
 
 SWEEP_SECTION = "sweep"
 ZIP_SECTION = "zip"
 GRID_SECTIONS = (SWEEP_SECTION, ZIP_SECTION)
 STATUS_FILE = "grid_status.json"
+GRID_MARKER = ".dp-fairness-grid"
+"""A grid directory's marker (JSON naming the tool, like a run directory's), written when the tool
+makes or adopts it; the lock of a running grid is held on it."""
+MAX_GRID_COMBINATIONS = 100_000
+"""The most combinations a grid's factors may multiply out to (before points that differ only in
+another repair method's settings are merged): refused at once, before anything is expanded."""
+MAX_GRID_POINTS = 10_000
+"""The most runs (distinct points) a grid may hold: each is a training run with its own directory,
+and checking this many configs already takes seconds. Split a larger study into several files."""
+GRID_TOO_LARGE = ("the grid has {count:,} {what} ({spelled}), more than the {limit:,} this tool "
+                  "expands; nothing was run or written. Sweep fewer values, or split the study "
+                  "into several grid files (each with its own name).")
+GRID_NOT_OURS = ("{path} exists and is not a grid directory of this tool (it has no {marker} "
+                 "marker and no grid status file); it is left untouched. Give the grid another name "
+                 "(--set name=...) or another output_dir, or move {path} away.")
+GRID_PATH_IS_LINK = ("the grid directory {path} is a symbolic link; links are never followed. Give "
+                     "the grid another name (--set name=...) or replace the link by the directory.")
+SEED_IN_POINT_NAMES = ("logging.private_stats: false leaves the seed out of each run's records, but "
+                       "this grid sweeps seed, so every point's name (its run directory, the name in "
+                       "config.yaml and summary.json, wandb's run name) spells its seed. Sweep seeds "
+                       "in separate grid files (seed set in each) to keep them out of the records.")
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 SHORT_NAMES: dict[str, str] = {
@@ -211,10 +249,16 @@ def expand_grid(raw: Mapping[str, Any], overrides: list[str] | None = None, *,
     Raises:
         ConfigError: a malformed section (not a mapping of lists, an empty list, zip lists of
             unequal lengths), an unknown or grid-owned swept key, a key swept twice, a ``--set`` of a
-            swept key, two points with the same name, or a point whose config fails the checks
-            (the message names the point).
+            swept key, two points with the same name, a point whose config fails the checks
+            (the message names the point), or a grid larger than :data:`MAX_GRID_COMBINATIONS`
+            combinations or :data:`MAX_GRID_POINTS` runs (:data:`GRID_TOO_LARGE`).
     """
     factors = parse_factors(raw)
+    spelled = " x ".join(f"{len(factor.rows)} {'/'.join(factor.keys)}" for factor in factors)
+    combinations = math.prod(len(factor.rows) for factor in factors)
+    if combinations > MAX_GRID_COMBINATIONS:  # refused before anything is built
+        raise ConfigError(GRID_TOO_LARGE.format(count=combinations, what="combinations",
+                                                spelled=spelled, limit=MAX_GRID_COMBINATIONS))
     keys = tuple(key for factor in factors for key in factor.keys)
     _refuse_overrides_of_swept_keys(list(overrides or []), keys)
     base = apply_overrides({k: v for k, v in raw.items() if k not in GRID_SECTIONS},
@@ -227,6 +271,7 @@ def expand_grid(raw: Mapping[str, Any], overrides: list[str] | None = None, *,
     base_method = (base.get("fairness") or {}).get("method", "none") \
         if isinstance(base.get("fairness"), dict) else "none"
     runs: set[tuple] = set()
+    distinct: list[dict[str, Any]] = []
     for combination in itertools.product(*(factor.rows for factor in factors)):
         values = {key: value for factor, row in zip(factors, combination)
                   for key, value in zip(factor.keys, row)}
@@ -239,6 +284,11 @@ def expand_grid(raw: Mapping[str, Any], overrides: list[str] | None = None, *,
         if run in runs and any(_other_methods_setting(key, method) for key in values):
             continue
         runs.add(run)
+        distinct.append(values)
+    if len(distinct) > MAX_GRID_POINTS:
+        raise ConfigError(GRID_TOO_LARGE.format(count=len(distinct), what="runs", spelled=spelled,
+                                                limit=MAX_GRID_POINTS))
+    for values in distinct:
         config = _point_config(base, values, factors)
         used = {key: value for key in keys if (value := _get_dotted(config, key)) is not _UNUSED}
         label = ",".join(f"{short[key]}={format_value(value)}" for key, value in used.items())
@@ -252,6 +302,8 @@ def expand_grid(raw: Mapping[str, Any], overrides: list[str] | None = None, *,
                 wandb, group=wandb.group if wandb.group is not None else grid_name)))
         config.validate()
         points.append(GridPoint(values=values, label=label, config=config))
+    if "seed" in keys and any(not point.config.logging.private_stats for point in points):
+        warn_user(SEED_IN_POINT_NAMES)
     return Grid(name=grid_name, directory=grid_dir, keys=keys, points=tuple(points), source=source)
 
 
@@ -352,17 +404,52 @@ def run_grid(grid: Grid, *, overwrite: bool = False,
     Returns:
         One :class:`PointResult` per point, in the grid's order.
     """
-    # Like a run's directory (utils.rundir): an output_dir that is, or lies under, a file, or a
-    # folder that cannot be made is an input error with one line, before any point runs.
-    check_output_dir(grid.directory.parent)
-    make_dirs(grid.directory, grid.directory.parent)
-    if not grid.directory.is_dir():
-        raise UserInputError(OUTPUT_DIR_NOT_A_DIRECTORY.format(output=str(grid.directory.parent),
-                                                               blocker=grid.directory))
-    status = grid.directory / STATUS_FILE
+    lock = open_grid_directory(grid)
+    try:
+        return _run_points(grid, overwrite=overwrite, executor=executor)
+    finally:
+        lock.release()
+
+
+def open_grid_directory(grid: Grid) -> RunLock:
+    """Make, adopt or reuse the grid's directory, and lock it for this process.
+
+    Like a run's directory (utils.rundir), it is the tool's only with its marker
+    (:data:`GRID_MARKER`): a missing directory is made and marked, an empty one adopted, a marked
+    one used; an unmarked folder is adopted only when it holds this tool's grid status file (a grid
+    run before the marker existed); a link, a file or another unmarked folder is an error that
+    writes nothing. An output_dir that is, or lies under, a file, or a folder that cannot be made
+    is an input error with one line, before any point runs. The lock (:class:`RunLock` on the
+    marker) keeps a second process off the same grid.
+    """
+    directory, output = grid.directory, grid.directory.parent
+    kind = entry_kind(directory)
+    if kind == "symbolic link":
+        raise UserInputError(GRID_PATH_IS_LINK.format(path=directory))
+    if kind not in (None, "folder"):
+        raise UserInputError(OUTPUT_DIR_NOT_A_DIRECTORY.format(output=str(output), blocker=directory))
+    state = inspect_run_path(directory, output, marker=GRID_MARKER)
+    status = directory / STATUS_FILE
     if os.path.lexists(status) and not is_status_file(status):
         # A file of that name the tool did not write (a user's folder named like the grid).
         raise UserInputError(STATUS_NOT_OURS.format(path=status))
+    if state == FOREIGN and not os.path.lexists(status):
+        raise UserInputError(GRID_NOT_OURS.format(path=directory, marker=GRID_MARKER))
+    made = make_dirs(directory, output) if state == ABSENT else []
+    if state != MARKED:
+        try:
+            write_marker(directory, GRID_MARKER)
+        except OSError as error:
+            for folder in reversed(made):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise UserInputError(CANNOT_CREATE.format(output=str(output), path=directory / GRID_MARKER,
+                                                      reason=error.strerror or error)) from None
+    return RunLock(directory, GRID_MARKER)
+
+
+def _run_points(grid: Grid, *, overwrite: bool, executor: Executor | None) -> list[PointResult]:
+    """:func:`run_grid` in its opened, locked directory."""
     entries = [_status_entry(point, "pending") for point in grid.points]
     results: dict[int, PointResult] = {}
     total = len(grid.points)
@@ -420,9 +507,13 @@ def run_point(point: GridPoint, overwrite: bool = False) -> PointResult:
 def point_result(point: GridPoint, outcome: dict[str, Any] | Exception, wall_s: float,
                  ) -> PointResult:
     """A point's result from its run's summary or the exception that stopped it (an input error
-    is the user's to fix; anything else is a bug, kept with its traceback)."""
+    or a fault of the machine, :func:`utils.errors.describe_fault`, is the user's to fix; anything
+    else is a bug, kept with its traceback)."""
     if isinstance(outcome, UserInputError):
         return PointResult(point, "failed", error=str(outcome), wall_s=wall_s)
+    if isinstance(outcome, Exception) and (fault := describe_fault(outcome)) is not None:
+        # The machine refused (a full disk, memory): the user's to fix, like an input error.
+        return PointResult(point, "failed", error=fault, wall_s=wall_s)
     if isinstance(outcome, Exception):
         trace = "".join(traceback.format_exception(outcome))
         return PointResult(point, "failed", error=f"{type(outcome).__name__}: {outcome}",
@@ -666,4 +757,6 @@ def _result_line(result: PointResult) -> str:
     summary = result.summary or {}
     facts = [f"{key} {summary[key]:.4g}" for key in ("test/accuracy", "privacy/epsilon")
              if isinstance(summary.get(key), (int, float))]
+    if summary.get("test/constant_prediction"):  # its gaps say nothing: say so where it is seen
+        facts.append("CONSTANT CLASSIFIER")
     return f"{label}: done in {result.wall_s:.1f} s" + (f" ({', '.join(facts)})" if facts else "")

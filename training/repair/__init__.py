@@ -23,13 +23,13 @@ def build_method(config):
     """The :class:`RepairMethod` of ``config.fairness``, with its own random stream and, under
     DP-SGD, the run's accounted releases (:class:`privacy.releases.PrivateStatistics`)."""
     from privacy.releases import PrivateStatistics
-    from utils.seeding import numpy_generator
+    from utils.seeding import RunStreams
 
-    fairness, privacy = config.fairness, config.privacy
+    fairness, privacy, streams = config.fairness, config.privacy, RunStreams(config)
     statistics = (PrivateStatistics(counts_noise_multiplier=privacy.counts_noise_multiplier,
-                                    seed=config.seed, secure=privacy.secure_rng)
+                                    seed=streams.root("dp_counts"), secure=privacy.secure_rng)
                   if privacy.mode == "dpsgd" else None)
     return fairness.method_class()(fairness.resolved_settings(), target=fairness.mode,
-                                   rng=numpy_generator(config.seed, "repair"),
+                                   rng=streams.numpy("repair"),
                                    name=fairness.method, privacy_mode=privacy.mode,
                                    statistics=statistics, public_examples=fairness.public_examples)

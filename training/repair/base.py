@@ -265,6 +265,14 @@ class RepairMethod:
         return changes
 
     @classmethod
+    def only_postprocesses(cls) -> bool:
+        """Whether the method leaves training exactly Vanilla's (no training hook, no preparation
+        of the data, no client weights) and acts on the scores alone: the run then trains what a
+        ``none`` run of the same settings trains, and shares its random streams (utils.seeding)."""
+        return (not cls.training_changes() and cls.prepare is RepairMethod.prepare
+                and cls.client_weights is RepairMethod.client_weights)
+
+    @classmethod
     def refusal(cls, name: str, privacy_mode: str) -> str | None:
         """The error message when the method cannot run under ``privacy_mode``, else None."""
         reason = cls.refuses.get(privacy_mode)
