@@ -1200,7 +1200,13 @@ def test_private_stats_false_leaves_the_seed_out_of_every_record(world, capsys, 
     # wandb's offline record (its binary .wandb file, searched above) holds the run's config,
     # the seed key included, but not its value; nor the command line it records from sys.argv.
     (record,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    # wandb's service process may still be writing the record after wandb.finish returns (seen
+    # on a loaded machine: only the file's header there); wait for the config to land in it.
+    deadline = time.monotonic() + 60
+    while b"seed" not in record.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert b"seed" in record.read_bytes() and SEED_WITHHELD.encode() in record.read_bytes()
+    assert _files_holding(run_dir, str(SECRET_SEED).encode()) == []
     assert list((run_dir / "tb").iterdir())  # TensorBoard wrote, and it was searched
     capsys.readouterr()
     assert running.main(argv) == 0

@@ -29,6 +29,7 @@ from dataset.imbalance import resample_to_share, validation_counts, validation_s
 from dataset.synthetic import POOL_SIZE, make_synthetic
 from dataset.tabular import (
     ADULT_COLUMNS,
+    RELEASED_NOT_PUBLIC,
     RUNNER_MISSING_COLUMNS,
     RUNNER_ROWS,
     _read_adult_files,
@@ -624,3 +625,17 @@ def test_runner_protocol_implies_a_validation_split_for_selection():
     config = config_from_mapping({"data": {"name": "adult", "protocol": "runner", "minority_share": None},
                                   "training": {"select": "best_val_gap"}})
     assert config.data.has_validation
+
+
+def test_the_released_encoding_has_no_public_form_and_is_refused_under_privacy():
+    """runner_released bins at deciles of standardized age over the training rows: under privacy
+    (auto resolves to public preprocessing) it is refused with the way out; fitted still builds."""
+    raw = {"data": {"name": "adult", "protocol": "runner_released", "minority_share": None,
+                    "validation_public": True},
+           "privacy": {"mode": "dpsgd", "noise_multiplier": 1.0}}
+    with pytest.raises(ConfigError) as refused:
+        build_dataset(config_from_mapping(raw))
+    assert str(refused.value) == RELEASED_NOT_PUBLIC
+    raw["data"]["preprocessing"] = "fitted"
+    data = build_dataset(config_from_mapping(raw))
+    assert data.x_train.shape == (27_132, 120) and data.info["runner_encoding"] == "released"
