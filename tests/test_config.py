@@ -182,7 +182,7 @@ def test_cli_missing_file_and_bad_override(tmp_path):
 
 def test_grid_file_is_not_one_experiment(tmp_path):
     path = write(tmp_path, {"sweep": {"seed": [0, 1]}})
-    with pytest.raises(ConfigError, match="is a grid .* utils.sweep.load_grid"):
+    with pytest.raises(ConfigError, match="is a grid .* grids.sweep.load_grid"):
         load_config(path)
 
 

@@ -592,8 +592,8 @@ def test_every_key_settable_in_a_file_is_settable_by_set_and_by_a_sweep(tmp_path
     """Issue 26: fairness.public_examples was accepted in a params file but refused by --set and by
     a sweep as an unknown key. Every key of the resolved config (each method's settings included)
     now goes through --set and a sweep."""
+    from grids.sweep import expand_grid
     from utils.config import apply_overrides, config_from_mapping
-    from utils.sweep import expand_grid
 
     def flat(mapping, prefix=""):
         for key, value in mapping.items():

@@ -109,7 +109,7 @@ STEPS_PER_EPOCH_NOT_FEDERATED = (
 
 # Keys a resolved config.yaml carries for provenance; reading such a file back ignores them.
 PROVENANCE_KEY = "provenance"
-# Sections that make a params file a grid of experiments (utils/sweep.py), not one experiment.
+# Sections that make a params file a grid of experiments (grids/sweep.py), not one experiment.
 GRID_KEYS = frozenset({"sweep", "zip"})
 
 # Message of a float key given infinity or NaN (``.inf``, ``.nan``, "inf", 1e999).
@@ -134,7 +134,7 @@ YAML_DUPLICATE_KEY = "duplicate key"
 # A run's name is its directory under output_dir, so it must be one plain path component: never
 # "." or ".." (the run would be output_dir itself or the folder above it, and a fresh start clears
 # its run directory), no separator, no NUL, and short enough for a file system's 255-byte limit on
-# one component. utils/sweep.py and utils/legacy.py make names by the same rule.
+# one component. grids/sweep.py and utils/legacy.py make names by the same rule.
 NAME_MAX_BYTES = 200
 NAME_EXPECTED = (f"a plain directory name of letters, digits and . _ - = , + (not '.' or '..'), "
                  f"at most {NAME_MAX_BYTES} bytes")
@@ -1294,7 +1294,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     if GRID_KEYS & raw.keys():
         raise ConfigError(f"params file {str(path)!r} is a grid (it has a sweep: or zip: section), "
                           f"not one experiment. Run it with running.py, or load its points with "
-                          f"utils.sweep.load_grid.")
+                          f"grids.sweep.load_grid.")
     if is_legacy(raw):
         raw = translate_legacy(raw, source=path)
     raw = apply_overrides(raw, list(overrides or []))

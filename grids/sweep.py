@@ -39,7 +39,7 @@ checkpoint: ``run`` does both, because a point's config is the same every time t
 (the same values give the same name and run directory). The grid's directory holds
 ``grid_status.json`` (:data:`STATUS_FILE`), rewritten atomically after every point: each point's
 values, run directory, status (``pending``, ``running``, ``done``, ``skipped``, ``failed``,
-``interrupted``) and error, which the report (:mod:`utils.report`) reads to mark failed points.
+``interrupted``) and error, which the report (:mod:`grids.report`) reads to mark failed points.
 
 The grid's directory is the tool's only with its marker (:data:`GRID_MARKER`, like a run
 directory's; :func:`open_grid_directory`), and a running grid holds its lock, so a second process on
