@@ -29,8 +29,8 @@ import argparse
 import sys
 
 from grids.sweep import describe, load_grid, ray_executor, run_grid, stacked_executor
-from utils.config import load_config
 from utils.errors import INTERRUPTED, INTERRUPTED_REPORT, UserInputError, describe_fault
+from utils.loader import load_config
 
 # The headline numbers printed at the end of a run (all of them are in summary.json).
 HEADLINE = ("test/accuracy", "test/accuracy/group=minority", "test/accuracy/group=majority",

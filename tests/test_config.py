@@ -9,14 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utils.config import (
-    NEEDS_NOISE_OR_TARGET,
-    ExperimentConfig,
-    apply_overrides,
-    config_from_mapping,
-    load_config,
-)
+from utils.config import NEEDS_NOISE_OR_TARGET, ExperimentConfig, config_from_mapping
 from utils.errors import ConfigError
+from utils.loader import apply_overrides, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
