@@ -4,9 +4,9 @@
     python running.py --params configs/paper_adult.yaml [--dry-run]   # a grid (sweep:/zip:)
     python running.py --params configs/paper_adult.yaml --backend ray [--address auto]
     python running.py --report runs/paper_adult                       # report.md, report.csv, PNGs
-                                                  # (also to wandb and TensorBoard: utils/dashboards.py)
+                                                  # (also to wandb and TensorBoard: grids/dashboards.py)
 
-A params file with a ``sweep:`` or ``zip:`` section is a grid (utils/sweep.py): every point is an
+A params file with a ``sweep:`` or ``zip:`` section is a grid (grids/sweep.py): every point is an
 ordinary run under ``{output_dir}/{name}/{point}``, ``--set`` applies to every point, complete points
 are skipped, and ``--dry-run`` lists the points and their run directories without running anything.
 ``--backend ray [--address ADDR] [--gpus-per-run N]`` runs a grid's points as Ray tasks, on this
@@ -28,9 +28,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from utils.config import load_config
+from grids.sweep import describe, load_grid, ray_executor, run_grid, stacked_executor
 from utils.errors import INTERRUPTED, INTERRUPTED_REPORT, UserInputError, describe_fault
-from utils.sweep import describe, load_grid, ray_executor, run_grid, stacked_executor
+from utils.loader import load_config
 
 # The headline numbers printed at the end of a run (all of them are in summary.json).
 HEADLINE = ("test/accuracy", "test/accuracy/group=minority", "test/accuracy/group=majority",
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.report is not None:
             # Imported here so that a run never loads matplotlib.
-            from utils.dashboards import publish_report
-            from utils.report import write_report
+            from grids.dashboards import publish_report
+            from grids.report import write_report
 
             written = write_report(args.report)
             for path in written:
@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"complete, {len(failed)} failed; status in {grid.directory}/grid_status.json; "
                   f"report: python running.py --report {grid.directory}")
             # The grid in the dashboards: with wandb on, its report and report run; else its
-            # TensorBoard HParams experiment (utils/dashboards.py). matplotlib only loads for a report.
-            from utils.dashboards import publish_grid
+            # TensorBoard HParams experiment (grids/dashboards.py). matplotlib only loads for a report.
+            from grids.dashboards import publish_grid
 
             for line in publish_grid(grid.directory, grid.keys):
                 print(line)

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from training.experiment import run  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from utils.loader import load_config  # noqa: E402
 
 CASES = {
     "non-private, full training set": ["privacy.mode=none", "data.minority_share=null"],

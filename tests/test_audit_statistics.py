@@ -208,7 +208,7 @@ def test_secure_poisson_sampler_includes_each_example_with_probability_q():
 
 
 def test_report_shows_infinite_epsilon_as_infinity(tmp_path):
-    from utils.report import write_report
+    from grids.report import write_report
 
     for seed in (0, 1):
         tiny_run(tmp_path, name=f"noiseless_{seed}", seed=seed,

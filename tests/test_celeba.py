@@ -39,8 +39,9 @@ from dataset.celeba import (
     read_partition,
 )
 from tests.celeba_fake import make_fake_celeba
-from utils.config import config_from_mapping, load_config
+from utils.config import config_from_mapping
 from utils.errors import ConfigError, DataError
+from utils.loader import load_config
 
 N_IMAGES = 300
 

@@ -9,14 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utils.config import (
-    NEEDS_NOISE_OR_TARGET,
-    ExperimentConfig,
-    apply_overrides,
-    config_from_mapping,
-    load_config,
-)
+from utils.config import NEEDS_NOISE_OR_TARGET, ExperimentConfig, config_from_mapping
 from utils.errors import ConfigError
+from utils.loader import apply_overrides, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -182,7 +177,7 @@ def test_cli_missing_file_and_bad_override(tmp_path):
 
 def test_grid_file_is_not_one_experiment(tmp_path):
     path = write(tmp_path, {"sweep": {"seed": [0, 1]}})
-    with pytest.raises(ConfigError, match="is a grid .* utils.sweep.load_grid"):
+    with pytest.raises(ConfigError, match="is a grid .* grids.sweep.load_grid"):
         load_config(path)
 
 

@@ -13,7 +13,8 @@ import yaml
 
 from tests.celeba_fake import make_fake_celeba
 from training.experiment import run
-from utils.config import apply_overrides, config_from_mapping, read_yaml
+from utils.config import config_from_mapping
+from utils.loader import apply_overrides, read_yaml
 from utils.sink import CONFIG_FILE, PREDICTIONS_FILE, SUMMARY_FILE
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""A grid where researchers look (utils/sink.py, utils/dashboards.py), read back with each tool's own
+"""A grid where researchers look (utils/sink.py, grids/dashboards.py), read back with each tool's own
 reader: wandb's offline run folders with ``wandb leet inspect`` (wandb's reader of its transaction
 log), TensorBoard's event files with the HParams plugin's own request handlers (what its dashboard
 shows) and TensorBoard's event reader. Real runs of a tiny grid on the synthetic data set, real
@@ -32,8 +32,9 @@ from tensorboard.plugins.hparams import api_pb2
 from tensorboard.util import tensor_util
 
 import running
-from utils import dashboards, report, sink
-from utils.report import REPORT_CSV, REPORT_MD
+from grids import dashboards, runs
+from grids.report import REPORT_CSV, REPORT_MD
+from utils import sink
 
 BASE = {
     "name": "tiny",
@@ -60,7 +61,7 @@ def run_grid(tmp_path: Path, **changes) -> Path:
 @pytest.fixture(scope="module")
 def wandb_home(tmp_path_factory):
     """wandb's own folders (config, cache) in a temporary home, for the module's runs; its data
-    folder left to the report run (utils.dashboards keeps it in the grid's wandb folder)."""
+    folder left to the report run (grids.dashboards keeps it in the grid's wandb folder)."""
     home = tmp_path_factory.mktemp("home")
     with pytest.MonkeyPatch.context() as patch:
         for variable, folder in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache")):
@@ -144,7 +145,7 @@ def test_tags_hparams_and_final_metrics_follow_the_config():
     assert sink.final_metrics({"test/accuracy": 0.5, "privacy/epsilon": None, "train/loss": 1.0}) == {
         "final/test/accuracy": 0.5}
     # TensorBoard's metrics are the report's headline metrics, so the two views never differ.
-    assert set(sink.FINAL_METRICS) == set(report.METRICS)
+    assert set(sink.FINAL_METRICS) == set(runs.METRICS)
 
 
 def test_report_run_id_is_stable_per_group_and_project():
@@ -333,7 +334,7 @@ def test_hparams_dashboard_shows_the_grid_as_a_table(tensorboard_grid):
         "dpsgd", "none"]
     assert [info.name.tag for info in experiment.metric_infos] == [
         sink.FINAL_PREFIX + key for key in sink.FINAL_METRICS]
-    assert experiment.metric_infos[0].display_name == report.METRICS["test/accuracy"]
+    assert experiment.metric_infos[0].display_name == runs.METRICS["test/accuracy"]
     # Rows: every run, its session the run's own tb/ folder, its values and final metrics.
     directories = run_dirs(grid)
     assert len(directories) == len(groups) == 8

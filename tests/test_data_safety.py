@@ -33,6 +33,11 @@ import pytest
 import torch
 
 import running
+from grids.figures import FIGURES
+from grids.release import REPORT_RELEASE_CSV
+from grids.report import REPORT_CSV, REPORT_FILE_NOT_OURS, REPORT_LEDGER, REPORT_MD
+from grids.runs import IGNORED_STATUS, SKIPPED_RUN
+from grids.sweep import STATUS_FILE, STATUS_NOT_OURS
 from tests.test_end_to_end import read_jsonl
 from tests.test_legacy import FIXTURE as LEGACY_FIXTURE
 from tests.test_resume import Interrupt, interrupt_after
@@ -41,17 +46,6 @@ from tests.test_sweep import SWEEP, write_params
 from training import checkpoint
 from utils import rundir, sink
 from utils.config import NAME_EXPECTED, NUL_IN_STRING, SEED_EXPECTED, SEED_MAX
-from utils.release import REPORT_RELEASE_CSV
-from utils.report import (
-    FIGURES,
-    IGNORED_STATUS,
-    REPORT_CSV,
-    REPORT_FILE_NOT_OURS,
-    REPORT_LEDGER,
-    REPORT_MD,
-    SKIPPED_RUN,
-)
-from utils.sweep import STATUS_FILE, STATUS_NOT_OURS
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = ROOT / "utils" / "params_adult.yaml"
@@ -998,7 +992,7 @@ def test_report_never_overwrites_a_file_whose_content_it_did_not_write(world, fi
     """Issue 26: --report overwrote a user's own report.md whose first line happened to be
     `# Report: …`, and a gaps.png the user replaced after an earlier report. The report now
     records the SHA-256 of every file it writes and overwrites only those exact contents."""
-    from utils.report import REPORT_TITLE
+    from grids.report import REPORT_TITLE
 
     runs = _report_world(world, finished)
     if case == "users-report-with-the-title":
@@ -1053,8 +1047,8 @@ def test_report_on_a_folder_that_cannot_be_written_is_one_line(world, finished, 
     check cannot see: one line naming the folder)."""
     import tempfile
 
+    from grids.report import REPORT_NOT_WRITABLE
     from utils.errors import WRITE_FAILED
-    from utils.report import REPORT_NOT_WRITABLE
 
     runs = _report_world(world, finished)
     before = snapshot(world.root)
@@ -1087,7 +1081,7 @@ def _grid_params(world: World, **extra) -> Path:
 def test_a_grid_named_like_a_users_folder_is_refused(world, capsys):
     """Issue 26: a grid whose name matched a user's existing unmarked folder got grid_status.json
     written into it. The folder is now refused, and nothing is written into it."""
-    from utils.sweep import GRID_MARKER, GRID_NOT_OURS
+    from grids.sweep import GRID_MARKER, GRID_NOT_OURS
 
     params = _grid_params(world, name="thesis_data")
     before = snapshot(world.root)
@@ -1097,7 +1091,7 @@ def test_a_grid_named_like_a_users_folder_is_refused(world, capsys):
 
 
 def test_a_grid_directory_that_is_a_link_is_refused(world, capsys):
-    from utils.sweep import GRID_PATH_IS_LINK
+    from grids.sweep import GRID_PATH_IS_LINK
 
     (world.out / GRID_BASE["name"]).symlink_to(world.user, target_is_directory=True)
     params = _grid_params(world)
@@ -1110,7 +1104,7 @@ def test_a_grid_directory_that_is_a_link_is_refused(world, capsys):
 def test_a_second_process_on_the_same_grid_is_refused(world, capsys):
     """Issue 26: two processes on one grid trained the same points into the same files; the second
     is now refused with one line while the first holds the grid's lock."""
-    from utils.sweep import GRID_MARKER
+    from grids.sweep import GRID_MARKER
 
     grid_dir = world.out / GRID_BASE["name"]
     grid_dir.mkdir()
@@ -1130,7 +1124,7 @@ def test_a_second_process_on_the_same_grid_is_refused(world, capsys):
 def test_a_grid_from_before_the_grid_marker_is_adopted(world, capsys):
     """A grid directory an earlier version made (its status file, no marker) is still the tool's:
     it is marked and continued."""
-    from utils.sweep import GRID_MARKER
+    from grids.sweep import GRID_MARKER
 
     grid_dir = world.out / GRID_BASE["name"]
     grid_dir.mkdir()
@@ -1151,7 +1145,7 @@ def test_an_unbounded_sweep_is_refused_at_once(world, capsys, sweep, what, count
     """Issue 26: a sweep of 10^6 points ran --dry-run for minutes with memory climbing (20,000
     points: 30 s). A grid is now capped (MAX_GRID_COMBINATIONS, MAX_GRID_POINTS) and refused in
     well under a second, before any point's config is built."""
-    from utils.sweep import GRID_TOO_LARGE, MAX_GRID_COMBINATIONS, MAX_GRID_POINTS
+    from grids.sweep import GRID_TOO_LARGE, MAX_GRID_COMBINATIONS, MAX_GRID_POINTS
 
     params = _grid_params(world, sweep=sweep)
     before = snapshot(world.root)
@@ -1237,7 +1231,7 @@ def test_private_stats_false_resumes_from_its_checkpoint_and_refuses_another_see
 
 def test_a_grid_sweeping_seeds_under_private_stats_false_warns_that_names_spell_them(world,
                                                                                      capsys):
-    from utils.sweep import SEED_IN_POINT_NAMES
+    from grids.sweep import SEED_IN_POINT_NAMES
 
     params = _grid_params(world, logging={"private_stats": False, "wandb": {"mode": "disabled"},
                                           "tensorboard": False, "progress": "never"})
@@ -1249,9 +1243,9 @@ def test_a_grid_sweeping_seeds_under_private_stats_false_warns_that_names_spell_
 def test_ctrl_c_during_a_grid_exits_130_and_the_grid_continues(world, capsys, monkeypatch):
     """Issue 26 (Ctrl-C anywhere): a grid interrupted in its second point exits 130 with one line,
     records the point as interrupted, releases its lock, and the same command finishes the grid."""
+    from grids.sweep import read_status
     from training import experiment
     from utils.errors import INTERRUPTED
-    from utils.sweep import read_status
 
     params = _grid_params(world, sweep={"seed": [0, 1]})
     original = experiment.MetricsSink.log

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 import running
+from grids.sweep import load_grid
 from privacy.clipping import RULES
 from tests.test_configs import deep_merge
-from utils.sweep import load_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -45,10 +45,11 @@ from models import (
     parameter_count,
 )
 from training.federated import FEW_CLIENTS_WARNING
-from utils.config import (
+from utils.config import NON_FINITE_NUMBER, ExperimentConfig, ModelConfig
+from utils.errors import ConfigError
+from utils.loader import (
     MAX_PARAMS_BYTES,
     MAX_YAML_DEPTH,
-    NON_FINITE_NUMBER,
     PARAMS_BINARY,
     PARAMS_EMPTY,
     PARAMS_NOT_UTF8,
@@ -57,10 +58,7 @@ from utils.config import (
     YAML_DUPLICATE_KEY,
     YAML_TOO_DEEP,
     YAML_TOO_MANY_VALUES,
-    ExperimentConfig,
-    ModelConfig,
 )
-from utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -232,7 +230,7 @@ def test_deep_nesting_error_is_quick(tmp_path, capsys):
 def test_yaml_features_still_work(tmp_path):
     """Anchors, aliases and merge keys within the bounds load as yaml.safe_load reads them, and a
     merged key may be overridden (YAML's merge semantics, not a duplicate)."""
-    from utils.config import load_config
+    from utils.loader import load_config
 
     path = tmp_path / "params.yaml"
     path.write_text("name: merged\ntraining:\n  <<: {lr: 0.01, epochs: 3}\n  lr: 0.02\n"
@@ -592,8 +590,9 @@ def test_every_key_settable_in_a_file_is_settable_by_set_and_by_a_sweep(tmp_path
     """Issue 26: fairness.public_examples was accepted in a params file but refused by --set and by
     a sweep as an unknown key. Every key of the resolved config (each method's settings included)
     now goes through --set and a sweep."""
-    from utils.config import apply_overrides, config_from_mapping
-    from utils.sweep import expand_grid
+    from grids.sweep import expand_grid
+    from utils.config import config_from_mapping
+    from utils.loader import apply_overrides
 
     def flat(mapping, prefix=""):
         for key, value in mapping.items():
@@ -651,7 +650,7 @@ def test_a_target_epsilon_that_bounds_nothing_is_refused_quickly(tmp_path, capsy
 def test_a_number_of_5000_digits_is_one_clean_error(tmp_path, capsys, where):
     """Issue 26: a seed of 5,000 digits raised `ValueError: Exceeds the limit (4300 digits)` while
     the error message itself was being built. Refused by the YAML reader with one line."""
-    from utils.config import INTEGER_TOO_LONG
+    from utils.loader import INTEGER_TOO_LONG
 
     digits = "9" * 5000
     if where == "file":
@@ -785,8 +784,8 @@ def test_both_noise_and_target_null_says_to_set_one(tmp_path, capsys):
 ])
 def test_the_notebooks_overrides_given_as_a_string_are_not_split_into_characters(value, expected):
     """Issue 26: the notebook's OVERRIDES given as a string became one --set per character. The
-    notebook now passes it through utils.config.override_list (one override per line)."""
-    from utils.config import OVERRIDES_EXPECTED, override_list
+    notebook now passes it through utils.loader.override_list (one override per line)."""
+    from utils.loader import OVERRIDES_EXPECTED, override_list
 
     assert override_list(value) == expected
     for bad in (3, ["a", "b"], {"seed": 1}):

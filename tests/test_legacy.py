@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utils.config import config_from_mapping, load_config
+from utils.config import config_from_mapping
 from utils.errors import ConfigError
 from utils.legacy import is_legacy, translate, translate_legacy
+from utils.loader import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "params_celeba_original.yaml"

@@ -10,7 +10,8 @@ import torch
 from dataset.base import gather_rows, place_inputs
 from tests.test_configs import ROOT, deep_merge
 from training.experiment import run
-from utils.config import apply_overrides, config_from_mapping, read_yaml
+from utils.config import config_from_mapping
+from utils.loader import apply_overrides, read_yaml
 
 
 def test_on_the_cpu_inputs_are_not_copied():

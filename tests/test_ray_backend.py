@@ -1,4 +1,4 @@
-"""``--backend ray`` (utils.sweep.ray_executor): a grid run as Ray tasks on a local Ray instance
+"""``--backend ray`` (grids.sweep.ray_executor): a grid run as Ray tasks on a local Ray instance
 writes the same run directories as the in-process backend, and reports a failing point the same way.
 
 Ray starts once for the module (a few seconds) with this machine's CPUs and no GPU; the executor
@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 import running
+from grids.sweep import GRID_MARKER, STATUS_FILE, load_grid
 from tests.test_sweep import BASE
-from utils.sweep import GRID_MARKER, STATUS_FILE, load_grid
 
 # Two shares x two seeds; share 0.9 of 3,000 is more minority examples than the synthetic pool holds,
 # so its points fail inside run() (a UserInputError) while the share 0.2 points train.

@@ -1,4 +1,4 @@
-"""A grid's combined release (utils/release.py): per training pool, the ε of releasing every model
+"""A grid's combined release (grids/release.py): per training pool, the ε of releasing every model
 trained on it, against Google's dp_accounting composing the same runs; what voids it; and the
 report's section and CSV from a real grid."""
 
@@ -12,8 +12,7 @@ import pytest
 from dp_accounting.rdp import RdpAccountant
 
 import running
-from privacy.individual import ORDERS
-from utils.release import (
+from grids.release import (
     NO_GUARANTEE,
     NO_HISTORY,
     NOT_PRIVATE,
@@ -22,6 +21,7 @@ from utils.release import (
     describe_public_data,
     release_pools,
 )
+from privacy.individual import ORDERS
 
 DELTA = 1e-5
 

@@ -39,8 +39,9 @@ from training.repair.runner import (
     selected_count,
 )
 from utils import fairness
-from utils.config import ModelConfig, config_from_mapping, load_config
+from utils.config import ModelConfig, config_from_mapping
 from utils.errors import ConfigError
+from utils.loader import load_config
 from utils.sink import read_predictions
 
 ROOT = Path(__file__).resolve().parent.parent

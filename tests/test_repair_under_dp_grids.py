@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 import running
+from grids.sweep import load_grid
 from training.repair import METHODS
-from utils.sweep import load_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 SOUND_UNDER_DPSGD = {name for name in METHODS if not METHODS.get(name).refuses.get("dpsgd")}

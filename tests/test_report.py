@@ -1,4 +1,4 @@
-"""Reports (utils/report.py, ``running.py --report``) on a real grid of synthetic runs: the numbers of
+"""Reports (grids/report.py, ``running.py --report``) on a real grid of synthetic runs: the numbers of
 report.csv and report.md recomputed here from the runs' own summary.json files, the figures, the
 failed points, and a point left with one seed."""
 
@@ -15,8 +15,12 @@ import yaml
 from PIL import Image
 
 import running
+from grids.methods import method_view, tradeoff_figure, tradeoff_series
+from grids.repair_privacy import privacy_repair_figure, privacy_repair_view
+from grids.report import REPORT_FILE_NOT_OURS, REPORT_LEDGER
+from grids.runs import group_points, load_runs
+from grids.table import CONSTANT_NOTE
 from tests.test_sweep import SWEEP, ZIP, grid_raw, write_params
-from utils import report
 
 # Spelled out here rather than imported, so that a metric dropped from the report fails the test.
 METRICS = ["test/accuracy", "test/accuracy/group=minority", "test/accuracy/group=majority",
@@ -191,8 +195,8 @@ def read_method_csv(directory: Path) -> list[dict[str, str]]:
 
 
 def method_view_of(directory: Path, **kwargs):
-    runs, _ = report.load_runs(directory)
-    return report.method_view(report.group_points(runs), **kwargs)
+    runs, _ = load_runs(directory)
+    return method_view(group_points(runs), **kwargs)
 
 
 def test_method_table_numbers_and_order_match_the_runs(method_grid):
@@ -239,9 +243,9 @@ def test_tradeoff_figure_draws_one_point_per_method_and_lambda(method_grid, mode
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 20)) > 50
     expected = method_runs(method_grid)
     view = method_view_of(method_grid, method_order=["none", "reweighing", "gapreg"])
-    series = report.tradeoff_series(view, "synthetic", mode)
+    series = tradeoff_series(view, "synthetic", mode)
     assert [line.label for line in series] == ["none", "reweighing", "gapreg"]
-    figure = report.tradeoff_figure(series, mode, title="t")
+    figure = tradeoff_figure(series, mode, title="t")
     axes = figure.axes
     assert [ax.get_title() for ax in axes] == [f"AP against {'ΔDP' if mode == 'dp' else 'ΔEO'}",
                                                "AP against ΔEOdds sum"]
@@ -295,7 +299,7 @@ def test_runs_without_a_metric_show_a_dash(method_grid, tmp_path):
     table = [line for line in section.split("## Figures", 1)[0].splitlines() if line.startswith("| ")]
     assert all(line.endswith(" | – |") for line in table[1:])
     view = method_view_of(copy)
-    figure = report.tradeoff_figure(report.tradeoff_series(view, "synthetic", "eo"), "eo", title="t")
+    figure = tradeoff_figure(tradeoff_series(view, "synthetic", "eo"), "eo", title="t")
     assert [ax.get_title() for ax in figure.axes] == ["AP against ΔEO"]
     assert (copy / "tradeoff_eo.png").stat().st_size > 10_000
 
@@ -312,7 +316,7 @@ def test_report_never_overwrites_a_view_file_it_did_not_write(grid, name, reques
                     ignore=shutil.ignore_patterns("report*", "*.png"))
     (copy / name).write_bytes(b"the user's own file\n")
     assert running.main(["--report", str(copy)]) == 2
-    assert report.REPORT_FILE_NOT_OURS.format(path=copy / name, ledger=report.REPORT_LEDGER) \
+    assert REPORT_FILE_NOT_OURS.format(path=copy / name, ledger=REPORT_LEDGER) \
         in capsys.readouterr().err
     assert (copy / name).read_bytes() == b"the user's own file\n"
     assert not (copy / "report.md").exists() and not (copy / "report.csv").exists()
@@ -422,10 +426,10 @@ def test_privacy_repair_figure_has_a_row_per_level_and_a_line_per_method(private
     assert f"]({path.name})" in (private_method_grid / "report.md").read_text()
     with Image.open(path) as image:
         assert image.format == "PNG" and image.width >= 1500 and image.height >= 600
-    runs, _ = report.load_runs(private_method_grid)
-    points = report.group_points(runs)
-    view = report.privacy_repair_view(report.method_view(points), points)
-    figure = report.privacy_repair_figure(view, "synthetic", "eo", title="t")
+    runs, _ = load_runs(private_method_grid)
+    points = group_points(runs)
+    view = privacy_repair_view(method_view(points), points)
+    figure = privacy_repair_figure(view, "synthetic", "eo", title="t")
     assert len(figure.axes) == len(PRIVATE_LEVELS) * len(PANEL_METRICS)
     expected = private_runs(private_method_grid)
     for index, ax in enumerate(figure.axes):
@@ -483,7 +487,7 @@ def test_a_constant_classifier_is_marked_in_every_table_and_figure(private_metho
     markdown = (copy / "report.md").read_text()
     line = next(line for line in markdown.splitlines() if line.startswith("| roc | DP-SGD"))
     assert line.endswith("[1/2 constant] |") and line.count("constant") == 1
-    assert report.CONSTANT_NOTE.split("{")[0] in markdown
+    assert CONSTANT_NOTE.split("{")[0] in markdown
     for name in ("report.csv", "report_methods.csv"):
         with (copy / name).open() as handle:
             table = list(csv.DictReader(handle))

@@ -1,4 +1,4 @@
-"""The DP mitigation view (utils/report_mitigation.py) on a real grid of synthetic runs: its tables
+"""The DP mitigation view (grids/mitigation.py) on a real grid of synthetic runs: its tables
 recomputed here from the runs' own summary.json files (DP's added gap and what each rule removes,
 per seed), the rule's own settings told from the point's, and its figures."""
 
@@ -14,9 +14,9 @@ import yaml
 from PIL import Image
 
 import running
+from grids.mitigation import GAPS, REPORT_MITIGATION_CSV, REPORT_REMOVED_CSV, mitigation_view
+from grids.runs import Point, Run
 from tests.test_sweep import grid_raw, write_params
-from utils.report import Point, Run
-from utils.report_mitigation import GAPS, REPORT_MITIGATION_CSV, REPORT_REMOVED_CSV, mitigation_view
 
 RULES = ["flat", "dpsgd_f", "global_adapt", "automatic"]
 SHARES = [0.3, 0.1]
@@ -118,10 +118,10 @@ def test_the_views_figures_are_real_images(rule_grid, figure):
 @pytest.mark.slow  # a grid of runs, then the report
 def test_the_general_figures_keep_one_line_per_rule(rule_grid):
     # The report's own series: a rule is a setting like any other, never merged with flat's line.
-    from utils import report
+    from grids import figures, runs
 
-    points = report.group_points(report.load_runs(rule_grid)[0])
-    labels = {series.label for series in report.make_series(points)}
+    points = runs.group_points(runs.load_runs(rule_grid)[0])
+    labels = {series.label for series in figures.make_series(points)}
     assert len(labels) == 1 + len(RULES)
 
 

@@ -22,12 +22,12 @@ import pytest
 import yaml
 
 import running
+from grids.sweep import load_grid
 from tests.celeba_fake import make_fake_celeba
 from tests.lsac_fake import make_fake_lsac
 from tests.test_configs import deep_merge
 from training.repair import METHODS
-from utils.config import apply_overrides
-from utils.sweep import load_grid
+from utils.loader import apply_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 TABULAR = ["runner_adult", "runner_compas", "runner_german", "runner_lsac"]

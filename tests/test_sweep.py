@@ -1,4 +1,4 @@
-"""Grids (utils/sweep.py and running.py): expansion, names, checks before anything runs, --dry-run,
+"""Grids (grids/sweep.py and running.py): expansion, names, checks before anything runs, --dry-run,
 and a real grid on the synthetic data set in which some points fail and the others finish."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 import running
+from grids.sweep import STATUS_FILE, expand_grid, format_value, load_grid, run_grid, short_names
 from utils.config import ExperimentConfig
 from utils.errors import ConfigError
-from utils.sweep import STATUS_FILE, expand_grid, format_value, load_grid, run_grid, short_names
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -276,7 +276,7 @@ def test_a_bug_in_one_point_is_recorded_and_ctrl_c_marks_the_point_interrupted(t
 
 @pytest.mark.parametrize("constant", [True, False])
 def test_a_points_line_says_when_its_model_is_a_constant_classifier(tmp_path, constant):
-    from utils.sweep import PointResult, _result_line
+    from grids.sweep import PointResult, _result_line
 
     point = expand_grid(grid_raw(tmp_path, sweep={"seed": [0]})).points[0]
     line = _result_line(PointResult(point, "done", summary={

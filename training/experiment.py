@@ -236,37 +236,17 @@ def open_run(config: ExperimentConfig, *, overwrite: bool = False,
     several and trains their trainers together (``concurrent``: other runs' sinks are open at the
     same time, so wandb keeps one run per sink)."""
     run_dir = run_directory(config)
-    state = rundir.inspect_run_path(run_dir, config.output_dir)
-    if not overwrite and state in (rundir.MARKED, rundir.FOREIGN):
-        done, problem = rundir.read_summary(run_dir / SUMMARY_FILE)
-        if done is not None and state == rundir.FOREIGN and not _earlier_version_run(run_dir, config,
-                                                                                     done):
-            raise rundir.refuse_foreign(run_dir)
-        if done is not None:
-            if changed := changed_keys(run_dir, config):
-                print(f"warning: {run_dir} holds a finished run of a different config (it differs "
-                      f"in {', '.join(changed)}); returning that run's results. Use --overwrite to "
-                      f"train this config there, or give it another name.", file=sys.stderr)
-            return {**done, "skipped": True}
-    else:
-        problem = None
-    if state == rundir.FOREIGN:
-        raise rundir.refuse_foreign(run_dir)
-    rundir.check_writable(run_dir, config.output_dir, state)
-    # One process per run directory (utils.rundir.RunLock): a marked one is locked before its
-    # checkpoint is read, an absent or empty one as soon as it is made and marked.
-    lock = rundir.lock_run(run_dir) if state == rundir.MARKED else None
+    claim = rundir.claim_run(run_dir, config.output_dir, overwrite=overwrite,
+                             changed_keys=lambda: changed_keys(run_dir, config),
+                             earlier_version=lambda done: _earlier_version_run(run_dir, config, done))
+    if claim.finished is not None:
+        return {**claim.finished, "skipped": True}
     try:
-        if state == rundir.MARKED:  # every path a resume or a fresh start writes is the tool's
-            rundir.check_run_entries(run_dir)
-            if problem is not None:
-                print("warning: " + rundir.SUMMARY_BROKEN.format(path=run_dir / SUMMARY_FILE,
-                                                                 problem=problem), file=sys.stderr)
-        return _open_locked(config, run_dir, state, lock, overwrite=overwrite,
+        return _open_locked(config, run_dir, claim.state, claim.lock, overwrite=overwrite,
                             concurrent=concurrent)
     except BaseException:
-        if lock is not None:
-            lock.release()
+        if claim.lock is not None:
+            claim.lock.release()
         raise
 
 

@@ -6,14 +6,14 @@ closest valid one, because a silently ignored typo (``privacy.noise_multipler``)
 different experiment from the one the researcher wrote down. Values are coerced explicitly from
 their annotations, since PyYAML reads ``1e-3`` as a string (YAML 1.1 wants ``1.0e-3``).
 
-``load_config(path, overrides)`` is the one entry point: overrides (``--set privacy.delta=1e-6``)
-are applied to the raw mapping *before* it is checked, so they pass through exactly the same checks
-as the file.
+:func:`config_from_mapping` builds and checks the config from a mapping; reading a params file and
+``--set`` overrides are :mod:`utils.loader`'s (``load_config(path, overrides)``, the one entry
+point for files), which applies overrides to the raw mapping *before* it is checked, so they pass
+through exactly the same checks as the file.
 """
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import difflib
 import functools
@@ -24,12 +24,9 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from utils.errors import ConfigError, file_problem
+from utils.errors import ConfigError
 from utils.registry import Registry
 
 # The keys whose valid values are the names of a registry, each with that registry as (module,
@@ -109,32 +106,17 @@ STEPS_PER_EPOCH_NOT_FEDERATED = (
 
 # Keys a resolved config.yaml carries for provenance; reading such a file back ignores them.
 PROVENANCE_KEY = "provenance"
-# Sections that make a params file a grid of experiments (utils/sweep.py), not one experiment.
+# Sections that make a params file a grid of experiments (grids/sweep.py), not one experiment.
 GRID_KEYS = frozenset({"sweep", "zip"})
 
 # Message of a float key given infinity or NaN (``.inf``, ``.nan``, "inf", 1e999).
 NON_FINITE_NUMBER = "expected a finite number (infinity and NaN are not allowed for any key)"
 
-# Bounds on what a params file or a --set value may make the YAML loader build (ParamsLoader). A real
-# params file is a few KB, nests 3 or 4 levels and holds a few hundred values; the bounds are far
-# above that and far below what exhausts memory or Python's recursion limit.
-MAX_PARAMS_BYTES = 1_000_000
-MAX_YAML_DEPTH = 50
-MAX_YAML_VALUES = 100_000
-# Message parts the tests import (each message adds the file or --set, the place and the fix).
-PARAMS_TOO_LARGE = f"is larger than {MAX_PARAMS_BYTES:,} bytes"
-PARAMS_BINARY = "is a binary file (it contains NUL bytes), not YAML text"
-PARAMS_NOT_UTF8 = "is not UTF-8 text"
-PARAMS_EMPTY = "holds no settings (it is empty, or only comments or null)"
-YAML_TOO_DEEP = f"nests more than {MAX_YAML_DEPTH} levels deep"
-YAML_TOO_MANY_VALUES = f"expands to more than {MAX_YAML_VALUES:,} values"
-YAML_ALIAS_CYCLE = "holds an alias inside the collection it refers to"
-YAML_DUPLICATE_KEY = "duplicate key"
 
 # A run's name is its directory under output_dir, so it must be one plain path component: never
 # "." or ".." (the run would be output_dir itself or the folder above it, and a fresh start clears
 # its run directory), no separator, no NUL, and short enough for a file system's 255-byte limit on
-# one component. utils/sweep.py and utils/legacy.py make names by the same rule.
+# one component. grids/sweep.py and utils/legacy.py make names by the same rule.
 NAME_MAX_BYTES = 200
 NAME_EXPECTED = (f"a plain directory name of letters, digits and . _ - = , + (not '.' or '..'), "
                  f"at most {NAME_MAX_BYTES} bytes")
@@ -160,13 +142,16 @@ def shown(value: Any, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _check(condition: bool, key: str, value: Any, expected: str) -> None:
+def check(condition: bool, key: str, value: Any, expected: str) -> None:
+    """Refuse ``value`` of the dotted ``key`` unless ``condition``: one line naming the key, the
+    value and what is expected (the config's error contract; repair methods' settings use it too)."""
     if not condition:
         raise ConfigError(f"{key}: got {shown(value)}; expected {expected}.")
 
 
-def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    _check(value in allowed, key, value, "one of " + ", ".join(allowed))
+def one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """Refuse ``value`` of ``key`` unless it is one of ``allowed`` (:func:`check`)."""
+    check(value in allowed, key, value, "one of " + ", ".join(allowed))
 
 
 def registry_of(key: str) -> Registry:
@@ -255,26 +240,26 @@ class DataConfig:
 
     def validate(self) -> None:
         if self.minority_share is not None:
-            _check(0 < self.minority_share < 1, "data.minority_share", self.minority_share,
+            check(0 < self.minority_share < 1, "data.minority_share", self.minority_share,
                    "a number strictly between 0 and 1, or null to keep the data's own share")
         for key in ("train_size", "test_size"):
             value = getattr(self, key)
-            _check(value is None or value > 0, f"data.{key}", value, "a positive integer or null")
+            check(value is None or value > 0, f"data.{key}", value, "a positive integer or null")
         _registered("data.split", self.split)
-        _check(self.image_size >= 32, "data.image_size", self.image_size, "at least 32 pixels")
-        _check(0 <= self.val_fraction < 1, "data.val_fraction", self.val_fraction,
+        check(self.image_size >= 32, "data.image_size", self.image_size, "at least 32 pixels")
+        check(0 <= self.val_fraction < 1, "data.val_fraction", self.val_fraction,
                "a number in [0, 1): the share of the training pool held out for validation")
-        _one_of("data.protocol", self.protocol, DATA_PROTOCOLS)
-        _one_of("data.preprocessing", self.preprocessing, PREPROCESSING_MODES)
+        one_of("data.protocol", self.protocol, DATA_PROTOCOLS)
+        one_of("data.preprocessing", self.preprocessing, PREPROCESSING_MODES)
         if self.runner_protocol:
-            _check(self.name == "adult", "data.protocol", self.protocol,
+            check(self.name == "adult", "data.protocol", self.protocol,
                    f"official for data set {self.name!r} (the RUNNER protocols are Adult's)")
             if self.val_fraction != 0:
                 raise ConfigError(
                     f"data.val_fraction: got {self.val_fraction!r}, but data.protocol: {self.protocol} draws "
                     "its own validation set (as many rows as the test set, 20 %). Set "
                     "data.val_fraction: 0, or use data.protocol: official.")
-            _check(self.protected == "sex", "data.protected", self.protected,
+            check(self.protected == "sex", "data.protected", self.protected,
                    f"sex under data.protocol: {self.protocol} (its protected attribute, not an input)")
 
     @property
@@ -309,11 +294,11 @@ class ModelConfig:
     activation: str = "relu"
 
     def validate(self) -> None:
-        _check(all(h > 0 for h in self.hidden), "model.hidden", self.hidden,
+        check(all(h > 0 for h in self.hidden), "model.hidden", self.hidden,
                "a list of positive layer sizes, e.g. [200]")
-        _check(self.width > 0, "model.width", self.width, "a positive integer")
-        _one_of("model.activation", self.activation, ACTIVATIONS)
-        _check(self.activation == "relu" or self.name == "mlp", "model.activation",
+        check(self.width > 0, "model.width", self.width, "a positive integer")
+        one_of("model.activation", self.activation, ACTIVATIONS)
+        check(self.activation == "relu" or self.name == "mlp", "model.activation",
                self.activation, f"relu for model.name {self.name!r} (only the MLP has a choice)")
 
 
@@ -386,17 +371,17 @@ class TrainingConfig:
     steps_per_epoch: int | None = None
 
     def validate(self) -> None:
-        _check(self.epochs > 0, "training.epochs", self.epochs, "a positive integer")
-        _one_of("training.select", self.select, tuple(MODEL_SELECTIONS))
+        check(self.epochs > 0, "training.epochs", self.epochs, "a positive integer")
+        one_of("training.select", self.select, tuple(MODEL_SELECTIONS))
         _registered("training.batches", self.batches)
-        _check(self.steps_per_epoch is None or self.steps_per_epoch > 0, "training.steps_per_epoch",
+        check(self.steps_per_epoch is None or self.steps_per_epoch > 0, "training.steps_per_epoch",
                self.steps_per_epoch, "a positive integer, or null for one pass over the training set")
-        _check(self.batch_size > 0, "training.batch_size", self.batch_size, "a positive integer")
+        check(self.batch_size > 0, "training.batch_size", self.batch_size, "a positive integer")
         _registered("training.optimizer", self.optimizer)
-        _check(self.lr > 0, "training.lr", self.lr, "a positive number")
-        _check(self.weight_decay >= 0, "training.weight_decay", self.weight_decay, "a number >= 0")
-        _check(0 <= self.momentum < 1, "training.momentum", self.momentum, "a number in [0, 1)")
-        _check(self.eval_batch_size > 0, "training.eval_batch_size", self.eval_batch_size,
+        check(self.lr > 0, "training.lr", self.lr, "a positive number")
+        check(self.weight_decay >= 0, "training.weight_decay", self.weight_decay, "a number >= 0")
+        check(0 <= self.momentum < 1, "training.momentum", self.momentum, "a number in [0, 1)")
+        check(self.eval_batch_size > 0, "training.eval_batch_size", self.eval_batch_size,
                "a positive integer")
 
 
@@ -509,23 +494,23 @@ class PrivacyConfig:
 
     def validate(self) -> None:
         _registered("privacy.mode", self.mode)
-        _one_of("privacy.accountant", self.accountant, ACCOUNTANTS)
-        _check(0 < self.delta < 1, "privacy.delta", self.delta, "a number strictly between 0 and 1")
-        _check(self.max_grad_norm > 0, "privacy.max_grad_norm", self.max_grad_norm, "a positive number")
+        one_of("privacy.accountant", self.accountant, ACCOUNTANTS)
+        check(0 < self.delta < 1, "privacy.delta", self.delta, "a number strictly between 0 and 1")
+        check(self.max_grad_norm > 0, "privacy.max_grad_norm", self.max_grad_norm, "a positive number")
         if self.noise_multiplier is not None:
-            _check(self.noise_multiplier >= 0, "privacy.noise_multiplier", self.noise_multiplier,
+            check(self.noise_multiplier >= 0, "privacy.noise_multiplier", self.noise_multiplier,
                    "a number >= 0")
         if self.target_epsilon is not None:
-            _check(self.target_epsilon > 0, "privacy.target_epsilon", self.target_epsilon,
+            check(self.target_epsilon > 0, "privacy.target_epsilon", self.target_epsilon,
                    "a positive number")
         _registered("privacy.engine", self.engine)
-        _check(self.counts_noise_multiplier > 0, "privacy.counts_noise_multiplier",
+        check(self.counts_noise_multiplier > 0, "privacy.counts_noise_multiplier",
                self.counts_noise_multiplier, "a positive number")
         if self.secure_rng and not self.poisson_sampling:
             raise ConfigError("privacy.secure_rng: true needs privacy.poisson_sampling: true (the "
                               "secure sampler draws Poisson batches). Set poisson_sampling: true.")
         if self.individual_every is not None:
-            _check(self.individual_every > 0, "privacy.individual_every", self.individual_every,
+            check(self.individual_every > 0, "privacy.individual_every", self.individual_every,
                    "a positive integer, or null (once per epoch's worth of data)")
         if self.accounts_individuals and self.noise_multiplier == 0:
             raise ConfigError(INDIVIDUAL_NEEDS_NOISE)
@@ -576,7 +561,7 @@ def build_privacy(raw: Any, key: str = "privacy") -> PrivacyConfig:
     known = _clipping_sections()
     for name in sections:
         if name not in known:
-            raise _unknown_key_error(str(name), [*names, *known], f"{key}.")
+            raise unknown_key_error(str(name), [*names, *known], f"{key}.")
     built = {}
     for name, values in sections.items():
         settings = _coerce(values, known[name], f"{key}.{name}")
@@ -620,14 +605,14 @@ class FederatedConfig:
     eval_every: int = 10
 
     def validate(self) -> None:
-        _check(self.num_clients > 0, "federated.num_clients", self.num_clients, "a positive integer")
-        _check(0 < self.client_sample_rate <= 1, "federated.client_sample_rate",
+        check(self.num_clients > 0, "federated.num_clients", self.num_clients, "a positive integer")
+        check(0 < self.client_sample_rate <= 1, "federated.client_sample_rate",
                self.client_sample_rate, "a number in (0, 1]")
         for key in ("local_epochs", "rounds", "eval_every"):
-            _check(getattr(self, key) > 0, f"federated.{key}", getattr(self, key), "a positive integer")
+            check(getattr(self, key) > 0, f"federated.{key}", getattr(self, key), "a positive integer")
         for key in ("client_lr", "server_lr", "dirichlet_alpha"):
-            _check(getattr(self, key) > 0, f"federated.{key}", getattr(self, key), "a positive number")
-        _check(0 <= self.server_momentum < 1, "federated.server_momentum", self.server_momentum,
+            check(getattr(self, key) > 0, f"federated.{key}", getattr(self, key), "a positive number")
+        check(0 <= self.server_momentum < 1, "federated.server_momentum", self.server_momentum,
                "a number in [0, 1)")
         _registered("federated.partition", self.partition)
 
@@ -663,9 +648,9 @@ class FairnessConfig:
 
     def validate(self) -> None:
         _registered("fairness.method", self.method)
-        _one_of("fairness.mode", self.mode, FAIRNESS_TARGETS)
+        one_of("fairness.mode", self.mode, FAIRNESS_TARGETS)
         if self.public_examples is not None:
-            _check(self.public_examples > 0, "fairness.public_examples", self.public_examples,
+            check(self.public_examples > 0, "fairness.public_examples", self.public_examples,
                    "a positive integer, or null for the whole validation split")
 
     def method_class(self):
@@ -705,7 +690,7 @@ def build_fairness(raw: Any, key: str = "fairness") -> FairnessConfig:
     known = _fairness_sections()
     for name in sections:
         if name not in known:
-            raise _unknown_key_error(str(name), ["method", "mode", "public_examples", *known],
+            raise unknown_key_error(str(name), ["method", "mode", "public_examples", *known],
                                      f"{key}.")
     if method not in known:
         FairnessConfig(method=method).method_class()  # the registry's error: names every method
@@ -733,10 +718,10 @@ class EvaluationConfig:
     confidence: float = 0.95
 
     def validate(self) -> None:
-        _check(0 < self.threshold < 1, "evaluation.threshold", self.threshold, "a number in (0, 1)")
-        _check(self.bootstrap_resamples >= 0, "evaluation.bootstrap_resamples",
+        check(0 < self.threshold < 1, "evaluation.threshold", self.threshold, "a number in (0, 1)")
+        check(self.bootstrap_resamples >= 0, "evaluation.bootstrap_resamples",
                self.bootstrap_resamples, "an integer >= 0")
-        _check(0 < self.confidence < 1, "evaluation.confidence", self.confidence, "a number in (0, 1)")
+        check(0 < self.confidence < 1, "evaluation.confidence", self.confidence, "a number in (0, 1)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -757,7 +742,7 @@ class WandbConfig:
     group: str | None = None
 
     def validate(self) -> None:
-        _one_of("logging.wandb.mode", self.mode, WANDB_MODES)
+        one_of("logging.wandb.mode", self.mode, WANDB_MODES)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -785,7 +770,7 @@ class LoggingConfig:
 
     def validate(self) -> None:
         self.wandb.validate()
-        _one_of("logging.progress", self.progress, ("auto", "always", "never"))
+        one_of("logging.progress", self.progress, ("auto", "always", "never"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -815,9 +800,9 @@ class ExperimentConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> None:
-        _check(is_plain_name(self.name), "name", self.name, NAME_EXPECTED)
-        _check(0 <= self.seed <= SEED_MAX, "seed", self.seed, SEED_EXPECTED)
-        _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "device",
+        check(is_plain_name(self.name), "name", self.name, NAME_EXPECTED)
+        check(0 <= self.seed <= SEED_MAX, "seed", self.seed, SEED_EXPECTED)
+        check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "device",
                self.device, "auto, cpu, cuda or cuda:N")
         for section in dataclasses.fields(self):
             value = getattr(self, section.name)
@@ -843,7 +828,7 @@ class ExperimentConfig:
         if self.training.steps_per_epoch is not None and self.privacy.mode == "dpfedavg":
             raise ConfigError(STEPS_PER_EPOCH_NOT_FEDERATED.format(steps=self.training.steps_per_epoch))
         if self.data.train_size is not None:
-            _check(self.training.batch_size <= self.data.train_size, "training.batch_size",
+            check(self.training.batch_size <= self.data.train_size, "training.batch_size",
                    self.training.batch_size, f"at most data.train_size ({self.data.train_size})")
 
     def to_dict(self) -> dict[str, Any]:
@@ -945,7 +930,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise TypeError(f"no coercion for {annotation!r} at {key}")
 
 
-def _unknown_key_error(key: str, valid: list[str], prefix: str) -> ConfigError:
+def unknown_key_error(key: str, valid: list[str], prefix: str) -> ConfigError:
     if f"{prefix}{key}" in RETIRED_KEYS:  # a key the tool had: say what replaced it
         return ConfigError(RETIRED_KEYS[f"{prefix}{key}"][0])
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
@@ -970,274 +955,19 @@ def build_dataclass(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
     kwargs = {}
     for key, value in raw.items():
         if key not in hints:
-            raise _unknown_key_error(str(key), valid, prefix)
+            raise unknown_key_error(str(key), valid, prefix)
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     return cls(**kwargs)
 
 
-# --------------------------------------------------------------------------------------------------
-# Files and overrides
-
-
 NEEDS_NOISE_OR_TARGET = "needs one of privacy.noise_multiplier and privacy.target_epsilon"
-MAX_INTEGER_DIGITS = 1000
-INTEGER_TOO_LONG = "an integer too long to be a setting"
 
 
-class _Refused(yaml.YAMLError):
-    """A YAML text ParamsLoader will not build: too deep, too large, a duplicate key.
-
-    ``text`` says what is wrong and the fix; ``mark`` is where (a PyYAML mark, or None).
-    """
-
-    def __init__(self, text: str, mark: Any = None):
-        super().__init__(text)
-        self.text, self.mark = text, mark
-
-    def where(self) -> str:
-        return (f"line {self.mark.line + 1}, column {self.mark.column + 1}"
-                if self.mark is not None else "")
+# --------------------------------------------------------------------------------------------------
+# What --set may name, and the whole config from a mapping (the file and --set: utils.loader)
 
 
-def _at(mark: Any) -> str:
-    return f"line {mark.line + 1}"
-
-
-class ParamsLoader(yaml.SafeLoader):
-    """``yaml.safe_load``'s loader, with the limits a file written by someone else needs.
-
-    * Nesting deeper than :data:`MAX_YAML_DEPTH` is refused while composing, before PyYAML's
-      recursive composer (and later our own recursive code) hits Python's recursion limit.
-    * Anchors and aliases stay allowed (``<<: *base`` is a common way to share settings), but the
-      document they stand for is measured before anything is built: the node graph is walked once,
-      shared nodes counted by multiplicity with memoization, so a "billion laughs" file (nine levels
-      of nine aliases, 9^9 values) is refused in microseconds, and a tree of more than
-      :data:`MAX_YAML_VALUES` values, or deeper than the depth bound through aliases, is refused.
-      PyYAML itself builds such a file cheaply as shared lists; it is every later step (copying the
-      mapping for overrides, checking every value) that expands it, to gigabytes.
-    * A key given twice in one mapping is an error: YAML's last-one-wins would silently drop the
-      first setting. Keys brought in by a merge (``<<``) may still be overridden, as YAML intends.
-    """
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent, index):
-        self._depth += 1
-        try:
-            if self._depth > MAX_YAML_DEPTH:
-                raise _Refused(f"the YAML {YAML_TOO_DEEP} (a params file needs 3 or 4). "
-                               f"Flatten the structure", self.peek_event().start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def compose_mapping_node(self, anchor):
-        node = super().compose_mapping_node(anchor)
-        first_seen: dict[Any, Any] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            # The constructed key, so that `1` and `1.0` (one dict key) count as the same; a "="
-            # key is a plain string that only flatten_mapping (at construction) would retag.
-            key = ("=" if key_node.tag == "tag:yaml.org,2002:value"
-                   else self.construct_object(key_node))
-            try:
-                first = first_seen.setdefault(key, key_node)
-            except TypeError:  # unhashable: the constructor refuses it with its own message
-                continue
-            if first is not key_node:
-                raise _Refused(f"{YAML_DUPLICATE_KEY} {key!r} (first at {_at(first.start_mark)}); "
-                               f"YAML would silently keep only the last one. Keep one of them",
-                               key_node.start_mark)
-        return node
-
-    def compose_document(self):
-        node = super().compose_document()
-        _measure(node)
-        return node
-
-    def construct_yaml_int(self, node):
-        # Python refuses to read (and to print) integers of more than 4,300 digits; no setting
-        # needs one, and PyYAML's ValueError would otherwise escape as a traceback.
-        digits = sum(character.isdigit() for character in str(node.value))
-        if digits > MAX_INTEGER_DIGITS:
-            raise _Refused(f"{INTEGER_TOO_LONG} ({digits:,} digits; at most {MAX_INTEGER_DIGITS:,}). "
-                           f"Give a setting's real value", node.start_mark)
-        return super().construct_yaml_int(node)
-
-
-ParamsLoader.add_constructor("tag:yaml.org,2002:int", ParamsLoader.construct_yaml_int)
-
-
-def _measure(root: yaml.Node) -> None:
-    """Refuse a composed document whose expansion (aliases written out) is too large or too deep."""
-    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values in its expansion, its height)
-    open_nodes: set[int] = set()
-
-    def walk(node: yaml.Node, level: int) -> tuple[int, int]:
-        key = id(node)
-        if key not in measured:
-            if key in open_nodes:
-                raise _Refused(f"the YAML {YAML_ALIAS_CYCLE}, so it would never end. Write the "
-                               f"value out", node.start_mark)
-            if level > MAX_YAML_DEPTH:
-                raise _Refused(f"the YAML {YAML_TOO_DEEP} once its aliases are written out. "
-                               f"Use fewer aliases of aliases", node.start_mark)
-            open_nodes.add(key)
-            if isinstance(node, yaml.MappingNode):
-                children = [child for pair in node.value for child in pair]
-            elif isinstance(node, yaml.SequenceNode):
-                children = node.value
-            else:
-                children = []
-            count, height = 1, 1
-            for child in children:
-                child_count, child_height = walk(child, level + 1)
-                count += child_count
-                height = max(height, child_height + 1)
-                if count > MAX_YAML_VALUES:
-                    raise _Refused(f"the YAML {YAML_TOO_MANY_VALUES} once its anchors and aliases are "
-                                   f"written out (a params file holds a few hundred). Write the "
-                                   f"values out instead of nesting aliases of aliases",
-                                   node.start_mark)
-            open_nodes.discard(key)
-            measured[key] = (count, height)
-        count, height = measured[key]
-        if level + height - 1 > MAX_YAML_DEPTH:
-            raise _Refused(f"the YAML {YAML_TOO_DEEP} once its aliases are written out. Use "
-                           f"fewer aliases of aliases", node.start_mark)
-        return count, height
-
-    walk(root, 1)
-
-
-def _load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` semantics under :class:`ParamsLoader`'s limits."""
-    return yaml.load(text, Loader=ParamsLoader)  # a SafeLoader: it builds no Python objects
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a params file as UTF-8 YAML (``yaml.safe_load`` semantics, :class:`ParamsLoader`'s
-    limits); every failure is a ConfigError naming the file. An empty file is refused too: it would
-    silently run every default."""
-    path = Path(path)
-    name = repr(str(path))
-    if (problem := file_problem(path)) is not None:  # before opening: a FIFO would block
-        raise ConfigError(f"params file {name} {problem}. Pass an existing YAML file, "
-                          f"e.g. --params utils/params_adult.yaml.")
-    try:
-        with path.open("rb") as stream:
-            data = stream.read(MAX_PARAMS_BYTES + 1)  # never more, whatever the file's size
-    except OSError as error:
-        raise ConfigError(f"params file {name} cannot be read ({error.strerror or error}). "
-                          f"Check its permissions, or pass another file.") from None
-    if len(data) > MAX_PARAMS_BYTES:
-        raise ConfigError(f"params file {name} {PARAMS_TOO_LARGE} (params files are a few KB). "
-                          f"Pass the experiment's YAML file.")
-    for bom, encoding in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
-                          (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
-        if data.startswith(bom):  # UTF-32 first: its little-endian mark begins with UTF-16's
-            raise ConfigError(f"params file {name} {PARAMS_NOT_UTF8} (it is {encoding}). "
-                              f"Save it as UTF-8.")
-    if b"\0" in data:
-        raise ConfigError(f"params file {name} {PARAMS_BINARY}. Pass the experiment's YAML file.")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"params file {name} {PARAMS_NOT_UTF8} (byte 0x{data[error.start]:02x} at "
-                          f"offset {error.start}). Save it as UTF-8.") from None
-    try:
-        raw = _load_yaml(text)
-    except _Refused as error:
-        where = f", {error.where()}" if error.mark is not None else ""
-        raise ConfigError(f"params file {name}{where}: {error.text}.") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"params file {name} is not valid YAML: {_yaml_problem(error)}. "
-                          f"Fix the file's syntax there.") from None
-    if raw is None:
-        raise ConfigError(f"params file {name} {PARAMS_EMPTY}, so it would run every default. "
-                          f"Write the experiment's settings, e.g. start from utils/params_adult.yaml "
-                          f"(an explicit {{}} runs the defaults).")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"params file {name} must hold a mapping of config sections, "
-                          f"not a {type(raw).__name__}.")
-    return raw
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    """PyYAML's multi-line message as one line: the problem and where it is."""
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{problem}{where}"
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"privacy.noise_multiplier=1.1"`` -> (["privacy", "noise_multiplier"], 1.1); VALUE is YAML,
-    read under the same limits as a params file (:class:`ParamsLoader`)."""
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted KEY, "
-                          f"e.g. --set privacy.noise_multiplier=1.1")
-    if len(value.encode("utf-8", "surrogatepass")) > MAX_PARAMS_BYTES:
-        raise ConfigError(f"--set {key}: the value {PARAMS_TOO_LARGE}; a setting is a few bytes. "
-                          f"Shorten it.")
-    try:
-        parsed = _load_yaml(value) if value.strip() else None
-    except _Refused as error:
-        # The key, not the text: a refused value can be long.
-        where = f" (at {error.where()} of the value)" if error.mark is not None else ""
-        raise ConfigError(f"--set {key}: {error.text}{where}.") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML: {_yaml_problem(error)}. "
-                          f"Quote strings with special characters.") from None
-    return key.split("."), parsed
-
-
-OVERRIDES_EXPECTED = 'a list of KEY=VALUE strings, e.g. ["training.epochs=2", "seed=1"]'
-
-
-def override_list(value: Any, name: str = "OVERRIDES") -> list[str]:
-    """``value`` as a list of ``--set`` strings (the notebook's ``OVERRIDES``): a list as it is; a
-    single string, which papermill's ``-p OVERRIDES ...`` gives, as one override per line (a
-    string iterated would be one ``--set`` per character). Anything else is refused."""
-    if isinstance(value, str):
-        value = [line.strip() for line in value.splitlines() if line.strip()]
-    if not isinstance(value, (list, tuple)) or not all(
-            isinstance(item, str) and "=" in item for item in value):
-        raise ConfigError(f"{name}: got {shown(value)}; expected {OVERRIDES_EXPECTED}.")
-    return list(value)
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply dotted ``KEY=VALUE`` overrides to a raw mapping (a copy); unknown keys are refused."""
-    merged = _deep_copy(raw)
-    for text in overrides:
-        path, value = parse_override(text)
-        cls: Any = ExperimentConfig
-        node = merged
-        for depth, part in enumerate(path):
-            children = _override_children(cls)
-            if part not in children:
-                raise _unknown_key_error(part, list(children), "".join(p + "." for p in path[:depth]))
-            if depth == len(path) - 1:
-                node[part] = value
-                break
-            cls = children[part]
-            if not dataclasses.is_dataclass(cls):
-                raise ConfigError(f"--set {text!r}: '{'.'.join(path[:depth + 1])}' is a value, "
-                                  f"not a section.")
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-    return merged
-
-
-def _override_children(cls: type) -> dict[str, Any]:
+def override_children(cls: type) -> dict[str, Any]:
     """The keys ``--set`` may name inside section ``cls``, with their types; the fairness section's
     sub-sections are the methods' settings (``fairness.runner.lam``), not its ``settings`` field,
     and the privacy section's the clipping rules' (``privacy.global_adapt.z``)."""
@@ -1248,14 +978,6 @@ def _override_children(cls: type) -> dict[str, Any]:
         return {**{f.name: hints[f.name] for f in dataclasses.fields(cls)
                    if f.name != "clipping_settings"}, **_clipping_sections()}
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _deep_copy(raw: Any) -> Any:
-    if isinstance(raw, dict):
-        return {key: _deep_copy(value) for key, value in raw.items()}
-    if isinstance(raw, list):
-        return [_deep_copy(value) for value in raw]
-    return raw
 
 
 def config_from_mapping(raw: Mapping[str, Any]) -> ExperimentConfig:
@@ -1279,23 +1001,3 @@ def check_selection(config: ExperimentConfig) -> None:
             f"data.val_fraction is {config.data.val_fraction!r}. Set data.val_fraction to a share "
             "of the training pool such as 0.2 (or, for Adult, data.protocol: runner), or "
             "training.select: last.")
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read ``path``, apply ``--set`` overrides, and return the checked config.
-
-    A file in the flat format of the original code (arXiv 2009.06389) is first translated to the
-    nested format, which is printed to stderr once (``utils.legacy``); overrides then use nested keys.
-    """
-    # Imported here: utils.legacy builds on this module's dataclasses.
-    from utils.legacy import is_legacy, translate_legacy
-
-    raw = read_yaml(path)
-    if GRID_KEYS & raw.keys():
-        raise ConfigError(f"params file {str(path)!r} is a grid (it has a sweep: or zip: section), "
-                          f"not one experiment. Run it with running.py, or load its points with "
-                          f"utils.sweep.load_grid.")
-    if is_legacy(raw):
-        raw = translate_legacy(raw, source=path)
-    raw = apply_overrides(raw, list(overrides or []))
-    return config_from_mapping(raw)

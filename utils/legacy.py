@@ -15,7 +15,7 @@ can rerun an experiment of the paper before rewriting anything:
   collects warnings for what cannot be honoured. A key outside the table is a :class:`ConfigError`
   that names it and the closest known key, as the strict loader does for nested files: a typo
   silently dropped would run a different experiment from the one the file describes.
-* :func:`translate_legacy` is what :func:`utils.config.load_config` calls: it translates, prints the
+* :func:`translate_legacy` is what :func:`utils.loader.load_config` calls: it translates, prints the
   equivalent nested YAML once to stderr under a one-line header telling the user to switch to it,
   then the warnings, and returns the nested mapping. ``--set`` overrides apply to that mapping, with
   their nested keys (``--set training.epochs=1``), exactly as for a nested file.

@@ -8,7 +8,8 @@ marker; reading does not (a complete run of an earlier version of the tool, whic
 is still returned as complete when its own config.yaml is the config asked for; another program's
 summary.json is not; it cannot be trained again in place).
 
-What is found at ``{output_dir}/{name}`` decides what may happen there (:func:`inspect_run_path`):
+What is found at ``{output_dir}/{name}`` decides what may happen there (:func:`inspect_run_path`;
+:func:`claim_run` is the one walk of it before a run starts, :func:`start_fresh` the one that makes it):
 
 - nothing (:data:`ABSENT`): the directory is made, with the missing parents of output_dir (on a
   failure the folders made so far are removed again, so nothing is left half-made), and marked;
@@ -52,7 +53,10 @@ import json
 import os
 import shutil
 import stat
+import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +154,7 @@ def read_json_object(path: Path) -> dict[str, Any] | None:
 
 def is_marked(run_dir: Path, marker: str = MARKER_FILE) -> bool:
     """Whether ``run_dir`` holds this tool's marker (a regular file, not a link, naming the tool);
-    ``marker`` is the run directory's, or a grid directory's (utils.sweep)."""
+    ``marker`` is the run directory's, or a grid directory's (grids.sweep)."""
     payload = read_json_object(Path(run_dir) / marker)
     return payload is not None and payload.get("tool") == TOOL
 
@@ -333,6 +337,73 @@ class RunLock:
 def lock_run(run_dir: Path) -> RunLock:
     """:class:`RunLock` on a marked run directory."""
     return RunLock(run_dir, MARKER_FILE)
+
+
+DIFFERENT_CONFIG = ("{path} holds a finished run of a different config (it differs in {changed}); "
+                    "returning that run's results. Use --overwrite to train this config there, or "
+                    "give it another name.")
+
+
+@dataclass(frozen=True)
+class RunClaim:
+    """What :func:`claim_run` found at a run path.
+
+    Attributes:
+        state: :func:`inspect_run_path`'s answer (ABSENT, EMPTY or MARKED once claimed).
+        lock: this process's lock on a marked directory (None otherwise, and for a finished run).
+        finished: the summary of a finished run to return instead of training, else None.
+    """
+
+    state: str
+    lock: RunLock | None = None
+    finished: dict[str, Any] | None = None
+
+
+def claim_run(run_dir: Path, output_dir: str | Path, *, overwrite: bool,
+              changed_keys: Callable[[], list[str]],
+              earlier_version: Callable[[dict[str, Any]], bool]) -> RunClaim:
+    """Decide what a run may do at ``run_dir``: the one walk of a run path before a run starts.
+
+    Without ``overwrite``, a marked (or, for a run of an earlier version of the tool, unmarked)
+    directory holding a complete summary.json is a finished run: its summary is returned (with a
+    warning, :data:`DIFFERENT_CONFIG`, when its config.yaml differs from this config in
+    ``changed_keys()``). Otherwise a path that is not the tool's is refused, the path must be
+    writable, and a marked directory is locked (:func:`lock_run`) and its entries checked
+    (:func:`check_run_entries`) before anything of it is read; a broken summary.json is then a
+    warning (:data:`SUMMARY_BROKEN`: the run is an interrupted one). The caller releases the lock
+    of the returned claim when it does not go on.
+
+    ``changed_keys`` and ``earlier_version`` (whether an unmarked folder's summary is a finished run
+    of this config from before the marker) are the caller's, which knows the config.
+    """
+    state = inspect_run_path(run_dir, output_dir)
+    problem = None
+    if not overwrite and state in (MARKED, FOREIGN):
+        done, problem = read_summary(run_dir / SUMMARY_FILE)
+        if done is not None and state == FOREIGN and not earlier_version(done):
+            raise refuse_foreign(run_dir)
+        if done is not None:
+            if changed := changed_keys():
+                print("warning: " + DIFFERENT_CONFIG.format(path=run_dir, changed=", ".join(changed)),
+                      file=sys.stderr)
+            return RunClaim(state, finished=done)
+    if state == FOREIGN:
+        raise refuse_foreign(run_dir)
+    check_writable(run_dir, output_dir, state)
+    # One process per run directory (RunLock): a marked one is locked before its checkpoint is
+    # read, an absent or empty one as soon as it is made and marked (start_fresh).
+    lock = lock_run(run_dir) if state == MARKED else None
+    try:
+        if state == MARKED:  # every path a resume or a fresh start writes is the tool's
+            check_run_entries(run_dir)
+            if problem is not None:
+                print("warning: " + SUMMARY_BROKEN.format(path=run_dir / SUMMARY_FILE,
+                                                          problem=problem), file=sys.stderr)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return RunClaim(state, lock=lock)
 
 
 def start_fresh(run_dir: Path, output_dir: str | Path, expected: str | None = None,

@@ -24,7 +24,7 @@ given, never changes: renumbering one would change every run's draws of that pur
   the run's training, validation and (RUNNER's protocol) test sets, not anything a mechanism adds:
   sharing them across a grid's points is what makes the points comparable (the same validation set
   at every share, training sets nested across shares, the same training rows at every noise level
-  of a seed), and the report's combined release (:mod:`utils.report`) composes every private run
+  of a seed), and the report's combined release (:mod:`grids.report`) composes every private run
   trained on a data set's rows as releases about that one pool. A selection of rows is no noise a
   release could be stripped of. The fixed test splits of COMPAS, German credit and LSAC use their
   own split seed, never the run's.

@@ -10,7 +10,7 @@ as the dotted keys a user types (``data.minority_share``), tags naming the data 
 repair method, and the final metrics as the run's summary (each interval as ``_low`` / ``_high``);
 TensorBoard an HParams session (the config as hyperparameters, :data:`FINAL_METRICS` as metrics
 under :data:`FINAL_PREFIX`). The grid's own records (its report run, its HParams experiment and
-figures) are :mod:`utils.dashboards`'.
+figures) are :mod:`grids.dashboards`'.
 """
 
 from __future__ import annotations
@@ -461,7 +461,7 @@ class MetricsSink:
 def start_wandb(mode: str, **init_args: Any) -> tuple[Any, str]:
     """``wandb.init(mode=mode, **init_args)`` with the sink's fallbacks (:data:`WANDB_FALLBACKS`,
     one warning line, never raises): ``(run or None, the mode wandb ended up in)``. For a wandb run
-    that is not a training run's, such as a grid's report run (:mod:`utils.dashboards`)."""
+    that is not a training run's, such as a grid's report run (:mod:`grids.dashboards`)."""
     return MetricsSink._start_wandb(mode, **init_args)
 
 
@@ -527,7 +527,7 @@ def _defined_number(value: Any) -> float | int | None:
 
 # TensorBoard's HParams dashboard: the final metrics of each run, as scalars under FINAL_PREFIX (the
 # per-step curves keep their own tags; the final model may be an earlier unit's, training.select).
-# The report's headline metrics (utils.report.METRICS; tests/test_dashboards.py keeps the two equal).
+# The report's headline metrics (grids.runs.METRICS; tests/test_dashboards.py keeps the two equal).
 FINAL_PREFIX = "final/"
 FINAL_METRICS = (
     "test/accuracy", "test/average_precision",
@@ -554,7 +554,7 @@ def hparam_value(value: Any) -> bool | int | float | str | None:
     """A config value as an HParams value: booleans, numbers and text as they are, a list as its
     JSON text (``[200]``), None as None (the session leaves that hyperparameter out, so a numeric
     column such as ``privacy.noise_multiplier`` stays numeric where a non-private run has none).
-    One rule for the runs' sessions and the grid's experiment (:mod:`utils.dashboards`)."""
+    One rule for the runs' sessions and the grid's experiment (:mod:`grids.dashboards`)."""
     if isinstance(value, np.generic):
         value = value.item()
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -575,7 +575,7 @@ def hparams_session(hparams: Mapping[str, Any], started_at: float) -> list[Any]:
     (``hparams``; the session is the run's own ``tb/`` folder, so the dashboard links each row to
     the run's curves) and its successful end. The metric values are the :func:`final_metrics`
     scalars written beside them; the columns shown are chosen by the grid's experiment
-    (:func:`utils.dashboards.write_hparams_experiment`), or inferred by TensorBoard without one."""
+    (:func:`grids.dashboards.write_hparams_experiment`), or inferred by TensorBoard without one."""
     from tensorboard.compat.proto import summary_pb2
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
     from tensorboard.plugins.hparams import summary_v2 as hp

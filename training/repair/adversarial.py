@@ -25,7 +25,7 @@ from torch import nn
 
 from training.repair import METHODS
 from training.repair.base import Batch, LossTerms, PublicForm, RepairMethod
-from utils.config import _check
+from utils.config import check
 
 ADVERSARY_ACROSS_CLIENTS = ("one adversary trained inside the clients would carry each client's data "
                             "into the next clients' updates, outside their clipping.")
@@ -46,10 +46,10 @@ class AdversarialSettings:
     adversary_hidden: list[int] = field(default_factory=list)
 
     def validate(self) -> None:
-        _check(self.lam >= 0, "fairness.adversarial.lam", self.lam, "a number >= 0")
-        _check(self.adversary_lr > 0, "fairness.adversarial.adversary_lr", self.adversary_lr,
+        check(self.lam >= 0, "fairness.adversarial.lam", self.lam, "a number >= 0")
+        check(self.adversary_lr > 0, "fairness.adversarial.adversary_lr", self.adversary_lr,
                "a positive number")
-        _check(all(h > 0 for h in self.adversary_hidden), "fairness.adversarial.adversary_hidden",
+        check(all(h > 0 for h in self.adversary_hidden), "fairness.adversarial.adversary_hidden",
                self.adversary_hidden, "a list of positive layer sizes, e.g. [] or [16]")
 
 

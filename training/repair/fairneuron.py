@@ -45,7 +45,7 @@ from torch import nn
 from dataset.base import gather_rows
 from training.repair import METHODS
 from training.repair.base import Phase, RepairMethod, TrainingSet
-from utils.config import _check
+from utils.config import check
 
 READS_EVERY_RECORD = ("its path analysis reads every training example's activations unclipped, and "
                       "an example's dropout depends on how many others share its path, a statistic "
@@ -77,11 +77,11 @@ class FairNeuronSettings:
     fresh_model: bool = True
 
     def validate(self) -> None:
-        _check(0 < self.theta <= 1, "fairness.fairneuron.theta", self.theta, "a number in (0, 1]")
-        _check(0 < self.gamma <= 1, "fairness.fairneuron.gamma", self.gamma, "a number in (0, 1]")
-        _check(0 <= self.dropout < 1, "fairness.fairneuron.dropout", self.dropout,
+        check(0 < self.theta <= 1, "fairness.fairneuron.theta", self.theta, "a number in (0, 1]")
+        check(0 < self.gamma <= 1, "fairness.fairneuron.gamma", self.gamma, "a number in (0, 1]")
+        check(0 <= self.dropout < 1, "fairness.fairneuron.dropout", self.dropout,
                "a rate in [0, 1)")
-        _check(self.retrain_epochs is None or self.retrain_epochs > 0,
+        check(self.retrain_epochs is None or self.retrain_epochs > 0,
                "fairness.fairneuron.retrain_epochs", self.retrain_epochs,
                "a positive integer, or null for training.epochs")
 

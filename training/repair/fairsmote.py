@@ -32,7 +32,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from training.repair import METHODS
 from training.repair.base import RepairMethod
-from utils.config import _check
+from utils.config import check
 from utils.errors import ConfigError
 
 READS_RECORDS = ("its synthetic examples copy parts of individual private records, and its "
@@ -55,7 +55,7 @@ class FairSmoteSettings:
     situation_testing: bool = True
 
     def validate(self) -> None:
-        _check(self.neighbours >= 1, "fairness.fairsmote.neighbours", self.neighbours,
+        check(self.neighbours >= 1, "fairness.fairsmote.neighbours", self.neighbours,
                "a positive integer")
 
 

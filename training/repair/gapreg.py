@@ -32,7 +32,7 @@ from training.repair.base import (
     pair_signs,
     per_example_gap,
 )
-from utils.config import _check
+from utils.config import check
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,7 +46,7 @@ class GapRegSettings:
     lam: float = 1.0
 
     def validate(self) -> None:
-        _check(self.lam >= 0, "fairness.gapreg.lam", self.lam, "a number >= 0")
+        check(self.lam >= 0, "fairness.gapreg.lam", self.lam, "a number >= 0")
 
 
 @METHODS.register("gapreg")

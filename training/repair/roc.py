@@ -16,7 +16,7 @@ import numpy as np
 
 from training.repair import METHODS
 from training.repair.base import RepairMethod
-from utils.config import _check, _one_of
+from utils.config import check, one_of
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,10 +35,10 @@ class RocSettings:
     unprivileged: str = "minority"
 
     def validate(self) -> None:
-        _check(0.5 <= self.theta < 1, "fairness.roc.theta", self.theta, "a number in [0.5, 1)")
-        _check(self.favourable_label in (0, 1), "fairness.roc.favourable_label",
+        check(0.5 <= self.theta < 1, "fairness.roc.theta", self.theta, "a number in [0.5, 1)")
+        check(self.favourable_label in (0, 1), "fairness.roc.favourable_label",
                self.favourable_label, "0 or 1")
-        _one_of("fairness.roc.unprivileged", self.unprivileged, ("minority", "majority"))
+        one_of("fairness.roc.unprivileged", self.unprivileged, ("minority", "majority"))
 
 
 def reject_option(scores: np.ndarray, unprivileged: np.ndarray, decisions: np.ndarray, *,

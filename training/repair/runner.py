@@ -47,7 +47,7 @@ from training.repair.base import (
     pair_signs,
     per_example_gap,
 )
-from utils.config import _check
+from utils.config import check
 
 NO_NEURONS = ("fairness.method 'runner' found no hidden neurons in model {model}: it needs a ReLU "
               "after a Linear or Conv2d layer. Use model.name mlp or cnn.")
@@ -67,8 +67,8 @@ class RunnerSettings:
     neuron_ratio: float = 0.5
 
     def validate(self) -> None:
-        _check(self.lam >= 0, "fairness.runner.lam", self.lam, "a number >= 0")
-        _check(0 < self.neuron_ratio <= 1, "fairness.runner.neuron_ratio", self.neuron_ratio,
+        check(self.lam >= 0, "fairness.runner.lam", self.lam, "a number >= 0")
+        check(0 < self.neuron_ratio <= 1, "fairness.runner.neuron_ratio", self.neuron_ratio,
                "a share in (0, 1]")
 
 

@@ -47,9 +47,12 @@ from typing import Any
 
 import yaml
 
+from grids.figures import FIGURES
+from grids.report import REPORT_CSV, REPORT_MD
+from grids.runs import METRICS
+from grids.sweep import short_names
 from utils.config import PROVENANCE_KEY
 from utils.errors import UserInputError, warn_user
-from utils.report import FIGURES, METRICS, REPORT_CSV, REPORT_MD
 from utils.sink import (
     CONFIG_FILE,
     FINAL_METRICS,
@@ -61,7 +64,6 @@ from utils.sink import (
     run_hparams,
     start_wandb,
 )
-from utils.sweep import short_names
 
 WANDB_DIR = "wandb"
 WANDB_DATA_DIR = "WANDB_DATA_DIR"  # wandb's environment variable for its data directory
@@ -88,7 +90,7 @@ GRID_REPORT_FAILED = ("the grid's report could not be written for wandb ({error}
 
 def publish_grid(directory: str | Path, keys: Sequence[str]) -> list[str]:
     """The end of a grid run (``running.py``): with wandb on for its runs, write the report
-    (:func:`utils.report.write_report`) and publish it (:func:`publish_report`); otherwise, with
+    (:func:`grids.report.write_report`) and publish it (:func:`publish_report`); otherwise, with
     TensorBoard on, write the HParams experiment of the grid's swept ``keys``. Returns the lines to
     print; a report that cannot be written is a warning (the grid's own outcome stands)."""
     directory = Path(directory)
@@ -96,7 +98,7 @@ def publish_grid(directory: str | Path, keys: Sequence[str]) -> list[str]:
     if not configs:
         return []
     if wandb_settings(configs)[0] != "disabled":
-        from utils.report import write_report
+        from grids.report import write_report
 
         try:
             written = write_report(directory)
@@ -113,7 +115,7 @@ def publish_grid(directory: str | Path, keys: Sequence[str]) -> list[str]:
 
 def publish_report(directory: str | Path, written: Sequence[Path]) -> list[str]:
     """Publish a report just written into ``directory`` (``written``: the files
-    :func:`utils.report.write_report` returned) to TensorBoard's grid-level log directory and to
+    :func:`grids.report.write_report` returned) to TensorBoard's grid-level log directory and to
     the wandb report run, as the runs' settings ask (module docstring). Returns the lines to print."""
     directory = Path(directory)
     configs = run_configs(directory)
@@ -183,7 +185,7 @@ def write_hparams_experiment(logdir: Path, keys: Sequence[str],
                              configs: Sequence[Mapping[str, Any]]) -> Path:
     """The HParams experiment of a grid, :data:`HPARAMS_EVENTS` in ``logdir``: ``keys`` (and the
     seed, where the runs have several) as hyperparameters, each with its short name
-    (:func:`utils.sweep.short_names`) and the domain of the runs' values (numbers: their range;
+    (:func:`grids.sweep.short_names`) and the domain of the runs' values (numbers: their range;
     text and flags: the values seen; a mix of kinds: none), and the final metrics the runs record
     (the statistics ``logging.private_stats: false`` withholds are left out when no run records
     them)."""

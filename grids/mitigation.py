@@ -4,7 +4,7 @@ A grid whose runs vary ``privacy.clipping`` (``configs/dp_mitigation_*.yaml``) a
 of each rule (:mod:`privacy.clipping`): what per-group accuracy and which gaps does it give at each
 privacy level and minority share, and how much of the disparity that DP-SGD adds does it take
 away, at what accuracy? :func:`mitigation_view` answers both from the grid's points
-(:mod:`utils.report`), and :func:`utils.report.write_report` adds to the report:
+(:mod:`grids.runs`), and :func:`grids.report.write_report` adds to the report:
 
 - a table in report.md (and ``report_mitigation.csv``) per data set: for each privacy level, share
   and rule, ε, accuracy, each group's accuracy and every gap (mean ± std over seeds);
@@ -36,24 +36,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.report import (
+from grids.figures import Series, legend_below, panel, spread_subtitle
+from grids.methods import DATASET_KEY, sort_value
+from grids.repair_privacy import LEVEL_KEYS
+from grids.runs import (
     ACCURACY,
-    DATASET_KEY,
     EPSILON,
     GROUP_ACCURACY,
-    LEVEL_KEYS,
     MODE_KEY,
     SHARE_KEY,
     Point,
-    Series,
-    _csv_value,
-    _legend_below,
-    _md_metric,
-    _md_value,
-    _panel,
-    _series_label,
-    _sort_value,
-    _spread_subtitle,
+    csv_value,
+    md_metric,
+    md_value,
+    series_label,
     varying_keys,
 )
 from utils.sink import as_number
@@ -111,7 +107,7 @@ class RuleRow:
     @property
     def name(self) -> str:
         """The rule with its varying own settings, as the tables show it."""
-        settings = ", ".join(f"{key.rsplit('.', 1)[-1]}={_md_value(value)}"
+        settings = ", ".join(f"{key.rsplit('.', 1)[-1]}={md_value(value)}"
                              for key, value in self.own.items())
         return f"{self.rule} ({settings})" if settings else self.rule
 
@@ -227,7 +223,7 @@ class MitigationView:
     def label(self, rule: str) -> str:
         name = "DP-SGD (flat)" if rule == FLAT else rule
         settings = self.rule_settings.get(rule, {})
-        extra = ", ".join(f"{key.rsplit('.', 1)[-1]} {_md_value(value)}"
+        extra = ", ".join(f"{key.rsplit('.', 1)[-1]} {md_value(value)}"
                           for key, value in settings.items()) if rule != NON_PRIVATE else ""
         return f"{name} ({extra})" if extra else name
 
@@ -277,7 +273,7 @@ def mitigation_view(points: list[Point], rule_order: Iterable[str] = ()) -> Miti
          if _rule(point) == rule}) > 1] for rule in rules}
     rows = []
     for point in points:
-        label, order = _series_label(point, [], points)
+        label, order = series_label(point, [], points)
         context = {key: point.settings.get(key) for key in context_keys}
         context[SHARE_KEY] = point.share()
         if DATASET_KEY not in context:
@@ -285,12 +281,12 @@ def mitigation_view(points: list[Point], rule_order: Iterable[str] = ()) -> Miti
         own = {key: point.settings.get(key) for key in own_keys[_rule(point)]}
         rows.append(RuleRow(point, _rule(point), label, order, context, own))
     datasets = sorted({json.dumps(row.dataset, default=repr): row.dataset for row in rows}.values(),
-                      key=_sort_value)
+                      key=sort_value)
     rank = {rule: index for index, rule in enumerate(rules)}
     rows.sort(key=lambda row: (datasets.index(row.dataset), row.level_order,
                                -(row.share if row.share is not None else math.inf),
                                json.dumps(row.context, sort_keys=True, default=repr),
-                               rank[row.rule], [_sort_value(v) for v in row.own.values()]))
+                               rank[row.rule], [sort_value(v) for v in row.own.values()]))
     flats = {row.where(level=True): row for row in rows if row.rule == FLAT}
     privates = {row.where(level=False): row for row in rows if row.rule == NON_PRIVATE}
     removed = [Removed(row, flats.get(row.where(level=True)), privates.get(row.where(level=False)))
@@ -326,13 +322,13 @@ def write_mitigation_csv(path: Path, view: MitigationView) -> Path:
         writer = csv.writer(handle)
         writer.writerow(header)
         for row in view.rows:
-            cells = [_csv_value(row.context.get(key)) for key in context_keys]
+            cells = [csv_value(row.context.get(key)) for key in context_keys]
             cells += [row.level, row.rule]
-            cells += [_csv_value(row.point.settings.get(key)) for key in view.rule_keys]
-            cells += [_csv_value(row.own[key]) if key in row.own else "" for key in own_keys]
+            cells += [csv_value(row.point.settings.get(key)) for key in view.rule_keys]
+            cells += [csv_value(row.own[key]) if key in row.own else "" for key in own_keys]
             cells += [len(row.point.runs), " ".join(str(seed) for seed in row.point.seeds)]
             for metric in TABLE_METRICS:
-                cells += [_csv_value(row.point.mean(metric)), _csv_value(row.point.std(metric))]
+                cells += [csv_value(row.point.mean(metric)), csv_value(row.point.std(metric))]
             writer.writerow(cells)
     return path
 
@@ -352,15 +348,15 @@ def write_removed_csv(path: Path, view: MitigationView) -> Path:
         writer = csv.writer(handle)
         writer.writerow(header)
         for r in view.removed:
-            cells = [_csv_value(r.row.context.get(key)) for key in context_keys]
+            cells = [csv_value(r.row.context.get(key)) for key in context_keys]
             cells += [r.row.level, r.row.rule]
-            cells += [_csv_value(r.row.own[key]) if key in r.row.own else "" for key in own_keys]
+            cells += [csv_value(r.row.own[key]) if key in r.row.own else "" for key in own_keys]
             cells += [len(r.seeds()), " ".join(map(str, r.seeds()))]
             for gap in GAPS:
-                cells += [_csv_value(v) for v in (*_mean_std(r.added(gap)),
+                cells += [csv_value(v) for v in (*_mean_std(r.added(gap)),
                                                   *_mean_std(r.removed(gap)))]
-                cells.append(_csv_value(r.removed_fraction(gap)))
-            cells += [_csv_value(v) for v in (*_mean_std(r.accuracy_cost()),
+                cells.append(csv_value(r.removed_fraction(gap)))
+            cells += [csv_value(v) for v in (*_mean_std(r.accuracy_cost()),
                                               *_mean_std(r.minority_gain()))]
             writer.writerow(cells)
     return path
@@ -386,16 +382,16 @@ def mitigation_markdown(view: MitigationView, figures: Iterable[Path]) -> list[s
                      if key not in (SHARE_KEY, DATASET_KEY)]
     for dataset in view.datasets:
         mine = [row for row in view.rows if row.dataset == dataset]
-        where = f" ({_md_value(dataset)})" if several else ""
+        where = f" ({md_value(dataset)})" if several else ""
         lines += ["", f"### Per-group accuracy and gaps{where}", ""]
         columns = ["privacy", "share", *other_context, "rule", "seeds", *TABLE_METRICS.values()]
         lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for row in mine:
             share = row.share
             cells = [row.level, "–" if share is None else f"{100 * share:g} %"]
-            cells += [_md_value(row.context.get(key)) for key in other_context]
+            cells += [md_value(row.context.get(key)) for key in other_context]
             cells += [row.name, str(len(row.point.runs))]
-            cells += [_md_metric(row.point, metric) for metric in TABLE_METRICS]
+            cells += [md_metric(row.point, metric) for metric in TABLE_METRICS]
             lines.append("| " + " | ".join(cells) + " |")
         removed = [r for r in view.removed if r.row.dataset == dataset]
         lines += [
@@ -417,7 +413,7 @@ def mitigation_markdown(view: MitigationView, figures: Iterable[Path]) -> list[s
         for r in removed:
             share = r.row.share
             cells = [r.row.level, "–" if share is None else f"{100 * share:g} %"]
-            cells += [_md_value(r.row.context.get(key)) for key in other_context]
+            cells += [md_value(r.row.context.get(key)) for key in other_context]
             cells += [r.row.name, str(len(r.seeds()))]
             cells += [_md_points(r.added(gap)) for gap in GAPS]
             for gap in GAPS:
@@ -430,7 +426,7 @@ def mitigation_markdown(view: MitigationView, figures: Iterable[Path]) -> list[s
     names = {name: key for key, name in view.figure_names().items()}
     for figure in figures:
         kind, dataset = names[figure.name]
-        where = f", {_md_value(dataset)}" if several else ""
+        where = f", {md_value(dataset)}" if several else ""
         what = ("against the minority share, one row per privacy level" if kind == SHARE_FIGURE
                 else "against ε, one row per minority share")
         lines += ["", f"![Clipping rules{where}: each group's accuracy and the gaps {what}, one "
@@ -472,13 +468,13 @@ def share_figure(view: MitigationView, dataset: Any, *, title: str):
                 lines.append(Series(view.label(rule), (), points, color=view.color(rule)))
         for ax, (metric, heading) in zip(panels, PANELS.items()):
             unit = "accuracy (%)" if "accuracy/" in metric else "gap (points)"
-            _panel(ax, lines, metric, unit, heading=f"{heading}\n{level}")
+            panel(ax, lines, metric, unit, heading=f"{heading}\n{level}")
             ax.title.set_fontsize(8)
             if ax is not panels[0]:
                 ax.set_ylabel("")
     for ax in axes[:-1].flat:
         ax.set_xlabel("")
-    _legend_below(figure, *_every_line(axes), 2.6)
+    legend_below(figure, *_every_line(axes), 2.6)
     figure.suptitle(f"Clipping rules against the minority share, one row per privacy level\n"
                     f"{title}", fontsize=11)
     return figure
@@ -524,7 +520,7 @@ def epsilon_figure(view: MitigationView, dataset: Any, *, title: str):
             ax.grid(True, alpha=0.3)
     for ax in axes[-1]:
         ax.set_xlabel("ε (mean over seeds)")
-    _legend_below(figure, *_every_line(axes), 2.6)
+    legend_below(figure, *_every_line(axes), 2.6)
     figure.suptitle(f"Clipping rules against ε, one row per minority share (dashed: non-private)\n"
                     f"{title}", fontsize=11)
     return figure
@@ -535,7 +531,7 @@ def write_mitigation_figures(runs_dir: Path, view: MitigationView, *, title: str
     written = []
     for (kind, dataset), name in view.figure_names().items():
         where = f", {dataset}" if len(view.datasets) > 1 else ""
-        subtitle = _spread_subtitle(f"{title}{where}", (len(row.point.runs) for row in view.rows))
+        subtitle = spread_subtitle(f"{title}{where}", (len(row.point.runs) for row in view.rows))
         draw = share_figure if kind == SHARE_FIGURE else epsilon_figure
         draw(view, dataset, title=subtitle).savefig(runs_dir / name, dpi=110)
         written.append(runs_dir / name)

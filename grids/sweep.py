@@ -25,7 +25,7 @@ when ``summary.json`` exists) holds unchanged for each point. Keys are shortened
 of :data:`SHORT_NAMES` (else the last part of the dotted key) unless two keys would then read alike,
 and values are written so that a name only uses the characters a config ``name`` allows.
 
-Every point's config is built and checked (the same :func:`utils.config.apply_overrides` and
+Every point's config is built and checked (the same :func:`utils.loader.apply_overrides` and
 :func:`utils.config.config_from_mapping` as ``--set`` and the file) before anything runs, so a typo in
 ``sweep:`` or a point the checks refuse stops the grid with exit status 2 before any training and
 without creating a directory. ``--set`` overrides apply to the base, i.e. to every point; a ``--set``
@@ -39,7 +39,7 @@ checkpoint: ``run`` does both, because a point's config is the same every time t
 (the same values give the same name and run directory). The grid's directory holds
 ``grid_status.json`` (:data:`STATUS_FILE`), rewritten atomically after every point: each point's
 values, run directory, status (``pending``, ``running``, ``done``, ``skipped``, ``failed``,
-``interrupted``) and error, which the report (:mod:`utils.report`) reads to mark failed points.
+``interrupted``) and error, which the report (:mod:`grids.report`) reads to mark failed points.
 
 The grid's directory is the tool's only with its marker (:data:`GRID_MARKER`, like a run
 directory's; :func:`open_grid_directory`), and a running grid holds its lock, so a second process on
@@ -67,15 +67,9 @@ from typing import Any
 
 import yaml
 
-from utils.config import (
-    NAME_MAX_BYTES,
-    ExperimentConfig,
-    apply_overrides,
-    config_from_mapping,
-    parse_override,
-    read_yaml,
-)
+from utils.config import NAME_MAX_BYTES, ExperimentConfig, config_from_mapping
 from utils.errors import ConfigError, UserInputError, describe_fault, warn_user
+from utils.loader import apply_overrides, parse_override, read_yaml
 from utils.rundir import (
     ABSENT,
     CANNOT_CREATE,

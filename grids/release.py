@@ -82,7 +82,7 @@ class Pool:
         """ε of releasing every covered model (RDP), None when there is none."""
         if not self.covered:
             return None
-        # The one definition of ε (it imports Opacus); imported here, as utils/sweep.py imports
+        # The one definition of ε (it imports Opacus); imported here, as grids/sweep.py imports
         # the training layer, so that a report of a non-private grid needs neither.
         from privacy.accounting import epsilon_of_history
 
