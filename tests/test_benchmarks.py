@@ -1,5 +1,5 @@
 """The benchmark scripts run and print their tables (in tiny form: the measured numbers themselves
-live in the README, never in a timed test)."""
+live in docs/results/, never in a timed test)."""
 
 from __future__ import annotations
 

@@ -1179,7 +1179,7 @@ def _files_holding(root: Path, needle: bytes) -> list[str]:
 
 def test_private_stats_false_leaves_the_seed_out_of_every_record(world, capsys, monkeypatch):
     """Issue 26: logging.private_stats: false left the seed in config.yaml, summary.json and the
-    wandb run, although the README lists the seed among what it leaves out (anyone with the seed
+    wandb run, although the README (now docs/privacy.md) lists the seed among what it leaves out (anyone with the seed
     can replay a reproducible run's sampling and noise). Now no file of the run directory, wandb's
     offline record and TensorBoard's events included, holds it; the command line in provenance has
     it masked; and running the command again finds the run complete."""

@@ -1,6 +1,6 @@
 """Hostile and absurd input through the real command line (``running.main``).
 
-Every refusal must keep the contract of the README: exit status 2, exactly one ``error: ...`` line on
+Every refusal must keep the contract of docs/run_directory.md: exit status 2, exactly one ``error: ...`` line on
 stderr naming the key or file, no traceback, and nothing written (the output directory is not made
 and the test's directory holds exactly the files the test put there). Messages are checked through
 the constants of the modules that write them, not through copied text.
