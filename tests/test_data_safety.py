@@ -33,6 +33,7 @@ import pytest
 import torch
 
 import running
+from tests.conftest import cli_args
 from tests.test_end_to_end import read_jsonl
 from tests.test_legacy import FIXTURE as LEGACY_FIXTURE
 from tests.test_resume import Interrupt, interrupt_after
@@ -82,10 +83,7 @@ class World:
 
 
 def cli(out: Path, *overrides: str, extra: tuple[str, ...] = (), params: Path = PARAMS) -> list[str]:
-    argv = ["--params", str(params), "--set", f"output_dir={out}"]
-    for override in (*TINY, *overrides):
-        argv += ["--set", override]
-    return [*argv, *extra]
+    return cli_args(params, *TINY, *overrides, output_dir=out, extra=extra)
 
 
 def snapshot(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, tuple]:
