@@ -355,7 +355,7 @@ def test_flat_is_bit_identical_to_the_engine_before_the_rules(monkeypatch):
 TINY = """\
 name: rule
 device: cpu
-data: {name: synthetic, minority_share: 0.2, train_size: 1200, val_fraction: 0.1}
+data: {name: synthetic, minority_share: 0.2, train_size: 1200, val_fraction: 0.1, validation_public: true}
 model: {name: mlp, hidden: [16, 16]}
 training: {epochs: 2, batch_size: 200}
 privacy: {mode: dpsgd, noise_multiplier: 1.0, counts_noise_multiplier: 4.0, max_grad_norm: 0.5}
