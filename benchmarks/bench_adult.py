@@ -1,4 +1,4 @@
-"""The Adult numbers of the README, measured: accuracy without privacy and under DP-SGD at ε = 3,
+"""The Adult numbers of docs/results/adult.md, measured: accuracy without privacy and under DP-SGD at ε = 3,
 and the wall time of ``python running.py --params utils/params_adult.yaml`` from a cold start.
 
     python benchmarks/bench_adult.py [--seeds 0 1 2]

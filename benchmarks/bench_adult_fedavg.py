@@ -1,4 +1,4 @@
-"""The DP-FedAvg numbers of the README: ``utils/params_adult_fedavg.yaml`` under two partitions.
+"""The DP-FedAvg numbers of docs/results/adult.md: ``utils/params_adult_fedavg.yaml`` under two partitions.
 
     python benchmarks/bench_adult_fedavg.py [--seeds 0 1 2]
 

@@ -657,7 +657,7 @@ LSAC_RACES = {"white": "White", "black": "Black", "hisp": "Hispanic", "asian": "
 LSAC_SEXES = {"gender": {"female": "Female", "male": "Male"}, "male": {"1": "Male", "0": "Female"}}
 # Missing-value spellings: empty (pandas' to_csv), NA (R), NaN/nan (other writers).
 LSAC_MISSING = ("", "na", "nan", "null")
-# Public preprocessing (dataset.preprocessing), also in README.md's Data section (the data is not
+# Public preprocessing (dataset.preprocessing), also in docs/data.md (the data is not
 # shipped). The LSAT score scale of the study's entering class of 1991 was 10 to 48; GPAs are on
 # the 4-point scale; zfygpa and zgpa are z-scores within the law school, clipped at 4 standard
 # deviations (an assumption); fam_inc is a quintile code, 1 to 5. Categories: the study's six law

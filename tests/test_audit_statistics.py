@@ -22,6 +22,7 @@ from sklearn.metrics import average_precision_score
 
 from privacy.dpsgd import SecurePoissonSampler
 from privacy.noise import SecureRandom
+from tests.conftest import read_jsonl
 from training.base import POISSON_VIOLATED_WARNING
 from training.experiment import run
 from utils import fairness
@@ -53,8 +54,6 @@ def tiny_run(tmp_path: Path, name: str = "run", **sections) -> tuple[dict, Path]
     return summary, Path(config.output_dir) / config.name
 
 
-def read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_infinite_epsilon_is_stored_as_inf_not_null(tmp_path):
@@ -63,7 +62,7 @@ def test_infinite_epsilon_is_stored_as_inf_not_null(tmp_path):
     stored = json.loads((run_dir / "summary.json").read_text())
     assert stored["privacy/epsilon"] == INFINITY and as_number(stored["privacy/epsilon"]) == np.inf
     assert stored["privacy/private"] is False
-    assert all(row["privacy/epsilon"] == INFINITY for row in read_rows(run_dir / "metrics.jsonl"))
+    assert all(row["privacy/epsilon"] == INFINITY for row in read_jsonl(run_dir / "metrics.jsonl"))
     # A non-private run's ε stays null: the two cannot be confused.
     plain, plain_dir = tiny_run(tmp_path, name="plain")
     assert json.loads((plain_dir / "summary.json").read_text())["privacy/epsilon"] is None
@@ -117,7 +116,7 @@ def test_training_loss_is_defined_when_poisson_batches_are_empty(tmp_path):
         privacy={"mode": "dpsgd", "noise_multiplier": 1.0})
     loss = summary["train/loss"]
     assert isinstance(loss, float) and np.isfinite(loss) and 0 < loss < 5
-    assert read_rows(run_dir / "metrics.jsonl")[0]["train/loss"] == loss
+    assert read_jsonl(run_dir / "metrics.jsonl")[0]["train/loss"] == loss
 
 
 def test_fixed_size_batches_warn_and_mark_epsilon_as_no_guarantee(tmp_path, capsys):
@@ -147,7 +146,7 @@ def test_non_private_statistics_are_listed_and_can_be_left_out(tmp_path, mode):
     released, release_dir = tiny_run(tmp_path, name="release",
                                      logging={"private_stats": False}, **sections)
     records = [json.loads((release_dir / "summary.json").read_text()),
-               *read_rows(release_dir / "metrics.jsonl")]
+               *read_jsonl(release_dir / "metrics.jsonl")]
     for record in records:
         leaked = [k for k in record if k.startswith(NON_PRIVATE_PREFIXES)]
         assert not leaked, leaked

@@ -1,5 +1,5 @@
 """The benchmark scripts run and print their tables (in tiny form: the measured numbers themselves
-live in the README, never in a timed test)."""
+live in docs/results/, never in a timed test)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from training.repair import METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # runs the benchmark script (the default tier keeps the stacking benchmark)
 def test_repair_step_benchmark_prints_every_method_against_vanilla():
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_repair_step.py"), "--batch", "64",
@@ -27,6 +30,7 @@ def test_repair_step_benchmark_prints_every_method_against_vanilla():
     assert all(ms > 0 for ms, _ in cells.values())
 
 
+@pytest.mark.slow  # runs the benchmark script (the default tier keeps the stacking benchmark)
 def test_dp_throughput_benchmark_writes_every_variant_with_versions(tmp_path):
     import json
 
@@ -72,6 +76,7 @@ def test_stacking_benchmark_prints_both_modes_and_keeps_epsilon(tmp_path):
         assert (row["stacked"]["epsilon"][0] is None) == (row["mode"] == "none")
 
 
+@pytest.mark.slow  # runs the benchmark script (the default tier keeps the stacking benchmark)
 def test_clipping_benchmark_prints_every_rule_against_flat(tmp_path):
     import json
 

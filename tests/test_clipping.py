@@ -50,7 +50,7 @@ from privacy.clipping import (
 )
 from privacy.fast_dpsgd import FastDPOptimizer, FastEngine
 from privacy.noise import SecureRandom
-from tests.cli import main_on_yaml
+from tests.conftest import main_on_yaml
 from training.experiment import build_components
 from training.stacking import why_not_stackable
 from utils.config import ModelConfig, config_from_mapping

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.conftest import run_running_py
 from utils.config import NEEDS_NOISE_OR_TARGET, ExperimentConfig, config_from_mapping
 from utils.errors import ConfigError
 from utils.loader import apply_overrides, load_config
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def write(tmp_path: Path, payload) -> Path:
@@ -147,8 +145,7 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "running.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return run_running_py(*args, cwd=cwd, timeout=120)
 
 
 @pytest.mark.parametrize("content, fragment", [

@@ -38,6 +38,7 @@ from grids.release import REPORT_RELEASE_CSV
 from grids.report import REPORT_CSV, REPORT_FILE_NOT_OURS, REPORT_LEDGER, REPORT_MD
 from grids.runs import IGNORED_STATUS, SKIPPED_RUN
 from grids.sweep import STATUS_FILE, STATUS_NOT_OURS
+from tests.conftest import cli_args
 from tests.test_end_to_end import read_jsonl
 from tests.test_legacy import FIXTURE as LEGACY_FIXTURE
 from tests.test_resume import Interrupt, interrupt_after
@@ -76,10 +77,7 @@ class World:
 
 
 def cli(out: Path, *overrides: str, extra: tuple[str, ...] = (), params: Path = PARAMS) -> list[str]:
-    argv = ["--params", str(params), "--set", f"output_dir={out}"]
-    for override in (*TINY, *overrides):
-        argv += ["--set", override]
-    return [*argv, *extra]
+    return cli_args(params, *TINY, *overrides, output_dir=out, extra=extra)
 
 
 def snapshot(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, tuple]:
@@ -1173,7 +1171,7 @@ def _files_holding(root: Path, needle: bytes) -> list[str]:
 
 def test_private_stats_false_leaves_the_seed_out_of_every_record(world, capsys, monkeypatch):
     """Issue 26: logging.private_stats: false left the seed in config.yaml, summary.json and the
-    wandb run, although the README lists the seed among what it leaves out (anyone with the seed
+    wandb run, although the README (now docs/privacy.md) lists the seed among what it leaves out (anyone with the seed
     can replay a reproducible run's sampling and noise). Now no file of the run directory, wandb's
     offline record and TensorBoard's events included, holds it; the command line in provenance has
     it masked; and running the command again finds the run complete."""

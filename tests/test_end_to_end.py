@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,30 +16,23 @@ import yaml
 from sklearn.metrics import accuracy_score, average_precision_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.conftest import ROOT, cli_args, read_jsonl, run_running_py
 from utils import fairness
 from utils.rundir import write_marker
 from utils.sink import read_predictions
 
-ROOT = Path(__file__).resolve().parent.parent
 CONTRACT_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "predictions.csv")
 PRIVACY_KEYS = ("privacy/epsilon", "privacy/delta", "privacy/noise_multiplier",
                 "privacy/sample_rate", "privacy/steps")
 
 
 def run_cli(tmp_path: Path, *overrides: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    args = [sys.executable, str(ROOT / "running.py"), "--params", str(ROOT / "utils/params_adult.yaml"),
-            "--set", f"output_dir={tmp_path / 'runs'}", "--set", "training.epochs=2",
-            "--set", "evaluation.bootstrap_resamples=200"]
-    for override in overrides:
-        args += ["--set", override]
+    args = cli_args(ROOT / "utils/params_adult.yaml", "training.epochs=2",
+                    "evaluation.bootstrap_resamples=200", *overrides, output_dir=tmp_path / "runs")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WANDB_SILENT": "true",
            "WANDB_DISABLE_GIT": "true", "WANDB_BASE_URL": "http://127.0.0.1:9",  # never a server
            **(env_extra or {})}
-    return subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return run_running_py(*args, cwd=tmp_path, env=env, timeout=600)
 
 
 def check_run_directory(run_dir: Path, *, private: bool) -> dict:
@@ -148,6 +140,7 @@ def test_interrupted_run_is_not_trusted(tmp_path):
     assert len(rows) == 1 and rows[0]["test/accuracy"] > 0.5
 
 
+@pytest.mark.slow  # end to end, tens of seconds on a 2-core CPU (the default tier keeps the interrupted and the infeasible runs)
 def test_finished_run_of_another_config_warns(tmp_path):
     first = run_cli(tmp_path, "privacy.mode=none", "name=adult_none", "training.epochs=1",
                     "logging.wandb.mode=disabled", "logging.tensorboard=false")

@@ -1,6 +1,6 @@
 """Hostile and absurd input through the real command line (``running.main``).
 
-Every refusal must keep the contract of the README: exit status 2, exactly one ``error: ...`` line on
+Every refusal must keep the contract of docs/run_directory.md: exit status 2, exactly one ``error: ...`` line on
 stderr naming the key or file, no traceback, and nothing written (the output directory is not made
 and the test's directory holds exactly the files the test put there). Messages are checked through
 the constants of the modules that write them, not through copied text.
@@ -21,11 +21,8 @@ import json
 import os
 import pickle
 import re
-import subprocess
-import sys
 import time
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -44,6 +41,7 @@ from models import (
     build_model,
     parameter_count,
 )
+from tests.conftest import ROOT, CliResult, cli_args, main_captured, run_running_py
 from training.federated import FEW_CLIENTS_WARNING
 from utils.config import NON_FINITE_NUMBER, ExperimentConfig, ModelConfig
 from utils.errors import ConfigError
@@ -59,8 +57,6 @@ from utils.loader import (
     YAML_TOO_DEEP,
     YAML_TOO_MANY_VALUES,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # A run that trains in about a second on the in-memory synthetic data set.
 TINY_RUN = """\
@@ -83,20 +79,12 @@ def alias_bomb(levels: int = 9, width: int = 9) -> str:
     return "\n".join(lines) + "\n"
 
 
-@dataclass
-class Result:
-    rc: int
-    out: str
-    err: str
-    seconds: float
-
-
 def snapshot(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() if p.is_file() else b"<dir>"
             for p in sorted(directory.rglob("*"))}
 
 
-def run_cli(tmp_path: Path, capsys, params: str | bytes, *overrides: str) -> Result:
+def run_cli(tmp_path: Path, capsys, params: str | bytes, *overrides: str) -> CliResult:
     """``running.py --params FILE --set output_dir=... [--set ...]`` in this process."""
     path = tmp_path / "params.yaml"
     if isinstance(params, bytes):
@@ -104,18 +92,10 @@ def run_cli(tmp_path: Path, capsys, params: str | bytes, *overrides: str) -> Res
     else:
         path.write_text(params, encoding="utf-8")
     (tmp_path / "sentinel.txt").write_text("keep")  # beside output_dir: must survive
-    argv = ["--params", str(path), "--set", f"output_dir={tmp_path / 'out'}"]
-    for override in overrides:
-        argv += ["--set", override]
-    capsys.readouterr()
-    started = time.perf_counter()
-    rc = running.main(argv)
-    seconds = time.perf_counter() - started
-    captured = capsys.readouterr()
-    return Result(rc, captured.out, captured.err, seconds)
+    return main_captured(capsys, cli_args(path, *overrides, output_dir=tmp_path / "out"))
 
 
-def assert_refused(result: Result, tmp_path: Path, before: dict[str, bytes] | None,
+def assert_refused(result: CliResult, tmp_path: Path, before: dict[str, bytes] | None,
                    *needles: str) -> str:
     """Exit 2, one ``error:`` line holding every needle, no traceback, nothing written."""
     assert result.rc == 2, (result.rc, result.err)
@@ -164,11 +144,9 @@ def test_alias_bomb_is_refused_before_it_expands(tmp_path, capsys):
 def test_alias_bomb_through_the_real_command_line(tmp_path):
     (tmp_path / "bomb.yaml").write_text(alias_bomb())
     started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "running.py"), "--params", str(tmp_path / "bomb.yaml"),
-         "--set", f"output_dir={tmp_path / 'out'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    result = run_running_py(*cli_args(tmp_path / "bomb.yaml", output_dir=tmp_path / "out"),
+                            cwd=tmp_path, timeout=120,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and YAML_TOO_MANY_VALUES in lines[0]
@@ -617,10 +595,8 @@ def test_backend_ray_on_a_single_run_is_refused(tmp_path, capsys):
     in the same situation). Both are refused now, before anything runs."""
     run_cli_inputs(tmp_path, TINY_RUN)
     before = snapshot(tmp_path)
-    capsys.readouterr()
-    rc = running.main(["--params", str(tmp_path / "params.yaml"), "--set",
-                       f"output_dir={tmp_path / 'out'}", "--backend", "ray"])
-    result = Result(rc, *capsys.readouterr(), 0.0)
+    result = main_captured(capsys, cli_args(tmp_path / "params.yaml", output_dir=tmp_path / "out",
+                                            extra=("--backend", "ray")))
     assert_refused(result, tmp_path, before,
                    running.BACKEND_NEEDS_GRID.format(params=tmp_path / "params.yaml"))
 

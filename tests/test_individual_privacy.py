@@ -5,7 +5,6 @@ per-example loop, and a run on the shipped Adult data with the CSV and the summa
 from __future__ import annotations
 
 import csv
-import json
 import re
 
 import dp_accounting
@@ -13,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-import running
 from privacy.accounting import epsilon_after, epsilon_of_history
 from privacy.individual import ORDERS, epsilon_of_rdp, group_summary, individual_epsilons
+from tests.conftest import quiet_run
 from training.repair import METHODS
 from utils.config import config_from_mapping
 from utils.errors import ConfigError
@@ -122,21 +121,12 @@ def test_dpsgd_refuses_exactly_the_methods_that_change_the_training_step(method)
         assert config_from_mapping(federated).privacy.accounts_individuals
 
 
-def cli_run(tmp_path, params: str, name: str, *overrides: str) -> dict:
-    """``running.py --params params`` into tmp_path/name, small and quiet; its summary."""
-    args = ["--params", params, "--set", f"output_dir={tmp_path}", "--set", f"name={name}"]
-    for override in ("evaluation.bootstrap_resamples=20", "logging.tensorboard=false",
-                     "logging.wandb.mode=disabled", "logging.progress=never", *overrides):
-        args += ["--set", override]
-    assert running.main(args) == 0
-    return json.loads((tmp_path / name / "summary.json").read_text())
-
-
 def adult_run(tmp_path, name: str, *overrides: str) -> dict:
-    return cli_run(tmp_path, "utils/params_adult.yaml", name, "training.epochs=2", *overrides)
+    return quiet_run(tmp_path, "utils/params_adult.yaml", name, "training.epochs=2", *overrides)
 
 
-@pytest.mark.parametrize("engine", ["fast", "opacus"])
+# The default tier runs the fast engine; Opacus' run takes minutes on a busy 2-core CPU.
+@pytest.mark.parametrize("engine", ["fast", pytest.param("opacus", marks=pytest.mark.slow)])
 def test_adult_run_writes_the_csv_and_keys_and_trains_the_same_model(tmp_path, engine):
     on = adult_run(tmp_path, "with", "privacy.individual_accounting=true",
                    f"privacy.engine={engine}")
@@ -159,6 +149,7 @@ def test_adult_run_writes_the_csv_and_keys_and_trains_the_same_model(tmp_path, e
     assert "privacy/individual_epsilon/group=minority/median" in on["privacy/non_private_statistics"]
 
 
+@pytest.mark.slow  # end to end, tens of seconds on a 2-core CPU (the default tier keeps the fast engine's Adult run)
 def test_private_stats_false_drops_the_keys_and_the_file(tmp_path):
     summary = adult_run(tmp_path, "release", "privacy.individual_accounting=true",
                         "logging.private_stats=false")

@@ -23,9 +23,9 @@ from torch import nn
 
 from models.mlp import MLP
 from privacy.individual import FEDERATED_CSV_COLUMNS, SUMMARY_PREFIX, group_summary
+from tests.conftest import quiet_run, read_jsonl
 from tests.test_dpfedavg import flat, synthetic_bundle
-from tests.test_individual_privacy import cli_run
-from tests.test_resume import read_jsonl, reference_and_interrupted, without_time
+from tests.test_resume import reference_and_interrupted, without_time
 from training import experiment as experiment_module
 from training.federated import FederatedTrainer, draw_local_orders, local_updates_loop
 from training.repair import METHODS
@@ -103,7 +103,7 @@ class DropoutNet(nn.Module):
         return self.layers(x)
 
 
-@pytest.mark.parametrize("vectorized", [True, False])
+@pytest.mark.parametrize("vectorized", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_the_pass_changes_no_training_stream(vectorized):
     data = synthetic_bundle(n=250)
     torch.manual_seed(1)
@@ -121,7 +121,7 @@ def test_the_pass_changes_no_training_stream(vectorized):
 
 
 def adult_run(tmp_path, name: str, *overrides: str) -> dict:
-    return cli_run(tmp_path, "utils/params_adult_fedavg.yaml", name, "data.train_size=4000",
+    return quiet_run(tmp_path, "utils/params_adult_fedavg.yaml", name, "data.train_size=4000",
                    "federated.num_clients=100", "federated.client_sample_rate=0.1",
                    "federated.rounds=4", "federated.eval_every=2", *overrides)
 
@@ -176,6 +176,7 @@ FEDAVG = {
 }
 
 
+@pytest.mark.slow  # end to end, tens of seconds on a 2-core CPU (the default tier keeps the Adult run and the per-client loop)
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     # Passes before rounds 1, 4 and 7; the last checkpoint before the interruption is after
     # round 4, so the resumed run holds two passes and the pass stream's state after them.

@@ -4,19 +4,17 @@ nested format, the printed equivalent, warnings for what cannot be honoured, err
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.conftest import ROOT, cli_args, run_running_py
 from utils.config import config_from_mapping
 from utils.errors import ConfigError
 from utils.legacy import is_legacy, translate, translate_legacy
 from utils.loader import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "params_celeba_original.yaml"
 HEADER = "is in the flat params format of the original code"
 
@@ -191,10 +189,8 @@ def test_translate_legacy_writes_to_the_given_stream_and_returns_the_mapping():
 def test_cli_refuses_a_bad_flat_key_with_one_error_line(tmp_path):
     path = write(tmp_path, flat() | {"epochz": 3})
     runs = tmp_path / "runs"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "running.py"), "--params", str(path), "--set", f"output_dir={runs}",
-         "--set", "training.epochs=1"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = run_running_py(*cli_args(path, "training.epochs=1", output_dir=runs), cwd=tmp_path,
+                            timeout=60)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: unknown config key 'epochz'")
     assert "Did you mean 'epochs'?" in result.stderr

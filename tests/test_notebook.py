@@ -162,6 +162,7 @@ def test_the_data_check_names_a_missing_celeba_image_before_anything_trains(tmp_
     assert not (tmp_path / "runs" / "adult_dpsgd_eps3").exists()
 
 
+@pytest.mark.slow  # end to end, tens of seconds on a 2-core CPU (the default tier keeps the notebook's data-check run)
 def test_a_wandb_key_from_the_environment_is_used_and_never_lands_in_the_notebook(tmp_path,
                                                                                    monkeypatch):
     key = "notebook0test0key0" + "0123456789abcdef" * 2  # 50 characters, never a real key

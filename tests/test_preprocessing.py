@@ -26,7 +26,7 @@ from dataset import build_dataset
 from dataset.preprocessing import FITTED_UNDER_PRIVACY, PublicRange
 from dataset.tabular import ADULT_CATEGORIES, ADULT_COLUMNS, SHIPPED_ADULT_DIR
 from dataset.tabular_sources import SHIPPED_COMPAS_DIR, SHIPPED_GERMAN_DIR
-from tests.cli import main_on_yaml
+from tests.conftest import main_on_yaml
 from tests.lsac_fake import make_fake_lsac
 from utils.config import config_from_mapping
 from utils.sink import PREPROCESSING_FILE

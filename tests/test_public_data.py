@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from tests.cli import main_on_yaml
+from tests.conftest import main_on_yaml
 from training.base import PUBLIC_DATA_KEY, public_data_facts
 from training.experiment import build_components
 from training.repair import METHODS

@@ -59,6 +59,7 @@ def assert_same_results(a: dict, b: dict) -> None:
             assert a[key] == b[key], key
 
 
+@pytest.mark.slow  # starts Ray and trains a grid twice (the default tier keeps the missing-Ray error)
 def test_ray_backend_writes_what_the_in_process_backend_writes(local_ray, tmp_path, monkeypatch,
                                                                capsys):
     # A relative output_dir: the driver resolves it, so workers write where the driver would.

@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 
 from models import build_model
-from tests.cli import main_on_yaml
+from tests.conftest import main_on_yaml
 from training.repair import METHODS, build_method
 from training.repair.base import Batch, group_gap
 from training.repair.fairsmote import NEEDS_TABULAR

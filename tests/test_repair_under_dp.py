@@ -34,7 +34,7 @@ from dataset.base import DataBundle
 from privacy import ENGINES, dpsgd
 from privacy.accounting import epsilon_of_history
 from privacy.releases import CELLS, PrivateStatistics, cell_counts
-from tests.cli import main_on_yaml
+from tests.conftest import main_on_yaml
 from training.repair import METHODS
 from training.repair.base import (
     Batch,

@@ -19,7 +19,7 @@ import running
 
 PREFIX = "privacy/individual_epsilon/"
 GROUPS = ("minority", "majority")
-# Spelled out rather than imported from privacy.individual: the definitions the README states.
+# Spelled out rather than imported from privacy.individual: the definitions docs/privacy.md states.
 PERCENTILES = {"median": 50, "p10": 10, "p90": 90}
 CSV_COLUMNS = {"dpsgd": ["index", "group", "label", "epsilon", "mean_clipped_norm"],
                "dpfedavg": ["index", "client", "group", "label", "epsilon", "mean_clipped_norm"]}

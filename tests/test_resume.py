@@ -13,18 +13,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.conftest import read_jsonl, running_py
 from training import checkpoint
 from training import experiment as experiment_module
 from utils.config import config_from_mapping
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # Slow enough (a few tenths of a second per epoch on the CPU) that the test can kill it mid-way.
 DPSGD = {
@@ -58,10 +56,6 @@ def without_time(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if not k.startswith("time/")}
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def write_params(tmp_path: Path, raw: dict, output: str) -> Path:
     path = tmp_path / f"{output}.yaml"
     path.write_text(yaml.safe_dump({**raw, "output_dir": str(tmp_path / output)}))
@@ -69,7 +63,7 @@ def write_params(tmp_path: Path, raw: dict, output: str) -> Path:
 
 
 def cli(params: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "running.py"), "--params", str(params)]
+    return running_py("--params", str(params))
 
 
 def cli_env(tmp_path: Path) -> dict:
@@ -78,6 +72,7 @@ def cli_env(tmp_path: Path) -> dict:
             "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow  # end to end, tens of seconds on a 2-core CPU (the default tier keeps the in-process resume tests)
 def test_dpsgd_run_killed_after_second_checkpoint_resumes_to_the_uninterrupted_result(tmp_path):
     params = write_params(tmp_path, DPSGD, "killed")
     run_dir = tmp_path / "killed" / DPSGD["name"]

@@ -262,6 +262,7 @@ GRID = {
 }
 
 
+@pytest.mark.slow  # end to end, tens of seconds on a 2-core CPU (the default tier keeps the stacked-against-lone runs)
 def test_the_cli_stacks_a_grid_and_every_point_keeps_its_own_run_directory(tmp_path):
     params = tmp_path / "grid.yaml"
     params.write_text(yaml.safe_dump({**GRID, "output_dir": str(tmp_path / "runs"),

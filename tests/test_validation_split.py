@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +35,7 @@ from dataset.tabular import (
     runner_split,
 )
 from models import build_model
+from tests.conftest import read_jsonl, run_running_py
 from tests.test_resume import run_until_interrupted
 from training import checkpoint
 from training import experiment as experiment_module
@@ -67,10 +66,6 @@ def synthetic(output_dir, **overrides) -> dict:
         else:
             raw[section] = value
     return raw
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def without_time(summary: dict) -> dict:
@@ -454,8 +449,7 @@ def test_selection_without_a_validation_split_is_a_config_error_naming_val_fract
         config_from_mapping(raw)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
-    done = subprocess.run([sys.executable, str(ROOT / "running.py"), "--params", str(params)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120,
+    done = run_running_py("--params", str(params), cwd=tmp_path, timeout=120,
                           env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WANDB_MODE": "disabled"})
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: ") and "data.val_fraction" in done.stderr

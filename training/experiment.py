@@ -4,7 +4,7 @@ The straight path every mode shares: seed -> data -> model -> trainer -> (train 
 test set, log) x units -> bootstrap intervals, predictions.csv, summary.json. The CLI
 (``running.py``), the tests and the notebook all call :func:`run`.
 
-Run-directory contract (README): ``summary.json`` is written last and atomically; its presence means
+Run-directory contract (docs/run_directory.md): ``summary.json`` is written last and atomically; its presence means
 the run is complete, and running the same config again returns it without training. A directory
 without it is an interrupted run: it continues from its last checkpoint when its config.yaml is this
 config (apart from provenance) and a checkpoint is usable (:mod:`training.checkpoint`), and is
@@ -143,7 +143,7 @@ SEED_WITHHELD = "<withheld>"  # in provenance's command, for --set seed=N under 
 
 def withholds_seed(config: ExperimentConfig) -> bool:
     """``logging.private_stats: false`` leaves the seed out of every record of the run: it replays a
-    reproducible run's sampling and noise and names the resampled training rows (README,
+    reproducible run's sampling and noise and names the resampled training rows (docs/privacy.md,
     *What ε does not cover*). Resuming does not need it from the records: the params file (or
     ``--set``) gives it again, and the checkpoints, private files removed when the run completes,
     record it to refuse another seed's (training.checkpoint.run_record)."""

@@ -1,7 +1,7 @@
 """Errors that are the user's to fix.
 
 Everything raised as a :class:`UserInputError` reaches the command line as one ``error: ...`` line on
-stderr and exit status 2 (the run-directory contract in the README). Anything else is a bug in this
+stderr and exit status 2 (the run-directory contract, docs/run_directory.md). Anything else is a bug in this
 project and keeps its traceback.
 """
 

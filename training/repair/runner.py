@@ -59,7 +59,7 @@ class RunnerSettings:
 
     Attributes:
         lam: λ, the weight of the neuron-gap term (RUNNER's README: 0.3 for dp, 1.0 for eo on Adult).
-        neuron_ratio: the share of each hidden layer's neurons repaired, in (0, 1] (the README's k
+        neuron_ratio: the share of each hidden layer's neurons repaired, in (0, 1] (RUNNER's README's k
             table: Adult dp 0.5, eo 0.05; COMPAS, Credit, LSAC 0.05; CelebA 0.05-0.5).
     """
 
