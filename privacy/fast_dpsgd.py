@@ -129,7 +129,7 @@ def input_gram(a: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return total.reshape(batch, out_h * out_w, out_h * out_w)
 
 
-def conv_route(conv: nn.Conv2d, input_shape, positions: int) -> str:
+def conv_route(conv: nn.Conv2d, input_shape, positions: int, device_type: str = "cpu") -> str:
     """How the engine clips ``conv`` on inputs of ``input_shape`` (B, in, H, W) with L =
     ``positions`` output positions: Bu et al. (2023)'s layer-wise choice, then the cheaper way to
     the ghost norm's input product. Deterministic in the shapes (never timed), so that a run's
@@ -137,6 +137,10 @@ def conv_route(conv: nn.Conv2d, input_shape, positions: int) -> str:
 
     - ``per_example``: each example's gradient Δᵢ·unfold(aᵢ)ᵀ (about p·d per position), where the
       ghost norm's L×L products (about 2L² per position) cost more: early layers, large maps;
+    - ``per_example_grouped``: the same gradients as one grouped convolution
+      (:func:`grouped_weight_gradients`), for a strided large kernel on the CPU (the ResNet's 7×7
+      stride-2 stem: 2× faster there than its unfold, whose strided copy is slow; slower than the
+      unfold for 3×3 stride-1 layers at every batch size measured);
     - ``ghost_gram``: the ghost norm with AᵢᵀAᵢ from the input's pixel Gram (:func:`input_gram`,
       in·(H·W)² + k²·L² per example), where that undercuts the unfolded input's in·k²·L²: stride
       1 and small maps;
@@ -146,12 +150,31 @@ def conv_route(conv: nn.Conv2d, input_shape, positions: int) -> str:
     fan_in, out_channels = conv.weight[0].numel(), conv.weight.shape[0]  # d = in·k², p
     if isinstance(conv.padding, str) or not 2 * positions * positions < fan_in * out_channels:
         # (string padding: unfold refuses it with the reason)
+        if (device_type == "cpu" and min(conv.stride) > 1 and conv.dilation == (1, 1)
+                and conv.kernel_size[0] * conv.kernel_size[1] >= 25
+                and not isinstance(conv.padding, str)):
+            return "per_example_grouped"
         return "per_example"
     pixels = input_shape[2] * input_shape[3]
     kernel = conv.kernel_size[0] * conv.kernel_size[1]
     if input_shape[1] * pixels * pixels + kernel * positions * positions < fan_in * positions ** 2:
         return "ghost_gram"
     return "ghost_unfold"
+
+
+def grouped_weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """Each example's weight gradient (B, out, in, kh, kw) of ``conv`` (dilation 1, no groups) as one
+    convolution with B groups (Rochette et al., "Efficient Per-Example Gradient Computations in
+    Convolutional Neural Networks", 2019): the inputs with batch and channels swapped, (in, B, H,
+    W), convolved with each example's output gradient as a kernel, dilated by the stride;
+    position (i, j) of the result is Σ over output positions of δ times the input under kernel
+    offset (i, j)."""
+    batch, out_channels = delta.shape[:2]
+    (kh, kw) = conv.kernel_size
+    grads = F.conv2d(a.transpose(0, 1), delta.reshape(batch * out_channels, 1, *delta.shape[2:]),
+                     padding=conv.padding, dilation=conv.stride, groups=batch)
+    grads = grads[:, :, :kh, :kw].reshape(a.shape[1], batch, out_channels, kh, kw)
+    return grads.permute(1, 2, 0, 3, 4)
 
 
 class _Outer:
@@ -276,8 +299,10 @@ class _Recorder:
                 raise ConfigError(f"privacy.engine 'fast' does not support grouped convolutions "
                                   f"({module}). Use privacy.engine: opacus.")
             d = delta.reshape(len(a), delta.shape[1], -1)  # (B, p = out, L)
-            route = conv_route(module, a.shape, d.shape[2])
-            if route == "per_example":
+            route = conv_route(module, a.shape, d.shape[2], a.device.type)
+            if route == "per_example_grouped":
+                out[module.weight] = _PerExample(grouped_weight_gradients(a, delta, module))
+            elif route == "per_example":
                 # (A grouped weight gradient, B groups of channels, varied 30x between calls.)
                 columns = unfold(a, module)  # (B, d = in·k², L)
                 out[module.weight] = _PerExample(

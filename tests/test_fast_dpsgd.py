@@ -275,4 +275,16 @@ def test_the_per_example_loop_test_covers_every_convolution_route():
         for hook in hooks:
             hook.remove()
         routes |= {fast_dpsgd.conv_route(m, i, o[2] * o[3]) for m, (i, o) in shapes.items()}
-    assert routes == {"per_example", "ghost_gram", "ghost_unfold"}
+    assert routes == {"per_example", "per_example_grouped", "ghost_gram", "ghost_unfold"}
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(7, 2, 3), (5, 3, 1), ((5, 3), (2, 1), (2, 0))])
+def test_the_grouped_per_example_gradients_are_a_per_example_loop(kernel, stride, padding):
+    conv = torch.nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, bias=False)
+    a = torch.randn(5, 3, 13, 11)
+    delta = torch.randn_like(conv(a))
+    expected = torch.stack([torch.nn.grad.conv2d_weight(a[i:i + 1], conv.weight.shape,
+                                                        delta[i:i + 1], stride=stride,
+                                                        padding=padding) for i in range(5)])
+    torch.testing.assert_close(fast_dpsgd.grouped_weight_gradients(a, delta, conv), expected,
+                               rtol=1e-4, atol=1e-5)
