@@ -30,6 +30,13 @@ step at the rule's effective noise multiplier. The loss is the mean over the sam
 carries 1/n and each per-example gradient is n·δᵢ ⊗ aᵢ. A model with a trainable layer of another type is refused (use Opacus). A layer used
 twice in one forward pass would break the book-keeping; none of the registry's models does.
 
+Rounding against earlier versions (issue 30): the norms of formed per-example gradients are now
+taken in one pass (``vector_norm``), and small-map convolutions take the ghost norm's input product
+from the pixel Gram; both change norms, hence factors and updates, by float rounding only (the
+per-example-loop tests hold at the same tolerances). The sum of noise and clipped sums, and its
+division by qN, round exactly as before; flat clipping is still the engine before the clipping
+rules bit for bit (tests/test_clipping.py).
+
 Randomness: the Poisson draws come from the trainer's batch-sampling generator, the noise from the
 run's ``dp_noise`` generator (one flat draw per step), a clipping rule's releases from the
 ``dp_clipping`` generator, or all from the OS under ``secure_rng``.
