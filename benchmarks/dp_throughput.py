@@ -69,6 +69,23 @@ def _status(key: str) -> int:
     return 0
 
 
+def engine_at(revision: str):
+    """The fast engine's module as committed at git ``revision`` (privacy/fast_dpsgd.py only; its
+    imports resolve to the working tree), for before/after ratios taken in one process."""
+    import importlib.util
+    import subprocess
+
+    source = subprocess.run(["git", "show", f"{revision}:privacy/fast_dpsgd.py"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout
+    spec = importlib.util.spec_from_loader(f"fast_dpsgd_at_{revision}", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    exec(compile(source, f"{revision}:privacy/fast_dpsgd.py", "exec"), module.__dict__)
+    return module
+
+
+ENGINES = {"fast": fast_dpsgd}  # variant -> engine module; --baseline adds "fast@REV"
+
+
 def make_step(variant: str, model_config: dict, shape, batch: int, device):
     """A closure running one training step of ``variant``, with its model and engine."""
     torch.manual_seed(0)
@@ -87,8 +104,8 @@ def make_step(variant: str, model_config: dict, shape, batch: int, device):
             optimizer.zero_grad(set_to_none=True)
             F.binary_cross_entropy_with_logits(model(x).reshape(-1), y).backward()
             optimizer.step()
-    elif variant == "fast":
-        private = fast_dpsgd.make_private(model, optimizer, loader, config, epochs=1,
+    elif variant in ENGINES:
+        private = ENGINES[variant].make_private(model, optimizer, loader, config, epochs=1,
                                           noise_generator=noise)
 
         def step():
@@ -177,7 +194,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--baseline", default=None, metavar="REV",
+                        help="also time the fast engine as committed at git REV (variant fast@REV)")
     args = parser.parse_args()
+    if args.baseline:
+        ENGINES[f"fast@{args.baseline}"] = engine_at(args.baseline)
+        args.variants = [*args.variants, f"fast@{args.baseline}"]
     device = resolve_device(args.device)
     names = args.models or (GPU_MODELS if device.type == "cuda" else CPU_MODELS)
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"

@@ -243,3 +243,48 @@ def test_on_cuda_the_fast_update_equals_opacus(name, monkeypatch):
     assert fast.device.type == "cuda"
     torch.testing.assert_close(fast, opacus, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast_norms, opacus_norms, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation", [
+    (3, 1, 1, 1), (3, 2, 1, 1), (1, 2, 0, 1), (7, 2, 3, 1), (3, 1, 2, 2), (3, 1, 0, 1),
+    ((3, 1), (2, 1), (1, 0), 1)])
+@pytest.mark.parametrize("size", [(11, 9), (1, 1), (4, 4)])
+def test_the_ghost_norms_input_gram_is_the_unfolded_inputs(kernel, stride, padding, dilation,
+                                                           size):
+    conv = torch.nn.Conv2d(5, 4, kernel, stride=stride, padding=padding, dilation=dilation)
+    a = torch.randn(3, 5, *size, dtype=torch.float64)
+    if any(n + 2 * p < d * (k - 1) + 1 for n, k, p, d in zip(size, conv.kernel_size, conv.padding,
+                                                               conv.dilation)):
+        pytest.skip("the kernel does not fit the padded input")
+    columns = F.unfold(a, conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
+                       stride=conv.stride)
+    torch.testing.assert_close(fast_dpsgd.input_gram(a, conv), columns.transpose(1, 2) @ columns)
+
+
+def test_the_per_example_loop_test_covers_every_convolution_route():
+    """test_the_fast_update_equals_opacus_and_a_per_example_loop checks each route only if its
+    small models take it: every one of them must be taken by some layer."""
+    routes = set()
+    for name in ("cnn", "resnet18"):
+        x, _, model = problem(name)
+        shapes = {}
+        hooks = [m.register_forward_hook(
+                     lambda m, i, o, shapes=shapes: shapes.__setitem__(m, (i[0].shape, o.shape)))
+                 for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        model(x)
+        for hook in hooks:
+            hook.remove()
+        routes |= {fast_dpsgd.conv_route(m, i, o[2] * o[3]) for m, (i, o) in shapes.items()}
+    assert routes == {"per_example", "per_example_grouped", "ghost_gram", "ghost_unfold"}
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(7, 2, 3), (5, 3, 1), ((5, 3), (2, 1), (2, 0))])
+def test_the_grouped_per_example_gradients_are_a_per_example_loop(kernel, stride, padding):
+    conv = torch.nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, bias=False)
+    a = torch.randn(5, 3, 13, 11)
+    delta = torch.randn_like(conv(a))
+    expected = torch.stack([torch.nn.grad.conv2d_weight(a[i:i + 1], conv.weight.shape,
+                                                        delta[i:i + 1], stride=stride,
+                                                        padding=padding) for i in range(5)])
+    torch.testing.assert_close(fast_dpsgd.grouped_weight_gradients(a, delta, conv), expected,
+                               rtol=1e-4, atol=1e-5)
