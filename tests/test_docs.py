@@ -28,7 +28,8 @@ import yaml
 import running
 from privacy.clipping import RULES
 from training.repair import METHODS
-from utils.config import ExperimentConfig, load_config
+from utils.config import ExperimentConfig
+from utils.loader import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
