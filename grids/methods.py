@@ -40,8 +40,8 @@ METHOD_METRICS: dict[str, str] = {
     "test/eo_gap": "ΔEO",
     EODDS_SUM: "ΔEOdds sum",
 }
-"""The method view's metrics with their column titles, in the order of the README's table of
-RUNNER's study, so that the two read side by side."""
+"""The method view's metrics with their column titles, in the order of the table of
+RUNNER's study in docs/results/runner_released_procedure.md, so that the two read side by side."""
 
 TARGET_GAPS = {"dp": "test/dp_gap", "eo": "test/eo_gap"}
 """The gap each fairness target (``fairness.mode``) reduces: the x axis of its trade-off figure."""
@@ -163,7 +163,7 @@ def method_view(points: list[Point], method_order: Iterable[str] = ()) -> Method
 
     A privacy grid (every run Vanilla) gets None, so its report is what it was before the method
     view existed. Rows are grid points: a point is already one setting over its seeds. Methods
-    come in ``method_order`` (the grid's, so the table reads like the params file and the README),
+    come in ``method_order`` (the grid's, so the table reads like the params file and docs/results),
     "none" first as the baseline the others are read against, then any method not listed there
     in name order (the registry's order).
     """
