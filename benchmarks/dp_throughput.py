@@ -2,7 +2,11 @@
 fast engine, side by side, in one process, on the same device and data.
 
     python benchmarks/dp_throughput.py [--device auto] [--steps 30] [--rounds 3] [--batches 32 256 1024]
-                                       [--models mlp cnn32 ...] [--json out.json]
+                                       [--models mlp cnn32 ...] [--json out.json] [--baseline REV]
+
+(``--baseline REV`` also times the fast engine as committed at git REV, ``fast@REV``: before and
+after a change to privacy/fast_dpsgd.py in one process. On a CPU shared with other jobs, run it
+with ``OMP_NUM_THREADS=1``: OpenMP threads spin against other processes and make steps erratic.)
 
 For each model and batch size, every variant trains ``--rounds`` interleaved rounds of ``--steps``
 steps (after 3 of warm-up) of Adam on the same fixed random batch (inputs of the model's data shape; the step's cost does not
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -206,8 +211,12 @@ def main() -> None:
                else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
     import opacus
 
+    # The date and the load at the start: timings on a shared machine mean little without them.
     header = {"device": machine, "torch": torch.__version__, "opacus": opacus.__version__,
-              "dtype": "float32", "steps": args.steps, "rounds": args.rounds}
+              "dtype": "float32", "steps": args.steps, "rounds": args.rounds,
+              "threads": torch.get_num_threads(), "baseline": args.baseline,
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     print(f"{machine}; torch {torch.__version__}, opacus {opacus.__version__}, float32; median of "
           f"{args.rounds} interleaved rounds of {args.steps} steps\n")
     print("| model | batch | " + " | ".join(f"{v} samples/s (×, MiB)" for v in args.variants) + " |")

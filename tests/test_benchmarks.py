@@ -54,6 +54,24 @@ def test_dp_throughput_benchmark_writes_every_variant_with_versions(tmp_path):
             assert row["ratio_to_non_private"] == 1.0
 
 
+@pytest.mark.slow  # a subprocess importing torch and Opacus: seconds
+def test_dp_throughput_times_the_engine_at_a_git_revision_beside_the_working_trees(tmp_path):
+    import json
+
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    out = tmp_path / "throughput.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "dp_throughput.py"), "--device", "cpu",
+         "--models", "mlp", "--batches", "8", "--steps", "1", "--rounds", "2",
+         "--variants", "non-private", "fast", "--baseline", "HEAD", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, check=True)
+    report = json.loads(out.read_text())
+    assert report["baseline"] == "HEAD" and report["date"] and report["threads"] >= 1
+    assert [row["variant"] for row in report["results"]] == ["non-private", "fast", "fast@HEAD"]
+    assert all(row["samples_per_s"] > 0 for row in report["results"])
+
+
 def test_stacking_benchmark_prints_both_modes_and_keeps_epsilon(tmp_path):
     import json
 
