@@ -126,6 +126,7 @@ def test_infeasible_share_exits_2_without_run_directory(tmp_path):
     assert not (tmp_path / "runs" / "adult_dpsgd_eps3").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_run_is_not_trusted(tmp_path):
     # A run directory without summary.json (a run that died) is trained afresh, not reported as
     # done. It is the tool's (marked), so its stale files may be replaced.

@@ -148,6 +148,7 @@ def test_the_notebook_runs_end_to_end_and_a_second_run_skips_what_is_complete(tm
     assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
 
 
+@pytest.mark.slow
 def test_the_data_check_names_a_missing_celeba_image_before_anything_trains(tmp_path, no_wandb_key):
     from tests.celeba_fake import make_fake_celeba
 
