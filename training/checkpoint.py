@@ -49,7 +49,7 @@ from utils import rundir
 from utils.config import PROVENANCE_KEY, ExperimentConfig, config_from_mapping
 from utils.errors import UserInputError
 from utils.rundir import CHECKPOINT_DIR
-from utils.sink import CONFIG_FILE, SUMMARY_FILE, replace_file
+from utils.sink import CONFIG_FILE, SUMMARY_FILE, flatten, replace_file
 
 LAST = "last.pt"
 PREVIOUS = "previous.pt"
@@ -130,15 +130,6 @@ def run_record(config: ExperimentConfig) -> str:
               if key != PROVENANCE_KEY and key not in rundir.LOCATION_KEYS}
     return json.dumps(record, sort_keys=True, default=str)
 
-
-def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def serialized(payload: Any) -> bytes:
@@ -271,10 +262,10 @@ def find_resumable(run_dir: Path, config: ExperimentConfig, trainer, selector=No
             point = load_checkpoint(path)
             if point.run != run_record(config):
                 try:
-                    theirs = _flat(json.loads(point.run))
+                    theirs = flatten(json.loads(point.run))
                 except (TypeError, ValueError):
                     theirs = {}
-                ours = _flat(json.loads(run_record(config)))
+                ours = flatten(json.loads(run_record(config)))
                 keys = sorted(key for key in theirs.keys() | ours.keys()
                               if theirs.get(key, ...) != ours.get(key, ...)) or ["its record"]
                 raise ValueError(OTHER_RUN.format(path=path, keys=", ".join(keys)))

@@ -100,6 +100,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.sink import flatten
+
 # purpose -> tag. The data streams keep the tags their modules used before this table existed,
 # so data selections are unchanged; never renumber a tag.
 STREAMS: dict[str, int] = {
@@ -190,12 +192,12 @@ def identity_settings(config: Any) -> dict[str, Any]:
     from utils.config import ExperimentConfig
 
     ignored = IDENTITY_IGNORED + (PAIRED_IGNORED if config.privacy.paired_streams else ())
-    defaults = _flat(ExperimentConfig().to_dict())
+    defaults = flatten(ExperimentConfig().to_dict())
     # A method's own settings (fairness.<method>.*) have their defaults in its Settings class, and
     # are compared with the resolved ones so that writing a default out changes nothing.
     fairness = config.fairness
     settings = fairness.resolved_settings() if fairness.method != "none" else None
-    flat = _flat(config.to_dict())
+    flat = flatten(config.to_dict())
     if settings is not None and fairness.method_class().only_postprocesses():
         # A method that only post-processes the scores (roc) trains what Vanilla trains.
         flat = {key: value for key, value in flat.items()
@@ -256,15 +258,6 @@ class RunStreams:
         """:func:`seed_global_generators` from this run's root of ``purpose``."""
         seed_global_generators(self.root(purpose), purpose)
 
-
-def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def resolve_device(name: str) -> torch.device:
