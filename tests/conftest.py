@@ -126,3 +126,24 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def read_summary(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+def straight_and_resumed(config, units: int):
+    """Two trainers of ``config`` on the CPU after ``units`` units: one trained straight through,
+    one rebuilt from the state of a third after unit 0 and trained on from unit 1 (the resume
+    path in memory, without the CLI). Returns ``(straight, resumed)``."""
+    import copy
+
+    from training.experiment import build_components
+
+    _, _, straight = build_components(config, torch.device("cpu"))
+    for unit in range(units):
+        straight.train_unit(unit)
+    _, _, first = build_components(config, torch.device("cpu"))
+    first.train_unit(0)
+    state = copy.deepcopy(first.state_dict())
+    _, _, resumed = build_components(config, torch.device("cpu"))
+    resumed.load_state_dict(state)
+    for unit in range(1, units):
+        resumed.train_unit(unit)
+    return straight, resumed

@@ -50,8 +50,7 @@ from privacy.clipping import (
 )
 from privacy.fast_dpsgd import FastDPOptimizer, FastEngine
 from privacy.noise import SecureRandom
-from tests.conftest import main_on_yaml
-from training.experiment import build_components
+from tests.conftest import main_on_yaml, straight_and_resumed
 from training.stacking import why_not_stackable
 from utils.config import ModelConfig, config_from_mapping
 
@@ -611,17 +610,7 @@ def test_a_resumed_run_with_a_rule_ends_identical(name, mode):
     raw["privacy"].update(clipping=name, mode=mode)
     raw["federated"] = {"num_clients": 40, "rounds": 3, "eval_every": 1, "client_sample_rate": 0.5}
     config = config_from_mapping(raw)
-    units = 3 if mode == "dpfedavg" else 2
-    _, _, straight = build_components(config, torch.device("cpu"))
-    for unit in range(units):
-        straight.train_unit(unit)
-    _, _, first = build_components(config, torch.device("cpu"))
-    first.train_unit(0)
-    state = copy.deepcopy(first.state_dict())
-    _, _, resumed = build_components(config, torch.device("cpu"))
-    resumed.load_state_dict(state)
-    for unit in range(1, units):
-        resumed.train_unit(unit)
+    straight, resumed = straight_and_resumed(config, units=3 if mode == "dpfedavg" else 2)
     for a, b in zip(straight.base_model().parameters(), resumed.base_model().parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     rules = [getattr(trainer, "clipping", None) or trainer.private.clipping

@@ -25,6 +25,7 @@ import running
 from models import MODELS, build_model
 from privacy import dpsgd, fast_dpsgd
 from privacy.accounting import epsilon_after
+from tests.conftest import straight_and_resumed
 from utils.config import ModelConfig, PrivacyConfig
 
 SHAPES = {"mlp": (12,), "cnn": (3, 16, 16), "resnet18": (3, 16, 16)}
@@ -190,22 +191,11 @@ def test_the_fast_engine_learns_what_opacus_learns(tmp_path):
 
 @pytest.mark.parametrize("method", ["none", "runner"])
 def test_a_resumed_fast_run_ends_identical(method):
-    from training.experiment import build_components
     from utils.config import config_from_mapping
 
     raw = yaml.safe_load(TINY)
     raw["fairness"] = {"method": method, "mode": "eo"}
-    config = config_from_mapping(raw)
-    _, _, straight = build_components(config, torch.device("cpu"))
-    for unit in range(3):
-        straight.train_unit(unit)
-    _, _, first = build_components(config, torch.device("cpu"))
-    first.train_unit(0)
-    state = copy.deepcopy(first.state_dict())
-    _, _, resumed = build_components(config, torch.device("cpu"))
-    resumed.load_state_dict(state)
-    for unit in (1, 2):
-        resumed.train_unit(unit)
+    straight, resumed = straight_and_resumed(config_from_mapping(raw), units=3)
     for a, b in zip(straight.base_model().parameters(), resumed.base_model().parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert resumed.private.steps == straight.private.steps == 36
