@@ -16,7 +16,7 @@ from utils.registry import Registry
 DATASETS: Registry = Registry("dataset", "data.name")
 
 # Importing the modules registers their data sets.
-for _module in ("tabular", "tabular_sources", "celeba", "synthetic"):
+for _module in ("adult", "compas", "german", "lsac", "celeba", "synthetic"):
     importlib.import_module(f"dataset.{_module}")
 
 

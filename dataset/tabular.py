@@ -1,21 +1,50 @@
-"""Tabular data sources (UCI Adult so far) and the bundle built from them.
+"""Tabular data sources: one declared table per source, run by the shared code of this module.
 
-A source is one function, filed in :data:`TABULAR_SOURCES` under its ``data.name``, that reads the
-files and returns a :class:`TabularPool`: the whole training pool and the test set, already encoded
-as numbers, with a boolean minority mask for each. :func:`build_tabular_bundle` then does what is
-the same for every tabular source: resample the pool to the configured minority share
-(:mod:`dataset.imbalance`) and standardize the numeric features with statistics of the selected
-training rows. Adding COMPAS or German credit is one more registered loader.
+A source is a :class:`TabularSource`, filed in :data:`TABULAR_SOURCES` under its ``data.name``
+(:mod:`dataset.adult`, :mod:`dataset.compas`, :mod:`dataset.german`, :mod:`dataset.lsac`): its
+files, its feature columns and their types (numeric, kept raw; categorical, one-hot), their
+public bounds and categories with the documents they come from (:mod:`dataset.preprocessing`),
+its label, its protected attributes, its missing-value rule and its train/test split. What only
+that source's files need is a small named hook in the table: ``read`` (the file format, parsed and
+checked, with the missing-value rule and any published filter applied), ``restrict`` (rows a
+comparison leaves out, COMPAS's race pair) and ``protocols`` (another ``data.protocol``'s whole
+pipeline, Adult's RUNNER).
+
+The shared code (:func:`load_tabular`) then does what is the same for every source: check
+``data.protected``, read, split (the files' own split, or a fixed stratified one), find the
+minority group, encode and record the counts in a :class:`TabularPool`. :func:`build_tabular_bundle`
+resamples the pool to the configured minority share (:mod:`dataset.imbalance`) and scales the
+numeric features. :func:`register_source` files a declaration in both registries; adding a source
+is writing its declaration (and its read hook) and registering it.
+
+What the fixed split is, and why (COMPAS, German credit, LSAC): none of them ships an official
+split, so each is split 80/20 once, stratified by its declared strata (label × sex × race, × age
+group for German credit), with a seed of its own (:data:`SPLIT_SEED`, stream ``{name}_split`` in
+:mod:`utils.seeding`) that does *not* depend on the run's seed. A researcher comparing seeds then
+compares runs judged on the same test rows (paired comparisons, the spread over seeds is the
+spread of training, resampling and noise, not of the test draw), the same way Adult's official
+split and CelebA's protocol test set stay fixed. The strata do not depend on ``data.protected``
+either, so a ``sex`` run and a ``race`` run of COMPAS share their test rows (the race run keeps the
+two races it compares). ``info["test_rows_md5"]`` fingerprints the test rows, so two runs can be
+checked to share them. The validation set comes from the run's seed (stream ``validation``).
+
+What every source shares, and why:
+
+* **The protected attribute stays an input**: the study asks how much a model learns about a
+  group it rarely sees, not whether it is fair through unawareness, and the other columns carry
+  proxies of the group anyway.
+* **Positive label = the event predicted** (income >50K; recidivism within two years; bad credit;
+  passing the bar), so ``test/selection_rate`` is the predicted rate of that event and
+  ``test/eo_gap`` the gap in catching it. For COMPAS and German credit that event is the
+  unfavourable outcome.
+* **Group names**: ``data.protected`` names one of the declared protected attributes;
+  ``data.minority_value`` is a value of it or ``non-X`` for every value but X.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import math
-import os
-import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,20 +57,29 @@ from dataset.imbalance import resample_to_share, validation_info, validation_spl
 from dataset.preprocessing import (
     FITTED,
     PUBLIC,
-    PublicCategories,
     PublicRange,
-    column_record,
+    PublicSchema,
     document,
     one_hot_record,
     resolved_mode,
     standardized_record,
 )
-from utils.errors import ConfigError, DataError, file_problem
+from utils.errors import ConfigError
 from utils.registry import Registry
 from utils.seeding import numpy_generator
 
-# Loaders: (root, *, protected, minority_value) -> TabularPool, built by ``data.name``.
-TABULAR_SOURCES: Registry[Callable[..., TabularPool]] = Registry("dataset", "data.name")
+# Message parts the tests import (fairlearn's habit: constants, not regexes copied by hand).
+UNKNOWN_TARGET = "predicts"
+ADULT_DEFAULT_TARGET = "is the default of data.target"
+UNKNOWN_PROTECTED = "is not a protected attribute of"
+UNKNOWN_MINORITY = "does not occur in"
+
+# The fixed split: this share of every stratum goes to the test set, drawn with this seed (not the run's).
+TEST_FRACTION = 0.2
+SPLIT_SEED = 0
+
+# The DataConfig keys only the tabular data sets read (dataset.check_data_keys refuses them elsewhere).
+TABULAR_DATA_KEYS = ("preprocessing",)
 
 
 @dataclass(frozen=True)
@@ -182,8 +220,8 @@ def build_tabular_bundle(
             "minority_share": minority_share,
             "train_size": train_size,
             "train_share": n_min / len(index),
-            "train_positive_rate/group=minority": _rate(y_train[minority_train]),
-            "train_positive_rate/group=majority": _rate(y_train[~minority_train]),
+            "train_positive_rate/group=minority": positive_rate(y_train[minority_train]),
+            "train_positive_rate/group=majority": positive_rate(y_train[~minority_train]),
             "feature_names": list(pool.feature_names),
             "numeric_features": [pool.feature_names[i] for i in numeric],
             **validation_info(y_val, minority_val, val_fraction, val_source),
@@ -207,679 +245,373 @@ def build_tabular_bundle(
     )
 
 
+
+
 # ---------------------------------------------------------------------------------------------------
-# UCI Adult
+# A source's declaration
 # ---------------------------------------------------------------------------------------------------
 
-ADULT_URL = "https://archive.ics.uci.edu/dataset/2/adult"
-SHIPPED_ADULT_DIR = Path(__file__).resolve().parent / "data" / "adult"
-# md5 of the original, uncompressed UCI files; the shipped .gz copies must decompress to exactly these.
-ADULT_MD5 = {
-    "adult.data": "5d7c39d7b8804f071cdd1f2a7c460872",
-    "adult.test": "35238206dfdf7f1fe215bbb874adecdc",
-}
-ADULT_COLUMNS = (
-    "age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
-    "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country",
-    "income",
-)  # fmt: skip
-ADULT_NUMERIC = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "hours-per-week")
-# fnlwgt is the Census sampling weight: how many people of the population the row stands for, set by
-# raking to state, age, sex, race and Hispanic-origin controls (adult.names). It describes the survey
-# design, not the person, and it is partly a function of sex and race, so as a feature it would be a
-# proxy for the protected attribute with no predictive meaning of its own. It is dropped.
-ADULT_DROPPED = ("fnlwgt",)
-ADULT_PROTECTED = ("race", "sex")
-MISSING = "?"
-
-# Public preprocessing (dataset.preprocessing; data.preprocessing: public): bounds and categories
-# that no row of the data set chose, with their sources; the same table is in
-# dataset/data/adult/README.md. adult.names (on the UCI page) lists every category of every
-# categorical column, and its extraction rule ((AAGE>16) && (AGI>100) && (AFNLWGT>1) && (HRSWK>0))
-# gives the lower bounds of age and hours-per-week; it gives no upper bound, so those are
-# assumptions fixed from the fields' widths in the 1994 Current Population Survey (two digits for
-# age and hours, five for dollar amounts). The two capital amounts are mapped on the log1p scale:
-# nine in ten are 0, the rest span four orders of magnitude.
-ADULT_NAMES = "adult.names (UCI Adult's description file)"
-_ASSUMED_TWO_DIGITS = "assumed: a two-digit field, at most 99"
-_ASSUMED_FIVE_DIGITS = "assumed: a non-negative five-digit dollar amount, at most 99,999"
-ADULT_PUBLIC_RANGES: dict[str, PublicRange] = {
-    "age": PublicRange(17, 99, source=f"low: {ADULT_NAMES}, extraction rule AAGE>16; high: "
-                                      f"{_ASSUMED_TWO_DIGITS}"),
-    "education-num": PublicRange(1, 16, source=f"{ADULT_NAMES}: the code of one of its 16 "
-                                               "education levels, 1 (Preschool) to 16 (Doctorate)"),
-    "capital-gain": PublicRange(0, 99_999, log=True, source=_ASSUMED_FIVE_DIGITS),
-    "capital-loss": PublicRange(0, 99_999, log=True, source=_ASSUMED_FIVE_DIGITS),
-    "hours-per-week": PublicRange(1, 99, source=f"low: {ADULT_NAMES}, extraction rule HRSWK>0; "
-                                                f"high: {_ASSUMED_TWO_DIGITS}"),
-}
-ADULT_CATEGORIES: dict[str, PublicCategories] = {name: PublicCategories(tuple(values), ADULT_NAMES)
-                                                 for name, values in {
-    "workclass": ("Private", "Self-emp-not-inc", "Self-emp-inc", "Federal-gov", "Local-gov",
-                  "State-gov", "Without-pay", "Never-worked"),
-    "education": ("Bachelors", "Some-college", "11th", "HS-grad", "Prof-school", "Assoc-acdm",
-                  "Assoc-voc", "9th", "7th-8th", "12th", "Masters", "1st-4th", "10th", "Doctorate",
-                  "5th-6th", "Preschool"),
-    "marital-status": ("Married-civ-spouse", "Divorced", "Never-married", "Separated", "Widowed",
-                       "Married-spouse-absent", "Married-AF-spouse"),
-    "occupation": ("Tech-support", "Craft-repair", "Other-service", "Sales", "Exec-managerial",
-                   "Prof-specialty", "Handlers-cleaners", "Machine-op-inspct", "Adm-clerical",
-                   "Farming-fishing", "Transport-moving", "Priv-house-serv", "Protective-serv",
-                   "Armed-Forces"),
-    "relationship": ("Wife", "Own-child", "Husband", "Not-in-family", "Other-relative", "Unmarried"),
-    "race": ("White", "Asian-Pac-Islander", "Amer-Indian-Eskimo", "Other", "Black"),
-    "sex": ("Female", "Male"),
-    "native-country": (
-        "United-States", "Cambodia", "England", "Puerto-Rico", "Canada", "Germany",
-        "Outlying-US(Guam-USVI-etc)", "India", "Japan", "Greece", "South", "China", "Cuba", "Iran",
-        "Honduras", "Philippines", "Italy", "Poland", "Jamaica", "Vietnam", "Mexico", "Portugal",
-        "Ireland", "France", "Dominican-Republic", "Laos", "Ecuador", "Taiwan", "Haiti", "Columbia",
-        "Hungary", "Guatemala", "Nicaragua", "Scotland", "Thailand", "Yugoslavia", "El-Salvador",
-        "Trinadad&Tobago", "Peru", "Hong", "Holand-Netherlands"),
-}.items()}
-# Message part for a numeric field that float() reads as NaN or infinity (tests import it).
-ADULT_NON_FINITE = "expected a finite number"
+OFFICIAL = "official"
+"""``TabularSource.split`` of a source whose files are its train/test split (adult.data, adult.test)."""
 
 
-@TABULAR_SOURCES.register("adult")
-def load_adult(root: str | Path | None, *, protected: str, minority_value: str,
-               preprocessing: str = FITTED) -> TabularPool:
-    """UCI Adult (census income, 1994) with its official train/test split.
+@dataclass(frozen=True)
+class FixedSplit:
+    """The fixed stratified 80/20 split (module docstring) of a source that ships no split.
 
-    ``adult.data`` (32,561 rows) is the training pool and ``adult.test`` (16,281 rows) the test set.
-    Rows with a missing value ("?", in workclass, occupation or native-country) are dropped from
-    both splits alike, leaving 30,162 and 15,060; the counts go into ``info``. The label is 1 for
-    income >50K. Numeric features stay raw (the bundle builder scales them; ``fnlwgt`` is
-    dropped, see ``ADULT_DROPPED``); each categorical column is one-hot over the categories of
-    adult.names (``preprocessing`` "public", :data:`ADULT_CATEGORIES`) or of the training pool
-    ("fitted"); a value outside them (a category that occurs only in the test set, when fitted)
-    encodes as all zeros.
+    Attributes:
+        strata: columns of the read table whose value combinations are the strata ("label": the label).
+        stream: the random stream of :data:`SPLIT_SEED` that draws it (``{name}_split``).
+    """
 
-    The protected column stays a feature: the study is about how much the model learns of a group
-    it rarely sees, not about fairness through unawareness, and removing the column would not
-    remove its proxies (``relationship`` = Husband or Wife gives away sex for the married rows, 46% of
-    the pool).
+    strata: tuple[str, ...]
+    stream: str
+
+
+@dataclass(frozen=True)
+class Protected:
+    """One value ``data.protected`` may take.
+
+    Attributes:
+        column: the read table's column holding each row's group; None: the attribute's own name
+            (German credit's ``age`` groups are the derived column ``age_group``).
+        values: the values ``data.minority_value`` may name (besides "non-X"), or None for those that
+            occur in the training pool.
+    """
+
+    column: str | None = None
+    values: tuple[str, ...] | None = None
+
+
+@dataclass
+class SourceRows:
+    """What a source's read hook returns: its files' rows, parsed, checked and filtered.
+
+    Attributes:
+        table: column name -> values over the rows (numeric columns as float64, the others as str):
+            every declared feature, protected column and stratum.
+        labels: int64 0/1 labels, one per row.
+        path: the file read (the training file under the official split), for messages.
+        info: facts of the files (provenance, md5, rows read, dropped and why), in the order they
+            enter the pool's ``info``.
+        row_ids: 0-based data row in the file of each row, fingerprinted by ``info["test_rows_md5"]``
+            under a fixed split.
+        is_test: under the ``OFFICIAL`` split, True for the rows of the test file; else None.
+        test_path: under the ``OFFICIAL`` split, the test file, for messages.
+    """
+
+    table: dict[str, np.ndarray]
+    labels: np.ndarray
+    path: Path
+    info: dict[str, Any]
+    row_ids: np.ndarray | None = None
+    is_test: np.ndarray | None = None
+    test_path: Path | None = None
+
+
+# A read hook: (the declaration, data.root) -> its rows. A restrict hook: (the protected column's
+# values, the allowed minority values, protected=, minority_value=, info=) -> (allowed values,
+# rows kept), recording what it leaves out in info. A protocol hook: (data.root, protected=,
+# minority_value=, seed=, preprocessing=) -> TabularPool.
+ReadHook = Callable[["TabularSource", "str | Path | None"], SourceRows]
+RestrictHook = Callable[..., tuple[Sequence[str], np.ndarray]]
+ProtocolHook = Callable[..., "TabularPool"]
+
+
+@dataclass(frozen=True, eq=False)
+class TabularSource:
+    """One tabular data set, declared: what the shared code (:func:`load_tabular`) needs to load it.
+
+    Attributes:
+        name: ``data.name``.
+        title: the data set's name in messages.
+        target: the one ``data.target`` it accepts (its label).
+        label: what label 1 means, in words (the positive label is the event predicted).
+        files: the file names it reads, each with the md5 of the published original (what the
+            shipped copy must decompress to), or None where nothing is shipped.
+        shipped_dir: where the copies shipped with the repository are; None: the user's copy only.
+        url: where the data is published (None: nowhere public).
+        numeric: the numeric feature columns, kept raw (the bundle builder scales them), each with
+            a public range in ``public``.
+        categorical: the categorical feature columns, one-hot in sorted order of their categories,
+            each with its documented categories in ``public``.
+        public: the public bounds and categories, with their sources (:mod:`dataset.preprocessing`).
+        protected: the values of ``data.protected``, in the order messages list them.
+        missing: the missing-value rule, in words (the read hook applies it).
+        split: :data:`OFFICIAL` or a :class:`FixedSplit`.
+        read: the read hook (the file format; see :class:`SourceRows`).
+        example: (protected, minority_value) of a typical config, for the forgotten-target hint.
+        dropped: columns of the files that are deliberately no feature under the official split
+            (recorded in ``info`` and preprocessing.json), with the reason beside the declaration.
+        restrict: the restrict hook, or None to keep every row (COMPAS keeps only the two races
+            a race comparison is about).
+        notes: facts the declaration adds to the pool's ``info`` after the read (and restrict)
+            hooks' own.
+        protocols: other ``data.protocol`` values than "official", each with the hook that loads
+            the whole pool its own way (Adult's RUNNER protocols).
+    """
+
+    name: str
+    title: str
+    target: str
+    label: str
+    files: Mapping[str, str | None]
+    shipped_dir: Path | None
+    url: str | None
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    public: PublicSchema
+    protected: Mapping[str, Protected]
+    missing: str
+    split: FixedSplit | str
+    read: ReadHook
+    example: tuple[str, str]
+    dropped: tuple[str, ...] = ()
+    restrict: RestrictHook | None = None
+    notes: Mapping[str, Any] = field(default_factory=dict)
+    protocols: Mapping[str, ProtocolHook] = field(default_factory=dict)
+
+    def load(self, root: str | Path | None, *, protected: str, minority_value: str,
+             preprocessing: str = FITTED) -> TabularPool:
+        """:func:`load_tabular` of this source."""
+        return load_tabular(self, root, protected=protected, minority_value=minority_value,
+                            preprocessing=preprocessing)
+
+
+# Declarations by data.name (each source's module registers its own, register_source).
+TABULAR_SOURCES: Registry[TabularSource] = Registry("dataset", "data.name")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The shared code
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_tabular(source: TabularSource, root: str | Path | None, *, protected: str, minority_value: str,
+                 preprocessing: str = FITTED) -> TabularPool:
+    """The source's training pool and test set, encoded as numbers (:class:`TabularPool`).
+
+    Reads the files (``source.read``), splits them (the files' own split, or the declared fixed
+    one), finds the minority rows (``data.minority_value`` among the values of the protected
+    column, or "non-X"), keeps the rows ``source.restrict`` keeps, and encodes the declared
+    columns: numeric ones raw, categorical ones one-hot over the declared categories
+    (``preprocessing`` "public") or those of the training pool ("fitted"); a value outside them
+    encodes as all zeros and is counted in ``info``.
 
     Args:
-        root: None for the copies shipped in ``dataset/data/adult`` (checked against the md5 of the
-            UCI originals); otherwise a directory with ``adult.data`` and ``adult.test``, plain or
-            gzipped (``.gz``), checked for format only.
-        protected: ``data.protected``, "sex" or "race".
-        minority_value: ``data.minority_value``, a value of that column ("Female", "Black") or
-            "non-X" for every value except X ("non-White").
+        source: the declaration.
+        root: ``data.root``: None for the shipped copy, else a directory holding the files.
+        protected: ``data.protected``, one of ``source.protected``.
+        minority_value: ``data.minority_value``.
         preprocessing: "public" or "fitted" (:mod:`dataset.preprocessing`).
 
     Raises:
         DataError: a missing, corrupted or malformed file (naming the file and line).
-        ConfigError: an unknown protected column or minority value (listing the allowed ones).
+        ConfigError: an unknown protected column or minority value (listing the allowed ones), or
+            a minority value that leaves a split without one of the groups.
     """
-    # Checked before reading ~5 MB of text: this one needs no data to be answered.
-    if protected not in ADULT_PROTECTED:
-        raise ConfigError(
-            f"data.protected: {protected!r} is not a protected attribute of UCI Adult; use one of "
-            f"{', '.join(ADULT_PROTECTED)}."
-        )
-    info, splits, paths = _read_adult_files(root)
+    # Checked before reading the files: this one needs no data to be answered.
+    if protected not in source.protected:
+        raise ConfigError(f"data.protected: {protected!r} {UNKNOWN_PROTECTED} {source.title}; use one of "
+                          f"{', '.join(source.protected)}.")
+    rows = source.read(source, root)
+    table, labels, info = rows.table, rows.labels, rows.info
+    if source.split == OFFICIAL:
+        is_test = rows.is_test
+    else:
+        strata = [labels.astype(str) if name == "label" else table[name] for name in source.split.strata]
+        is_test = fixed_split(np.stack(strata, axis=1), source.split.stream)
 
-    kept = {}
-    for split, (table, labels) in splits.items():
-        complete = ~(table == MISSING).any(axis=1)
-        if not complete.any():
-            _refuse_all_missing(paths["adult.data" if split == "train" else "adult.test"], len(table))
-        kept[split] = (table[complete], labels[complete])
-        info[f"rows_read/{split}"] = len(table)
-        info[f"rows_dropped_missing/{split}"] = int(np.count_nonzero(~complete))
-        info[f"rows/{split}"] = int(np.count_nonzero(complete))
+    attribute = source.protected[protected]
+    groups = table[attribute.column or protected]
+    allowed = (attribute.values if attribute.values is not None
+               else sorted(set(groups[~is_test].tolist())))
+    keep = np.ones(len(groups), dtype=bool)
+    if source.restrict is not None:
+        allowed, keep = source.restrict(groups, allowed, protected=protected, minority_value=minority_value,
+                                        info=info)
+    minority = minority_mask(groups, allowed, protected=protected, minority_value=minority_value,
+                             title=source.title)
+    info.update(source.notes)
 
-    train, y_pool = kept["train"]
-    test, y_test = kept["test"]
-    is_minority = _minority_rule(train, protected, minority_value)
-    minority_pool, minority_test = is_minority(train), is_minority(test)
-    if not minority_test.any():
-        raise ConfigError(
-            f"data.minority_value: {minority_value!r} occurs in the training pool but not in the test set "
-            f"({paths['adult.test']}), so no group metric could be computed; choose a larger group."
-        )
+    train_rows, test_rows = np.flatnonzero(keep & ~is_test), np.flatnonzero(keep & is_test)
+    minority_pool, minority_test = minority[train_rows], minority[test_rows]
+    if source.split == OFFICIAL:
+        if not minority_test.any():
+            raise ConfigError(
+                f"data.minority_value: {minority_value!r} occurs in the training pool but not in the test set "
+                f"({rows.test_path}), so no group metric could be computed; choose a larger group."
+            )
+    else:
+        for split, mask in (("training pool", minority_pool), ("test set", minority_test)):
+            if not mask.any() or mask.all():
+                which = "no" if not mask.any() else "only"
+                raise ConfigError(f"data.minority_value: {minority_value!r} leaves {which} minority examples in "
+                                  f"the {split} of {source.title} ({rows.path}), so the groups cannot be "
+                                  "compared; choose another value.")
 
-    public = preprocessing == PUBLIC
-    features = _AdultEncoder(train, ADULT_CATEGORIES if public else None)
-    x_pool, unseen_pool = features.encode(train)
-    x_test, unseen = features.encode(test)
-    if public:  # a user's copy may spell a category otherwise; it then encodes as all zeros
+    public = source.public if preprocessing == PUBLIC else None
+    encoder = OneHotEncoder({name: table[name][train_rows] for name in source.categorical}, source.numeric,
+                            source.categorical, public)
+    x_pool, unseen_pool = encoder.encode(table, train_rows)
+    if public is not None:  # a user's copy may spell a category otherwise; it then encodes as all zeros
         info["pool_rows_unlisted_category"] = unseen_pool
-    info["dropped_columns"] = list(ADULT_DROPPED)
-    info["test_rows_unseen_category"] = unseen
-    info["protected"] = protected
-    info["minority_value"] = minority_value
-    info["minority_values"] = sorted(set(train[minority_pool, ADULT_COLUMNS.index(protected)].tolist()))
-    for group, mask in (("minority", minority_pool), ("majority", ~minority_pool)):
-        info[f"pool_count/group={group}"] = int(np.count_nonzero(mask))
-        info[f"pool_positive_rate/group={group}"] = _rate(y_pool[mask])
-    info["pool_share"] = float(minority_pool.mean())
-
-    return TabularPool(
-        x_pool=x_pool,
-        y_pool=y_pool,
-        minority_pool=minority_pool,
-        x_test=x_test,
-        y_test=y_test,
-        minority_test=minority_test,
-        feature_names=features.names,
-        numeric_columns=features.numeric_columns,
-        info=info,
-        public_ranges=tuple(ADULT_PUBLIC_RANGES[ADULT_COLUMNS[j]] for j in features.numeric),
-        encoding=tuple(one_hot_record(ADULT_COLUMNS[j], values,
-                                      public=ADULT_CATEGORIES[ADULT_COLUMNS[j]] if public else None)
-                       for j, values in features.categories.items()),
-        preprocessing=preprocessing,
-    )
-
-
-# RUNNER's protocol (data.protocol: runner): the preprocessing of the RUNNER paper's released code
-# (Ace0001/RUNNER, dataset.py, itself fair-mixup's, which took get_adult_data from IBM's SenSR),
-# re-implemented from its description; see load_adult_runner.
-RUNNER_TEST_FRACTION = 0.2
-RUNNER_BINS = 10
-RUNNER_NUMERIC = ("age", "education-num", "capital-gain", "capital-loss", "hours-per-week")
-RUNNER_CATEGORICAL = ("workclass", "marital-status", "occupation", "relationship")
-# race enters as White or not (the released code keeps the race_White dummy alone); sex is the
-# protected attribute and no input; the others are dropped as in the released code.
-RUNNER_RACE_VALUE = "White"
-RUNNER_DROPPED = ("fnlwgt", "education", "native-country", "sex")
-# The released code's rule: a row goes when native-country or occupation is missing (workclass is
-# missing only where occupation is, so this is every row with a missing value in the UCI files).
-RUNNER_MISSING_COLUMNS = ("native-country", "occupation")
-RUNNER_ROWS = 45_222  # complete rows of adult.data + adult.test
-
-
-# data.protocol: runner_released under public preprocessing (data.preprocessing: public, or auto
-# under privacy); tests import it.
-RELEASED_NOT_PUBLIC = (
-    "data.protocol: runner_released bins every column at the deciles of standardized age, statistics "
-    "of the private training rows, so it has no public form. Under privacy use data.protocol: runner "
-    "(public bin ranges), or set data.preprocessing: fitted, which epsilon does not cover.")
-
-
-def load_adult_runner(root: str | Path | None, *, protected: str, minority_value: str,
-                      seed: int, encoding: str = "corrected",
-                      preprocessing: str = FITTED) -> TabularPool:
-    """UCI Adult as the RUNNER paper's released code prepares it, with the binning done right
-    (``encoding="corrected"``, ``data.protocol: runner``) or as released (``"released"``,
-    ``data.protocol: runner_released``).
-
-    **Rows.** adult.data and adult.test together, less every row with a missing value: 45,222 of
-    48,842 rows (the released code drops rows whose native-country or occupation is "?"; in the
-    UCI files those are exactly the rows with any "?", which is the rule here, so a user's copy
-    with other gaps loses those rows too). Label: income >50K.
-
-    **Split, per seed.** The rows are shuffled by the ``adult_runner_split`` stream of the run's
-    seed; the first ``int(0.8 * n)`` form the training part (36,177) and the rest the test set
-    (9,045); the first as many rows of the training part as the test set has (9,045) are the
-    validation set and the other 27,132 the training pool, as the released code does (about
-    60 / 20 / 20, not stratified). Each split is kept in file order. Different seeds give
-    different test sets, unlike the official protocol.
-
-    **Inputs.** sex is the protected attribute and not an input; race stays one, as White or not
-    (the released code keeps race_White only); native-country, fnlwgt and education are dropped.
-    The five numeric columns (age, education-num, capital-gain, capital-loss, hours-per-week) are
-    put into 10 quantile bins each and one-hot encoded, and every one-hot column of workclass,
-    marital-status, occupation, relationship and race (White) is encoded as a pair, "col!=v" and
-    "col=v", as the released code does (it one-hot encodes each 0/1 dummy again, with two bins).
-
-    **The binning, corrected.** The released code computes the decile edges of the first column
-    (age, after standardization) and reuses them for all five columns (``bin_edges`` is set on
-    the first pass of its loop and then reused), so education-num, capital-gain, capital-loss and
-    hours-per-week are binned on age's scale; and every column gets 10 one-hot columns, used or
-    not: 5 × 10 + 35 × 2 = 120 inputs. Here each column gets its own deciles of the training pool
-    (``numpy.quantile``, linear interpolation; the edges are statistics of the training rows, like
-    the standardization of the official protocol, and recorded in ``info["runner_bin_edges"]``).
-    Bins are right-closed, (e_i, e_i+1], between the distinct inner edges, the outer ones open,
-    so that a value at a tied edge (capital-gain is 0 for 92 % of the rows, so 9 of its 10 edges
-    are 0) falls into one bin and every bin holds rows: capital-gain and capital-loss get 2 bins
-    (0, and more than 0), education-num 6, hours-per-week 7, age 10. That makes 27 bin columns
-    and 27 + 70 = 97 inputs on the UCI files (for seeds 0 to 19), not 120: the 23 columns
-    missing are bins that the buggy edges create for the other four columns, most of them empty.
-
-    **The binning as released** (``encoding="released"``, :func:`_runner_bins_released`): the five
-    numeric columns standardized with the mean and (population) standard deviation of the training
-    part (training pool and validation rows, as the released code fits its StandardScaler before it
-    cuts the validation rows off), the deciles of standardized age over the training pool taken as
-    the edges of every column, each value binned by ``numpy.digitize`` (left-closed) clipped to bins
-    1..10, and 10 one-hot columns per column, empty ones included: 50 + 70 = 120 inputs, the
-    released code's count. The paper's numbers were made with these inputs, so this encoding is the
-    one to set beside them; the corrected one is the default because a bin scale borrowed from age
-    throws most of the other columns' information away (capital-gain, 0 for 92 % of the rows, lands
-    in one or two of age's bins). Both bin at statistics of the private rows (``preprocessing``
-    "fitted").
-
-    **Under public preprocessing** (``preprocessing`` "public", the default under privacy) no
-    edge or category is read off the rows: each numeric column gets 10 equal-width bins of its
-    public range (:data:`ADULT_PUBLIC_RANGES`, on the log1p scale for the capital amounts), empty
-    bins included (50 bin columns), and the categorical pairs are those of adult.names' categories
-    (:data:`ADULT_CATEGORIES`; workclass has 8 there, with Never-worked, whose rows all miss their
-    occupation), so 50 + 72 = 122 inputs whatever the rows. The released encoding has no public
-    form (its edges are deciles of standardized age) and is refused under public preprocessing.
-
-    Args:
-        root: as for :func:`load_adult`.
-        protected: must be "sex".
-        minority_value: "Female" or "Male".
-        seed: the run's seed (the split).
-        encoding: "corrected" (97 inputs on the UCI files) or "released" (120).
-        preprocessing: "fitted" (bins and categories of the rows, as the released code) or
-            "public" (:mod:`dataset.preprocessing`; the corrected encoding only).
-
-    Returns:
-        A TabularPool whose pool is the training pool and which brings its validation set
-        (``x_val``); ``numeric_columns`` is empty (every input is a 0/1 indicator).
-    """
-    if protected != "sex":
-        raise ConfigError(f"data.protected: got {protected!r}; data.protocol: runner protects sex (which is not "
-                          "an input). Set data.protected: sex, or use data.protocol: official.")
-    if encoding not in RUNNER_BINNINGS:
-        raise ValueError(f"encoding must be one of {tuple(RUNNER_BINNINGS)}, not {encoding!r}")
-    if preprocessing == PUBLIC and encoding != "corrected":
-        raise ConfigError(RELEASED_NOT_PUBLIC)
-    info, splits, paths = _read_adult_files(root)
-    table = np.concatenate([splits["train"][0], splits["test"][0]])
-    labels = np.concatenate([splits["train"][1], splits["test"][1]])
-    complete = ~(table == MISSING).any(axis=1)
-    if not complete.any():
-        _refuse_all_missing(paths["adult.data"].parent, len(table))
-    info.update({"protocol": "runner" if encoding == "corrected" else "runner_released",
-                 "runner_encoding": encoding, "rows_read": len(table),
-                 "rows_dropped_missing": int(np.count_nonzero(~complete)),
-                 "rows": int(np.count_nonzero(complete))})
-    table, labels = table[complete], labels[complete]
-
-    rows = runner_split(len(table), seed)
-
-    is_minority = _minority_rule(table, protected, minority_value)
-    minority = is_minority(table)
-    for split in ("train", "val", "test"):
-        if not minority[rows[split]].any() or minority[rows[split]].all():
-            raise DataError(f"data.protocol: runner: the {split} set of seed {seed} holds only one group; the data "
-                            f"in {paths['adult.data'].parent} is too small for this protocol.")
-
-    column = {name: ADULT_COLUMNS.index(name) for name in ADULT_COLUMNS}
-    public = preprocessing == PUBLIC
-    numeric = {name: table[:, column[name]].astype(np.float64) for name in RUNNER_NUMERIC}
-    if public:
-        blocks, names, bins_info, encoding_records = _runner_bins_public(numeric)
+    x_test, unseen_test = encoder.encode(table, test_rows)
+    y_pool, y_test = labels[train_rows], labels[test_rows]
+    groups_pool = {"minority": (y_pool, minority_pool), "majority": (y_pool, ~minority_pool)}
+    groups_test = {"minority": (y_test, minority_test), "majority": (y_test, ~minority_test)}
+    summary = {"test_rows_unseen_category": unseen_test, "protected": protected,
+               "minority_value": minority_value,
+               "minority_values": sorted(set(groups[train_rows][minority_pool].tolist()))}
+    if source.split == OFFICIAL:
+        info.update({"dropped_columns": list(source.dropped), **summary, **_group_facts("pool", groups_pool),
+                     "pool_share": float(minority_pool.mean())})
     else:
-        blocks, names, bins_info, encoding_records = RUNNER_BINNINGS[encoding](numeric, rows)
-    race = table[:, column["race"]]
-    categories = {name: ADULT_CATEGORIES[name].sorted() if public else np.unique(table[:, column[name]])
-                  for name in RUNNER_CATEGORICAL}
-    dummies = [(name, value, table[:, column[name]] == value)
-               for name in RUNNER_CATEGORICAL for value in categories[name]]
-    encoding_records += [column_record(name, "a pair (col!=v, col=v) per category",
-                               {"categories": categories[name].tolist()},
-                               PUBLIC if public else FITTED,
-                               ADULT_NAMES if public else "the categories of every row of both files")
-                 for name in RUNNER_CATEGORICAL]
-    encoding_records.append(column_record("race", "a pair (race!=White, race=White)", None, PUBLIC,
-                                  "the released code's race_White dummy"))
-    dummies.append(("race", RUNNER_RACE_VALUE, race == RUNNER_RACE_VALUE))
-    for name, value, hit in dummies:
-        blocks.append(np.stack([~hit, hit], axis=1).astype(np.float32))
-        names += [f"{name}!={value}", f"{name}={value}"]
-    x = np.concatenate(blocks, axis=1)
-
-    info.update({
-        "protected": protected, "minority_value": minority_value,
-        "minority_values": sorted(set(table[minority, column[protected]].tolist())),
-        "rows/train": len(rows["train"]), "rows/val": len(rows["val"]), "rows/test": len(rows["test"]),
-        "split": f"RUNNER: seeded shuffle (seed {seed}), {1 - RUNNER_TEST_FRACTION:.0%} training part, of which "
-                 "the first rows, as many as the test set's, validate",
-        "test_rows_md5": hashlib.md5(",".join(map(str, rows["test"])).encode()).hexdigest(),
-        "dropped_columns": list(RUNNER_DROPPED),
-        **bins_info,
-        "input_count": x.shape[1],
-        "train_rows_categories_unseen": int(sum(not hit[rows["train"]].any() for _, _, hit in dummies)),
-    })
-    y_pool, minority_pool = labels[rows["train"]], minority[rows["train"]]
-    for group, mask in (("minority", minority_pool), ("majority", ~minority_pool)):
-        info[f"pool_count/group={group}"] = int(np.count_nonzero(mask))
-        info[f"pool_positive_rate/group={group}"] = _rate(y_pool[mask])
-        test_mask = minority[rows["test"]] == (group == "minority")
-        info[f"test_count/group={group}"] = int(np.count_nonzero(test_mask))
-    info["pool_share"] = float(minority_pool.mean())
-    return TabularPool(
-        x_pool=x[rows["train"]], y_pool=y_pool, minority_pool=minority_pool,
-        x_test=x[rows["test"]], y_test=labels[rows["test"]], minority_test=minority[rows["test"]],
-        feature_names=tuple(names), numeric_columns=(), info=info,
-        x_val=x[rows["val"]], y_val=labels[rows["val"]], minority_val=minority[rows["val"]],
-        encoding=tuple(encoding_records), preprocessing=preprocessing,
-    )
+        info.update({
+            "rows/train": len(train_rows),
+            "rows/test": len(test_rows),
+            "split": f"fixed stratified {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} (split seed {SPLIT_SEED}, "
+                     "independent of the run's seed)",
+            # The test set's data rows of the file (0-based), fingerprinted: equal digests, same test rows.
+            "test_rows_md5": hashlib.md5(",".join(map(str, rows.row_ids[test_rows])).encode()).hexdigest(),
+            **summary,
+            "pool_share": float(minority_pool.mean()),
+            **_group_facts("pool", groups_pool, "test", groups_test),
+        })
+    return TabularPool(x_pool=x_pool, y_pool=y_pool, minority_pool=minority_pool, x_test=x_test, y_test=y_test,
+                       minority_test=minority_test, feature_names=encoder.names,
+                       numeric_columns=encoder.numeric_columns, info=info,
+                       public_ranges=tuple(source.public.ranges[name] for name in source.numeric),
+                       encoding=tuple(one_hot_record(name, values, public=source.public.categories[name]
+                                                     if public is not None else None)
+                                      for name, values in encoder.categories.items()),
+                       preprocessing=preprocessing)
 
 
-def _runner_bins_public(numeric: dict[str, np.ndarray]):
-    """Each numeric column in 10 equal-width bins of its public range (:data:`ADULT_PUBLIC_RANGES`),
-    empty bins included: (one-hot blocks, column names, info entries, preprocessing records)."""
-    blocks, names, edges_info, records = [], [], {}, []
-    for name, values in numeric.items():
-        inner = ADULT_PUBLIC_RANGES[name].bin_edges(RUNNER_BINS)
-        code = np.searchsorted(inner, values, side="left")  # right-closed bins (e_i, e_i+1]
-        blocks.append(np.eye(len(inner) + 1, dtype=np.float32)[code])
-        names += _bin_names(name, inner)
-        edges_info[name] = [float(e) for e in inner]
-        records.append(column_record(
-            name, "one-hot of right-closed bins between the edges", {"edges": inner.tolist()},
-            PUBLIC, f"{RUNNER_BINS} equal-width bins of the public range: "
-                    f"{ADULT_PUBLIC_RANGES[name].source}"))
-    return blocks, names, {"runner_bins": {name: len(e) + 1 for name, e in edges_info.items()},
-                           "runner_bin_edges": edges_info}, records
+def _group_facts(*parts) -> dict[str, Any]:
+    """``{part}_count/group=g`` and ``{part}_positive_rate/group=g`` of each (part, {g: (labels, mask)})
+    pair in ``parts``, group by group (minority first), each group's parts in the order given."""
+    pairs = list(zip(parts[::2], parts[1::2]))
+    facts: dict[str, Any] = {}
+    for group in ("minority", "majority"):
+        for part, by_group in pairs:
+            y, mask = by_group[group]
+            facts[f"{part}_count/group={group}"] = int(np.count_nonzero(mask))
+            facts[f"{part}_positive_rate/group={group}"] = positive_rate(y[mask])
+    return facts
 
 
-def _runner_bins_corrected(numeric: dict[str, np.ndarray], rows: dict[str, np.ndarray]):
-    """Each numeric column in its own right-closed decile bins of the training pool (the corrected
-    rule of :func:`load_adult_runner`): (one-hot blocks, column names, info entries, preprocessing
-    records)."""
-    blocks, names, edges_info, records = [], [], {}, []
-    for name, values in numeric.items():
-        edges = np.quantile(values[rows["train"]], np.linspace(0.0, 1.0, RUNNER_BINS + 1))
-        inner = np.unique(edges[1:-1])
-        code = np.searchsorted(inner, values, side="left")  # right-closed bins (e_i, e_i+1]
-        blocks.append(np.eye(len(inner) + 1, dtype=np.float32)[code])
-        names += _bin_names(name, inner)
-        edges_info[name] = [float(e) for e in inner]
-        records.append(column_record(name, "one-hot of right-closed bins between the edges",
-                                     {"edges": inner.tolist()}, FITTED,
-                                     "deciles of the training pool's values"))
-    return blocks, names, {"runner_bins": {name: len(e) + 1 for name, e in edges_info.items()},
-                           "runner_bin_edges": edges_info}, records
+def fixed_split(strata: np.ndarray, purpose: str) -> np.ndarray:
+    """True for the test rows: ``TEST_FRACTION`` of every stratum, the same whatever the run's seed.
 
-
-def _runner_bins_released(numeric: dict[str, np.ndarray], rows: dict[str, np.ndarray]):
-    """The released code's binning (:func:`load_adult_runner`, "as released"): every standardized
-    numeric column cut at the deciles of standardized age, 10 one-hot columns each, empty or not."""
-    fitted = np.concatenate([rows["train"], rows["val"]])  # the released StandardScaler's rows
-    moments = {name: (float(values[fitted].mean()), float(values[fitted].std()))
-               for name, values in numeric.items()}
-    standardized = {name: (values - moments[name][0]) / moments[name][1]
-                    for name, values in numeric.items()}
-    edges = np.quantile(standardized["age"][rows["train"]], np.linspace(0.0, 1.0, RUNNER_BINS + 1))
-    blocks, names, filled, records = [], [], {}, []
-    for name, values in standardized.items():
-        code = np.clip(np.digitize(values, edges), 1, RUNNER_BINS) - 1
-        blocks.append(np.eye(RUNNER_BINS, dtype=np.float32)[code])
-        names += [f"{name}:age_bin={b}" for b in range(RUNNER_BINS)]
-        filled[name] = int(np.unique(code[rows["train"]]).size)
-        records.append(column_record(
-            name, "standardized, then one-hot of numpy.digitize at the edges, clipped to bins 1..10",
-            {"mean": moments[name][0], "std": moments[name][1], "edges": edges.tolist()}, FITTED,
-            "the released code: mean and std of the training part, edges the deciles of "
-            "standardized age over the training pool"))
-    return blocks, names, {"runner_bins": {name: RUNNER_BINS for name in numeric},
-                           "runner_bins_filled": filled,
-                           "runner_age_edges_standardized": [float(e) for e in edges]}, records
-
-
-# The numeric-column binnings of data.protocol: runner (corrected) and runner_released, fitted on
-# the training rows; the public one is _runner_bins_public.
-RUNNER_BINNINGS = {"corrected": _runner_bins_corrected, "released": _runner_bins_released}
-
-
-def runner_split(n: int, seed: int) -> dict[str, np.ndarray]:
-    """RUNNER's split of ``n`` rows for ``seed``: {"train", "val", "test"} -> sorted row indices.
-
-    A shuffle by the ``adult_runner_split`` stream; the training part is the first
-    ``int(0.8 * n)`` rows of it (aif360's ``split([0.8])``, which the released code calls), the
-    test set the rest, and the validation set the first ``len(test)`` rows of the training part.
+    ``strata`` has one row of strings per example; every distinct row is a stratum. Each stratum's
+    members (in file order) are permuted by the ``purpose`` stream of :data:`SPLIT_SEED` and the
+    stratum's index among the sorted strata, and the first ``round(TEST_FRACTION * n)`` go to the test set.
     """
-    order = numpy_generator(seed, "adult_runner_split").permutation(n)
-    n_train_part = int((1 - RUNNER_TEST_FRACTION) * n)
-    n_test = n - n_train_part
-    return {"train": np.sort(order[n_test:n_train_part]), "val": np.sort(order[:n_test]),
-            "test": np.sort(order[n_train_part:])}
+    keys = ["\x1f".join(row) for row in strata]
+    is_test = np.zeros(len(keys), dtype=bool)
+    keys_array = np.array(keys, dtype=object)
+    for index, key in enumerate(sorted(set(keys))):
+        members = np.flatnonzero(keys_array == key)
+        order = numpy_generator(SPLIT_SEED, purpose, index).permutation(members)
+        is_test[order[: round(TEST_FRACTION * len(members))]] = True
+    return is_test
 
 
-def _bin_names(name: str, inner: np.ndarray) -> list[str]:
-    """Names of the right-closed bins between ``inner`` edges: "age<=22", "age=(22,26]", ..., "age>57"."""
-    if len(inner) == 0:
-        return [f"{name}=any"]
-    edges = [f"{e:g}" for e in inner]
-    between = [name + "=(" + low + "," + high + "]" for low, high in zip(edges, edges[1:])]
-    return [f"{name}<={edges[0]}", *between, f"{name}>{edges[-1]}"]
+def minority_mask(values: np.ndarray, allowed: Sequence[str], *, protected: str, minority_value: Any,
+                  title: str) -> np.ndarray:
+    """The minority mask from ``data.minority_value``: a value of the column, or "non-X" for every value but X."""
+    allowed = list(allowed)
+    value, negate = str(minority_value), False
+    if value.startswith("non-") and value not in allowed:
+        value, negate = value[len("non-"):], True
+    if value not in allowed:
+        choices = allowed + [f"non-{v}" for v in allowed if f"non-{v}" not in allowed and not v.startswith("non-")]
+        raise ConfigError(f"data.minority_value: {minority_value!r} {UNKNOWN_MINORITY} column {protected!r} of "
+                          f"{title}; use one of {', '.join(choices)}.")
+    return values != value if negate else values == value
 
 
-def _read_adult_files(root: str | Path | None) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]],
-                                                        dict[str, Path]]:
-    """Read and check adult.data and adult.test: (info on the files, {"train"|"test": (table,
-    labels)} of every row, missing values included, {file name: path})."""
-    if root is None:
-        directory = SHIPPED_ADULT_DIR
-        paths = {name: directory / f"{name}.gz" for name in ADULT_MD5}
-        for path in paths.values():
-            if not path.is_file():
-                raise DataError(
-                    f"{path}: the shipped copy of UCI Adult is missing from this checkout. Restore it from "
-                    f"the repository, or download adult.data and adult.test from {ADULT_URL} and set "
-                    "data.root to their directory."
-                )
-    else:
-        directory = Path(root).expanduser()
-        paths = {name: _find_user_file(directory, name) for name in ADULT_MD5}
+class OneHotEncoder:
+    """Numeric columns raw (the bundle builder scales them), categorical ones one-hot, in sorted
+    order, over the documented categories (``public``) or, without them, the values of the
+    training pool; a value outside them (a test value unseen in training) encodes as zeros.
 
-    info: dict[str, Any] = {"source": "adult"}
-    splits = {}
-    for name, path in paths.items():
-        raw = _read_bytes(path)
-        digest = hashlib.md5(raw).hexdigest()
-        if root is None and digest != ADULT_MD5[name]:
-            raise DataError(
-                f"{path}: checksum mismatch, md5 of the decompressed file is {digest}, the UCI original's is "
-                f"{ADULT_MD5[name]}. The shipped copy is corrupted or was edited; restore it from the "
-                f"repository, or download the original from {ADULT_URL} and set data.root to its directory."
-            )
-        split = "train" if name == "adult.data" else "test"
-        info[f"file/{split}"] = str(path)
-        info[f"md5/{split}"] = digest
-        # A user copy may legitimately differ (a cleaned version); record whether it is the original.
-        info[f"uci_original/{split}"] = digest == ADULT_MD5[name]
-        splits[split] = _parse_adult_cached(raw, digest, path)
-    return info, splits, paths
-
-
-# Parsed Adult files of this process by the md5 of their bytes: a grid's points read the same two
-# files, and parsing them (~0.7 s) took a third of a small Adult run. Keyed by content, so an edited
-# file is parsed again; the arrays are read-only, so no caller can change what the next one reads.
-_PARSED_ADULT: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _parse_adult_cached(raw: bytes, digest: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    if digest not in _PARSED_ADULT:
-        table, labels = _parse_adult(raw, path)
-        table.flags.writeable = labels.flags.writeable = False
-        if len(_PARSED_ADULT) >= 4:  # a few (train, test) pairs; one is the common case
-            _PARSED_ADULT.pop(next(iter(_PARSED_ADULT)))
-        _PARSED_ADULT[digest] = (table, labels)
-    return _PARSED_ADULT[digest]
-
-
-def _find_user_file(directory: Path, name: str) -> Path:
-    """``directory/name`` or ``directory/name.gz``, or a DataError saying where to get it."""
-    for candidate in (directory / name, directory / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-        if os.path.lexists(candidate) and (problem := file_problem(candidate)) != "does not exist":
-            raise DataError(f"{candidate}: {problem}; put the UCI Adult file {name} there, or set "
-                            f"data.root: null to use the copy shipped with this repository.")
-    raise DataError(
-        f"{directory / name}: file not found (nor {name}.gz) in data.root {str(directory)!r}. UCI Adult is "
-        f"published by the UCI Machine Learning Repository at {ADULT_URL}; put adult.data and adult.test "
-        "there, or set data.root: null to use the copy shipped with this repository."
-    )
-
-
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, decompressed when it is gzip (recognized by content, not by name)."""
-    raw = path.read_bytes()
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{path}: not a readable gzip file ({err}); replace it with an intact copy.") from None
-
-
-def _parse_adult(raw: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The stripped string fields (rows x 14 features) and 0/1 labels of one Adult file, checked.
-
-    Lines starting with "|" are comments (adult.test opens with "|1x3 Cross validator") and blank
-    lines are skipped. Every other line must have the 15 columns of ``ADULT_COLUMNS``, numbers in
-    the numeric columns (unless missing) and a label ">50K" or "<=50K", with or without the trailing
-    "." of adult.test; anything else is a DataError naming the file and line.
-    """
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not a text file ({err}); expected the comma-separated UCI Adult file.") from None
-    numeric = [ADULT_COLUMNS.index(name) for name in ADULT_NUMERIC]
-    rows, labels = [], []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip() or line.startswith("|"):
-            continue
-        fields = [f.strip() for f in line.split(",")]
-        if len(fields) != len(ADULT_COLUMNS):
-            raise DataError(
-                f"{path}, line {line_no}: {len(fields)} comma-separated fields, expected {len(ADULT_COLUMNS)} "
-                f"({', '.join(ADULT_COLUMNS)}). Is this the UCI Adult file?"
-            )
-        for j in numeric:
-            if fields[j] != MISSING:
-                try:
-                    number = float(fields[j])
-                except ValueError:
-                    raise DataError(
-                        f"{path}, line {line_no}: column {ADULT_COLUMNS[j]} is {fields[j]!r}, expected a number "
-                        f"or {MISSING!r}."
-                    ) from None
-                # float() also reads "nan", "inf" and "1e999"; such a value would pass here and turn
-                # the standardized features (and the loss) into NaN, blamed later on training.lr.
-                if not math.isfinite(number):
-                    raise DataError(
-                        f"{path}, line {line_no}: column {ADULT_COLUMNS[j]} is {fields[j]!r}, {ADULT_NON_FINITE} "
-                        f"or {MISSING!r} (a missing value). Fix or remove that line."
-                    )
-        label = fields[-1].rstrip(".")
-        if label not in (">50K", "<=50K"):
-            raise DataError(f"{path}, line {line_no}: income label {fields[-1]!r}, expected '>50K' or '<=50K'.")
-        rows.append(fields[:-1])
-        labels.append(label == ">50K")
-    if not rows:
-        raise DataError(f"{path}: no data rows; expected the comma-separated UCI Adult file.")
-    return np.array(rows, dtype=str), np.array(labels, dtype=np.int64)
-
-
-ADULT_ALL_MISSING = "every row has a missing value"
-
-
-def _refuse_all_missing(where: Path, rows: int) -> None:
-    # Otherwise the empty table reaches the minority rule, which lists the values that occur in
-    # it: "use one of ." with nothing to choose from.
-    raise DataError(f"{where}: {ADULT_ALL_MISSING} ({MISSING!r}) in its {rows:,} rows, so none is "
-                    f"left once such rows are dropped. Use a copy of UCI Adult with complete rows, "
-                    f"or data.root: null for the copy shipped with this repository.")
-
-
-def _minority_rule(train: np.ndarray, protected: str, minority_value: str) -> Callable[[np.ndarray], np.ndarray]:
-    """A function of a string table giving the minority mask of its rows, from the two config values.
-
-    Allowed values are those that occur in the training pool; "non-X" selects every value but X.
-    ``protected`` has been checked against ``ADULT_PROTECTED`` already.
-    """
-    column = ADULT_COLUMNS.index(protected)
-    values = sorted(set(train[:, column].tolist()))
-    value, negate = minority_value, False
-    if isinstance(minority_value, str) and minority_value.startswith("non-") and minority_value not in values:
-        value, negate = minority_value[len("non-"):], True
-    if value not in values:
-        allowed = values + [f"non-{v}" for v in values]
-        raise ConfigError(
-            f"data.minority_value: {minority_value!r} does not occur in column {protected!r} of UCI Adult; "
-            f"use one of {', '.join(allowed)}."
-        )
-    if negate:
-        return lambda table: table[:, column] != value
-    return lambda table: table[:, column] == value
-
-
-class _AdultEncoder:
-    """Numeric columns raw, categorical ones one-hot over the documented categories (``public``,
-    column name -> :class:`~dataset.preprocessing.PublicCategories`) or, without them, over the
-    categories seen in the training pool.
-
-    Either fixes one column layout for both splits; a value outside the categories (a test value
-    never seen in training, when fitted) has no column and encodes as all zeros.
+    Either fixes one column layout for both splits, independent of the row order.
     """
 
-    def __init__(self, train: np.ndarray, public: dict[str, PublicCategories] | None = None):
-        self.numeric = [ADULT_COLUMNS.index(c) for c in ADULT_NUMERIC if c not in ADULT_DROPPED]
-        categorical = [j for j, c in enumerate(ADULT_COLUMNS[:-1]) if c not in ADULT_NUMERIC and c not in ADULT_DROPPED]
-        # Sorted (np.unique sorts), which fixes the column order independently of the row order.
-        self.categories = {j: public[ADULT_COLUMNS[j]].sorted() if public is not None
-                           else np.unique(train[:, j]) for j in categorical}
-        names = [ADULT_COLUMNS[j] for j in self.numeric]
-        self.offsets: dict[int, int] = {}
-        for j, values in self.categories.items():
-            self.offsets[j] = len(names)
-            names += [f"{ADULT_COLUMNS[j]}={v}" for v in values]
+    def __init__(self, train: dict[str, np.ndarray], numeric: Sequence[str], categorical: Sequence[str],
+                 public: PublicSchema | None = None):
+        self.numeric = list(numeric)
+        self.categories = {name: public.categories[name].sorted() if public is not None
+                           else np.unique(train[name]) for name in categorical}
+        names = list(self.numeric)
+        for name, values in self.categories.items():
+            names += [f"{name}={v}" for v in values]
         self.names = tuple(names)
         self.numeric_columns = tuple(range(len(self.numeric)))
 
-    def encode(self, table: np.ndarray) -> tuple[np.ndarray, int]:
-        """float32 features of a string table, and how many rows had a category unseen in training."""
-        x = np.zeros((len(table), len(self.names)), dtype=np.float32)
-        x[:, : len(self.numeric)] = table[:, self.numeric].astype(np.float64)
-        unseen = np.zeros(len(table), dtype=bool)
-        rows = np.arange(len(table))
-        for j, values in self.categories.items():
-            code = np.searchsorted(values, table[:, j]).clip(max=len(values) - 1)
-            seen = values[code] == table[:, j]
-            x[rows[seen], self.offsets[j] + code[seen]] = 1.0
+    def encode(self, table: dict[str, np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, int]:
+        """float32 features of ``rows`` of ``table``, and how many of them had a category outside the list."""
+        x = np.zeros((len(rows), len(self.names)), dtype=np.float32)
+        for j, name in enumerate(self.numeric):
+            x[:, j] = table[name][rows]
+        offset = len(self.numeric)
+        unseen = np.zeros(len(rows), dtype=bool)
+        index = np.arange(len(rows))
+        for name, values in self.categories.items():
+            column = table[name][rows]
+            code = np.searchsorted(values, column).clip(max=len(values) - 1)
+            seen = values[code] == column
+            x[index[seen], offset + code[seen]] = 1.0
             unseen |= ~seen
+            offset += len(values)
         return x, int(np.count_nonzero(unseen))
 
 
-def _rate(y: np.ndarray) -> float | None:
+def positive_rate(y: np.ndarray) -> float | None:
     """The positive rate of ``y``, or None for an empty group (JSON-friendly, unlike NaN)."""
     return float(y.mean()) if len(y) else None
 
 
-# The label of each tabular source: ``data.target`` must name it (the loaders fix the label).
-TABULAR_TARGETS = {"adult": "income"}
+# ---------------------------------------------------------------------------------------------------
+# Registration in the project's data-set registry
+# ---------------------------------------------------------------------------------------------------
 
 
-def _register_tabular_dataset(name: str) -> None:
-    """File ``name`` in the project's data-set registry: load the pool, then resample it."""
+def check_target(source: TabularSource, target: str) -> None:
+    """``data.target`` must be the source's label; DataConfig's default (Adult's income) gets a hint."""
+    if target == source.target:
+        return
+    protected, value = source.example
+    hint = ""
+    if target == "income":
+        hint = (f" 'income' {ADULT_DEFAULT_TARGET} (UCI Adult's label), so a {source.name} config must set it: "
+                f"data: {{name: {source.name}, target: {source.target}, protected: {protected}, "
+                f"minority_value: {value}}}.")
+    raise ConfigError(f"data.target: got {target!r}; data set {source.name!r} {UNKNOWN_TARGET} {source.target!r} "
+                      f"only.{hint}")
 
-    @DATASETS.register(name)
+
+def register_source(source: TabularSource) -> TabularSource:
+    """File ``source`` in :data:`TABULAR_SOURCES` and its builder in the project's data-set registry:
+    load the pool (the declared protocol's hook for another ``data.protocol``), then resample it."""
+    TABULAR_SOURCES.register(source.name)(source)
+
+    @DATASETS.register(source.name)
     def build(config) -> DataBundle:
         data = config.data
-        if data.target != TABULAR_TARGETS[name]:
-            raise ConfigError(f"data.target: got {data.target!r}; data set {name!r} predicts "
-                              f"{TABULAR_TARGETS[name]!r} only.")
+        check_target(source, data.target)
         preprocessing = resolved_mode(config)
-        if data.runner_protocol:  # DataConfig allows them for Adult alone
-            encoding = "released" if data.protocol == "runner_released" else "corrected"
-            pool = load_adult_runner(data.root, protected=data.protected,
-                                     minority_value=data.minority_value, seed=config.seed,
-                                     encoding=encoding, preprocessing=preprocessing)
+        protocol = source.protocols.get(data.protocol)  # DataConfig allows them for the sources declaring them
+        if protocol is not None:
+            pool = protocol(data.root, protected=data.protected, minority_value=data.minority_value,
+                            seed=config.seed, preprocessing=preprocessing)
         else:
-            pool = TABULAR_SOURCES.get(name)(data.root, protected=data.protected,
-                                             minority_value=data.minority_value,
-                                             preprocessing=preprocessing)
-        return build_tabular_bundle(pool, minority_share=data.minority_share,
-                                    train_size=data.train_size, seed=config.seed,
-                                    val_fraction=data.val_fraction)
+            pool = source.load(data.root, protected=data.protected, minority_value=data.minority_value,
+                               preprocessing=preprocessing)
+        return build_tabular_bundle(pool, minority_share=data.minority_share, train_size=data.train_size,
+                                    seed=config.seed, val_fraction=data.val_fraction)
 
     build.data_keys = TABULAR_DATA_KEYS
-
-
-# The DataConfig keys only the tabular data sets read (dataset.check_data_keys refuses them elsewhere).
-TABULAR_DATA_KEYS = ("preprocessing",)
-
-for _name in TABULAR_SOURCES:
-    _register_tabular_dataset(_name)
+    return source

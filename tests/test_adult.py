@@ -14,25 +14,21 @@ import numpy as np
 import pytest
 from sklearn.preprocessing import StandardScaler
 
-from dataset import tabular
+from dataset import adult
+from dataset.adult import ADULT, SHIPPED_ADULT_DIR, read_adult_files
 from dataset.imbalance import resample_to_share
-from dataset.tabular import (
-    SHIPPED_ADULT_DIR,
-    TABULAR_SOURCES,
-    build_tabular_bundle,
-    load_adult,
-)
+from dataset.tabular import TABULAR_SOURCES, build_tabular_bundle
 from utils.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
 def sex_pool():
-    return load_adult(None, protected="sex", minority_value="Female")
+    return ADULT.load(None, protected="sex", minority_value="Female")
 
 
 @pytest.fixture(scope="module")
 def race_pool():
-    return load_adult(None, protected="race", minority_value="non-White")
+    return ADULT.load(None, protected="race", minority_value="non-White")
 
 
 def shipped_lines(name):
@@ -125,11 +121,11 @@ def test_bundle_standardizes_with_selected_training_rows_only(sex_pool):
 
 def test_unknown_protected_column_or_value(sex_pool):
     with pytest.raises(ConfigError, match=r"data\.protected: 'age'.*race, sex"):
-        load_adult(None, protected="age", minority_value="Female")
+        ADULT.load(None, protected="age", minority_value="Female")
     with pytest.raises(ConfigError, match=r"data\.minority_value: 'female'.*Female, Male, non-Female, non-Male"):
-        load_adult(None, protected="sex", minority_value="female")
+        ADULT.load(None, protected="sex", minority_value="female")
     with pytest.raises(ConfigError, match=r"data\.minority_value: 'non-Martian'"):
-        load_adult(None, protected="race", minority_value="non-Martian")
+        ADULT.load(None, protected="race", minority_value="non-Martian")
 
 
 def test_corrupted_shipped_copy_fails_the_checksum(tmp_path, monkeypatch):
@@ -137,15 +133,15 @@ def test_corrupted_shipped_copy_fails_the_checksum(tmp_path, monkeypatch):
     lines[0] = lines[0].replace("39,", "38,", 1)  # one age changed: still well-formed, wrong bytes
     (tmp_path / "adult.data.gz").write_bytes(gzip.compress("".join(lines).encode()))
     shutil.copy(SHIPPED_ADULT_DIR / "adult.test.gz", tmp_path / "adult.test.gz")
-    monkeypatch.setattr(tabular, "SHIPPED_ADULT_DIR", tmp_path)
+    monkeypatch.setattr(adult, "SHIPPED_ADULT_DIR", tmp_path)
     with pytest.raises(DataError, match=r"adult\.data\.gz: checksum mismatch.*5d7c39d7b8804f071cdd1f2a7c460872"):
-        load_adult(None, protected="sex", minority_value="Female")
+        ADULT.load(None, protected="sex", minority_value="Female")
 
 
 def test_user_copy_plain_text_loads_like_the_shipped_one(tmp_path, sex_pool):
     for name in ("adult.data", "adult.test"):
         (tmp_path / name).write_text("".join(shipped_lines(name)))
-    pool = load_adult(tmp_path, protected="sex", minority_value="Female")
+    pool = ADULT.load(tmp_path, protected="sex", minority_value="Female")
     np.testing.assert_array_equal(pool.x_pool, sex_pool.x_pool)
     np.testing.assert_array_equal(pool.y_test, sex_pool.y_test)
     assert pool.info["file/train"] == str(tmp_path / "adult.data")
@@ -167,13 +163,13 @@ def test_malformed_user_copy_names_file_and_line(tmp_path, mangle, message):
     (tmp_path / "adult.data").write_text("".join(lines))
     shutil.copy(SHIPPED_ADULT_DIR / "adult.test.gz", tmp_path / "adult.test.gz")
     with pytest.raises(DataError, match=message):
-        load_adult(tmp_path, protected="sex", minority_value="Female")
+        ADULT.load(tmp_path, protected="sex", minority_value="Female")
 
 
 def test_missing_file_says_where_to_get_it(tmp_path):
     shutil.copy(SHIPPED_ADULT_DIR / "adult.data.gz", tmp_path / "adult.data.gz")
     with pytest.raises(DataError) as err:
-        load_adult(tmp_path, protected="sex", minority_value="Female")
+        ADULT.load(tmp_path, protected="sex", minority_value="Female")
     message = str(err.value)
     assert str(tmp_path / "adult.test") in message
     assert "archive.ics.uci.edu/dataset/2/adult" in message
@@ -181,7 +177,7 @@ def test_missing_file_says_where_to_get_it(tmp_path):
 
 
 def test_adult_is_registered():
-    assert TABULAR_SOURCES.get("adult") is load_adult
+    assert TABULAR_SOURCES.get("adult") is ADULT
     with pytest.raises(ConfigError, match=r"data\.name: unknown dataset 'adlt'.*Did you mean 'adult'"):
         TABULAR_SOURCES.get("adlt")
 
@@ -189,14 +185,14 @@ def test_adult_is_registered():
 def test_parsed_files_are_reused_by_content_and_cannot_be_changed(tmp_path):
     # A grid reads the same two files for every point; the second read is the first's parse, and
     # a copy whose content differs (one row fewer) is parsed anew.
-    first = tabular._read_adult_files(None)[1]["train"]
-    again = tabular._read_adult_files(None)[1]["train"]
+    first = read_adult_files(None)[1]["train"]
+    again = read_adult_files(None)[1]["train"]
     assert again[0] is first[0] and again[1] is first[1]
     with pytest.raises(ValueError, match="read-only"):
         first[0][0, 0] = "edited"
     for name in ("adult.data", "adult.test"):
         lines = [line for line in shipped_lines(name) if line.strip()]
         (tmp_path / name).write_text("".join(lines[:-1] if name == "adult.data" else lines))
-    edited = tabular._read_adult_files(tmp_path)[1]["train"]
+    edited = read_adult_files(tmp_path)[1]["train"]
     assert len(edited[0]) == len(first[0]) - 1
     np.testing.assert_array_equal(edited[0], first[0][:-1])

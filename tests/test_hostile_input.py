@@ -30,7 +30,7 @@ import torch
 import yaml
 
 import running
-from dataset.tabular import ADULT_COLUMNS, ADULT_NON_FINITE, SHIPPED_ADULT_DIR
+from dataset.adult import ADULT_COLUMNS, ADULT_NON_FINITE, SHIPPED_ADULT_DIR
 from models import (
     MAX_MODEL_PARAMETERS,
     MODEL_TOO_LARGE,
@@ -700,7 +700,7 @@ def test_model_weights_and_adult_files_that_are_not_files_say_what_they_are(tmp_
 def test_adult_with_a_missing_value_in_every_row_names_the_file(tmp_path, capsys, protocol):
     """Issue 26: every Adult row with a missing value gave "'Female' does not occur …; use one of ."
     with an empty list. The file is now named with what is wrong with it."""
-    from dataset.tabular import ADULT_ALL_MISSING
+    from dataset.adult import ADULT_ALL_MISSING
 
     root = tmp_path / "adult"
     root.mkdir()

@@ -23,9 +23,10 @@ import numpy as np
 import pytest
 
 from dataset import build_dataset
+from dataset.adult import ADULT_CATEGORIES, ADULT_COLUMNS, SHIPPED_ADULT_DIR
+from dataset.compas import SHIPPED_COMPAS_DIR
+from dataset.german import SHIPPED_GERMAN_DIR
 from dataset.preprocessing import FITTED_UNDER_PRIVACY, PublicRange
-from dataset.tabular import ADULT_CATEGORIES, ADULT_COLUMNS, SHIPPED_ADULT_DIR
-from dataset.tabular_sources import SHIPPED_COMPAS_DIR, SHIPPED_GERMAN_DIR
 from tests.conftest import main_on_yaml
 from tests.lsac_fake import make_fake_lsac
 from utils.config import config_from_mapping

@@ -1,4 +1,4 @@
-"""COMPAS, German credit and LSAC bar passage (dataset/tabular_sources.py).
+"""COMPAS, German credit and LSAC bar passage (dataset/compas.py, german.py, lsac.py).
 
 Reference counts are computed here from the files with the csv module and str.split, not with the
 reader's code: ProPublica's filters leave 6,172 of 7,214 COMPAS rows (3,175 African-American, 2,103
@@ -16,32 +16,32 @@ import json
 import re
 import shutil
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 import running
-from dataset import DATASETS, build_dataset, tabular_sources
-from dataset.tabular import TABULAR_SOURCES
-from dataset.tabular_sources import (
+from dataset import DATASETS, build_dataset
+from dataset.compas import COMPAS, COMPAS_MD5, SHIPPED_COMPAS_DIR
+from dataset.german import GERMAN, GERMAN_MD5, SHIPPED_GERMAN_DIR
+from dataset.lsac import LSAC, LSAC_SAS_CONVERT
+from dataset.tabular import (
     ADULT_DEFAULT_TARGET,
+    TABULAR_SOURCES,
+    UNKNOWN_MINORITY,
+    UNKNOWN_PROTECTED,
+    UNKNOWN_TARGET,
+)
+from dataset.tabular_files import (
     BAD_VALUE,
     CHECKSUM_MISMATCH,
     FIELD_COUNT,
     FILE_NOT_FOUND,
-    LSAC_SAS_CONVERT,
     MISSING_COLUMNS,
     NON_FINITE,
     NOT_A_NUMBER,
-    SHIPPED_COMPAS_DIR,
-    SHIPPED_GERMAN_DIR,
     SHIPPED_MISSING,
-    UNKNOWN_MINORITY,
-    UNKNOWN_PROTECTED,
-    UNKNOWN_TARGET,
-    load_compas,
-    load_german,
-    load_lsac,
 )
 from tests.lsac_fake import USED, make_fake_lsac
 from utils.config import config_from_mapping
@@ -73,12 +73,12 @@ def compas_reference():
 
 @pytest.fixture(scope="module")
 def compas_race():
-    return load_compas(None, protected="race", minority_value="African-American")
+    return COMPAS.load(None, protected="race", minority_value="African-American")
 
 
 @pytest.fixture(scope="module")
 def compas_sex():
-    return load_compas(None, protected="sex", minority_value="Female")
+    return COMPAS.load(None, protected="sex", minority_value="Female")
 
 
 def config(name, **data):
@@ -95,8 +95,8 @@ def config(name, **data):
 def test_shipped_files_are_the_originals():
     assert hashlib.md5(gzip.decompress(COMPAS_GZ.read_bytes())).hexdigest() == "9165d40c400bba93a8cffece2b74622b"
     assert hashlib.md5(gzip.decompress(GERMAN_GZ.read_bytes())).hexdigest() == "6b94c2e35480e671545e52a808a8a549"
-    assert tabular_sources.COMPAS_MD5 == "9165d40c400bba93a8cffece2b74622b"
-    assert tabular_sources.GERMAN_MD5 == "6b94c2e35480e671545e52a808a8a549"
+    assert COMPAS_MD5 == "9165d40c400bba93a8cffece2b74622b"
+    assert GERMAN_MD5 == "6b94c2e35480e671545e52a808a8a549"
     # gzip -9 -n: no stored name or timestamp (mtime bytes 4-7 are zero), so the bytes are reproducible.
     for path in (COMPAS_GZ, GERMAN_GZ):
         assert path.read_bytes()[4:8] == b"\0\0\0\0"
@@ -147,7 +147,7 @@ def test_compas_features_and_groups(compas_race, compas_sex):
     assert names[:5] == ("age", "priors_count", "juv_fel_count", "juv_misd_count", "juv_other_count")
     assert len(compas_sex.feature_names) == 5 + 3 + 2 + 6 + 2  # numeric, age_cat, sex, race, charge degree
     assert compas_race.info["minority_values"] == ["African-American"]
-    everyone = load_compas(None, protected="race", minority_value="non-Caucasian")
+    everyone = COMPAS.load(None, protected="race", minority_value="non-Caucasian")
     assert everyone.info["minority_values"] == ["African-American", "Asian", "Hispanic", "Native American", "Other"]
     assert len(everyone.y_pool) + len(everyone.y_test) == 6172
     # The protected attribute is an input: the minority flag is the race=African-American column.
@@ -202,13 +202,13 @@ def test_compas_resampling_reaches_the_share():
 
 def test_compas_user_copy(tmp_path, compas_sex):
     (tmp_path / "compas-scores-two-years.csv").write_text(compas_text())
-    plain = load_compas(tmp_path, protected="sex", minority_value="Female")
+    plain = COMPAS.load(tmp_path, protected="sex", minority_value="Female")
     assert plain.info["propublica_original"] and plain.info["file"].endswith(".csv")
     assert np.array_equal(plain.x_test, compas_sex.x_test)
     gz_dir = tmp_path / "gz"
     gz_dir.mkdir()
     shutil.copy(COMPAS_GZ, gz_dir)
-    assert load_compas(gz_dir, protected="sex", minority_value="Female").info["test_rows_md5"] == \
+    assert COMPAS.load(gz_dir, protected="sex", minority_value="Female").info["test_rows_md5"] == \
         compas_sex.info["test_rows_md5"]
 
 
@@ -223,7 +223,7 @@ def test_german_counts_match_an_independent_count():
     women = [r for r in rows if r[8] in ("A92", "A95")]
     assert (bad, len(young), sum(r[20] == "2" for r in young), len(women)) == (300, 190, 80, 310)
 
-    age = load_german(None, protected="age", minority_value="young")
+    age = GERMAN.load(None, protected="age", minority_value="young")
     assert age.info["uci_original"] and age.info["rows_read"] == 1000
     assert (len(age.y_pool), len(age.y_test)) == (800, 200)
     assert int(age.y_pool.sum() + age.y_test.sum()) == bad
@@ -237,10 +237,10 @@ def test_german_counts_match_an_independent_count():
     raw_age = age.x_pool[:, age.feature_names.index("age")]
     assert np.array_equal(raw_age <= 25, age.minority_pool)
 
-    sex = load_german(None, protected="sex", minority_value="Female")
+    sex = GERMAN.load(None, protected="sex", minority_value="Female")
     assert int(sex.minority_pool.sum() + sex.minority_test.sum()) == len(women)
     assert np.array_equal(sex.x_test, age.x_test)  # same split and features whatever the groups
-    older = load_german(None, protected="age", minority_value="non-young")
+    older = GERMAN.load(None, protected="age", minority_value="non-young")
     assert np.array_equal(older.minority_pool, ~age.minority_pool)
 
 
@@ -279,7 +279,7 @@ def fake_lsac(tmp_path_factory):
 def test_lsac_from_the_fake(fake_lsac):
     expected = independent_lsac_counts(fake_lsac / "bar_pass_prediction.csv")
     assert expected["kept"] < expected["read"] == 600  # the fake has rows with missing used values
-    pool = load_lsac(fake_lsac, protected="race", minority_value="non-White")
+    pool = LSAC.load(fake_lsac, protected="race", minority_value="non-White")
     info = pool.info
     assert info["rows_read"] == 600 and info["rows_dropped_missing"] == 600 - expected["kept"]
     assert len(pool.y_pool) + len(pool.y_test) == expected["kept"]
@@ -289,7 +289,7 @@ def test_lsac_from_the_fake(fake_lsac):
     assert info["columns"] == {"label": "pass_bar", "race": "race1", "sex": "gender"}
     for name in pool.feature_names:  # no restated label, no other model's output
         assert not name.startswith(("bar", "pass_bar", "dnn", "Dropout", "grad", "decile", "ID"))
-    sex = load_lsac(fake_lsac, protected="sex", minority_value="Female")
+    sex = LSAC.load(fake_lsac, protected="sex", minority_value="Female")
     assert int(sex.minority_pool.sum() + sex.minority_test.sum()) == expected["female"]
     assert np.array_equal(sex.x_test, pool.x_test)
     bundle = build_dataset(config("lsac", root=str(fake_lsac), protected="race", minority_value="non-White",
@@ -299,10 +299,10 @@ def test_lsac_from_the_fake(fake_lsac):
 
 def test_lsac_other_version_and_gzip(tmp_path, fake_lsac):
     make_fake_lsac(tmp_path, n_rows=600, seed=1, variant="law_school_clean", compress=True)
-    clean = load_lsac(tmp_path, protected="sex", minority_value="Female")
+    clean = LSAC.load(tmp_path, protected="sex", minority_value="Female")
     assert clean.info["columns"] == {"label": "pass_bar", "race": "racetxt", "sex": "male"}
     assert clean.info["file"].endswith(".csv.gz")
-    original = load_lsac(fake_lsac, protected="sex", minority_value="Female")
+    original = LSAC.load(fake_lsac, protected="sex", minority_value="Female")
     # The same people, named differently: the same rows, labels and groups (the split differs: its
     # strata are the race values, five in one version and two in the other).
     for a in (clean, original):
@@ -310,53 +310,51 @@ def test_lsac_other_version_and_gzip(tmp_path, fake_lsac):
                 int(a.minority_pool.sum() + a.minority_test.sum())) == \
             (len(original.y_pool) + len(original.y_test), int(original.y_pool.sum() + original.y_test.sum()),
              int(original.minority_pool.sum() + original.minority_test.sum()))
-    race = load_lsac(tmp_path, protected="race", minority_value="non-White")
+    race = LSAC.load(tmp_path, protected="race", minority_value="non-White")
     assert race.info["minority_values"] == ["non-White"]
 
 
 # --- named errors ----------------------------------------------------------------------------------
 
 
-def test_missing_files(tmp_path, monkeypatch):
+def test_missing_files(tmp_path):
     with pytest.raises(DataError, match=FILE_NOT_FOUND) as error:
-        load_compas(tmp_path, protected="race", minority_value="African-American")
+        COMPAS.load(tmp_path, protected="race", minority_value="African-American")
     assert str(tmp_path / "compas-scores-two-years.csv") in str(error.value)
     with pytest.raises(DataError, match=FILE_NOT_FOUND):
-        load_german(tmp_path, protected="age", minority_value="young")
+        GERMAN.load(tmp_path, protected="age", minority_value="young")
     with pytest.raises(DataError, match="not a directory"):
-        load_german(tmp_path / "nope", protected="age", minority_value="young")
+        GERMAN.load(tmp_path / "nope", protected="age", minority_value="young")
     # LSAC: never shipped; the message says what to place where, and how to convert the SAS original.
     with pytest.raises(DataError, match="not shipped") as error:
-        load_lsac(None, protected="race", minority_value="non-White")
+        LSAC.load(None, protected="race", minority_value="non-White")
     assert "bar_pass_prediction.csv" in str(error.value) and LSAC_SAS_CONVERT in str(error.value)
     with pytest.raises(DataError, match=FILE_NOT_FOUND) as error:
-        load_lsac(tmp_path, protected="race", minority_value="non-White")
+        LSAC.load(tmp_path, protected="race", minority_value="non-White")
     assert str(tmp_path / "bar_pass_prediction.csv") in str(error.value)
     (tmp_path / "lsac.sas7bdat").write_bytes(b"SAS FILE")
     with pytest.raises(DataError, match="lsac.sas7bdat is there") as error:
-        load_lsac(tmp_path, protected="race", minority_value="non-White")
+        LSAC.load(tmp_path, protected="race", minority_value="non-White")
     assert LSAC_SAS_CONVERT in str(error.value)
     # A checkout that lost its shipped copy.
-    monkeypatch.setattr(tabular_sources, "SHIPPED_GERMAN_DIR", tmp_path / "empty")
     with pytest.raises(DataError, match=SHIPPED_MISSING):
-        load_german(None, protected="age", minority_value="young")
+        replace(GERMAN, shipped_dir=tmp_path / "empty").load(None, protected="age", minority_value="young")
 
 
-def test_corrupted_shipped_copy(tmp_path, monkeypatch):
+def test_corrupted_shipped_copy(tmp_path):
     lines = german_lines()
     lines[0] = lines[0].replace(" 67 ", " 68 ")
     (tmp_path / "german.data.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
-    monkeypatch.setattr(tabular_sources, "SHIPPED_GERMAN_DIR", tmp_path)
     with pytest.raises(DataError, match=CHECKSUM_MISMATCH):
-        load_german(None, protected="age", minority_value="young")
+        replace(GERMAN, shipped_dir=tmp_path).load(None, protected="age", minority_value="young")
     # The same edited file as a user copy is read (format checks only), and marked as not the original.
     user = tmp_path / "user"
     user.mkdir()
     shutil.copy(tmp_path / "german.data.gz", user)
-    assert not load_german(user, protected="age", minority_value="young").info["uci_original"]
+    assert not GERMAN.load(user, protected="age", minority_value="young").info["uci_original"]
     (user / "german.data.gz").write_bytes(b"\x1f\x8b" + b"garbage")
     with pytest.raises(DataError, match="not a readable gzip file"):
-        load_german(user, protected="age", minority_value="young")
+        GERMAN.load(user, protected="age", minority_value="young")
 
 
 def test_wrong_target_names_the_fix():
@@ -379,18 +377,18 @@ def test_cli_reports_a_forgotten_target(tmp_path, capsys):
 
 def test_unknown_groups_list_the_choices(fake_lsac):
     with pytest.raises(ConfigError, match=UNKNOWN_PROTECTED) as error:
-        load_german(None, protected="race", minority_value="x")
+        GERMAN.load(None, protected="race", minority_value="x")
     assert "age, sex" in str(error.value)
     with pytest.raises(ConfigError, match=UNKNOWN_MINORITY) as error:
-        load_german(None, protected="age", minority_value="old")
+        GERMAN.load(None, protected="age", minority_value="old")
     assert "young, non-young" in str(error.value) and "non-non" not in str(error.value)
     with pytest.raises(ConfigError, match=UNKNOWN_MINORITY) as error:
-        load_compas(None, protected="race", minority_value="Black")
+        COMPAS.load(None, protected="race", minority_value="Black")
     assert "African-American" in str(error.value) and "non-Caucasian" in str(error.value)
     with pytest.raises(ConfigError, match=UNKNOWN_PROTECTED):
-        load_compas(None, protected="age", minority_value="x")
+        COMPAS.load(None, protected="age", minority_value="x")
     with pytest.raises(ConfigError, match=UNKNOWN_MINORITY) as error:
-        load_lsac(fake_lsac, protected="sex", minority_value="female")
+        LSAC.load(fake_lsac, protected="sex", minority_value="female")
     assert "Female, Male" in str(error.value)
 
 
@@ -406,7 +404,7 @@ def test_malformed_compas(tmp_path):
         lines[99] = lines[99].rsplit(",", 3)[0]
     write_compas(tmp_path, truncate)
     with pytest.raises(DataError, match=FIELD_COUNT) as error:
-        load_compas(tmp_path, protected="sex", minority_value="Female")
+        COMPAS.load(tmp_path, protected="sex", minority_value="Female")
     assert "line 100:" in str(error.value) and "compas-scores-two-years.csv" in str(error.value)
 
     def bad_age(lines):
@@ -415,14 +413,14 @@ def test_malformed_compas(tmp_path):
         lines[9] = ",".join(fields)
     write_compas(tmp_path, bad_age)
     with pytest.raises(DataError, match=NOT_A_NUMBER) as error:
-        load_compas(tmp_path, protected="sex", minority_value="Female")
+        COMPAS.load(tmp_path, protected="sex", minority_value="Female")
     assert "line 10: column age is 'sixty'" in str(error.value)
 
     def no_label(lines):
         lines[0] = lines[0].replace("two_year_recid", "two_year")
     write_compas(tmp_path, no_label)
     with pytest.raises(DataError, match=MISSING_COLUMNS) as error:
-        load_compas(tmp_path, protected="sex", minority_value="Female")
+        COMPAS.load(tmp_path, protected="sex", minority_value="Female")
     assert "two_year_recid" in str(error.value) and "found: id, name" in str(error.value)
 
 
@@ -438,7 +436,7 @@ def test_malformed_german(tmp_path):
         lines[line_no - 1] = " ".join(edit(lines[line_no - 1].split()))
         (tmp_path / "german.data").write_text("\n".join(lines) + "\n")
         with pytest.raises(DataError, match=re.escape(message)) as error:
-            load_german(tmp_path, protected="age", minority_value="young")
+            GERMAN.load(tmp_path, protected="age", minority_value="young")
         assert f"line {line_no}:" in str(error.value)
 
 
@@ -460,7 +458,7 @@ def test_malformed_lsac(tmp_path):
 
     write(lambda row: row.pop())
     with pytest.raises(DataError, match=FIELD_COUNT) as error:
-        load_lsac(tmp_path, protected="race", minority_value="non-White")
+        LSAC.load(tmp_path, protected="race", minority_value="non-White")
     assert line in str(error.value)
 
     def set_value(column, value):
@@ -472,13 +470,13 @@ def test_malformed_lsac(tmp_path):
                                    ("pass_bar", "2", BAD_VALUE), ("gender", "unknown", BAD_VALUE)):
         write(set_value(column, value))
         with pytest.raises(DataError, match=message) as error:
-            load_lsac(tmp_path, protected="race", minority_value="non-White")
+            LSAC.load(tmp_path, protected="race", minority_value="non-White")
         assert line in str(error.value) and column in str(error.value)
 
     renamed = {"pass_bar": "labels", "bar_passed": "passed"}
     write(lambda row: None, new_header=[renamed.get(c, c) for c in header])
     with pytest.raises(DataError, match=MISSING_COLUMNS) as error:
-        load_lsac(tmp_path, protected="race", minority_value="non-White")
+        LSAC.load(tmp_path, protected="race", minority_value="non-White")
     assert "pass_bar or bar_passed" in str(error.value) and "found: decile1b" in str(error.value)
 
 

@@ -22,18 +22,18 @@ import torch
 import yaml
 
 from dataset import build_dataset
-from dataset.celeba import official_split, protocol_split
-from dataset.imbalance import resample_to_share, validation_counts, validation_split
-from dataset.synthetic import POOL_SIZE, make_synthetic
-from dataset.tabular import (
+from dataset.adult import (
     ADULT_COLUMNS,
     RELEASED_NOT_PUBLIC,
     RUNNER_MISSING_COLUMNS,
     RUNNER_ROWS,
-    _read_adult_files,
     load_adult_runner,
+    read_adult_files,
     runner_split,
 )
+from dataset.celeba import official_split, protocol_split
+from dataset.imbalance import resample_to_share, validation_counts, validation_split
+from dataset.synthetic import POOL_SIZE, make_synthetic
 from models import build_model
 from tests.conftest import read_jsonl, run_running_py
 from tests.test_resume import run_until_interrupted
@@ -526,7 +526,7 @@ def test_runner_protocol_rows_inputs_and_sizes(runner_pools):
 
 
 def test_runner_rows_are_the_released_codes_rows():
-    _, splits, _ = _read_adult_files(None)
+    _, splits, _ = read_adult_files(None)
     table = np.concatenate([splits["train"][0], splits["test"][0]])
     released = np.ones(len(table), dtype=bool)
     for name in RUNNER_MISSING_COLUMNS:
@@ -576,7 +576,7 @@ def test_the_released_encoding_has_120_inputs_binned_on_ages_standardized_decile
     # The one-hot pairs are the corrected protocol's; only the 50 bin columns differ.
     np.testing.assert_array_equal(released.x_pool[:, 50:], corrected.x_pool[:, 27:])
     np.testing.assert_array_equal(released.x_test[:, 50:], corrected.x_test[:, 27:])
-    _, splits, _ = _read_adult_files(None)
+    _, splits, _ = read_adult_files(None)
     table = np.concatenate([splits["train"][0], splits["test"][0]])
     table = table[~(table == "?").any(axis=1)]
     rows = runner_split(len(table), 0)
