@@ -1,7 +1,7 @@
 """Throughput of CelebA's one-time pre-processing (decode, center crop, resize, write the cache).
 
 Writes N fake CelebA JPEGs of the real size (178×218, about 8 KB each, near CelebA's 7 KB average;
-see tests/celeba_fake.py) into a temporary folder, then times ``dataset.celeba.load_image_cache``
+see tests/celeba_fake.py) into a temporary folder, then times ``dataset.celeba_cache.load_image_cache``
 building a fresh cache with each backend: Pillow on a pool of CPU threads (one thread, then all
 cores), TorchCodec's and torchvision's ``decode_jpeg`` batched on the CPU, and both on CUDA (nvJPEG)
 when there is a GPU. The time
@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for the imports below
 
-from dataset.celeba import IMAGE_FOLDER, available_batch_decoders, load_image_cache, usable_cores
+from dataset.celeba_cache import available_batch_decoders, load_image_cache, usable_cores
+from dataset.celeba_files import IMAGE_FOLDER
 from tests.celeba_fake import make_fake_celeba
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dataset.celeba import ATTRIBUTE_FILE, ATTRIBUTE_NAMES, IDENTITY_FILE, IMAGE_FOLDER, PARTITION_FILE
+from dataset.celeba_files import ATTRIBUTE_FILE, ATTRIBUTE_NAMES, IDENTITY_FILE, IMAGE_FOLDER, PARTITION_FILE
 
 WIDTH, HEIGHT = 178, 218
 # Positive rate of each attribute in the fake set; the others are positive 30 % of the time.

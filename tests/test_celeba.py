@@ -15,29 +15,30 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset import build_dataset, celeba
-from dataset.celeba import (
-    ATTRIBUTE_FILE,
-    ATTRIBUTE_NAMES,
+from dataset import build_dataset, celeba_cache
+from dataset.celeba import celeba_transform
+from dataset.celeba_cache import (
     BATCH_DECODERS,
     CACHE_CHECKSUM_MISMATCH,
     CACHE_REBUILT,
-    CELEBA_URL,
     CHECKSUM_SUFFIX,
-    IDENTITY_FILE,
-    PARTITION_FILE,
     available_batch_decoders,
-    celeba_transform,
     crop_resize,
     default_backend,
     load_image_cache,
+)
+from dataset.celeba_files import (
+    ATTRIBUTE_FILE,
+    ATTRIBUTE_NAMES,
+    CELEBA_URL,
+    IDENTITY_FILE,
+    PARTITION_FILE,
     locate_celeba,
-    official_split,
-    protocol_split,
     read_attributes,
     read_identities,
     read_partition,
 )
+from dataset.celeba_split import official_split, protocol_split
 from tests.celeba_fake import make_fake_celeba
 from utils.config import config_from_mapping
 from utils.errors import ConfigError, DataError
@@ -467,7 +468,7 @@ def test_cache_matches_reference_and_is_built_once(tmp_path, fake, monkeypatch):
     def no_decoding(*args):
         raise AssertionError("the cached images were decoded again")
 
-    monkeypatch.setattr(celeba, "preprocess_image", no_decoding)
+    monkeypatch.setattr(celeba_cache, "preprocess_image", no_decoding)
     second = load_image_cache(image_dir, names, size=64, cache_dir=tmp_path)
     assert not second.built and second.path == first.path
     assert isinstance(second.images, np.memmap)
@@ -483,7 +484,7 @@ def test_cache_matches_reference_and_is_built_once(tmp_path, fake, monkeypatch):
 def test_interrupted_build_leaves_nothing_a_later_run_trusts(tmp_path, fake, monkeypatch):
     image_dir = fake["directory"] / "img_align_celeba"
     names = fake["filenames"][:80]
-    decode = celeba.preprocess_image
+    decode = celeba_cache.preprocess_image
     calls = []
 
     def interrupted(path, size):  # Ctrl-C half way through
@@ -492,7 +493,7 @@ def test_interrupted_build_leaves_nothing_a_later_run_trusts(tmp_path, fake, mon
             raise KeyboardInterrupt
         return decode(path, size)
 
-    monkeypatch.setattr(celeba, "preprocess_image", interrupted)
+    monkeypatch.setattr(celeba_cache, "preprocess_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
         load_image_cache(image_dir, names, size=64, cache_dir=tmp_path, workers=2, chunk_size=8)
     assert list(tmp_path.iterdir()) == []  # neither the final name nor the temporary file

@@ -778,7 +778,7 @@ def test_a_celeba_cache_with_a_flipped_byte_is_rebuilt_not_used(tmp_path, capsys
     """Issue 26: a CelebA image cache with flipped bytes was used as it was (accuracy 0.575 →
     0.525). Each cache now has its SHA-256 beside it; a mismatch rebuilds it with a warning, and the
     run matches the one on the intact cache."""
-    from dataset.celeba import CACHE_CHECKSUM_MISMATCH
+    from dataset.celeba_cache import CACHE_CHECKSUM_MISMATCH
     from tests.celeba_fake import make_fake_celeba
 
     fake = make_fake_celeba(tmp_path / "celeba", n_images=200, seed=0)

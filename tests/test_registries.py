@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dataset.celeba import SPLITS
+from dataset.celeba_split import SPLITS
 from privacy import ENGINES
 from privacy.clipping import RULES
 from training import TRAINERS

@@ -31,7 +31,7 @@ from dataset.adult import (
     read_adult_files,
     runner_split,
 )
-from dataset.celeba import official_split, protocol_split
+from dataset.celeba_split import official_split, protocol_split
 from dataset.imbalance import resample_to_share, validation_counts, validation_split
 from dataset.synthetic import POOL_SIZE, make_synthetic
 from models import build_model
