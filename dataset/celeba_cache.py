@@ -132,14 +132,39 @@ def load_image_cache(
     key = cache_key(filenames, size)
     path = cache_dir / f"celeba_{size}px_{len(filenames)}img_{key[:16]}.npy"
     shape = (len(filenames), 3, size, size)
-    if path.is_file():
-        images = _open_cache(path, shape)
-        problem = (f"not a {shape} uint8 array" if images is None else _checksum_problem(path))
-        if problem is None:
-            return ImageCache(images, path, built=False, seconds=0.0)
-        del images  # the memory map, before the file is replaced
-        warn_user(f"{path}: {problem}; {CACHE_REBUILT}.")
+    if path.is_file() and (images := _trusted_cache(path, shape)) is not None:
+        return ImageCache(images, path, built=False, seconds=0.0)
+    _check_cache_space(cache_dir, shape)
 
+    started = time.perf_counter()
+    paths = [Path(image_dir) / name for name in filenames]
+
+    def decode(out: np.ndarray) -> None:
+        if backend != "pillow":
+            _decode_in_batches(BATCH_DECODERS[backend](), paths, out, size, device, chunk_size, progress_mode)
+        else:
+            _decode_with_pillow(paths, out, size, workers or usable_cores(), chunk_size, progress_mode)
+
+    _write_cache(path, shape, decode)
+    images = _open_cache(path, shape)
+    assert images is not None, f"{path} was just written with shape {shape}"
+    return ImageCache(images, path, built=True, seconds=time.perf_counter() - started)
+
+
+def _trusted_cache(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The memory-mapped cache at ``path`` when it is a uint8 array of ``shape`` whose content
+    matches its recorded SHA-256; otherwise None, with a warning that it is built again."""
+    images = _open_cache(path, shape)
+    problem = (f"not a {shape} uint8 array" if images is None else _checksum_problem(path))
+    if problem is None:
+        return images
+    del images  # the memory map, before the file is replaced
+    warn_user(f"{path}: {problem}; {CACHE_REBUILT}.")
+    return None
+
+
+def _check_cache_space(cache_dir: Path, shape: tuple[int, ...]) -> None:
+    """Make ``cache_dir``; a DataError when it cannot be made or lacks the space for a uint8 ``shape``."""
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(cache_dir).free
@@ -151,16 +176,15 @@ def load_image_cache(
         raise DataError(f"{cache_dir}: the image cache needs {needed / 2**30:.2f} GiB but {free / 2**30:.2f} GiB "
                         "are free. Set data.cache_dir to a folder with more space, or lower data.image_size.")
 
-    started = time.perf_counter()
+
+def _write_cache(path: Path, shape: tuple[int, ...], decode: Callable[[np.ndarray], None]) -> None:
+    """Build the cache at ``path``: ``decode`` fills a uint8 ``shape`` array in a temporary file of
+    the same folder, which is flushed, fsynced, checksummed and only then renamed into place
+    (:func:`load_image_cache`); whatever stops it, no partial array is left behind."""
     temporary = path.with_name(f"{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    paths = [Path(image_dir) / name for name in filenames]
     try:
         out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
-        if backend != "pillow":
-            _decode_in_batches(BATCH_DECODERS[backend](), paths, out, size, device, chunk_size,
-                               progress_mode)
-        else:
-            _decode_with_pillow(paths, out, size, workers or usable_cores(), chunk_size, progress_mode)
+        decode(out)
         out.flush()
         del out
         # fsync before the rename: otherwise a power cut could leave the final name pointing at
@@ -174,9 +198,6 @@ def load_image_cache(
     except BaseException:  # KeyboardInterrupt included: never leave a partial array behind
         temporary.unlink(missing_ok=True)
         raise
-    images = _open_cache(path, shape)
-    assert images is not None, f"{path} was just written with shape {shape}"
-    return ImageCache(images, path, built=True, seconds=time.perf_counter() - started)
 
 
 CHECKSUM_SUFFIX = ".sha256"

@@ -157,28 +157,10 @@ def protocol_split(
     """
     targets = np.asarray(targets, dtype=np.int64)
     minority = np.asarray(minority, dtype=bool)
+    identities = None if identities is None else np.asarray(identities)
     n_test = DEFAULT_TEST_SIZE if test_size is None else test_size
-    cells = [(True, 1), (True, 0), (False, 1), (False, 0)]
-    wanted = {cell: n_test // 4 + (i < n_test % 4) for i, cell in enumerate(cells)}
-    members = {cell: np.flatnonzero((minority == cell[0]) & (targets == cell[1])) for cell in cells}
-    smallest = min(len(rows) for rows in members.values())
-    for cell in cells:
-        if wanted[cell] > len(members[cell]):
-            raise DataError(
-                f"data.test_size: {n_test} needs {wanted[cell]} test images of the {_cell_name(cell)} cell, but "
-                f"the data has {len(members[cell])}. Use data.test_size <= {4 * smallest}."
-            )
-    if identities is None:
-        test_parts = [_seeded_order(members[cell], _TEST_STREAM, seed, cell)[: wanted[cell]] for cell in cells]
-    else:
-        identities = np.asarray(identities)
-        if identities.shape != targets.shape:
-            raise ValueError(f"identities {identities.shape} and targets {targets.shape} must be equally long")
-        # Every image is reachable in this order, so the test-size check above stays exact.
-        order = _identity_order(identities, seed)
-        test_parts = [order[(minority[order] == group) & (targets[order] == label)][: wanted[group, label]]
-                      for group, label in cells]
-    test_rows = np.sort(np.concatenate(test_parts))
+    members = {cell: np.flatnonzero((minority == cell[0]) & (targets == cell[1])) for cell in _CELLS}
+    test_rows = _protocol_test_rows(targets, minority, members, n_test, seed, identities)
     unavailable = np.zeros(len(targets), dtype=bool)
     unavailable[test_rows] = True
     if identities is not None:
@@ -186,26 +168,13 @@ def protocol_split(
         # The rest of each test person's images: training on them would put that person on both sides.
         excluded = np.isin(identities, test_identities) & ~unavailable
         unavailable |= excluded
-    rest = {cell: members[cell][~unavailable[members[cell]]] for cell in cells}  # sorted, as members are
-
-    pool_orders = {}
-    for group in (True, False):
-        keep = min(len(rest[group, 1]), len(rest[group, 0]))
-        for label in (1, 0):
-            pool_orders[group, label] = _seeded_order(rest[group, label], _POOL_STREAM, seed, (group, label))[:keep]
+    rest = {cell: members[cell][~unavailable[members[cell]]] for cell in _CELLS}  # sorted, as members are
+    pool_orders = _balanced_pool_orders(rest, seed)
     pool = np.sort(np.concatenate(list(pool_orders.values())))
     train_pool, val_rows, val_info = pool, np.zeros(0, dtype=np.int64), {}
     if val_fraction > 0:
-        val_rows, removed, val_info = _draw_validation(pool, targets, minority, val_fraction, seed, identities)
-        gone = np.zeros(len(targets), dtype=bool)
-        gone[removed] = True
-        parts = []
-        for group in (True, False):  # balanced again: the pool's order, the larger label cell cut
-            left = {label: pool_orders[group, label][~gone[pool_orders[group, label]]] for label in (1, 0)}
-            keep = min(len(left[1]), len(left[0]))
-            parts += [left[1][:keep], left[0][:keep]]
-        train_pool = np.sort(np.concatenate(parts))
-        val_info["val_rebalance_left_out"] = len(pool) - len(removed) - len(train_pool)
+        train_pool, val_rows, val_info = _hold_out_validation(pool, pool_orders, targets, minority, val_fraction,
+                                                              seed, identities)
     try:
         chosen = resample_to_share(minority[train_pool], targets[train_pool], share, train_size=train_size,
                                    seed=seed)
@@ -232,6 +201,65 @@ def protocol_split(
     info.update(_cell_counts("pool_count", targets[pool], minority[pool]))
     info.update(val_info)
     return Split(test_rows, train_rows, info, val_rows)
+
+
+# The protocol's four cells (minority?, label), in the order that gets the test set's odd images first.
+_CELLS = ((True, 1), (True, 0), (False, 1), (False, 0))
+
+
+def _protocol_test_rows(targets: np.ndarray, minority: np.ndarray, members: dict[tuple[bool, int], np.ndarray],
+                        n_test: int, seed: int, identities: np.ndarray | None) -> np.ndarray:
+    """Step 1 of :func:`protocol_split`: the sorted test rows, ``n_test // 4`` per cell (the first
+    ``n_test % 4`` cells one more), each a prefix of a seeded order of images or, with
+    ``identities``, of the identity-major order; a DataError when a cell is too small."""
+    wanted = {cell: n_test // 4 + (i < n_test % 4) for i, cell in enumerate(_CELLS)}
+    smallest = min(len(rows) for rows in members.values())
+    for cell in _CELLS:
+        if wanted[cell] > len(members[cell]):
+            raise DataError(
+                f"data.test_size: {n_test} needs {wanted[cell]} test images of the {_cell_name(cell)} cell, but "
+                f"the data has {len(members[cell])}. Use data.test_size <= {4 * smallest}."
+            )
+    if identities is None:
+        test_parts = [_seeded_order(members[cell], _TEST_STREAM, seed, cell)[: wanted[cell]] for cell in _CELLS]
+    else:
+        if identities.shape != targets.shape:
+            raise ValueError(f"identities {identities.shape} and targets {targets.shape} must be equally long")
+        # Every image is reachable in this order, so the test-size check above stays exact.
+        order = _identity_order(identities, seed)
+        test_parts = [order[(minority[order] == group) & (targets[order] == label)][: wanted[group, label]]
+                      for group, label in _CELLS]
+    return np.sort(np.concatenate(test_parts))
+
+
+def _balanced_pool_orders(rest: dict[tuple[bool, int], np.ndarray], seed: int) -> dict[tuple[bool, int], np.ndarray]:
+    """Step 2 of :func:`protocol_split`: per cell, the pool's rows in their seeded order, the larger
+    label cell of each group cut to the size of the smaller (so each group is half positive)."""
+    pool_orders = {}
+    for group in (True, False):
+        keep = min(len(rest[group, 1]), len(rest[group, 0]))
+        for label in (1, 0):
+            pool_orders[group, label] = _seeded_order(rest[group, label], _POOL_STREAM, seed, (group, label))[:keep]
+    return pool_orders
+
+
+def _hold_out_validation(pool: np.ndarray, pool_orders: dict[tuple[bool, int], np.ndarray], targets: np.ndarray,
+                         minority: np.ndarray, fraction: float, seed: int,
+                         identities: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The protocol's validation set (:func:`_draw_validation` of the balanced pool) and what is left
+    for training, balanced again: within each group, in the pool's order, the larger label cell cut
+    to the smaller. Returns (training pool, validation rows, info)."""
+    val_rows, removed, val_info = _draw_validation(pool, targets, minority, fraction, seed, identities)
+    gone = np.zeros(len(targets), dtype=bool)
+    gone[removed] = True
+    parts = []
+    for group in (True, False):
+        left = {label: pool_orders[group, label][~gone[pool_orders[group, label]]] for label in (1, 0)}
+        keep = min(len(left[1]), len(left[0]))
+        parts += [left[1][:keep], left[0][:keep]]
+    train_pool = np.sort(np.concatenate(parts))
+    val_info["val_rebalance_left_out"] = len(pool) - len(removed) - len(train_pool)
+    return train_pool, val_rows, val_info
 
 
 @SPLITS.register("official")
