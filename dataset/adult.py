@@ -287,6 +287,10 @@ def _parse_adult(raw: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array(rows, dtype=str), np.array(labels, dtype=np.int64)
 
 
+# ---------------------------------------------------------------------------------------------------
+# RUNNER's protocols, the hooks of data.protocol: runner and runner_released
+# ---------------------------------------------------------------------------------------------------
+
 # RUNNER's protocol (data.protocol: runner): the preprocessing of the RUNNER paper's released code
 # (Ace0001/RUNNER, dataset.py, itself fair-mixup's, which took get_adult_data from IBM's SenSR),
 # re-implemented from its description; see load_adult_runner.
@@ -565,6 +569,10 @@ def _bin_names(name: str, inner: np.ndarray) -> list[str]:
     between = [name + "=(" + low + "," + high + "]" for low, high in zip(edges, edges[1:])]
     return [f"{name}<={edges[0]}", *between, f"{name}>{edges[-1]}"]
 
+
+# ---------------------------------------------------------------------------------------------------
+# The declaration
+# ---------------------------------------------------------------------------------------------------
 
 ADULT_MISSING_RULE = ('a row with "?" in any column is dropped from its split (in the UCI files: workclass, '
                       'occupation or native-country)')

@@ -436,19 +436,7 @@ def load_tabular(source: TabularSource, root: str | Path | None, *, protected: s
 
     train_rows, test_rows = np.flatnonzero(keep & ~is_test), np.flatnonzero(keep & is_test)
     minority_pool, minority_test = minority[train_rows], minority[test_rows]
-    if source.split == OFFICIAL:
-        if not minority_test.any():
-            raise ConfigError(
-                f"data.minority_value: {minority_value!r} occurs in the training pool but not in the test set "
-                f"({rows.test_path}), so no group metric could be computed; choose a larger group."
-            )
-    else:
-        for split, mask in (("training pool", minority_pool), ("test set", minority_test)):
-            if not mask.any() or mask.all():
-                which = "no" if not mask.any() else "only"
-                raise ConfigError(f"data.minority_value: {minority_value!r} leaves {which} minority examples in "
-                                  f"the {split} of {source.title} ({rows.path}), so the groups cannot be "
-                                  "compared; choose another value.")
+    _check_groups(source, rows, minority_pool, minority_test, minority_value)
 
     public = source.public if preprocessing == PUBLIC else None
     encoder = OneHotEncoder({name: table[name][train_rows] for name in source.categorical}, source.numeric,
@@ -458,26 +446,9 @@ def load_tabular(source: TabularSource, root: str | Path | None, *, protected: s
         info["pool_rows_unlisted_category"] = unseen_pool
     x_test, unseen_test = encoder.encode(table, test_rows)
     y_pool, y_test = labels[train_rows], labels[test_rows]
-    groups_pool = {"minority": (y_pool, minority_pool), "majority": (y_pool, ~minority_pool)}
-    groups_test = {"minority": (y_test, minority_test), "majority": (y_test, ~minority_test)}
-    summary = {"test_rows_unseen_category": unseen_test, "protected": protected,
-               "minority_value": minority_value,
-               "minority_values": sorted(set(groups[train_rows][minority_pool].tolist()))}
-    if source.split == OFFICIAL:
-        info.update({"dropped_columns": list(source.dropped), **summary, **_group_facts("pool", groups_pool),
-                     "pool_share": float(minority_pool.mean())})
-    else:
-        info.update({
-            "rows/train": len(train_rows),
-            "rows/test": len(test_rows),
-            "split": f"fixed stratified {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} (split seed {SPLIT_SEED}, "
-                     "independent of the run's seed)",
-            # The test set's data rows of the file (0-based), fingerprinted: equal digests, same test rows.
-            "test_rows_md5": hashlib.md5(",".join(map(str, rows.row_ids[test_rows])).encode()).hexdigest(),
-            **summary,
-            "pool_share": float(minority_pool.mean()),
-            **_group_facts("pool", groups_pool, "test", groups_test),
-        })
+    info.update(_split_facts(source, rows, train_rows, test_rows, minority, {
+        "test_rows_unseen_category": unseen_test, "protected": protected, "minority_value": minority_value,
+        "minority_values": sorted(set(groups[train_rows][minority_pool].tolist()))}))
     return TabularPool(x_pool=x_pool, y_pool=y_pool, minority_pool=minority_pool, x_test=x_test, y_test=y_test,
                        minority_test=minority_test, feature_names=encoder.names,
                        numeric_columns=encoder.numeric_columns, info=info,
@@ -486,6 +457,53 @@ def load_tabular(source: TabularSource, root: str | Path | None, *, protected: s
                                                      if public is not None else None)
                                       for name, values in encoder.categories.items()),
                        preprocessing=preprocessing)
+
+
+def _check_groups(source: TabularSource, rows: SourceRows, minority_pool: np.ndarray, minority_test: np.ndarray,
+                  minority_value: Any) -> None:
+    """Refuse a minority value that leaves a split without a group to compare: under the official
+    split a test set without the minority; under a fixed split a pool or test set with no or only
+    minority rows."""
+    if source.split == OFFICIAL:
+        if not minority_test.any():
+            raise ConfigError(
+                f"data.minority_value: {minority_value!r} occurs in the training pool but not in the test set "
+                f"({rows.test_path}), so no group metric could be computed; choose a larger group."
+            )
+        return
+    for split, mask in (("training pool", minority_pool), ("test set", minority_test)):
+        if not mask.any() or mask.all():
+            which = "no" if not mask.any() else "only"
+            raise ConfigError(f"data.minority_value: {minority_value!r} leaves {which} minority examples in "
+                              f"the {split} of {source.title} ({rows.path}), so the groups cannot be "
+                              "compared; choose another value.")
+
+
+def _split_facts(source: TabularSource, rows: SourceRows, train_rows: np.ndarray, test_rows: np.ndarray,
+                 minority: np.ndarray, groups: dict[str, Any]) -> dict[str, Any]:
+    """The pool's ``info`` entries after the encoding, in the order each split has always written
+    them: ``groups`` (unseen categories, protected attribute and minority values), the pool's (and
+    under a fixed split the test set's) count and positive rate per group, the minority's share of
+    the pool, and what says which rows were chosen (the official split: the columns dropped; a
+    fixed split: the row counts, the split rule and the test rows' fingerprint)."""
+    y_pool, y_test = rows.labels[train_rows], rows.labels[test_rows]
+    minority_pool, minority_test = minority[train_rows], minority[test_rows]
+    pool = {"minority": (y_pool, minority_pool), "majority": (y_pool, ~minority_pool)}
+    if source.split == OFFICIAL:
+        return {"dropped_columns": list(source.dropped), **groups, **_group_facts("pool", pool),
+                "pool_share": float(minority_pool.mean())}
+    test = {"minority": (y_test, minority_test), "majority": (y_test, ~minority_test)}
+    return {
+        "rows/train": len(train_rows),
+        "rows/test": len(test_rows),
+        "split": f"fixed stratified {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} (split seed {SPLIT_SEED}, "
+                 "independent of the run's seed)",
+        # The test set's data rows of the file (0-based), fingerprinted: equal digests, same test rows.
+        "test_rows_md5": hashlib.md5(",".join(map(str, rows.row_ids[test_rows])).encode()).hexdigest(),
+        **groups,
+        "pool_share": float(minority_pool.mean()),
+        **_group_facts("pool", pool, "test", test),
+    }
 
 
 def _group_facts(*parts) -> dict[str, Any]:
