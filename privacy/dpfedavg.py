@@ -18,10 +18,14 @@ With clients taking part by independent Poisson sampling at rate q, one round is
 step of the sampled Gaussian mechanism with (q, σ), and T rounds are accounted like T DP-SGD steps
 (:mod:`privacy.accounting`), with the user in place of the example.
 
-The function below is the whole mechanism and knows nothing of rounds, models or data loaders: it
-takes the updates as one flat vector per client and returns the vector to apply. A federated engine
-(for instance a Flower strategy's ``aggregate_fit``) can call it unchanged with the clients' updates
-it received; it uses the parameter names of DP-SGD (``max_grad_norm``, ``noise_multiplier``).
+:func:`dp_fedavg_aggregate` is one round's clip-and-noise and knows nothing of rounds, models or
+data loaders: it takes the updates as one flat vector per client and returns the vector to apply. A
+federated engine (for instance a Flower strategy's ``aggregate_fit``) can call it unchanged with the
+clients' updates it received; it uses the parameter names of DP-SGD (``max_grad_norm``,
+``noise_multiplier``). :class:`DPFedAvg` is the server's whole mechanism over a run, the engine the
+federated trainer calls (as the DP-SGD trainer calls a :class:`privacy.engine.PrivateEngine`): σ,
+client sampling, an adaptive clipping rule, the aggregate, the accountant, ε and its parts, and its
+state for checkpoints.
 """
 
 from __future__ import annotations
