@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dataset.base import DataBundle
 from models.mlp import MLP
 from training.federated import FederatedTrainer
+from utils.config import FederatedConfig, PrivacyConfig
 
 
 def synthetic_adult(clients: int, client_size: int, features: int, seed: int = 0) -> DataBundle:
@@ -45,11 +46,12 @@ def synthetic_adult(clients: int, client_size: int, features: int, seed: int = 0
 
 def make_trainer(data: DataBundle, device: str, vectorized: bool, args) -> FederatedTrainer:
     torch.manual_seed(0)
-    return FederatedTrainer(
-        MLP(data.input_shape[0], args.hidden), data, device, num_clients=args.clients,
-        client_sample_rate=1.0, local_epochs=args.local_epochs, rounds=args.rounds,
-        client_lr=0.1, batch_size=args.batch_size, max_grad_norm=0.5, delta=1e-5,
-        noise_multiplier=1.0, vectorized=vectorized)
+    federated = FederatedConfig(num_clients=args.clients, client_sample_rate=1.0,
+                                local_epochs=args.local_epochs, rounds=args.rounds, client_lr=0.1)
+    privacy = PrivacyConfig(mode="dpfedavg", max_grad_norm=0.5, delta=1e-5, noise_multiplier=1.0)
+    return FederatedTrainer(MLP(data.input_shape[0], args.hidden), data, device,
+                            federated=federated, privacy=privacy, batch_size=args.batch_size,
+                            vectorized=vectorized)
 
 
 def timed_rounds(trainer: FederatedTrainer, rounds: int, device: str) -> float:

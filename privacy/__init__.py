@@ -1,10 +1,13 @@
-"""Differential privacy: the DP-SGD engines, DP-FedAvg's aggregation, accounting, releases, noise.
+"""Differential privacy: the DP-SGD engines, DP-FedAvg's server mechanism, accounting, releases,
+noise.
 
 ``ENGINES`` holds the DP-SGD engines by their ``privacy.engine`` name; each is a ``make_private``
-with the same arguments, handing back an object of the same interface (``module``, ``optimizer``,
-``index_loader``, ``accountant``, ``epsilon``, ``epsilon_parts``, ``per_example_norms``,
-``hooks_off``, ``noise_multiplier``, ``sample_rate``, ``steps``, ``noise_generator``,
-``releases``), so that the trainer never touches an engine's internals.
+with the same arguments (:class:`privacy.engine.Wrap`), handing back a
+:class:`privacy.engine.PrivateEngine` (the model, optimizer and index loader to train with, the
+noise draw, the accountant step and state, per-example norms, ε and ε parts), so that a trainer
+never touches an engine's internals. DP-FedAvg's mechanism is :class:`privacy.dpfedavg.DPFedAvg`,
+accounted the same way (:class:`privacy.engine.Accounted`); every mechanism's σ comes from
+:func:`privacy.accounting.resolve_noise_multiplier`.
 """
 
 from __future__ import annotations

@@ -152,17 +152,43 @@ def check_target_bound(target_epsilon: float, epsilon) -> None:
             reason=TARGET_PUTS_NO_BOUND.format(floor=SIGMA_FLOOR, epsilon=at_floor)))
 
 
-def check_target_epsilon(*, target_epsilon: float, delta: float, sample_rate: float,
-                         steps: int) -> None:
-    """:func:`check_target_bound` for one sampled-Gaussian mechanism (callers that leave the search
-    itself to Opacus, ``make_private_with_epsilon``)."""
-    def epsilon(sigma: float, by: str) -> float:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Optimal order is the")
-            return epsilon_after(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps,
-                                 delta=delta, accountant=by)
+TARGET_UNREACHABLE = "privacy.target_epsilon {target:g}: {error}. Raise {keys}."
+"""The refusal of a target ε the releases alone spend, or that no σ up to :data:`MAX_SIGMA` meets;
+``keys`` are the config keys whose raising leaves more of the budget for the steps."""
 
-    check_target_bound(target_epsilon, epsilon)
+
+def resolve_noise_multiplier(*, noise_multiplier: float | None, target_epsilon: float | None,
+                             delta: float, sample_rate: float, steps: int, accountant: str,
+                             releases: list[tuple[float, float, int]] = (),
+                             step_releases: Sequence[float] = (),
+                             release_keys: Sequence[str] = ()) -> float:
+    """σ of every private mechanism of the project (both DP-SGD engines, DP-FedAvg's server): the
+    given ``noise_multiplier``, or the smallest σ whose ε after ``steps`` sampled-Gaussian steps at
+    rate ``sample_rate`` (steps of DP-SGD, rounds of DP-FedAvg), composed with the one-off
+    ``releases`` and each step's ``step_releases`` (:func:`noise_for_epsilon`), is at most
+    ``target_epsilon`` at ``delta``.
+
+    Args:
+        release_keys: the config keys of the releases' noise, named in the refusal
+            (:data:`TARGET_UNREACHABLE`) besides ``privacy.target_epsilon``.
+
+    Raises:
+        ValueError: neither or both of ``noise_multiplier`` and ``target_epsilon`` are given.
+        ConfigError: the target is out of reach (:data:`TARGET_UNREACHABLE`) or puts no bound on
+            the noise (:data:`TARGET_TOO_LARGE`).
+    """
+    if (noise_multiplier is None) == (target_epsilon is None):
+        raise ValueError("give exactly one of noise_multiplier and target_epsilon")
+    if target_epsilon is None:
+        return noise_multiplier
+    try:
+        return noise_for_epsilon(target_epsilon=target_epsilon, delta=delta,
+                                 sample_rate=sample_rate, steps=steps, accountant=accountant,
+                                 releases=releases, step_releases=step_releases)
+    except ValueError as error:
+        keys = " or ".join(["privacy.target_epsilon", *release_keys])
+        raise ConfigError(TARGET_UNREACHABLE.format(target=target_epsilon, error=error,
+                                                    keys=keys)) from None
 
 
 def _opacus_search(target_epsilon: float, epsilon, tolerance: float = 0.01) -> float:

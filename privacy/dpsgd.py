@@ -31,17 +31,19 @@ from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processe
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from privacy.accounting import check_target_epsilon, epsilon_of_history, noise_for_epsilon
+from privacy.accounting import resolve_noise_multiplier
 from privacy.clipping import NEEDS_FAST_ENGINE, Flat
-from privacy.noise import SecureRandom
+from privacy.engine import AccountedSteps
+from privacy.noise import SecureRandom, gaussian_noise
 from privacy.releases import Release
 from utils.config import PrivacyConfig
 from utils.errors import ConfigError
 
 
 @dataclass
-class PrivateTraining:
-    """What Opacus hands back: the wrapped model, optimizer and sampler, and the engine.
+class PrivateTraining(AccountedSteps):
+    """What Opacus hands back: the wrapped model, optimizer and sampler, and the engine; a
+    :class:`privacy.engine.PrivateEngine` (ε and its parts from :class:`privacy.engine.Accounted`).
 
     Attributes:
         module: the model wrapped to record per-example gradients (``.grad_sample``).
@@ -93,29 +95,28 @@ class PrivateTraining:
             self.module.enable_hooks()
 
     @property
-    def steps(self) -> int:
-        return int(sum(num_steps for _, _, num_steps in self.engine.accountant.history))
+    def accounted_noise_multiplier(self) -> float:
+        """Flat clipping releases nothing per step: the accountant records σ itself."""
+        return self.noise_multiplier
 
-    def history(self) -> list[tuple[float, float, int]]:
-        """The whole composition: every step the engine's accountant recorded (restored history
-        included), then every auxiliary release."""
-        return [*self.engine.accountant.history, *(release.history() for release in self.releases)]
+    @property
+    def max_grad_norm(self) -> float:
+        return float(self.optimizer.max_grad_norm)
 
-    def epsilon(self, delta: float) -> float:
-        """ε of the run so far: the training steps and the releases in one accountant."""
-        return epsilon_of_history(self.history(), delta=delta,
-                                  accountant=self.engine.accountant.mechanism())
+    @property
+    def expected_batch_size(self) -> float:
+        return self.clipping.expected_batch_size
 
-    def epsilon_parts(self, delta: float) -> dict[str, float]:
-        """Each part's ε alone at ``delta``: ``training`` (the steps so far) and every release by
-        name. Composition is sub-additive, so the parts sum to at least :meth:`epsilon`."""
-        mechanism = self.engine.accountant.mechanism()
-        parts = {"training": epsilon_of_history(self.engine.accountant.history, delta=delta,
-                                                accountant=mechanism)}
-        for release in self.releases:
-            parts[release.name] = epsilon_of_history([release.history()], delta=delta,
-                                                     accountant=mechanism)
-        return parts
+    def draw_noise(self) -> torch.Tensor:
+        """One step's noise N(0, σ²C²), the draws Opacus' optimizer makes (one per parameter, in
+        its parameters' order, from the ``dp_noise`` generator or the OS under ``secure_rng``),
+        as one flat vector."""
+        std = self.optimizer.noise_multiplier * self.optimizer.max_grad_norm
+        source = self.noise_generator if self.noise_generator is not None else SecureRandom()
+        params = self.optimizer.params
+        if std == 0:  # as Opacus: zeros, no draw
+            return torch.zeros(sum(p.numel() for p in params), device=params[0].device)
+        return torch.cat([gaussian_noise(p, std, source).reshape(-1) for p in params])
 
 
 class IndexLoader(DataLoader):
@@ -256,36 +257,18 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
                   loss_reduction="mean", grad_sample_mode="hooks",
                   noise_generator=None if secure else noise_generator)
     releases = list(releases)
-    # Opacus' own search counts epochs x one pass; our search takes any number of steps.
-    own_search = bool(releases) or steps_per_epoch != loader.batches_per_pass
-    if config.target_epsilon is not None and own_search:
-        steps = epochs * steps_per_epoch
-        try:
-            sigma = noise_for_epsilon(target_epsilon=config.target_epsilon, delta=config.delta,
-                                      sample_rate=sample_rate, steps=steps,
-                                      accountant=config.accountant,
-                                      releases=[release.history() for release in releases])
-        except ValueError as error:
-            raise ConfigError(
-                f"privacy.target_epsilon {config.target_epsilon:g}: {error} "
-                f"({', '.join(release.name for release in releases)}), leaving nothing for "
-                f"training. Raise privacy.target_epsilon or privacy.counts_noise_multiplier."
-            ) from None
-        module, dp_optimizer, dp_loader = engine.make_private(noise_multiplier=sigma, **common)
-    elif config.target_epsilon is not None:
-        # Opacus' own search never returns for a target that no σ > 0 bounds (1e50): refused first.
-        check_target_epsilon(target_epsilon=config.target_epsilon, delta=config.delta,
-                             sample_rate=sample_rate, steps=epochs * len(loader))
-        with warnings.catch_warnings():
-            # The noise search evaluates RDP at small σ candidates, where the best order is often
-            # the largest tried; the bound is still valid, and the final σ is checked by get_epsilon.
-            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-            module, dp_optimizer, dp_loader = engine.make_private_with_epsilon(
-                target_epsilon=config.target_epsilon, target_delta=config.delta, epochs=epochs,
-                **common)
-    else:
-        module, dp_optimizer, dp_loader = engine.make_private(
-            noise_multiplier=config.noise_multiplier, **common)
+    # σ for epochs × len(loader) steps. Where Opacus used to search σ itself (no releases, an epoch
+    # of one pass: make_private_with_epsilon), the steps are counted as it counts them,
+    # int(epochs / q), which float rounding puts one step short for some sizes (epochs 3, 75
+    # batches a pass: 224): kept, so that σ stays the one these runs have always had.
+    opacus_counted = not releases and steps_per_epoch == loader.batches_per_pass
+    sigma = resolve_noise_multiplier(
+        noise_multiplier=config.noise_multiplier, target_epsilon=config.target_epsilon,
+        delta=config.delta, sample_rate=sample_rate,
+        steps=int(epochs / sample_rate) if opacus_counted else epochs * steps_per_epoch,
+        accountant=config.accountant, releases=[release.history() for release in releases],
+        release_keys=["privacy.counts_noise_multiplier"])
+    module, dp_optimizer, dp_loader = engine.make_private(noise_multiplier=sigma, **common)
     if secure:
         _draw_noise_securely(dp_optimizer, source)
     if secure or config.poisson_sampling:

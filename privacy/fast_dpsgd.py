@@ -52,8 +52,9 @@ import torch.nn.functional as F
 from opacus.accountants import create_accountant
 from torch import nn
 
-from privacy.accounting import epsilon_of_history, noise_for_epsilon
+from privacy.accounting import resolve_noise_multiplier
 from privacy.clipping import ClippingRule, ClipStep, Flat, build_rule
+from privacy.engine import AccountedSteps
 from privacy.noise import SecureRandom
 from privacy.releases import Release
 from utils.errors import ConfigError
@@ -490,9 +491,10 @@ class FastDPOptimizer:
         self.original.load_state_dict(state)
 
 
-class FastPrivateTraining:
-    """What :func:`make_private` hands back; the same interface as
-    :class:`privacy.dpsgd.PrivateTraining` (the trainer reads nothing else)."""
+class FastPrivateTraining(AccountedSteps):
+    """What :func:`make_private` hands back: a :class:`privacy.engine.PrivateEngine`, as
+    :class:`privacy.dpsgd.PrivateTraining` is (the trainer reads nothing else); ε and its parts
+    from :class:`privacy.engine.Accounted`."""
 
     def __init__(self, engine: FastEngine, optimizer: FastDPOptimizer, loader: PoissonIndexLoader,
                  releases: list[Release]):
@@ -510,8 +512,16 @@ class FastPrivateTraining:
         return self.fast.noise_multiplier
 
     @property
-    def steps(self) -> int:
-        return int(sum(steps for _, _, steps in self.accountant.history))
+    def accounted_noise_multiplier(self) -> float:
+        return self.fast.accounted_noise_multiplier
+
+    @property
+    def max_grad_norm(self) -> float:
+        return self.fast.max_grad_norm
+
+    @property
+    def expected_batch_size(self) -> float:
+        return self.fast.expected_batch_size
 
     @property
     def clipping(self) -> ClippingRule:
@@ -523,33 +533,10 @@ class FastPrivateTraining:
         """The clipping rule's per-step releases (:class:`privacy.clipping.StepRelease`)."""
         return self.fast.rule.step_releases()
 
-    def history(self) -> list[tuple[float, float, int]]:
-        """Every step the accountant recorded (at σ_eff under a rule with releases), then every
-        one-off release."""
-        return [*self.accountant.history, *(release.history() for release in self.releases)]
-
-    def epsilon(self, delta: float) -> float:
-        return epsilon_of_history(self.history(), delta=delta,
-                                  accountant=self.accountant.mechanism())
-
-    def epsilon_parts(self, delta: float) -> dict[str, float]:
-        """Each part's ε alone: ``training`` (the steps' noisy sums at σ), each of the clipping
-        rule's per-step releases at its own σⱼ over the same steps, each one-off release."""
-        mechanism = self.accountant.mechanism()
-        if self.step_releases:
-            q, steps = self.sample_rate, self.steps
-            parts = {"training": epsilon_of_history([(self.noise_multiplier, q, steps)],
-                                                    delta=delta, accountant=mechanism)}
-            for release in self.step_releases:
-                parts[release.name] = epsilon_of_history([(release.noise_multiplier, q, steps)],
-                                                         delta=delta, accountant=mechanism)
-        else:
-            parts = {"training": epsilon_of_history(self.accountant.history, delta=delta,
-                                                    accountant=mechanism)}
-        for release in self.releases:
-            parts[release.name] = epsilon_of_history([release.history()], delta=delta,
-                                                     accountant=mechanism)
-        return parts
+    def draw_noise(self) -> torch.Tensor:
+        """One step's noise at the flat bound C (:meth:`FastEngine.draw_noise`): the draw a step
+        of this run makes, for a trainer that forms the clipped sums itself (the stacked one)."""
+        return self.fast.draw_noise()
 
     def per_example_norms(self) -> torch.Tensor:
         return self.fast.per_example_norms()
@@ -603,19 +590,12 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader, con
         raise ValueError(f"privacy.clipping {rule.name!r} releases counts: a reproducible run "
                          f"needs its own clipping generator")
     releases = list(releases)
-    if config.target_epsilon is not None:
-        try:
-            sigma = noise_for_epsilon(
-                target_epsilon=config.target_epsilon, delta=config.delta, sample_rate=sample_rate,
-                steps=epochs * steps_per_epoch, accountant=config.accountant,
-                releases=[release.history() for release in releases],
-                step_releases=[release.noise_multiplier for release in rule.step_releases()])
-        except ValueError as error:
-            keys = ["privacy.counts_noise_multiplier", *(r.key for r in rule.step_releases())]
-            raise ConfigError(f"privacy.target_epsilon {config.target_epsilon:g}: {error}. Raise "
-                              f"privacy.target_epsilon or {' or '.join(keys)}.") from None
-    else:
-        sigma = config.noise_multiplier
+    sigma = resolve_noise_multiplier(
+        noise_multiplier=config.noise_multiplier, target_epsilon=config.target_epsilon,
+        delta=config.delta, sample_rate=sample_rate, steps=epochs * steps_per_epoch,
+        accountant=config.accountant, releases=[release.history() for release in releases],
+        step_releases=[release.noise_multiplier for release in rule.step_releases()],
+        release_keys=["privacy.counts_noise_multiplier", *(r.key for r in rule.step_releases())])
     engine = FastEngine(model, max_grad_norm=config.max_grad_norm, noise_multiplier=sigma,
                         sample_rate=sample_rate, expected_batch_size=expected_batch_size,
                         accountant=config.accountant, noise_generator=noise_generator,

@@ -613,7 +613,7 @@ def test_a_resumed_run_with_a_rule_ends_identical(name, mode):
     straight, resumed = straight_and_resumed(config, units=3 if mode == "dpfedavg" else 2)
     for a, b in zip(straight.base_model().parameters(), resumed.base_model().parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    rules = [getattr(trainer, "clipping", None) or trainer.private.clipping
+    rules = [trainer.mechanism.clipping if mode == "dpfedavg" else trainer.private.clipping
              for trainer in (straight, resumed)]
     assert rules[0].state_dict().keys() == rules[1].state_dict().keys()
     for key in ("z", "bound"):

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -35,7 +36,8 @@ from torch.nn import functional as F
 
 from dataset.base import DataBundle
 from models.mlp import MLP
-from privacy.dpfedavg import clip_updates, dp_fedavg_aggregate
+from privacy.accounting import epsilon_of_history, resolve_noise_multiplier
+from privacy.dpfedavg import DPFedAvg, clip_updates, dp_fedavg_aggregate
 from training import TRAINERS
 from training.federated import (
     FederatedTrainer,
@@ -48,7 +50,7 @@ from training.federated import (
     pad_orders,
 )
 from training.partition import partition_clients, partition_counts, partition_summary
-from utils.config import config_from_mapping
+from utils.config import FederatedConfig, PrivacyConfig, config_from_mapping
 from utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +65,24 @@ def synthetic_bundle(n=240, d=6, minority_share=0.2, seed=0) -> DataBundle:
     return DataBundle(x, y, minority, x[:50], y[:50], minority[:50], (d,))
 
 
+FEDERATED_KEYS = {field.name for field in dataclasses.fields(FederatedConfig)}
+
+
+def federated_trainer(model, data, *, batch_size, seed=0, method=None, vectorized=True,
+                      client_chunk_size=None, individual_every=None, **keys) -> FederatedTrainer:
+    """A :class:`FederatedTrainer` from flat keys: those of the ``federated`` section go there
+    (evaluation every round unless given), the rest into a DP-FedAvg ``privacy`` section;
+    ``individual_every`` turns individual accounting on."""
+    federated = FederatedConfig(**{"eval_every": 1} | {k: v for k, v in keys.items()
+                                                       if k in FEDERATED_KEYS})
+    privacy = PrivacyConfig(mode="dpfedavg", individual_accounting=individual_every is not None,
+                            individual_every=individual_every,
+                            **{k: v for k, v in keys.items() if k not in FEDERATED_KEYS})
+    return FederatedTrainer(model, data, "cpu", federated=federated, privacy=privacy,
+                            batch_size=batch_size, seed=seed, method=method,
+                            vectorized=vectorized, client_chunk_size=client_chunk_size)
+
+
 def make_trainer(data, seed=0, **overrides) -> FederatedTrainer:
     torch.manual_seed(seed)
     model = MLP(data.input_shape[0], [8])
@@ -70,7 +90,7 @@ def make_trainer(data, seed=0, **overrides) -> FederatedTrainer:
               "client_lr": 0.3, "batch_size": 4, "max_grad_norm": 0.5, "delta": 1e-5,
               "noise_multiplier": 1.0, "seed": seed}
     kwargs.update(overrides)
-    return FederatedTrainer(model, data, "cpu", **kwargs)
+    return federated_trainer(model, data, **kwargs)
 
 
 def flat(model):
@@ -168,7 +188,7 @@ def test_per_group_update_norms_follow_who_holds_the_minority():
     minority, majority = (metrics[f"dp/update_norm/group={g}"] for g in ("minority", "majority"))
     assert minority > 1.5 * majority
     # With S between the two, the minority's examples sit in clipped updates far more often.
-    trainer.max_grad_norm = (minority + majority) / 2
+    trainer.mechanism.max_grad_norm = (minority + majority) / 2
     metrics = trainer.train_unit(30)
     assert (metrics["dp/clip_fraction/group=minority"]
             > metrics["dp/clip_fraction/group=majority"] + 0.3)
@@ -456,3 +476,34 @@ def test_params_file_runs_end_to_end(tmp_path):
     for group in ("minority", "majority"):
         assert 0 <= summary[f"dp/clip_fraction/group={group}"] <= 1
         assert summary[f"dp/update_norm/group={group}"] > 0
+
+
+def test_the_server_mechanism_resolves_accounts_and_resumes_as_one_engine():
+    """privacy.dpfedavg.DPFedAvg: σ from the one resolver over the planned rounds, one accountant
+    entry per run of rounds (ε and ε parts as the DP-SGD engines compute them), and a restored
+    state that continues the same sampling and noise draws."""
+    privacy = PrivacyConfig(mode="dpfedavg", target_epsilon=3.0, max_grad_norm=0.5)
+
+    def mechanism():
+        return DPFedAvg.from_config(privacy, num_clients=12, sample_rate=0.25, rounds=10, seed=3)
+
+    server = mechanism()
+    assert server.noise_multiplier == resolve_noise_multiplier(
+        noise_multiplier=None, target_epsilon=3.0, delta=1e-5, sample_rate=0.25, steps=10,
+        accountant="rdp")
+    assert server.expected_clients == 3.0
+    updates = torch.randn(3, 7, generator=torch.Generator().manual_seed(0))
+    for _ in range(4):
+        server.sample_clients()
+        server.aggregate(updates)
+    assert server.steps == server.rounds_done == 4
+    expected = epsilon_of_history([(server.noise_multiplier, 0.25, 4)], delta=1e-5,
+                                  accountant="rdp")
+    assert server.epsilon(1e-5) == expected
+    assert server.epsilon_parts(1e-5) == {"training": expected}
+    resumed = mechanism()
+    resumed.load_state_dict(server.state_dict())
+    assert resumed.rounds_done == 4 and resumed.epsilon(1e-5) == expected
+    assert np.array_equal(resumed.sample_clients(), server.sample_clients())
+    torch.testing.assert_close(resumed.aggregate(updates).result.update,
+                               server.aggregate(updates).result.update, rtol=0, atol=0)

@@ -142,7 +142,7 @@ def recover(a: Recorded, b: Recorded) -> torch.Tensor:
 
 
 def expected_scale(run: Recorded) -> float:
-    return LR / run.trainer.private.fast.expected_batch_size
+    return LR / run.trainer.private.expected_batch_size
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_points_differing_in_sigma_draw_independent_batches_and_noise(sigma_pair
 
 def test_points_differing_in_share_draw_independent_batches_and_noise():
     a, b = Recorded(grid_point(share=0.3), 10), Recorded(grid_point(share=0.05), 10)
-    assert a.trainer.private.fast.sample_rate == b.trainer.private.fast.sample_rate
+    assert a.trainer.private.sample_rate == b.trainer.private.sample_rate
     assert_batches_independent(a, b)
     assert_noise_independent(a, b)
 

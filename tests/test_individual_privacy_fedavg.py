@@ -24,7 +24,7 @@ from torch import nn
 from models.mlp import MLP
 from privacy.individual import FEDERATED_CSV_COLUMNS, SUMMARY_PREFIX, group_summary
 from tests.conftest import quiet_run, read_jsonl
-from tests.test_dpfedavg import flat, synthetic_bundle
+from tests.test_dpfedavg import federated_trainer, flat, synthetic_bundle
 from tests.test_resume import reference_and_interrupted, without_time
 from training import experiment as experiment_module
 from training.federated import FederatedTrainer, draw_local_orders, local_updates_loop
@@ -39,7 +39,7 @@ def trainer_of(data, model=None, seed=0, **overrides) -> FederatedTrainer:
               "client_lr": 0.3, "batch_size": 4, "max_grad_norm": 0.5, "delta": 1e-5,
               "noise_multiplier": 1.0, "seed": seed, "individual_every": 2}
     kwargs.update(overrides)
-    return FederatedTrainer(model, data, "cpu", **kwargs)
+    return federated_trainer(model, data, **kwargs)
 
 
 def train(trainer: FederatedTrainer, rounds: int) -> list[dict]:
@@ -82,8 +82,8 @@ def test_the_population_pass_equals_a_per_client_loop(method):
     train(trainer, 1)  # away from the initial model
     state = trainer._individual_gen.get_state()
     norms = trainer.population_update_norms()
-    orders = draw_local_orders(trainer._client_table, trainer._client_sizes, trainer.local_epochs,
-                               torch.Generator().set_state(state))
+    orders = draw_local_orders(trainer._client_table, trainer._client_sizes,
+                               trainer.federated.local_epochs, torch.Generator().set_state(state))
     loop, _, _ = local_updates_loop(
         copy.deepcopy(trainer.model), trainer._global, trainer.x, trainer.y, orders, lr=0.3,
         batch_size=4, minority=trainer.minority, method=repair)

@@ -205,7 +205,7 @@ def fedavg_config(**privacy):
 
 @pytest.mark.parametrize("secure_rng", [False, True])
 def test_dpfedavg_noise_and_client_sampling_are_independent_streams(secure_rng, monkeypatch):
-    import training.federated as federated
+    import privacy.dpfedavg as dpfedavg
     from privacy.dpfedavg import clip_updates, dp_fedavg_aggregate
 
     config = fedavg_config(secure_rng=secure_rng)
@@ -228,7 +228,7 @@ def test_dpfedavg_noise_and_client_sampling_are_independent_streams(secure_rng, 
         return result
 
     trainer.sample_clients = recording_sample_clients
-    monkeypatch.setattr(federated, "dp_fedavg_aggregate", recording_aggregate)
+    monkeypatch.setattr(dpfedavg, "dp_fedavg_aggregate", recording_aggregate)
     for unit in range(trainer.units):
         trainer.train_unit(unit)
     stream = np.concatenate(noise)

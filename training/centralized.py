@@ -364,7 +364,7 @@ class CentralizedTrainer:
             "noise_generator": (self.private.noise_generator.get_state()
                                 if self.private is not None
                                 and self.private.noise_generator is not None else None),
-            "accountant_history": (list(self.private.accountant.history)
+            "accountant_history": (self.private.accountant_state()
                                    if self.private is not None else None),
             "releases": ([dataclasses.asdict(release) for release in self.private.releases]
                          if self.private is not None else []),
@@ -389,8 +389,7 @@ class CentralizedTrainer:
                 if state.get("noise_generator") is None:
                     raise ValueError("the checkpoint holds no noise generator state")
                 self.private.noise_generator.set_state(state["noise_generator"])
-            self.private.accountant.history = [tuple(entry)
-                                                      for entry in state["accountant_history"]]
+            self.private.load_accountant_state(state["accountant_history"])
             self.private.clipping.load_state_dict(state.get("clipping") or {})
             if self.config.privacy.secure_rng:
                 # The releases before the interruption were drawn from the OS and cannot be

@@ -65,24 +65,23 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from dataset.base import BatchTransform, DataBundle, gather_rows, place_inputs
-from privacy.accounting import epsilon_after, epsilon_of_history, noise_for_epsilon
-from privacy.clipping import ClippingRule, build_rule
-from privacy.dpfedavg import dp_fedavg_aggregate
+from privacy.accounting import epsilon_after
+from privacy.dpfedavg import DPFedAvg
 from privacy.individual import (
     IndividualPrivacy,
     SensitivityLedger,
     individual_epsilons,
     summarize,
 )
-from privacy.noise import SecureRandom
 from training import TRAINERS
 from training.base import HISTORY_KEY, delta_warning
 from training.partition import partition_clients, partition_counts, partition_summary
 from training.repair.base import Batch, RepairMethod
 from training.repair.vanilla import Vanilla
+from utils.config import FederatedConfig, PrivacyConfig
 from utils.errors import ConfigError, warn_user
 from utils.fairness import GROUPS
-from utils.seeding import RunStreams, numpy_generator, stream_seed, torch_generator
+from utils.seeding import RunStreams, stream_seed, torch_generator
 
 # Rough memory budget of one batched chunk of clients, and how many times the size of a batch's
 # inputs its activations are assumed to take (see :func:`default_chunk_size`).
@@ -411,101 +410,63 @@ def default_chunk_size(num_params: int, batch_size: int, input_numel: int) -> in
 class FederatedTrainer:
     """DP-FedAvg over the clients of one training set; one :meth:`train_unit` is one round.
 
+    The trainer is the federated loop (partition, local training, the server's momentum step,
+    evaluation's bookkeeping); the server's mechanism (who takes part, clipping, noise, average,
+    accounting) is :attr:`mechanism`, a :class:`privacy.dpfedavg.DPFedAvg`.
+
     Attributes:
         model: the global model (evaluated by the run loop).
         units: the number of rounds.
         eval_every: evaluate every this many rounds.
-        noise_multiplier: σ, given or chosen for ``target_epsilon`` over the planned rounds.
+        federated: the config's ``federated`` section.
+        mechanism: the server's mechanism; ``noise_multiplier`` (σ, given or chosen for
+            ``target_epsilon`` over the planned rounds), ``sample_rate``, ``max_grad_norm`` and
+            ``rounds_done`` are its.
         clients: per client, the sorted indices of its training examples.
         client_counts: per client ``{client, size, minority, majority, positive}``, for a file.
         info: summary of the partition and the mechanism, for the run's records.
-        rounds_done: rounds trained so far (``privacy/steps``).
         train_samples, train_seconds: local examples processed and time spent training so far.
         individual: under individual accounting (``individual_every`` given), the whole-population
             passes' clipped update norms, one per client (:class:`privacy.individual.SensitivityLedger`);
             else None. ``individual_seconds``: the time the passes took.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        data: DataBundle,
-        device: torch.device | str,
-        *,
-        num_clients: int,
-        client_sample_rate: float,
-        local_epochs: int,
-        rounds: int,
-        client_lr: float,
-        batch_size: int,
-        max_grad_norm: float,
-        delta: float,
-        noise_multiplier: float | None = None,
-        target_epsilon: float | None = None,
-        server_lr: float = 1.0,
-        server_momentum: float = 0.0,
-        partition: str = "iid",
-        dirichlet_alpha: float = 0.5,
-        eval_every: int = 1,
-        accountant: str = "rdp",
-        seed: int = 0,
-        secure_rng: bool = False,
-        vectorized: bool = True,
-        client_chunk_size: int | None = None,
-        method: RepairMethod | None = None,
-        individual_every: int | None = None,
-        clipping: ClippingRule | None = None,
-    ):
-        if (noise_multiplier is None) == (target_epsilon is None):
-            raise ValueError("give exactly one of noise_multiplier and target_epsilon")
+    def __init__(self, model: nn.Module, data: DataBundle, device: torch.device | str, *,
+                 federated: FederatedConfig, privacy: PrivacyConfig, batch_size: int,
+                 seed: int = 0, method: RepairMethod | None = None, vectorized: bool = True,
+                 client_chunk_size: int | None = None):
+        """``federated`` and ``privacy`` are the config's sections (``privacy.mode`` itself is not
+        read: the trainer is DP-FedAvg's); ``batch_size`` the clients' local batch
+        (``training.batch_size``); ``seed`` the run's stream key (:class:`utils.seeding.RunStreams`);
+        ``vectorized`` trains a round's clients side by side (else one after another, the
+        reference); ``client_chunk_size`` bounds how many at once (None: :func:`default_chunk_size`).
+        """
         self.device = torch.device(device)
         self.model = model.to(self.device)
-        self.units = rounds
-        self.eval_every = eval_every
+        self.federated, self.delta = federated, privacy.delta
+        self.units = federated.rounds
+        self.eval_every = federated.eval_every
         self.first_selectable_unit = 0  # one phase: every evaluated round may be chosen
-        self.sample_rate = client_sample_rate
-        self.local_epochs = local_epochs
-        self.client_lr = client_lr
         self.batch_size = batch_size
-        self.max_grad_norm = max_grad_norm
-        self.delta = delta
-        self.accountant = accountant
-        self.server_lr = server_lr
-        self.server_momentum = server_momentum
         self.vectorized = vectorized
         self.transform: Callable | None = data.transform
 
-        parts = partition_clients(data.y_train, data.minority_train, num_clients=num_clients,
-                                  scheme=partition, seed=stream_seed(seed, "client_partition"),
-                                  dirichlet_alpha=dirichlet_alpha)
-        self.clients = parts
-        self._client_table, self._client_sizes = client_table(parts)
-        self.client_counts = partition_counts(parts, data.y_train, data.minority_train)
+        self.clients = partition_clients(data.y_train, data.minority_train,
+                                         num_clients=federated.num_clients,
+                                         scheme=federated.partition,
+                                         seed=stream_seed(seed, "client_partition"),
+                                         dirichlet_alpha=federated.dirichlet_alpha)
+        self._client_table, self._client_sizes = client_table(self.clients)
+        self.client_counts = partition_counts(self.clients, data.y_train, data.minority_train)
         # Each client's examples of each group (GROUPS order), for the per-group clip diagnostics.
         self._group_examples = torch.tensor(
             [[row[group] for group in GROUPS] for row in self.client_counts], dtype=torch.float32)
-
-        # The fixed denominator of McMahan et al.: the expected number of clients in a round. It
-        # does not depend on who was sampled, so one user changes the average by at most S / (qN).
-        self.expected_clients = client_sample_rate * num_clients
-        # An adaptive clipping rule (privacy.clipping), or None for the fixed bound S.
-        self.clipping = clipping
-        step_releases = ([r.noise_multiplier for r in clipping.step_releases()]
-                         if clipping is not None else [])
-        if noise_multiplier is None:
-            try:
-                noise_multiplier = noise_for_epsilon(target_epsilon=target_epsilon, delta=delta,
-                                                     sample_rate=client_sample_rate, steps=rounds,
-                                                     accountant=accountant,
-                                                     step_releases=step_releases)
-            except ValueError as error:
-                keys = [r.key for r in clipping.step_releases()] if clipping is not None else []
-                raise ConfigError(f"privacy.target_epsilon {target_epsilon:g}: {error}. Raise "
-                                  f"{' or '.join(['privacy.target_epsilon', *keys])}.") from None
-        self.noise_multiplier = float(noise_multiplier)
-        # What the accountant records per round: σ, or σ_eff of the round and the rule's release.
-        self.accounted_noise_multiplier = (clipping.accounted_noise_multiplier(self.noise_multiplier)
-                                           if clipping is not None else self.noise_multiplier)
+        # The server's mechanism: who takes part, clip, noise, average, accounting (σ resolved for
+        # target_epsilon over the planned rounds, with an adaptive rule's releases).
+        self.mechanism = DPFedAvg.from_config(privacy, num_clients=federated.num_clients,
+                                              sample_rate=federated.client_sample_rate,
+                                              rounds=federated.rounds, seed=seed,
+                                              device=self.device)
 
         self.x = place_inputs(data.x_train, self.device, what="training inputs")
         self.y = torch.as_tensor(data.y_train).to(self.device, torch.float32)
@@ -514,52 +475,69 @@ class FederatedTrainer:
         # clipped as one unit): its loss per local batch, its weights per client.
         self.method = method if method is not None else Vanilla(None, target="dp", rng=None)
         self.example_weights = self._client_weights(data)
-        # Each random purpose its own stream (utils.seeding). Who takes part in a round and the
-        # server's noise carry the guarantee: under secure_rng both come from the OS's CSPRNG.
-        self.secure_rng = secure_rng
-        self._secure = SecureRandom() if secure_rng else None
-        self._sampling_rng = None if secure_rng else numpy_generator(seed, "client_sampling")
-        self._noise_gen = None if secure_rng else torch_generator(seed, "client_noise", self.device)
+        self.secure_rng = privacy.secure_rng
+        # The clients' local shuffles: their own stream (not the guarantee's, so never the CSPRNG).
         self._shuffle_gen = torch_generator(seed, "client_shuffle")
         self._global = trainable_parameters(self.model)
         num_params = sum(p.numel() for p in self._global.values())
         self.client_chunk_size = client_chunk_size or default_chunk_size(
             num_params, batch_size, math.prod(data.input_shape))
         self._velocity = torch.zeros(num_params, device=self.device)
-        self.rounds_done = 0
         # privacy.individual_accounting: every client's update norm from a whole-population pass
-        # every individual_every rounds (privacy.individual). The pass's local orders and its
-        # augmentation seed come from a stream of its own, so the training's sampling, shuffle,
-        # noise and augmentation streams are exactly those of a run without it.
+        # every individual_every rounds (privacy.individual; null: ⌈1/q⌉ rounds, an epoch's worth
+        # of clients, each expected to train once). The pass's local orders and its augmentation
+        # seed come from a stream of its own, so the training's sampling, shuffle, noise and
+        # augmentation streams are exactly those of a run without it.
         self.individual: SensitivityLedger | None = None
-        self.individual_every = individual_every
+        self.individual_every = ((privacy.individual_every
+                                  or math.ceil(1 / federated.client_sample_rate))
+                                 if privacy.accounts_individuals else None)
         self.individual_seconds = 0.0
         self._individual_gen: torch.Generator | None = None
-        if individual_every is not None:
-            if individual_every < 1:
-                raise ValueError(f"individual_every must be a positive integer, got {individual_every}")
-            self.individual = SensitivityLedger(max_grad_norm)
+        if self.individual_every is not None:
+            if self.individual_every < 1:
+                raise ValueError(f"individual_every must be a positive integer, got "
+                                 f"{self.individual_every}")
+            self.individual = SensitivityLedger(privacy.max_grad_norm)
             self._individual_gen = torch_generator(seed, "individual_orders")
         self.warnings: list[str] = []  # for summary.json (see training.base.Trainer)
         # User-level DP: n is the number of clients (training.base.delta_warning).
         self.delta_too_large = False
-        if (message := delta_warning(delta, num_clients, "client")):
+        if (message := delta_warning(privacy.delta, federated.num_clients, "client")):
             warn_user(message, self.warnings)
             self.delta_too_large = True
         # Local examples processed and seconds spent in train_unit, for time/train_samples_per_s.
         self.train_samples = 0
         self.train_seconds = 0.0
-        self._epsilon_cache: tuple[int, float] | None = None
+        mechanism = self.mechanism
         self.info: dict[str, Any] = {
-            "partition": partition,
+            "partition": federated.partition,
             **partition_summary(self.client_counts),
-            "expected_clients_per_round": self.expected_clients,
+            "expected_clients_per_round": mechanism.expected_clients,
             "model_parameters": num_params,
-            "noise_std_of_average": self.noise_multiplier * max_grad_norm / self.expected_clients,
+            "noise_std_of_average": (mechanism.noise_multiplier * mechanism.max_grad_norm
+                                     / mechanism.expected_clients),
         }
-        if clipping is not None:  # the bound moves: the noise's scale is σ times the round's bound
-            self.info["clipping"] = clipping.name
-            self.info["accounted_noise_multiplier"] = self.accounted_noise_multiplier
+        if mechanism.clipping is not None:  # the bound moves: the noise's scale is σ times S_t
+            self.info["clipping"] = mechanism.clipping.name
+            self.info["accounted_noise_multiplier"] = mechanism.accounted_noise_multiplier
+
+    @property
+    def noise_multiplier(self) -> float:
+        """σ of the server's noise (:attr:`privacy.dpfedavg.DPFedAvg.noise_multiplier`)."""
+        return self.mechanism.noise_multiplier
+
+    @property
+    def sample_rate(self) -> float:
+        return self.mechanism.sample_rate
+
+    @property
+    def max_grad_norm(self) -> float:
+        return self.mechanism.max_grad_norm
+
+    @property
+    def rounds_done(self) -> int:
+        return self.mechanism.rounds_done
 
     def _client_weights(self, data: DataBundle) -> torch.Tensor | None:
         """Every training example's loss weight from its own client's data
@@ -574,23 +552,20 @@ class FederatedTrainer:
         return torch.as_tensor(weights, device=self.device) if given else None
 
     def sample_clients(self) -> np.ndarray:
-        """This round's clients: each joins independently with probability q (may be none)."""
-        source = self._secure if self._secure is not None else self._sampling_rng
-        draws = (source.uniform(len(self.clients)) if self._secure is not None
-                 else source.random(len(self.clients)))
-        return np.flatnonzero(draws < self.sample_rate)
+        """This round's clients (:meth:`privacy.dpfedavg.DPFedAvg.sample_clients`)."""
+        return self.mechanism.sample_clients()
 
     def _local_updates(self, orders: LocalOrders) -> tuple[torch.Tensor, float, int]:
         """The clients of ``orders`` trained from the global model, as a round trains them: side by
         side, or one after another with the method's loss when it trains in the clients."""
         if self.vectorized and not self.method.trains_in_clients:
             return local_updates_vectorized(
-                self.model, self._global, self.x, self.y, orders, lr=self.client_lr,
+                self.model, self._global, self.x, self.y, orders, lr=self.federated.client_lr,
                 batch_size=self.batch_size, transform=self.transform,
                 chunk_size=self.client_chunk_size, weights=self.example_weights)
         # one client after another, each training with the method's loss
         return local_updates_loop(
-            self.model, self._global, self.x, self.y, orders, lr=self.client_lr,
+            self.model, self._global, self.x, self.y, orders, lr=self.federated.client_lr,
             batch_size=self.batch_size, transform=self.transform,
             weights=self.example_weights, minority=self.minority,
             method=self.method if self.method.trains_in_clients else None)
@@ -609,37 +584,27 @@ class FederatedTrainer:
         chosen = self.sample_clients()
         rows = torch.as_tensor(chosen, dtype=torch.int64)
         orders = draw_local_orders(self._client_table[rows], self._client_sizes[rows],
-                                   self.local_epochs, self._shuffle_gen).to(self.device)
+                                   self.federated.local_epochs, self._shuffle_gen).to(self.device)
         updates, loss_sum, examples = self._local_updates(orders)
-        bound, rule_metrics = self.max_grad_norm, {}
-        if self.clipping is not None:  # this round's bound S_t; the rule releases its count
-            step = self.clipping.clip(torch.linalg.vector_norm(updates, dim=1))
-            bound = step.sensitivity
-            rule_metrics = {**{f"dp/clip_bound/group={group}": value
-                               for group, value in zip(GROUPS, step.bounds)},
-                            "dp/noise_bound": step.sensitivity}
-        result = dp_fedavg_aggregate(updates, max_grad_norm=bound,
-                                     noise_multiplier=self.noise_multiplier,
-                                     expected_clients=self.expected_clients,
-                                     generator=self._secure or self._noise_gen)
+        server = self.mechanism.aggregate(updates)  # clip, noise, average; the round accounted
+        result = server.result
         # Server step (server momentum as in McMahan et al. 2018 and Hsu et al. 2019's FedAvgM);
         # it only post-processes the private average, so it costs no privacy.
-        self._velocity.mul_(self.server_momentum).add_(result.update)
+        self._velocity.mul_(self.federated.server_momentum).add_(result.update)
         step = unflatten(self._velocity, self._global)
         with torch.no_grad():
             for name, p in self.model.named_parameters():
                 if name in step:
-                    p.add_(step[name], alpha=self.server_lr)
+                    p.add_(step[name], alpha=self.federated.server_lr)
         self._global = trainable_parameters(self.model)
-        self.rounds_done += 1
         self.train_samples += examples
         self.train_seconds += time.perf_counter() - started
         return {
             "train/loss": loss_sum / examples if examples else None,
             "dp/clip_fraction": result.clip_fraction,
             "dp/update_norm": result.update_norm,
-            **group_clip_diagnostics(result.norms, self._group_examples[rows], bound),
-            **rule_metrics,
+            **group_clip_diagnostics(result.norms, self._group_examples[rows], server.bound),
+            **server.rule_metrics,
             "federated/clients": result.clients,
             "federated/local_examples": examples,
         }
@@ -659,8 +624,8 @@ class FederatedTrainer:
         generator = self._individual_gen
         if generator is None:
             raise RuntimeError("individual accounting is off (no individual_every)")
-        orders = draw_local_orders(self._client_table, self._client_sizes, self.local_epochs,
-                                   generator)
+        orders = draw_local_orders(self._client_table, self._client_sizes,
+                                   self.federated.local_epochs, generator)
         augmentation_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         devices = ([self.device.index if self.device.index is not None
                     else torch.cuda.current_device()] if self.device.type == "cuda" else [])
@@ -708,17 +673,17 @@ class FederatedTrainer:
 
         ``rounds_done`` is the accountant's state (one sampled-Gaussian step per round), so ε after
         a resume counts the rounds before it; the sampling, shuffle and noise generators continue
-        where they stopped, so no client draw and no noise draw is repeated.
+        where they stopped, so no client draw and no noise draw is repeated. The mechanism's keys
+        are :meth:`privacy.dpfedavg.DPFedAvg.state_dict`'s.
         """
+        mechanism = self.mechanism.state_dict()
         return {
             "model": self.model.state_dict(),
             "velocity": self._velocity,
-            # None under secure_rng: the CSPRNG's draws have no state to save or replay.
-            "sampling_rng": (self._sampling_rng.bit_generator.state
-                             if self._sampling_rng is not None else None),
+            "sampling_rng": mechanism["sampling_rng"],
             "shuffle_gen": self._shuffle_gen.get_state(),
-            "noise_gen": self._noise_gen.get_state() if self._noise_gen is not None else None,
-            "rounds_done": self.rounds_done,
+            "noise_gen": mechanism["noise_gen"],
+            "rounds_done": mechanism["rounds_done"],
             "train_samples": self.train_samples,
             "train_seconds": self.train_seconds,
             # Individual accounting: the passes so far and the pass stream's state.
@@ -726,23 +691,16 @@ class FederatedTrainer:
             "individual_gen": (self._individual_gen.get_state()
                                if self._individual_gen is not None else None),
             "individual_seconds": self.individual_seconds,
-            # An adaptive clipping rule's bound and release generator.
-            "clipping": self.clipping.state_dict() if self.clipping is not None else None,
+            "clipping": mechanism["clipping"],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output into this freshly built trainer of the same config."""
         self.model.load_state_dict(state["model"])
-        if self.clipping is not None:
-            self.clipping.load_state_dict(state.get("clipping") or {})
+        self.mechanism.load_state_dict(state)
         self._global = trainable_parameters(self.model)
         self._velocity.copy_(state["velocity"])
-        if self._sampling_rng is not None:
-            self._sampling_rng.bit_generator.state = state["sampling_rng"]
-        if self._noise_gen is not None:
-            self._noise_gen.set_state(state["noise_gen"])
         self._shuffle_gen.set_state(state["shuffle_gen"])
-        self.rounds_done = int(state["rounds_done"])
         self.train_samples = int(state["train_samples"])
         self.train_seconds = float(state["train_seconds"])
         if self.individual is not None:
@@ -758,12 +716,7 @@ class FederatedTrainer:
 
     def epsilon(self) -> float:
         """User-level ε after the rounds done so far (one sampled-Gaussian step per round)."""
-        if self._epsilon_cache is None or self._epsilon_cache[0] != self.rounds_done:
-            eps = epsilon_after(noise_multiplier=self.accounted_noise_multiplier,
-                                sample_rate=self.sample_rate, steps=self.rounds_done,
-                                delta=self.delta, accountant=self.accountant)
-            self._epsilon_cache = (self.rounds_done, eps)
-        return self._epsilon_cache[1]
+        return self.mechanism.epsilon(self.delta)
 
     @property
     def privacy_facts(self) -> dict[str, Any]:
@@ -772,7 +725,7 @@ class FederatedTrainer:
         return {"privacy/private": not self.delta_too_large, "privacy/secure_rng": self.secure_rng,
                 "privacy/accounting_assumption": "poisson",
                 # σ_eff under a clipping rule with per-round releases, as epsilon() accounts them.
-                HISTORY_KEY: [[self.accounted_noise_multiplier, self.sample_rate, self.rounds_done]]}
+                HISTORY_KEY: [list(entry) for entry in self.mechanism.history()]}
 
     def privacy_metrics(self) -> dict[str, float | None]:
         """User-level (ε, δ) so far, with σ, q and the rounds (``privacy/steps``) behind it; under
@@ -785,13 +738,9 @@ class FederatedTrainer:
             "privacy/sample_rate": self.sample_rate,
             "privacy/steps": self.rounds_done,
         }
-        if self.clipping is not None and self.clipping.step_releases():
-            q, rounds = self.sample_rate, self.rounds_done
-            parts = {"training": self.noise_multiplier,
-                     **{r.name: r.noise_multiplier for r in self.clipping.step_releases()}}
-            metrics.update({f"privacy/epsilon_parts/{name}": epsilon_of_history(
-                [(sigma, q, rounds)], delta=self.delta, accountant=self.accountant)
-                for name, sigma in parts.items()})
+        if self.mechanism.step_releases:
+            metrics.update({f"privacy/epsilon_parts/{name}": value
+                            for name, value in self.mechanism.epsilon_parts(self.delta).items()})
         return metrics
 
 
@@ -816,25 +765,9 @@ def build_federated_trainer(config, model: nn.Module, data: DataBundle, device, 
     if fed.num_clients > len(data.y_train):
         raise ConfigError(f"federated.num_clients: got {fed.num_clients}, but the training set has "
                           f"only {len(data.y_train)} examples; use at most that many clients.")
-    trainer = FederatedTrainer(
-        model, data, device,
-        num_clients=fed.num_clients, client_sample_rate=fed.client_sample_rate,
-        local_epochs=fed.local_epochs, rounds=fed.rounds, client_lr=fed.client_lr,
-        batch_size=config.training.batch_size, max_grad_norm=priv.max_grad_norm, delta=priv.delta,
-        noise_multiplier=priv.noise_multiplier, target_epsilon=priv.target_epsilon,
-        server_lr=fed.server_lr, server_momentum=fed.server_momentum, partition=fed.partition,
-        dirichlet_alpha=fed.dirichlet_alpha, eval_every=fed.eval_every,
-        accountant=priv.accountant, seed=RunStreams(config).key, secure_rng=priv.secure_rng, method=method,
-        # null: ⌈1/q⌉ rounds, an epoch's worth of clients (each expected to train once)
-        individual_every=((priv.individual_every or math.ceil(1 / fed.client_sample_rate))
-                          if priv.accounts_individuals else None),
-        # privacy.clipping adaptive or bounded_adaptive (the config refuses the others here); its
-        # releases from the dp_clipping stream, or the OS under secure_rng.
-        clipping=(build_rule(priv, expected_batch_size=fed.client_sample_rate * fed.num_clients,
-                             source=SecureRandom() if priv.secure_rng
-                             else RunStreams(config).torch("dp_clipping"))
-                  if priv.clipping != "flat" else None),
-    )
+    trainer = FederatedTrainer(model, data, device, federated=fed, privacy=priv,
+                               batch_size=config.training.batch_size,
+                               seed=RunStreams(config).key, method=method)
     # Legal but almost surely a mistake (1e-9 for 1e-1): most rounds would train no client, and the
     # run would report the near-initial model's accuracy as a result. Printed the project's way and
     # kept in the trainer's warnings, which summary.json's "warnings" lists.

@@ -152,7 +152,7 @@ class StackedTrainer:
         self.offsets = (torch.arange(len(members), device=self.device) * self.rows_per_run
                         ).unsqueeze(1)
         if self.private:
-            engines = [member.private.fast for member in members]
+            engines = [member.private for member in members]
             self.bounds = torch.tensor([e.max_grad_norm for e in engines], device=self.device)
             self.expected = torch.tensor([float(e.expected_batch_size) for e in engines],
                                          device=self.device)
@@ -262,10 +262,8 @@ class StackedTrainer:
         recorded with its own accountant."""
         draws = []
         for member in self.members:
-            engine = member.private.fast
-            draws.append(engine.draw_noise())  # the draw the run's own engine would make
-            engine.accountant.step(noise_multiplier=engine.noise_multiplier,
-                                   sample_rate=engine.sample_rate)
+            draws.append(member.private.draw_noise())  # the draw the run's own engine would make
+            member.private.account_step()
         noise = torch.stack(draws)
         start = 0
         for i, grad in enumerate(grads):
