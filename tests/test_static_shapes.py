@@ -38,7 +38,7 @@ def padded_step(model, x, y, rows, capacity, *, noise=0.0, bound=0.5, seed=1, fi
     for indices, mask in fast_dpsgd.physical_batches(rows, capacity, fill=fill):
         assert len(indices) == capacity
         private.set_padding(mask)
-        with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext():
+        with torch.autocast(x.device.type, dtype=torch.bfloat16) if autocast else nullcontext():
             logits = private.module(x[indices]).reshape(-1)
             losses = F.binary_cross_entropy_with_logits(logits.float(), y[indices],
                                                         reduction="none")
@@ -315,3 +315,71 @@ def test_the_options_refuse_where_they_cannot_apply(overrides, message):
     else:
         assert text.startswith(message)
     assert "\n" not in text
+
+
+# --------------------------------------------------------------------------------------------------
+# On a GPU (benchmarks/gpu_checks.py runs these)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(MODELS))
+def test_on_cuda_a_padded_batch_gives_the_unpadded_update(name, monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    device = torch.device("cuda")
+    x, y, model = problem(name)
+    x, y, model = x.to(device), y.to(device), model.to(device).train()
+    rows = ROWS.to(device)
+    plain, plain_norms = one_step(fast_dpsgd.make_private, copy.deepcopy(model), x, y, rows)
+    padded, norms, _, _ = padded_step(copy.deepcopy(model), x, y, rows, 3)
+    torch.testing.assert_close(norms, plain_norms, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(padded, plain, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_on_cuda_the_padded_step_replays_as_one_cuda_graph(name):
+    """The whole padded DP step (forward, backward, clipping, noise, Adam) captured once as a CUDA
+    graph and replayed trains what the eager steps train (noise 0 here, so that only the graph's
+    kernels are compared; the benchmark's graph draws its noise from a registered generator)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import gpu_checks
+
+    device = torch.device("cuda")
+    shape = {"mlp": (104,), "cnn": (3, 32, 32)}[name]
+    config = {"mlp": dict(name="mlp", hidden=[32]), "cnn": dict(name="cnn", width=8)}[name]
+    trained = []
+    for graphed in (False, True):
+        step, model = gpu_checks.build_step(
+            config, shape, 16, 1600, device, private=True, padded=True, bf16=False,
+            channels_last=False, compiled=False, graphed=graphed, noise_multiplier=0.0)
+        for _ in range(8 if not graphed else 5):  # the graphed step ran 3 warm-up steps
+            step()
+        torch.cuda.synchronize()
+        trained.append(flat_parameters(model))
+    assert not torch.equal(trained[0], flat_parameters(
+        gpu_checks.build_step(config, shape, 16, 1600, device, private=True, padded=True,
+                              bf16=False, channels_last=False, compiled=False, graphed=False,
+                              noise_multiplier=0.0)[1]))  # it trained
+    torch.testing.assert_close(trained[1], trained[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(MODELS))
+def test_on_cuda_bf16_clipped_contributions_stay_within_the_bound(name):
+    device = torch.device("cuda")
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    x, y, model = problem(name)
+    x, y, model = x.to(device), y.to(device), model.to(device).train()
+    bound = 1e-3
+    for row in range(4):
+        trained = copy.deepcopy(model)
+        _, norms, _, _ = padded_step(trained, x, y, torch.tensor([row], device=device), 8,
+                                     bound=bound, autocast=True)
+        gradient = torch.cat([p.grad.reshape(-1) for p in trained.parameters()])
+        assert norms[0] > bound
+        assert float(gradient.norm()) * len(x) <= bound * (1 + 1e-5)
