@@ -295,6 +295,8 @@ def test_a_compiled_padded_run_trains_the_eager_runs_model():
     ({"training.physical_batch_size": 64}, "training.physical_batch_size: got 64"),
     ({"training.precision": "fp16"}, "training.precision: got 'fp16'"),
     ({"model.channels_last": True}, "model.channels_last: got True"),
+    ({"privacy.mode": "dpfedavg", "model.name": "cnn", "model.channels_last": True},
+     "model.channels_last: True applies to centralized training"),
 ])
 def test_the_options_refuse_where_they_cannot_apply(overrides, message):
     import yaml

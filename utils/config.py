@@ -71,8 +71,8 @@ COMPILE_NEEDS_PADDING = (
     "batch size would compile again) and privacy.engine fast. Set training.pad_batches: true, or "
     "training.compile: false.")
 SPEED_OPTIONS_CENTRALIZED = (
-    "training.{key}: {value!r} applies to centralized training (privacy.mode none or dpsgd with "
-    "privacy.engine fast), not {what}. Leave training.{key} at its default.")
+    "{key}: {value!r} applies to centralized training ({where}), not {what}. Leave {key} at its "
+    "default.")
 # training.select: each rule's validation metric (None: the last unit) and whether larger is
 # better. "best_val_gap" is the target's own gap (fairness.mode dp: the DP gap; eo: the TPR gap);
 # the others name their gap whatever the target. The one home of these names: training.selection
@@ -300,7 +300,7 @@ class ModelConfig:
             ``configs/dp_mitigation_adult.yaml``); the convolutional models use ReLU.
         channels_last: train a convolutional model (cnn, resnet18) and its inputs in the
             channels-last memory format (faster convolutions on GPUs, above all under bf16); the
-            same numbers up to float rounding. The MLP refuses it (no images).
+            same numbers up to float rounding. The MLP (no images) and DP-FedAvg refuse it.
     """
 
     name: str = "mlp"
@@ -899,10 +899,15 @@ def check_speed_options(config: ExperimentConfig) -> None:
     fast_dpsgd = privacy.mode == "dpsgd" and privacy.engine == "fast"
     unsupported = (privacy.mode == "dpfedavg" or (privacy.mode == "dpsgd" and not fast_dpsgd))
     what = f"privacy.mode {privacy.mode!r}, privacy.engine {privacy.engine!r}"
+    where = "privacy.mode none or dpsgd with privacy.engine fast"
     for key, default in (("compile", False), ("precision", "fp32")):
         value = getattr(training, key)
         if value != default and unsupported:
-            raise ConfigError(SPEED_OPTIONS_CENTRALIZED.format(key=key, value=value, what=what))
+            raise ConfigError(SPEED_OPTIONS_CENTRALIZED.format(
+                key=f"training.{key}", value=value, where=where, what=what))
+    if config.model.channels_last and privacy.mode == "dpfedavg":
+        raise ConfigError(SPEED_OPTIONS_CENTRALIZED.format(
+            key="model.channels_last", value=True, where="privacy.mode none or dpsgd", what=what))
     if training.pad_batches:
         reasons = []
         if not fast_dpsgd:
