@@ -264,6 +264,20 @@ def test_a_padded_run_trains_the_unpadded_runs_model():
                 assert mine[key] == pytest.approx(value, rel=1e-4), key
 
 
+def test_a_resumed_padded_bf16_run_ends_identical():
+    import yaml
+
+    from tests.conftest import straight_and_resumed
+    from utils.config import config_from_mapping
+
+    raw = yaml.safe_load(TINY)
+    raw["training"].update(pad_batches=True, physical_batch_size=96, precision="bf16")
+    straight, resumed = straight_and_resumed(config_from_mapping(raw), units=3)
+    for a, b in zip(straight.base_model().parameters(), resumed.base_model().parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert resumed.private.steps == straight.private.steps == 36
+
+
 def test_a_bf16_run_trains_close_to_fp32_and_within_the_bound():
     plain, _ = trained({})
     bf16, metrics = trained({"training.precision": "bf16"})
