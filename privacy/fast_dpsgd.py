@@ -159,14 +159,13 @@ def unfold(a: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
                           f"{conv.padding!r} ({conv}). Use privacy.engine: opacus.")
     ph, pw = conv.padding
     padded = F.pad(a, (pw, pw, ph, ph)) if ph or pw else a
-    batch, channels, padded_height, padded_width = padded.shape
-    height = (padded_height - dh * (kh - 1) - 1) // sh + 1
-    width = (padded_width - dw * (kw - 1) - 1) // sw + 1
-    s_batch, s_channel, s_row, s_column = padded.stride()
-    windows = padded.as_strided(
-        (batch, channels, kh, kw, height, width),
-        (s_batch, s_channel, dh * s_row, dw * s_column, sh * s_row, sw * s_column),
-        padded.storage_offset())
+    batch, channels = padded.shape[:2]
+    # Tensor.unfold's sliding windows (views, traceable by torch.compile, unlike as_strided with
+    # the storage offset): (B, in, H', W', kernel extent, kernel extent), every dilation-th entry
+    # of each window, then kernel offsets before positions.
+    windows = padded.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
+    windows = windows[..., ::dh, ::dw].permute(0, 1, 4, 5, 2, 3)
+    height, width = windows.shape[4:]
     return windows.reshape(batch, channels * kh * kw, height * width)
 
 
