@@ -47,7 +47,8 @@ def test_dp_throughput_benchmark_writes_every_variant_with_versions(tmp_path):
     assert report["torch"] and report["opacus"] and report["dtype"] == "float32"
     variants = {(row["model"], row["variant"]): row for row in report["results"]}
     assert set(variants) == {(model, variant) for model in ("mlp", "cnn32")
-                             for variant in ("non-private", "opacus hooks", "opacus ghost", "fast")}
+                             for variant in ("non-private", "opacus hooks", "opacus ghost", "fast",
+                                             "fast padded")}
     for (_, variant), row in variants.items():
         assert row["batch"] == 8 and len(row["rounds"]) == 2 and row["samples_per_s"] > 0
         assert row["peak_memory_mib"] >= 0
