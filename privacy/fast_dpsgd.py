@@ -445,13 +445,15 @@ class FastEngine:
         self._clip_physical = self._clipped_physical_sum
         self.track_parameters(False)
 
-    def use_static_shapes(self, capacity: int, compiled: bool = False) -> None:
-        """Train on padded physical batches of ``capacity`` rows (module docstring); ``compiled``:
-        the clipping of each physical batch (norms, factors, clipped sums: fixed shapes now) runs
-        through ``torch.compile``. Flat clipping only."""
+    def use_static_shapes(self, capacity: int | None = None, compiled: bool = False) -> None:
+        """Train on padded physical batches of ``capacity`` rows (module docstring; None: the
+        default, :func:`physical_capacity`); ``compiled``: the clipping of each physical batch
+        (norms, factors, clipped sums: fixed shapes now) runs through ``torch.compile``. Flat
+        clipping only."""
         if not isinstance(self.rule, Flat):
             raise ConfigError(PADDING_NEEDS_FLAT.format(rule=self.rule.name))
-        self.capacity = int(capacity)
+        self.capacity = int(capacity if capacity is not None
+                            else physical_capacity(self.expected_batch_size, self.sample_rate))
         if compiled:
             self._clip_physical = torch.compile(self._clipped_physical_sum)
 
@@ -728,7 +730,7 @@ class FastPrivateTraining:
         """The last privatized step's clipping."""
         return self.fast.last_step
 
-    def use_static_shapes(self, capacity: int, compiled: bool = False) -> None:
+    def use_static_shapes(self, capacity: int | None = None, compiled: bool = False) -> None:
         """Padded physical batches of ``capacity`` rows (:meth:`FastEngine.use_static_shapes`)."""
         self.fast.use_static_shapes(capacity, compiled)
 

@@ -22,7 +22,6 @@ from torch.nn import functional as F
 from dataset.base import DataBundle, gather_rows, place_inputs
 from privacy import ENGINES
 from privacy.accounting import epsilon_of_history
-from privacy.fast_dpsgd import physical_capacity
 from privacy.individual import (
     IndividualPrivacy,
     SensitivityLedger,
@@ -138,9 +137,8 @@ class CentralizedTrainer:
             model, optimizer, loader = (self.private.module, self.private.optimizer,
                                         self.private.index_loader)
             if config.training.pad_batches:  # static shapes (privacy.fast_dpsgd's docstring)
-                capacity = config.training.physical_batch_size or physical_capacity(
-                    self.private.fast.expected_batch_size, self.private.sample_rate)
-                self.private.use_static_shapes(capacity, compiled=config.training.compile)
+                self.private.use_static_shapes(config.training.physical_batch_size,
+                                               compiled=config.training.compile)
         self.model, self.optimizer, self.loader = model, optimizer, loader
         self.padded = config.training.pad_batches
         # training.compile: the training forward (the evaluation's stays eager).
