@@ -37,6 +37,29 @@ per-example-loop tests hold at the same tolerances). The sum of noise and clippe
 division by qN, round exactly as before; flat clipping is still the engine before the clipping
 rules bit for bit (tests/test_clipping.py).
 
+Static shapes (``training.pad_batches``, :func:`physical_batches`, :meth:`FastEngine.set_padding`):
+a Poisson batch's size changes every step, which makes ``torch.compile`` recompile and CUDA graphs
+impossible. Padded, each logical batch is forwarded as one or more physical batches of a fixed
+capacity, whose padding rows are masked out of the loss (``torch.where``, so their δ is exactly 0),
+of the norms and of the clipping weights; noise is drawn once per logical step and the accountant
+steps once. Soundness: the mechanism is still exactly the sampled Gaussian mechanism that the
+accountant analyses. Every sampled example is clipped and summed exactly once, whatever the
+batch's size (a batch over the capacity is split into several physical batches, never truncated:
+dropping the examples past the capacity would make the released sum depend on whether an example
+was sampled *and* fitted, and the accountant's analysis of Poisson sampling would not hold); no
+unsampled example contributes (a padding row's weight is 0, and its gradient is 0 because the loss
+never reads it: the supported models have no operation across examples, no batch normalization,
+so the padding rows do not change the real rows' forward pass either); the noise is one draw of
+N(0, σ²C²) per logical step, as unpadded. The padding and the split depend only on the batch's size,
+which the released sum does not reveal beyond what Poisson sampling already accounts for, and no
+extra release is made. Padding supports flat clipping only: a rule whose factors depend on the
+whole batch (DPSGD-F's group counts) would see each physical batch alone.
+
+Precision (``training.precision: bf16``): the forward and backward may run under bf16 autocast;
+the recorded inputs and output gradients are then upcast to fp32 before norms, clipping factors
+and clipped sums are computed, so the bound ‖cᵢgᵢ‖ ≤ C holds in fp32 for the gᵢ the sum adds
+(gᵢ is the bf16 pass's gradient of example i alone, which is all the guarantee needs).
+
 Randomness: the Poisson draws come from the trainer's batch-sampling generator, the noise from the
 run's ``dp_noise`` generator (one flat draw per step), a clipping rule's releases from the
 ``dp_clipping`` generator, or all from the OS under ``secure_rng``.
@@ -45,6 +68,7 @@ run's ``dp_noise`` generator (one flat draw per step), a clipping rule's release
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import torch
@@ -60,6 +84,11 @@ from privacy.releases import Release
 from utils.errors import ConfigError
 
 SUPPORTED = (nn.Linear, nn.Conv2d, nn.GroupNorm)
+PADDING_NEEDS_FLAT = ("training.pad_batches needs privacy.clipping: flat (got {rule!r}): the rule's "
+                      "factors depend on the whole batch, which padding forwards in pieces. Use "
+                      "privacy.clipping: flat, or training.pad_batches: false.")
+# Recorded dtypes upcast to fp32 before clipping (autocast's).
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 class PoissonIndexLoader:
@@ -83,6 +112,39 @@ class PoissonIndexLoader:
             yield (torch.nonzero(draws < self.sample_rate).flatten(),)
 
 
+def physical_capacity(expected_batch_size: float, sample_rate: float,
+                      deviations: float = 4.0, multiple: int = 8) -> int:
+    """The default physical batch of padded training: the expected Poisson batch qN plus
+    ``deviations`` standard deviations of the binomial, √(qN(1 − q)), rounded up to a multiple of
+    ``multiple`` (tensor cores and vector units like round sizes). At 4 deviations a batch overflows
+    into a second physical batch on about 3 steps in 100,000 (normal tail); overflow is split,
+    never dropped (:func:`physical_batches`)."""
+    spread = (expected_batch_size * (1.0 - sample_rate)) ** 0.5
+    needed = max(1, math.ceil(expected_batch_size + deviations * spread))
+    return multiple * math.ceil(needed / multiple)
+
+
+def physical_batches(indices: torch.Tensor, capacity: int,
+                     fill: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One logical (Poisson) batch of training indices as physical batches of exactly ``capacity``
+    rows: ``(indices, mask)`` pairs, mask True on the sampled rows, the padding rows holding index
+    ``fill`` (a real row, so that every value the model sees is finite; the engine masks it out).
+
+    Every sampled index appears in exactly one physical batch: a batch larger than ``capacity`` is
+    split into ceil(n / capacity) physical batches, the last one padded (see the module docstring:
+    dropping the excess would break the sampled Gaussian mechanism's analysis). An empty batch is
+    one physical batch of padding only, so that the step still adds its noise and the accountant
+    still steps."""
+    count = len(indices)
+    pieces = max(1, -(-count // capacity))
+    padded = torch.full((pieces * capacity,), fill, dtype=indices.dtype, device=indices.device)
+    padded[:count] = indices
+    mask = torch.zeros(pieces * capacity, dtype=torch.bool, device=indices.device)
+    mask[:count] = True
+    return [(padded[i * capacity:(i + 1) * capacity], mask[i * capacity:(i + 1) * capacity])
+            for i in range(pieces)]
+
+
 def unfold(a: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """``F.unfold(a, ...)`` for ``conv``'s kernel, stride, padding and dilation: (B, in·kh·kw, L).
 
@@ -98,14 +160,13 @@ def unfold(a: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
                           f"{conv.padding!r} ({conv}). Use privacy.engine: opacus.")
     ph, pw = conv.padding
     padded = F.pad(a, (pw, pw, ph, ph)) if ph or pw else a
-    batch, channels, padded_height, padded_width = padded.shape
-    height = (padded_height - dh * (kh - 1) - 1) // sh + 1
-    width = (padded_width - dw * (kw - 1) - 1) // sw + 1
-    s_batch, s_channel, s_row, s_column = padded.stride()
-    windows = padded.as_strided(
-        (batch, channels, kh, kw, height, width),
-        (s_batch, s_channel, dh * s_row, dw * s_column, sh * s_row, sw * s_column),
-        padded.storage_offset())
+    batch, channels = padded.shape[:2]
+    # Tensor.unfold's sliding windows (views, traceable by torch.compile, unlike as_strided with
+    # the storage offset): (B, in, H', W', kernel extent, kernel extent), every dilation-th entry
+    # of each window, then kernel offsets before positions.
+    windows = padded.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
+    windows = windows[..., ::dh, ::dw].permute(0, 1, 4, 5, 2, 3)
+    height, width = windows.shape[4:]
     return windows.reshape(batch, channels * kh * kw, height * width)
 
 
@@ -285,11 +346,20 @@ class _Recorder:
     def clear(self) -> None:
         self.input = self.grad_output = None
 
-    def per_example(self) -> dict[nn.Parameter, Any]:
+    def per_example(self, a: torch.Tensor | None = None,
+                    delta: torch.Tensor | None = None) -> dict[nn.Parameter, Any]:
         """Each parameter's per-example gradient, in the form that is cheapest to clip, up to the
         common factor n of a mean loss (the engine scales norms and weights by it instead, which
-        saves a pass over every δ)."""
-        module, a, delta = self.module, self.input, self.grad_output
+        saves a pass over every δ). ``a`` and ``delta`` default to the recorded ones (given, for a
+        compiled function whose inputs they are)."""
+        module = self.module
+        a = self.input if a is None else a
+        delta = self.grad_output if delta is None else delta
+        # Under bf16 autocast: norms, factors and clipped sums in fp32 (module docstring).
+        if a.dtype in LOW_PRECISION:
+            a = a.float()
+        if delta.dtype in LOW_PRECISION:
+            delta = delta.float()
         out: dict[nn.Parameter, Any] = {}
         if isinstance(module, nn.Linear):
             if a.ndim == 2:
@@ -368,7 +438,76 @@ class FastEngine:
             self.recorders.append(_Recorder(self, module))
         self.params = [p for p in model.parameters() if p.requires_grad]
         self._current: tuple | None = None
+        # Static shapes (use_static_shapes): the physical batch's size, the sampled rows of the
+        # batch being forwarded (set_padding), and the step's running sum (noise first).
+        self.capacity: int | None = None
+        self._mask: torch.Tensor | None = None
+        self._sum: torch.Tensor | None = None
+        self._clip_physical = self._clipped_physical_sum
         self.track_parameters(False)
+
+    def use_static_shapes(self, capacity: int | None = None, compiled: bool = False) -> None:
+        """Train on padded physical batches of ``capacity`` rows (module docstring; None: the
+        default, :func:`physical_capacity`); ``compiled``: the clipping of each physical batch
+        (norms, factors, clipped sums: fixed shapes now) runs through ``torch.compile``. Flat
+        clipping only."""
+        if not isinstance(self.rule, Flat):
+            raise ConfigError(PADDING_NEEDS_FLAT.format(rule=self.rule.name))
+        self.capacity = int(capacity if capacity is not None
+                            else physical_capacity(self.expected_batch_size, self.sample_rate))
+        if compiled:
+            self._clip_physical = torch.compile(self._clipped_physical_sum)
+
+    def set_padding(self, mask: torch.Tensor) -> None:
+        """The sampled rows (True) of the physical batch about to be forwarded; its loss must be
+        :meth:`padded_loss`. Dropped when the batch is accumulated."""
+        self._mask = mask
+
+    def padded_loss(self, per_example: torch.Tensor) -> torch.Tensor:
+        """The loss of a padded physical batch: the sum of the sampled rows' losses. ``where``,
+        not a product with the mask, so that a padding row's loss never enters the value, and its
+        gradient (hence its δ at every layer) is exactly 0. A sum, not a mean: each example's δ is
+        then its own gradient's (the engine's scale is 1), and the divisor needs no per-step value
+        that a compiled step would specialize on."""
+        return torch.where(self._mask, per_example, 0.0).sum()
+
+    def _clipped_physical_sum(self, inputs: list[torch.Tensor], deltas: list[torch.Tensor],
+                              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flat clipping of one padded physical batch from its records: every parameter's clipped
+        sum, flat in the parameters' order; each row's norm and factor (0 and 1 on padding rows).
+        Padding rows get weight 0 besides their δ of 0 (belt and braces: a padding row can never
+        add anything, whatever its values)."""
+        grads: dict[nn.Parameter, Any] = {}
+        for recorder, a, delta in zip(self.recorders, inputs, deltas):
+            grads.update(recorder.per_example(a, delta))
+        norms = torch.stack([g.squared_norms() for g in grads.values()]).sum(0).sqrt()
+        norms = torch.where(mask, norms, 0.0)
+        factors = self.rule.clip(norms).factors
+        weights = torch.where(mask, factors, 0.0)
+        sums = [grads[p].clipped_sum(weights).reshape(-1) if p in grads
+                else torch.zeros(p.numel(), device=mask.device) for p in self.params]
+        return torch.cat(sums), norms, factors
+
+    def accumulate(self) -> torch.Tensor:
+        """Clip the padded physical batch just back-propagated and add its clipped sum to the
+        step's running sum, which starts as the step's noise (one draw per logical step, whatever
+        the number of physical batches). Returns each row's gradient norm (0 on padding rows)."""
+        mask = self._mask
+        if mask is None:
+            raise RuntimeError("accumulate() follows set_padding(mask) and the padded loss's backward")
+        if any(r.input is None or r.grad_output is None for r in self.recorders):
+            raise RuntimeError("a layer of the model recorded nothing in this physical batch")
+        flat, norms, factors = self._clip_physical([r.input for r in self.recorders],
+                                                   [r.grad_output for r in self.recorders], mask)
+        if self._sum is None:
+            self._sum = self.draw_noise()
+        self._sum.add_(flat)
+        self.last_step = ClipStep(factors, self.max_grad_norm,
+                                  (self.max_grad_norm, self.max_grad_norm))
+        for recorder in self.recorders:
+            recorder.clear()
+        self._mask, self._current, self._step = None, None, None
+        return norms
 
     def track_parameters(self, tracked: bool) -> None:
         """Whether autograd computes the parameters' own gradients: off while the engine trains
@@ -389,11 +528,15 @@ class FastEngine:
             device = self.params[0].device
             # The forms hold the gradients of the mean loss; each example's own gradient is n
             # times its share, so its norm is n times the forms' and its weight in the sum cᵢ·n.
+            # A padded batch's loss is a sum (padded_loss): scale 1, padding rows' norms 0.
+            scale = batch if self._mask is None else 1
             if grads:
-                norms = torch.stack([g.squared_norms() for g in grads.values()]).sum(0).sqrt() * batch
+                norms = torch.stack([g.squared_norms() for g in grads.values()]).sum(0).sqrt() * scale
             else:
                 norms = torch.zeros(batch, device=device)
-            self._current = (grads, norms, batch)
+            if self._mask is not None:
+                norms = torch.where(self._mask, norms, 0.0)
+            self._current = (grads, norms, scale)
         return self._current
 
     def batch_groups(self, minority: torch.Tensor) -> None:
@@ -420,6 +563,7 @@ class FastEngine:
         for recorder in self.recorders:
             recorder.clear()
         self._current = self._step = self._groups = None
+        self._mask = self._sum = None
 
     def draw_noise(self, sensitivity: float | None = None) -> torch.Tensor:
         """One step's noise N(0, σ²S²) for every parameter, one flat draw in the parameters' order
@@ -438,6 +582,9 @@ class FastEngine:
     def privatize(self) -> None:
         """Replace every parameter's ``grad`` by (Σ clipped per-example gradients + noise) / qN,
         and record the step with the accountant."""
+        if self.capacity is not None and (self._mask is not None or self._sum is not None):
+            self._privatize_padded()
+            return
         grads, _, batch = self._per_example()
         step = self.clip_step()
         weights = step.factors * batch  # cᵢ·n, see _per_example
@@ -457,6 +604,22 @@ class FastEngine:
             recorder.clear()
         self.last_step = step
         self._current = self._step = self._groups = None
+        self.accountant.step(noise_multiplier=self.accounted_noise_multiplier,
+                             sample_rate=self.sample_rate)
+
+
+    def _privatize_padded(self) -> None:
+        """:meth:`privatize` of a padded step: its physical batches' running sum (the last one
+        accumulated here if the trainer has not), divided by qN, as every parameter's gradient."""
+        if self._mask is not None:
+            self.accumulate()
+        flat = self._sum
+        start = 0
+        for p in self.params:
+            p.grad = flat[start:start + p.numel()].view_as(p)
+            start += p.numel()
+        flat.div_(self.expected_batch_size)
+        self._sum = self._groups = None
         self.accountant.step(noise_multiplier=self.accounted_noise_multiplier,
                              sample_rate=self.sample_rate)
 
@@ -553,6 +716,29 @@ class FastPrivateTraining(AccountedSteps):
     def last_clip_step(self) -> ClipStep | None:
         """The last privatized step's clipping."""
         return self.fast.last_step
+
+    def use_static_shapes(self, capacity: int | None = None, compiled: bool = False) -> None:
+        """Padded physical batches of ``capacity`` rows (:meth:`FastEngine.use_static_shapes`)."""
+        self.fast.use_static_shapes(capacity, compiled)
+
+    @property
+    def capacity(self) -> int | None:
+        """The physical batch size under padding, else None."""
+        return self.fast.capacity
+
+    def physical_batches(self, indices: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A logical batch's physical batches, ``(indices, mask)`` (:func:`physical_batches`)."""
+        return physical_batches(indices, self.fast.capacity)
+
+    def set_padding(self, mask: torch.Tensor) -> None:
+        self.fast.set_padding(mask)
+
+    def padded_loss(self, per_example: torch.Tensor) -> torch.Tensor:
+        return self.fast.padded_loss(per_example)
+
+    def accumulate(self) -> torch.Tensor:
+        """Clip and add the physical batch just back-propagated; its rows' norms (padding 0)."""
+        return self.fast.accumulate()
 
     @contextlib.contextmanager
     def hooks_off(self):

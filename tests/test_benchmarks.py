@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from training.repair import METHODS
 
@@ -46,7 +47,8 @@ def test_dp_throughput_benchmark_writes_every_variant_with_versions(tmp_path):
     assert report["torch"] and report["opacus"] and report["dtype"] == "float32"
     variants = {(row["model"], row["variant"]): row for row in report["results"]}
     assert set(variants) == {(model, variant) for model in ("mlp", "cnn32")
-                             for variant in ("non-private", "opacus hooks", "opacus ghost", "fast")}
+                             for variant in ("non-private", "opacus hooks", "opacus ghost", "fast",
+                                             "fast padded")}
     for (_, variant), row in variants.items():
         assert row["batch"] == 8 and len(row["rounds"]) == 2 and row["samples_per_s"] > 0
         assert row["peak_memory_mib"] >= 0
@@ -109,3 +111,40 @@ def test_clipping_benchmark_prints_every_rule_against_flat(tmp_path):
     report = json.loads(out.read_text())
     ratios = {row["rule"]: row["time_ratio_to_flat"] for row in report["results"]}
     assert ratios["flat"] == 1.0 and all(ratio > 0 for ratio in ratios.values())
+
+
+@pytest.mark.slow  # the whole command in its tiny mode: pytest -m gpu, throughput, step, run (~90 s)
+def test_gpu_checks_runs_every_section_on_a_cpu_in_quick_mode(tmp_path):
+    import json
+
+    out = tmp_path / "gpu.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_checks.py"), "--device", "cpu",
+                    "--quick", "--out", str(out)], capture_output=True, text=True, timeout=900,
+                   check=True)
+    report = json.loads(out.read_text())
+    assert report["quick"] and report["torch"] and report["opacus"] and report["date"]
+    assert "CPU" in report["device"]
+    # Every gpu-marked test was collected and none failed; without a GPU, every one skipped
+    checks = report["checks"]
+    assert checks["exit_code"] == 0 and checks["failed"] == 0 and len(checks["cases"]) > 0
+    if not torch.cuda.is_available():
+        assert checks["skipped"] == len(checks["cases"])
+    assert any("test_static_shapes" in case for case in checks["cases"])
+    variants = {(row["model"], row["variant"]) for row in report["throughput"]}
+    assert variants == {(model, variant) for model in ("mlp", "cnn32")
+                        for variant in ("non-private", "opacus hooks", "fast", "fast padded")}
+    steps = report["paper_step"]["variants"]
+    assert set(steps) | set(report["paper_step"]["skipped"]) == {
+        "non-private fp32", "non-private bf16", "fast fp32", "fast padded fp32", "fast padded bf16",
+        "fast padded bf16 channels_last", "fast padded bf16 cuda graph", "fast padded compiled"}
+    assert report["paper_step"]["skipped"]["fast padded bf16 cuda graph"] == "needs CUDA"
+    assert steps["non-private fp32"]["ratio_to_non_private_fp32"] == 1.0
+    assert all(row["ms_per_step"] > 0 for row in steps.values())
+    run = report["paper_run"]
+    assert run["total_steps"] == 60 * 60  # 480 images at expected batch 8: 60 steps an epoch
+    for row in run["variants"].values():
+        assert row["estimated_run_s"] == pytest.approx(row["ms_per_step"] / 1e3 * 3600)
+    # every ratio, flat, one per variant and comparison
+    assert report["ratios"]["paper_step/fast padded bf16/to_non_private_fp32"] > 0
+    assert report["ratios"]["throughput/cnn32/fast padded/to_fast"] > 0
+    assert report["ratios"]["throughput/mlp/fast/to_opacus_hooks"] > 0

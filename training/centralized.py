@@ -47,6 +47,9 @@ from utils.fairness import GROUPS
 from utils.progress import progress
 from utils.seeding import RunStreams
 
+BF16_UNSUPPORTED = ("training.precision: bf16, but {device} has no bfloat16 support. Use "
+                    "training.precision: fp32 on this device.")
+
 
 class CentralizedTrainer:
     """Epochs of minibatch training on data held on the device.
@@ -102,6 +105,13 @@ class CentralizedTrainer:
         self._initial_weights = {key: value.detach().clone()
                                  for key, value in model.state_dict().items()}
         model = model.to(device)
+        # training.precision and model.channels_last (the GPU path; utils.config documents them).
+        self.channels_last = config.model.channels_last
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.bf16 = config.training.precision == "bf16"
+        if self.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(BF16_UNSUPPORTED.format(device=torch.cuda.get_device_name(device)))
         optimizer = build_optimizer(config.training, model.parameters())
         self.private = None
         self.warnings: list[str] = []  # for summary.json (see training.base.Trainer)
@@ -126,7 +136,13 @@ class CentralizedTrainer:
                                   clipping_generator=clipping)
             model, optimizer, loader = (self.private.module, self.private.optimizer,
                                         self.private.index_loader)
+            if config.training.pad_batches:  # static shapes (privacy.fast_dpsgd's docstring)
+                self.private.use_static_shapes(config.training.physical_batch_size,
+                                               compiled=config.training.compile)
         self.model, self.optimizer, self.loader = model, optimizer, loader
+        self.padded = config.training.pad_batches
+        # training.compile: the training forward (the evaluation's stays eager).
+        self.train_forward = torch.compile(model) if config.training.compile else model
         # privacy.individual_accounting: every example's clipped norm from a whole-set pass every
         # individual_every epochs (privacy.individual), and the time those passes take.
         self.individual: SensitivityLedger | None = None
@@ -216,6 +232,10 @@ class CentralizedTrainer:
         for (indices,) in progress(self.loader, desc=f"epoch {unit + 1}/{self.units}", leave=False,
                                    mode=self.config.logging.progress):
             indices = indices.to(self.device)
+            if self.padded:
+                loss_sum += self._padded_step(indices, norm_sum, clipped, counts)
+                seen += len(indices)
+                continue
             x = gather_rows(self.x, indices)
             if self.transform is not None:
                 x = self.transform(x, True)
@@ -228,7 +248,8 @@ class CentralizedTrainer:
                 with self._public_pass() as model:
                     self.method.before_step(model)
             self.method.before_forward(indices)
-            logits = self.model(x).reshape(-1)
+            with self._precision():
+                logits = self.train_forward(self._layout(x)).reshape(-1).float()
             batch = Batch(logits=logits, targets=y, minority=self.minority[indices],
                           weights=self.weights[indices], activations=self._activations,
                           losses=F.binary_cross_entropy_with_logits(logits, y, reduction="none"))
@@ -266,6 +287,59 @@ class CentralizedTrainer:
         if rule_steps is not None:
             metrics.update(rule_steps.metrics())
         return metrics
+
+    def _precision(self):
+        """bf16 autocast on the run's device under ``training.precision: bf16``."""
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """Image batches in channels-last memory under ``model.channels_last``."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _padded_step(self, indices: torch.Tensor, norm_sum: torch.Tensor, clipped: torch.Tensor,
+                     counts: torch.Tensor) -> torch.Tensor:
+        """One DP-SGD step on a Poisson batch as padded physical batches of fixed size
+        (``training.pad_batches``; the soundness argument is privacy.fast_dpsgd's): each is
+        forwarded, its masked loss back-propagated and its clipped sum accumulated; then one noise
+        draw, one optimizer step, one accountant step. Adds the per-group diagnostics (padding
+        rows count nowhere) and returns the batch's summed loss. The config lets only methods that
+        train as Vanilla does reach here."""
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        # The logical batch is gathered and transformed as unpadded (the same random flips), and
+        # its rows are then laid out in physical batches; an empty batch's padding is row 0 of the
+        # training set in the transform's evaluation form (it draws nothing; masked out anyway).
+        if len(indices):
+            logical = gather_rows(self.x, indices)
+            if self.transform is not None:
+                logical = self.transform(logical, True)
+        else:
+            logical = gather_rows(self.x, indices.new_zeros(1))
+            if self.transform is not None:
+                logical = self.transform(logical, False)
+        positions = torch.arange(len(indices), device=self.device)
+        for local, mask in self.private.physical_batches(positions):
+            rows = indices[local] if len(indices) else local  # padding: a real row, masked
+            x = logical[local]
+            y = self.y[rows]
+            self.private.set_padding(mask)
+            with self._precision():
+                logits = self.train_forward(self._layout(x)).reshape(-1).float()
+            losses = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+            terms = self.method.loss(Batch(logits=logits, targets=y, minority=self.minority[rows],
+                                           weights=self.weights[rows], activations={},
+                                           losses=losses), self.base_model())
+            self.private.padded_loss(terms.per_example).backward()
+            norms = self.private.accumulate().detach()  # 0 on padding rows
+            group = (~self.minority[rows]).long()  # 0 = minority, 1 = majority (GROUPS order)
+            norm_sum.index_add_(0, group, norms)
+            clipped.index_add_(0, group, ((norms > self.config.privacy.max_grad_norm) & mask).float())
+            counts.index_add_(0, group, mask.float())
+            total += torch.where(mask, terms.per_example.detach(), 0.0).sum()
+        self.optimizer.step()
+        return total
 
     def _record_whole_set_norms(self) -> None:
         """Every training example's gradient norm at the current model, into the ledger."""

@@ -75,6 +75,11 @@ def why_not_stackable(config: ExperimentConfig) -> str | None:
     if config.model.name != "mlp" or config.model.activation != "relu":
         return (f"model.name {config.model.name!r}, model.activation {config.model.activation!r} "
                 f"(stacking batches ReLU MLPs)")
+    speed = [key for key, default in (("pad_batches", False), ("compile", False),
+                                      ("precision", "fp32"))
+             if getattr(config.training, key) != default]
+    if speed:  # the stacked step is its own code, none of these options'
+        return f"training.{speed[0]} (the stacked trainer runs its own fp32 eager step)"
     if config.training.batches != "shuffled":
         return f"training.batches {config.training.batches!r} (stacking draws shuffled or Poisson batches)"
     return None

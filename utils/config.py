@@ -60,6 +60,19 @@ DATA_PROTOCOLS = ("official", "runner", "runner_released")
 # data.preprocessing (dataset.preprocessing): auto is public under privacy and fitted without.
 PREPROCESSING_MODES = ("auto", "public", "fitted")
 ACTIVATIONS = ("relu", "tanh")
+PRECISIONS = ("fp32", "bf16")
+# training.pad_batches / compile / precision outside what supports them (tests import these).
+STATIC_SHAPES_UNSUPPORTED = (
+    "training.pad_batches needs privacy.mode dpsgd with privacy.engine fast, "
+    "privacy.poisson_sampling true, privacy.clipping flat and a fairness.method that leaves the "
+    "training step alone (got {what}). Set training.pad_batches: false.")
+COMPILE_NEEDS_PADDING = (
+    "training.compile under privacy.mode dpsgd needs training.pad_batches: true (each Poisson "
+    "batch size would compile again) and privacy.engine fast. Set training.pad_batches: true, or "
+    "training.compile: false.")
+SPEED_OPTIONS_CENTRALIZED = (
+    "{key}: {value!r} applies to centralized training ({where}), not {what}. Leave {key} at its "
+    "default.")
 # training.select: each rule's validation metric (None: the last unit) and whether larger is
 # better. "best_val_gap" is the target's own gap (fairness.mode dp: the DP gap; eo: the TPR gap);
 # the others name their gap whatever the target. The one home of these names: training.selection
@@ -285,6 +298,9 @@ class ModelConfig:
             ``torch.load(weights_only=True)``.
         activation: the MLP's hidden activation, "relu" (the default) or "tanh" (fair-dp's MLP,
             ``configs/dp_mitigation_adult.yaml``); the convolutional models use ReLU.
+        channels_last: train a convolutional model (cnn, resnet18) and its inputs in the
+            channels-last memory format (faster convolutions on GPUs, above all under bf16); the
+            same numbers up to float rounding. The MLP (no images) and DP-FedAvg refuse it.
     """
 
     name: str = "mlp"
@@ -292,6 +308,7 @@ class ModelConfig:
     width: int = 64
     weights: str | None = None
     activation: str = "relu"
+    channels_last: bool = False
 
     def validate(self) -> None:
         check(all(h > 0 for h in self.hidden), "model.hidden", self.hidden,
@@ -300,6 +317,8 @@ class ModelConfig:
         one_of("model.activation", self.activation, ACTIVATIONS)
         check(self.activation == "relu" or self.name == "mlp", "model.activation",
                self.activation, f"relu for model.name {self.name!r} (only the MLP has a choice)")
+        check(not self.channels_last or self.name != "mlp", "model.channels_last",
+               self.channels_last, "false for model.name 'mlp' (it has no image channels)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -356,6 +375,25 @@ class TrainingConfig:
             sample rate q = 1 / ceil(N / ``batch_size``), and the accountant counts steps, so
             ε is that of ``epochs`` x ``steps_per_epoch`` steps at q (and ``target_epsilon``
             solves σ for that many). DP-FedAvg trains in rounds and refuses it.
+        pad_batches: static shapes under DP-SGD (``privacy.engine: fast``, flat clipping, a
+            method that leaves the training step alone): each Poisson batch is forwarded as
+            physical batches of ``physical_batch_size`` rows, the padding masked out of the loss,
+            norms and clipped sum; a batch over that size is split, never truncated (the
+            argument is in ``privacy.fast_dpsgd``'s docstring). The same update as unpadded up to
+            float rounding; what it buys is fixed shapes for ``compile`` and CUDA graphs.
+        physical_batch_size: the physical batch under ``pad_batches``; null (the default): the
+            expected batch plus 4 standard deviations of its binomial, rounded up to a multiple
+            of 8 (``privacy.fast_dpsgd.physical_capacity``).
+        compile: run the training forward pass through ``torch.compile`` (and, with
+            ``pad_batches``, the engine's clipping of each physical batch). Under DP-SGD it needs
+            ``pad_batches`` (every new Poisson batch size would compile again). Compiling takes
+            seconds to minutes at the start of the run; the results equal eager ones up to float
+            rounding.
+        precision: "fp32" (the default) or "bf16": the training forward and backward under bf16
+            autocast on the run's device (parameters, optimizer, noise and evaluation stay fp32).
+            Under DP-SGD (fast engine only) the per-example norms, clipping factors and clipped
+            sums are computed in fp32 from the bf16 pass's records, so every example's clipped
+            contribution stays within ``privacy.max_grad_norm``. A GPU without bf16 refuses it.
     """
 
     epochs: int = 5
@@ -369,9 +407,20 @@ class TrainingConfig:
     select_skip_constant: bool = False
     batches: str = "shuffled"
     steps_per_epoch: int | None = None
+    pad_batches: bool = False
+    physical_batch_size: int | None = None
+    compile: bool = False
+    precision: str = "fp32"
 
     def validate(self) -> None:
         check(self.epochs > 0, "training.epochs", self.epochs, "a positive integer")
+        one_of("training.precision", self.precision, PRECISIONS)
+        check(self.physical_batch_size is None or self.physical_batch_size > 0,
+              "training.physical_batch_size", self.physical_batch_size,
+              "a positive integer, or null for the expected batch plus 4 standard deviations")
+        check(self.physical_batch_size is None or self.pad_batches,
+              "training.physical_batch_size", self.physical_batch_size,
+              "null unless training.pad_batches is true (it sizes the padded batches)")
         one_of("training.select", self.select, tuple(MODEL_SELECTIONS))
         _registered("training.batches", self.batches)
         check(self.steps_per_epoch is None or self.steps_per_epoch > 0, "training.steps_per_epoch",
@@ -825,6 +874,7 @@ class ExperimentConfig:
         if self.training.batches != "shuffled" and self.privacy.private:
             raise ConfigError(BATCHES_NOT_PRIVATE.format(batches=self.training.batches,
                                                          mode=self.privacy.mode))
+        check_speed_options(self)
         if self.training.steps_per_epoch is not None and self.privacy.mode == "dpfedavg":
             raise ConfigError(STEPS_PER_EPOCH_NOT_FEDERATED.format(steps=self.training.steps_per_epoch))
         if self.data.train_size is not None:
@@ -840,6 +890,38 @@ class ExperimentConfig:
 
 # --------------------------------------------------------------------------------------------------
 # Building dataclasses from raw mappings
+
+
+def check_speed_options(config: ExperimentConfig) -> None:
+    """``training.pad_batches``, ``compile`` and ``precision`` where the trainer supports them:
+    centralized training, and under DP-SGD the fast engine (its clipping is what they change)."""
+    training, privacy = config.training, config.privacy
+    fast_dpsgd = privacy.mode == "dpsgd" and privacy.engine == "fast"
+    unsupported = (privacy.mode == "dpfedavg" or (privacy.mode == "dpsgd" and not fast_dpsgd))
+    what = f"privacy.mode {privacy.mode!r}, privacy.engine {privacy.engine!r}"
+    where = "privacy.mode none or dpsgd with privacy.engine fast"
+    for key, default in (("compile", False), ("precision", "fp32")):
+        value = getattr(training, key)
+        if value != default and unsupported:
+            raise ConfigError(SPEED_OPTIONS_CENTRALIZED.format(
+                key=f"training.{key}", value=value, where=where, what=what))
+    if config.model.channels_last and privacy.mode == "dpfedavg":
+        raise ConfigError(SPEED_OPTIONS_CENTRALIZED.format(
+            key="model.channels_last", value=True, where="privacy.mode none or dpsgd", what=what))
+    if training.pad_batches:
+        reasons = []
+        if not fast_dpsgd:
+            reasons.append(what)
+        if not privacy.poisson_sampling:
+            reasons.append("privacy.poisson_sampling false")
+        if privacy.clipping != "flat":
+            reasons.append(f"privacy.clipping {privacy.clipping!r}")
+        if config.fairness.method != "none" and config.fairness.method_class().training_changes():
+            reasons.append(f"fairness.method {config.fairness.method!r}")
+        if reasons:
+            raise ConfigError(STATIC_SHAPES_UNSUPPORTED.format(what=", ".join(reasons)))
+    if training.compile and privacy.mode == "dpsgd" and not training.pad_batches:
+        raise ConfigError(COMPILE_NEEDS_PADDING)
 
 
 def _describe(annotation: Any) -> str:

@@ -35,7 +35,9 @@ a CPU and a GPU draws the same streams), the ``logging`` and ``evaluation`` sect
 ``training.eval_batch_size``, ``training.select`` and ``training.select_skip_constant`` (which
 evaluated model is kept: one training),
 ``privacy.individual_accounting`` and ``privacy.individual_every`` (a diagnostic that changes no
-draw), ``data.cache_dir``, a repair method that only post-processes the scores (``roc``: it is
+draw), ``data.cache_dir``, ``training.pad_batches``, ``training.physical_batch_size``,
+``training.compile``, ``training.precision`` and ``model.channels_last`` (how the same steps are
+computed: the same draws, other rounding, as on another device), a repair method that only post-processes the scores (``roc``: it is
 counted as ``none``, so it decides on the very model its Vanilla twin trained), and the seed itself
 (a root of its own). Every other key counts,
 ``data.root`` and ``model.weights`` included: two runs on other files must not share noise. Keys
@@ -142,7 +144,10 @@ DATA_STREAMS = frozenset({"resampling", "celeba_test", "celeba_pool", "celeba_id
 IDENTITY_IGNORED = ("name", "seed", "output_dir", "device", "logging.", "evaluation.",
                     "training.eval_batch_size", "training.select", "training.select_skip_constant",
                     "privacy.individual_accounting",
-                    "privacy.individual_every", "data.cache_dir")
+                    "privacy.individual_every", "data.cache_dir",
+                    # how the same steps are computed (rounding only, as the device):
+                    "training.pad_batches", "training.physical_batch_size", "training.compile",
+                    "training.precision", "model.channels_last")
 # Left out as well under privacy.paired_streams: the noise level (common random numbers across σ).
 PAIRED_IGNORED = ("privacy.noise_multiplier", "privacy.target_epsilon", "privacy.paired_streams")
 
