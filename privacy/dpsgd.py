@@ -257,15 +257,12 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
                   loss_reduction="mean", grad_sample_mode="hooks",
                   noise_generator=None if secure else noise_generator)
     releases = list(releases)
-    # σ for epochs × len(loader) steps. Where Opacus used to search σ itself (no releases, an epoch
-    # of one pass: make_private_with_epsilon), the steps are counted as it counts them,
-    # int(epochs / q), which float rounding puts one step short for some sizes (epochs 3, 75
-    # batches a pass: 224): kept, so that σ stays the one these runs have always had.
-    opacus_counted = not releases and steps_per_epoch == loader.batches_per_pass
+    # σ for the epochs × len(loader) steps the run takes. (Opacus' own search counted
+    # int(epochs / q) steps, which float rounding puts one short for some sizes: 3 epochs of 75
+    # batches gave 224, so the last step took ε past the target. Every step is counted here.)
     sigma = resolve_noise_multiplier(
         noise_multiplier=config.noise_multiplier, target_epsilon=config.target_epsilon,
-        delta=config.delta, sample_rate=sample_rate,
-        steps=int(epochs / sample_rate) if opacus_counted else epochs * steps_per_epoch,
+        delta=config.delta, sample_rate=sample_rate, steps=epochs * steps_per_epoch,
         accountant=config.accountant, releases=[release.history() for release in releases],
         release_keys=["privacy.counts_noise_multiplier"])
     module, dp_optimizer, dp_loader = engine.make_private(noise_multiplier=sigma, **common)

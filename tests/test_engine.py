@@ -155,3 +155,20 @@ def test_a_target_the_releases_spend_is_refused_naming_their_keys():
     message = str(refused.value)
     assert message.startswith(TARGET_UNREACHABLE.split("{error}")[0].format(target=0.5))
     assert message.endswith("Raise privacy.target_epsilon or privacy.counts_noise_multiplier.")
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_sigma_for_a_target_counts_every_step_the_run_takes(engine):
+    # 3 epochs of 75 Poisson batches: 225 steps. Opacus' own search counted int(3 / (1/75)) = 224
+    # (float rounding), so its σ let the 225th step take ε past the target.
+    assert int(3 / (1 / 75)) == 224
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 1))
+    target, delta = 3.0, 1e-5
+    config = PrivacyConfig(mode="dpsgd", target_epsilon=target, delta=delta, max_grad_norm=1.0,
+                           engine=engine)
+    private = ENGINES.get(engine)(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                                  dpsgd.index_loader(750, 10, generator=torch.Generator()),
+                                  config, 3, noise_generator=torch.Generator())
+    assert private.sample_rate == pytest.approx(1 / 75)
+    assert google_epsilon([(private.noise_multiplier, private.sample_rate, 225)], delta) <= target
