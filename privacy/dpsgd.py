@@ -215,9 +215,9 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
     """Wrap model, optimizer and index loader for DP-SGD as ``config`` says.
 
     With ``target_epsilon`` the smallest noise multiplier is chosen whose ε after ``epochs``
-    epochs of ``len(loader)`` steps, composed with ``releases``, is at most the target (by Opacus
-    itself when there are no releases and an epoch is one pass); with ``noise_multiplier`` it is
-    used as given.
+    epochs of ``len(loader)`` steps, composed with ``releases``, is at most the target
+    (:func:`privacy.accounting.resolve_noise_multiplier`, Opacus' search procedure); with
+    ``noise_multiplier`` it is used as given.
 
     Args:
         loader: the index loader (:func:`index_loader`); under Poisson sampling Opacus replaces it
