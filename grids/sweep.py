@@ -25,8 +25,9 @@ when ``summary.json`` exists) holds unchanged for each point. Keys are shortened
 of :data:`SHORT_NAMES` (else the last part of the dotted key) unless two keys would then read alike,
 and values are written so that a name only uses the characters a config ``name`` allows.
 
-Every point's config is built and checked (the same :func:`utils.loader.apply_overrides` and
-:func:`utils.config.config_from_mapping` as ``--set`` and the file) before anything runs, so a typo in
+Every point's config is built and checked (the same :func:`utils.loader.apply_overrides`,
+:func:`utils.config.config_from_mapping` and :func:`training.validation.validate` as ``--set`` and
+the file) before anything runs, so a typo in
 ``sweep:`` or a point the checks refuse stops the grid with exit status 2 before any training and
 without creating a directory. ``--set`` overrides apply to the base, i.e. to every point; a ``--set``
 of a swept key is refused, since it would make the points identical.
@@ -673,8 +674,11 @@ def _point_config(base: dict[str, Any], values: dict[str, Any],
             raw = apply_overrides(raw, [f"{key}={text}"])
         except ConfigError as error:
             raise ConfigError(f"{section_of[key]}: {error}") from None
+    # Imported here so that running.py's --help and YAML errors answer without loading torch.
+    from training.validation import validate
+
     try:
-        return config_from_mapping(raw)
+        return validate(config_from_mapping(raw))
     except ConfigError as error:
         point = ", ".join(f"{key}={value!r}" for key, value in values.items())
         raise ConfigError(f"grid point ({point}): {error}") from None

@@ -39,9 +39,8 @@ from dataset.celeba import (
     read_partition,
 )
 from tests.celeba_fake import make_fake_celeba
-from utils.config import config_from_mapping
+from training.validation import load_validated, validated_config
 from utils.errors import ConfigError, DataError
-from utils.loader import load_config
 
 N_IMAGES = 300
 
@@ -62,7 +61,7 @@ def make_config(root, cache_dir, **data):
                 "minority_value": "1", "minority_share": 0.2, "train_size": 100, "test_size": 40,
                 "image_size": 64, "cache_dir": str(cache_dir)}
     settings.update(data)
-    return config_from_mapping({"data": settings, "model": {"name": "cnn"}, "training": {"batch_size": 8},
+    return validated_config({"data": settings, "model": {"name": "cnn"}, "training": {"batch_size": 8},
                                 "logging": {"progress": "never"}})
 
 
@@ -671,7 +670,7 @@ def test_official_bundle(tmp_path, fake):
 
 
 def test_the_shipped_params_file_builds_on_fake_data(tmp_path, fake):
-    config = load_config("utils/params_celeba.yaml", [
+    config = load_validated("utils/params_celeba.yaml", [
         f"data.root={fake['root']}", f"data.cache_dir={tmp_path}", "data.train_size=100",
         "data.test_size=40", "data.image_size=64", "training.batch_size=8",
     ])

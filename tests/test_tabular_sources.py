@@ -44,7 +44,7 @@ from dataset.tabular_sources import (
     load_lsac,
 )
 from tests.lsac_fake import USED, make_fake_lsac
-from utils.config import config_from_mapping
+from training.validation import validated_config
 from utils.errors import ConfigError, DataError
 
 COMPAS_GZ = SHIPPED_COMPAS_DIR / "compas-scores-two-years.csv.gz"
@@ -83,7 +83,7 @@ def compas_sex():
 
 def config(name, **data):
     targets = {"compas": "two_year_recid", "german": "bad_credit", "lsac": "pass_bar"}
-    return config_from_mapping({
+    return validated_config({
         "name": f"t_{name}", "seed": data.pop("seed", 0), "device": "cpu", "training": {"batch_size": 64},
         "data": {"name": name, "target": targets[name], **data},
     })
@@ -361,13 +361,13 @@ def test_corrupted_shipped_copy(tmp_path, monkeypatch):
 
 def test_wrong_target_names_the_fix():
     with pytest.raises(ConfigError, match=UNKNOWN_TARGET) as error:
-        build_dataset(config_from_mapping({"name": "t", "data": {"name": "compas"}}))  # DataConfig's default
+        build_dataset(validated_config({"name": "t", "data": {"name": "compas"}}))  # DataConfig's default
     message = str(error.value)
     assert ADULT_DEFAULT_TARGET in message and "target: two_year_recid" in message
     with pytest.raises(ConfigError, match="'bad_credit' only"):
-        build_dataset(config_from_mapping({"name": "t", "data": {"name": "german", "target": "credit"}}))
+        build_dataset(validated_config({"name": "t", "data": {"name": "german", "target": "credit"}}))
     with pytest.raises(ConfigError, match="'pass_bar' only"):
-        build_dataset(config_from_mapping({"name": "t", "data": {"name": "lsac", "target": "bar"}}))
+        build_dataset(validated_config({"name": "t", "data": {"name": "lsac", "target": "bar"}}))
 
 
 def test_cli_reports_a_forgotten_target(tmp_path, capsys):

@@ -215,7 +215,9 @@ def saved_config_matches(run_dir: Path, config: ExperimentConfig) -> bool:
             # Withheld from config.yaml (logging.private_stats: false); the checkpoint's own
             # record of the run (run_record, seed included) is checked instead.
             raw["seed"] = config.seed
-        saved = config_from_mapping(raw)
+        from training.validation import validate  # it imports the trainers, which import this
+
+        saved = validate(config_from_mapping(raw))
     except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError, UserInputError):
         return False
     here = {key: getattr(config, key) for key in rundir.LOCATION_KEYS}

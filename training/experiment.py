@@ -55,8 +55,9 @@ from training.base import PUBLIC_DATA_KEY, public_data_facts
 from training.evaluation import TestSetEvaluator
 from training.repair import build_method
 from training.selection import ModelSelector
+from training.validation import validate
 from utils import fairness, rundir
-from utils.config import PROVENANCE_KEY, RETIRED_KEYS, ExperimentConfig, check_selection
+from utils.config import PROVENANCE_KEY, RETIRED_KEYS, ExperimentConfig
 from utils.errors import UserInputError, warn_user
 from utils.progress import progress
 from utils.seeding import PAIRED_STREAMS_WARNING, RunStreams, resolve_device, run_identity
@@ -234,7 +235,9 @@ def open_run(config: ExperimentConfig, *, overwrite: bool = False,
     ``skipped``) when there is one, else a :class:`RunSession` whose trainer is built, resumed
     when it can be, and whose run directory and sink are open. :mod:`training.stacking` opens
     several and trains their trainers together (``concurrent``: other runs' sinks are open at the
-    same time, so wandb keeps one run per sink)."""
+    same time, so wandb keeps one run per sink). The config is checked whole first
+    (:func:`training.validation.validate`: configs built in code too)."""
+    config = validate(config)
     run_dir = run_directory(config)
     claim = rundir.claim_run(run_dir, config.output_dir, overwrite=overwrite,
                              changed_keys=lambda: changed_keys(run_dir, config),
@@ -266,7 +269,6 @@ def _open_locked(config: ExperimentConfig, run_dir: Path, state: str, lock, *, o
 
     # Everything that can fail on the user's input happens before the run directory exists.
     device = resolve_device(config.device)
-    check_selection(config)  # training.select needs a validation split (configs built in code too)
     data, _, trainer = build_components(config, device)
     # The model as initialized (or loaded from model.weights), to tell at the end whether training
     # changed it at all (MODEL_UNCHANGED).

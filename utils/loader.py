@@ -21,6 +21,7 @@ from utils.config import (
     GRID_KEYS,
     ExperimentConfig,
     config_from_mapping,
+    has_entry_sections,
     override_children,
     shown,
     unknown_key_error,
@@ -285,14 +286,19 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         cls: Any = ExperimentConfig
         node = merged
         for depth, part in enumerate(path):
-            children = override_children(cls)
-            if part not in children:
+            # Below a registered entry's sub-section (fairness.runner.lam) the keys are the entry's,
+            # checked with the rest of it by the validation step (training.validation).
+            children = override_children(cls) if cls is not _ENTRY_SECTION else {}
+            if part in children:
+                cls = children[part]
+            elif cls is _ENTRY_SECTION or has_entry_sections(cls):
+                cls = _ENTRY_SECTION
+            else:
                 raise unknown_key_error(part, list(children), "".join(p + "." for p in path[:depth]))
             if depth == len(path) - 1:
                 node[part] = value
                 break
-            cls = children[part]
-            if not dataclasses.is_dataclass(cls):
+            if cls is not _ENTRY_SECTION and not dataclasses.is_dataclass(cls):
                 raise ConfigError(f"--set {text!r}: '{'.'.join(path[:depth + 1])}' is a value, "
                                   f"not a section.")
             child = node.get(part)
@@ -300,6 +306,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 child = node[part] = {}
             node = child
     return merged
+
+
+# Where --set walks inside a settings sub-section named after a registered entry.
+_ENTRY_SECTION = object()
 
 
 def _deep_copy(raw: Any) -> Any:
@@ -311,7 +321,10 @@ def _deep_copy(raw: Any) -> Any:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read ``path``, apply ``--set`` overrides, and return the checked config.
+    """Read ``path``, apply ``--set`` overrides, and return the config, each section's own keys
+    checked (:func:`utils.config.config_from_mapping`; the registered names, settings
+    sub-sections and rules across sections are :func:`training.validation.validate`'s, which
+    :func:`training.validation.load_validated` adds).
 
     A file in the flat format of the original code (arXiv 2009.06389) is first translated to the
     nested format, which is printed to stderr once (``utils.legacy``); overrides then use nested keys.
