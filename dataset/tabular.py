@@ -36,6 +36,7 @@ from dataset.preprocessing import (
     resolved_mode,
     standardized_record,
 )
+from utils.config import one_of
 from utils.errors import ConfigError, DataError, file_problem
 from utils.registry import Registry
 from utils.seeding import numpy_generator
@@ -851,6 +852,57 @@ def _rate(y: np.ndarray) -> float | None:
 # The label of each tabular source: ``data.target`` must name it (the loaders fix the label).
 TABULAR_TARGETS = {"adult": "income"}
 
+ADULT_PROTOCOLS = ("official", "runner", "runner_released")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdultSettings:
+    """Adult's own settings, the config's ``data.adult`` section.
+
+    Attributes:
+        protocol: "official" (adult.data trains, adult.test tests), "runner" (the RUNNER paper's
+            protocol: the 45,222 complete rows of both files shuffled per seed into 60 / 20 / 20
+            train / validation / test, sex not an input, each numeric column in its own decile
+            bins (97 inputs), or in 10 bins of its public range under public preprocessing (122);
+            see :func:`load_adult_runner`) or "runner_released" (the same rows and split with the
+            released code's encoding: every numeric column binned on age's standardized deciles,
+            10 one-hot columns each, 120 inputs; for setting this tool's numbers beside the
+            paper's; fitted preprocessing only). Both RUNNER protocols bring their own validation
+            set, so ``data.val_fraction`` must stay 0.
+    """
+
+    protocol: str = "official"
+
+    def validate(self) -> None:
+        one_of("data.adult.protocol", self.protocol, ADULT_PROTOCOLS)
+
+    @property
+    def runner_protocol(self) -> bool:
+        """Whether the data are in one of RUNNER's protocols (their own split and inputs)."""
+        return self.protocol in ("runner", "runner_released")
+
+    @property
+    def brings_validation(self) -> bool:
+        """Whether the protocol brings its own validation split (config.data.has_validation)."""
+        return self.runner_protocol
+
+    def validation_source(self) -> str:
+        """Where the validation split comes from, for the config's messages."""
+        return f"data.adult.protocol: {self.protocol}"
+
+    def refusal(self, data) -> str | None:
+        """The config's error when the protocol does not fit ``data`` (the DataConfig), else None."""
+        if not self.runner_protocol:
+            return None
+        if data.val_fraction != 0:
+            return (f"data.val_fraction: got {data.val_fraction!r}, but data.adult.protocol: "
+                    f"{self.protocol} draws its own validation set (as many rows as the test set, "
+                    "20 %). Set data.val_fraction: 0, or use data.adult.protocol: official.")
+        if data.protected != "sex":
+            return (f"data.protected: got {data.protected!r}; expected sex under "
+                    f"data.adult.protocol: {self.protocol} (its protected attribute, not an input).")
+        return None
+
 
 def _register_tabular_dataset(name: str) -> None:
     """File ``name`` in the project's data-set registry: load the pool, then resample it."""
@@ -862,8 +914,8 @@ def _register_tabular_dataset(name: str) -> None:
             raise ConfigError(f"data.target: got {data.target!r}; data set {name!r} predicts "
                               f"{TABULAR_TARGETS[name]!r} only.")
         preprocessing = resolved_mode(config)
-        if data.runner_protocol:  # DataConfig allows them for Adult alone
-            encoding = "released" if data.protocol == "runner_released" else "corrected"
+        if getattr(data.settings, "runner_protocol", False):  # Adult's own settings (data.adult)
+            encoding = "released" if data.settings.protocol == "runner_released" else "corrected"
             pool = load_adult_runner(data.root, protected=data.protected,
                                      minority_value=data.minority_value, seed=config.seed,
                                      encoding=encoding, preprocessing=preprocessing)
@@ -876,6 +928,8 @@ def _register_tabular_dataset(name: str) -> None:
                                     val_fraction=data.val_fraction)
 
     build.data_keys = TABULAR_DATA_KEYS
+    if name == "adult":
+        build.Settings = AdultSettings  # the config's data.adult section (training.validation)
 
 
 # The DataConfig keys only the tabular data sets read (dataset.check_data_keys refuses them elsewhere).

@@ -57,9 +57,10 @@ def fake_torchvision(tmp_path_factory):
 
 def make_config(root, cache_dir, **data):
     """A small CelebA config: 40 test images, 100 training images, 64 px, 20 % minority."""
+    own = {"test_size": 40, "image_size": 64, "cache_dir": str(cache_dir)}  # data.celeba
+    own.update({key: data.pop(key) for key in list(data) if key in ("split", *own)})
     settings = {"name": "celeba", "root": str(root), "target": "Smiling", "protected": "Male",
-                "minority_value": "1", "minority_share": 0.2, "train_size": 100, "test_size": 40,
-                "image_size": 64, "cache_dir": str(cache_dir)}
+                "minority_value": "1", "minority_share": 0.2, "train_size": 100, "celeba": own}
     settings.update(data)
     return validated_config({"data": settings, "model": {"name": "cnn"}, "training": {"batch_size": 8},
                                 "logging": {"progress": "never"}})
@@ -665,14 +666,14 @@ def test_official_bundle(tmp_path, fake):
     bundle = build_dataset(make_config(fake["root"], tmp_path, split="official", test_size=None))
     assert len(bundle.x_test) == (fake["partition"] == 2).sum() == 30
     assert bundle.info["identity_disjoint"] is True and bundle.info["identity_overlap"] == 0
-    with pytest.raises(ConfigError, match="data.test_size"):
+    with pytest.raises(ConfigError, match="data.celeba.test_size"):
         build_dataset(make_config(fake["root"], tmp_path, split="official", test_size=40))
 
 
 def test_the_shipped_params_file_builds_on_fake_data(tmp_path, fake):
     config = load_validated("utils/params_celeba.yaml", [
-        f"data.root={fake['root']}", f"data.cache_dir={tmp_path}", "data.train_size=100",
-        "data.test_size=40", "data.image_size=64", "training.batch_size=8",
+        f"data.root={fake['root']}", f"data.celeba.cache_dir={tmp_path}", "data.train_size=100",
+        "data.celeba.test_size=40", "data.celeba.image_size=64", "training.batch_size=8",
     ])
     bundle = build_dataset(config)
     assert bundle.train_count_by_group == {"minority": 10, "majority": 90}  # share 0.1, men the minority

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dataset.tabular import AdultSettings
 from tests.conftest import run_running_py
-from training.validation import load_validated, validated_config
-from utils.config import NEEDS_NOISE_OR_TARGET, ExperimentConfig
+from training.validation import load_validated, validate, validated_config
+from utils.config import NEEDS_NOISE_OR_TARGET, ExperimentConfig, config_from_mapping
 from utils.errors import ConfigError
 from utils.loader import apply_overrides
 
@@ -22,9 +23,10 @@ def write(tmp_path: Path, payload) -> Path:
 
 
 def test_defaults_are_valid():
+    assert config_from_mapping({}) == ExperimentConfig()  # plain data: built, nothing typed
     config = validated_config({})
-    assert config == ExperimentConfig()
-    assert config.privacy.mode == "none"
+    assert config == validate(ExperimentConfig())
+    assert config.privacy.mode == "none" and config.data.settings == AdultSettings()
 
 
 def test_unknown_top_level_key_names_the_closest():

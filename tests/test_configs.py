@@ -25,7 +25,7 @@ SINGLE_RUN_CONFIGS = [p for p in sorted(ROOT.glob("configs/*.yaml"))
 # What shrinks each data set to seconds, beyond the generic overlay.
 SHRINK = {
     "adult": [],
-    "celeba": ["data.train_size=120", "data.test_size=40", "data.image_size=64", "model.name=cnn",
+    "celeba": ["data.train_size=120", "data.celeba.test_size=40", "data.celeba.image_size=64", "model.name=cnn",
                "model.width=8", "training.batch_size=16"],
 }
 SHRINK_FEDERATED = ["federated.rounds=3", "federated.eval_every=2", "federated.num_clients=100"]
@@ -66,7 +66,7 @@ def test_smoke(path, device, tmp_path, fake_celeba):
     name = raw.get("data", {}).get("name", "adult")
     overrides = [*SHRINK.get(name, []), f"output_dir={tmp_path}", f"device={device}"]
     if name == "celeba":
-        overrides += [f"data.root={fake_celeba}", f"data.cache_dir={tmp_path / 'cache'}"]
+        overrides += [f"data.root={fake_celeba}", f"data.celeba.cache_dir={tmp_path / 'cache'}"]
     if raw.get("privacy", {}).get("mode") == "dpfedavg":
         overrides += SHRINK_FEDERATED
     config = validated_config(apply_overrides(raw, overrides))

@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 import running
+from dataset import DATASETS
 from privacy.clipping import RULES
 from training.repair import METHODS
 from training.validation import load_validated
@@ -35,9 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 
-# Fields that hold the chosen method's or rule's settings; in YAML those are sections named after
-# each registered entry (fairness.<method>.*, privacy.<rule>.*), not keys of their own.
-SETTINGS_HOLDERS = {"fairness.settings": ("fairness", METHODS),
+# Fields that hold the chosen data set's, method's or rule's settings; in YAML those are sections
+# named after each registered entry (data.<name>.*, fairness.<method>.*, privacy.<rule>.*), not
+# keys of their own. A data set without settings of its own declares no Settings class.
+SETTINGS_HOLDERS = {"data.settings": ("data", DATASETS),
+                    "fairness.settings": ("fairness", METHODS),
                     "privacy.clipping_settings": ("privacy", RULES)}
 
 
@@ -53,7 +56,8 @@ def _fields(cls: type, prefix: str):
         elif key in SETTINGS_HOLDERS:
             section, registry = SETTINGS_HOLDERS[key]
             for name in registry:
-                yield from _fields(registry.get(name).Settings, f"{section}.{name}.")
+                if (settings := getattr(registry.get(name), "Settings", None)) is not None:
+                    yield from _fields(settings, f"{section}.{name}.")
         else:
             yield key, field
 
@@ -75,7 +79,8 @@ def docs_text() -> str:
 def test_the_schema_walk_reaches_every_section():
     keys = schema_keys()
     assert len(keys) > 100
-    for key in ("seed", "data.minority_share", "privacy.max_grad_norm", "logging.wandb.mode",
+    for key in ("seed", "data.minority_share", "data.celeba.image_size", "data.adult.protocol",
+                "privacy.max_grad_norm", "logging.wandb.mode",
                 "fairness.runner.lam", "fairness.roc.theta", "privacy.global_adapt.z",
                 "privacy.bounded_adaptive.upper"):
         assert key in keys, key

@@ -208,7 +208,7 @@ def test_deep_nesting_error_is_quick(tmp_path, capsys):
 def test_yaml_features_still_work(tmp_path):
     """Anchors, aliases and merge keys within the bounds load as yaml.safe_load reads them, and a
     merged key may be overridden (YAML's merge semantics, not a duplicate)."""
-    from training.validation import load_validated
+    from training.validation import load_validated, validated_config
 
     path = tmp_path / "params.yaml"
     path.write_text("name: merged\ntraining:\n  <<: {lr: 0.01, epochs: 3}\n  lr: 0.02\n"
@@ -217,7 +217,7 @@ def test_yaml_features_still_work(tmp_path):
     assert config.training.lr == 0.02 and config.training.epochs == 3
     assert config.model.hidden == [4, 4, 4]
     path.write_text("{}\n")  # an explicit empty mapping still means every default
-    assert load_validated(path) == ExperimentConfig()
+    assert load_validated(path) == validated_config({})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -502,7 +502,7 @@ def test_too_few_expected_clients_per_round_warns(tmp_path, capsys, rate, warned
 # A NUL in any string of the config (a path above all: the OS would refuse it mid-run)
 
 
-@pytest.mark.parametrize("key", ["data.root", "data.cache_dir", "model.weights", "name",
+@pytest.mark.parametrize("key", ["data.root", "data.celeba.cache_dir", "model.weights", "name",
                                  "logging.wandb.project"])
 def test_nul_in_any_string_key_is_refused(tmp_path, capsys, key):
     from utils.config import NUL_IN_STRING
@@ -714,7 +714,7 @@ def test_adult_with_a_missing_value_in_every_row_names_the_file(tmp_path, capsys
             out.append(", ".join(fields) + "\n")
         (root / name).write_text("".join(out))
     params = TINY_RUN.replace("{name: synthetic}", f"{{name: adult, root: {json.dumps(str(root))}, "
-                                                   f"protocol: {protocol}}}")
+                                                   f"adult: {{protocol: {protocol}}}}}")
     line = refused(tmp_path, capsys, params, needles=[str(root), ADULT_ALL_MISSING, "'?'"])
     assert "use one of ." not in line
 

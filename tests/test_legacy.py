@@ -27,8 +27,9 @@ data:
   protected: Male
   minority_value: "1"
   train_size: 24000
-  test_size: 6000
-  split: protocol
+  celeba:
+    test_size: 6000
+    split: protocol
 model:
   name: resnet18
 training:
@@ -159,7 +160,7 @@ def test_remaining_keys_map_to_their_nested_names():
     config = validated_config(translate(raw).mapping)
     assert (config.data.target, config.data.protected, config.data.minority_value) == ("Blond_Hair", "Young", "1")
     assert config.data.minority_share == 0.01 and config.data.root == "/data/celeba"
-    assert config.data.image_size == 64 and config.seed == 7
+    assert config.data.settings.image_size == 64 and config.seed == 7
     assert config.privacy.delta == 1e-5  # given, so the paper's 1e-6 is not filled in
     assert config.training.optimizer == "sgd" and config.model.name == "resnet18"
 

@@ -34,7 +34,7 @@ from utils.sink import PREPROCESSING_FILE
 
 def config(name: str, root: Path, *, mode: str = "dpsgd", preprocessing: str = "auto", **data):
     privacy = {"mode": mode, "noise_multiplier": 1.0} if mode != "none" else {"mode": "none"}
-    if data.get("protocol") == "runner":
+    if data.get("adult", {}).get("protocol") == "runner":
         data["validation_public"] = True
     return validated_config({
         "data": {"name": name, "root": str(root), "minority_share": None,
@@ -115,7 +115,7 @@ def lsac_copy(directory: Path, edit: bool) -> Path:
 
 SOURCES = {
     "adult": (lambda d, edit: adult_copy(d, edit_adult if edit else None), {}),
-    "adult_runner": (lambda d, edit: adult_copy(d, edit_adult if edit else None), {"protocol": "runner"}),
+    "adult_runner": (lambda d, edit: adult_copy(d, edit_adult if edit else None), {"adult": {"protocol": "runner"}}),
     "compas": (compas_copy, {"target": "two_year_recid", "protected": "sex"}),
     "german": (german_copy, {"target": "bad_credit", "protected": "sex"}),
     "lsac": (lsac_copy, {"target": "pass_bar", "protected": "sex"}),

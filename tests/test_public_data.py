@@ -84,7 +84,7 @@ def test_the_preprocessing_source_follows_data_preprocessing(mode, source):
 
 
 @pytest.mark.parametrize("data, where", [({"val_fraction": 0.1}, "data.val_fraction: 0.1"),
-                                         ({"name": "adult", "protocol": "runner"}, "data.protocol: runner")])
+                                         ({"name": "adult", "adult": {"protocol": "runner"}}, "data.adult.protocol: runner")])
 @pytest.mark.parametrize("mode", ["dpsgd", "dpfedavg"])
 def test_a_private_run_must_declare_its_validation_split_public(data, where, mode):
     raw = {"data": {"name": "synthetic", **data}, "privacy": {"mode": mode, "noise_multiplier": 1.0}}

@@ -33,13 +33,12 @@ from utils.registry import CLOSE_MATCH, UNKNOWN_NAME
 ROOT = Path(__file__).resolve().parent.parent
 
 # The registries whose names are the valid values of a config key, by that key.
-NAMED = {registry.config_key: registry for registry in (DATASETS, SPLITS, MODELS, OPTIMIZERS, TRAINERS, PARTITIONS,
-                                                             METHODS, ENGINES, BATCHES, RULES)}
+NAMED = {registry.config_key: registry for registry in (DATASETS, MODELS, OPTIMIZERS, TRAINERS, PARTITIONS, METHODS,
+                                                             ENGINES, BATCHES, RULES)}
 # Under a private privacy.mode the config needs a noise level; a non-private run ignores it.
 BASE = {"privacy": {"noise_multiplier": 1.0}}
-# A clipping rule other than flat needs DP-SGD (every rule runs under it); a split, CelebA.
-NEEDS = {"privacy.clipping": {"mode": "dpsgd"},
-         "data.split": {"name": "celeba"}}  # CelebA's key: another data set refuses it
+# A clipping rule other than flat needs DP-SGD (every rule runs under it).
+NEEDS = {"privacy.clipping": {"mode": "dpsgd"}}
 
 
 def with_value(key: str, value: object) -> dict:
@@ -93,6 +92,18 @@ def test_a_misspelt_name_names_the_closest(key):
     assert message.startswith(f"{key}: ")
     assert CLOSE_MATCH.format(close=name) in message
     assert message.endswith(f"Valid values: {', '.join(registry.names())}.")
+
+
+def test_a_celeba_split_is_checked_by_its_registry():
+    # A key of CelebA's own settings (data.celeba.split, dataset.celeba.CelebASettings): every
+    # registered split is accepted, another is refused with the registry's line.
+    for name in SPLITS.names():
+        config = validated_config({"data": {"name": "celeba", "celeba": {"split": name}}})
+        assert config.data.settings.split == name
+    with pytest.raises(ConfigError) as error:
+        validated_config({"data": {"name": "celeba", "celeba": {"split": "qqq"}}})
+    assert str(error.value) == UNKNOWN_NAME.format(key=SPLITS.config_key, kind=SPLITS.kind, name="qqq",
+                                                   hint="", valid=", ".join(SPLITS.names()))
 
 
 def test_an_unknown_partition_is_refused_by_the_partitioner_too():

@@ -419,8 +419,8 @@ def fake_celeba_root(tmp_path_factory):
 def test_every_method_on_the_fake_celeba(tmp_path, capsys, fake_celeba_root, method):
     overrides = ["data.name=celeba", f"data.root={fake_celeba_root}", "data.target=Wavy_Hair",
                  "data.protected=Male", "data.minority_value=1", "data.minority_share=null",
-                 "data.train_size=80", "data.test_size=40", "data.image_size=64",
-                 f"data.cache_dir={tmp_path / 'cache'}", "model.name=cnn", "model.width=8",
+                 "data.train_size=80", "data.celeba.test_size=40", "data.celeba.image_size=64",
+                 f"data.celeba.cache_dir={tmp_path / 'cache'}", "model.name=cnn", "model.width=8",
                  "training.epochs=1", "training.batch_size=16", f"fairness.method={method}"]
     code = run_cli(tmp_path, *overrides)
     if method in IMAGE_REFUSALS:

@@ -509,10 +509,10 @@ def test_end_to_end(name, tmp_path, fake_lsac):
     assert len(predictions) - 1 == summary["data/info"]["rows/test"]
 
 
-@pytest.mark.parametrize("override, key", [("data.split=official", "split"),
-                                           ("data.test_size=100", "test_size"),
-                                           ("data.image_size=64", "image_size"),
-                                           ("data.cache_dir=/tmp/x", "cache_dir")])
+@pytest.mark.parametrize("override, key", [("data.celeba.split=official", "celeba.split"),
+                                           ("data.celeba.test_size=100", "celeba.test_size"),
+                                           ("data.celeba.image_size=64", "celeba.image_size"),
+                                           ("data.celeba.cache_dir=/tmp/x", "celeba.cache_dir")])
 def test_celeba_only_keys_are_refused_for_other_data_sets(tmp_path, capsys, override, key):
     import running
     from dataset import UNUSED_KEY

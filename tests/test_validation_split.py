@@ -1,5 +1,5 @@
 """The validation split (``data.val_fraction``), validation metrics, model selection
-(``training.select``) and the RUNNER paper's Adult protocol (``data.protocol: runner``).
+(``training.select``) and the RUNNER paper's Adult protocol (``data.adult.protocol: runner``).
 
 Data: the split is disjoint from training and test (by index where the data expose it, by unique
 rows for the synthetic set, by person for CelebA with identities), stratified by (group, label) to
@@ -255,8 +255,8 @@ def test_celeba_bundle_holds_the_validation_images(tmp_path):
 
     fake = make_fake_celeba(tmp_path / "celeba", n_images=300, seed=0)
     raw = {"data": {"name": "celeba", "root": str(fake["root"]), "target": "Smiling", "protected": "Male",
-                    "minority_value": "1", "minority_share": 0.2, "train_size": 80, "test_size": 40,
-                    "image_size": 32, "cache_dir": str(tmp_path / "cache"), "val_fraction": 0.2},
+                    "minority_value": "1", "minority_share": 0.2, "train_size": 80, "val_fraction": 0.2,
+                    "celeba": {"test_size": 40, "image_size": 32, "cache_dir": str(tmp_path / "cache")}},
            "model": {"name": "cnn"}, "training": {"batch_size": 8}, "device": "cpu"}
     data = build_dataset(validated_config(raw))
     assert data.x_val.shape[1:] == (3, 32, 32) and len(data.x_val) == data.info["val_size"] > 0
@@ -550,7 +550,7 @@ def test_runner_split_is_disjoint_sized_and_seeded():
 
 def test_runner_seeds_differ_and_the_bundle_resamples_only_training(runner_pools):
     assert runner_pools[0].info["test_rows_md5"] != runner_pools[1].info["test_rows_md5"]
-    raw = {"data": {"name": "adult", "protocol": "runner", "minority_share": None}, "seed": 0}
+    raw = {"data": {"name": "adult", "adult": {"protocol": "runner"}, "minority_share": None}, "seed": 0}
     data = build_dataset(validated_config(raw))
     assert data.x_train.shape == (27_132, 97) and data.x_val.shape == data.x_test.shape == (9_045, 97)
     assert data.info["val_source"] == "protocol" and data.info["val_size"] == 9_045
@@ -562,7 +562,7 @@ def test_runner_seeds_differ_and_the_bundle_resamples_only_training(runner_pools
 
 
 def test_the_released_encoding_has_120_inputs_binned_on_ages_standardized_deciles(runner_pools):
-    """data.protocol: runner_released, against an independent re-implementation of the released
+    """data.adult.protocol: runner_released, against an independent re-implementation of the released
     rule: sklearn's StandardScaler fitted on the training part (pool and validation rows), the
     deciles of standardized age over the pool as every column's edges, each value through
     numpy.digitize one at a time, clipped to bins 1..10, and 10 one-hot columns per column."""
@@ -596,20 +596,22 @@ def test_the_released_encoding_has_120_inputs_binned_on_ages_standardized_decile
     # Age's own bins hold a tenth of the pool each (to within ties); the others are on its scale.
     assert released.info["runner_bins_filled"]["age"] == 10
     assert released.info["runner_bins_filled"]["capital-gain"] < 10
-    raw = {"data": {"name": "adult", "protocol": "runner_released", "minority_share": None}}
+    raw = {"data": {"name": "adult", "adult": {"protocol": "runner_released"}, "minority_share": None}}
     data = build_dataset(validated_config(raw))
     assert data.x_train.shape == (27_132, 120) and data.info["runner_encoding"] == "released"
     assert data.info["protocol"] == "runner_released"
 
 
 @pytest.mark.parametrize("data, key", [
-    ({"name": "adult", "protocol": "runner", "val_fraction": 0.2}, "data.val_fraction"),
-    ({"name": "adult", "protocol": "runner_released", "val_fraction": 0.2}, "data.val_fraction"),
-    ({"name": "compas", "target": "two_year_recid", "protocol": "runner_released"}, "data.protocol"),
-    ({"name": "compas", "target": "two_year_recid", "protocol": "runner"}, "data.protocol"),
-    ({"name": "adult", "protocol": "runner", "protected": "race", "minority_value": "non-White"},
+    ({"name": "adult", "adult": {"protocol": "runner"}, "val_fraction": 0.2}, "data.val_fraction"),
+    ({"name": "adult", "adult": {"protocol": "runner_released"}, "val_fraction": 0.2}, "data.val_fraction"),
+    ({"name": "compas", "target": "two_year_recid", "adult": {"protocol": "runner_released"}},
+     "data.adult.protocol"),
+    ({"name": "compas", "target": "two_year_recid", "adult": {"protocol": "runner"}}, "data.adult.protocol"),
+    ({"name": "adult", "adult": {"protocol": "runner"}, "protected": "race", "minority_value": "non-White"},
      "data.protected"),
-    ({"name": "adult", "protocol": "paper"}, "data.protocol"),
+    ({"name": "adult", "adult": {"protocol": "paper"}}, "data.adult.protocol"),
+    ({"name": "adult", "protocol": "runner", "val_fraction": 0.2}, "data.val_fraction"),  # old spelling
 ])
 def test_runner_protocol_misuse_is_a_config_error(data, key):
     with pytest.raises(ConfigError, match=key):
@@ -617,7 +619,7 @@ def test_runner_protocol_misuse_is_a_config_error(data, key):
 
 
 def test_runner_protocol_implies_a_validation_split_for_selection():
-    config = validated_config({"data": {"name": "adult", "protocol": "runner", "minority_share": None},
+    config = validated_config({"data": {"name": "adult", "adult": {"protocol": "runner"}, "minority_share": None},
                                   "training": {"select": "best_val_gap"}})
     assert config.data.has_validation
 
@@ -625,7 +627,7 @@ def test_runner_protocol_implies_a_validation_split_for_selection():
 def test_the_released_encoding_has_no_public_form_and_is_refused_under_privacy():
     """runner_released bins at deciles of standardized age over the training rows: under privacy
     (auto resolves to public preprocessing) it is refused with the way out; fitted still builds."""
-    raw = {"data": {"name": "adult", "protocol": "runner_released", "minority_share": None,
+    raw = {"data": {"name": "adult", "adult": {"protocol": "runner_released"}, "minority_share": None,
                     "validation_public": True},
            "privacy": {"mode": "dpsgd", "noise_multiplier": 1.0}}
     with pytest.raises(ConfigError) as refused:

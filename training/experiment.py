@@ -59,6 +59,7 @@ from training.validation import validate
 from utils import fairness, rundir
 from utils.config import PROVENANCE_KEY, RETIRED_KEYS, ExperimentConfig
 from utils.errors import UserInputError, warn_user
+from utils.legacy import historic_flat
 from utils.progress import progress
 from utils.seeding import PAIRED_STREAMS_WARNING, RunStreams, resolve_device, run_identity
 from utils.sink import (
@@ -122,7 +123,9 @@ def changed_keys(run_dir: Path, config: ExperimentConfig) -> list[str]:
                 out[f"{prefix}{key}"] = value
         return out
 
-    old, new = flat(stored), flat(config.to_dict())
+    # Moved keys compare under their old names (data.celeba.split as data.split): a config.yaml
+    # written before the move holds them there, and holds them all.
+    old, new = historic_flat(flat(stored)), historic_flat(flat(config.to_dict()))
     if "seed" in old and old["seed"] is None and withholds_seed(config):
         del old["seed"], new["seed"]  # withheld from config.yaml: nothing to compare it with
     # A config.yaml from before data.preprocessing existed was preprocessed as "fitted" is now;

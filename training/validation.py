@@ -9,7 +9,7 @@ stack. What needs more is checked here, once, by :func:`validate`:
   is the one owner of its names, so registering an entry is all it takes for the config to accept
   its name, and an unknown one is refused with the registry's own line (the dotted key, the closest
   name and every valid one, ``utils.registry.UNKNOWN_NAME``);
-* the settings sub-sections named after registered entries (``fairness.<method>``,
+* the settings sub-sections named after registered entries (``data.<name>``, ``fairness.<method>``,
   ``privacy.<rule>``), kept raw by the schema, typed here with the entry's ``Settings`` class and
   checked as strictly as any section (those of entries other than the chosen one too: a grid that
   sweeps ``fairness.method`` holds several);
@@ -29,8 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dataset import DATASETS, check_data_keys
-from dataset.celeba import SPLITS
+from dataset import DATASETS, UNUSED_KEY, check_data_keys
 from models import MODELS
 from privacy import ENGINES
 from privacy.clipping import RULES
@@ -41,6 +40,7 @@ from training.partition import PARTITIONS
 from training.repair import METHODS
 from utils.config import (
     SELECT_NEEDS_VALIDATION,
+    DataConfig,
     ExperimentConfig,
     FairnessConfig,
     PrivacyConfig,
@@ -51,6 +51,7 @@ from utils.config import (
     yaml_fields,
 )
 from utils.errors import ConfigError
+from utils.legacy import translate_moved
 from utils.loader import load_config
 from utils.registry import Registry
 
@@ -58,8 +59,8 @@ from utils.registry import Registry
 # config_key is the key).
 NAME_REGISTRIES: dict[str, Registry] = {
     registry.config_key: registry
-    for registry in (DATASETS, SPLITS, MODELS, OPTIMIZERS, BATCHES, TRAINERS, ENGINES, RULES,
-                     PARTITIONS, METHODS)}
+    for registry in (DATASETS, MODELS, OPTIMIZERS, BATCHES, TRAINERS, ENGINES, RULES, PARTITIONS,
+                     METHODS)}
 
 INDIVIDUAL_UNSUPPORTED = (
     "privacy.individual_accounting does not support fairness.method {method!r} under DP-SGD: its "
@@ -91,15 +92,17 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
         section, name = key.split(".")
         registry.get(getattr(getattr(config, section), name))
     config.privacy.check_noise_level()
-    config = dataclasses.replace(config, privacy=_typed_privacy(config.privacy),
+    config = dataclasses.replace(config, data=_typed_data(config.data),
+                                 privacy=_typed_privacy(config.privacy),
                                  fairness=_typed_fairness(config.fairness))
     _check_across_sections(config)
     return config
 
 
 def validated_config(raw: Mapping[str, Any]) -> ExperimentConfig:
-    """:func:`utils.config.config_from_mapping`, then :func:`validate`."""
-    return validate(config_from_mapping(raw))
+    """:func:`utils.config.config_from_mapping` (old spellings of moved keys read at their new
+    place, :func:`utils.legacy.translate_moved`), then :func:`validate`."""
+    return validate(config_from_mapping(translate_moved(raw)[0]))
 
 
 def load_validated(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -123,6 +126,35 @@ def _typed(sections: Mapping[str, Any], known: Mapping[str, type], own: list[str
         settings.validate()
         built[name] = settings
     return built
+
+
+def _typed_data(data: DataConfig) -> DataConfig:
+    """The data section with its data set's own settings typed (the builder's ``Settings``; its
+    defaults when the sub-section is absent; None for a data set without settings), and the other
+    data sets' sub-sections checked and refused where they set anything: a setting of a data set
+    the run does not read would be silently ignored (``dataset.UNUSED_KEY``)."""
+    declared = {name: getattr(DATASETS.get(name), "Settings", None) for name in DATASETS}
+    known = {name: cls for name, cls in declared.items() if cls is not None}
+    own = [f.name for f in yaml_fields(DataConfig)]
+    sections = dict(data.sections)
+    if data.settings is not None:
+        sections[data.name] = data.settings
+    built = _typed(sections, known, own, "data.")
+    for name, settings in built.items():
+        if name == data.name:
+            continue
+        defaults = type(settings)()
+        for f in dataclasses.fields(settings):
+            value, default = getattr(settings, f.name), getattr(defaults, f.name)
+            if value != default:
+                raise ConfigError(UNUSED_KEY.format(key=f"{name}.{f.name}", value=value,
+                                                    name=data.name, users=name, default=default))
+    chosen = built.get(data.name)
+    if chosen is None and known.get(data.name) is not None:
+        chosen = known[data.name]()
+    if chosen is not None and not dataclasses.fields(chosen):
+        chosen = None
+    return dataclasses.replace(data, settings=chosen, sections={})
 
 
 def _typed_privacy(privacy: PrivacyConfig) -> PrivacyConfig:
@@ -164,6 +196,8 @@ def _check_across_sections(config: ExperimentConfig) -> None:
     """The rules that read more than one section, and the refusals of methods and data sets."""
     data, training, privacy, fairness = config.data, config.training, config.privacy, config.fairness
     method = fairness.method_class()
+    if (refusal := getattr(data.settings, "refusal", lambda _: None)(data)) is not None:
+        raise ConfigError(refusal)  # the data set's own rule across its keys (Adult's protocols)
     if fairness.method != "none" and privacy.private:
         refusal = method.refusal(fairness.method, privacy.mode)
         if refusal is not None:
@@ -175,8 +209,8 @@ def _check_across_sections(config: ExperimentConfig) -> None:
             raise ConfigError(INDIVIDUAL_UNSUPPORTED.format(method=fairness.method,
                                                             changes=", ".join(changes)))
     if privacy.private and data.has_validation and not data.validation_public:
-        where = (f"data.protocol: {data.protocol}" if data.runner_protocol
-                 else f"data.val_fraction: {data.val_fraction!r}")
+        where = (f"data.val_fraction: {data.val_fraction!r}" if data.val_fraction > 0
+                 else data.settings.validation_source())
         raise ConfigError(VALIDATION_NOT_DECLARED.format(mode=privacy.mode, where=where))
     if training.batches != "shuffled" and privacy.private:
         raise ConfigError(BATCHES_NOT_PRIVATE.format(batches=training.batches, mode=privacy.mode))
@@ -195,5 +229,5 @@ def check_selection(config: ExperimentConfig) -> None:
         raise ConfigError(
             f"training.select: {config.training.select!r} {SELECT_NEEDS_VALIDATION}, but "
             f"data.val_fraction is {config.data.val_fraction!r}. Set data.val_fraction to a share "
-            "of the training pool such as 0.2 (or, for Adult, data.protocol: runner), or "
+            "of the training pool such as 0.2 (or, for Adult, data.adult.protocol: runner), or "
             "training.select: last.")

@@ -39,7 +39,6 @@ INDIVIDUAL_NEEDS_NOISE = ("privacy.individual_accounting: true with privacy.nois
                           "privacy.noise_multiplier, or privacy.individual_accounting: false.")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 FAIRNESS_TARGETS = ("dp", "eo")
-DATA_PROTOCOLS = ("official", "runner", "runner_released")
 # data.preprocessing (dataset.preprocessing): auto is public under privacy and fitted without.
 PREPROCESSING_MODES = ("auto", "public", "fitted")
 ACTIVATIONS = ("relu", "tanh")
@@ -159,11 +158,6 @@ class DataConfig:
         train_size: fixed number of training examples at every share, so that the sampling rate and
             with it ε at a given noise are the same across a sweep of shares; null keeps every
             majority example.
-        test_size: size of the balanced test set of CelebA's protocol (null: the source's default).
-        split: CelebA only: "protocol" (balanced test set, then resampled training set, as in
-            arXiv 2009.06389) or "official" (CelebA's own partition).
-        image_size: side of the square images (CelebA: 128 or 64).
-        cache_dir: where pre-processed image arrays are kept (null: ``{root}/cache``).
         val_fraction: share of the training pool held out as a validation set, in [0, 1); 0 (the
             default) holds out nothing. It is drawn before the resampling to ``minority_share``
             (so it is the same at every share and training size of a seed), stratified by
@@ -173,15 +167,6 @@ class DataConfig:
             validation set is drawn by person too; see ``dataset.celeba``). Model selection
             (``training.select``) and repair methods may use it, and nothing computed from it is
             charged to ε; under privacy that needs ``validation_public: true``.
-        protocol: Adult only: "official" (adult.data trains, adult.test tests), "runner" (the
-            RUNNER paper's protocol: the 45,222 complete rows of both files shuffled per seed into
-            60 / 20 / 20 train / validation / test, sex not an input, each numeric column in its
-            own decile bins (97 inputs), or in 10 bins of its public range under public
-            preprocessing (122); see ``dataset.tabular.load_adult_runner``) or "runner_released"
-            (the same rows and split with the released code's encoding: every numeric column
-            binned on age's standardized deciles, 10 one-hot columns each, 120 inputs; for setting
-            this tool's numbers beside the paper's; fitted preprocessing only). Both RUNNER
-            protocols bring their own validation set, so ``val_fraction`` must stay 0.
         preprocessing: how the tabular features are scaled and encoded (``dataset.preprocessing``):
             "public" (numeric columns clipped to public bounds and mapped to [-1, 1], categories
             one-hot over documented lists, RUNNER's bins between public bounds: nothing is read
@@ -194,8 +179,17 @@ class DataConfig:
             private pool as the training set, and under privacy whatever reads it (the ``val/``
             metrics, ``training.select``, a repair method's public form) reads it without noise,
             outside ε; so a private run with a validation split (``val_fraction`` > 0, or
-            ``protocol: runner``) must declare it: true, or the config is refused. The run's
+            ``adult.protocol: runner``) must declare it: true, or the config is refused. The run's
             summary lists it under ``privacy/public_data``. Ignored without privacy.
+        settings: the data set's own settings, the sub-section named after it (``data.celeba``:
+            split, image_size, cache_dir, test_size; ``data.adult``: protocol), as repair methods
+            have ``fairness.<method>``: its raw mapping (None when absent) as read; once
+            :func:`training.validation.validate` has checked the config, the settings dataclass
+            its builder declares (``Settings``, whose docstring documents the keys; the defaults
+            when absent; None for a data set without settings of its own).
+        sections: the other data sets' sub-sections as read (raw), for the validation step to
+            check (a setting of a data set the run does not use is refused); empty once checked.
+            Not compared, not written.
     """
 
     name: str = "adult"
@@ -205,47 +199,48 @@ class DataConfig:
     minority_value: str = "Female"
     minority_share: float | None = 0.1
     train_size: int | None = None
-    test_size: int | None = None
-    split: str = "protocol"
-    image_size: int = 128
-    cache_dir: str | None = None
     val_fraction: float = 0.0
-    protocol: str = "official"
     preprocessing: str = "auto"
     validation_public: bool = False
+    settings: Any = None
+    sections: dict[str, Any] = field(default_factory=dict, compare=False, repr=False,
+                                     metadata=NOT_A_KEY)
 
     def validate(self) -> None:
         if self.minority_share is not None:
             check(0 < self.minority_share < 1, "data.minority_share", self.minority_share,
                    "a number strictly between 0 and 1, or null to keep the data's own share")
-        for key in ("train_size", "test_size"):
-            value = getattr(self, key)
-            check(value is None or value > 0, f"data.{key}", value, "a positive integer or null")
-        check(self.image_size >= 32, "data.image_size", self.image_size, "at least 32 pixels")
+        check(self.train_size is None or self.train_size > 0, "data.train_size", self.train_size,
+              "a positive integer or null")
         check(0 <= self.val_fraction < 1, "data.val_fraction", self.val_fraction,
                "a number in [0, 1): the share of the training pool held out for validation")
-        one_of("data.protocol", self.protocol, DATA_PROTOCOLS)
         one_of("data.preprocessing", self.preprocessing, PREPROCESSING_MODES)
-        if self.runner_protocol:
-            check(self.name == "adult", "data.protocol", self.protocol,
-                   f"official for data set {self.name!r} (the RUNNER protocols are Adult's)")
-            if self.val_fraction != 0:
-                raise ConfigError(
-                    f"data.val_fraction: got {self.val_fraction!r}, but data.protocol: {self.protocol} draws "
-                    "its own validation set (as many rows as the test set, 20 %). Set "
-                    "data.val_fraction: 0, or use data.protocol: official.")
-            check(self.protected == "sex", "data.protected", self.protected,
-                   f"sex under data.protocol: {self.protocol} (its protected attribute, not an input)")
 
     @property
     def has_validation(self) -> bool:
-        """Whether the data set built from this config holds a validation split."""
-        return self.val_fraction > 0 or self.runner_protocol
+        """Whether the data set built from this config holds a validation split: one drawn by
+        ``val_fraction``, or one its own settings bring (``brings_validation``: Adult's RUNNER
+        protocols). Read on a checked config, whose settings are typed."""
+        return self.val_fraction > 0 or bool(getattr(self.settings, "brings_validation", False))
 
-    @property
-    def runner_protocol(self) -> bool:
-        """Whether the data are Adult in one of RUNNER's protocols (their own split and inputs)."""
-        return self.protocol in ("runner", "runner_released")
+    def to_dict(self) -> dict[str, Any]:
+        """The section as YAML holds it: the data set's own settings as ``data.<name>``."""
+        out = {f.name: getattr(self, f.name) for f in yaml_fields(DataConfig)}
+        if self.settings is not None and (not dataclasses.is_dataclass(self.settings)
+                                          or dataclasses.fields(self.settings)):
+            out[self.name] = settings_mapping(self.settings)
+        return out
+
+
+def build_data(raw: Any, key: str = "data") -> DataConfig:
+    """Build :class:`DataConfig` from its YAML mapping: its keys, and beside them the data sets'
+    own sub-sections (``data.celeba: {...}``), kept raw until the validation step types them."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key}: got {shown(raw)}; expected a mapping of the section's keys.")
+    name = raw.get("name", DataConfig.name)
+    own, settings, others = split_sections(raw, DataConfig, name if isinstance(name, str) else "")
+    config = build_dataclass(DataConfig, own, prefix=f"{key}.")
+    return dataclasses.replace(config, settings=settings, sections=others)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -648,7 +643,8 @@ class FairnessConfig:
 
 # The field of a section that holds its chosen entry's settings (YAML: a sub-section named after
 # the entry), by section class.
-SETTINGS_FIELDS: dict[type, str] = {PrivacyConfig: "clipping_settings", FairnessConfig: "settings"}
+SETTINGS_FIELDS: dict[type, str] = {DataConfig: "settings", PrivacyConfig: "clipping_settings",
+                                    FairnessConfig: "settings"}
 
 
 def build_fairness(raw: Any, key: str = "fairness") -> FairnessConfig:
@@ -775,6 +771,7 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
+        out["data"] = self.data.to_dict()
         out["privacy"] = self.privacy.to_dict()
         out["fairness"] = self.fairness.to_dict()
         return out
@@ -809,6 +806,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: got {shown(value)}; expected a list of {_describe(item_type)}.")
         return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
+    if annotation is DataConfig:  # its data sets' sub-sections stay raw
+        return build_data(value, key)
     if annotation is FairnessConfig:  # its methods' sub-sections stay raw
         return build_fairness(value, key)
     if annotation is PrivacyConfig:  # its rules' sub-sections stay raw
