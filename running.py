@@ -132,9 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.backend == "ray":
             raise UserInputError(BACKEND_NEEDS_GRID.format(params=args.params))
         config = load_config(args.params, args.overrides)
-        # Imported here so that `--help` and YAML errors answer without loading torch (a config
-        # check of a registered name imports its registry, and so torch).
+        # Imported here so that `--help` and YAML errors answer without loading torch (the
+        # validation step asks the registries, and so imports the training stack).
         from training.experiment import run, run_directory
+        from training.validation import validate
+
+        config = validate(config)  # names, settings sub-sections, rules across sections
 
         if args.dry_run:
             print(run_directory(config))

@@ -51,7 +51,7 @@ def main() -> None:
     n, size, model_name = (24_000, 128, "resnet18") if args.paper else (args.n, args.size, args.model)
 
     config = config_from_mapping({
-        "data": {"name": "celeba", "image_size": size},
+        "data": {"name": "celeba", "celeba": {"image_size": size}},
         "model": {"name": model_name},
         "training": {"epochs": 1, "batch_size": args.batch_size, "lr": 5e-5, "weight_decay": 5e-4},
         "privacy": {"mode": "dpsgd", "noise_multiplier": 0.7, "max_grad_norm": 5.0, "delta": 1e-6},

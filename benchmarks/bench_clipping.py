@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from privacy.clipping import RULES  # noqa: E402
 from training.experiment import build_components  # noqa: E402
-from utils.config import GRID_KEYS, config_from_mapping  # noqa: E402
+from training.validation import validated_config  # noqa: E402
+from utils.config import GRID_KEYS  # noqa: E402
 from utils.seeding import resolve_device  # noqa: E402
 
 STUDY = ROOT / "configs" / "dp_mitigation_adult.yaml"
@@ -46,7 +47,7 @@ def trainer_for(rule: str, share: float, rounds: int, device: str):
     raw["training"].update(epochs=rounds, lr=LEARNING_RATES.get(rule, 0.01))
     raw["privacy"].update(mode="dpsgd", clipping=rule)
     raw["logging"] = {"tensorboard": False, "wandb": {"mode": "disabled"}, "progress": "never"}
-    config = config_from_mapping(raw)
+    config = validated_config(raw)
     return build_components(config, resolve_device(device))[2]
 
 

@@ -20,10 +20,12 @@ for _module in ("adult", "compas", "german", "lsac", "celeba", "synthetic"):
     importlib.import_module(f"dataset.{_module}")
 
 
-# A builder may declare the data-set-specific keys of DataConfig it reads, as ``builder.data_keys``
-# (CelebA: its split, test size, image size and cache). Such a key set away from its default for a
-# data set that does not read it is an error: a silently ignored key would run another experiment
-# than the one written down.
+# A builder may declare the keys of DataConfig that only some data sets read, as ``builder.data_keys``
+# (the tabular sources: preprocessing). Such a key set away from its default for a data set that
+# does not read it is an error: a silently ignored key would run another experiment than the one
+# written down. A data set's own settings live in its sub-section instead (``data.celeba``: the
+# builder's ``Settings`` class, typed by training.validation, which refuses another data set's
+# sub-section set away from its defaults with the same message).
 UNUSED_KEY = ("data.{key}: got {value!r}, but data.name {name!r} does not use it (only {users} "
               "do). Remove the key, or set it back to {default!r}.")
 

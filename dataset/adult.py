@@ -5,7 +5,7 @@ needs: the files and their md5, the columns and their types, the public bounds a
 adult.names with their sources, the label, the protected attributes, the missing-value rule and
 the official split. Two hooks hold what only Adult needs: :func:`read_adult` (the headerless,
 comment-bearing comma-separated format of adult.data and adult.test, with UCI Adult's own
-messages) and the RUNNER paper's protocols (:func:`load_adult_runner`, ``data.protocol: runner``
+messages) and the RUNNER paper's protocols (:func:`load_adult_runner`, ``data.adult.protocol: runner``
 and ``runner_released``), which prepare the same rows their own way.
 
 ``ADULT.load`` (:func:`dataset.tabular.load_tabular`) with its official train/test split:
@@ -38,6 +38,7 @@ import hashlib
 import math
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ from dataset.tabular import (
     positive_rate,
     register_source,
 )
+from utils.config import one_of
 from utils.errors import ConfigError, DataError, file_problem
 from utils.seeding import numpy_generator
 
@@ -288,10 +290,10 @@ def _parse_adult(raw: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# RUNNER's protocols, the hooks of data.protocol: runner and runner_released
+# RUNNER's protocols, the hooks of data.adult.protocol: runner and runner_released
 # ---------------------------------------------------------------------------------------------------
 
-# RUNNER's protocol (data.protocol: runner): the preprocessing of the RUNNER paper's released code
+# RUNNER's protocol (data.adult.protocol: runner): the preprocessing of the RUNNER paper's released code
 # (Ace0001/RUNNER, dataset.py, itself fair-mixup's, which took get_adult_data from IBM's SenSR),
 # re-implemented from its description; see load_adult_runner.
 RUNNER_TEST_FRACTION = 0.2
@@ -308,11 +310,11 @@ RUNNER_MISSING_COLUMNS = ("native-country", "occupation")
 RUNNER_ROWS = 45_222  # complete rows of adult.data + adult.test
 
 
-# data.protocol: runner_released under public preprocessing (data.preprocessing: public, or auto
+# data.adult.protocol: runner_released under public preprocessing (data.preprocessing: public, or auto
 # under privacy); tests import it.
 RELEASED_NOT_PUBLIC = (
-    "data.protocol: runner_released bins every column at the deciles of standardized age, statistics "
-    "of the private training rows, so it has no public form. Under privacy use data.protocol: runner "
+    "data.adult.protocol: runner_released bins every column at the deciles of standardized age, statistics "
+    "of the private training rows, so it has no public form. Under privacy use data.adult.protocol: runner "
     "(public bin ranges), or set data.preprocessing: fitted, which epsilon does not cover.")
 
 
@@ -320,8 +322,8 @@ def load_adult_runner(root: str | Path | None, *, protected: str, minority_value
                       seed: int, encoding: str = "corrected",
                       preprocessing: str = FITTED) -> TabularPool:
     """UCI Adult as the RUNNER paper's released code prepares it, with the binning done right
-    (``encoding="corrected"``, ``data.protocol: runner``) or as released (``"released"``,
-    ``data.protocol: runner_released``).
+    (``encoding="corrected"``, ``data.adult.protocol: runner``) or as released (``"released"``,
+    ``data.adult.protocol: runner_released``).
 
     **Rows.** adult.data and adult.test together, less every row with a missing value: 45,222 of
     48,842 rows (the released code drops rows whose native-country or occupation is "?"; in the
@@ -390,8 +392,8 @@ def load_adult_runner(root: str | Path | None, *, protected: str, minority_value
         (``x_val``); ``numeric_columns`` is empty (every input is a 0/1 indicator).
     """
     if protected != "sex":
-        raise ConfigError(f"data.protected: got {protected!r}; data.protocol: runner protects sex (which is not "
-                          "an input). Set data.protected: sex, or use data.protocol: official.")
+        raise ConfigError(f"data.protected: got {protected!r}; data.adult.protocol: runner protects sex (which is not "
+                          "an input). Set data.protected: sex, or use data.adult.protocol: official.")
     if encoding not in RUNNER_BINNINGS:
         raise ValueError(f"encoding must be one of {tuple(RUNNER_BINNINGS)}, not {encoding!r}")
     if preprocessing == PUBLIC and encoding != "corrected":
@@ -403,7 +405,7 @@ def load_adult_runner(root: str | Path | None, *, protected: str, minority_value
                              minority_value=minority_value, title=ADULT.title)
     for split in ("train", "val", "test"):
         if not minority[rows[split]].any() or minority[rows[split]].all():
-            raise DataError(f"data.protocol: runner: the {split} set of seed {seed} holds only one group; the data "
+            raise DataError(f"data.adult.protocol: runner: the {split} set of seed {seed} holds only one group; the data "
                             f"in {directory} is too small for this protocol.")
     x, names, records, facts = _runner_inputs(table, rows, encoding, preprocessing)
 
@@ -542,7 +544,7 @@ def _runner_bins_released(numeric: dict[str, np.ndarray], rows: dict[str, np.nda
                            "runner_age_edges_standardized": [float(e) for e in edges]}, records
 
 
-# The numeric-column binnings of data.protocol: runner (corrected) and runner_released, fitted on
+# The numeric-column binnings of data.adult.protocol: runner (corrected) and runner_released, fitted on
 # the training rows; the public one is _runner_bins_public.
 RUNNER_BINNINGS = {"corrected": _runner_bins_corrected, "released": _runner_bins_released}
 
@@ -577,6 +579,58 @@ def _bin_names(name: str, inner: np.ndarray) -> list[str]:
 ADULT_MISSING_RULE = ('a row with "?" in any column is dropped from its split (in the UCI files: workclass, '
                       'occupation or native-country)')
 
+ADULT_PROTOCOLS = ("official", "runner", "runner_released")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdultSettings:
+    """Adult's own settings, the config's ``data.adult`` section.
+
+    Attributes:
+        protocol: "official" (adult.data trains, adult.test tests), "runner" (the RUNNER paper's
+            protocol: the 45,222 complete rows of both files shuffled per seed into 60 / 20 / 20
+            train / validation / test, sex not an input, each numeric column in its own decile
+            bins (97 inputs), or in 10 bins of its public range under public preprocessing (122);
+            see :func:`load_adult_runner`) or "runner_released" (the same rows and split with the
+            released code's encoding: every numeric column binned on age's standardized deciles,
+            10 one-hot columns each, 120 inputs; for setting this tool's numbers beside the
+            paper's; fitted preprocessing only). Both RUNNER protocols bring their own validation
+            set, so ``data.val_fraction`` must stay 0.
+    """
+
+    protocol: str = "official"
+
+    def validate(self) -> None:
+        one_of("data.adult.protocol", self.protocol, ADULT_PROTOCOLS)
+
+    @property
+    def runner_protocol(self) -> bool:
+        """Whether the data are in one of RUNNER's protocols (their own split and inputs)."""
+        return self.protocol in ("runner", "runner_released")
+
+    @property
+    def brings_validation(self) -> bool:
+        """Whether the protocol brings its own validation split (config.data.has_validation)."""
+        return self.runner_protocol
+
+    def validation_source(self) -> str:
+        """Where the validation split comes from, for the config's messages."""
+        return f"data.adult.protocol: {self.protocol}"
+
+    def refusal(self, data) -> str | None:
+        """The config's error when the protocol does not fit ``data`` (the DataConfig), else None."""
+        if not self.runner_protocol:
+            return None
+        if data.val_fraction != 0:
+            return (f"data.val_fraction: got {data.val_fraction!r}, but data.adult.protocol: "
+                    f"{self.protocol} draws its own validation set (as many rows as the test set, "
+                    "20 %). Set data.val_fraction: 0, or use data.adult.protocol: official.")
+        if data.protected != "sex":
+            return (f"data.protected: got {data.protected!r}; expected sex under "
+                    f"data.adult.protocol: {self.protocol} (its protected attribute, not an input).")
+        return None
+
+
 ADULT = register_source(TabularSource(
     name="adult",
     title="UCI Adult",
@@ -596,4 +650,5 @@ ADULT = register_source(TabularSource(
     dropped=ADULT_DROPPED,
     protocols={"runner": functools.partial(load_adult_runner, encoding="corrected"),
                "runner_released": functools.partial(load_adult_runner, encoding="released")},
+    settings=AdultSettings,
 ))

@@ -108,7 +108,7 @@ def place_inputs(array: np.ndarray, device: torch.device | str, *, what: str,
         return tensor.to(device)
     warnings.warn(f"the {what} ({tensor.nbytes / 2**30:.2f} GiB) would take more than {share:.0%} "
                   f"of the {free / 2**30:.2f} GiB free on {device}; they stay in host "
-                  f"memory and each batch is copied over, which is slower. Lower data.image_size or "
+                  f"memory and each batch is copied over, which is slower. Lower data.celeba.image_size or "
                   f"data.train_size to keep them on the GPU.", stacklevel=2)
     return tensor
 

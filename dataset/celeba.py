@@ -1,7 +1,7 @@
 """CelebA (Liu et al., ICCV 2015): the data set built from ``data.*``, from its files, split and image cache.
 
 The parts live by job: :mod:`dataset.celeba_files` finds a copy and reads its attribute, partition
-and identity lists; :mod:`dataset.celeba_split` draws the rows of a run (``data.split``: the
+and identity lists; :mod:`dataset.celeba_split` draws the rows of a run (``data.celeba.split``: the
 identity-disjoint protocol of Farrand et al. 2020, or CelebA's own partition, with the registry
 :data:`~dataset.celeba_split.SPLITS`); :mod:`dataset.celeba_cache` decodes, crops and resizes the
 chosen images once into a memory-mapped cache. This module holds what joins them: the builder
@@ -16,6 +16,7 @@ The training loop keeps the uint8 arrays on the device and converts each batch w
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +37,11 @@ from dataset.celeba_files import (
     read_identities,
     read_partition,
 )
-from dataset.celeba_split import SPLITS, _cell_counts, official_split, protocol_split
+from dataset.celeba_split import SPLITS, cell_counts, official_split, protocol_split
 from dataset.imbalance import validation_info
 from dataset.preprocessing import column_record, document
-from utils.config import ExperimentConfig
+from utils.config import ExperimentConfig, check
 from utils.errors import ConfigError, DataError
-
-# utils.config checks data.split against this registry by the name dataset.celeba.SPLITS.
-__all__ = ["SPLITS", "build_celeba", "celeba_transform"]
 
 
 def celeba_transform(images: torch.Tensor, training: bool) -> torch.Tensor:
@@ -72,6 +70,30 @@ def _minority_value(value: str) -> int:
     return int(value)
 
 
+@dataclass(frozen=True, kw_only=True)
+class CelebASettings:
+    """CelebA's own settings, the config's ``data.celeba`` section.
+
+    Attributes:
+        split: "protocol" (balanced test set, then resampled training set, as in arXiv 2009.06389)
+            or "official" (CelebA's own partition); a name of :data:`SPLITS`.
+        image_size: side of the square images (128 or 64; at least 32).
+        cache_dir: where pre-processed image arrays are kept (null: ``{data.root}/cache``).
+        test_size: size of the balanced test set of the protocol split (null: 6,000, the paper's).
+    """
+
+    split: str = "protocol"
+    image_size: int = 128
+    cache_dir: str | None = None
+    test_size: int | None = None
+
+    def validate(self) -> None:
+        SPLITS.get(self.split)  # the registry's error: the closest name and every valid one
+        check(self.image_size >= 32, "data.celeba.image_size", self.image_size, "at least 32 pixels")
+        check(self.test_size is None or self.test_size > 0, "data.celeba.test_size", self.test_size,
+              "a positive integer or null")
+
+
 @DATASETS.register("celeba")
 def build_celeba(config: ExperimentConfig) -> DataBundle:
     """The CelebA bundle of ``config.data``: read, split, pre-process (cached), and wrap.
@@ -84,13 +106,14 @@ def build_celeba(config: ExperimentConfig) -> DataBundle:
     cache file and whether this run built it, and ``selection_sha256``, the cache key, which is
     the same for two runs exactly when they use the same images.
     """
-    data = config.data
-    if data.image_size > ALIGNED_SIZE[0]:
-        raise ConfigError(f"data.image_size: got {data.image_size}; expected at most {ALIGNED_SIZE[0]}, the side of "
-                          "the aligned crop (larger would only upsample). The paper uses 128; 64 is faster.")
-    if data.split == "official" and data.test_size is not None:
-        raise ConfigError(f"data.test_size: got {data.test_size}, but data.split: official tests on CelebA's whole "
-                          "test partition. Set data.test_size: null, or use data.split: protocol.")
+    data, own = config.data, config.data.settings  # own: data.celeba, a CelebASettings
+    if own.image_size > ALIGNED_SIZE[0]:
+        raise ConfigError(f"data.celeba.image_size: got {own.image_size}; expected at most {ALIGNED_SIZE[0]}, the "
+                          "side of the aligned crop (larger would only upsample). The paper uses 128; 64 is faster.")
+    if own.split == "official" and own.test_size is not None:
+        raise ConfigError(f"data.celeba.test_size: got {own.test_size}, but data.celeba.split: official tests on "
+                          "CelebA's whole test partition. Set data.celeba.test_size: null, or use "
+                          "data.celeba.split: protocol.")
     if data.target == data.protected:
         raise ConfigError(f"data.target and data.protected are both {data.target!r}; the groups would be the "
                           "labels. Choose two different attributes.")
@@ -101,7 +124,7 @@ def build_celeba(config: ExperimentConfig) -> DataBundle:
     minority = attributes.column(data.protected, "data.protected") == minority_value
     identities = None if files.identity_file is None else read_identities(files.identity_file, attributes.filenames)
 
-    if data.split == "protocol":
+    if own.split == "protocol":
         if identities is None:
             warnings.warn(
                 f"{files.directory / IDENTITY_FILE}: file not found, so the CelebA protocol split is disjoint by "
@@ -111,13 +134,13 @@ def build_celeba(config: ExperimentConfig) -> DataBundle:
                 stacklevel=2,
             )
         split = protocol_split(targets, minority, share=data.minority_share, train_size=data.train_size,
-                               test_size=data.test_size, seed=config.seed, identities=identities,
+                               test_size=own.test_size, seed=config.seed, identities=identities,
                                val_fraction=data.val_fraction)
     else:
         if files.partition_file is None:
-            raise DataError(f"{files.directory / PARTITION_FILE}: file not found; data.split: official needs CelebA's "
-                            f"partition file ({CELEBA_URL}). Put it next to {ATTRIBUTE_FILE}, or use data.split: "
-                            "protocol.")
+            raise DataError(f"{files.directory / PARTITION_FILE}: file not found; data.celeba.split: official needs "
+                            f"CelebA's partition file ({CELEBA_URL}). Put it next to {ATTRIBUTE_FILE}, or use "
+                            "data.celeba.split: protocol.")
         partition = read_partition(files.partition_file, attributes.filenames)
         split = official_split(targets, minority, partition, share=data.minority_share,
                                train_size=data.train_size, seed=config.seed, identities=identities,
@@ -126,8 +149,8 @@ def build_celeba(config: ExperimentConfig) -> DataBundle:
     # One cache: test images first, then validation (none without data.val_fraction, so the cache of
     # a run without one is the one made before validation sets existed), then training.
     rows = np.concatenate([split.test_rows, split.val_rows, split.train_rows])
-    cache_dir = data.cache_dir if data.cache_dir is not None else Path(data.root).expanduser() / "cache"
-    cache = load_image_cache(files.image_dir, attributes.filenames[rows], size=data.image_size,
+    cache_dir = own.cache_dir if own.cache_dir is not None else Path(data.root).expanduser() / "cache"
+    cache = load_image_cache(files.image_dir, attributes.filenames[rows], size=own.image_size,
                              cache_dir=cache_dir, device=_preprocessing_device(config.device),
                              progress_mode=config.logging.progress)
     n_test, n_val = len(split.test_rows), len(split.val_rows)
@@ -140,13 +163,13 @@ def build_celeba(config: ExperimentConfig) -> DataBundle:
         "target": data.target,
         "protected": data.protected,
         "minority_value": data.minority_value,
-        "image_size": data.image_size,
+        "image_size": own.image_size,
         **split.info,
-        **_cell_counts("train_count", y_train, minority_train),
+        **cell_counts("train_count", y_train, minority_train),
         "minority_share": data.minority_share,
         "train_size": len(split.train_rows),
         "train_share": float(minority_train.mean()) if len(minority_train) else None,
-        "selection_sha256": cache_key(attributes.filenames[rows], data.image_size),
+        "selection_sha256": cache_key(attributes.filenames[rows], own.image_size),
         "cache/path": str(cache.path),
         "cache/built": cache.built,
         "cache/seconds": round(cache.seconds, 2),
@@ -160,7 +183,7 @@ def build_celeba(config: ExperimentConfig) -> DataBundle:
         x_test=cache.images[:n_test],
         y_test=targets[split.test_rows],
         minority_test=minority[split.test_rows],
-        input_shape=(3, data.image_size, data.image_size),
+        input_shape=(3, own.image_size, own.image_size),
         transform=celeba_transform,
         info=info,
         x_val=cache.images[n_test:n_test + n_val],
@@ -168,9 +191,9 @@ def build_celeba(config: ExperimentConfig) -> DataBundle:
         minority_val=minority[split.val_rows],
         # Fixed constants, no statistic of the images: nothing to fit, nothing outside ε.
         preprocessing=document("public", [column_record(
-            "pixels", f"centre crop 178x178, resize to {data.image_size}x{data.image_size} "
+            "pixels", f"centre crop 178x178, resize to {own.image_size}x{own.image_size} "
             "(cached as uint8); per batch x / 127.5 - 1, training batches flipped left-right "
-            "with probability 1/2", {"crop": 178, "size": data.image_size, "mean": 0.5, "std": 0.5},
+            "with probability 1/2", {"crop": 178, "size": own.image_size, "mean": 0.5, "std": 0.5},
             "public", "constants of this loader (celeba_transform)")]),
     )
 
@@ -184,5 +207,5 @@ def _preprocessing_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-# The DataConfig keys only CelebA reads (dataset.check_data_keys refuses them elsewhere).
-build_celeba.data_keys = ("split", "test_size", "image_size", "cache_dir")
+# CelebA's own settings: the config's data.celeba section (training.validation types it).
+build_celeba.Settings = CelebASettings

@@ -1,6 +1,6 @@
 """CelebA's pixels: each image decoded, centre-cropped and resized once, into a cached array.
 
-Each image is center-cropped to its central 178×178 square and resized to ``data.image_size``
+Each image is center-cropped to its central 178×178 square and resized to ``data.celeba.image_size``
 (antialiased bilinear), once, into a uint8 N×3×H×W ``.npy`` file that later runs memory-map
 (:func:`load_image_cache`), named by :func:`cache_key` of the images it holds and checked against
 the SHA-256 written beside it. On CUDA the JPEGs are decoded in batches on the GPU
@@ -170,11 +170,11 @@ def _check_cache_space(cache_dir: Path, shape: tuple[int, ...]) -> None:
         free = shutil.disk_usage(cache_dir).free
     except OSError as error:
         raise DataError(f"{cache_dir}: cannot create the image cache folder ({error.strerror}). Set "
-                        "data.cache_dir to a writable folder.") from None
+                        "data.celeba.cache_dir to a writable folder.") from None
     needed = int(np.prod(shape))
     if needed > free:
         raise DataError(f"{cache_dir}: the image cache needs {needed / 2**30:.2f} GiB but {free / 2**30:.2f} GiB "
-                        "are free. Set data.cache_dir to a folder with more space, or lower data.image_size.")
+                        "are free. Set data.celeba.cache_dir to a folder with more space, or lower data.celeba.image_size.")
 
 
 def _write_cache(path: Path, shape: tuple[int, ...], decode: Callable[[np.ndarray], None]) -> None:

@@ -6,7 +6,7 @@ in ``data.root`` or, as torchvision lays it out, in ``data.root/celeba`` (:func:
 * ``img_align_celeba/``: the 202,599 aligned and cropped JPEGs, 178 px wide and 218 px high;
 * ``list_attr_celeba.txt``: the 40 binary attributes (1 / -1) of every image (:func:`read_attributes`);
 * ``list_eval_partition.txt``: CelebA's own train / valid / test partition (0 / 1 / 2), read only
-  with ``data.split: official`` (:func:`read_partition`);
+  with ``data.celeba.split: official`` (:func:`read_partition`);
 * ``identity_CelebA.txt`` (optional, from the release's ``Anno`` folder, next to the attribute
   file): the person (an integer identity) of every image, which keeps each person on one side of
   the protocol's split (:func:`read_identities`; :mod:`dataset.celeba_split`).
@@ -54,7 +54,7 @@ class CelebAFiles:
         image_dir: ``img_align_celeba/``.
         attribute_file: ``list_attr_celeba.txt``.
         partition_file: ``list_eval_partition.txt``, or None where it is absent (it is needed only by
-            ``data.split: official``).
+            ``data.celeba.split: official``).
         identity_file: ``identity_CelebA.txt``, or None where it is absent (then the protocol split
             is disjoint by image only, and the official split's identity check is skipped).
     """

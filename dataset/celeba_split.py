@@ -1,10 +1,10 @@
-"""CelebA's splits (``data.split``): the identity-disjoint protocol of Farrand et al. and CelebA's own.
+"""CelebA's splits (``data.celeba.split``): the identity-disjoint protocol of Farrand et al. and CelebA's own.
 
-**The split.** ``data.split: protocol`` follows "Neither Private Nor Fair: Impact of Data Imbalance
+**The split.** ``data.celeba.split: protocol`` follows "Neither Private Nor Fair: Impact of Data Imbalance
 on Utility and Fairness in Differential Privacy" (Farrand, Mireshghallah, Singh and Trask, 2020,
 arXiv 2009.06389): a fixed test set balanced over target × group, then a training set of fixed size
 in which the minority is ``data.minority_share`` and each group is half positive; see
-:func:`protocol_split`. ``data.split: official`` uses CelebA's partition; see :func:`official_split`.
+:func:`protocol_split`. ``data.celeba.split: official`` uses CelebA's partition; see :func:`official_split`.
 Either way ``data.val_fraction`` > 0 holds out a validation set from the training pool before the
 resampling (stratified by group and label; by person where identities are known).
 
@@ -36,10 +36,10 @@ from utils.seeding import numpy_generator
 
 DEFAULT_TEST_SIZE = 6000
 
-# The splits by name (``data.split``): each entry is the function that draws the split's rows
+# The splits by name (``data.celeba.split``): each entry is the function that draws the split's rows
 # (:func:`protocol_split`, :func:`official_split`), and the registry is what the config checks
-# ``data.split`` against, so the valid names are exactly these.
-SPLITS: Registry = Registry("split", "data.split")
+# ``data.celeba.split`` against, so the valid names are exactly these.
+SPLITS: Registry = Registry("split", "data.celeba.split")
 
 # The protocol's random orders each draw from a stream of their own (utils.seeding.STREAMS): the
 # test set's cells, the pool's cells, and the order in which the test set takes identities (when
@@ -138,7 +138,7 @@ def protocol_split(
         minority: True where the row belongs to the minority group.
         share: ``data.minority_share`` (None keeps the pool's own share).
         train_size: ``data.train_size`` (None keeps every majority example of the pool).
-        test_size: ``data.test_size`` (None: 6,000 as in the paper).
+        test_size: ``data.celeba.test_size`` (None: 6,000 as in the paper).
         seed: the run seed.
         identities: the identity (person) of each row, from :func:`read_identities`, or None where
             ``identity_CelebA.txt`` is absent: then the split is disjoint by image only.
@@ -197,8 +197,8 @@ def protocol_split(
         info["identities_test"] = len(test_identities)
         info["identities_train"] = len(np.unique(identities[train_rows]))
         info["identity_overlap_excluded"] = int(np.count_nonzero(excluded))
-    info.update(_cell_counts("test_count", targets[test_rows], minority[test_rows]))
-    info.update(_cell_counts("pool_count", targets[pool], minority[pool]))
+    info.update(cell_counts("test_count", targets[test_rows], minority[test_rows]))
+    info.update(cell_counts("pool_count", targets[pool], minority[pool]))
     info.update(val_info)
     return Split(test_rows, train_rows, info, val_rows)
 
@@ -217,8 +217,8 @@ def _protocol_test_rows(targets: np.ndarray, minority: np.ndarray, members: dict
     for cell in _CELLS:
         if wanted[cell] > len(members[cell]):
             raise DataError(
-                f"data.test_size: {n_test} needs {wanted[cell]} test images of the {_cell_name(cell)} cell, but "
-                f"the data has {len(members[cell])}. Use data.test_size <= {4 * smallest}."
+                f"data.celeba.test_size: {n_test} needs {wanted[cell]} test images of the {_cell_name(cell)} cell, but "
+                f"the data has {len(members[cell])}. Use data.celeba.test_size <= {4 * smallest}."
             )
     if identities is None:
         test_parts = [_seeded_order(members[cell], _TEST_STREAM, seed, cell)[: wanted[cell]] for cell in _CELLS]
@@ -297,8 +297,8 @@ def official_split(
     test_rows = np.flatnonzero(partition == 2)
     if not len(pool) or not len(test_rows):
         raise DataError(f"{PARTITION_FILE}: the partition has {len(pool)} training (0) and {len(test_rows)} test (2) "
-                        "images; data.split: official needs both. Use the file of the CelebA release, or "
-                        "data.split: protocol.")
+                        "images; data.celeba.split: official needs both. Use the file of the CelebA release, or "
+                        "data.celeba.split: protocol.")
     val_rows, val_info = np.zeros(0, dtype=np.int64), {}
     if val_fraction > 0:
         val_rows, removed, val_info = _draw_validation(pool, targets, minority, val_fraction, seed, identities)
@@ -318,12 +318,12 @@ def official_split(
                 f"CelebA official split: {len(shared)} identities (e.g. {shared[0]}) have images in both the "
                 f"training partition (0) and the test partition (2) of {PARTITION_FILE}, which CelebA's release "
                 f"does not; the partition and {IDENTITY_FILE} are likely from different copies, and test accuracy "
-                "may be inflated by faces seen in training. Use both files of one release, or data.split: protocol "
+                "may be inflated by faces seen in training. Use both files of one release, or data.celeba.split: protocol "
                 "(disjoint by identity).",
                 stacklevel=2,
             )
-    info.update(_cell_counts("test_count", targets[test_rows], minority[test_rows]))
-    info.update(_cell_counts("pool_count", targets[pool], minority[pool]))
+    info.update(cell_counts("test_count", targets[test_rows], minority[test_rows]))
+    info.update(cell_counts("pool_count", targets[pool], minority[pool]))
     info.update(val_info)
     return Split(test_rows, pool[chosen], info, val_rows)
 
@@ -353,7 +353,7 @@ def _draw_validation(pool: np.ndarray, targets: np.ndarray, minority: np.ndarray
         removed = pool[np.isin(identities[pool], people)]
         extra = {"identities_val": len(people), "val_identity_overlap_excluded": len(removed) - len(val_rows)}
     info = {**validation_info(targets[val_rows], minority[val_rows], fraction, "val_fraction"),
-            **_cell_counts("val_count", targets[val_rows], minority[val_rows]), **extra}
+            **cell_counts("val_count", targets[val_rows], minority[val_rows]), **extra}
     return val_rows, removed, info
 
 
@@ -379,7 +379,7 @@ def _cell_name(cell: tuple[bool, int]) -> str:
     return f"{'minority' if cell[0] else 'majority'} {'positive' if cell[1] else 'negative'}"
 
 
-def _cell_counts(prefix: str, targets: np.ndarray, minority: np.ndarray) -> dict[str, int]:
+def cell_counts(prefix: str, targets: np.ndarray, minority: np.ndarray) -> dict[str, int]:
     """Counts per group and per (group, label), named like the project's metric keys."""
     counts = {}
     for group, mask in (("minority", minority), ("majority", ~minority)):

@@ -7,7 +7,7 @@ public bounds and categories with the documents they come from (:mod:`dataset.pr
 its label, its protected attributes, its missing-value rule and its train/test split. What only
 that source's files need is a small named hook in the table: ``read`` (the file format, parsed and
 checked, with the missing-value rule and any published filter applied), ``restrict`` (rows a
-comparison leaves out, COMPAS's race pair) and ``protocols`` (another ``data.protocol``'s whole
+comparison leaves out, COMPAS's race pair) and ``protocols`` (another ``data.adult.protocol``'s whole
 pipeline, Adult's RUNNER).
 
 The shared code (:func:`load_tabular`) then does what is the same for every source: check
@@ -347,8 +347,11 @@ class TabularSource:
             a race comparison is about).
         notes: facts the declaration adds to the pool's ``info`` after the read (and restrict)
             hooks' own.
-        protocols: other ``data.protocol`` values than "official", each with the hook that loads
-            the whole pool its own way (Adult's RUNNER protocols).
+        protocols: other protocols than "official" (the ``protocol`` of the source's own settings,
+            ``data.<name>.protocol``), each with the hook that loads the whole pool its own way
+            (Adult's RUNNER protocols).
+        settings: the source's own settings class, the config's ``data.<name>`` section
+            (training.validation types it; None: the source has no settings of its own).
     """
 
     name: str
@@ -370,6 +373,7 @@ class TabularSource:
     restrict: RestrictHook | None = None
     notes: Mapping[str, Any] = field(default_factory=dict)
     protocols: Mapping[str, ProtocolHook] = field(default_factory=dict)
+    settings: type | None = None
 
     def load(self, root: str | Path | None, *, protected: str, minority_value: str,
              preprocessing: str = FITTED) -> TabularPool:
@@ -596,7 +600,6 @@ def positive_rate(y: np.ndarray) -> float | None:
 # Registration in the project's data-set registry
 # ---------------------------------------------------------------------------------------------------
 
-
 def check_target(source: TabularSource, target: str) -> None:
     """``data.target`` must be the source's label; DataConfig's default (Adult's income) gets a hint."""
     if target == source.target:
@@ -613,7 +616,7 @@ def check_target(source: TabularSource, target: str) -> None:
 
 def register_source(source: TabularSource) -> TabularSource:
     """File ``source`` in :data:`TABULAR_SOURCES` and its builder in the project's data-set registry:
-    load the pool (the declared protocol's hook for another ``data.protocol``), then resample it."""
+    load the pool (the declared protocol's hook for another ``data.<name>.protocol``), then resample it."""
     TABULAR_SOURCES.register(source.name)(source)
 
     @DATASETS.register(source.name)
@@ -621,7 +624,8 @@ def register_source(source: TabularSource) -> TabularSource:
         data = config.data
         check_target(source, data.target)
         preprocessing = resolved_mode(config)
-        protocol = source.protocols.get(data.protocol)  # DataConfig allows them for the sources declaring them
+        # the protocol of the source's own settings (data.adult.protocol); "official" reads the files
+        protocol = source.protocols.get(getattr(data.settings, "protocol", "official"))
         if protocol is not None:
             pool = protocol(data.root, protected=data.protected, minority_value=data.minority_value,
                             seed=config.seed, preprocessing=preprocessing)
@@ -632,4 +636,6 @@ def register_source(source: TabularSource) -> TabularSource:
                                     seed=config.seed, val_fraction=data.val_fraction)
 
     build.data_keys = TABULAR_DATA_KEYS
+    if source.settings is not None:
+        build.Settings = source.settings  # the config's data.<name> section (training.validation)
     return source

@@ -25,8 +25,9 @@ when ``summary.json`` exists) holds unchanged for each point. Keys are shortened
 of :data:`SHORT_NAMES` (else the last part of the dotted key) unless two keys would then read alike,
 and values are written so that a name only uses the characters a config ``name`` allows.
 
-Every point's config is built and checked (the same :func:`utils.loader.apply_overrides` and
-:func:`utils.config.config_from_mapping` as ``--set`` and the file) before anything runs, so a typo in
+Every point's config is built and checked (the same :func:`utils.loader.apply_overrides`,
+:func:`utils.config.config_from_mapping` and :func:`training.validation.validate` as ``--set`` and
+the file) before anything runs, so a typo in
 ``sweep:`` or a point the checks refuse stops the grid with exit status 2 before any training and
 without creating a directory. ``--set`` overrides apply to the base, i.e. to every point; a ``--set``
 of a swept key is refused, since it would make the points identical.
@@ -69,6 +70,7 @@ import yaml
 
 from utils.config import NAME_MAX_BYTES, ExperimentConfig, config_from_mapping
 from utils.errors import ConfigError, UserInputError, describe_fault, warn_user
+from utils.legacy import moved_key, translate_moved
 from utils.loader import apply_overrides, parse_override, read_yaml
 from utils.rundir import (
     ABSENT,
@@ -255,7 +257,8 @@ def expand_grid(raw: Mapping[str, Any], overrides: list[str] | None = None, *,
                                                 spelled=spelled, limit=MAX_GRID_COMBINATIONS))
     keys = tuple(key for factor in factors for key in factor.keys)
     _refuse_overrides_of_swept_keys(list(overrides or []), keys)
-    base = apply_overrides({k: v for k, v in raw.items() if k not in GRID_SECTIONS},
+    # Old spellings of moved keys (data.image_size) read at their new place, as load_config does.
+    base = apply_overrides(translate_moved({k: v for k, v in raw.items() if k not in GRID_SECTIONS})[0],
                            list(overrides or []))
     short = short_names(keys)
 
@@ -673,8 +676,11 @@ def _point_config(base: dict[str, Any], values: dict[str, Any],
             raw = apply_overrides(raw, [f"{key}={text}"])
         except ConfigError as error:
             raise ConfigError(f"{section_of[key]}: {error}") from None
+    # Imported here so that running.py's --help and YAML errors answer without loading torch.
+    from training.validation import validate
+
     try:
-        return config_from_mapping(raw)
+        return validate(config_from_mapping(raw))
     except ConfigError as error:
         point = ", ".join(f"{key}={value!r}" for key, value in values.items())
         raise ConfigError(f"grid point ({point}): {error}") from None
@@ -686,12 +692,17 @@ _UNUSED = object()  # a swept key of a repair method this point does not run
 def _get_dotted(config: ExperimentConfig, key: str) -> Any:
     """The value of a dotted key in ``config``; ``fairness.<method>.<key>`` reads the method's
     settings, and is :data:`_UNUSED` at a point that runs another method (the grid sweeps several
-    methods' settings side by side)."""
-    parts = key.split(".")
+    methods' settings side by side); ``data.<name>.<key>`` likewise reads the data set's own
+    settings (an old spelling such as ``data.image_size`` is read at its new place)."""
+    parts = moved_key(key).split(".")
     if parts[0] == "fairness" and len(parts) > 2:
         if parts[1] != config.fairness.method:
             return _UNUSED
         return functools.reduce(getattr, parts[2:], config.fairness.resolved_settings())
+    if parts[0] == "data" and len(parts) > 2:
+        if parts[1] != config.data.name or config.data.settings is None:
+            return _UNUSED
+        return functools.reduce(getattr, parts[2:], config.data.settings)
     return functools.reduce(getattr, parts, config)
 
 

@@ -25,8 +25,8 @@ from privacy.noise import SecureRandom
 from tests.conftest import read_jsonl
 from training.base import POISSON_VIOLATED_WARNING
 from training.experiment import run
+from training.validation import validated_config
 from utils import fairness
-from utils.config import config_from_mapping
 from utils.sink import (
     INFINITY,
     NON_PRIVATE_LIST_KEY,
@@ -49,7 +49,7 @@ def tiny_run(tmp_path: Path, name: str = "run", **sections) -> tuple[dict, Path]
     }
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
-    config = config_from_mapping(raw)
+    config = validated_config(raw)
     summary = run(config)
     return summary, Path(config.output_dir) / config.name
 

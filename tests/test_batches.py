@@ -23,12 +23,8 @@ from privacy.accounting import noise_for_epsilon
 from tests.test_repair import run_cli
 from training.batches import BATCHES, CELL_TOO_SMALL, build_batches
 from training.experiment import build_components
-from utils.config import (
-    BALANCED_BATCHES_REPLACED,
-    BATCHES_NOT_PRIVATE,
-    STEPS_PER_EPOCH_NOT_FEDERATED,
-    config_from_mapping,
-)
+from training.validation import BATCHES_NOT_PRIVATE, STEPS_PER_EPOCH_NOT_FEDERATED, validated_config
+from utils.config import BALANCED_BATCHES_REPLACED
 from utils.errors import ConfigError
 from utils.seeding import torch_generator
 
@@ -119,7 +115,7 @@ def config(**sections):
            "logging": {"progress": "never"}}
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values}
-    return config_from_mapping(raw)
+    return validated_config(raw)
 
 
 def count_steps(trainer) -> list[int]:

@@ -40,9 +40,8 @@ from dataset.celeba_files import (
 )
 from dataset.celeba_split import official_split, protocol_split
 from tests.celeba_fake import make_fake_celeba
-from utils.config import config_from_mapping
+from training.validation import load_validated, validated_config
 from utils.errors import ConfigError, DataError
-from utils.loader import load_config
 
 N_IMAGES = 300
 
@@ -59,11 +58,12 @@ def fake_torchvision(tmp_path_factory):
 
 def make_config(root, cache_dir, **data):
     """A small CelebA config: 40 test images, 100 training images, 64 px, 20 % minority."""
+    own = {"test_size": 40, "image_size": 64, "cache_dir": str(cache_dir)}  # data.celeba
+    own.update({key: data.pop(key) for key in list(data) if key in ("split", *own)})
     settings = {"name": "celeba", "root": str(root), "target": "Smiling", "protected": "Male",
-                "minority_value": "1", "minority_share": 0.2, "train_size": 100, "test_size": 40,
-                "image_size": 64, "cache_dir": str(cache_dir)}
+                "minority_value": "1", "minority_share": 0.2, "train_size": 100, "celeba": own}
     settings.update(data)
-    return config_from_mapping({"data": settings, "model": {"name": "cnn"}, "training": {"batch_size": 8},
+    return validated_config({"data": settings, "model": {"name": "cnn"}, "training": {"batch_size": 8},
                                 "logging": {"progress": "never"}})
 
 
@@ -301,7 +301,7 @@ def test_protocol_nests_across_shares_with_one_fixed_test_set():
 def test_protocol_infeasible_sizes_are_data_errors_with_the_feasible_range():
     targets, minority = random_attributes(n=2000)
     smallest_cell = min(((minority == g) & (targets == y)).sum() for g in (0, 1) for y in (0, 1))
-    with pytest.raises(DataError, match=f"data.test_size <= {4 * smallest_cell}"):
+    with pytest.raises(DataError, match=f"data.celeba.test_size <= {4 * smallest_cell}"):
         protocol_split(targets, minority, share=0.1, train_size=100, test_size=4 * smallest_cell + 4, seed=0)
     with pytest.raises(DataError, match="CelebA protocol: after the 400-image test set.*data.train_size"):
         protocol_split(targets, minority, share=0.1, train_size=5000, test_size=400, seed=0)
@@ -667,14 +667,14 @@ def test_official_bundle(tmp_path, fake):
     bundle = build_dataset(make_config(fake["root"], tmp_path, split="official", test_size=None))
     assert len(bundle.x_test) == (fake["partition"] == 2).sum() == 30
     assert bundle.info["identity_disjoint"] is True and bundle.info["identity_overlap"] == 0
-    with pytest.raises(ConfigError, match="data.test_size"):
+    with pytest.raises(ConfigError, match="data.celeba.test_size"):
         build_dataset(make_config(fake["root"], tmp_path, split="official", test_size=40))
 
 
 def test_the_shipped_params_file_builds_on_fake_data(tmp_path, fake):
-    config = load_config("utils/params_celeba.yaml", [
-        f"data.root={fake['root']}", f"data.cache_dir={tmp_path}", "data.train_size=100",
-        "data.test_size=40", "data.image_size=64", "training.batch_size=8",
+    config = load_validated("utils/params_celeba.yaml", [
+        f"data.root={fake['root']}", f"data.celeba.cache_dir={tmp_path}", "data.train_size=100",
+        "data.celeba.test_size=40", "data.celeba.image_size=64", "training.batch_size=8",
     ])
     bundle = build_dataset(config)
     assert bundle.train_count_by_group == {"minority": 10, "majority": 90}  # share 0.1, men the minority

@@ -52,7 +52,8 @@ from privacy.fast_dpsgd import FastDPOptimizer, FastEngine
 from privacy.noise import SecureRandom
 from tests.conftest import main_on_yaml, straight_and_resumed
 from training.stacking import why_not_stackable
-from utils.config import ModelConfig, config_from_mapping
+from training.validation import validated_config
+from utils.config import ModelConfig
 
 C = 0.8  # privacy.max_grad_norm of the unit tests; the batch's norms straddle it
 N, EXPECTED = 24, 20.0  # examples, and the expected batch size the rules divide by
@@ -391,7 +392,7 @@ def test_epsilon_composes_the_rules_releases_as_dp_accounting_does(tmp_path, nam
     result = summary(tmp_path)
     sigma, q, steps, delta = (result["privacy/noise_multiplier"], result["privacy/sample_rate"],
                               result["privacy/steps"], result["privacy/delta"])
-    config = config_from_mapping(yaml.safe_load((tmp_path / "out/rule/config.yaml").read_text()))
+    config = validated_config(yaml.safe_load((tmp_path / "out/rule/config.yaml").read_text()))
     examples = sum(result[f"data/train_count/group={g}"] for g in ("minority", "majority"))
     rule = RULES.get(name)(config.privacy.clipping_settings, max_grad_norm=0.5,
                            expected_batch_size=int(examples * q))
@@ -573,31 +574,31 @@ def test_a_secure_run_draws_the_releases_from_the_os(tmp_path, monkeypatch):
 def test_a_rules_settings_are_strict_and_only_the_chosen_ones_are_resolved():
     base = {"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0, "clipping": "global_adapt",
                         "global_adapt": {"z": 20}, "dpsgd_f": {"counts_noise_multiplier": 3}}}
-    config = config_from_mapping(base)
+    config = validated_config(base)
     assert config.privacy.clipping_settings == GlobalAdaptSettings(z=20.0)
     resolved = config.to_dict()["privacy"]
     assert resolved["global_adapt"] == dataclasses.asdict(GlobalAdaptSettings(z=20.0))
     assert "dpsgd_f" not in resolved and "clipping_settings" not in resolved
-    assert config_from_mapping(config.to_dict()) == config
+    assert validated_config(config.to_dict()) == config
     # Defaults are written out, so config.yaml says what ran.
-    plain = config_from_mapping({"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0,
+    plain = validated_config({"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0,
                                              "clipping": "dpsgd_f"}})
     assert plain.to_dict()["privacy"]["dpsgd_f"] == {"counts_noise_multiplier": 10.0}
     from utils.errors import ConfigError
     with pytest.raises(ConfigError, match=r"unknown config key 'privacy.global_adapt.zz'"):
-        config_from_mapping({"privacy": {"global_adapt": {"zz": 1}}})
+        validated_config({"privacy": {"global_adapt": {"zz": 1}}})
     with pytest.raises(ConfigError, match=r"privacy.dpsgd_f.counts_noise_multiplier: got 0"):
-        config_from_mapping({"privacy": {"dpsgd_f": {"counts_noise_multiplier": 0}}})
+        validated_config({"privacy": {"dpsgd_f": {"counts_noise_multiplier": 0}}})
     with pytest.raises(ConfigError, match=r"Did you mean 'privacy.global'"):
-        config_from_mapping({"privacy": {"globl": {}}})
+        validated_config({"privacy": {"globl": {}}})
 
 
 def test_a_rule_or_tanh_trains_alone_under_stack():
     base = {"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0}}
-    assert why_not_stackable(config_from_mapping(base)) is None
-    rule = config_from_mapping({"privacy": {**base["privacy"], "clipping": "global"}})
+    assert why_not_stackable(validated_config(base)) is None
+    rule = validated_config({"privacy": {**base["privacy"], "clipping": "global"}})
     assert "privacy.clipping 'global'" in why_not_stackable(rule)
-    tanh = config_from_mapping({**base, "model": {"activation": "tanh"}})
+    tanh = validated_config({**base, "model": {"activation": "tanh"}})
     assert "model.activation 'tanh'" in why_not_stackable(tanh)
 
 
@@ -609,7 +610,7 @@ def test_a_resumed_run_with_a_rule_ends_identical(name, mode):
     raw = yaml.safe_load(TINY)
     raw["privacy"].update(clipping=name, mode=mode)
     raw["federated"] = {"num_clients": 40, "rounds": 3, "eval_every": 1, "client_sample_rate": 0.5}
-    config = config_from_mapping(raw)
+    config = validated_config(raw)
     straight, resumed = straight_and_resumed(config, units=3 if mode == "dpfedavg" else 2)
     for a, b in zip(straight.base_model().parameters(), resumed.base_model().parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dataset.adult import AdultSettings
 from tests.conftest import run_running_py
+from training.validation import load_validated, validate, validated_config
 from utils.config import NEEDS_NOISE_OR_TARGET, ExperimentConfig, config_from_mapping
 from utils.errors import ConfigError
-from utils.loader import apply_overrides, load_config
+from utils.loader import apply_overrides
 
 
 def write(tmp_path: Path, payload) -> Path:
@@ -21,20 +23,21 @@ def write(tmp_path: Path, payload) -> Path:
 
 
 def test_defaults_are_valid():
-    config = config_from_mapping({})
-    assert config == ExperimentConfig()
-    assert config.privacy.mode == "none"
+    assert config_from_mapping({}) == ExperimentConfig()  # plain data: built, nothing typed
+    config = validated_config({})
+    assert config == validate(ExperimentConfig())
+    assert config.privacy.mode == "none" and config.data.settings == AdultSettings()
 
 
 def test_unknown_top_level_key_names_the_closest():
     with pytest.raises(ConfigError) as error:
-        config_from_mapping({"sed": 1})
+        validated_config({"sed": 1})
     assert str(error.value).startswith("unknown config key 'sed'. Did you mean 'seed'?")
 
 
 def test_unknown_nested_key_names_the_dotted_closest():
     with pytest.raises(ConfigError) as error:
-        config_from_mapping({"privacy": {"noise_multipler": 1.0}})
+        validated_config({"privacy": {"noise_multipler": 1.0}})
     message = str(error.value)
     assert message.startswith(
         "unknown config key 'privacy.noise_multipler'. Did you mean 'privacy.noise_multiplier'?")
@@ -43,26 +46,26 @@ def test_unknown_nested_key_names_the_dotted_closest():
 
 def test_deeply_nested_unknown_key():
     with pytest.raises(ConfigError, match=r"'logging\.wandb\.projet'\. Did you mean 'logging\.wandb\.project'"):
-        config_from_mapping({"logging": {"wandb": {"projet": "x"}}})
+        validated_config({"logging": {"wandb": {"projet": "x"}}})
 
 
 def test_scientific_notation_string_becomes_float(tmp_path):
     # PyYAML (YAML 1.1) reads 1e-3 without a dot as the string "1e-3".
     path = write(tmp_path, "training:\n  lr: 1e-3\nprivacy:\n  delta: 1e-5\n")
     assert yaml.safe_load(path.read_text())["training"]["lr"] == "1e-3"
-    config = load_config(path)
+    config = load_validated(path)
     assert config.training.lr == pytest.approx(1e-3) and isinstance(config.training.lr, float)
     assert config.privacy.delta == pytest.approx(1e-5)
 
 
 def test_integer_coercion_and_refusals():
-    assert config_from_mapping({"data": {"train_size": "2.4e4"}}).data.train_size == 24000
+    assert validated_config({"data": {"train_size": "2.4e4"}}).data.train_size == 24000
     with pytest.raises(ConfigError, match=r"training\.epochs: got 2\.5; expected an integer"):
-        config_from_mapping({"training": {"epochs": 2.5}})
+        validated_config({"training": {"epochs": 2.5}})
     with pytest.raises(ConfigError, match=r"training\.lr: got True; expected a number"):
-        config_from_mapping({"training": {"lr": True}})
+        validated_config({"training": {"lr": True}})
     with pytest.raises(ConfigError, match=r"model\.hidden\[1\]: got 'x'"):
-        config_from_mapping({"model": {"hidden": [10, "x"]}})
+        validated_config({"model": {"hidden": [10, "x"]}})
 
 
 def test_yaml_boolean_for_a_string_key_says_to_quote_it(tmp_path):
@@ -70,7 +73,7 @@ def test_yaml_boolean_for_a_string_key_says_to_quote_it(tmp_path):
     path = write(tmp_path, "logging:\n  progress: off\n")
     with pytest.raises(ConfigError, match=r"logging\.progress: got False; expected a string \(YAML reads "
                        r"unquoted yes, no, on, off, true and false as booleans: quote the value\)"):
-        load_config(path)
+        load_validated(path)
 
 
 @pytest.mark.parametrize("section, key, value, fragment", [
@@ -86,28 +89,28 @@ def test_yaml_boolean_for_a_string_key_says_to_quote_it(tmp_path):
 ])
 def test_range_checks_name_key_and_value(section, key, value, fragment):
     with pytest.raises(ConfigError) as error:
-        config_from_mapping({section: {key: value}})
+        validated_config({section: {key: value}})
     assert fragment in str(error.value)
 
 
 def test_exactly_one_of_noise_and_target_under_dp():
     with pytest.raises(ConfigError, match=f"{NEEDS_NOISE_OR_TARGET}: both are null. Set one of them"):
-        config_from_mapping({"privacy": {"mode": "dpsgd"}})
+        validated_config({"privacy": {"mode": "dpsgd"}})
     with pytest.raises(ConfigError, match="exactly one of"):
-        config_from_mapping({"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0, "target_epsilon": 3}})
-    assert config_from_mapping({"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0}}).privacy.private
+        validated_config({"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0, "target_epsilon": 3}})
+    assert validated_config({"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0}}).privacy.private
     # Non-private runs ignore both.
-    assert not config_from_mapping({"privacy": {"noise_multiplier": 1.0, "target_epsilon": 3}}).privacy.private
+    assert not validated_config({"privacy": {"noise_multiplier": 1.0, "target_epsilon": 3}}).privacy.private
 
 
 def test_batch_size_not_larger_than_training_set():
     with pytest.raises(ConfigError, match=r"training\.batch_size: got 512; expected at most data\.train_size \(100\)"):
-        config_from_mapping({"data": {"train_size": 100}, "training": {"batch_size": 512}})
+        validated_config({"data": {"train_size": 100}, "training": {"batch_size": 512}})
 
 
 def test_overrides_nested_and_parsed_as_yaml(tmp_path):
     path = write(tmp_path, {"privacy": {"mode": "dpsgd", "target_epsilon": 3.0}})
-    config = load_config(path, ["privacy.noise_multiplier=1.1", "privacy.target_epsilon=null",
+    config = load_validated(path, ["privacy.noise_multiplier=1.1", "privacy.target_epsilon=null",
                                 "model.hidden=[64, 32]", "logging.wandb.mode=disabled",
                                 "data.minority_share=1e-2"])
     assert config.privacy.noise_multiplier == 1.1 and config.privacy.target_epsilon is None
@@ -119,29 +122,29 @@ def test_overrides_nested_and_parsed_as_yaml(tmp_path):
 def test_overrides_go_through_the_same_checks(tmp_path):
     path = write(tmp_path, {})
     with pytest.raises(ConfigError, match="unknown config key 'training.lrr'. Did you mean 'training.lr'"):
-        load_config(path, ["training.lrr=0.1"])
+        load_validated(path, ["training.lrr=0.1"])
     with pytest.raises(ConfigError, match="privacy.delta: got 2.0"):
-        load_config(path, ["privacy.delta=2"])
+        load_validated(path, ["privacy.delta=2"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
-        load_config(path, ["training.lr"])
+        load_validated(path, ["training.lr"])
     with pytest.raises(ConfigError, match="'seed' is a value, not a section"):
         apply_overrides({}, ["seed.x=1"])
 
 
 def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        load_config(tmp_path / "missing.yaml")
+        load_validated(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="is not valid YAML"):
-        load_config(write(tmp_path, "training: [unclosed\n"))
+        load_validated(write(tmp_path, "training: [unclosed\n"))
     with pytest.raises(ConfigError, match="must hold a mapping"):
-        load_config(write(tmp_path, "- a\n- b\n"))
+        load_validated(write(tmp_path, "- a\n- b\n"))
 
 
 def test_resolved_config_round_trips(tmp_path):
-    config = config_from_mapping({"privacy": {"mode": "dpsgd", "noise_multiplier": 0.7},
+    config = validated_config({"privacy": {"mode": "dpsgd", "noise_multiplier": 0.7},
                                   "model": {"hidden": [8]}})
     path = write(tmp_path, {**config.to_dict(), "provenance": {"git_commit": "abc"}})
-    assert load_config(path) == config
+    assert load_validated(path) == config
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -175,7 +178,7 @@ def test_cli_missing_file_and_bad_override(tmp_path):
 def test_grid_file_is_not_one_experiment(tmp_path):
     path = write(tmp_path, {"sweep": {"seed": [0, 1]}})
     with pytest.raises(ConfigError, match="is a grid .* grids.sweep.load_grid"):
-        load_config(path)
+        load_validated(path)
 
 
 def test_registered_names_are_checked_by_their_registry():
@@ -185,7 +188,7 @@ def test_registered_names_are_checked_by_their_registry():
     from utils.registry import UNKNOWN_NAME
 
     with pytest.raises(ConfigError) as error:
-        config_from_mapping({"privacy": {"mode": "dpsdg"}})
+        validated_config({"privacy": {"mode": "dpsdg"}})
     assert str(error.value) == UNKNOWN_NAME.format(
         key="privacy.mode", kind=TRAINERS.kind, name="dpsdg", hint=" Did you mean 'dpsgd'?",
         valid=", ".join(TRAINERS.names()))

@@ -13,7 +13,7 @@ import yaml
 
 from tests.celeba_fake import make_fake_celeba
 from training.experiment import run
-from utils.config import config_from_mapping
+from training.validation import validated_config
 from utils.loader import apply_overrides, read_yaml
 from utils.sink import CONFIG_FILE, PREDICTIONS_FILE, SUMMARY_FILE
 
@@ -25,7 +25,7 @@ SINGLE_RUN_CONFIGS = [p for p in sorted(ROOT.glob("configs/*.yaml"))
 # What shrinks each data set to seconds, beyond the generic overlay.
 SHRINK = {
     "adult": [],
-    "celeba": ["data.train_size=120", "data.test_size=40", "data.image_size=64", "model.name=cnn",
+    "celeba": ["data.train_size=120", "data.celeba.test_size=40", "data.celeba.image_size=64", "model.name=cnn",
                "model.width=8", "training.batch_size=16"],
 }
 SHRINK_FEDERATED = ["federated.rounds=3", "federated.eval_every=2", "federated.num_clients=100"]
@@ -66,10 +66,10 @@ def test_smoke(path, device, tmp_path, fake_celeba):
     name = raw.get("data", {}).get("name", "adult")
     overrides = [*SHRINK.get(name, []), f"output_dir={tmp_path}", f"device={device}"]
     if name == "celeba":
-        overrides += [f"data.root={fake_celeba}", f"data.cache_dir={tmp_path / 'cache'}"]
+        overrides += [f"data.root={fake_celeba}", f"data.celeba.cache_dir={tmp_path / 'cache'}"]
     if raw.get("privacy", {}).get("mode") == "dpfedavg":
         overrides += SHRINK_FEDERATED
-    config = config_from_mapping(apply_overrides(raw, overrides))
+    config = validated_config(apply_overrides(raw, overrides))
     summary = run(config)
     run_dir = tmp_path / config.name
     for file in (CONFIG_FILE, SUMMARY_FILE, PREDICTIONS_FILE, "metrics.jsonl"):
@@ -79,4 +79,4 @@ def test_smoke(path, device, tmp_path, fake_celeba):
     if config.privacy.private:
         assert summary["privacy/epsilon"] > 0
     # The resolved config reproduces the run's config.
-    assert config_from_mapping(yaml.safe_load((run_dir / CONFIG_FILE).read_text())) == config
+    assert validated_config(yaml.safe_load((run_dir / CONFIG_FILE).read_text())) == config

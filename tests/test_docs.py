@@ -26,18 +26,21 @@ import pytest
 import yaml
 
 import running
+from dataset import DATASETS
 from privacy.clipping import RULES
 from training.repair import METHODS
+from training.validation import load_validated
 from utils.config import ExperimentConfig
-from utils.loader import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 
-# Fields that hold the chosen method's or rule's settings; in YAML those are sections named after
-# each registered entry (fairness.<method>.*, privacy.<rule>.*), not keys of their own.
-SETTINGS_HOLDERS = {"fairness.settings": ("fairness", METHODS),
+# Fields that hold the chosen data set's, method's or rule's settings; in YAML those are sections
+# named after each registered entry (data.<name>.*, fairness.<method>.*, privacy.<rule>.*), not
+# keys of their own. A data set without settings of its own declares no Settings class.
+SETTINGS_HOLDERS = {"data.settings": ("data", DATASETS),
+                    "fairness.settings": ("fairness", METHODS),
                     "privacy.clipping_settings": ("privacy", RULES)}
 
 
@@ -45,13 +48,16 @@ def _fields(cls: type, prefix: str):
     """(dotted key, field) of every leaf field of dataclass ``cls``, nested sections walked."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
+        if not field.metadata.get("yaml", True):  # derived by the validation step, not a key
+            continue
         key = prefix + field.name
         if dataclasses.is_dataclass(hints[field.name]):
             yield from _fields(hints[field.name], key + ".")
         elif key in SETTINGS_HOLDERS:
             section, registry = SETTINGS_HOLDERS[key]
             for name in registry:
-                yield from _fields(registry.get(name).Settings, f"{section}.{name}.")
+                if (settings := getattr(registry.get(name), "Settings", None)) is not None:
+                    yield from _fields(settings, f"{section}.{name}.")
         else:
             yield key, field
 
@@ -73,7 +79,8 @@ def docs_text() -> str:
 def test_the_schema_walk_reaches_every_section():
     keys = schema_keys()
     assert len(keys) > 100
-    for key in ("seed", "data.minority_share", "privacy.max_grad_norm", "logging.wandb.mode",
+    for key in ("seed", "data.minority_share", "data.celeba.image_size", "data.adult.protocol",
+                "privacy.max_grad_norm", "logging.wandb.mode",
                 "fairness.runner.lam", "fairness.roc.theta", "privacy.global_adapt.z",
                 "privacy.bounded_adaptive.upper"):
         assert key in keys, key
@@ -169,7 +176,7 @@ def test_every_yaml_example_is_a_valid_config(page, block, tmp_path):
     assert YAML_EXAMPLES and page
     path = tmp_path / "example.yaml"
     path.write_text(block, encoding="utf-8")
-    load_config(path)  # a config error would fail the test with its message
+    load_validated(path)  # a config error would fail the test with its message
 
 
 def heading_anchors(page: Path) -> set[str]:

@@ -50,7 +50,8 @@ from training.federated import (
     pad_orders,
 )
 from training.partition import partition_clients, partition_counts, partition_summary
-from utils.config import FederatedConfig, PrivacyConfig, config_from_mapping
+from training.validation import validated_config
+from utils.config import FederatedConfig, PrivacyConfig
 from utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -444,7 +445,7 @@ def test_dirichlet_skews_labels_more_at_smaller_alpha():
 
 def test_builder_is_registered_and_refuses_fixed_size_sampling():
     assert TRAINERS.get("dpfedavg") is build_federated_trainer
-    config = config_from_mapping({
+    config = validated_config({
         "privacy": {"mode": "dpfedavg", "noise_multiplier": 1.0, "poisson_sampling": False},
         "federated": {"num_clients": 10}, "training": {"batch_size": 8}})
     with pytest.raises(ConfigError, match="poisson_sampling"):

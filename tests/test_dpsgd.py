@@ -23,7 +23,8 @@ from torch.nn import functional as F
 from privacy import dpsgd
 from privacy.accounting import epsilon_after, noise_for_epsilon
 from training.experiment import build_components
-from utils.config import PrivacyConfig, config_from_mapping
+from training.validation import validated_config
+from utils.config import PrivacyConfig
 
 
 def small_problem(n=64, d=5, seed=0):
@@ -141,7 +142,7 @@ def test_pinned_epsilon(accountant, cls, pinned):
 
 
 def synthetic_config(**privacy):
-    return config_from_mapping({
+    return validated_config({
         "data": {"name": "synthetic", "minority_share": 0.2, "train_size": 1000},
         "model": {"name": "mlp", "hidden": [16]},
         "training": {"epochs": 2, "batch_size": 100, "optimizer": "sgd", "lr": 0.1},

@@ -156,22 +156,22 @@ def test_a_finished_run_warns_only_about_real_config_differences(tmp_path, capsy
     """Re-running a finished run returns it; a key that differs is named in a warning, while a key
     an older version of the tool did not write (at its default here) is no difference."""
     from training.experiment import run
-    from utils.config import config_from_mapping
+    from training.validation import validated_config
 
     raw = {"name": "r", "output_dir": str(tmp_path), "device": "cpu",
            "data": {"name": "synthetic", "train_size": 500}, "model": {"hidden": [8]},
            "training": {"epochs": 1, "batch_size": 100},
            "evaluation": {"bootstrap_resamples": 0},
            "logging": {"progress": "never", "tensorboard": False, "wandb": {"mode": "disabled"}}}
-    run(config_from_mapping(raw))
+    run(validated_config(raw))
     stored_path = tmp_path / "r" / "config.yaml"
     stored = yaml.safe_load(stored_path.read_text())
     del stored["data"]["val_fraction"], stored["training"]["select"]  # as an older tool wrote it
     stored_path.write_text(yaml.safe_dump(stored))
     capsys.readouterr()
-    assert run(config_from_mapping(raw))["skipped"] is True
+    assert run(validated_config(raw))["skipped"] is True
     assert "warning" not in capsys.readouterr().err
     changed = {**raw, "training": {**raw["training"], "lr": 0.01}}
-    assert run(config_from_mapping(changed))["skipped"] is True
+    assert run(validated_config(changed))["skipped"] is True
     err = capsys.readouterr().err
     assert "differs in training.lr)" in err and "val_fraction" not in err

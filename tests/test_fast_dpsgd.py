@@ -176,12 +176,12 @@ def test_the_fast_engine_learns_what_opacus_learns(tmp_path):
     the run's identity, so the two draw other batches and noise (utils.seeding), and one seed's
     accuracy spreads over 0.48 to 0.66: only means over seeds compare."""
     from training import experiment
-    from utils.config import config_from_mapping
+    from training.validation import validated_config
 
     raw = yaml.safe_load(TINY)
     mean = {}
     for engine in ("fast", "opacus"):
-        accuracies = [experiment.run(config_from_mapping(
+        accuracies = [experiment.run(validated_config(
             {**raw, "seed": seed, "output_dir": str(tmp_path / engine),
              "name": f"seed{seed}", "privacy": {**raw["privacy"], "engine": engine}}))["test/accuracy"]
             for seed in range(6)]
@@ -191,11 +191,11 @@ def test_the_fast_engine_learns_what_opacus_learns(tmp_path):
 
 @pytest.mark.parametrize("method", ["none", "runner"])
 def test_a_resumed_fast_run_ends_identical(method):
-    from utils.config import config_from_mapping
+    from training.validation import validated_config
 
     raw = yaml.safe_load(TINY)
     raw["fairness"] = {"method": method, "mode": "eo"}
-    straight, resumed = straight_and_resumed(config_from_mapping(raw), units=3)
+    straight, resumed = straight_and_resumed(validated_config(raw), units=3)
     for a, b in zip(straight.base_model().parameters(), resumed.base_model().parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert resumed.private.steps == straight.private.steps == 36

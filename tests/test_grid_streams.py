@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from models import build_model
 from training.experiment import build_components
-from utils.config import config_from_mapping
+from training.validation import validated_config
 from utils.seeding import PAIRED_STREAMS_WARNING, identity_settings, run_identity, run_key
 
 FAMILY_WISE_ERROR = 1e-6
@@ -29,7 +29,7 @@ N, BATCH, LR, BOUND = 2000, 200, 0.1, 1.0  # q = 0.1: about 200 members a step
 
 
 def grid_point(*, share=0.3, noise=1.0, seed=0, paired=False, **top):
-    return config_from_mapping({
+    return validated_config({
         "seed": seed, **top,
         "data": {"name": "synthetic", "minority_share": share, "train_size": N},
         "model": {"name": "mlp", "hidden": [256]},
@@ -196,20 +196,20 @@ def test_the_same_point_run_twice_is_identical():
 def test_the_identity_holds_what_is_trained_and_nothing_else():
     base = grid_point()
     same = [grid_point(name="other"), grid_point(output_dir="elsewhere"), grid_point(device="cpu"),
-            config_from_mapping({**base.to_dict(), "logging": {"tensorboard": False},
+            validated_config({**base.to_dict(), "logging": {"tensorboard": False},
                                  "training": {**base.to_dict()["training"], "select": "last",
                                               "eval_batch_size": 17},
                                  "evaluation": {"bootstrap_resamples": 3}})]
     for config in same:
         assert run_identity(config) == run_identity(base)
     different = [grid_point(noise=0.5), grid_point(share=0.05),
-                 config_from_mapping({**base.to_dict(), "model": {"name": "mlp", "hidden": [128]}})]
+                 validated_config({**base.to_dict(), "model": {"name": "mlp", "hidden": [128]}})]
     for config in different:
         assert run_identity(config) != run_identity(base)
     assert run_key(grid_point(seed=1)) != run_key(base)
     # A method that only post-processes the scores trains Vanilla's model, on Vanilla's streams.
     def method(name, **settings):
-        return config_from_mapping({**base.to_dict(), "fairness": {"method": name, "mode": "dp", **settings}})
+        return validated_config({**base.to_dict(), "fairness": {"method": name, "mode": "dp", **settings}})
     assert run_identity(method("roc", roc={"theta": 0.7})) == run_identity(method("none"))
     assert run_identity(method("reweighing")) != run_identity(method("none"))
     assert run_identity(method("gapreg", gapreg={"lam": 0.5})) != run_identity(method("gapreg"))

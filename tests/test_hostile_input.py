@@ -208,16 +208,16 @@ def test_deep_nesting_error_is_quick(tmp_path, capsys):
 def test_yaml_features_still_work(tmp_path):
     """Anchors, aliases and merge keys within the bounds load as yaml.safe_load reads them, and a
     merged key may be overridden (YAML's merge semantics, not a duplicate)."""
-    from utils.loader import load_config
+    from training.validation import load_validated, validated_config
 
     path = tmp_path / "params.yaml"
     path.write_text("name: merged\ntraining:\n  <<: {lr: 0.01, epochs: 3}\n  lr: 0.02\n"
                     "model: &m {name: mlp, hidden: [16, 16]}\n")
-    config = load_config(path, ["model.hidden=[4, &h 4, *h]"])
+    config = load_validated(path, ["model.hidden=[4, &h 4, *h]"])
     assert config.training.lr == 0.02 and config.training.epochs == 3
     assert config.model.hidden == [4, 4, 4]
     path.write_text("{}\n")  # an explicit empty mapping still means every default
-    assert load_config(path) == ExperimentConfig()
+    assert load_validated(path) == validated_config({})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -502,7 +502,7 @@ def test_too_few_expected_clients_per_round_warns(tmp_path, capsys, rate, warned
 # A NUL in any string of the config (a path above all: the OS would refuse it mid-run)
 
 
-@pytest.mark.parametrize("key", ["data.root", "data.cache_dir", "model.weights", "name",
+@pytest.mark.parametrize("key", ["data.root", "data.celeba.cache_dir", "model.weights", "name",
                                  "logging.wandb.project"])
 def test_nul_in_any_string_key_is_refused(tmp_path, capsys, key):
     from utils.config import NUL_IN_STRING
@@ -569,7 +569,7 @@ def test_every_key_settable_in_a_file_is_settable_by_set_and_by_a_sweep(tmp_path
     a sweep as an unknown key. Every key of the resolved config (each method's settings included)
     now goes through --set and a sweep."""
     from grids.sweep import expand_grid
-    from utils.config import config_from_mapping
+    from training.validation import validated_config
     from utils.loader import apply_overrides
 
     def flat(mapping, prefix=""):
@@ -581,9 +581,9 @@ def test_every_key_settable_in_a_file_is_settable_by_set_and_by_a_sweep(tmp_path
 
     for key, value in flat(ExperimentConfig().to_dict()):
         text = yaml.safe_dump(value, default_flow_style=True, width=float("inf")).strip()
-        config_from_mapping(apply_overrides({}, [f"{key}={text}"]))
+        validated_config(apply_overrides({}, [f"{key}={text}"]))
     refused_before = "fairness.public_examples"
-    assert config_from_mapping(apply_overrides({}, [f"{refused_before}=100"])).fairness.public_examples == 100
+    assert validated_config(apply_overrides({}, [f"{refused_before}=100"])).fairness.public_examples == 100
     grid = expand_grid({"name": "g", "sweep": {refused_before: [100, None]}})
     assert [point.config.fairness.public_examples for point in grid.points] == [100, None]
     result = run_cli(tmp_path, capsys, TINY_RUN, f"{refused_before}=100")
@@ -714,7 +714,7 @@ def test_adult_with_a_missing_value_in_every_row_names_the_file(tmp_path, capsys
             out.append(", ".join(fields) + "\n")
         (root / name).write_text("".join(out))
     params = TINY_RUN.replace("{name: synthetic}", f"{{name: adult, root: {json.dumps(str(root))}, "
-                                                   f"protocol: {protocol}}}")
+                                                   f"adult: {{protocol: {protocol}}}}}")
     line = refused(tmp_path, capsys, params, needles=[str(root), ADULT_ALL_MISSING, "'?'"])
     assert "use one of ." not in line
 

@@ -16,7 +16,7 @@ from privacy.accounting import epsilon_after, epsilon_of_history
 from privacy.individual import ORDERS, epsilon_of_rdp, group_summary, individual_epsilons
 from tests.conftest import quiet_run
 from training.repair import METHODS
-from utils.config import config_from_mapping
+from training.validation import validated_config
 from utils.errors import ConfigError
 
 SIGMA, Q, STEPS, DELTA = 0.83, 1 / 89, 445, 1e-5
@@ -76,16 +76,16 @@ def test_the_conversion_is_opacus_get_privacy_spent():
 
 def test_config_ignores_it_when_non_private_and_needs_noise_and_a_positive_every():
     # A grid's non-private twins share the base config's setting: ignored there, like secure_rng.
-    non_private = config_from_mapping({"privacy": {"individual_accounting": True}})
+    non_private = validated_config({"privacy": {"individual_accounting": True}})
     assert not non_private.privacy.accounts_individuals
-    private = config_from_mapping({"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0,
+    private = validated_config({"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0,
                                                "individual_accounting": True}})
     assert private.privacy.accounts_individuals
     with pytest.raises(ConfigError, match="privacy.individual_accounting"):
-        config_from_mapping({"privacy": {"mode": "dpsgd", "noise_multiplier": 0.0,
+        validated_config({"privacy": {"mode": "dpsgd", "noise_multiplier": 0.0,
                                          "individual_accounting": True}})
     with pytest.raises(ConfigError, match="privacy.individual_every: got 0"):
-        config_from_mapping({"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0,
+        validated_config({"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0,
                                          "individual_every": 0}})
 
 
@@ -103,13 +103,13 @@ def test_dpsgd_refuses_exactly_the_methods_that_change_the_training_step(method)
                "privacy": {"mode": "dpsgd", "noise_multiplier": 1.0, "individual_accounting": True}}
     if (refusal := cls.refusal(method, "dpsgd")) is not None:  # refuses DP-SGD altogether
         with pytest.raises(ConfigError, match=re.escape(refusal)):
-            config_from_mapping(mapping)
+            validated_config(mapping)
         return
     if method in PLAIN_METHODS:
-        assert config_from_mapping(mapping).privacy.accounts_individuals
+        assert validated_config(mapping).privacy.accounts_individuals
         return
     with pytest.raises(ConfigError) as error:
-        config_from_mapping(mapping)
+        validated_config(mapping)
     message = str(error.value)
     assert message.startswith(f"privacy.individual_accounting does not support fairness.method "
                               f"{method!r} under DP-SGD")
@@ -118,7 +118,7 @@ def test_dpsgd_refuses_exactly_the_methods_that_change_the_training_step(method)
     # Under DP-FedAvg each client's pass trains with the method's own client loss: accepted.
     federated = {**mapping, "privacy": {**mapping["privacy"], "mode": "dpfedavg"}}
     if cls.refusal(method, "dpfedavg") is None:
-        assert config_from_mapping(federated).privacy.accounts_individuals
+        assert validated_config(federated).privacy.accounts_individuals
 
 
 def adult_run(tmp_path, name: str, *overrides: str) -> dict:

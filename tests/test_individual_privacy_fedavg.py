@@ -29,7 +29,7 @@ from tests.test_resume import reference_and_interrupted, without_time
 from training import experiment as experiment_module
 from training.federated import FederatedTrainer, draw_local_orders, local_updates_loop
 from training.repair import METHODS
-from utils.config import config_from_mapping
+from training.validation import validated_config
 
 
 def trainer_of(data, model=None, seed=0, **overrides) -> FederatedTrainer:
@@ -194,7 +194,7 @@ def test_individual_every_defaults_to_an_epochs_worth_of_rounds():
     from training.federated import build_federated_trainer
 
     data = synthetic_bundle(n=240)
-    config = config_from_mapping({
+    config = validated_config({
         "privacy": {"mode": "dpfedavg", "noise_multiplier": 1.0, "individual_accounting": True},
         "federated": {"num_clients": 12, "client_sample_rate": 0.3, "rounds": 5}})
     assert config.privacy.individual_every is None

@@ -173,13 +173,8 @@ def module_graph() -> dict[str, set[str]]:
     return graph
 
 
-# Known and being removed (issue 27, item 1): utils/config.py looks names up in the registries of
-# training, privacy and dataset by importlib, an import upward that the source does not spell.
-KNOWN = ("utils/config.py:",)
-
-
 def test_no_module_imports_from_a_layer_above_it():
-    assert [p for p in layer_violations() if not p.startswith(KNOWN)] == []
+    assert layer_violations() == []
 
 
 def test_no_import_cycle_between_packages():

@@ -10,10 +10,9 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, cli_args, run_running_py
-from utils.config import config_from_mapping
+from training.validation import load_validated, validated_config
 from utils.errors import ConfigError
 from utils.legacy import is_legacy, translate, translate_legacy
-from utils.loader import load_config
 
 FIXTURE = ROOT / "tests" / "fixtures" / "params_celeba_original.yaml"
 HEADER = "is in the flat params format of the original code"
@@ -28,8 +27,9 @@ data:
   protected: Male
   minority_value: "1"
   train_size: 24000
-  test_size: 6000
-  split: protocol
+  celeba:
+    test_size: 6000
+    split: protocol
 model:
   name: resnet18
 training:
@@ -62,14 +62,14 @@ def write(tmp_path: Path, mapping: dict, name: str = "old_params.yaml") -> Path:
 def test_fixture_loads_to_the_same_config_as_its_hand_written_nested_equivalent(tmp_path, capsys):
     nested = tmp_path / "params_celeba_original.yaml"  # same stem: the run name comes from it
     nested.write_text(NESTED_EQUIVALENT)
-    expected = load_config(nested)
+    expected = load_validated(nested)
     assert capsys.readouterr().err == ""  # a nested file is not translated
-    assert load_config(FIXTURE) == expected
+    assert load_validated(FIXTURE) == expected
     assert expected.privacy.max_grad_norm == 5.0 and expected.data.minority_value == "1"
 
 
 def test_the_nested_yaml_is_printed_once_and_itself_loads_to_the_same_config(tmp_path, capsys):
-    config = load_config(FIXTURE)
+    config = load_validated(FIXTURE)
     captured = capsys.readouterr()
     assert captured.out == ""  # stdout stays the run's own
     err = captured.err
@@ -79,7 +79,7 @@ def test_the_nested_yaml_is_printed_once_and_itself_loads_to_the_same_config(tmp
     printed = "\n".join(err.splitlines()[1:])
     saved = tmp_path / "params_celeba_original.yaml"
     saved.write_text(printed)
-    assert load_config(saved) == config
+    assert load_validated(saved) == config
     assert capsys.readouterr().err == ""  # the printed file is nested: no second translation
 
 
@@ -110,7 +110,7 @@ def test_microbatches_are_not_warned_about_without_dp():
 
 def test_multi_gpu_true_is_named_in_a_stderr_warning(tmp_path, capsys):
     path = write(tmp_path, flat() | {"multi_gpu": True, "num_microbatches": 4})
-    load_config(path)
+    load_validated(path)
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 2
     assert warnings[0].startswith("warning: num_microbatches: 4 is not per-example")
@@ -148,7 +148,7 @@ def test_unreadable_values_and_synonyms_are_errors():
 
 
 def test_dp_false_gives_mode_none_and_keeps_s_and_z_for_the_twin():
-    config = config_from_mapping(translate(flat() | {"dp": False}).mapping)
+    config = validated_config(translate(flat() | {"dp": False}).mapping)
     assert config.privacy.mode == "none" and not config.privacy.private
     assert config.privacy.noise_multiplier == 0.7  # flipping the mode back gives the private twin
 
@@ -157,26 +157,26 @@ def test_remaining_keys_map_to_their_nested_names():
     raw = {"dataset": "celeba", "selected_attr": "Blond_Hair", "protected_attr": "Young", "ratio": 0.01,
            "data_path": "/data/celeba", "image_size": 64, "seed": 7, "delta": 1e-5,
            "optimizer": "SGD", "model": "resnet18"}
-    config = config_from_mapping(translate(raw).mapping)
+    config = validated_config(translate(raw).mapping)
     assert (config.data.target, config.data.protected, config.data.minority_value) == ("Blond_Hair", "Young", "1")
     assert config.data.minority_share == 0.01 and config.data.root == "/data/celeba"
-    assert config.data.image_size == 64 and config.seed == 7
+    assert config.data.settings.image_size == 64 and config.seed == 7
     assert config.privacy.delta == 1e-5  # given, so the paper's 1e-6 is not filled in
     assert config.training.optimizer == "sgd" and config.model.name == "resnet18"
 
 
 def test_paper_defaults_only_for_celeba():
-    config = config_from_mapping(translate({"dataset": "adult", "lr": 0.01}).mapping)
+    config = validated_config(translate({"dataset": "adult", "lr": 0.01}).mapping)
     assert config.data.name == "adult" and config.data.train_size is None
     assert config.privacy.delta == 1e-5 and config.training.lr == 0.01
 
 
 def test_set_overrides_apply_after_translation(capsys):
-    config = load_config(FIXTURE, ["training.epochs=1", "privacy.noise_multiplier=1.5"])
+    config = load_validated(FIXTURE, ["training.epochs=1", "privacy.noise_multiplier=1.5"])
     assert config.training.epochs == 1 and config.privacy.noise_multiplier == 1.5
     assert config.training.batch_size == 32  # the rest is the file's
     with pytest.raises(ConfigError, match="unknown config key 'epochs'"):
-        load_config(FIXTURE, ["epochs=1"])  # overrides use nested keys, not flat ones
+        load_validated(FIXTURE, ["epochs=1"])  # overrides use nested keys, not flat ones
 
 
 def test_translate_legacy_writes_to_the_given_stream_and_returns_the_mapping():

@@ -10,7 +10,7 @@ import torch
 from dataset.base import gather_rows, place_inputs
 from tests.test_configs import ROOT, deep_merge
 from training.experiment import run
-from utils.config import config_from_mapping
+from training.validation import validated_config
 from utils.loader import apply_overrides, read_yaml
 
 
@@ -45,7 +45,7 @@ def test_a_run_with_its_inputs_on_the_host_equals_one_with_them_on_the_gpu(tmp_p
     summaries = {}
     for share in (0.5, 0.0):
         monkeypatch.setattr("dataset.base.DEVICE_DATA_SHARE", share)
-        config = config_from_mapping(apply_overrides(raw, [*overrides, f"name=share{share}"]))
+        config = validated_config(apply_overrides(raw, [*overrides, f"name=share{share}"]))
         summaries[share] = run(config)
     assert summaries[0.0]["privacy/epsilon"] == summaries[0.5]["privacy/epsilon"]
     # Same seed, same batches, same noise; GPU kernels with atomics may still differ in the last bits.

@@ -29,15 +29,15 @@ from dataset.german import SHIPPED_GERMAN_DIR
 from dataset.preprocessing import FITTED_UNDER_PRIVACY, PublicRange
 from tests.conftest import main_on_yaml
 from tests.lsac_fake import make_fake_lsac
-from utils.config import config_from_mapping
+from training.validation import validated_config
 from utils.sink import PREPROCESSING_FILE
 
 
 def config(name: str, root: Path, *, mode: str = "dpsgd", preprocessing: str = "auto", **data):
     privacy = {"mode": mode, "noise_multiplier": 1.0} if mode != "none" else {"mode": "none"}
-    if data.get("protocol") == "runner":
+    if data.get("adult", {}).get("protocol") == "runner":
         data["validation_public"] = True
-    return config_from_mapping({
+    return validated_config({
         "data": {"name": name, "root": str(root), "minority_share": None,
                  "preprocessing": preprocessing, **data},
         "privacy": privacy,
@@ -116,7 +116,7 @@ def lsac_copy(directory: Path, edit: bool) -> Path:
 
 SOURCES = {
     "adult": (lambda d, edit: adult_copy(d, edit_adult if edit else None), {}),
-    "adult_runner": (lambda d, edit: adult_copy(d, edit_adult if edit else None), {"protocol": "runner"}),
+    "adult_runner": (lambda d, edit: adult_copy(d, edit_adult if edit else None), {"adult": {"protocol": "runner"}}),
     "compas": (compas_copy, {"target": "two_year_recid", "protected": "sex"}),
     "german": (german_copy, {"target": "bad_credit", "protected": "sex"}),
     "lsac": (lsac_copy, {"target": "pass_bar", "protected": "sex"}),
@@ -245,9 +245,9 @@ def test_the_preprocessing_key_is_for_tabular_data_only():
     from utils.errors import ConfigError
 
     with pytest.raises(ConfigError, match="data.preprocessing"):
-        check_data_keys(config_from_mapping({"data": {"name": "synthetic", "preprocessing": "public"}}))
+        check_data_keys(validated_config({"data": {"name": "synthetic", "preprocessing": "public"}}))
     with pytest.raises(ConfigError, match="data.preprocessing"):
-        config_from_mapping({"data": {"preprocessing": "standardized"}})
+        validated_config({"data": {"preprocessing": "standardized"}})
 
 
 def test_a_finished_private_run_from_before_preprocessing_existed_is_named_fitted(tmp_path, capsys):
@@ -264,21 +264,21 @@ def test_a_finished_private_run_from_before_preprocessing_existed_is_named_fitte
            "privacy": {"mode": "dpsgd", "noise_multiplier": 1.0},
            "evaluation": {"bootstrap_resamples": 0},
            "logging": {"progress": "never", "tensorboard": False, "wandb": {"mode": "disabled"}}}
-    run(config_from_mapping(raw))
+    run(validated_config(raw))
     stored_path = tmp_path / "old" / "config.yaml"
     stored = yaml.safe_load(stored_path.read_text())
     del stored["data"]["preprocessing"]  # as the tool wrote it before
     stored_path.write_text(yaml.safe_dump(stored))
     capsys.readouterr()
-    assert run(config_from_mapping(raw))["skipped"] is True
+    assert run(validated_config(raw))["skipped"] is True
     assert "differs in data.preprocessing" in capsys.readouterr().err
     # A non-private one preprocessed as auto still does: no difference.
     non_private = {**raw, "name": "old_np", "privacy": {"mode": "none"}}
-    run(config_from_mapping(non_private))
+    run(validated_config(non_private))
     stored_path = tmp_path / "old_np" / "config.yaml"
     stored = yaml.safe_load(stored_path.read_text())
     del stored["data"]["preprocessing"]
     stored_path.write_text(yaml.safe_dump(stored))
     capsys.readouterr()
-    assert run(config_from_mapping(non_private))["skipped"] is True
+    assert run(validated_config(non_private))["skipped"] is True
     assert "warning" not in capsys.readouterr().err

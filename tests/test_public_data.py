@@ -18,13 +18,13 @@ from training.base import PUBLIC_DATA_KEY, public_data_facts
 from training.experiment import build_components
 from training.repair import METHODS
 from training.repair.base import PublicForm, RepairMethod
-from utils.config import VALIDATION_NOT_DECLARED, config_from_mapping
+from training.validation import VALIDATION_NOT_DECLARED, validated_config
 from utils.errors import ConfigError
 
 
 def point(method: str, mode: str, *, val_fraction=0.1, select="last", **data):
     privacy = {"mode": mode, "noise_multiplier": 1.0} if mode != "none" else {"mode": "none"}
-    return config_from_mapping({
+    return validated_config({
         "data": {"name": "synthetic", "minority_share": 0.2, "train_size": 1000,
                  "val_fraction": val_fraction, "validation_public": True, **data},
         "model": {"name": "mlp", "hidden": [8]},
@@ -78,21 +78,21 @@ def test_without_a_validation_split_none_is_listed():
 @pytest.mark.parametrize("mode, source", [("dpsgd", "public"), ("none", "fitted")])
 def test_the_preprocessing_source_follows_data_preprocessing(mode, source):
     privacy = {"mode": mode, "noise_multiplier": 1.0} if mode != "none" else {"mode": "none"}
-    config = config_from_mapping({"data": {"name": "adult", "train_size": 2000}, "privacy": privacy,
+    config = validated_config({"data": {"name": "adult", "train_size": 2000}, "privacy": privacy,
                                   "model": {"name": "mlp", "hidden": [8]}})
     assert facts_of(config)["preprocessing"]["source"] == source
 
 
 @pytest.mark.parametrize("data, where", [({"val_fraction": 0.1}, "data.val_fraction: 0.1"),
-                                         ({"name": "adult", "protocol": "runner"}, "data.protocol: runner")])
+                                         ({"name": "adult", "adult": {"protocol": "runner"}}, "data.adult.protocol: runner")])
 @pytest.mark.parametrize("mode", ["dpsgd", "dpfedavg"])
 def test_a_private_run_must_declare_its_validation_split_public(data, where, mode):
     raw = {"data": {"name": "synthetic", **data}, "privacy": {"mode": mode, "noise_multiplier": 1.0}}
     with pytest.raises(ConfigError) as error:
-        config_from_mapping(raw)
+        validated_config(raw)
     assert str(error.value) == VALIDATION_NOT_DECLARED.format(mode=mode, where=where)
-    config_from_mapping({**raw, "data": {**raw["data"], "validation_public": True}})
-    config_from_mapping({**raw, "privacy": {"mode": "none"}})  # nothing to declare without privacy
+    validated_config({**raw, "data": {**raw["data"], "validation_public": True}})
+    validated_config({**raw, "privacy": {"mode": "none"}})  # nothing to declare without privacy
 
 
 TINY = """

@@ -23,7 +23,7 @@ import torch
 from scipy import signal, stats
 
 from training.experiment import build_components
-from utils.config import config_from_mapping
+from training.validation import validated_config
 from utils.seeding import DATA_STREAMS, STREAMS, RunStreams, stream_seed, torch_generator
 
 FAMILY_WISE_ERROR = 1e-6
@@ -54,7 +54,7 @@ def assert_no_alignment(suspicious: np.ndarray, p0: float, masks: list[np.ndarra
 
 def dpsgd_config(engine="opacus", **privacy):
     """The streams' test run; the Opacus engine by default, whose optimizer the recording wraps."""
-    return config_from_mapping({
+    return validated_config({
         "seed": 0,
         # 5,000 examples at q = 0.1: about 500 members a step, so that an alignment stands far
         # above chance; 1,024 hidden units: a noise block longer than the example count.
@@ -191,7 +191,7 @@ def test_streams_are_distinct_and_stable():
 
 
 def fedavg_config(**privacy):
-    return config_from_mapping({
+    return validated_config({
         "seed": 0,
         "data": {"name": "synthetic", "minority_share": 0.2, "train_size": 2000},
         "model": {"name": "mlp", "hidden": [256]},

@@ -1,7 +1,7 @@
 """Every list of names has one owner, the registry that builds the named things; and the
 ``Trainer`` protocol names everything the run loop reads from a trainer.
 
-The config checks a name by asking its registry (``utils.config.NAME_REGISTRIES``), so these tests
+The config checks a name by asking its registry (``training.validation.NAME_REGISTRIES``), so these tests
 are parametrized over the registries themselves: a newly registered entry is tested by being
 registered, and no list of valid names is written out here either.
 """
@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from dataset import DATASETS
 from dataset.celeba_split import SPLITS
+from models import MODELS
 from privacy import ENGINES
 from privacy.clipping import RULES
 from training import TRAINERS
@@ -24,15 +26,15 @@ from training.experiment import build_components
 from training.optim import OPTIMIZERS
 from training.partition import PARTITIONS
 from training.repair import METHODS
-from utils.config import NAME_REGISTRIES, config_from_mapping, registry_of
+from training.validation import NAME_REGISTRIES, validated_config
 from utils.errors import ConfigError
 from utils.registry import CLOSE_MATCH, UNKNOWN_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # The registries whose names are the valid values of a config key, by that key.
-NAMED = {registry.config_key: registry for registry in (SPLITS, OPTIMIZERS, TRAINERS, PARTITIONS, METHODS, ENGINES,
-                                                             BATCHES, RULES)}
+NAMED = {registry.config_key: registry for registry in (DATASETS, MODELS, OPTIMIZERS, TRAINERS, PARTITIONS, METHODS,
+                                                             ENGINES, BATCHES, RULES)}
 # Under a private privacy.mode the config needs a noise level; a non-private run ignores it.
 BASE = {"privacy": {"noise_multiplier": 1.0}}
 # A clipping rule other than flat needs DP-SGD (every rule runs under it).
@@ -48,13 +50,13 @@ def with_value(key: str, value: object) -> dict:
 def test_the_config_asks_exactly_these_registries():
     assert set(NAME_REGISTRIES) == set(NAMED)
     for key, registry in NAMED.items():
-        assert registry_of(key) is registry
+        assert NAME_REGISTRIES[key] is registry
 
 
 @pytest.mark.parametrize(("key", "name"), [(key, name) for key, registry in NAMED.items()
                                            for name in registry.names()])
 def test_every_registered_name_is_accepted(key, name):
-    config = config_from_mapping(with_value(key, name))
+    config = validated_config(with_value(key, name))
     section, field = key.split(".")
     assert getattr(getattr(config, section), field) == name
 
@@ -63,10 +65,10 @@ def test_every_registered_name_is_accepted(key, name):
 def test_a_newly_registered_name_is_accepted(key, monkeypatch):
     registry = NAMED[key]
     with pytest.raises(ConfigError):
-        config_from_mapping(with_value(key, "zz_newly_registered"))
+        validated_config(with_value(key, "zz_newly_registered"))
     # Filed under a new name (any existing entry will do): the config accepts it, with no other edit.
     monkeypatch.setitem(registry._entries, "zz_newly_registered", registry.get(registry.names()[0]))
-    config = config_from_mapping(with_value(key, "zz_newly_registered"))
+    config = validated_config(with_value(key, "zz_newly_registered"))
     section, field = key.split(".")
     assert getattr(getattr(config, section), field) == "zz_newly_registered"
 
@@ -75,7 +77,7 @@ def test_a_newly_registered_name_is_accepted(key, monkeypatch):
 def test_an_unknown_name_lists_exactly_the_registered_ones(key):
     registry = NAMED[key]
     with pytest.raises(ConfigError) as error:
-        config_from_mapping(with_value(key, "qqq"))
+        validated_config(with_value(key, "qqq"))
     assert str(error.value) == UNKNOWN_NAME.format(key=key, kind=registry.kind, name="qqq", hint="",
                                                    valid=", ".join(registry.names()))
 
@@ -85,11 +87,23 @@ def test_a_misspelt_name_names_the_closest(key):
     registry = NAMED[key]
     name = registry.names()[-1]
     with pytest.raises(ConfigError) as error:
-        config_from_mapping(with_value(key, name + "x"))
+        validated_config(with_value(key, name + "x"))
     message = str(error.value)
     assert message.startswith(f"{key}: ")
     assert CLOSE_MATCH.format(close=name) in message
     assert message.endswith(f"Valid values: {', '.join(registry.names())}.")
+
+
+def test_a_celeba_split_is_checked_by_its_registry():
+    # A key of CelebA's own settings (data.celeba.split, dataset.celeba.CelebASettings): every
+    # registered split is accepted, another is refused with the registry's line.
+    for name in SPLITS.names():
+        config = validated_config({"data": {"name": "celeba", "celeba": {"split": name}}})
+        assert config.data.settings.split == name
+    with pytest.raises(ConfigError) as error:
+        validated_config({"data": {"name": "celeba", "celeba": {"split": "qqq"}}})
+    assert str(error.value) == UNKNOWN_NAME.format(key=SPLITS.config_key, kind=SPLITS.kind, name="qqq",
+                                                   hint="", valid=", ".join(SPLITS.names()))
 
 
 def test_an_unknown_partition_is_refused_by_the_partitioner_too():
@@ -114,7 +128,7 @@ def protocol_members() -> set[str]:
 
 def tiny_config(mode: str):
     private = {} if mode == "none" else {"noise_multiplier": 1.0}
-    return config_from_mapping({
+    return validated_config({
         "data": {"name": "synthetic", "minority_share": 0.2, "train_size": 200},
         "model": {"name": "mlp", "hidden": [4]},
         "training": {"epochs": 1, "batch_size": 20, "optimizer": "sgd", "lr": 0.1},

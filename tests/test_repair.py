@@ -38,10 +38,10 @@ from training.repair.runner import (
     neuron_layers,
     selected_count,
 )
+from training.validation import load_validated, validated_config
 from utils import fairness
-from utils.config import ModelConfig, config_from_mapping
+from utils.config import ModelConfig
 from utils.errors import ConfigError
-from utils.loader import load_config
 from utils.sink import read_predictions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -275,28 +275,28 @@ def test_sound_methods_run_under_dpsgd(tmp_path, method):
 def test_method_settings_are_strict_config_keys(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(TINY)
-    config = load_config(params, ["fairness.method=runner", "fairness.runner.neuron_ratio=0.05",
+    config = load_validated(params, ["fairness.method=runner", "fairness.runner.neuron_ratio=0.05",
                                   "fairness.runner.lam=1.0", "fairness.mode=eo"])
     assert config.fairness.settings == RunnerSettings(lam=1.0, neuron_ratio=0.05)
     assert config.to_dict()["fairness"] == {"method": "runner", "mode": "eo",
                                             "public_examples": 2000,
                                             "runner": {"lam": 1.0, "neuron_ratio": 0.05}}
     # The resolved dict builds the same config again (config.yaml round trip).
-    assert config_from_mapping(config.to_dict()) == config
+    assert validated_config(config.to_dict()) == config
     method = build_method(config)
     assert isinstance(method, Runner) and method.target == "eo"
     with pytest.raises(ConfigError, match=r"fairness\.runner\.neuron_ratio.*share in \(0, 1\]"):
-        load_config(params, ["fairness.method=runner", "fairness.runner.neuron_ratio=0"])
+        load_validated(params, ["fairness.method=runner", "fairness.runner.neuron_ratio=0"])
     with pytest.raises(ConfigError, match=r"unknown config key 'fairness\.runner\.lamda'.*"
                                           r"Did you mean 'fairness\.runner\.lam'"):
-        load_config(params, ["fairness.runner.lamda=1"])
+        load_validated(params, ["fairness.runner.lamda=1"])
     with pytest.raises(ConfigError, match=r"unknown config key 'fairness\.runer'.*"
                                           r"Did you mean 'fairness\.runner'"):
-        load_config(params, ["fairness.runer.lam=1"])
+        load_validated(params, ["fairness.runer.lam=1"])
     with pytest.raises(ConfigError, match=r"fairness\.method: unknown fairness method 'runer'"):
-        load_config(params, ["fairness.method=runer"])
+        load_validated(params, ["fairness.method=runer"])
     with pytest.raises(ConfigError, match=r"fairness\.mode"):
-        load_config(params, ["fairness.mode=eodds"])
+        load_validated(params, ["fairness.mode=eodds"])
 
 
 def test_adversarial_trains_its_adversary_and_changes_the_model(tmp_path):
@@ -306,7 +306,7 @@ def test_adversarial_trains_its_adversary_and_changes_the_model(tmp_path):
     params.write_text(TINY)
     models = {}
     for lam in (0.0, 2.0):
-        config = load_config(params, ["fairness.method=adversarial",
+        config = load_validated(params, ["fairness.method=adversarial",
                                       f"fairness.adversarial.lam={lam}",
                                       "fairness.adversarial.adversary_lr=0.01"])
         _, _, trainer = build_components(config, torch.device("cpu"))
@@ -419,8 +419,8 @@ def fake_celeba_root(tmp_path_factory):
 def test_every_method_on_the_fake_celeba(tmp_path, capsys, fake_celeba_root, method):
     overrides = ["data.name=celeba", f"data.root={fake_celeba_root}", "data.target=Wavy_Hair",
                  "data.protected=Male", "data.minority_value=1", "data.minority_share=null",
-                 "data.train_size=80", "data.test_size=40", "data.image_size=64",
-                 f"data.cache_dir={tmp_path / 'cache'}", "model.name=cnn", "model.width=8",
+                 "data.train_size=80", "data.celeba.test_size=40", "data.celeba.image_size=64",
+                 f"data.celeba.cache_dir={tmp_path / 'cache'}", "model.name=cnn", "model.width=8",
                  "training.epochs=1", "training.batch_size=16", f"fairness.method={method}"]
     code = run_cli(tmp_path, *overrides)
     if method in IMAGE_REFUSALS:

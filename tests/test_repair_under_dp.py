@@ -462,12 +462,12 @@ def test_a_resumed_run_counts_every_release_it_drew(tmp_path, secure):
     """A seeded run redraws the same release on resume (one release); a secure_rng run cannot, so
     the release before the interruption and the new one are both composed into ε."""
     from training.experiment import build_components
-    from utils.config import config_from_mapping
+    from training.validation import validated_config
 
     raw = yaml.safe_load(TINY)
     raw["fairness"] = {"method": "reweighing"}
     raw["privacy"]["secure_rng"] = secure
-    config = config_from_mapping(raw)
+    config = validated_config(raw)
     _, _, first = build_components(config, torch.device("cpu"))
     state = first.state_dict()
     _, _, resumed = build_components(config, torch.device("cpu"))

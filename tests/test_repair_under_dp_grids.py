@@ -64,7 +64,7 @@ def test_celeba_study_is_the_papers_setting_with_four_methods():
     assert {c.data.minority_share for c in configs} == {0.1, 0.01}
     for config in configs:
         assert config.data.target == "Smiling" and config.data.protected == "Male"
-        assert config.data.minority_value == "1" and config.data.image_size == 64
+        assert config.data.minority_value == "1" and config.data.settings.image_size == 64
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ import yaml
 from tests.conftest import read_jsonl, running_py
 from training import checkpoint
 from training import experiment as experiment_module
-from utils.config import config_from_mapping
+from training.validation import validated_config
 
 # Slow enough (a few tenths of a second per epoch on the CPU) that the test can kill it mid-way.
 DPSGD = {
@@ -156,9 +156,9 @@ def run_until_interrupted(config, monkeypatch, *, after: int) -> None:
 def reference_and_interrupted(raw: dict, tmp_path, monkeypatch, *, after: int):
     """The run of ``raw`` uninterrupted (its summary, under tmp_path/reference) and the same run
     under tmp_path/resumed stopped right after unit ``after``: (reference, config, run_dir)."""
-    reference = experiment_module.run(config_from_mapping(
+    reference = experiment_module.run(validated_config(
         {**raw, "output_dir": str(tmp_path / "reference")}))
-    config = config_from_mapping({**raw, "output_dir": str(tmp_path / "resumed")})
+    config = validated_config({**raw, "output_dir": str(tmp_path / "resumed")})
     run_until_interrupted(config, monkeypatch, after=after)
     return reference, config, experiment_module.run_directory(config)
 
@@ -179,8 +179,8 @@ def test_dpfedavg_run_interrupted_mid_way_resumes_to_the_uninterrupted_result(tm
 
 
 def test_truncated_last_checkpoint_falls_back_to_previous(tmp_path, monkeypatch, capsys):
-    config = config_from_mapping({**FEDAVG, "output_dir": str(tmp_path / "runs")})
-    reference = experiment_module.run(config_from_mapping(
+    config = validated_config({**FEDAVG, "output_dir": str(tmp_path / "runs")})
+    reference = experiment_module.run(validated_config(
         {**FEDAVG, "output_dir": str(tmp_path / "reference")}))
     run_dir = experiment_module.run_directory(config)
     run_until_interrupted(config, monkeypatch, after=7)  # checkpoints after rounds 2, 4, 6: last = 6, previous = 4
@@ -197,7 +197,7 @@ def test_truncated_last_checkpoint_falls_back_to_previous(tmp_path, monkeypatch,
 
 
 def test_no_usable_checkpoint_starts_afresh_with_a_warning(tmp_path, monkeypatch, capsys):
-    config = config_from_mapping({**FEDAVG, "output_dir": str(tmp_path / "runs")})
+    config = validated_config({**FEDAVG, "output_dir": str(tmp_path / "runs")})
     run_dir = experiment_module.run_directory(config)
     run_until_interrupted(config, monkeypatch, after=5)
     for name in ("last.pt", "previous.pt"):
@@ -211,10 +211,10 @@ def test_no_usable_checkpoint_starts_afresh_with_a_warning(tmp_path, monkeypatch
 
 
 def test_changed_config_starts_afresh(tmp_path, monkeypatch, capsys):
-    config = config_from_mapping({**FEDAVG, "output_dir": str(tmp_path / "runs")})
+    config = validated_config({**FEDAVG, "output_dir": str(tmp_path / "runs")})
     run_dir = experiment_module.run_directory(config)
     run_until_interrupted(config, monkeypatch, after=5)
-    changed = config_from_mapping({**FEDAVG, "output_dir": str(tmp_path / "runs"),
+    changed = validated_config({**FEDAVG, "output_dir": str(tmp_path / "runs"),
                                    "privacy": {**FEDAVG["privacy"], "noise_multiplier": 2.0}})
     assert not checkpoint.saved_config_matches(run_dir, changed)
     capsys.readouterr()

@@ -123,12 +123,12 @@ def test_lambda_grid_runs_each_method_and_lambda_once_per_cell():
 SHRINK = ["training.epochs=1", "training.steps_per_epoch=5", "evaluation.bootstrap_resamples=20",
           "logging.tensorboard=false", "logging.wandb.mode=disabled", "logging.progress=never"]
 DATA_SHRINK = {
-    "runner_adult": ["data.protocol=official", "data.train_size=1500", "data.minority_share=0.3",
+    "runner_adult": ["data.adult.protocol=official", "data.train_size=1500", "data.minority_share=0.3",
                      "data.val_fraction=0.2"],
     "runner_compas": [],
     "runner_german": [],
     "runner_lsac": [],
-    "runner_celeba": ["data.train_size=80", "data.test_size=40", "data.image_size=64",
+    "runner_celeba": ["data.train_size=80", "data.celeba.test_size=40", "data.celeba.image_size=64",
                       "model.name=cnn", "model.width=8"],
 }
 
@@ -159,7 +159,7 @@ def test_points_of_each_grid_run_end_to_end(tmp_path, fake_roots, name):
         if name in fake_roots:
             overrides.append(f"data.root={fake_roots[name]}")
         if name == "runner_celeba":
-            overrides += [f"data.cache_dir={tmp_path / 'cache'}", "training.batch_size=16"]
+            overrides += [f"data.celeba.cache_dir={tmp_path / 'cache'}", "training.batch_size=16"]
         if name in ("runner_adult", "runner_compas", "runner_lsac"):
             overrides.append("training.batch_size=100")
         # The point's resolved config as a params file, shrunk, through the command line.

@@ -27,7 +27,7 @@ from training.stacking import (
     runtime_signature,
     stack_key,
 )
-from utils.config import config_from_mapping
+from training.validation import validated_config
 from utils.sink import read_predictions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ NON_PRIVATE_SHORT_LAST = [merged(point, {"training": {"batch_size": 150}}) for p
 
 
 def configs(points: list[dict], output: Path, **extra) -> list:
-    return [config_from_mapping(merged(merged(BASE, point), {"name": f"run{i}",
+    return [validated_config(merged(merged(BASE, point), {"name": f"run{i}",
                                                              "output_dir": str(output), **extra}))
             for i, point in enumerate(points)]
 
@@ -217,11 +217,11 @@ def test_an_interrupted_stack_resumes_run_by_run_to_the_uninterrupted_result(tmp
 
 def test_plan_stacks_groups_points_that_differ_only_in_the_stacked_keys(tmp_path):
     runs = configs(POINTS + NON_PRIVATE, tmp_path)
-    fedavg = config_from_mapping(merged(BASE, {"privacy": {"mode": "dpfedavg",
+    fedavg = validated_config(merged(BASE, {"privacy": {"mode": "dpfedavg",
                                                            "noise_multiplier": 1.0}}))
-    opacus = config_from_mapping(merged(BASE, {"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0,
+    opacus = validated_config(merged(BASE, {"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0,
                                                            "engine": "opacus"}}))
-    wider = config_from_mapping(merged(BASE, {"model": {"name": "mlp", "hidden": [32]},
+    wider = validated_config(merged(BASE, {"model": {"name": "mlp", "hidden": [32]},
                                               "privacy": {"mode": "dpsgd",
                                                           "noise_multiplier": 1.0}}))
     plan = plan_stacks([*runs, fedavg, opacus, wider], size=2)

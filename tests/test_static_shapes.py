@@ -233,13 +233,13 @@ def trained(overrides: dict):
     import yaml
 
     from training.experiment import build_components
-    from utils.config import config_from_mapping
+    from training.validation import validated_config
 
     raw = yaml.safe_load(TINY)
     for dotted, value in overrides.items():
         section, key = dotted.split(".")
         raw[section][key] = value
-    _, _, trainer = build_components(config_from_mapping(raw), torch.device("cpu"))
+    _, _, trainer = build_components(validated_config(raw), torch.device("cpu"))
     metrics = [trainer.train_unit(unit) for unit in range(trainer.units)]
     return trainer, metrics
 
@@ -268,11 +268,11 @@ def test_a_resumed_padded_bf16_run_ends_identical():
     import yaml
 
     from tests.conftest import straight_and_resumed
-    from utils.config import config_from_mapping
+    from training.validation import validated_config
 
     raw = yaml.safe_load(TINY)
     raw["training"].update(pad_batches=True, physical_batch_size=96, precision="bf16")
-    straight, resumed = straight_and_resumed(config_from_mapping(raw), units=3)
+    straight, resumed = straight_and_resumed(validated_config(raw), units=3)
     for a, b in zip(straight.base_model().parameters(), resumed.base_model().parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert resumed.private.steps == straight.private.steps == 36
@@ -315,8 +315,8 @@ def test_a_compiled_padded_run_trains_the_eager_runs_model():
 def test_the_options_refuse_where_they_cannot_apply(overrides, message):
     import yaml
 
-    from utils import config as config_module
-    from utils.config import config_from_mapping
+    from training import validation as config_module
+    from training.validation import validated_config
     from utils.errors import ConfigError
 
     raw = yaml.safe_load(TINY)
@@ -324,7 +324,7 @@ def test_the_options_refuse_where_they_cannot_apply(overrides, message):
         section, key = dotted.split(".")
         raw[section][key] = value
     with pytest.raises(ConfigError) as error:
-        config_from_mapping(raw)
+        validated_config(raw)
     text = str(error.value)
     if message.isupper():  # a message constant: its fixed start
         assert text.startswith(getattr(config_module, message).split("{")[0])

@@ -180,7 +180,7 @@ def test_runner_grid_expands_every_method_and_target_with_its_own_settings(tmp_p
     assert methods == set(METHODS)  # every registered method
     for point in grid.points:
         config = point.config
-        assert config.data.protocol == "runner" and config.training.steps_per_epoch == 100
+        assert config.data.settings.protocol == "runner" and config.training.steps_per_epoch == 100
         assert config.training.select == {"dp": "best_val_dp_gap",
                                           "eo": "best_val_eodds_gap"}[config.fairness.mode]
         assert config.training.batch_size == {"dp": 1000, "eo": 2000}[config.fairness.mode]

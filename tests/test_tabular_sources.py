@@ -44,7 +44,7 @@ from dataset.tabular_files import (
     SHIPPED_MISSING,
 )
 from tests.lsac_fake import USED, make_fake_lsac
-from utils.config import config_from_mapping
+from training.validation import validated_config
 from utils.errors import ConfigError, DataError
 
 COMPAS_GZ = SHIPPED_COMPAS_DIR / "compas-scores-two-years.csv.gz"
@@ -83,7 +83,7 @@ def compas_sex():
 
 def config(name, **data):
     targets = {"compas": "two_year_recid", "german": "bad_credit", "lsac": "pass_bar"}
-    return config_from_mapping({
+    return validated_config({
         "name": f"t_{name}", "seed": data.pop("seed", 0), "device": "cpu", "training": {"batch_size": 64},
         "data": {"name": name, "target": targets[name], **data},
     })
@@ -359,13 +359,13 @@ def test_corrupted_shipped_copy(tmp_path):
 
 def test_wrong_target_names_the_fix():
     with pytest.raises(ConfigError, match=UNKNOWN_TARGET) as error:
-        build_dataset(config_from_mapping({"name": "t", "data": {"name": "compas"}}))  # DataConfig's default
+        build_dataset(validated_config({"name": "t", "data": {"name": "compas"}}))  # DataConfig's default
     message = str(error.value)
     assert ADULT_DEFAULT_TARGET in message and "target: two_year_recid" in message
     with pytest.raises(ConfigError, match="'bad_credit' only"):
-        build_dataset(config_from_mapping({"name": "t", "data": {"name": "german", "target": "credit"}}))
+        build_dataset(validated_config({"name": "t", "data": {"name": "german", "target": "credit"}}))
     with pytest.raises(ConfigError, match="'pass_bar' only"):
-        build_dataset(config_from_mapping({"name": "t", "data": {"name": "lsac", "target": "bar"}}))
+        build_dataset(validated_config({"name": "t", "data": {"name": "lsac", "target": "bar"}}))
 
 
 def test_cli_reports_a_forgotten_target(tmp_path, capsys):
@@ -507,10 +507,10 @@ def test_end_to_end(name, tmp_path, fake_lsac):
     assert len(predictions) - 1 == summary["data/info"]["rows/test"]
 
 
-@pytest.mark.parametrize("override, key", [("data.split=official", "split"),
-                                           ("data.test_size=100", "test_size"),
-                                           ("data.image_size=64", "image_size"),
-                                           ("data.cache_dir=/tmp/x", "cache_dir")])
+@pytest.mark.parametrize("override, key", [("data.celeba.split=official", "celeba.split"),
+                                           ("data.celeba.test_size=100", "celeba.test_size"),
+                                           ("data.celeba.image_size=64", "celeba.image_size"),
+                                           ("data.celeba.cache_dir=/tmp/x", "celeba.cache_dir")])
 def test_celeba_only_keys_are_refused_for_other_data_sets(tmp_path, capsys, override, key):
     import running
     from dataset import UNUSED_KEY

@@ -1,5 +1,5 @@
 """The validation split (``data.val_fraction``), validation metrics, model selection
-(``training.select``) and the RUNNER paper's Adult protocol (``data.protocol: runner``).
+(``training.select``) and the RUNNER paper's Adult protocol (``data.adult.protocol: runner``).
 
 Data: the split is disjoint from training and test (by index where the data expose it, by unique
 rows for the synthetic set, by person for CelebA with identities), stratified by (group, label) to
@@ -41,7 +41,8 @@ from training import checkpoint
 from training import experiment as experiment_module
 from training.evaluation import TestSetEvaluator as Evaluator
 from training.selection import NO_SELECTION_STATE
-from utils.config import SELECT_NEEDS_VALIDATION, config_from_mapping
+from training.validation import validated_config
+from utils.config import SELECT_NEEDS_VALIDATION
 from utils.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,13 +118,13 @@ def test_validation_split_refuses_a_fraction_that_selects_nothing():
 def test_val_fraction_out_of_range_is_a_config_error():
     for bad in (-0.1, 1.0, 1.5):
         with pytest.raises(ConfigError, match="data.val_fraction"):
-            config_from_mapping({"data": {"val_fraction": bad}})
+            validated_config({"data": {"val_fraction": bad}})
 
 
 def test_synthetic_train_val_test_are_disjoint_rows_and_val_is_the_pools_mix(tmp_path):
     pool_x, pool_y, pool_minority = make_synthetic(POOL_SIZE, np.random.default_rng(12345))
     for share in (0.1, 0.3):
-        config = config_from_mapping(synthetic(tmp_path, **{"data.minority_share": share}))
+        config = validated_config(synthetic(tmp_path, **{"data.minority_share": share}))
         data = build_dataset(config)
         rows = {split: {row.tobytes() for row in getattr(data, f"x_{split}")} for split in ("train", "val", "test")}
         assert len(rows["val"]) == len(data.x_val) == round(0.2 * POOL_SIZE)
@@ -141,7 +142,7 @@ def test_synthetic_train_val_test_are_disjoint_rows_and_val_is_the_pools_mix(tmp
 
 
 def test_val_fraction_zero_keeps_the_earlier_selection(tmp_path):
-    config = config_from_mapping(synthetic(tmp_path, **{"data.val_fraction": 0.0, "training.select": "last"}))
+    config = validated_config(synthetic(tmp_path, **{"data.val_fraction": 0.0, "training.select": "last"}))
     data = build_dataset(config)
     pool_x, pool_y, pool_minority = make_synthetic(POOL_SIZE, np.random.default_rng(12345))
     keep = resample_to_share(pool_minority, pool_y, 0.2, train_size=2000, seed=config.seed)
@@ -152,7 +153,7 @@ def test_val_fraction_zero_keeps_the_earlier_selection(tmp_path):
 
 def test_adult_official_with_validation_split(tmp_path):
     raw = {"data": {"name": "adult", "minority_share": None, "val_fraction": 0.25}, "seed": 2}
-    data = build_dataset(config_from_mapping(raw))
+    data = build_dataset(validated_config(raw))
     assert len(data.y_val) == round(0.25 * 30162) and len(data.y_train) == 30162 - len(data.y_val)
     assert len(data.y_test) == 15060
     for group in ("minority", "majority"):
@@ -163,7 +164,7 @@ def test_adult_official_with_validation_split(tmp_path):
     # The resampled training set is drawn from the rest only.
     # The same validation rows at another share (its features standardized with the other training set's
     # statistics, so only the one-hot columns are compared).
-    resampled = build_dataset(config_from_mapping({**raw, "data": {**raw["data"], "minority_share": 0.1}}))
+    resampled = build_dataset(validated_config({**raw, "data": {**raw["data"], "minority_share": 0.1}}))
     one_hot = len(data.info["numeric_features"])
     np.testing.assert_array_equal(resampled.x_val[:, one_hot:], data.x_val[:, one_hot:])
     np.testing.assert_array_equal(resampled.y_val, data.y_val)
@@ -174,7 +175,7 @@ def test_adult_official_with_validation_split(tmp_path):
 def test_other_tabular_sources_take_a_validation_split(name):
     target = {"compas": "two_year_recid", "german": "bad_credit"}[name]
     protected, value = {"compas": ("sex", "Female"), "german": ("age", "young")}[name]
-    data = build_dataset(config_from_mapping({"data": {"name": name, "target": target, "protected": protected,
+    data = build_dataset(validated_config({"data": {"name": name, "target": target, "protected": protected,
                                                        "minority_value": value, "minority_share": None,
                                                        "val_fraction": 0.2}}))
     pool = data.info["rows/train"]
@@ -254,14 +255,14 @@ def test_celeba_bundle_holds_the_validation_images(tmp_path):
 
     fake = make_fake_celeba(tmp_path / "celeba", n_images=300, seed=0)
     raw = {"data": {"name": "celeba", "root": str(fake["root"]), "target": "Smiling", "protected": "Male",
-                    "minority_value": "1", "minority_share": 0.2, "train_size": 80, "test_size": 40,
-                    "image_size": 32, "cache_dir": str(tmp_path / "cache"), "val_fraction": 0.2},
+                    "minority_value": "1", "minority_share": 0.2, "train_size": 80, "val_fraction": 0.2,
+                    "celeba": {"test_size": 40, "image_size": 32, "cache_dir": str(tmp_path / "cache")}},
            "model": {"name": "cnn"}, "training": {"batch_size": 8}, "device": "cpu"}
-    data = build_dataset(config_from_mapping(raw))
+    data = build_dataset(validated_config(raw))
     assert data.x_val.shape[1:] == (3, 32, 32) and len(data.x_val) == data.info["val_size"] > 0
     assert data.x_val.dtype == np.uint8 and len(data.y_val) == len(data.minority_val) == len(data.x_val)
     assert data.info["identities_val"] > 0
-    plain = build_dataset(config_from_mapping({**raw, "data": {**raw["data"], "val_fraction": 0.0}}))
+    plain = build_dataset(validated_config({**raw, "data": {**raw["data"], "val_fraction": 0.0}}))
     assert len(plain.x_val) == 0 and plain.info["val_size"] == 0
 
 
@@ -272,7 +273,7 @@ def test_celeba_bundle_holds_the_validation_images(tmp_path):
 @pytest.fixture(scope="module")
 def selected_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("select")
-    config = config_from_mapping(synthetic(out))
+    config = validated_config(synthetic(out))
     summary = experiment_module.run(config)
     return config, summary, experiment_module.run_directory(config)
 
@@ -328,7 +329,7 @@ def test_selection_is_not_the_last_unit_in_this_fixture(selected_run):
 ])
 def test_other_criteria_pick_their_metric(tmp_path, select, mode, metric, larger):
     raw = synthetic(tmp_path, **{"training.select": select, "training.epochs": 4, "fairness": {"mode": mode}})
-    summary = experiment_module.run(config_from_mapping(raw))
+    summary = experiment_module.run(validated_config(raw))
     rows = read_jsonl(tmp_path / "val" / "metrics.jsonl")
     candidates = rows if larger else rows[1:]  # every gap rule leaves the first unit out
     if larger:  # ties go to the earlier unit
@@ -349,7 +350,7 @@ def test_the_equalized_odds_selections_rank_by_fairlearns_gap_and_by_the_sum(tmp
 
     raw = synthetic(tmp_path, **{"training.select": select, "training.epochs": 4,
                                  "fairness": {"mode": "eo"}})
-    config = config_from_mapping(raw)
+    config = validated_config(raw)
     summary = experiment_module.run(config)
     run_dir = experiment_module.run_directory(config)
     data = build_dataset(config)
@@ -384,7 +385,7 @@ class _Trainer:
 def _selector(skip_constant: bool, units: int = 5):
     from training.selection import ModelSelector
 
-    config = config_from_mapping({"data": {"name": "synthetic", "val_fraction": 0.2},
+    config = validated_config({"data": {"name": "synthetic", "val_fraction": 0.2},
                                   "training": {"select": "best_val_dp_gap",
                                                "select_skip_constant": skip_constant}})
     return ModelSelector(config, units=units, eval_every=1, has_validation=True)
@@ -425,7 +426,7 @@ def test_a_constant_final_model_is_flagged_in_the_summary_and_on_stderr(tmp_path
     # A threshold no score reaches: every test decision is 0, so every gap is 0 by construction.
     raw = synthetic(tmp_path, **{"training.select": "last", "training.epochs": 1,
                                  "evaluation": {"bootstrap_resamples": 20, "threshold": 0.999999}})
-    summary = experiment_module.run(config_from_mapping(raw))
+    summary = experiment_module.run(validated_config(raw))
     err = capsys.readouterr().err
     assert summary["test/constant_prediction"] is True and summary["test/dp_gap"] == 0
     message = experiment_module.CONSTANT_CLASSIFIER.format(unit=1, units=1, label=0)
@@ -436,7 +437,7 @@ def test_a_constant_final_model_is_flagged_in_the_summary_and_on_stderr(tmp_path
 
 
 def test_last_records_the_last_unit(tmp_path):
-    summary = experiment_module.run(config_from_mapping(synthetic(tmp_path, **{"training.select": "last",
+    summary = experiment_module.run(validated_config(synthetic(tmp_path, **{"training.select": "last",
                                                                                "training.epochs": 2})))
     rows = read_jsonl(tmp_path / "val" / "metrics.jsonl")
     assert summary["select/unit"] == 2 and summary["select/criterion"] == "last"
@@ -446,7 +447,7 @@ def test_last_records_the_last_unit(tmp_path):
 def test_selection_without_a_validation_split_is_a_config_error_naming_val_fraction(tmp_path):
     raw = synthetic(tmp_path, **{"data.val_fraction": 0.0})
     with pytest.raises(ConfigError, match=f"{SELECT_NEEDS_VALIDATION}.*data.val_fraction"):
-        config_from_mapping(raw)
+        validated_config(raw)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     done = run_running_py("--params", str(params), cwd=tmp_path, timeout=120,
@@ -461,9 +462,9 @@ def test_selection_without_a_validation_split_is_a_config_error_naming_val_fract
 
 
 def test_an_interrupted_selecting_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
-    reference = experiment_module.run(config_from_mapping(synthetic(tmp_path / "reference")))
+    reference = experiment_module.run(validated_config(synthetic(tmp_path / "reference")))
     assert reference["select/unit"] <= 3  # chosen before the interruption: it must come from the checkpoint
-    config = config_from_mapping(synthetic(tmp_path / "resumed"))
+    config = validated_config(synthetic(tmp_path / "resumed"))
     run_dir = experiment_module.run_directory(config)
     run_until_interrupted(config, monkeypatch, after=4)
     state = checkpoint.load_checkpoint(run_dir / "checkpoints" / "last.pt")
@@ -480,7 +481,7 @@ def test_an_interrupted_selecting_run_resumes_to_the_uninterrupted_result(tmp_pa
 
 
 def test_a_checkpoint_without_the_selection_state_is_not_resumed(tmp_path, monkeypatch, capsys):
-    config = config_from_mapping(synthetic(tmp_path, **{"training.epochs": 3}))
+    config = validated_config(synthetic(tmp_path, **{"training.epochs": 3}))
     run_dir = experiment_module.run_directory(config)
     run_until_interrupted(config, monkeypatch, after=2)
     for name in ("last.pt", "previous.pt"):
@@ -549,19 +550,19 @@ def test_runner_split_is_disjoint_sized_and_seeded():
 
 def test_runner_seeds_differ_and_the_bundle_resamples_only_training(runner_pools):
     assert runner_pools[0].info["test_rows_md5"] != runner_pools[1].info["test_rows_md5"]
-    raw = {"data": {"name": "adult", "protocol": "runner", "minority_share": None}, "seed": 0}
-    data = build_dataset(config_from_mapping(raw))
+    raw = {"data": {"name": "adult", "adult": {"protocol": "runner"}, "minority_share": None}, "seed": 0}
+    data = build_dataset(validated_config(raw))
     assert data.x_train.shape == (27_132, 97) and data.x_val.shape == data.x_test.shape == (9_045, 97)
     assert data.info["val_source"] == "protocol" and data.info["val_size"] == 9_045
     assert data.info["feature_names"] == list(runner_pools[0].feature_names)
-    resampled = build_dataset(config_from_mapping({**raw, "data": {**raw["data"], "minority_share": 0.1}}))
+    resampled = build_dataset(validated_config({**raw, "data": {**raw["data"], "minority_share": 0.1}}))
     np.testing.assert_array_equal(resampled.x_val, data.x_val)
     np.testing.assert_array_equal(resampled.x_test, data.x_test)
     assert resampled.info["train_share"] == pytest.approx(0.1, abs=1e-3)
 
 
 def test_the_released_encoding_has_120_inputs_binned_on_ages_standardized_deciles(runner_pools):
-    """data.protocol: runner_released, against an independent re-implementation of the released
+    """data.adult.protocol: runner_released, against an independent re-implementation of the released
     rule: sklearn's StandardScaler fitted on the training part (pool and validation rows), the
     deciles of standardized age over the pool as every column's edges, each value through
     numpy.digitize one at a time, clipped to bins 1..10, and 10 one-hot columns per column."""
@@ -595,28 +596,30 @@ def test_the_released_encoding_has_120_inputs_binned_on_ages_standardized_decile
     # Age's own bins hold a tenth of the pool each (to within ties); the others are on its scale.
     assert released.info["runner_bins_filled"]["age"] == 10
     assert released.info["runner_bins_filled"]["capital-gain"] < 10
-    raw = {"data": {"name": "adult", "protocol": "runner_released", "minority_share": None}}
-    data = build_dataset(config_from_mapping(raw))
+    raw = {"data": {"name": "adult", "adult": {"protocol": "runner_released"}, "minority_share": None}}
+    data = build_dataset(validated_config(raw))
     assert data.x_train.shape == (27_132, 120) and data.info["runner_encoding"] == "released"
     assert data.info["protocol"] == "runner_released"
 
 
 @pytest.mark.parametrize("data, key", [
-    ({"name": "adult", "protocol": "runner", "val_fraction": 0.2}, "data.val_fraction"),
-    ({"name": "adult", "protocol": "runner_released", "val_fraction": 0.2}, "data.val_fraction"),
-    ({"name": "compas", "target": "two_year_recid", "protocol": "runner_released"}, "data.protocol"),
-    ({"name": "compas", "target": "two_year_recid", "protocol": "runner"}, "data.protocol"),
-    ({"name": "adult", "protocol": "runner", "protected": "race", "minority_value": "non-White"},
+    ({"name": "adult", "adult": {"protocol": "runner"}, "val_fraction": 0.2}, "data.val_fraction"),
+    ({"name": "adult", "adult": {"protocol": "runner_released"}, "val_fraction": 0.2}, "data.val_fraction"),
+    ({"name": "compas", "target": "two_year_recid", "adult": {"protocol": "runner_released"}},
+     "data.adult.protocol"),
+    ({"name": "compas", "target": "two_year_recid", "adult": {"protocol": "runner"}}, "data.adult.protocol"),
+    ({"name": "adult", "adult": {"protocol": "runner"}, "protected": "race", "minority_value": "non-White"},
      "data.protected"),
-    ({"name": "adult", "protocol": "paper"}, "data.protocol"),
+    ({"name": "adult", "adult": {"protocol": "paper"}}, "data.adult.protocol"),
+    ({"name": "adult", "protocol": "runner", "val_fraction": 0.2}, "data.val_fraction"),  # old spelling
 ])
 def test_runner_protocol_misuse_is_a_config_error(data, key):
     with pytest.raises(ConfigError, match=key):
-        config_from_mapping({"data": data})
+        validated_config({"data": data})
 
 
 def test_runner_protocol_implies_a_validation_split_for_selection():
-    config = config_from_mapping({"data": {"name": "adult", "protocol": "runner", "minority_share": None},
+    config = validated_config({"data": {"name": "adult", "adult": {"protocol": "runner"}, "minority_share": None},
                                   "training": {"select": "best_val_gap"}})
     assert config.data.has_validation
 
@@ -624,12 +627,12 @@ def test_runner_protocol_implies_a_validation_split_for_selection():
 def test_the_released_encoding_has_no_public_form_and_is_refused_under_privacy():
     """runner_released bins at deciles of standardized age over the training rows: under privacy
     (auto resolves to public preprocessing) it is refused with the way out; fitted still builds."""
-    raw = {"data": {"name": "adult", "protocol": "runner_released", "minority_share": None,
+    raw = {"data": {"name": "adult", "adult": {"protocol": "runner_released"}, "minority_share": None,
                     "validation_public": True},
            "privacy": {"mode": "dpsgd", "noise_multiplier": 1.0}}
     with pytest.raises(ConfigError) as refused:
-        build_dataset(config_from_mapping(raw))
+        build_dataset(validated_config(raw))
     assert str(refused.value) == RELEASED_NOT_PUBLIC
     raw["data"]["preprocessing"] = "fitted"
-    data = build_dataset(config_from_mapping(raw))
+    data = build_dataset(validated_config(raw))
     assert data.x_train.shape == (27_132, 120) and data.info["runner_encoding"] == "released"

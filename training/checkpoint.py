@@ -48,6 +48,7 @@ import yaml
 from utils import rundir
 from utils.config import PROVENANCE_KEY, ExperimentConfig, config_from_mapping
 from utils.errors import UserInputError
+from utils.legacy import translate_moved
 from utils.rundir import CHECKPOINT_DIR
 from utils.sink import CONFIG_FILE, SUMMARY_FILE, flatten, replace_file
 
@@ -215,7 +216,9 @@ def saved_config_matches(run_dir: Path, config: ExperimentConfig) -> bool:
             # Withheld from config.yaml (logging.private_stats: false); the checkpoint's own
             # record of the run (run_record, seed included) is checked instead.
             raw["seed"] = config.seed
-        saved = config_from_mapping(raw)
+        from training.validation import validate  # it imports the trainers, which import this
+
+        saved = validate(config_from_mapping(translate_moved(raw)[0]))  # old spellings too
     except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError, UserInputError):
         return False
     here = {key: getattr(config, key) for key in rundir.LOCATION_KEYS}

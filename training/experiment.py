@@ -55,9 +55,11 @@ from training.base import PUBLIC_DATA_KEY, public_data_facts
 from training.evaluation import TestSetEvaluator
 from training.repair import build_method
 from training.selection import ModelSelector
+from training.validation import validate
 from utils import fairness, rundir
-from utils.config import PROVENANCE_KEY, RETIRED_KEYS, ExperimentConfig, check_selection
+from utils.config import PROVENANCE_KEY, RETIRED_KEYS, ExperimentConfig
 from utils.errors import UserInputError, warn_user
+from utils.legacy import historic_flat
 from utils.progress import progress
 from utils.seeding import PAIRED_STREAMS_WARNING, RunStreams, resolve_device, run_identity
 from utils.sink import (
@@ -121,7 +123,9 @@ def changed_keys(run_dir: Path, config: ExperimentConfig) -> list[str]:
                 out[f"{prefix}{key}"] = value
         return out
 
-    old, new = flat(stored), flat(config.to_dict())
+    # Moved keys compare under their old names (data.celeba.split as data.split): a config.yaml
+    # written before the move holds them there, and holds them all.
+    old, new = historic_flat(flat(stored)), historic_flat(flat(config.to_dict()))
     if "seed" in old and old["seed"] is None and withholds_seed(config):
         del old["seed"], new["seed"]  # withheld from config.yaml: nothing to compare it with
     # A config.yaml from before data.preprocessing existed was preprocessed as "fitted" is now;
@@ -234,7 +238,9 @@ def open_run(config: ExperimentConfig, *, overwrite: bool = False,
     ``skipped``) when there is one, else a :class:`RunSession` whose trainer is built, resumed
     when it can be, and whose run directory and sink are open. :mod:`training.stacking` opens
     several and trains their trainers together (``concurrent``: other runs' sinks are open at the
-    same time, so wandb keeps one run per sink)."""
+    same time, so wandb keeps one run per sink). The config is checked whole first
+    (:func:`training.validation.validate`: configs built in code too)."""
+    config = validate(config)
     run_dir = run_directory(config)
     claim = rundir.claim_run(run_dir, config.output_dir, overwrite=overwrite,
                              changed_keys=lambda: changed_keys(run_dir, config),
@@ -266,7 +272,6 @@ def _open_locked(config: ExperimentConfig, run_dir: Path, state: str, lock, *, o
 
     # Everything that can fail on the user's input happens before the run directory exists.
     device = resolve_device(config.device)
-    check_selection(config)  # training.select needs a validation split (configs built in code too)
     data, _, trainer = build_components(config, device)
     # The model as initialized (or loaded from model.weights), to tell at the end whether training
     # changed it at all (MODEL_UNCHANGED).

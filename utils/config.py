@@ -10,6 +10,12 @@ their annotations, since PyYAML reads ``1e-3`` as a string (YAML 1.1 wants ``1.0
 ``--set`` overrides are :mod:`utils.loader`'s (``load_config(path, overrides)``, the one entry
 point for files), which applies overrides to the raw mapping *before* it is checked, so they pass
 through exactly the same checks as the file.
+
+This module is plain data: it imports no layer above ``utils``, so reading a params file needs no
+training stack. What needs the registries (a registered name such as ``fairness.method``, the
+settings sub-sections ``fairness.<method>`` and ``privacy.<rule>``, which stay raw mappings here)
+and every rule across sections is checked by one step above them, :mod:`training.validation`,
+which running.py, ``--dry-run``, the grid runner and ``training.experiment.run`` call.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import importlib
 import math
 import re
 import types
@@ -27,52 +32,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from utils.errors import ConfigError
-from utils.registry import Registry
 
-# The keys whose valid values are the names of a registry, each with that registry as (module,
-# attribute). The registry that builds a key's value is the one owner of its names: the config asks
-# it (:func:`registry_of`) instead of keeping a copy, so registering an entry is all it takes for the
-# config to accept its name. The modules are imported when a config is checked, not here, because
-# each of them imports this module.
-NAME_REGISTRIES = {
-    "data.split": ("dataset.celeba", "SPLITS"),
-    "training.optimizer": ("training.optim", "OPTIMIZERS"),
-    "training.batches": ("training.batches", "BATCHES"),
-    "privacy.mode": ("training", "TRAINERS"),
-    "federated.partition": ("training.partition", "PARTITIONS"),
-    "fairness.method": ("training.repair", "METHODS"),
-    "privacy.engine": ("privacy", "ENGINES"),
-    "privacy.clipping": ("privacy.clipping", "RULES"),
-}
 ACCOUNTANTS = ("rdp", "prv")
-INDIVIDUAL_UNSUPPORTED = (
-    "privacy.individual_accounting does not support fairness.method {method!r} under DP-SGD: its "
-    "whole-set pass computes the norm of each example's weighted cross-entropy gradient, and this "
-    "method changes the training step ({changes}). Use a method that only prepares the data or "
-    "post-processes (none, reweighing, oversample, fairsmote, roc), or "
-    "privacy.individual_accounting: false.")
 INDIVIDUAL_NEEDS_NOISE = ("privacy.individual_accounting: true with privacy.noise_multiplier 0: "
                           "without noise every example's ε is infinite. Set a positive "
                           "privacy.noise_multiplier, or privacy.individual_accounting: false.")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 FAIRNESS_TARGETS = ("dp", "eo")
-DATA_PROTOCOLS = ("official", "runner", "runner_released")
 # data.preprocessing (dataset.preprocessing): auto is public under privacy and fitted without.
 PREPROCESSING_MODES = ("auto", "public", "fitted")
 ACTIVATIONS = ("relu", "tanh")
 PRECISIONS = ("fp32", "bf16")
-# training.pad_batches / compile / precision outside what supports them (tests import these).
-STATIC_SHAPES_UNSUPPORTED = (
-    "training.pad_batches needs privacy.mode dpsgd with privacy.engine fast, "
-    "privacy.poisson_sampling true, privacy.clipping flat and a fairness.method that leaves the "
-    "training step alone (got {what}). Set training.pad_batches: false.")
-COMPILE_NEEDS_PADDING = (
-    "training.compile under privacy.mode dpsgd needs training.pad_batches: true (each Poisson "
-    "batch size would compile again) and privacy.engine fast. Set training.pad_batches: true, or "
-    "training.compile: false.")
-SPEED_OPTIONS_CENTRALIZED = (
-    "{key}: {value!r} applies to centralized training ({where}), not {what}. Leave {key} at its "
-    "default.")
 # training.select: each rule's validation metric (None: the last unit) and whether larger is
 # better. "best_val_gap" is the target's own gap (fairness.mode dp: the DP gap; eo: the TPR gap);
 # the others name their gap whatever the target. The one home of these names: training.selection
@@ -87,19 +57,9 @@ MODEL_SELECTIONS: dict[str, tuple[str | None, bool]] = {
     "best_val_ap": ("val/average_precision", True),
 }
 
-# Message part of a model selection asked for without a validation split (tests import it).
+# Message part of a model selection asked for without a validation split (tests import it; the
+# rule is training.validation's, and training.selection says it again for a data set without one).
 SELECT_NEEDS_VALIDATION = "needs a validation split"
-VALIDATION_NOT_DECLARED = (
-    "privacy.mode {mode!r} with a validation split ({where}): the validation rows are drawn from "
-    "the private pool, and the val/ metrics, training.select and the repair methods read them "
-    "without noise, outside epsilon. Declare them public with data.validation_public: true (the "
-    "run's summary then lists them under privacy/public_data), or hold none out "
-    "(data.val_fraction: 0, training.select: last).")
-BATCHES_NOT_PRIVATE = (
-    "training.batches: {batches!r} refuses privacy.mode {mode!r}: its steps draw a fixed number of "
-    "examples (from each cell, or from the whole set), not a Poisson sample of the training set, "
-    "so the accountant's epsilon would not hold. Use training.batches: shuffled under privacy "
-    "(Poisson batches), or privacy.mode: none.")
 # training.balanced_batches (a boolean until the batches setting replaced it) in a params file.
 BALANCED_BATCHES_REPLACED = (
     "training.balanced_batches: replaced by training.batches. Write training.batches: "
@@ -112,10 +72,6 @@ BALANCED_BATCHES_REPLACED = (
 RETIRED_KEYS: dict[str, tuple[str, Any]] = {
     "training.balanced_batches": (BALANCED_BATCHES_REPLACED, False),
 }
-STEPS_PER_EPOCH_NOT_FEDERATED = (
-    "training.steps_per_epoch: got {steps}, but privacy.mode dpfedavg trains in federated rounds "
-    "(federated.rounds, each client federated.local_epochs passes over its own data). Set "
-    "training.steps_per_epoch: null under DP-FedAvg.")
 
 # Keys a resolved config.yaml carries for provenance; reading such a file back ignores them.
 PROVENANCE_KEY = "provenance"
@@ -167,16 +123,23 @@ def one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     check(value in allowed, key, value, "one of " + ", ".join(allowed))
 
 
-def registry_of(key: str) -> Registry:
-    """The registry whose names are the valid values of the dotted ``key`` (:data:`NAME_REGISTRIES`)."""
-    module, attribute = NAME_REGISTRIES[key]
-    return getattr(importlib.import_module(module), attribute)
+# Metadata of the fields that YAML does not spell as keys of their section: what the validation
+# step (training.validation) derives, and the raw sub-sections it types (see SettingsHolder below).
+NOT_A_KEY = {"yaml": False}
+NOT_VALIDATED = ("{what} needs the config checked by training.validation.validate (the registries "
+                 "type the settings sub-sections); this one was only built from its mapping.")
 
 
-def _registered(key: str, value: str) -> None:
-    """Refuse a ``value`` of ``key`` that its registry does not hold, with the registry's own error:
-    the dotted key, the closest name and every valid one (``utils.registry.UNKNOWN_NAME``)."""
-    registry_of(key).get(value)
+def yaml_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of section ``cls`` that YAML spells as its keys (less :data:`NOT_A_KEY` ones and
+    the chosen entry's settings, which YAML holds as a sub-section named after the entry)."""
+    return [f for f in dataclasses.fields(cls)
+            if f.metadata.get("yaml", True) and f.name != SETTINGS_FIELDS.get(cls)]
+
+
+def settings_mapping(settings: Any) -> dict[str, Any]:
+    """A settings sub-section as YAML holds it, typed (validated) or raw (as read)."""
+    return dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else dict(settings)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,11 +159,6 @@ class DataConfig:
         train_size: fixed number of training examples at every share, so that the sampling rate and
             with it ε at a given noise are the same across a sweep of shares; null keeps every
             majority example.
-        test_size: size of the balanced test set of CelebA's protocol (null: the source's default).
-        split: CelebA only: "protocol" (balanced test set, then resampled training set, as in
-            arXiv 2009.06389) or "official" (CelebA's own partition).
-        image_size: side of the square images (CelebA: 128 or 64).
-        cache_dir: where pre-processed image arrays are kept (null: ``{root}/cache``).
         val_fraction: share of the training pool held out as a validation set, in [0, 1); 0 (the
             default) holds out nothing. It is drawn before the resampling to ``minority_share``
             (so it is the same at every share and training size of a seed), stratified by
@@ -210,15 +168,6 @@ class DataConfig:
             validation set is drawn by person too; see ``dataset.celeba``). Model selection
             (``training.select``) and repair methods may use it, and nothing computed from it is
             charged to ε; under privacy that needs ``validation_public: true``.
-        protocol: Adult only: "official" (adult.data trains, adult.test tests), "runner" (the
-            RUNNER paper's protocol: the 45,222 complete rows of both files shuffled per seed into
-            60 / 20 / 20 train / validation / test, sex not an input, each numeric column in its
-            own decile bins (97 inputs), or in 10 bins of its public range under public
-            preprocessing (122); see ``dataset.tabular.load_adult_runner``) or "runner_released"
-            (the same rows and split with the released code's encoding: every numeric column
-            binned on age's standardized deciles, 10 one-hot columns each, 120 inputs; for setting
-            this tool's numbers beside the paper's; fitted preprocessing only). Both RUNNER
-            protocols bring their own validation set, so ``val_fraction`` must stay 0.
         preprocessing: how the tabular features are scaled and encoded (``dataset.preprocessing``):
             "public" (numeric columns clipped to public bounds and mapped to [-1, 1], categories
             one-hot over documented lists, RUNNER's bins between public bounds: nothing is read
@@ -231,8 +180,17 @@ class DataConfig:
             private pool as the training set, and under privacy whatever reads it (the ``val/``
             metrics, ``training.select``, a repair method's public form) reads it without noise,
             outside ε; so a private run with a validation split (``val_fraction`` > 0, or
-            ``protocol: runner``) must declare it: true, or the config is refused. The run's
+            ``adult.protocol: runner``) must declare it: true, or the config is refused. The run's
             summary lists it under ``privacy/public_data``. Ignored without privacy.
+        settings: the data set's own settings, the sub-section named after it (``data.celeba``:
+            split, image_size, cache_dir, test_size; ``data.adult``: protocol), as repair methods
+            have ``fairness.<method>``: its raw mapping (None when absent) as read; once
+            :func:`training.validation.validate` has checked the config, the settings dataclass
+            its builder declares (``Settings``, whose docstring documents the keys; the defaults
+            when absent; None for a data set without settings of its own).
+        sections: the other data sets' sub-sections as read (raw), for the validation step to
+            check (a setting of a data set the run does not use is refused); empty once checked.
+            Not compared, not written.
     """
 
     name: str = "adult"
@@ -242,48 +200,48 @@ class DataConfig:
     minority_value: str = "Female"
     minority_share: float | None = 0.1
     train_size: int | None = None
-    test_size: int | None = None
-    split: str = "protocol"
-    image_size: int = 128
-    cache_dir: str | None = None
     val_fraction: float = 0.0
-    protocol: str = "official"
     preprocessing: str = "auto"
     validation_public: bool = False
+    settings: Any = None
+    sections: dict[str, Any] = field(default_factory=dict, compare=False, repr=False,
+                                     metadata=NOT_A_KEY)
 
     def validate(self) -> None:
         if self.minority_share is not None:
             check(0 < self.minority_share < 1, "data.minority_share", self.minority_share,
                    "a number strictly between 0 and 1, or null to keep the data's own share")
-        for key in ("train_size", "test_size"):
-            value = getattr(self, key)
-            check(value is None or value > 0, f"data.{key}", value, "a positive integer or null")
-        _registered("data.split", self.split)
-        check(self.image_size >= 32, "data.image_size", self.image_size, "at least 32 pixels")
+        check(self.train_size is None or self.train_size > 0, "data.train_size", self.train_size,
+              "a positive integer or null")
         check(0 <= self.val_fraction < 1, "data.val_fraction", self.val_fraction,
                "a number in [0, 1): the share of the training pool held out for validation")
-        one_of("data.protocol", self.protocol, DATA_PROTOCOLS)
         one_of("data.preprocessing", self.preprocessing, PREPROCESSING_MODES)
-        if self.runner_protocol:
-            check(self.name == "adult", "data.protocol", self.protocol,
-                   f"official for data set {self.name!r} (the RUNNER protocols are Adult's)")
-            if self.val_fraction != 0:
-                raise ConfigError(
-                    f"data.val_fraction: got {self.val_fraction!r}, but data.protocol: {self.protocol} draws "
-                    "its own validation set (as many rows as the test set, 20 %). Set "
-                    "data.val_fraction: 0, or use data.protocol: official.")
-            check(self.protected == "sex", "data.protected", self.protected,
-                   f"sex under data.protocol: {self.protocol} (its protected attribute, not an input)")
 
     @property
     def has_validation(self) -> bool:
-        """Whether the data set built from this config holds a validation split."""
-        return self.val_fraction > 0 or self.runner_protocol
+        """Whether the data set built from this config holds a validation split: one drawn by
+        ``val_fraction``, or one its own settings bring (``brings_validation``: Adult's RUNNER
+        protocols). Read on a checked config, whose settings are typed."""
+        return self.val_fraction > 0 or bool(getattr(self.settings, "brings_validation", False))
 
-    @property
-    def runner_protocol(self) -> bool:
-        """Whether the data are Adult in one of RUNNER's protocols (their own split and inputs)."""
-        return self.protocol in ("runner", "runner_released")
+    def to_dict(self) -> dict[str, Any]:
+        """The section as YAML holds it: the data set's own settings as ``data.<name>``."""
+        out = {f.name: getattr(self, f.name) for f in yaml_fields(DataConfig)}
+        if self.settings is not None and (not dataclasses.is_dataclass(self.settings)
+                                          or dataclasses.fields(self.settings)):
+            out[self.name] = settings_mapping(self.settings)
+        return out
+
+
+def build_data(raw: Any, key: str = "data") -> DataConfig:
+    """Build :class:`DataConfig` from its YAML mapping: its keys, and beside them the data sets'
+    own sub-sections (``data.celeba: {...}``), kept raw until the validation step types them."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key}: got {shown(raw)}; expected a mapping of the section's keys.")
+    name = raw.get("name", DataConfig.name)
+    own, settings, others = split_sections(raw, DataConfig, name if isinstance(name, str) else "")
+    config = build_dataclass(DataConfig, own, prefix=f"{key}.")
+    return dataclasses.replace(config, settings=settings, sections=others)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -422,11 +380,9 @@ class TrainingConfig:
               "training.physical_batch_size", self.physical_batch_size,
               "null unless training.pad_batches is true (it sizes the padded batches)")
         one_of("training.select", self.select, tuple(MODEL_SELECTIONS))
-        _registered("training.batches", self.batches)
         check(self.steps_per_epoch is None or self.steps_per_epoch > 0, "training.steps_per_epoch",
                self.steps_per_epoch, "a positive integer, or null for one pass over the training set")
         check(self.batch_size > 0, "training.batch_size", self.batch_size, "a positive integer")
-        _registered("training.optimizer", self.optimizer)
         check(self.lr > 0, "training.lr", self.lr, "a positive number")
         check(self.weight_decay >= 0, "training.weight_decay", self.weight_decay, "a number >= 0")
         check(0 <= self.momentum < 1, "training.momentum", self.momentum, "a number in [0, 1)")
@@ -501,8 +457,12 @@ class PrivacyConfig:
             ``dp/clip_bound/group=…`` (the bound in force, mean over the epoch's steps),
             ``dp/noise_bound`` (the sum's sensitivity) and, for the global rules,
             ``dp/clip_threshold`` (Z).
-        clipping_settings: the chosen rule's settings dataclass, built from ``privacy.<clipping>``
-            (its docstring documents the keys); None for flat.
+        clipping_settings: the chosen rule's settings, from ``privacy.<clipping>``: its raw mapping
+            (None when absent) as read, its settings dataclass (whose docstring documents the keys;
+            the rule's defaults when absent, None for a rule without settings) once
+            :func:`training.validation.validate` has checked the config.
+        clipping_sections: the other rules' sub-sections as read (raw), for the validation step to
+            check; empty once checked. Not compared, not written.
         paired_streams: false (the default): every point of a grid draws its own batches, noise
             and initialization (the run streams of :mod:`utils.seeding` are keyed by the seed
             and every config value that changes what is trained). true: common random numbers
@@ -530,6 +490,8 @@ class PrivacyConfig:
     clipping: str = "flat"
     clipping_settings: Any = None
     paired_streams: bool = False
+    clipping_sections: dict[str, Any] = field(default_factory=dict, compare=False, repr=False,
+                                              metadata=NOT_A_KEY)
 
     @property
     def private(self) -> bool:
@@ -542,7 +504,6 @@ class PrivacyConfig:
         return self.individual_accounting and self.private
 
     def validate(self) -> None:
-        _registered("privacy.mode", self.mode)
         one_of("privacy.accountant", self.accountant, ACCOUNTANTS)
         check(0 < self.delta < 1, "privacy.delta", self.delta, "a number strictly between 0 and 1")
         check(self.max_grad_norm > 0, "privacy.max_grad_norm", self.max_grad_norm, "a positive number")
@@ -552,7 +513,6 @@ class PrivacyConfig:
         if self.target_epsilon is not None:
             check(self.target_epsilon > 0, "privacy.target_epsilon", self.target_epsilon,
                    "a positive number")
-        _registered("privacy.engine", self.engine)
         check(self.counts_noise_multiplier > 0, "privacy.counts_noise_multiplier",
                self.counts_noise_multiplier, "a positive number")
         if self.secure_rng and not self.poisson_sampling:
@@ -563,6 +523,11 @@ class PrivacyConfig:
                    "a positive integer, or null (once per epoch's worth of data)")
         if self.accounts_individuals and self.noise_multiplier == 0:
             raise ConfigError(INDIVIDUAL_NEEDS_NOISE)
+
+    def check_noise_level(self) -> None:
+        """A private mode needs exactly one of ``noise_multiplier`` and ``target_epsilon``.
+        Checked by the validation step once ``mode`` is known to be a registered mode (a misspelt
+        one is named as such, not asked for a noise level)."""
         if self.private and self.noise_multiplier is None and self.target_epsilon is None:
             raise ConfigError(f"privacy.mode {self.mode!r} {NEEDS_NOISE_OR_TARGET}: both are null. Set "
                               f"one of them, e.g. privacy.target_epsilon: 3.0 or "
@@ -573,55 +538,41 @@ class PrivacyConfig:
                 f"privacy.target_epsilon; got noise_multiplier={self.noise_multiplier!r}, "
                 f"target_epsilon={self.target_epsilon!r}. Set the other one to null."
             )
-        rule = registry_of("privacy.clipping").get(self.clipping)
-        if self.clipping_settings is not None:
-            self.clipping_settings.validate()
-        if (refusal := rule.refusal(self)) is not None:
-            raise ConfigError(refusal)
-
     def to_dict(self) -> dict[str, Any]:
         """The section as YAML holds it: the chosen rule's settings as ``privacy.<clipping>``."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name != "clipping_settings"}
-        if self.clipping_settings is not None and dataclasses.fields(self.clipping_settings):
-            out[self.clipping] = dataclasses.asdict(self.clipping_settings)
+        out = {f.name: getattr(self, f.name) for f in yaml_fields(PrivacyConfig)}
+        settings = self.clipping_settings
+        if settings is not None and (not dataclasses.is_dataclass(settings)
+                                     or dataclasses.fields(settings)):
+            out[self.clipping] = settings_mapping(settings)
         return out
 
 
-def _clipping_sections() -> dict[str, type]:
-    """Every clipping rule's settings class by rule name (``privacy.<name>``)."""
-    rules = registry_of("privacy.clipping")
-    return {name: rules.get(name).Settings for name in rules}
+def split_sections(raw: Mapping[str, Any], cls: type, chosen: str) -> tuple[dict, Any, dict]:
+    """A section's mapping split into its own keys, the ``chosen`` entry's settings sub-section
+    (None when absent) and every other sub-section, as read: which names are entries, and what
+    their settings hold, the registries say (:mod:`training.validation`). A sub-section given as
+    null stays among the others, for the validation step to refuse."""
+    names = {f.name for f in yaml_fields(cls)}
+    own = {k: v for k, v in raw.items() if k in names}
+    others = {k: v for k, v in raw.items() if k not in names}
+    settings = others.pop(chosen) if others.get(chosen) is not None else None
+    return own, settings, others
 
 
 def build_privacy(raw: Any, key: str = "privacy") -> PrivacyConfig:
     """Build :class:`PrivacyConfig` from its YAML mapping: its keys, and beside them the clipping
-    rules' settings sections (``privacy.dpsgd_f: {...}``). Sections of rules other than the chosen
-    one may stand beside it (a grid that sweeps ``privacy.clipping``); they are checked too, and only
-    the chosen rule's lands in the config (its defaults when its section is absent)."""
+    rules' settings sections (``privacy.dpsgd_f: {...}``), kept raw. Sections of rules other than
+    the chosen one may stand beside it (a grid that sweeps ``privacy.clipping``); the validation
+    step checks them too, and only the chosen rule's lands in the checked config (its defaults
+    when its section is absent)."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{key}: got {raw!r}; expected a mapping of the section's keys.")
-    names = [f.name for f in dataclasses.fields(PrivacyConfig) if f.name != "clipping_settings"]
-    config = build_dataclass(PrivacyConfig, {k: v for k, v in raw.items() if k in names},
-                             prefix=f"{key}.")
-    sections = {k: v for k, v in raw.items() if k not in names}
-    if config.clipping == "flat" and not sections:  # the common case needs no rule registry
-        return config
-    known = _clipping_sections()
-    for name in sections:
-        if name not in known:
-            raise unknown_key_error(str(name), [*names, *known], f"{key}.")
-    built = {}
-    for name, values in sections.items():
-        settings = _coerce(values, known[name], f"{key}.{name}")
-        settings.validate()
-        built[name] = settings
-    chosen = built.get(config.clipping)
-    if chosen is None and config.clipping in known:  # the rule's defaults, written out
-        chosen = known[config.clipping]()
-    if chosen is None or not dataclasses.fields(chosen):  # an unknown name: validate refuses it
-        return config
-    return dataclasses.replace(config, clipping_settings=chosen)
+    clipping = raw.get("clipping", PrivacyConfig.clipping)
+    own, settings, others = split_sections(raw, PrivacyConfig, clipping if isinstance(clipping, str)
+                                           else "")
+    config = build_dataclass(PrivacyConfig, own, prefix=f"{key}.")
+    return dataclasses.replace(config, clipping_settings=settings, clipping_sections=others)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -663,7 +614,6 @@ class FederatedConfig:
             check(getattr(self, key) > 0, f"federated.{key}", getattr(self, key), "a positive number")
         check(0 <= self.server_momentum < 1, "federated.server_momentum", self.server_momentum,
                "a number in [0, 1)")
-        _registered("federated.partition", self.partition)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -680,31 +630,40 @@ class FairnessConfig:
             training; "reweighing", "oversample", "gapreg", "runner", "roc", ...).
         mode: the fairness target, "dp" (demographic parity) or "eo" (equal opportunity /
             equalized odds): which gap a method reduces.
-        settings: the chosen method's settings dataclass, built from ``fairness.<method>`` (its
-            docstring documents the keys); None when the method has no settings of its own or
-            the section is absent and the defaults apply.
+        settings: the chosen method's settings, from ``fairness.<method>``: its raw mapping as read,
+            its settings dataclass (whose docstring documents the keys) once
+            :func:`training.validation.validate` has checked the config; None when the section is
+            absent and the defaults apply.
         public_examples: under DP-SGD, how many validation examples (the first ones of the
             validation split, itself a stratified random draw held out of training) the
             per-example forms of gapreg and runner read at every step for the gap's signs and
             runner's neuron selection; null reads the whole validation split. The validation
             split is public in this tool's threat model, like the test set.
+        sections: the other methods' sub-sections as read (raw), for the validation step to
+            check; empty once checked. Not compared, not written.
+        registered: the registered method class, set by the validation step (None before it).
     """
 
     method: str = "none"
     mode: str = "dp"
     settings: Any = None
     public_examples: int | None = 2000
+    sections: dict[str, Any] = field(default_factory=dict, compare=False, repr=False,
+                                     metadata=NOT_A_KEY)
+    registered: Any = field(default=None, compare=False, repr=False, metadata=NOT_A_KEY)
 
     def validate(self) -> None:
-        _registered("fairness.method", self.method)
         one_of("fairness.mode", self.mode, FAIRNESS_TARGETS)
         if self.public_examples is not None:
             check(self.public_examples > 0, "fairness.public_examples", self.public_examples,
                    "a positive integer, or null for the whole validation split")
 
     def method_class(self):
-        """The registered method class (imports ``training.repair``, and so torch)."""
-        return registry_of("fairness.method").get(self.method)
+        """The registered method class, as the validation step found it in
+        ``training.repair.METHODS`` (this module asks no registry)."""
+        if self.registered is None:
+            raise ValueError(NOT_VALIDATED.format(what="fairness.method_class()"))
+        return self.registered
 
     def resolved_settings(self):
         """The settings the method runs with: the configured ones, or its defaults."""
@@ -713,19 +672,21 @@ class FairnessConfig:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"method": self.method, "mode": self.mode,
                                "public_examples": self.public_examples}
-        if self.settings is not None and dataclasses.fields(self.settings):
-            out[self.method] = dataclasses.asdict(self.settings)
+        if self.settings is not None and (not dataclasses.is_dataclass(self.settings)
+                                          or dataclasses.fields(self.settings)):
+            out[self.method] = settings_mapping(self.settings)
         return out
 
 
-def _fairness_sections() -> dict[str, type]:
-    """Every method's settings class by method name (``fairness.<name>``)."""
-    methods = registry_of("fairness.method")
-    return {name: methods.get(name).Settings for name in methods}
+# The field of a section that holds its chosen entry's settings (YAML: a sub-section named after
+# the entry), by section class.
+SETTINGS_FIELDS: dict[type, str] = {DataConfig: "settings", PrivacyConfig: "clipping_settings",
+                                    FairnessConfig: "settings"}
 
 
 def build_fairness(raw: Any, key: str = "fairness") -> FairnessConfig:
-    """Build :class:`FairnessConfig` from its YAML mapping (see its docstring for the shape)."""
+    """Build :class:`FairnessConfig` from its YAML mapping (see its docstring for the shape); the
+    methods' sub-sections stay raw until the validation step types them."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{key}: got {shown(raw)}; expected a mapping of the section's keys.")
     method = _coerce(raw.get("method", "none"), str, f"{key}.method")
@@ -733,22 +694,8 @@ def build_fairness(raw: Any, key: str = "fairness") -> FairnessConfig:
     common = {"public_examples": _coerce(raw["public_examples"], int | None,
                                          f"{key}.public_examples")
               } if "public_examples" in raw else {}
-    sections = {k: v for k, v in raw.items() if k not in ("method", "mode", "public_examples")}
-    if method == "none" and not sections:  # the common case needs no method registry (no torch)
-        return FairnessConfig(method=method, mode=mode, **common)
-    known = _fairness_sections()
-    for name in sections:
-        if name not in known:
-            raise unknown_key_error(str(name), ["method", "mode", "public_examples", *known],
-                                     f"{key}.")
-    if method not in known:
-        FairnessConfig(method=method).method_class()  # the registry's error: names every method
-    built = {}
-    for name, values in sections.items():
-        settings = _coerce(values, known[name], f"{key}.{name}")
-        settings.validate()
-        built[name] = settings
-    return FairnessConfig(method=method, mode=mode, settings=built.get(method), **common)
+    _, settings, others = split_sections(raw, FairnessConfig, method)
+    return FairnessConfig(method=method, mode=mode, settings=settings, sections=others, **common)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -857,32 +804,11 @@ class ExperimentConfig:
             value = getattr(self, section.name)
             if dataclasses.is_dataclass(value):
                 value.validate()
-        if self.fairness.method != "none" and self.privacy.private:
-            refusal = self.fairness.method_class().refusal(self.fairness.method, self.privacy.mode)
-            if refusal is not None:
-                raise ConfigError(refusal)
-        if self.privacy.accounts_individuals and self.privacy.mode == "dpsgd":
-            # DP-FedAvg's pass trains each client with the method's own client loss; DP-SGD's
-            # pass takes the norms of the plain weighted cross-entropy, so it must be what trains.
-            if changes := self.fairness.method_class().training_changes():
-                raise ConfigError(INDIVIDUAL_UNSUPPORTED.format(method=self.fairness.method,
-                                                                changes=", ".join(changes)))
-        if self.privacy.private and self.data.has_validation and not self.data.validation_public:
-            where = (f"data.protocol: {self.data.protocol}" if self.data.runner_protocol
-                     else f"data.val_fraction: {self.data.val_fraction!r}")
-            raise ConfigError(VALIDATION_NOT_DECLARED.format(mode=self.privacy.mode, where=where))
-        if self.training.batches != "shuffled" and self.privacy.private:
-            raise ConfigError(BATCHES_NOT_PRIVATE.format(batches=self.training.batches,
-                                                         mode=self.privacy.mode))
-        check_speed_options(self)
-        if self.training.steps_per_epoch is not None and self.privacy.mode == "dpfedavg":
-            raise ConfigError(STEPS_PER_EPOCH_NOT_FEDERATED.format(steps=self.training.steps_per_epoch))
-        if self.data.train_size is not None:
-            check(self.training.batch_size <= self.data.train_size, "training.batch_size",
-                   self.training.batch_size, f"at most data.train_size ({self.data.train_size})")
+        # Rules across sections, and every name a registry owns: training.validation.
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
+        out["data"] = self.data.to_dict()
         out["privacy"] = self.privacy.to_dict()
         out["fairness"] = self.fairness.to_dict()
         return out
@@ -890,38 +816,6 @@ class ExperimentConfig:
 
 # --------------------------------------------------------------------------------------------------
 # Building dataclasses from raw mappings
-
-
-def check_speed_options(config: ExperimentConfig) -> None:
-    """``training.pad_batches``, ``compile`` and ``precision`` where the trainer supports them:
-    centralized training, and under DP-SGD the fast engine (its clipping is what they change)."""
-    training, privacy = config.training, config.privacy
-    fast_dpsgd = privacy.mode == "dpsgd" and privacy.engine == "fast"
-    unsupported = (privacy.mode == "dpfedavg" or (privacy.mode == "dpsgd" and not fast_dpsgd))
-    what = f"privacy.mode {privacy.mode!r}, privacy.engine {privacy.engine!r}"
-    where = "privacy.mode none or dpsgd with privacy.engine fast"
-    for key, default in (("compile", False), ("precision", "fp32")):
-        value = getattr(training, key)
-        if value != default and unsupported:
-            raise ConfigError(SPEED_OPTIONS_CENTRALIZED.format(
-                key=f"training.{key}", value=value, where=where, what=what))
-    if config.model.channels_last and privacy.mode == "dpfedavg":
-        raise ConfigError(SPEED_OPTIONS_CENTRALIZED.format(
-            key="model.channels_last", value=True, where="privacy.mode none or dpsgd", what=what))
-    if training.pad_batches:
-        reasons = []
-        if not fast_dpsgd:
-            reasons.append(what)
-        if not privacy.poisson_sampling:
-            reasons.append("privacy.poisson_sampling false")
-        if privacy.clipping != "flat":
-            reasons.append(f"privacy.clipping {privacy.clipping!r}")
-        if config.fairness.method != "none" and config.fairness.method_class().training_changes():
-            reasons.append(f"fairness.method {config.fairness.method!r}")
-        if reasons:
-            raise ConfigError(STATIC_SHAPES_UNSUPPORTED.format(what=", ".join(reasons)))
-    if training.compile and privacy.mode == "dpsgd" and not training.pad_batches:
-        raise ConfigError(COMPILE_NEEDS_PADDING)
 
 
 def _describe(annotation: Any) -> str:
@@ -949,9 +843,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: got {shown(value)}; expected a list of {_describe(item_type)}.")
         return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
-    if annotation is FairnessConfig:  # its sub-sections come from the method registry
+    if annotation is DataConfig:  # its data sets' sub-sections stay raw
+        return build_data(value, key)
+    if annotation is FairnessConfig:  # its methods' sub-sections stay raw
         return build_fairness(value, key)
-    if annotation is PrivacyConfig:  # its rules' sub-sections come from the clipping registry
+    if annotation is PrivacyConfig:  # its rules' sub-sections stay raw
         return build_privacy(value, key)
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
@@ -1012,6 +908,13 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise TypeError(f"no coercion for {annotation!r} at {key}")
 
 
+def build_settings(value: Any, cls: type, key: str) -> Any:
+    """A settings sub-section (``fairness.runner``) as the dataclass ``cls``, coerced and refused
+    like any section (unknown keys named with the closest valid one); the validation step calls it
+    with the class the registered entry declares."""
+    return _coerce(value, cls, key)
+
+
 def unknown_key_error(key: str, valid: list[str], prefix: str) -> ConfigError:
     if f"{prefix}{key}" in RETIRED_KEYS:  # a key the tool had: say what replaced it
         return ConfigError(RETIRED_KEYS[f"{prefix}{key}"][0])
@@ -1050,36 +953,23 @@ NEEDS_NOISE_OR_TARGET = "needs one of privacy.noise_multiplier and privacy.targe
 
 
 def override_children(cls: type) -> dict[str, Any]:
-    """The keys ``--set`` may name inside section ``cls``, with their types; the fairness section's
-    sub-sections are the methods' settings (``fairness.runner.lam``), not its ``settings`` field,
-    and the privacy section's the clipping rules' (``privacy.global_adapt.z``)."""
-    if cls is FairnessConfig:
-        return {"method": str, "mode": str, "public_examples": int | None, **_fairness_sections()}
+    """The keys ``--set`` may name inside section ``cls``, with their types. The fairness and
+    privacy sections also hold sub-sections named after registered entries (``fairness.runner.lam``,
+    ``privacy.global_adapt.z``), which are not among them: :func:`has_entry_sections` says where
+    a name outside them is such a raw sub-section, for the validation step to check."""
     hints = _type_hints(cls)
-    if cls is PrivacyConfig:
-        return {**{f.name: hints[f.name] for f in dataclasses.fields(cls)
-                   if f.name != "clipping_settings"}, **_clipping_sections()}
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return {f.name: hints[f.name] for f in yaml_fields(cls)}
+
+
+def has_entry_sections(cls: type) -> bool:
+    """Whether section ``cls`` holds settings sub-sections named after registered entries."""
+    return cls in SETTINGS_FIELDS
 
 
 def config_from_mapping(raw: Mapping[str, Any]) -> ExperimentConfig:
-    """Build and check an :class:`ExperimentConfig` from a raw mapping."""
+    """Build an :class:`ExperimentConfig` from a raw mapping and check each section's own keys
+    (types, ranges); :func:`training.validation.validate` checks the rest."""
     raw = {key: value for key, value in raw.items() if key != PROVENANCE_KEY}
     config = build_dataclass(ExperimentConfig, raw)
     config.validate()
-    check_selection(config)
     return config
-
-
-def check_selection(config: ExperimentConfig) -> None:
-    """``training.select`` other than "last" needs a validation split to select on.
-
-    A rule across the data and training sections, checked by :func:`config_from_mapping` (files,
-    ``--set``, grid points) and again by ``training.experiment.run`` (configs built in code).
-    """
-    if config.training.select != "last" and not config.data.has_validation:
-        raise ConfigError(
-            f"training.select: {config.training.select!r} {SELECT_NEEDS_VALIDATION}, but "
-            f"data.val_fraction is {config.data.val_fraction!r}. Set data.val_fraction to a share "
-            "of the training pool such as 0.2 (or, for Adult, data.protocol: runner), or "
-            "training.select: last.")

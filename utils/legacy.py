@@ -49,12 +49,22 @@ second would be taken for complete and skipped), ``save_model`` and ``save_on_ep
 directory holds is this project's contract).
 
 CelebA defaults of the paper: when ``dataset: celeba``, the translation fills, unless the file gives
-them, ``data.train_size: 24000`` and ``data.test_size: 6000`` (the paper's 24,000 training images
-at every minority share and its balanced test set of 1,500 per group and label),
-``data.split: protocol`` (that protocol rather than CelebA's official partition),
+them, ``data.train_size: 24000`` and ``data.celeba.test_size: 6000`` (the paper's 24,000 training
+images at every minority share and its balanced test set of 1,500 per group and label),
+``data.celeba.split: protocol`` (that protocol rather than CelebA's official partition),
 ``privacy.delta: 1e-6`` (the δ at which the paper reports ε), and the paper's task,
 ``data.target: Smiling`` with ``data.protected: Male`` and ``data.minority_value: "1"`` (men the
 minority, as in the paper).
+
+Keys of this project's own nested format that moved (:data:`MOVED_KEYS`): the settings only one
+data set reads live in that data set's sub-section now (``data.celeba.image_size``,
+``data.adult.protocol``), as repair methods' settings live in ``fairness.<method>``. The old
+spellings (``data.image_size``, ``data.protocol``) keep working: :func:`translate_moved` (a pure
+mapping-to-mapping function) puts them at their new place, and :func:`utils.loader.load_config`
+prints one ``note: ...`` line per old spelling it read, as for a flat file. A run's identity
+(:func:`utils.seeding.identity_settings`) and the comparison of a stored config.yaml
+(``training.experiment.changed_keys``) read the moved keys under their old names
+(:func:`historic_flat`), so streams, run directories and resumption are those of before the move.
 """
 
 from __future__ import annotations
@@ -83,7 +93,7 @@ DIRECT_KEYS: dict[str, str] = {
     "ratio": "data.minority_share",
     "data_path": "data.root",
     "root": "data.root",
-    "image_size": "data.image_size",
+    "image_size": "data.celeba.image_size",
     "S": "privacy.max_grad_norm",
     "z": "privacy.noise_multiplier",
     "delta": "privacy.delta",
@@ -119,13 +129,73 @@ CELEBA_PAPER_DEFAULTS: dict[str, Any] = {
     "data.protected": "Male",
     "data.minority_value": "1",
     "data.train_size": 24000,
-    "data.test_size": 6000,
-    "data.split": "protocol",
+    "data.celeba.test_size": 6000,
+    "data.celeba.split": "protocol",
     "privacy.delta": 1e-6,
 }
 
+# Keys that moved into a data set's own sub-section, by their old dotted name: the new name and the
+# default the old key had (which the run's identity leaves out; historic_flat).
+MOVED_KEYS: dict[str, tuple[str, Any]] = {
+    "data.split": ("data.celeba.split", "protocol"),
+    "data.image_size": ("data.celeba.image_size", 128),
+    "data.cache_dir": ("data.celeba.cache_dir", None),
+    "data.test_size": ("data.celeba.test_size", None),
+    "data.protocol": ("data.adult.protocol", "official"),
+}
+MOVED_KEY_NOTE = "{old} is now {new} (read as such); write {new}."
+MOVED_KEY_TWICE = ("{old} and {new} are one setting, given twice ({old} is its old spelling); "
+                   "keep {new}.")
+
 PAPER = "arXiv 2009.06389"
 LEGACY_DP_NEEDS_Z = "needs z, the noise multiplier the original code trained with"
+
+
+def moved_key(dotted: str) -> str:
+    """The current spelling of a dotted key: a moved key's new one (:data:`MOVED_KEYS`), or the
+    key itself."""
+    return MOVED_KEYS[dotted][0] if dotted in MOVED_KEYS else dotted
+
+
+def translate_moved(raw: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """``raw`` (a nested params mapping) with every moved key at its new place, and the old keys
+    it held, in order. A new mapping; ``raw`` is not changed.
+
+    Raises:
+        ConfigError: a setting given in both spellings, or a data set's sub-section that is not a
+            mapping where an old key would go.
+    """
+    data = raw.get("data")
+    if not isinstance(data, Mapping):
+        return dict(raw), ()
+    found = tuple(f"data.{key}" for key in data if f"data.{key}" in MOVED_KEYS)
+    if not found:
+        return dict(raw), ()
+    moved = {key: value for key, value in data.items() if f"data.{key}" not in MOVED_KEYS}
+    for old in found:
+        new = MOVED_KEYS[old][0]
+        _, section, key = new.split(".")
+        sub = moved.get(section)
+        if sub is None:
+            sub = {}
+        if not isinstance(sub, Mapping):
+            raise ConfigError(f"data.{section}: got {sub!r}; expected a mapping of the data set's "
+                              f"settings (it receives {old}, the old spelling of {new}).")
+        if key in sub:
+            raise ConfigError(MOVED_KEY_TWICE.format(old=old, new=new))
+        moved[section] = {**sub, key: data[old.split(".", 1)[1]]}
+    return {**raw, "data": moved}, found
+
+
+def historic_flat(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """A config flattened to dotted keys, with every moved key under its old name and the old
+    default written in for one it lacks: the form of a config from before the move, in which a
+    run's identity and the comparison of a stored config.yaml are computed (so neither changed)."""
+    old_name = {new: old for old, (new, _) in MOVED_KEYS.items()}
+    out = {old_name.get(key, key): value for key, value in flat.items()}
+    for old, (_, default) in MOVED_KEYS.items():
+        out.setdefault(old, default)
+    return out
 
 
 def _fields(cls: type) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,20 @@ from utils.config import (
     GRID_KEYS,
     ExperimentConfig,
     config_from_mapping,
+    has_entry_sections,
     override_children,
     shown,
     unknown_key_error,
 )
 from utils.errors import ConfigError, file_problem
-from utils.legacy import is_legacy, translate_legacy
+from utils.legacy import (
+    MOVED_KEY_NOTE,
+    MOVED_KEYS,
+    is_legacy,
+    moved_key,
+    translate_legacy,
+    translate_moved,
+)
 
 # Bounds on what a params file or a --set value may make the YAML loader build (ParamsLoader). A real
 # params file is a few KB, nests 3 or 4 levels and holds a few hundred values; the bounds are far
@@ -282,17 +291,27 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     merged = _deep_copy(raw)
     for text in overrides:
         path, value = parse_override(text)
+        path = _current_spelling(path)
         cls: Any = ExperimentConfig
         node = merged
         for depth, part in enumerate(path):
-            children = override_children(cls)
-            if part not in children:
+            # Below a registered entry's sub-section (fairness.runner.lam) the keys are the entry's,
+            # checked with the rest of it by the validation step (training.validation).
+            children = override_children(cls) if cls is not _ENTRY_SECTION else {}
+            last = depth == len(path) - 1
+            if part in children:
+                cls = children[part]
+            elif cls is _ENTRY_SECTION or (has_entry_sections(cls) and not (
+                    last and value is not None and not isinstance(value, dict))):
+                # A sub-section, or a key inside one; a plain value given to a name the section
+                # does not have cannot be a sub-section: a misspelt key, refused here.
+                cls = _ENTRY_SECTION
+            else:
                 raise unknown_key_error(part, list(children), "".join(p + "." for p in path[:depth]))
-            if depth == len(path) - 1:
+            if last:
                 node[part] = value
                 break
-            cls = children[part]
-            if not dataclasses.is_dataclass(cls):
+            if cls is not _ENTRY_SECTION and not dataclasses.is_dataclass(cls):
                 raise ConfigError(f"--set {text!r}: '{'.'.join(path[:depth + 1])}' is a value, "
                                   f"not a section.")
             child = node.get(part)
@@ -300,6 +319,20 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 child = node[part] = {}
             node = child
     return merged
+
+
+# Where --set walks inside a settings sub-section named after a registered entry.
+_ENTRY_SECTION = object()
+
+
+def _current_spelling(path: list[str]) -> list[str]:
+    """A ``--set`` key's parts with a moved key's old spelling (``data.image_size``, also as the
+    start of a longer key) replaced by its current one (utils.legacy.MOVED_KEYS)."""
+    for end in range(len(path), 0, -1):
+        dotted = ".".join(path[:end])
+        if dotted in MOVED_KEYS:
+            return [*moved_key(dotted).split("."), *path[end:]]
+    return path
 
 
 def _deep_copy(raw: Any) -> Any:
@@ -311,7 +344,10 @@ def _deep_copy(raw: Any) -> Any:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read ``path``, apply ``--set`` overrides, and return the checked config.
+    """Read ``path``, apply ``--set`` overrides, and return the config, each section's own keys
+    checked (:func:`utils.config.config_from_mapping`; the registered names, settings
+    sub-sections and rules across sections are :func:`training.validation.validate`'s, which
+    :func:`training.validation.load_validated` adds).
 
     A file in the flat format of the original code (arXiv 2009.06389) is first translated to the
     nested format, which is printed to stderr once (``utils.legacy``); overrides then use nested keys.
@@ -323,5 +359,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
                           f"grids.sweep.load_grid.")
     if is_legacy(raw):
         raw = translate_legacy(raw, source=path)
+    raw, moved = translate_moved(raw)
+    named = [".".join(parse_override(text)[0]) for text in overrides or []]
+    for old in dict.fromkeys([*moved, *(key for key in named if key in MOVED_KEYS)]):
+        print(f"note: {str(path)!r}: " + MOVED_KEY_NOTE.format(old=old, new=moved_key(old)),
+              file=sys.stderr)
     raw = apply_overrides(raw, list(overrides or []))
     return config_from_mapping(raw)

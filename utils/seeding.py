@@ -35,11 +35,12 @@ a CPU and a GPU draws the same streams), the ``logging`` and ``evaluation`` sect
 ``training.eval_batch_size``, ``training.select`` and ``training.select_skip_constant`` (which
 evaluated model is kept: one training),
 ``privacy.individual_accounting`` and ``privacy.individual_every`` (a diagnostic that changes no
-draw), ``data.cache_dir``, ``training.pad_batches``, ``training.physical_batch_size``,
-``training.compile``, ``training.precision`` and ``model.channels_last`` (how the same steps are
-computed: the same draws, other rounding, as on another device), a repair method that only post-processes the scores (``roc``: it is
-counted as ``none``, so it decides on the very model its Vanilla twin trained), and the seed itself
-(a root of its own). Every other key counts,
+draw), ``data.cache_dir`` (``data.celeba.cache_dir`` now: moved keys count under their old
+names), ``training.pad_batches``, ``training.physical_batch_size``, ``training.compile``,
+``training.precision`` and ``model.channels_last`` (how the same steps are computed: the same
+draws, other rounding, as on another device), a repair method that only post-processes the scores
+(``roc``: it is counted as ``none``, so it decides on the very model its Vanilla twin trained), and
+the seed itself (a root of its own). Every other key counts,
 ``data.root`` and ``model.weights`` included: two runs on other files must not share noise. Keys
 at their default are left out of the hash, so a key the tool gains later does not change the
 streams of configs that leave it at its default.
@@ -193,16 +194,21 @@ def seed_global_generators(seed: int, purpose: str) -> None:
 def identity_settings(config: Any) -> dict[str, Any]:
     """The settings that make up the run's identity: the resolved config flattened to dotted
     keys, less :data:`IDENTITY_IGNORED` (and :data:`PAIRED_IGNORED` under
-    ``privacy.paired_streams``) and less every key at its default value."""
+    ``privacy.paired_streams``) and less every key at its default value. Keys that moved into a
+    data set's own sub-section (``data.celeba.image_size``) count under their old names with their
+    old defaults (:func:`utils.legacy.historic_flat`), so no identity changed with the move. The
+    config must be checked (:func:`training.validation.validate`): a repair method's settings
+    are typed there."""
     from utils.config import ExperimentConfig
+    from utils.legacy import historic_flat
 
     ignored = IDENTITY_IGNORED + (PAIRED_IGNORED if config.privacy.paired_streams else ())
-    defaults = flatten(ExperimentConfig().to_dict())
+    defaults = historic_flat(flatten(ExperimentConfig().to_dict()))
     # A method's own settings (fairness.<method>.*) have their defaults in its Settings class, and
     # are compared with the resolved ones so that writing a default out changes nothing.
     fairness = config.fairness
     settings = fairness.resolved_settings() if fairness.method != "none" else None
-    flat = flatten(config.to_dict())
+    flat = historic_flat(flatten(config.to_dict()))
     if settings is not None and fairness.method_class().only_postprocesses():
         # A method that only post-processes the scores (roc) trains what Vanilla trains.
         flat = {key: value for key, value in flat.items()
