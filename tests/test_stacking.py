@@ -6,6 +6,7 @@ also checked against a per-example loop of the plain model and shown to ignore i
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -16,16 +17,21 @@ import pytest
 import torch
 import yaml
 
+from training import checkpoint as experiment_checkpoint
 from training import experiment as experiment_module
 from training.experiment import open_run, run
 from training.stacking import (
     STACKED_KEYS,
+    STACKED_STEP_RECORD,
+    ImageStackedTrainer,
     NotStackable,
     StackedTrainer,
+    build_stack,
     plan_stacks,
     run_stacked,
     runtime_signature,
     stack_key,
+    why_not_stackable,
 )
 from utils.config import config_from_mapping
 from utils.sink import read_predictions
@@ -314,3 +320,190 @@ def test_stack_of_a_single_experiment_is_an_input_error(tmp_path):
     assert done.returncode == 2
     assert "is one experiment, not a grid" in done.stderr
     assert not any(tmp_path.iterdir())
+
+
+# --- image models (cnn, resnet18) on a fake CelebA: ImageStackedTrainer ----------------------
+
+@pytest.fixture(scope="module")
+def fake_celeba(tmp_path_factory):
+    from tests.celeba_fake import make_fake_celeba
+
+    root = tmp_path_factory.mktemp("celeba")
+    make_fake_celeba(root, n_images=300, seed=0)
+    return root
+
+
+def image_configs(points: list[dict], output: Path, root: Path, model: str, image_size: int,
+                  **training) -> list:
+    """Runs of ``model`` (width 4) on the fake CelebA: 120 training images, random flips on."""
+    base = {"data": {"name": "celeba", "root": str(root), "target": "Smiling", "protected": "Male",
+                     "minority_value": "1", "minority_share": None, "train_size": 120,
+                     "test_size": 40, "image_size": image_size,
+                     "cache_dir": str(output.parent / "cache")},
+            "model": {"name": model, "width": 4},
+            "training": {"epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 1e-3,
+                         **training},
+            "evaluation": {"bootstrap_resamples": 20},
+            "logging": BASE["logging"]}
+    return [config_from_mapping(merged(merged(base, point), {"name": f"run{i}",
+                                                             "output_dir": str(output)}))
+            for i, point in enumerate(points)]
+
+
+IMAGE_POINTS = [{"seed": 0, "privacy": {"mode": "dpsgd", "noise_multiplier": 1.0,
+                                        "max_grad_norm": 1.0}},
+                {"seed": 1, "privacy": {"mode": "dpsgd", "noise_multiplier": 0.7,
+                                        "max_grad_norm": 0.5}}]
+IMAGE_NON_PRIVATE = [{"seed": 0}, {"seed": 1}]
+
+
+def assert_same_image_run(alone: dict, stacked: dict, alone_dir: Path, stacked_dir: Path,
+                          rtol: float) -> None:
+    """:func:`assert_same_run` at the image stack's tolerance: its per-example gradients are
+    formed by torch.func where the lone fast engine books them (ghost norms, unfolded inputs), so
+    the two agree to float rounding, which training carries on (ImageStackedTrainer)."""
+    a, b = comparable(alone), comparable(stacked)
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], float):
+            assert b[key] == pytest.approx(a[key], rel=rtol, abs=rtol), key
+        elif key == "data/info":  # the image cache: built by the first run, read by the rest
+            assert ({k: v for k, v in b[key].items() if not k.startswith("cache/")}
+                    == {k: v for k, v in a[key].items() if not k.startswith("cache/")})
+        elif key != "test/intervals":
+            assert b[key] == a[key], key
+    for key in ("privacy/epsilon", "privacy/steps", "privacy/noise_multiplier"):
+        assert stacked[key] == alone[key]
+    weights_alone = torch.load(alone_dir / "checkpoints" / "model_final.pt")
+    weights_stacked = torch.load(stacked_dir / "checkpoints" / "model_final.pt")
+    for name, tensor in weights_alone.items():
+        torch.testing.assert_close(weights_stacked[name], tensor, rtol=rtol, atol=rtol)
+    np.testing.assert_array_equal(read_predictions(stacked_dir / "predictions.csv")["y_pred"],
+                                  read_predictions(alone_dir / "predictions.csv")["y_pred"])
+    np.testing.assert_allclose(read_predictions(stacked_dir / "predictions.csv")["y_score"],
+                               read_predictions(alone_dir / "predictions.csv")["y_score"],
+                               rtol=rtol, atol=rtol)
+
+
+def check_image_stack(tmp_path, root, points, model, image_size, rtol, **training):
+    alone = [run(config) for config in image_configs(points, tmp_path / "alone", root, model,
+                                                     image_size, **training)]
+    stacked = run_stacked(image_configs(points, tmp_path / "stacked", root, model, image_size,
+                                        **training))
+    for i, (one, together) in enumerate(zip(alone, stacked)):
+        assert isinstance(together, dict), together
+        assert together["trainer/info"]["stacked_runs"] == len(points)
+        assert together["trainer/info"]["stacked_step"] == STACKED_STEP_RECORD
+        assert_same_image_run(one, together, tmp_path / "alone" / f"run{i}",
+                              tmp_path / "stacked" / f"run{i}", rtol)
+
+
+@pytest.mark.parametrize("points", [IMAGE_POINTS, IMAGE_NON_PRIVATE], ids=["dpsgd", "none"])
+def test_stacked_cnn_runs_equal_the_same_runs_trained_one_by_one(tmp_path, fake_celeba, points):
+    # 32 px, random flips: each member flips the images its lone run flips.
+    check_image_stack(tmp_path, fake_celeba, points, "cnn", 32, rtol=1e-4)
+
+
+@pytest.mark.slow  # a ResNet-18 at 64 px, four runs: tens of seconds on a 2-core CPU
+@pytest.mark.parametrize("points", [IMAGE_POINTS, IMAGE_NON_PRIVATE], ids=["dpsgd", "none"])
+def test_stacked_resnet18_runs_equal_the_same_runs_trained_one_by_one(tmp_path, fake_celeba,
+                                                                      points):
+    # One epoch of 3 steps: a width-4 ResNet's GroupNorm of 2 channels is ill-conditioned enough
+    # that float rounding (the lone engine's own, against a float64 loop, is 1e-4 in the norms)
+    # grows with every step; 64 px keeps its last maps 2×2.
+    check_image_stack(tmp_path, fake_celeba, points, "resnet18", 64, rtol=1e-3, epochs=1,
+                      steps_per_epoch=3)
+
+
+def image_per_example_clipped_sum(trainer, x, y, weights, bound):
+    """DP-SGD's clipped sum by a loop in float64: each example's own gradient through a float64
+    copy of the plain model, clipped to ``bound``, summed; and the norms."""
+    model = copy.deepcopy(trainer.base_model()).double()
+    params = list(model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    total, norms = [torch.zeros_like(p) for p in params], []
+    with trainer.private.hooks_off():
+        for i in range(len(x)):
+            logit = model(x[i:i + 1].double()).reshape(-1)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, y[i:i + 1].double())
+            grads = torch.autograd.grad(loss * weights[i].double(), params)
+            norm = float(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
+            norms.append(norm)
+            total = [t + min(1.0, bound / (norm + 1e-6)) * g for t, g in zip(total, grads)]
+    return [t.float() for t in total], torch.tensor(norms)
+
+
+@pytest.mark.parametrize("model, image_size", [
+    ("cnn", 32), pytest.param("resnet18", 64, marks=pytest.mark.slow)])  # ResNet: 15 s
+def test_the_image_stacks_clipped_sum_is_the_per_example_loop_of_every_run(
+        tmp_path, fake_celeba, model, image_size):
+    sessions = [open_run(config) for config in image_configs(
+        IMAGE_POINTS, tmp_path / "runs", fake_celeba, model, image_size)]
+    stack = build_stack([session.trainer for session in sessions])
+    assert isinstance(stack, ImageStackedTrainer)
+    stack.chunk = 3  # several chunks, the last one short
+    generator = torch.Generator().manual_seed(5)
+    sizes = (11, 4)
+    width = 13  # padded past the largest batch
+    x = torch.zeros(2, width, 3, image_size, image_size)
+    y, weights = torch.zeros(2, 2, width)
+    mask = torch.zeros(2, width, dtype=torch.bool)
+    for k, (session, n) in enumerate(zip(sessions, sizes)):
+        trainer = session.trainer
+        index = torch.randperm(len(trainer.y), generator=generator)[:n]
+        x[k, :n] = trainer.transform(trainer.x[index], False)
+        x[k, n:] = x[k, 0]  # padding that holds a real image: it must not count
+        y[k, :n], weights[k, :n], mask[k, :n] = trainer.y[index], trainer.weights[index], True
+    _, norms, grads = stack.gradients(x, y, weights, mask)
+    for k, (session, n) in enumerate(zip(sessions, sizes)):
+        bound = IMAGE_POINTS[k]["privacy"]["max_grad_norm"]
+        want, want_norms = image_per_example_clipped_sum(session.trainer, x[k, :n], y[k, :n],
+                                                         weights[k, :n], bound)
+        torch.testing.assert_close(norms[k, :n], want_norms.float(), rtol=1e-4, atol=1e-5)
+        assert (norms[k, n:] == 0).all()
+        for got, expected in zip(grads, want):
+            torch.testing.assert_close(got[k], expected, rtol=1e-4, atol=1e-5)
+    for session in sessions:
+        session.sink.close(None)
+
+
+def test_members_of_an_image_stack_draw_their_own_batches_flips_and_noise(tmp_path, fake_celeba):
+    # Two runs that differ in the seed alone: their batches, random flips and noise differ, and
+    # each is the draw its lone run makes (the runs equal their lone runs: the tests above).
+    points = [{"seed": 0, "privacy": IMAGE_POINTS[0]["privacy"]},
+              {"seed": 1, "privacy": IMAGE_POINTS[0]["privacy"]}]
+    sessions = [open_run(config) for config in image_configs(points, tmp_path / "runs",
+                                                             fake_celeba, "cnn", 32)]
+    trainers = [session.trainer for session in sessions]
+    states = [experiment_checkpoint.rng_state() for _ in trainers]
+    states[1] = {**states[1], "torch": torch.manual_seed(99).get_state()}
+    stack = build_stack(trainers, states)
+    batches = [next(iter(trainer.loader))[0] for trainer in trainers]
+    assert not torch.equal(batches[0], batches[1])
+    index = torch.arange(8)
+    flips = []
+    for k, trainer in enumerate(trainers):
+        with stack.own_random_state(k):
+            flips.append(trainer.transform(trainer.x[index], True))
+    assert not torch.equal(flips[0], flips[1])
+    draws = [trainer.private.draw_noise() for trainer in trainers]
+    assert not torch.equal(draws[0], draws[1])
+    for session in sessions:
+        session.sink.close(None)
+
+
+@pytest.mark.parametrize("override, reason", [
+    ({"model": {"name": "resnet18", "channels_last": True}}, "model.channels_last"),
+    ({"training": {"precision": "bf16"}}, "training.precision"),
+    ({"privacy": {"mode": "dpfedavg", "noise_multiplier": 1.0}}, "privacy.mode 'dpfedavg'"),
+    ({"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0, "engine": "opacus"}},
+     "privacy.engine 'opacus'"),
+])
+def test_why_not_stackable_names_what_keeps_an_image_run_alone(tmp_path, fake_celeba, override,
+                                                               reason):
+    [plain] = image_configs([{}], tmp_path, fake_celeba, "resnet18", 32)
+    assert why_not_stackable(plain) is None and stack_key(plain) is not None
+    [config] = image_configs([override], tmp_path, fake_celeba, "resnet18", 32)
+    assert why_not_stackable(config).startswith(reason)
+    assert stack_key(config) is None
