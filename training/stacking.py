@@ -26,7 +26,9 @@ usual, with its own data, initialization, streams and run directory):
 The result equals K sequential runs to float rounding (batched and single matrix products sum in
 different orders); tests/test_stacking.py checks models, metrics and ε run by run. What can be
 stacked: centralized training, non-private or DP-SGD on the fast engine with flat clipping, the
-``mlp`` model with ReLU, tabular data (no batch transform), and a repair method that only prepares the data or post-processes
+``mlp`` model with ReLU on tabular data (no batch transform) or the ``cnn`` and ``resnet18`` image
+models (:class:`ImageStackedTrainer`: the same contract by ``torch.func``, equal to the lone run
+to float tolerance), and a repair method that only prepares the data or post-processes
 decisions (``none``, ``reweighing``, ``oversample``, ``fairsmote``, ``roc``). Anything else runs on
 its own, as without ``--stack``.
 """
