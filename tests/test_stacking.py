@@ -234,7 +234,8 @@ def test_plan_stacks_groups_points_that_differ_only_in_the_stacked_keys(tmp_path
     # DP-SGD runs (0-2) and non-private runs (3-5) stack among themselves, never together.
     assert plan == [[0, 1], [2], [3, 4], [5], [6], [7], [8]]
     assert plan_stacks(runs, size=8) == [[0, 1, 2], [3, 4, 5]]
-    assert stack_key(fedavg) is None and stack_key(opacus) is None
+    assert stack_key(opacus) is None
+    assert stack_key(fedavg) is not None  # DP-FedAvg points stack among themselves
     assert len({stack_key(c) for c in runs[:3]}) == 1
     assert set(STACKED_KEYS) >= {"seed", "data.minority_share", "privacy.noise_multiplier"}
 
@@ -285,9 +286,9 @@ def test_the_cli_stacks_a_grid_and_every_point_keeps_its_own_run_directory(tmp_p
     for point in status["points"]:
         summary = json.loads((Path(point["run_dir"]) / "summary.json").read_text())
         stacked = summary["trainer/info"].get("stacked_runs")
-        # The 4 DP-SGD points share one stack, the 4 non-private ones another; DP-FedAvg's
-        # points run alone.
-        assert stacked == (None if summary["mode"] == "dpfedavg" else 4)
+        # The 4 DP-SGD points share one stack, the 4 non-private ones another, the 4 DP-FedAvg
+        # points a third.
+        assert stacked == 4
         run_dir = Path(point["run_dir"])
         assert list((run_dir / "tb").glob("events.out.tfevents.*"))
         # Its own wandb run (offline): one run folder per point, none shared.
@@ -496,7 +497,7 @@ def test_members_of_an_image_stack_draw_their_own_batches_flips_and_noise(tmp_pa
 @pytest.mark.parametrize("override, reason", [
     ({"model": {"name": "resnet18", "channels_last": True}}, "model.channels_last"),
     ({"training": {"precision": "bf16"}}, "training.precision"),
-    ({"privacy": {"mode": "dpfedavg", "noise_multiplier": 1.0}}, "privacy.mode 'dpfedavg'"),
+    ({"privacy": {"mode": "dpfedavg", "noise_multiplier": 1.0}}, "data.name 'celeba' under privacy.mode 'dpfedavg'"),
     ({"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0, "engine": "opacus"}},
      "privacy.engine 'opacus'"),
 ])
@@ -507,3 +508,63 @@ def test_why_not_stackable_names_what_keeps_an_image_run_alone(tmp_path, fake_ce
     [config] = image_configs([override], tmp_path, fake_celeba, "resnet18", 32)
     assert why_not_stackable(config).startswith(reason)
     assert stack_key(config) is None
+
+
+# --- DP-FedAvg points: FederatedStack ---------------------------------------------------------
+
+FEDAVG_BASE = {
+    "data": {"name": "adult", "train_size": 2000},
+    "model": {"name": "mlp", "hidden": [16]},
+    "training": {"batch_size": 16},
+    "federated": {"num_clients": 50, "rounds": 4, "eval_every": 2, "client_sample_rate": 0.2},
+    "evaluation": {"bootstrap_resamples": 20},
+    "logging": BASE["logging"],
+}
+# Seeds, shares, σ and bounds S all differ; S = 0.03 clips most updates (their norms are about
+# 0.05), 2.0 none.
+FEDAVG_POINTS = [
+    {"seed": 0, "data": {"minority_share": 0.1},
+     "privacy": {"mode": "dpfedavg", "noise_multiplier": 1.0, "max_grad_norm": 0.03}},
+    {"seed": 1, "data": {"minority_share": 0.3},
+     "privacy": {"mode": "dpfedavg", "noise_multiplier": 0.7, "max_grad_norm": 0.5}},
+    {"seed": 2, "data": {"minority_share": 0.05},
+     "privacy": {"mode": "dpfedavg", "noise_multiplier": 1.3, "max_grad_norm": 2.0}},
+]
+
+
+def fedavg_configs(points: list[dict], output: Path) -> list:
+    return [config_from_mapping(merged(merged(FEDAVG_BASE, point), {"name": f"run{i}",
+                                                                    "output_dir": str(output)}))
+            for i, point in enumerate(points)]
+
+
+def test_stacked_dpfedavg_runs_equal_the_same_runs_trained_one_by_one(tmp_path):
+    alone = [run(config) for config in fedavg_configs(FEDAVG_POINTS, tmp_path / "alone")]
+    stacked = run_stacked(fedavg_configs(FEDAVG_POINTS, tmp_path / "stacked"))
+    clipped = []
+    for i, (one, together) in enumerate(zip(alone, stacked)):
+        assert isinstance(together, dict), together
+        assert together["trainer/info"]["stacked_runs"] == len(FEDAVG_POINTS)
+        assert_same_run(one, together, tmp_path / "alone" / f"run{i}",
+                        tmp_path / "stacked" / f"run{i}")
+        rows = [[json.loads(line) for line in (tmp_path / d / f"run{i}" / "metrics.jsonl")
+                 .read_text().splitlines()] for d in ("alone", "stacked")]
+        for row_alone, row_stacked in zip(*rows):  # every round's, clients and clipping too
+            assert row_stacked["federated/clients"] == row_alone["federated/clients"]
+            assert row_stacked["dp/clip_fraction"] == row_alone["dp/clip_fraction"]
+            assert row_stacked["train/loss"] == pytest.approx(row_alone["train/loss"], rel=1e-5)
+        clipped.append(one["dp/clip_fraction"])
+    assert clipped[0] > 0 and clipped[2] == 0  # the bounds differ, and bite differently
+
+
+def test_members_of_a_dpfedavg_stack_draw_their_own_clients_and_noise(tmp_path):
+    points = [merged(FEDAVG_POINTS[0], {"seed": seed}) for seed in (0, 1)]
+    sessions = [open_run(config) for config in fedavg_configs(points, tmp_path)]
+    trainers = [session.trainer for session in sessions]
+    assert runtime_signature(trainers[0]) == runtime_signature(trainers[1])
+    chosen = [trainer.round_orders()[0] for trainer in trainers]
+    assert not torch.equal(chosen[0], chosen[1])
+    noise = [trainer.mechanism.noise_generator.initial_seed() for trainer in trainers]
+    assert noise[0] != noise[1]
+    for session in sessions:
+        session.sink.close(None)

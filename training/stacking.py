@@ -73,8 +73,14 @@ class NotStackable(Exception):
 def why_not_stackable(config: ExperimentConfig) -> str | None:
     """What in ``config`` keeps it out of a stack, or None (the runtime checks come later)."""
     privacy = config.privacy
+    if privacy.mode == "dpfedavg":  # FederatedStack; its runtime checks in federated_signature
+        if getattr(privacy, "individual_accounting", False):
+            return "privacy.individual_accounting"
+        if config.data.name == "celeba":
+            return "data.name 'celeba' under privacy.mode 'dpfedavg' (DP-FedAvg stacks tabular runs)"
+        return None
     if privacy.mode not in ("none", "dpsgd"):
-        return f"privacy.mode {privacy.mode!r} (stacking trains centralized runs)"
+        return f"privacy.mode {privacy.mode!r} (stacking trains centralized and DP-FedAvg runs)"
     if privacy.mode == "dpsgd" and privacy.engine != "fast":
         return f"privacy.engine {privacy.engine!r} (stacking computes DP-SGD as the fast engine)"
     if getattr(privacy, "individual_accounting", False):
@@ -525,15 +531,98 @@ class ImageStackedTrainer(StackedTrainer):
         return member.private.hooks_off() if member.private is not None else contextlib.nullcontext()
 
 
+class FederatedStack:
+    """K DP-FedAvg runs (:class:`training.federated.FederatedTrainer`) trained together, one round
+    at a time: every member's chosen clients train side by side in one ``vmap`` over clients.
+
+    Each member keeps everything of its own: its partition into clients, its client sampling and
+    local shuffles (:meth:`FederatedTrainer.round_orders`, its own streams), its global model and
+    server momentum, its server mechanism (:class:`privacy.dpfedavg.DPFedAvg`: clipping at its own
+    S, its own noise stream and σ, its accountant; :meth:`FederatedTrainer.finish_round`). Only the
+    clients' local SGD is shared: the round's clients of all members are laid side by side, each
+    starting from its own member's global model and gathering its examples from its own member's
+    training set (the members' sets concatenated, each client's indices offset to its member's
+    block), in :func:`training.federated._train_chunk`'s chunks. A client's local training is the
+    same computation as in its lone run (vmap keeps clients apart), so a stacked run equals its
+    lone run to float tolerance (the batched products round in other orders; its training loss
+    is summed per client, then over the clients). Tabular data only: an image transform's random
+    flips are drawn for a whole chunk at once from torch's global generator.
+    """
+
+    def __init__(self, members: list):
+        signatures = {runtime_signature(member) for member in members}
+        if len(signatures) != 1:
+            raise NotStackable("the runs differ in mode, model shape or rounds")
+        self.members = members
+        for member in members:
+            member.info["stacked_runs"] = len(members)
+        self.device = members[0].device
+        self.offsets = [0]
+        for member in members[:-1]:
+            self.offsets.append(self.offsets[-1] + len(member.y))
+        self.x = torch.cat([member.x for member in members])
+        self.y = torch.cat([member.y for member in members])
+        self.weights = (None if all(member.example_weights is None for member in members) else
+                        torch.cat([member.example_weights if member.example_weights is not None
+                                   else torch.ones_like(member.y) for member in members]))
+
+    def own_random_state(self, k: int) -> contextlib.AbstractContextManager:
+        """Nothing to swap: a tabular round draws nothing from the process-wide generators."""
+        return contextlib.nullcontext()
+
+    def train_unit(self, unit: int) -> list[dict[str, float | None]]:
+        """One round of every member; each member's metrics, as its own trainer reports them."""
+        from training.federated import LocalOrders, _train_chunk, flatten
+
+        members = self.members
+        started = time.perf_counter()
+        rounds = [member.round_orders() for member in members]
+        counts = [len(orders) for _, orders in rounds]
+        width = max((orders.index.shape[2] for _, orders in rounds), default=0)
+        index = torch.cat([F.pad(orders.index, (0, width - orders.index.shape[2])) + offset
+                           for (_, orders), offset in zip(rounds, self.offsets)])
+        orders = LocalOrders(index, torch.cat([orders.sizes for _, orders in rounds]))
+        starts = torch.cat([flatten(member._global).unsqueeze(0).expand(count, -1)
+                            for member, count in zip(members, counts)])
+        first = members[0]
+        updates, losses, examples = [], [], []
+        for start in range(0, len(orders), first.client_chunk_size):
+            end = start + first.client_chunk_size
+            chunk = _train_chunk(first.model, first._global, self.x, self.y, orders[start:end],
+                                 lr=first.federated.client_lr, batch_size=first.batch_size,
+                                 transform=None, example_weights=self.weights,
+                                 starts=starts[start:end])
+            for part, out in zip(chunk, (updates, losses, examples)):
+                out.append(part)
+        if updates:
+            updates, losses, examples = (torch.cat(parts) for parts in (updates, losses, examples))
+        metrics, begin = [], 0
+        for member, (rows, _), count in zip(members, rounds, counts):
+            if count and len(updates):
+                own = updates[begin:begin + count]
+                loss_sum = float(losses[begin:begin + count].sum())
+                seen = int(examples[begin:begin + count].sum())
+            else:
+                own = torch.zeros(0, sum(p.numel() for p in member._global.values()),
+                                  device=self.device)
+                loss_sum, seen = 0.0, 0
+            metrics.append(member.finish_round(rows, own, loss_sum, seen, started))
+            begin += count
+        return metrics
+
+
 STACKED_STEP_RECORD = ("torch.func per-example gradients; equal to the lone run to float "
                        "tolerance, not bit for bit")
 IMAGE_MODELS = (SmallCNN, ResNet18)
 
 
-def build_stack(members: list[CentralizedTrainer], rng_states: list | None = None
-                ) -> StackedTrainer:
-    """The stacked trainer of ``members``' model: the MLP's written-out step, or torch.func's for
-    an image model."""
+def build_stack(members: list, rng_states: list | None = None):
+    """The stacked trainer of ``members``: DP-FedAvg's rounds, or for centralized runs the MLP's
+    written-out step or torch.func's for an image model."""
+    from training.federated import FederatedTrainer
+
+    if isinstance(members[0], FederatedTrainer):
+        return FederatedStack(members)
     if isinstance(members[0].base_model(), MLP):
         return StackedTrainer(members)
     return ImageStackedTrainer(members, rng_states)
@@ -542,6 +631,10 @@ def build_stack(members: list[CentralizedTrainer], rng_states: list | None = Non
 def runtime_signature(trainer) -> tuple:
     """What must be equal for built trainers to share a stack; raises :class:`NotStackable` for
     one that cannot be stacked at all."""
+    from training.federated import FederatedTrainer
+
+    if isinstance(trainer, FederatedTrainer):
+        return federated_signature(trainer)
     if not isinstance(trainer, CentralizedTrainer):
         raise NotStackable(f"{type(trainer).__name__} is not centralized training")
     if trainer.private is not None and not isinstance(trainer.private, FastPrivateTraining):
@@ -576,6 +669,24 @@ def runtime_signature(trainer) -> tuple:
     shapes = tuple(tuple(p.shape) for p in model.parameters())
     return (kind, trainer.private is not None, shapes, len(trainer.loader), str(trainer.device),
             trainer.x.dtype, tuple(trainer.x.shape[1:]))
+
+
+def federated_signature(trainer) -> tuple:
+    """:func:`runtime_signature` of a DP-FedAvg trainer."""
+    if not trainer.vectorized:
+        raise NotStackable("DP-FedAvg's clients train one after another (vectorized off)")
+    if trainer.transform is not None:
+        raise NotStackable("DP-FedAvg on images (the random flips are drawn for a whole chunk of "
+                           "clients at once)")
+    if trainer.method.trains_in_clients:
+        raise NotStackable(f"fairness.method {trainer.method.name!r} trains in the clients")
+    if trainer.individual is not None:
+        raise NotStackable("privacy.individual_accounting")
+    shapes = tuple(tuple(p.shape) for p in trainer.model.parameters())
+    return ("dpfedavg", shapes, trainer.units, trainer.eval_every, trainer.batch_size,
+            trainer.federated.client_lr, trainer.federated.local_epochs,
+            trainer.client_chunk_size, str(trainer.device), trainer.x.dtype,
+            tuple(trainer.x.shape[1:]))
 
 
 def _padded(tensors: list[torch.Tensor]) -> torch.Tensor:
