@@ -53,6 +53,7 @@ from models.resnet import ResNet18
 from privacy.fast_dpsgd import FastPrivateTraining
 from training import checkpoint
 from training.centralized import CentralizedTrainer
+from training.federated import FederatedTrainer, LocalOrders, _train_chunk, flatten
 from training.optim import build_optimizer
 from utils.config import ExperimentConfig
 from utils.fairness import GROUPS
@@ -572,8 +573,6 @@ class FederatedStack:
 
     def train_unit(self, unit: int) -> list[dict[str, float | None]]:
         """One round of every member; each member's metrics, as its own trainer reports them."""
-        from training.federated import LocalOrders, _train_chunk, flatten
-
         members = self.members
         started = time.perf_counter()
         rounds = [member.round_orders() for member in members]
@@ -619,8 +618,6 @@ IMAGE_MODELS = (SmallCNN, ResNet18)
 def build_stack(members: list, rng_states: list | None = None):
     """The stacked trainer of ``members``: DP-FedAvg's rounds, or for centralized runs the MLP's
     written-out step or torch.func's for an image model."""
-    from training.federated import FederatedTrainer
-
     if isinstance(members[0], FederatedTrainer):
         return FederatedStack(members)
     if isinstance(members[0].base_model(), MLP):
@@ -631,8 +628,6 @@ def build_stack(members: list, rng_states: list | None = None):
 def runtime_signature(trainer) -> tuple:
     """What must be equal for built trainers to share a stack; raises :class:`NotStackable` for
     one that cannot be stacked at all."""
-    from training.federated import FederatedTrainer
-
     if isinstance(trainer, FederatedTrainer):
         return federated_signature(trainer)
     if not isinstance(trainer, CentralizedTrainer):
