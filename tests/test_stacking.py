@@ -405,8 +405,10 @@ def check_image_stack(tmp_path, root, points, model, image_size, rtol, **trainin
 
 @pytest.mark.parametrize("points", [IMAGE_POINTS, IMAGE_NON_PRIVATE], ids=["dpsgd", "none"])
 def test_stacked_cnn_runs_equal_the_same_runs_trained_one_by_one(tmp_path, fake_celeba, points):
-    # 32 px, random flips: each member flips the images its lone run flips.
-    check_image_stack(tmp_path, fake_celeba, points, "cnn", 32, rtol=1e-4)
+    # 32 px, random flips: each member flips the images its lone run flips. 1e-3: rounding that
+    # differs (the per-example route; the suite's thread count) can flip a ReLU or max-pool choice
+    # of a width-4 network; another noise draw or batch moves the weights by several times that.
+    check_image_stack(tmp_path, fake_celeba, points, "cnn", 32, rtol=1e-3)
 
 
 @pytest.mark.slow  # a ResNet-18 at 64 px, four runs: tens of seconds on a 2-core CPU
