@@ -11,8 +11,10 @@ ordinary run under ``{output_dir}/{name}/{point}``, ``--set`` applies to every p
 are skipped, and ``--dry-run`` lists the points and their run directories without running anything.
 ``--backend ray [--address ADDR] [--gpus-per-run N]`` runs a grid's points as Ray tasks, on this
 machine or on a Ray cluster, with the same run directories, status file and exit status.
-``--stack K`` trains up to K small points that differ only in seed, share, noise or clipping bound
-as one batched computation in this process (training/stacking.py), each with its own run directory.
+``--stack K`` trains up to K points (mlp, cnn, resnet18 non-private or DP-SGD; DP-FedAvg on tabular
+data) that differ only in
+seed, share, noise or clipping bound as one batched computation in this process
+(training/stacking.py), each with its own run directory.
 
 Exit status: 0 on success (also when the run or every grid point was already complete); 1 when a
 grid ran but some of its points failed (each failure is an ``error: grid point ...`` line on stderr
@@ -72,8 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stack", type=int, metavar="K",
                         help="train up to K grid points at a time as one batched computation "
                              "(points differing only in seed, minority share, noise multiplier or "
-                             "target epsilon, clipping bound; MLP runs without privacy or with "
-                             "DP-SGD's fast engine); every point keeps its own run directory")
+                             "target epsilon, clipping bound; mlp, cnn and resnet18 runs "
+                             "without privacy or with DP-SGD's fast engine, and DP-FedAvg runs on "
+                             "tabular data); every point keeps its own run directory")
     args = parser.parse_args(argv)
     if args.stack is not None and (args.stack < 1 or args.backend == "ray"):
         parser.error(f"--stack: got {args.stack} with --backend {args.backend}; give K >= 1 "

@@ -5,7 +5,9 @@ the paper_adult grid with and without ``--stack 8``).
     python benchmarks/bench_stacking.py [--k 8] [--modes dpsgd none] [--repeats 2] [--paper]
                                         [--json stacking.json]
 
-The K runs are the paper_adult setting (MLP [200], 20,000 training examples, batch 256, 5 epochs,
+``--modes dpfedavg`` stacks K DP-FedAvg runs in utils/params_adult_fedavg.yaml's setting (1,000
+clients, q = 0.05, 2 local epochs, σ = 1, S = 0.25, ``--rounds`` rounds). The centralized K runs
+are the paper_adult setting (MLP [200], 20,000 training examples, batch 256, 5 epochs,
 Adam; DP-SGD at σ = 0.83, C = 1) and differ in seed and minority share, as a grid's points do.
 Two numbers per mode: the training throughput (all runs' training examples over the seconds spent
 in their training epochs; a stack's epochs are timed once for all its runs) and the end-to-end wall
@@ -43,6 +45,19 @@ def run_configs(mode: str, k: int, out: Path, args: argparse.Namespace) -> list:
     """K runs of one stack: seeds 0…K-1 at the paper grid's shares in turn."""
     privacy = ({"mode": "dpsgd", "noise_multiplier": NOISE, "max_grad_norm": 1.0}
                if mode == "dpsgd" else {"mode": "none"})
+    if mode == "dpfedavg":  # utils/params_adult_fedavg.yaml's setting, --rounds rounds
+        return [config_from_mapping({
+            "name": f"{mode}_{i}", "seed": i, "output_dir": str(out), "device": "cpu",
+            "data": {"name": "adult", "minority_share": SHARES[i % len(SHARES)]},
+            "model": {"name": "mlp", "hidden": [args.hidden]},
+            "training": {"batch_size": 16},
+            "privacy": {"mode": "dpfedavg", "noise_multiplier": 1.0, "max_grad_norm": 0.25},
+            "federated": {"num_clients": 1000, "client_sample_rate": 0.05, "local_epochs": 2,
+                          "rounds": args.rounds, "client_lr": 0.1, "server_momentum": 0.5,
+                          "eval_every": 10},
+            "evaluation": {"bootstrap_resamples": args.bootstrap},
+            "logging": {"progress": "never", "tensorboard": False, "wandb": {"mode": "disabled"}},
+        }) for i in range(k)]
     return [config_from_mapping({
         "name": f"{mode}_{i}", "seed": i, "output_dir": str(out), "device": "cpu",
         "data": {"name": "adult", "train_size": args.train_size,
@@ -99,7 +114,9 @@ def paper_grid(stack: int | None, out: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--modes", nargs="+", default=["dpsgd", "none"], choices=["dpsgd", "none"])
+    parser.add_argument("--modes", nargs="+", default=["dpsgd", "none"],
+                        choices=["dpsgd", "none", "dpfedavg"])
+    parser.add_argument("--rounds", type=int, default=100, help="DP-FedAvg's rounds")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--train-size", type=int, default=20000)

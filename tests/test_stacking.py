@@ -6,7 +6,9 @@ also checked against a per-example loop of the plain model and shown to ignore i
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,16 +18,21 @@ import pytest
 import torch
 import yaml
 
+from training import checkpoint as experiment_checkpoint
 from training import experiment as experiment_module
 from training.experiment import open_run, run
 from training.stacking import (
     STACKED_KEYS,
+    STACKED_STEP_RECORD,
+    ImageStackedTrainer,
     NotStackable,
     StackedTrainer,
+    build_stack,
     plan_stacks,
     run_stacked,
     runtime_signature,
     stack_key,
+    why_not_stackable,
 )
 from training.validation import validated_config
 from utils.sink import read_predictions
@@ -228,7 +235,8 @@ def test_plan_stacks_groups_points_that_differ_only_in_the_stacked_keys(tmp_path
     # DP-SGD runs (0-2) and non-private runs (3-5) stack among themselves, never together.
     assert plan == [[0, 1], [2], [3, 4], [5], [6], [7], [8]]
     assert plan_stacks(runs, size=8) == [[0, 1, 2], [3, 4, 5]]
-    assert stack_key(fedavg) is None and stack_key(opacus) is None
+    assert stack_key(opacus) is None
+    assert stack_key(fedavg) is not None  # DP-FedAvg points stack among themselves
     assert len({stack_key(c) for c in runs[:3]}) == 1
     assert set(STACKED_KEYS) >= {"seed", "data.minority_share", "privacy.noise_multiplier"}
 
@@ -279,9 +287,9 @@ def test_the_cli_stacks_a_grid_and_every_point_keeps_its_own_run_directory(tmp_p
     for point in status["points"]:
         summary = json.loads((Path(point["run_dir"]) / "summary.json").read_text())
         stacked = summary["trainer/info"].get("stacked_runs")
-        # The 4 DP-SGD points share one stack, the 4 non-private ones another; DP-FedAvg's
-        # points run alone.
-        assert stacked == (None if summary["mode"] == "dpfedavg" else 4)
+        # The 4 DP-SGD points share one stack, the 4 non-private ones another, the 4 DP-FedAvg
+        # points a third.
+        assert stacked == 4
         run_dir = Path(point["run_dir"])
         assert list((run_dir / "tb").glob("events.out.tfevents.*"))
         # Its own wandb run (offline): one run folder per point, none shared.
@@ -314,3 +322,304 @@ def test_stack_of_a_single_experiment_is_an_input_error(tmp_path):
     assert done.returncode == 2
     assert "is one experiment, not a grid" in done.stderr
     assert not any(tmp_path.iterdir())
+
+
+# --- image models (cnn, resnet18) on a fake CelebA: ImageStackedTrainer ----------------------
+
+@pytest.fixture(scope="module")
+def fake_celeba(tmp_path_factory):
+    from tests.celeba_fake import make_fake_celeba
+
+    root = tmp_path_factory.mktemp("celeba")
+    make_fake_celeba(root, n_images=300, seed=0)
+    return root
+
+
+def image_configs(points: list[dict], output: Path, root: Path, model: str, image_size: int,
+                  **training) -> list:
+    """Runs of ``model`` (width 4) on the fake CelebA: 120 training images, random flips on."""
+    base = {"data": {"name": "celeba", "root": str(root), "target": "Smiling", "protected": "Male",
+                     "minority_value": "1", "minority_share": None, "train_size": 120,
+                     "test_size": 40, "image_size": image_size,
+                     "cache_dir": str(output.parent / "cache")},
+            "model": {"name": model, "width": 4},
+            # SGD, not Adam: a convolution before a GroupNorm has gradient directions that are 0
+            # but for rounding (the norm cancels them), and Adam's first steps move each
+            # coordinate by about lr whatever its gradient's size, so two exact computations
+            # that round differently would part by lr there; SGD keeps rounding at rounding.
+            "training": {"epochs": 2, "batch_size": 32, "optimizer": "sgd", "lr": 0.01,
+                         **training},
+            "evaluation": {"bootstrap_resamples": 20},
+            "logging": BASE["logging"]}
+    return [config_from_mapping(merged(merged(base, point), {"name": f"run{i}",
+                                                             "output_dir": str(output)}))
+            for i, point in enumerate(points)]
+
+
+IMAGE_POINTS = [{"seed": 0, "privacy": {"mode": "dpsgd", "noise_multiplier": 1.0,
+                                        "max_grad_norm": 1.0}},
+                {"seed": 1, "privacy": {"mode": "dpsgd", "noise_multiplier": 0.7,
+                                        "max_grad_norm": 0.5}}]
+IMAGE_NON_PRIVATE = [{"seed": 0}, {"seed": 1}]
+
+
+# The test set's metrics of a tiny net trained a few steps: its scores sit near each other and
+# near the threshold, so rounding in the scores (compared themselves, at the tolerance) can reorder
+# examples or move one across the threshold, which moves these metrics by 1/40. They are checked
+# through the scores and the decisions clear of the threshold (assert_same_image_run).
+RANKING = re.compile(r"^(test|val)/")
+
+
+def assert_same_image_run(alone: dict, stacked: dict, alone_dir: Path, stacked_dir: Path,
+                          rtol: float) -> None:
+    """:func:`assert_same_run` at the image stack's tolerance: its per-example gradients are
+    formed by torch.func where the lone fast engine books them (ghost norms, unfolded inputs), so
+    the two agree to float rounding, which training carries on (ImageStackedTrainer)."""
+    a, b = comparable(alone), comparable(stacked)
+    assert a.keys() == b.keys()
+    for key in a:
+        if RANKING.search(key):  # checked through y_score below (see RANKING)
+            continue
+        if isinstance(a[key], float):
+            assert b[key] == pytest.approx(a[key], rel=rtol, abs=rtol), key
+        elif key == "data/info":  # the image cache: built by the first run, read by the rest
+            assert ({k: v for k, v in b[key].items() if not k.startswith("cache/")}
+                    == {k: v for k, v in a[key].items() if not k.startswith("cache/")})
+        elif key != "test/intervals":
+            assert b[key] == a[key], key
+    for key in ("privacy/epsilon", "privacy/steps", "privacy/noise_multiplier"):
+        assert stacked[key] == alone[key]
+    weights_alone = torch.load(alone_dir / "checkpoints" / "model_final.pt")
+    weights_stacked = torch.load(stacked_dir / "checkpoints" / "model_final.pt")
+    for name, tensor in weights_alone.items():
+        torch.testing.assert_close(weights_stacked[name], tensor, rtol=rtol, atol=rtol)
+    ours, theirs = (read_predictions(d / "predictions.csv") for d in (stacked_dir, alone_dir))
+    np.testing.assert_allclose(ours["y_score"], theirs["y_score"], rtol=rtol, atol=rtol)
+    clear = np.abs(np.asarray(theirs["y_score"]) - 0.5) > 2 * rtol  # of the threshold
+    np.testing.assert_array_equal(np.asarray(ours["y_pred"])[clear],
+                                  np.asarray(theirs["y_pred"])[clear])
+
+
+def check_image_stack(tmp_path, root, points, model, image_size, rtol, **training):
+    alone = [run(config) for config in image_configs(points, tmp_path / "alone", root, model,
+                                                     image_size, **training)]
+    stacked = run_stacked(image_configs(points, tmp_path / "stacked", root, model, image_size,
+                                        **training))
+    for i, (one, together) in enumerate(zip(alone, stacked)):
+        assert isinstance(together, dict), together
+        assert together["trainer/info"]["stacked_runs"] == len(points)
+        assert together["trainer/info"]["stacked_step"] == STACKED_STEP_RECORD
+        assert_same_image_run(one, together, tmp_path / "alone" / f"run{i}",
+                              tmp_path / "stacked" / f"run{i}", rtol)
+
+
+@pytest.mark.parametrize("points", [IMAGE_POINTS, IMAGE_NON_PRIVATE], ids=["dpsgd", "none"])
+def test_stacked_cnn_runs_equal_the_same_runs_trained_one_by_one(tmp_path, fake_celeba, points):
+    # 32 px, random flips: each member flips the images its lone run flips. 1e-2: rounding that
+    # differs (the per-example route; the thread count) can flip a ReLU or max-pool choice of a
+    # width-4 network, and the diagnostics then differ by up to 3e-3 for some draws (they
+    # change with tmp_path, part of the run's identity); the step itself is held at 1e-4
+    # against a float64 loop (below).
+    check_image_stack(tmp_path, fake_celeba, points, "cnn", 32, rtol=1e-2)
+
+
+@pytest.mark.slow  # a ResNet-18 at 64 px, four runs: tens of seconds on a 2-core CPU
+@pytest.mark.parametrize("points", [IMAGE_POINTS, IMAGE_NON_PRIVATE], ids=["dpsgd", "none"])
+def test_stacked_resnet18_runs_equal_the_same_runs_trained_one_by_one(tmp_path, fake_celeba,
+                                                                      points):
+    # One epoch of 3 steps: a width-4 ResNet's GroupNorm of 2 channels is ill-conditioned enough
+    # that float rounding (the lone engine's own, against a float64 loop, is 1e-4 in the norms)
+    # grows with every step; 64 px keeps its last maps 2×2.
+    # Two steps at 1e-2: this width-4 ResNet is ill-conditioned (GroupNorms of 2 channels): the
+    # lone fast engine's fp32 clipped sums differ from a float64 per-example loop by about 1e-3
+    # (the stack's by 1e-5; measured with image_per_example_clipped_sum on one batch), and
+    # every further step carries rounding into the scores (three steps: up to 3e-2 for some
+    # draws; the draws change with tmp_path, part of the run's identity); the step itself is
+    # held at 1e-4 against the float64 loop
+    # (test_the_image_stacks_clipped_sum_is_the_per_example_loop_of_every_run).
+    check_image_stack(tmp_path, fake_celeba, points, "resnet18", 64, rtol=1e-2, epochs=1,
+                      steps_per_epoch=2)
+
+
+def image_per_example_clipped_sum(trainer, x, y, weights, bound):
+    """DP-SGD's clipped sum by a loop in float64: each example's own gradient through a float64
+    copy of the plain model, clipped to ``bound``, summed; and the norms."""
+    model = copy.deepcopy(trainer.base_model()).double()
+    params = list(model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    total, norms = [torch.zeros_like(p) for p in params], []
+    with trainer.private.hooks_off():
+        for i in range(len(x)):
+            logit = model(x[i:i + 1].double()).reshape(-1)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, y[i:i + 1].double())
+            grads = torch.autograd.grad(loss * weights[i].double(), params)
+            norm = float(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
+            norms.append(norm)
+            total = [t + min(1.0, bound / (norm + 1e-6)) * g for t, g in zip(total, grads)]
+    return [t.float() for t in total], torch.tensor(norms)
+
+
+@pytest.mark.parametrize("model, image_size", [
+    ("cnn", 32), pytest.param("resnet18", 64, marks=pytest.mark.slow)])  # ResNet: 15 s
+def test_the_image_stacks_clipped_sum_is_the_per_example_loop_of_every_run(
+        tmp_path, fake_celeba, model, image_size):
+    sessions = [open_run(config) for config in image_configs(
+        IMAGE_POINTS, tmp_path / "runs", fake_celeba, model, image_size)]
+    stack = build_stack([session.trainer for session in sessions])
+    assert isinstance(stack, ImageStackedTrainer)
+    stack.chunk = 3  # several chunks, the last one short
+    generator = torch.Generator().manual_seed(5)
+    sizes = (11, 4)
+    width = 13  # padded past the largest batch
+    x = torch.zeros(2, width, 3, image_size, image_size)
+    y, weights = torch.zeros(2, 2, width)
+    mask = torch.zeros(2, width, dtype=torch.bool)
+    for k, (session, n) in enumerate(zip(sessions, sizes)):
+        trainer = session.trainer
+        index = torch.randperm(len(trainer.y), generator=generator)[:n]
+        x[k, :n] = trainer.transform(trainer.x[index], False)
+        x[k, n:] = x[k, 0]  # padding that holds a real image: it must not count
+        y[k, :n], weights[k, :n], mask[k, :n] = trainer.y[index], trainer.weights[index], True
+    _, norms, grads = stack.gradients(x, y, weights, mask)
+    for k, (session, n) in enumerate(zip(sessions, sizes)):
+        bound = IMAGE_POINTS[k]["privacy"]["max_grad_norm"]
+        want, want_norms = image_per_example_clipped_sum(session.trainer, x[k, :n], y[k, :n],
+                                                         weights[k, :n], bound)
+        torch.testing.assert_close(norms[k, :n], want_norms.float(), rtol=1e-4, atol=1e-5)
+        assert (norms[k, n:] == 0).all()
+        for got, expected in zip(grads, want):
+            torch.testing.assert_close(got[k], expected, rtol=1e-4, atol=1e-5)
+    for session in sessions:
+        session.sink.close(None)
+
+
+def test_members_of_an_image_stack_draw_their_own_batches_flips_and_noise(tmp_path, fake_celeba):
+    # Two runs that differ in the seed alone: their batches, random flips and noise differ, and
+    # each is the draw its lone run makes (the runs equal their lone runs: the tests above).
+    points = [{"seed": 0, "privacy": IMAGE_POINTS[0]["privacy"]},
+              {"seed": 1, "privacy": IMAGE_POINTS[0]["privacy"]}]
+    sessions = [open_run(config) for config in image_configs(points, tmp_path / "runs",
+                                                             fake_celeba, "cnn", 32)]
+    trainers = [session.trainer for session in sessions]
+    states = [experiment_checkpoint.rng_state() for _ in trainers]
+    states[1] = {**states[1], "torch": torch.manual_seed(99).get_state()}
+    stack = build_stack(trainers, states)
+    batches = [next(iter(trainer.loader))[0] for trainer in trainers]
+    assert not torch.equal(batches[0], batches[1])
+    index = torch.arange(8)
+    flips = []
+    for k, trainer in enumerate(trainers):
+        with stack.own_random_state(k):
+            flips.append(trainer.transform(trainer.x[index], True))
+    assert not torch.equal(flips[0], flips[1])
+    draws = [trainer.private.draw_noise() for trainer in trainers]
+    assert not torch.equal(draws[0], draws[1])
+    for session in sessions:
+        session.sink.close(None)
+
+
+@pytest.mark.parametrize("override, reason", [
+    ({"model": {"name": "resnet18", "channels_last": True}}, "model.channels_last"),
+    ({"training": {"precision": "bf16"}}, "training.precision"),
+    ({"privacy": {"mode": "dpfedavg", "noise_multiplier": 1.0}}, "data.name 'celeba' under privacy.mode 'dpfedavg'"),
+    ({"privacy": {"mode": "dpsgd", "noise_multiplier": 1.0, "engine": "opacus"}},
+     "privacy.engine 'opacus'"),
+])
+def test_why_not_stackable_names_what_keeps_an_image_run_alone(tmp_path, fake_celeba, override,
+                                                               reason):
+    [plain] = image_configs([{}], tmp_path, fake_celeba, "resnet18", 32)
+    assert why_not_stackable(plain) is None and stack_key(plain) is not None
+    [config] = image_configs([override], tmp_path, fake_celeba, "resnet18", 32)
+    assert why_not_stackable(config).startswith(reason)
+    assert stack_key(config) is None
+
+
+# --- DP-FedAvg points: FederatedStack ---------------------------------------------------------
+
+FEDAVG_BASE = {
+    "data": {"name": "adult", "train_size": 2000},
+    "model": {"name": "mlp", "hidden": [16]},
+    "training": {"batch_size": 16},
+    "federated": {"num_clients": 50, "rounds": 4, "eval_every": 2, "client_sample_rate": 0.2},
+    "evaluation": {"bootstrap_resamples": 20},
+    "logging": BASE["logging"],
+}
+# Seeds, shares, σ and bounds S all differ; S = 0.03 clips most updates (their norms are about
+# 0.05), 2.0 none.
+FEDAVG_POINTS = [
+    {"seed": 0, "data": {"minority_share": 0.1},
+     "privacy": {"mode": "dpfedavg", "noise_multiplier": 1.0, "max_grad_norm": 0.03}},
+    {"seed": 1, "data": {"minority_share": 0.3},
+     "privacy": {"mode": "dpfedavg", "noise_multiplier": 0.7, "max_grad_norm": 0.5}},
+    {"seed": 2, "data": {"minority_share": 0.05},
+     "privacy": {"mode": "dpfedavg", "noise_multiplier": 1.3, "max_grad_norm": 2.0}},
+]
+
+
+def fedavg_configs(points: list[dict], output: Path) -> list:
+    return [config_from_mapping(merged(merged(FEDAVG_BASE, point), {"name": f"run{i}",
+                                                                    "output_dir": str(output)}))
+            for i, point in enumerate(points)]
+
+
+def test_stacked_dpfedavg_runs_equal_the_same_runs_trained_one_by_one(tmp_path):
+    alone = [run(config) for config in fedavg_configs(FEDAVG_POINTS, tmp_path / "alone")]
+    stacked = run_stacked(fedavg_configs(FEDAVG_POINTS, tmp_path / "stacked"))
+    clipped = []
+    for i, (one, together) in enumerate(zip(alone, stacked)):
+        assert isinstance(together, dict), together
+        assert together["trainer/info"]["stacked_runs"] == len(FEDAVG_POINTS)
+        assert_same_run(one, together, tmp_path / "alone" / f"run{i}",
+                        tmp_path / "stacked" / f"run{i}")
+        rows = [[json.loads(line) for line in (tmp_path / d / f"run{i}" / "metrics.jsonl")
+                 .read_text().splitlines()] for d in ("alone", "stacked")]
+        for row_alone, row_stacked in zip(*rows):  # every round's, clients and clipping too
+            assert row_stacked["federated/clients"] == row_alone["federated/clients"]
+            assert row_stacked["dp/clip_fraction"] == row_alone["dp/clip_fraction"]
+            assert row_stacked["train/loss"] == pytest.approx(row_alone["train/loss"], rel=1e-5)
+        clipped.append(one["dp/clip_fraction"])
+    assert clipped[0] > 0 and clipped[2] == 0  # the bounds differ, and bite differently
+
+
+def test_members_of_a_dpfedavg_stack_draw_their_own_clients_and_noise(tmp_path):
+    points = [merged(FEDAVG_POINTS[0], {"seed": seed}) for seed in (0, 1)]
+    sessions = [open_run(config) for config in fedavg_configs(points, tmp_path)]
+    trainers = [session.trainer for session in sessions]
+    assert runtime_signature(trainers[0]) == runtime_signature(trainers[1])
+    chosen = [trainer.round_orders()[0] for trainer in trainers]
+    assert not torch.equal(chosen[0], chosen[1])
+    noise = [trainer.mechanism.noise_generator.initial_seed() for trainer in trainers]
+    assert noise[0] != noise[1]
+    for session in sessions:
+        session.sink.close(None)
+
+
+def test_the_image_stacks_non_private_gradient_is_the_plain_models(tmp_path, fake_celeba):
+    sessions = [open_run(config) for config in image_configs(
+        IMAGE_NON_PRIVATE, tmp_path / "runs", fake_celeba, "cnn", 32)]
+    stack = build_stack([session.trainer for session in sessions])
+    width, sizes = 12, (9, 5)
+    x = torch.zeros(2, width, 3, 32, 32)
+    y, weights = torch.zeros(2, 2, width)
+    mask = torch.zeros(2, width, dtype=torch.bool)
+    expected = []
+    for k, (session, n) in enumerate(zip(sessions, sizes)):
+        trainer = session.trainer
+        index = torch.arange(n) * 3 + k
+        x[k, :n] = trainer.transform(trainer.x[index], False)
+        x[k, n:] = x[k, 0]  # padding that holds a real image: it must not count
+        y[k, :n], weights[k, :n], mask[k, :n] = trainer.y[index], trainer.weights[index], True
+        model = trainer.base_model()
+        losses = torch.nn.functional.binary_cross_entropy_with_logits(
+            model(x[k, :n]).reshape(-1), y[k, :n], reduction="none") * weights[k, :n]
+        expected.append((float(losses.mean()),
+                         torch.autograd.grad(losses.mean(), list(model.parameters()))))
+    means, norms, grads = stack.gradients(x, y, weights, mask)
+    assert norms is None
+    for k, (mean, want) in enumerate(expected):
+        assert float(means[k]) == pytest.approx(mean, rel=1e-6)
+        for got, ref in zip(grads, want):
+            torch.testing.assert_close(got[k], ref, rtol=1e-4, atol=1e-6)
+    for session in sessions:
+        session.sink.close(None)

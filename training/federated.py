@@ -318,7 +318,12 @@ def local_updates_vectorized(
 
 
 def _train_chunk(model, global_params, x, y, orders, *, lr, batch_size, transform,
-                 example_weights=None):
+                 example_weights=None, starts=None):
+    """The clients of ``orders`` trained side by side (:func:`local_updates_vectorized`). With
+    ``starts`` (clients, d), each client starts from its own row instead of ``global_params``
+    (the stacked DP-FedAvg runs of :mod:`training.stacking`, whose clients belong to different
+    runs), and the losses and examples come back per client: ``(updates, loss sums (clients,),
+    examples (clients,))``."""
     index, mask = pad_orders(orders.to(y.device), batch_size)
     clients, steps, _ = index.shape
     weights_all = mask.to(y.dtype)
@@ -336,10 +341,14 @@ def _train_chunk(model, global_params, x, y, orders, *, lr, batch_size, transfor
     step_grads = vmap(grad(client_loss, has_aux=True), randomness="different")
     # Every client's parameters are views into one (clients, d) matrix: the steps update them in
     # place, and the matrix minus the global vector is the updates, with no copy at the end.
-    start_vector = flatten(global_params)
-    state = start_vector.unsqueeze(0).repeat(clients, 1)
+    if starts is None:
+        start_vector = flatten(global_params)
+        state = start_vector.unsqueeze(0).repeat(clients, 1)
+    else:
+        start_vector, state = starts, starts.clone()
     params = unflatten(state, global_params)
     loss_sum = torch.zeros((), device=y.device)
+    client_losses = None if starts is None else torch.zeros(clients, device=y.device)
     model = model.train()
     for t in range(steps):
         batch = index[:, t]
@@ -354,7 +363,12 @@ def _train_chunk(model, global_params, x, y, orders, *, lr, batch_size, transfor
         step = weights.amax(dim=1) * -lr
         for name, value in params.items():
             value.addcmul_(step.view(-1, *[1] * (value.ndim - 1)), grads[name])
-        loss_sum += losses.sum()
+        if client_losses is None:
+            loss_sum += losses.sum()
+        else:
+            client_losses += losses
+    if client_losses is not None:
+        return state.sub_(start_vector), client_losses, mask.sum((1, 2))
     return state.sub_(start_vector), float(loss_sum), int(mask.sum())
 
 
@@ -581,11 +595,23 @@ class FederatedTrainer:
             self.individual.record(self.rounds_done, self.population_update_norms().cpu().numpy())
             self.individual_seconds += time.perf_counter() - started
         started = time.perf_counter()
+        rows, orders = self.round_orders()
+        updates, loss_sum, examples = self._local_updates(orders)
+        return self.finish_round(rows, updates, loss_sum, examples, started)
+
+    def round_orders(self) -> tuple[torch.Tensor, LocalOrders]:
+        """The first half of a round: this round's clients (their rows in the client table) and
+        their local orders (their sampling and shuffle streams' draws)."""
         chosen = self.sample_clients()
         rows = torch.as_tensor(chosen, dtype=torch.int64)
         orders = draw_local_orders(self._client_table[rows], self._client_sizes[rows],
                                    self.federated.local_epochs, self._shuffle_gen).to(self.device)
-        updates, loss_sum, examples = self._local_updates(orders)
+        return rows, orders
+
+    def finish_round(self, rows: torch.Tensor, updates: torch.Tensor, loss_sum: float,
+                     examples: int, started: float) -> dict[str, float | None]:
+        """The second half of a round, from the chosen clients' updates: the server's mechanism
+        (clip, noise, average, accountant), the server step and the round's metrics."""
         server = self.mechanism.aggregate(updates)  # clip, noise, average; the round accounted
         result = server.result
         # Server step (server momentum as in McMahan et al. 2018 and Hsu et al. 2019's FedAvgM);
