@@ -715,12 +715,29 @@ def train_together(sessions: list, rng_states: list | None = None) -> list[Any]:
             groups[("alone", id(session))].append(session)
     outcomes: dict[int, Any] = {}
     for group in groups.values():
+        if len(group) > 1 and _slower_stacked(group[0]):
+            print(IMAGE_STACK_ON_CPU.format(runs=len(group), model=group[0].config.model.name),
+                  file=sys.stderr)
         try:
             summaries = _train_group(group, [states.get(id(session)) for session in group])
         except Exception as error:  # noqa: BLE001 - the group's failure is each of its runs'
             summaries = [error] * len(group)
         outcomes.update({id(session): summary for session, summary in zip(group, summaries)})
     return [outcomes[id(session)] for session in sessions]
+
+
+# Measured on the 2-core CPU (docs/results/speed.md, 2026-12-06): K = 4 stacked image runs
+# train at 0.13-0.75x the throughput of the same runs one by one, so the user hears it.
+IMAGE_STACK_ON_CPU = (
+    "note: {runs} {model} runs stacked on a CPU: image stacks measured slower than the same runs "
+    "one by one on a CPU (0.13-0.75x, docs/results/speed.md); --stack pays on a CPU for MLP and "
+    "DP-FedAvg runs. The runs are the same either way.")
+
+
+def _slower_stacked(session) -> bool:
+    """Whether a stack of ``session``'s kind is known to train slower than its runs alone."""
+    return (session.config.model.name != "mlp" and session.config.privacy.mode != "dpfedavg"
+            and torch.device(session.trainer.device).type == "cpu")
 
 
 def _train_group(group: list, rng_states: list) -> list[dict[str, Any]]:
