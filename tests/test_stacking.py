@@ -617,7 +617,7 @@ def test_the_image_stacks_non_private_gradient_is_the_plain_models(tmp_path, fak
         model = trainer.base_model()
         losses = torch.nn.functional.binary_cross_entropy_with_logits(
             model(x[k, :n]).reshape(-1), y[k, :n], reduction="none") * weights[k, :n]
-        expected.append((float(losses.mean()),
+        expected.append((losses.mean().item(),
                          torch.autograd.grad(losses.mean(), list(model.parameters()))))
     means, norms, grads = stack.gradients(x, y, weights, mask)
     assert norms is None
