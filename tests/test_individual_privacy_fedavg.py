@@ -85,7 +85,7 @@ def test_the_population_pass_equals_a_per_client_loop(method):
     orders = draw_local_orders(trainer._client_table, trainer._client_sizes,
                                trainer.federated.local_epochs, torch.Generator().set_state(state))
     loop, _, _ = local_updates_loop(
-        copy.deepcopy(trainer.model), trainer._global, trainer.x, trainer.y, orders, lr=0.3,
+        copy.deepcopy(trainer.model), trainer.global_params, trainer.x, trainer.y, orders, lr=0.3,
         batch_size=4, minority=trainer.minority, method=repair)
     assert len(norms) == len(trainer.clients) == 12
     torch.testing.assert_close(norms, loop.norm(dim=1), rtol=1e-5, atol=1e-6)

@@ -308,7 +308,7 @@ def local_updates_vectorized(
     chunk_size = chunk_size or len(orders)
     updates, loss_sum, examples = [], 0.0, 0
     for start in range(0, len(orders), chunk_size):
-        chunk_updates, chunk_loss, chunk_examples = _train_chunk(
+        chunk_updates, chunk_loss, chunk_examples = train_client_chunk(
             model, global_params, x, y, orders[start:start + chunk_size], lr=lr,
             batch_size=batch_size, transform=transform, example_weights=weights)
         updates.append(chunk_updates)
@@ -317,8 +317,8 @@ def local_updates_vectorized(
     return (updates[0] if len(updates) == 1 else torch.cat(updates)), loss_sum, examples
 
 
-def _train_chunk(model, global_params, x, y, orders, *, lr, batch_size, transform,
-                 example_weights=None, starts=None):
+def train_client_chunk(model, global_params, x, y, orders, *, lr, batch_size, transform,
+                       example_weights=None, starts=None):
     """The clients of ``orders`` trained side by side (:func:`local_updates_vectorized`). With
     ``starts`` (clients, d), each client starts from its own row instead of ``global_params``
     (the stacked DP-FedAvg runs of :mod:`training.stacking`, whose clients belong to different
@@ -492,8 +492,8 @@ class FederatedTrainer:
         self.secure_rng = privacy.secure_rng
         # The clients' local shuffles: their own stream (not the guarantee's, so never the CSPRNG).
         self._shuffle_gen = torch_generator(seed, "client_shuffle")
-        self._global = trainable_parameters(self.model)
-        num_params = sum(p.numel() for p in self._global.values())
+        self.global_params = trainable_parameters(self.model)
+        num_params = sum(p.numel() for p in self.global_params.values())
         self.client_chunk_size = client_chunk_size or default_chunk_size(
             num_params, batch_size, math.prod(data.input_shape))
         self._velocity = torch.zeros(num_params, device=self.device)
@@ -574,12 +574,12 @@ class FederatedTrainer:
         side, or one after another with the method's loss when it trains in the clients."""
         if self.vectorized and not self.method.trains_in_clients:
             return local_updates_vectorized(
-                self.model, self._global, self.x, self.y, orders, lr=self.federated.client_lr,
+                self.model, self.global_params, self.x, self.y, orders, lr=self.federated.client_lr,
                 batch_size=self.batch_size, transform=self.transform,
                 chunk_size=self.client_chunk_size, weights=self.example_weights)
         # one client after another, each training with the method's loss
         return local_updates_loop(
-            self.model, self._global, self.x, self.y, orders, lr=self.federated.client_lr,
+            self.model, self.global_params, self.x, self.y, orders, lr=self.federated.client_lr,
             batch_size=self.batch_size, transform=self.transform,
             weights=self.example_weights, minority=self.minority,
             method=self.method if self.method.trains_in_clients else None)
@@ -617,12 +617,12 @@ class FederatedTrainer:
         # Server step (server momentum as in McMahan et al. 2018 and Hsu et al. 2019's FedAvgM);
         # it only post-processes the private average, so it costs no privacy.
         self._velocity.mul_(self.federated.server_momentum).add_(result.update)
-        step = unflatten(self._velocity, self._global)
+        step = unflatten(self._velocity, self.global_params)
         with torch.no_grad():
             for name, p in self.model.named_parameters():
                 if name in step:
                     p.add_(step[name], alpha=self.federated.server_lr)
-        self._global = trainable_parameters(self.model)
+        self.global_params = trainable_parameters(self.model)
         self.train_samples += examples
         self.train_seconds += time.perf_counter() - started
         return {
@@ -724,7 +724,7 @@ class FederatedTrainer:
         """Restore :meth:`state_dict`'s output into this freshly built trainer of the same config."""
         self.model.load_state_dict(state["model"])
         self.mechanism.load_state_dict(state)
-        self._global = trainable_parameters(self.model)
+        self.global_params = trainable_parameters(self.model)
         self._velocity.copy_(state["velocity"])
         self._shuffle_gen.set_state(state["shuffle_gen"])
         self.train_samples = int(state["train_samples"])

@@ -53,7 +53,7 @@ from models.resnet import ResNet18
 from privacy.fast_dpsgd import FastPrivateTraining
 from training import checkpoint
 from training.centralized import CentralizedTrainer
-from training.federated import FederatedTrainer, LocalOrders, _train_chunk, flatten
+from training.federated import FederatedTrainer, LocalOrders, flatten, train_client_chunk
 from training.optim import build_optimizer
 from utils.config import ExperimentConfig
 from utils.fairness import GROUPS
@@ -543,7 +543,7 @@ class FederatedStack:
     clients' local SGD is shared: the round's clients of all members are laid side by side, each
     starting from its own member's global model and gathering its examples from its own member's
     training set (the members' sets concatenated, each client's indices offset to its member's
-    block), in :func:`training.federated._train_chunk`'s chunks. A client's local training is the
+    block), in :func:`training.federated.train_client_chunk`'s chunks. A client's local training is the
     same computation as in its lone run (vmap keeps clients apart), so a stacked run equals its
     lone run to float tolerance (the batched products round in other orders; its training loss
     is summed per client, then over the clients). Tabular data only: an image transform's random
@@ -581,13 +581,13 @@ class FederatedStack:
         index = torch.cat([F.pad(orders.index, (0, width - orders.index.shape[2])) + offset
                            for (_, orders), offset in zip(rounds, self.offsets)])
         orders = LocalOrders(index, torch.cat([orders.sizes for _, orders in rounds]))
-        starts = torch.cat([flatten(member._global).unsqueeze(0).expand(count, -1)
+        starts = torch.cat([flatten(member.global_params).unsqueeze(0).expand(count, -1)
                             for member, count in zip(members, counts)])
         first = members[0]
         updates, losses, examples = [], [], []
         for start in range(0, len(orders), first.client_chunk_size):
             end = start + first.client_chunk_size
-            chunk = _train_chunk(first.model, first._global, self.x, self.y, orders[start:end],
+            chunk = train_client_chunk(first.model, first.global_params, self.x, self.y, orders[start:end],
                                  lr=first.federated.client_lr, batch_size=first.batch_size,
                                  transform=None, example_weights=self.weights,
                                  starts=starts[start:end])
@@ -602,7 +602,7 @@ class FederatedStack:
                 loss_sum = float(losses[begin:begin + count].sum())
                 seen = int(examples[begin:begin + count].sum())
             else:
-                own = torch.zeros(0, sum(p.numel() for p in member._global.values()),
+                own = torch.zeros(0, sum(p.numel() for p in member.global_params.values()),
                                   device=self.device)
                 loss_sum, seen = 0.0, 0
             metrics.append(member.finish_round(rows, own, loss_sum, seen, started))
