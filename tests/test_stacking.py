@@ -71,8 +71,9 @@ def merged(base: dict, extra: dict) -> dict:
 NON_PRIVATE_SHORT_LAST = [merged(point, {"training": {"batch_size": 150}}) for point in NON_PRIVATE]
 
 
-def configs(points: list[dict], output: Path, **extra) -> list:
-    return [validated_config(merged(merged(BASE, point), {"name": f"run{i}",
+def configs(points: list[dict], output: Path, base: dict = BASE, **extra) -> list:
+    """The runs ``run0``, ``run1``, ... of ``points`` over ``base``, written under ``output``."""
+    return [validated_config(merged(merged(base, point), {"name": f"run{i}",
                                                              "output_dir": str(output), **extra}))
             for i, point in enumerate(points)]
 
@@ -352,9 +353,7 @@ def image_configs(points: list[dict], output: Path, root: Path, model: str, imag
                          **training},
             "evaluation": {"bootstrap_resamples": 20},
             "logging": BASE["logging"]}
-    return [validated_config(merged(merged(base, point), {"name": f"run{i}",
-                                                             "output_dir": str(output)}))
-            for i, point in enumerate(points)]
+    return configs(points, output, base)
 
 
 IMAGE_POINTS = [{"seed": 0, "privacy": {"mode": "dpsgd", "noise_multiplier": 1.0,
@@ -562,9 +561,7 @@ FEDAVG_POINTS = [
 
 
 def fedavg_configs(points: list[dict], output: Path) -> list:
-    return [validated_config(merged(merged(FEDAVG_BASE, point), {"name": f"run{i}",
-                                                                    "output_dir": str(output)}))
-            for i, point in enumerate(points)]
+    return configs(points, output, FEDAVG_BASE)
 
 
 def test_stacked_dpfedavg_runs_equal_the_same_runs_trained_one_by_one(tmp_path):

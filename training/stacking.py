@@ -210,12 +210,8 @@ class StackedTrainer:
         config = members[0].config
         for _ in progress(range(len(members[0].loader)), desc=f"epoch {unit + 1} ({k} stacked)",
                           leave=False, mode=config.logging.progress):
-            batches = [next(loader)[0].to(self.device) for loader in loaders]
-            sizes = torch.tensor([len(b) for b in batches], device=self.device)
-            index = nn.utils.rnn.pad_sequence(batches, batch_first=True) if sizes.max() > 0 else \
-                torch.zeros(k, 0, dtype=torch.long, device=self.device)
-            mask = torch.arange(index.shape[1], device=self.device) < sizes.unsqueeze(1)
-            means, norms, grads, majority = self.gradients(index, sizes, mask)
+            means, norms, grads, majority, mask, sizes = self._step_gradients(
+                [next(loader)[0].to(self.device) for loader in loaders])
             if self.private:  # per (run, group) sums; a padded row adds 0 (norm 0, mask 0)
                 groups, real = (rows * 2 + majority).flatten(), mask.flatten().float()
                 norm_sum.index_add_(0, groups, norms.flatten())
@@ -235,6 +231,17 @@ class StackedTrainer:
         elapsed = time.perf_counter() - started
         self._write_back()
         return self._unit_metrics(elapsed, loss_sum, seen, norm_sum, clipped, counts)
+
+    def _step_gradients(self, batches: list[torch.Tensor]):
+        """One step's :meth:`gradients` of the members' index ``batches``, padded side by side:
+        (mean losses, norms, gradients, groups, the mask of real rows, batch sizes)."""
+        k = len(batches)
+        sizes = torch.tensor([len(b) for b in batches], device=self.device)
+        index = nn.utils.rnn.pad_sequence(batches, batch_first=True) if sizes.max() > 0 else \
+            torch.zeros(k, 0, dtype=torch.long, device=self.device)
+        mask = torch.arange(index.shape[1], device=self.device) < sizes.unsqueeze(1)
+        means, norms, grads, majority = self.gradients(index, sizes, mask)
+        return means, norms, grads, majority, mask, sizes
 
     def gradients(self, index: torch.Tensor, sizes: torch.Tensor, mask: torch.Tensor):
         """One step of every run on its (padded) batch ``index`` (K, n) of ``sizes`` examples.
@@ -418,42 +425,13 @@ class ImageStackedTrainer(StackedTrainer):
         finally:
             self.rng_states[k] = checkpoint.rng_state()
 
-    def train_unit(self, unit: int) -> list[dict[str, float | None]]:
-        """Train every member one epoch; each member's metrics, as its own trainer reports them."""
-        members, k = self.members, len(self.members)
-        started = time.perf_counter()
-        loss_sum = torch.zeros(k, device=self.device)
-        seen = torch.zeros(k, device=self.device)
-        norm_sum = torch.zeros(k * 2, device=self.device)  # (run, group) flattened
-        clipped = torch.zeros(k * 2, device=self.device)
-        counts = torch.zeros(k * 2, device=self.device)
-        rows = torch.arange(k, device=self.device).unsqueeze(1)
-        loaders = [iter(member.loader) for member in members]
-        config = members[0].config
-        for _ in progress(range(len(members[0].loader)), desc=f"epoch {unit + 1} ({k} stacked)",
-                          leave=False, mode=config.logging.progress):
-            x, y, weights, mask, majority = self._batch(
-                [next(loader)[0].to(self.device) for loader in loaders])
-            sizes = mask.sum(1)
-            means, norms, grads = self.gradients(x, y, weights, mask)
-            if self.private:  # per (run, group) sums; a padded row adds 0 (norm 0, mask 0)
-                groups, real = (rows * 2 + majority).flatten(), mask.flatten().float()
-                norm_sum.index_add_(0, groups, norms.flatten())
-                beyond = (norms > self.bounds.unsqueeze(1)).flatten().float() * real
-                clipped.index_add_(0, groups, beyond)
-                counts.index_add_(0, groups, real)
-                self._add_noise(grads)
-            for param, grad in zip(self.params, grads):
-                param.grad = grad
-            self.optimizer.step()
-            loss_sum += means * sizes
-            seen += sizes
-        for loader in loaders:  # as StackedTrainer.train_unit
-            if next(loader, None) is not None:
-                raise NotStackable("a run's loader has more batches than its length")
-        elapsed = time.perf_counter() - started
-        self._write_back()
-        return self._unit_metrics(elapsed, loss_sum, seen, norm_sum, clipped, counts)
+    def _step_gradients(self, batches: list[torch.Tensor]):
+        """:meth:`StackedTrainer._step_gradients` of image batches: gathered, transformed and
+        padded by :meth:`_batch`, per-example gradients by :meth:`gradients`."""
+        x, y, weights, mask, majority = self._batch(batches)
+        sizes = mask.sum(1)
+        means, norms, grads = self.gradients(x, y, weights, mask)
+        return means, norms, grads, majority, mask, sizes
 
     def _batch(self, indices: list[torch.Tensor]):
         """The members' batches side by side, (K, n, ...) padded with zero rows of weight 0: the
