@@ -165,9 +165,25 @@ def make_step(variant: str, model_config: dict, shape, batch: int, device):
     return step
 
 
-def _sync(device) -> None:
+def sync(device) -> None:
+    """Wait for the device's queued work (a CUDA step returns before it is done)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def time_interleaved(steps: dict, device, count: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per step of each closure, ``rounds`` rounds of ``count`` steps, variant after
+    variant within a round (other load hits them alike)."""
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            sync(device)
+            started = time.perf_counter()
+            for _ in range(count):
+                step()
+            sync(device)
+            times[name].append((time.perf_counter() - started) / count)
+    return times
 
 
 def measure(name: str, batch: int, device, steps: int, rounds: int, variants: list[str]) -> list[dict]:
@@ -189,20 +205,14 @@ def measure(name: str, batch: int, device, steps: int, rounds: int, variants: li
             step = make_step(variant, model_config, shape, batch, device)
             for _ in range(3):
                 step()
-            _sync(device)
+            sync(device)
             peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                     else _status("VmHWM")) - base
             built[variant] = step
             results[variant] = {"model": name, "batch": batch, "variant": variant,
                                 "peak_memory_mib": max(peak, 0) / 2**20, "rounds": []}
-        for _ in range(rounds):
-            for variant, step in built.items():
-                _sync(device)
-                started = time.perf_counter()
-                for _ in range(steps):
-                    step()
-                _sync(device)
-                results[variant]["rounds"].append(steps * batch / (time.perf_counter() - started))
+        for variant, seconds in time_interleaved(built, device, steps, rounds).items():
+            results[variant]["rounds"] = [batch / per_step for per_step in seconds]
     for result in results.values():
         result["samples_per_s"] = float(np.median(result["rounds"]))
         if "non-private" in results:

@@ -189,26 +189,6 @@ def build_step(model_config: dict, shape, batch: int, num_examples: int, device,
     return graph.replay, model
 
 
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(steps: dict, device, count: int, rounds: int) -> dict[str, list[float]]:
-    """Seconds per step of each closure, ``rounds`` rounds of ``count`` steps, variant after
-    variant within a round (other load hits them alike)."""
-    times = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            _sync(device)
-            started = time.perf_counter()
-            for _ in range(count):
-                step()
-            _sync(device)
-            times[name].append((time.perf_counter() - started) / count)
-    return times
-
-
 def paper_step(paper: dict, device, count: int, rounds: int, compile_on_cpu: bool) -> dict:
     """Section 3: ms per step and the ratio to non-private fp32, each from interleaved rounds."""
     built, skipped = {}, {}
@@ -227,7 +207,7 @@ def paper_step(paper: dict, device, count: int, rounds: int, compile_on_cpu: boo
             for _ in range(3):  # warm-up (and compilation)
                 step()
             built[name] = step
-    times = time_interleaved(built, device, count, rounds)
+    times = dp_throughput.time_interleaved(built, device, count, rounds)
     reference = times["non-private fp32"]
     rows = {name: {"ms_per_step": 1e3 * float(np.median(seconds)),
                    "ratio_to_non_private_fp32": float(np.median(
@@ -266,7 +246,7 @@ def paper_run_estimate(paper: dict, device, steps: int, best_ms: float | None) -
         started = None
         for step, (indices,) in enumerate(poisson):
             if step == 3:  # after three warm-up steps
-                _sync(device)
+                dp_throughput.sync(device)
                 started = time.perf_counter()
             indices = indices.to(device)
             private.optimizer.zero_grad(set_to_none=True)
@@ -282,7 +262,7 @@ def paper_run_estimate(paper: dict, device, steps: int, best_ms: float | None) -
                 logits = model(images[indices].float().div_(255)).reshape(-1)
                 F.binary_cross_entropy_with_logits(logits, labels[indices]).backward()
             private.optimizer.step()
-        _sync(device)
+        dp_throughput.sync(device)
         seconds = (time.perf_counter() - started) / steps
         out["variants"][name] = {"ms_per_step": 1e3 * seconds,
                                  "estimated_run_s": seconds * total_steps,
