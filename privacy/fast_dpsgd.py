@@ -20,7 +20,11 @@ leaves behind, not from one materialized gradient per example per parameter:
   products (the input's from its pixel Gram where that is cheaper than unfolding,
   :func:`input_gram`) and the clipped sum is the layer's ordinary weight gradient of the
   reweighted δ;
-- a :class:`torch.nn.GroupNorm`'s per-example gradients are per channel, Σ over space of δ·x̂ and δ.
+- a :class:`torch.nn.GroupNorm`'s per-example gradients are per channel, Σ over space of δ·x̂ and δ;
+- a chain of Linear layers in one :class:`torch.nn.Sequential` whose input needs no gradient (an
+  MLP on the data, :func:`linear_chains`) hands only its last layer's output to autograd; each
+  earlier layer's δ is computed by hand from the next one's, with the kernels autograd would run
+  (bit for bit autograd's δ), without its graph and a hook per layer.
 
 With cᵢ = min(1, C / (‖gᵢ‖ + 1e-6)) over each example's whole gradient (all layers), as Opacus
 clips; or the factors, noise scale and per-step releases of another clipping rule
@@ -32,10 +36,12 @@ twice in one forward pass would break the book-keeping; none of the registry's m
 
 Rounding against earlier versions (issue 30): the norms of formed per-example gradients are now
 taken in one pass (``vector_norm``), and small-map convolutions take the ghost norm's input product
-from the pixel Gram; both change norms, hence factors and updates, by float rounding only (the
-per-example-loop tests hold at the same tolerances). The sum of noise and clipped sums, and its
-division by qN, round exactly as before; flat clipping is still the engine before the clipping
-rules bit for bit (tests/test_clipping.py).
+from the pixel Gram; a Linear layer's squared norm is ‖δᵢ‖²(‖aᵢ‖² + 1) in one fused
+multiply-add (weight and bias together), and each clipped sum is accumulated onto its noise by the
+product itself (``addmm_``/``addmv_``) rather than formed and added. All of these change norms,
+factors and updates by float rounding only (the per-example-loop tests hold at the same
+tolerances); flat clipping is still the engine before the clipping rules bit for bit
+(tests/test_clipping.py).
 
 Static shapes (``training.pad_batches``, :func:`physical_batches`, :meth:`FastEngine.set_padding`):
 a Poisson batch's size changes every step, which makes ``torch.compile`` recompile and CUDA graphs
@@ -246,35 +252,76 @@ def grouped_weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv
     return grads.permute(1, 2, 0, 3, 4)
 
 
-class _Outer:
-    """A Linear weight's per-example gradients δᵢaᵢᵀ, kept as their factors (never formed)."""
+class _Form:
+    """One parameter's per-example gradients in the form cheapest to clip: each example's squared
+    norm, and the clipped sum Σᵢ wᵢgᵢ, returned or added in place onto the parameter's slice of
+    the step's flat buffer (which holds the noise already)."""
 
-    def __init__(self, delta: torch.Tensor, a: torch.Tensor):
-        self.delta, self.a = delta, a
-        self.delta_squares = delta.pow(2).sum(1)  # ‖δᵢ‖², shared with the bias (_Rows)
+    def squared_norms(self) -> torch.Tensor | None:
+        """‖gᵢ‖² of each example, (B,); None where another form of the layer counts it."""
+        raise NotImplementedError
 
-    def squared_norms(self) -> torch.Tensor:  # ‖δᵢaᵢᵀ‖² = ‖δᵢ‖²·‖aᵢ‖²
-        return self.delta_squares * self.a.pow(2).sum(1)
+    def clipped_sum(self, weights: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
-    def clipped_sum(self, factors: torch.Tensor) -> torch.Tensor:  # Σᵢ cᵢδᵢaᵢᵀ = (c ⊙ δ)ᵀ a
-        return (self.delta * factors.unsqueeze(1)).T @ self.a
+    def add_clipped_sum(self, out: torch.Tensor, weights: torch.Tensor) -> None:
+        """``out`` (the parameter's flat slice) += Σᵢ wᵢgᵢ."""
+        out.add_(self.clipped_sum(weights).reshape(-1))
 
 
-class _Rows:
-    """A Linear bias's per-example gradients δᵢ, sharing the weight's ‖δᵢ‖² (one pass over δ for
-    both parameters of the layer)."""
+class _Outer(_Form):
+    """A Linear weight's per-example gradients δᵢaᵢᵀ, kept as their factors (never formed).
 
-    def __init__(self, delta: torch.Tensor, squares: torch.Tensor):
-        self.delta, self.squares = delta, squares
+    Its squared norm counts the bias's too when the layer has one (:class:`_Rows` then counts
+    nothing): ‖δᵢaᵢᵀ‖² + ‖δᵢ‖² = ‖δᵢ‖²·(‖aᵢ‖² + 1), two reductions and one fused multiply-add for
+    the whole layer. On the MLP's small layers each operation's dispatch costs more than its
+    arithmetic, so the count of operations is what this saves (issue 30)."""
+
+    def __init__(self, delta: torch.Tensor, a: torch.Tensor, with_bias: bool):
+        self.delta, self.a, self.with_bias = delta, a, with_bias
 
     def squared_norms(self) -> torch.Tensor:
-        return self.squares
+        delta_squares = torch.linalg.vector_norm(self.delta, dim=1).square()
+        a_squares = torch.linalg.vector_norm(self.a, dim=1).square()
+        if self.with_bias:
+            return torch.addcmul(delta_squares, delta_squares, a_squares)
+        return delta_squares * a_squares
 
-    def clipped_sum(self, factors: torch.Tensor) -> torch.Tensor:
-        return torch.tensordot(factors, self.delta, dims=1)
+    def _weighted_factors(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Σᵢ wᵢδᵢaᵢᵀ = (w ⊙ δ)ᵀa = δᵀ(w ⊙ a): weight the narrower factor (the smaller copy; the
+        # step is bound by memory traffic on the CPU).
+        if self.delta.shape[1] <= self.a.shape[1]:
+            return self.delta * weights.unsqueeze(1), self.a
+        return self.delta, self.a * weights.unsqueeze(1)
+
+    def clipped_sum(self, weights: torch.Tensor) -> torch.Tensor:
+        delta, a = self._weighted_factors(weights)
+        return delta.T @ a
+
+    def add_clipped_sum(self, out: torch.Tensor, weights: torch.Tensor) -> None:
+        # One product accumulated onto the noise (no separate sum and addition).
+        delta, a = self._weighted_factors(weights)
+        out.view(self.delta.shape[1], self.a.shape[1]).addmm_(delta.T, a)
 
 
-class _PerExample:
+class _Rows(_Form):
+    """A Linear bias's per-example gradients δᵢ; their norms are counted by the weight's
+    :class:`_Outer`."""
+
+    def __init__(self, delta: torch.Tensor):
+        self.delta = delta
+
+    def squared_norms(self) -> None:
+        return None
+
+    def clipped_sum(self, weights: torch.Tensor) -> torch.Tensor:
+        return weights @ self.delta
+
+    def add_clipped_sum(self, out: torch.Tensor, weights: torch.Tensor) -> None:
+        out.addmv_(self.delta.T, weights)
+
+
+class _PerExample(_Form):
     """Per-example gradients (B, ...) formed outright: biases, GroupNorm's affine parameters, and a
     convolution whose per-example gradient is smaller than its ghost norm's L×L products."""
 
@@ -286,11 +333,20 @@ class _PerExample:
         # tensor of the step): a quarter faster than pow(2).sum(1) on the CNN's second layer.
         return torch.linalg.vector_norm(self.grads.reshape(len(self.grads), -1), dim=1).square()
 
-    def clipped_sum(self, factors: torch.Tensor) -> torch.Tensor:
-        return torch.tensordot(factors, self.grads, dims=1)
+    def clipped_sum(self, weights: torch.Tensor) -> torch.Tensor:
+        return torch.tensordot(weights, self.grads, dims=1)
+
+    def add_clipped_sum(self, out: torch.Tensor, weights: torch.Tensor) -> None:
+        out.addmv_(self.grads.reshape(len(self.grads), -1).T, weights)
 
 
-class _ConvGhost:
+def _total_squares(grads: dict[nn.Parameter, _Form]) -> torch.Tensor:
+    """Each example's squared norm over all the forms' parameters, (B,)."""
+    squares = [s for s in (g.squared_norms() for g in grads.values()) if s is not None]
+    return squares[0] if len(squares) == 1 else torch.stack(squares).sum(0)
+
+
+class _ConvGhost(_Form):
     """A convolution's per-example gradient norms by ghost clipping (Goodfellow 2015; Li et al.,
     ICLR 2022): with the unfolded input Aᵢ (d, L) and output gradient Δᵢ (p, L), ‖ΔᵢAᵢᵀ‖² is the
     sum of (AᵢᵀAᵢ) ⊙ (ΔᵢᵀΔᵢ), two L×L products; the clipped sum is the convolution's ordinary
@@ -315,6 +371,45 @@ class _ConvGhost:
                                            dilation=m.dilation, groups=m.groups)
 
 
+# The elementwise activations a chain of Linear layers may hold (:func:`linear_chains`), each with
+# the backward that autograd itself runs for it, from the activation's output (the next layer's
+# input): ReLU's passes δ where the output is positive, tanh's multiplies by 1 − output². Applied by
+# hand, they give a chain's δ bit for bit as autograd would.
+ACTIVATION_BACKWARD = {  # (grad, output) -> δ, written over grad (a temporary of the engine's)
+    nn.ReLU: lambda grad, output: torch.ops.aten.threshold_backward.grad_input(
+        grad, output, 0, grad_input=grad),
+    nn.Tanh: lambda grad, output: torch.ops.aten.tanh_backward.grad_input(
+        grad, output, grad_input=grad),
+}
+
+
+def linear_chains(model: nn.Module) -> list[list[nn.Linear]]:
+    """Runs of two or more Linear layers with trainable weights in one :class:`torch.nn.Sequential`,
+    each followed directly by the next or by one activation of :data:`ACTIVATION_BACKWARD` (the
+    MLP's ``net``). Inside a Sequential each layer's output feeds the next module only, so the δ of
+    every layer of a run follows from the last one's by hand (:meth:`_Recorder.backpropagate`)."""
+    chains = []
+    for container in model.modules():
+        if not isinstance(container, nn.Sequential):
+            continue
+        run: list[nn.Linear] = []
+        activation_slot = False  # the module after run[-1] may still be its activation
+        for child in container:
+            if isinstance(child, nn.Linear) and child.weight.requires_grad:
+                run.append(child)
+                activation_slot = True
+                continue
+            if activation_slot and type(child) in ACTIVATION_BACKWARD:
+                activation_slot = False
+                continue
+            if len(run) > 1:
+                chains.append(run)
+            run, activation_slot = [], False
+        if len(run) > 1:
+            chains.append(run)
+    return chains
+
+
 class _Recorder:
     """What one supported layer leaves behind in a training step: its input a (forward hook) and
     the gradient δ of the loss with respect to its output (a hook on the output tensor).
@@ -323,6 +418,13 @@ class _Recorder:
     off): their gradients would only be the unclipped sums that the engine computes again,
     clipped, from a and δ. A layer whose input needs no gradient (the first one) therefore has an
     output that needs none either; its output becomes the leaf where the backward pass ends.
+
+    A chain of Linear layers (:func:`linear_chains`) whose first input needs no gradient (an MLP on
+    the data) is cut shorter still: only its last layer's output becomes a leaf, so autograd runs
+    the loss's backward alone, and each earlier layer's δ is the next one's times the next weight,
+    through the activation's backward (:meth:`backpropagate`): the same kernels autograd would run,
+    without its graph, its nodes and a hook per layer. On an MLP's small layers that overhead was
+    most of what DP-SGD added to a step (issue 30).
     """
 
     def __init__(self, engine: FastEngine, module: nn.Module):
@@ -330,11 +432,20 @@ class _Recorder:
         self.input: torch.Tensor | None = None
         self.grad_output: torch.Tensor | None = None
         self.handle = module.register_forward_hook(self.forward)
+        # In a chain: its first layer's recorder, and the next Linear's with the backward of the
+        # activation between (None: none between). by_hand: set on the head at each forward pass.
+        self.head: _Recorder | None = None
+        self.successor: tuple[_Recorder, Any] | None = None
+        self.by_hand = False
 
     def forward(self, module, inputs, output):
         if not (self.engine.hooks_enabled and module.training and torch.is_grad_enabled()):
             return None
         self.input = inputs[0].detach()
+        if self.head is self:
+            self.by_hand = not inputs[0].requires_grad
+        if self.successor is not None and self.head.by_hand:
+            return None  # δ from the successor's, by hand (backpropagate)
         if not output.requires_grad:
             output = output.detach().requires_grad_(True)
         output.register_hook(self.store)
@@ -342,6 +453,23 @@ class _Recorder:
 
     def store(self, grad: torch.Tensor) -> None:
         self.grad_output = grad.detach()
+
+    def backpropagate(self) -> None:
+        """This chain layer's δ from its successor's: δ·W back through the next Linear (autograd's
+        ``grad.mm(weight)`` of a 2-D input), then the activation's backward at its output, which is
+        the next layer's recorded input. Under bf16 autocast in δ's precision, as autograd's."""
+        following, activation_backward = self.successor
+        delta = following.grad_output
+        weight = following.module.weight
+        if weight.dtype != delta.dtype:
+            weight = weight.to(delta.dtype)
+        if delta.shape[-1] == 1:  # an outer product: one multiplication per entry, as mm's
+            delta = delta * weight
+        else:
+            delta = delta.mm(weight) if delta.ndim == 2 else delta.matmul(weight)
+        if activation_backward is not None:
+            delta = activation_backward(delta, following.input)
+        self.grad_output = delta
 
     def clear(self) -> None:
         self.input = self.grad_output = None
@@ -363,9 +491,9 @@ class _Recorder:
         out: dict[nn.Parameter, Any] = {}
         if isinstance(module, nn.Linear):
             if a.ndim == 2:
-                out[module.weight] = weight = _Outer(delta, a)
+                out[module.weight] = _Outer(delta, a, with_bias=module.bias is not None)
                 if module.bias is not None:
-                    out[module.bias] = _Rows(delta, weight.delta_squares)
+                    out[module.bias] = _Rows(delta)
             else:  # (B, ..., in): sum over the middle axes per example
                 a3, d3 = a.reshape(len(a), -1, a.shape[-1]), delta.reshape(len(a), -1,
                                                                             delta.shape[-1])
@@ -436,7 +564,14 @@ class FastEngine:
                                   f"{', '.join(t.__name__ for t in SUPPORTED)}. Use "
                                   f"privacy.engine: opacus for this model.")
             self.recorders.append(_Recorder(self, module))
+        self.chains = self._link_chains(model)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # Each parameter's slice (start, end) of a step's flat buffer: its noise, then its sum.
+        self._pieces, start = [], 0
+        for p in self.params:
+            self._pieces.append((p, start, start + p.numel()))
+            start += p.numel()
+        self._flat_size = start
         self._current: tuple | None = None
         # Static shapes (use_static_shapes): the physical batch's size, the sampled rows of the
         # batch being forwarded (set_padding), and the step's running sum (noise first).
@@ -480,8 +615,7 @@ class FastEngine:
         grads: dict[nn.Parameter, Any] = {}
         for recorder, a, delta in zip(self.recorders, inputs, deltas):
             grads.update(recorder.per_example(a, delta))
-        norms = torch.stack([g.squared_norms() for g in grads.values()]).sum(0).sqrt()
-        norms = torch.where(mask, norms, 0.0)
+        norms = torch.where(mask, _total_squares(grads).sqrt(), 0.0)
         factors = self.rule.clip(norms).factors
         weights = torch.where(mask, factors, 0.0)
         sums = [grads[p].clipped_sum(weights).reshape(-1) if p in grads
@@ -495,6 +629,7 @@ class FastEngine:
         mask = self._mask
         if mask is None:
             raise RuntimeError("accumulate() follows set_padding(mask) and the padded loss's backward")
+        self._backpropagate_chains()
         if any(r.input is None or r.grad_output is None for r in self.recorders):
             raise RuntimeError("a layer of the model recorded nothing in this physical batch")
         flat, norms, factors = self._clip_physical([r.input for r in self.recorders],
@@ -509,6 +644,34 @@ class FastEngine:
         self._mask, self._current, self._step = None, None, None
         return norms
 
+    def _link_chains(self, model: nn.Module) -> list[list[_Recorder]]:
+        """The recorders of each chain of Linear layers (:func:`linear_chains`), linked: each knows
+        its chain's head and the next layer with the activation's backward between."""
+        by_module = {recorder.module: recorder for recorder in self.recorders}
+        chains = []
+        for layers in linear_chains(model):
+            recorders = [by_module[layer] for layer in layers]
+            container = next(m for m in model.modules()
+                             if isinstance(m, nn.Sequential) and any(c is layers[0] for c in m))
+            children = list(container)
+            for recorder, following in zip(recorders, recorders[1:]):
+                between = children[children.index(following.module) - 1]
+                backward = (ACTIVATION_BACKWARD[type(between)]
+                            if type(between) in ACTIVATION_BACKWARD else None)
+                recorder.successor = (following, backward)
+            for recorder in recorders:
+                recorder.head = recorders[0]
+            chains.append(recorders)
+        return chains
+
+    def _backpropagate_chains(self) -> None:
+        """Each chain's δ, last layer to first, where this pass left them to the engine."""
+        for chain in self.chains:
+            if chain[0].by_hand and chain[-1].grad_output is not None:
+                for recorder in reversed(chain[:-1]):
+                    if recorder.grad_output is None:
+                        recorder.backpropagate()
+
     def track_parameters(self, tracked: bool) -> None:
         """Whether autograd computes the parameters' own gradients: off while the engine trains
         (see :class:`_Recorder`), on while a repair method differentiates on public data."""
@@ -519,6 +682,7 @@ class FastEngine:
         """This backward pass's per-example gradients (or their factors), each example's norm and
         the batch size; computed once per step."""
         if self._current is None:
+            self._backpropagate_chains()
             batch = next((len(r.input) for r in self.recorders if r.input is not None), 0)
             grads: dict[nn.Parameter, Any] = {}
             if batch > 0:
@@ -531,7 +695,7 @@ class FastEngine:
             # A padded batch's loss is a sum (padded_loss): scale 1, padding rows' norms 0.
             scale = batch if self._mask is None else 1
             if grads:
-                norms = torch.stack([g.squared_norms() for g in grads.values()]).sum(0).sqrt() * scale
+                norms = _total_squares(grads).sqrt().mul_(scale)
             else:
                 norms = torch.zeros(batch, device=device)
             if self._mask is not None:
@@ -571,7 +735,7 @@ class FastEngine:
         sensitivity, C (flat clipping) unless given."""
         device, dtype = self.params[0].device, self.params[0].dtype
         std = self.noise_multiplier * (self.max_grad_norm if sensitivity is None else sensitivity)
-        total = sum(p.numel() for p in self.params)
+        total = self._flat_size
         if self.secure is not None:
             return self.secure.gaussian((total,), std, device=device, dtype=dtype)
         if std > 0:
@@ -589,16 +753,14 @@ class FastEngine:
         step = self.clip_step()
         weights = step.factors * batch  # cᵢ·n, see _per_example
         # One flat buffer: the step's noise, each parameter's clipped sum added in place on its
-        # slice, one division for all; the gradients are views of it (no per-parameter
-        # allocations). (noise + sum) / qN rounds exactly as (sum + noise) / qN did.
+        # slice (a Linear weight's accumulated by its product itself), one division for all; the
+        # gradients are views of it (no per-parameter allocations).
         flat = self.draw_noise(step.sensitivity)
-        start = 0
-        for p in self.params:
-            view = flat[start:start + p.numel()].view_as(p)
+        for p, start, end in self._pieces:
+            piece = flat[start:end]
             if p in grads:
-                view.add_(grads[p].clipped_sum(weights).reshape(p.shape))
-            p.grad = view
-            start += p.numel()
+                grads[p].add_clipped_sum(piece, weights)
+            p.grad = piece.view_as(p)
         flat.div_(self.expected_batch_size)
         for recorder in self.recorders:
             recorder.clear()
@@ -614,10 +776,8 @@ class FastEngine:
         if self._mask is not None:
             self.accumulate()
         flat = self._sum
-        start = 0
-        for p in self.params:
-            p.grad = flat[start:start + p.numel()].view_as(p)
-            start += p.numel()
+        for p, start, end in self._pieces:
+            p.grad = flat[start:end].view_as(p)
         flat.div_(self.expected_batch_size)
         self._sum = self._groups = None
         self.accountant.step(noise_multiplier=self.accounted_noise_multiplier,

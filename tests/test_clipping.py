@@ -315,17 +315,22 @@ def test_removing_one_example_changes_the_sum_by_its_own_scaled_gradient(name, m
 # --- Flat is the engine as it was ------------------------------------------------------------
 
 def pre_registry_privatize(engine):
-    """The fast engine's step before the clipping rules existed (its operations, in its order)."""
+    """The fast engine's step before the clipping rules existed (its operations, in its order:
+    the factors' formula written out, one flat noise draw, each parameter's clipped sum
+    accumulated onto its slice as the engine's forms do, one division by qN)."""
     grads, norms, batch = engine._per_example()
     weights = (engine.max_grad_norm / (norms + 1e-6)).clamp(max=1.0) * batch
     std = engine.noise_multiplier * engine.max_grad_norm
     total = sum(p.numel() for p in engine.params)
-    noise = torch.normal(0.0, std, size=(total,), generator=engine.noise_generator)
+    flat = torch.normal(0.0, std, size=(total,), generator=engine.noise_generator)
     start = 0
     for p in engine.params:
-        summed = grads[p].clipped_sum(weights).reshape(p.shape) if p in grads else torch.zeros_like(p)
-        p.grad = (summed + noise[start:start + p.numel()].view_as(p)) / engine.expected_batch_size
+        piece = flat[start:start + p.numel()]
+        if p in grads:
+            grads[p].add_clipped_sum(piece, weights)
+        p.grad = piece.view_as(p)
         start += p.numel()
+    flat.div_(engine.expected_batch_size)
     for recorder in engine.recorders:
         recorder.clear()
     engine._current = None

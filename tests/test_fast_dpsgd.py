@@ -141,6 +141,102 @@ def test_unsupported_layers_are_refused():
                                 epochs=1, noise_generator=torch.Generator())
 
 
+# --- Linear chains back-propagated by hand ------------------------------------------------------
+
+def chain_model(activation: str, width: int = 12):
+    torch.manual_seed(0)
+    return build_model(ModelConfig(name="mlp", hidden=[16, 16, 8], activation=activation), (width,))
+
+
+def test_the_mlps_linear_layers_form_one_chain_and_other_modules_break_it():
+    mlp = chain_model("relu")
+    assert fast_dpsgd.linear_chains(mlp) == [[mlp.net[0], mlp.net[2], mlp.net[4], mlp.net[6]]]
+    nn = torch.nn
+    mixed = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4),
+                          nn.Dropout(0.1), nn.Linear(4, 4), nn.ReLU(), nn.ReLU(), nn.Linear(4, 1))
+    # Adjacent Linear layers chain (no activation between); dropout (random) and a second
+    # activation in a row end a chain; a single Linear is no chain.
+    assert fast_dpsgd.linear_chains(mixed) == [[mixed[0], mixed[1], mixed[3]]]
+    frozen = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+    frozen[2].requires_grad_(False)
+    assert fast_dpsgd.linear_chains(frozen) == []
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_a_chains_output_gradients_by_hand_are_autograds_bit_for_bit(activation):
+    x = torch.randn(10, 12, generator=torch.Generator().manual_seed(2))
+    y = (torch.rand(10, generator=torch.Generator().manual_seed(3)) < 0.5).float()
+    model = chain_model(activation).train()
+    reference = copy.deepcopy(model)
+    engine = fast_dpsgd.FastEngine(model, max_grad_norm=1.0, noise_multiplier=0.0, sample_rate=0.5,
+                                   expected_batch_size=5.0, accountant="rdp",
+                                   noise_generator=torch.Generator(), secure=None)
+    F.binary_cross_entropy_with_logits(model(x), y).backward()
+    engine.per_example_norms()  # back-propagates the chain
+    assert engine.recorders[0].by_hand
+    # autograd's own output gradients of the same layers
+    inputs, outputs = [], []
+
+    def keep(module, args, output):
+        output.retain_grad()
+        inputs.append(args[0])
+        outputs.append(output)
+
+    hooks = [layer.register_forward_hook(keep)
+             for layer in reference.net if isinstance(layer, torch.nn.Linear)]
+    F.binary_cross_entropy_with_logits(reference(x), y).backward()
+    for hook in hooks:
+        hook.remove()
+    assert len(outputs) == len(engine.recorders) == 4
+    for recorder, a, output in zip(engine.recorders, inputs, outputs):
+        assert torch.equal(recorder.input, a)
+        assert torch.equal(recorder.grad_output, output.grad)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_a_chain_by_hand_gives_the_per_example_loops_update(activation):
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(24, 12, generator=generator)
+    y = (torch.rand(24, generator=generator) < 0.5).float()
+    model = chain_model(activation).train()
+    rows = torch.tensor([0, 1, 4, 6, 9, 11, 17, 23])
+    fast, fast_norms = one_step(fast_dpsgd.make_private, copy.deepcopy(model), x, y, rows)
+    loop, loop_norms = loop_reference(copy.deepcopy(model), x, y, rows, bound=0.5)
+    torch.testing.assert_close(fast, loop, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast_norms, loop_norms, rtol=1e-4, atol=1e-6)
+    assert (loop_norms > 0.5).any()
+
+
+class ConvThenChain(torch.nn.Module):
+    """A convolution feeding a chain of Linear layers in one Sequential (with an in-place ReLU):
+    the chain's input needs a gradient, so autograd must carry δ through it to the convolution."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(48, 8),
+                                 nn.ReLU(inplace=True), nn.Linear(8, 1))
+
+    def forward(self, x):
+        return self.net(x).squeeze(-1)
+
+
+def test_a_chain_after_a_trainable_layer_is_left_to_autograd():
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(12, 2, 6, 6, generator=generator)
+    y = (torch.rand(12, generator=generator) < 0.5).float()
+    torch.manual_seed(0)
+    model = ConvThenChain().train()
+    assert len(fast_dpsgd.linear_chains(model)) == 1
+    rows = torch.tensor([0, 3, 4, 7, 10])
+    fast, fast_norms = one_step(fast_dpsgd.make_private, copy.deepcopy(model), x, y, rows)
+    loop, loop_norms = loop_reference(copy.deepcopy(model), x, y, rows, bound=0.5)
+    torch.testing.assert_close(fast, loop, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast_norms, loop_norms, rtol=1e-4, atol=1e-6)
+    conv = slice(0, model.net[0].weight.numel())
+    assert torch.count_nonzero(fast[conv]) > 0  # the convolution learned through the chain
+
+
 TINY = """\
 name: fast
 seed: 3
