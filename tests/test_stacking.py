@@ -426,6 +426,52 @@ def test_stacked_cnn_runs_equal_the_same_runs_trained_one_by_one(tmp_path, fake_
     assert IMAGE_STACK_ON_CPU.format(runs=2, model="cnn") in capsys.readouterr().err
 
 
+@pytest.mark.slow  # nine image runs' epochs: about 30 s on a 2-core CPU
+def test_an_interrupted_image_stack_resumes_run_by_run_to_the_uninterrupted_result(
+        tmp_path, fake_celeba, monkeypatch):
+    points = [*IMAGE_POINTS, {"seed": 2, "privacy": {"mode": "dpsgd", "noise_multiplier": 1.2,
+                                                      "max_grad_norm": 1.0}}]
+
+    def image_runs(output):
+        return image_configs(points, output, fake_celeba, "cnn", 32, epochs=3)
+
+    straight = run_stacked(image_runs(tmp_path / "straight"))
+    original = experiment_module.MetricsSink.log
+
+    def log(self, step, metrics):  # the second run's logger fails after epoch 2: a kill
+        original(self, step, metrics)
+        if step == 2 and self.run_dir.name == "run1":
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(experiment_module.MetricsSink, "log", log)
+        with pytest.raises(KeyboardInterrupt):
+            run_stacked(image_runs(tmp_path / "resumed"))
+    # run0 saved its epoch-2 checkpoint before run1 stopped, run1 and run2 have epoch 1's: run0
+    # resumes alone (the lone engine), run1 and run2 as a stack of two, each from its checkpoint
+    # (parameters, optimizer, accountant, its own sampling, flip and noise streams).
+    logged = []
+
+    def record(self, step, metrics):
+        logged.append((self.run_dir.name, step))
+        original(self, step, metrics)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(experiment_module.MetricsSink, "log", record)
+        resumed = run_stacked(image_runs(tmp_path / "resumed"))
+    # each run trained only the epochs after its checkpoint
+    assert sorted(logged) == [("run0", 3), ("run1", 2), ("run1", 3), ("run2", 2), ("run2", 3)]
+    for i, (one, two) in enumerate(zip(straight, resumed)):
+        assert isinstance(two, dict) and not two.get("skipped")
+        # run0's last epoch ran on the lone engine: the image stack's rounding (see
+        # test_stacked_cnn_runs_equal_the_same_runs_trained_one_by_one)
+        assert_same_image_run(one, two, tmp_path / "straight" / f"run{i}",
+                              tmp_path / "resumed" / f"run{i}", rtol=1e-2)
+        steps = [json.loads(line)["step"] for line in
+                 (tmp_path / "resumed" / f"run{i}" / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [1, 2, 3]
+
+
 @pytest.mark.slow  # a ResNet-18 at 64 px, four runs: tens of seconds on a 2-core CPU
 @pytest.mark.parametrize("points", [IMAGE_POINTS, IMAGE_NON_PRIVATE], ids=["dpsgd", "none"])
 def test_stacked_resnet18_runs_equal_the_same_runs_trained_one_by_one(tmp_path, fake_celeba,
