@@ -410,6 +410,25 @@ def linear_chains(model: nn.Module) -> list[list[nn.Linear]]:
     return chains
 
 
+def _observed(span: list[nn.Module], own_hooks: set[int]) -> bool:
+    """Whether anything besides the engine's own recorders hooks a module of a chain's ``span``
+    (its Linear layers and the activations between), or every module (global hooks). A chain is
+    back-propagated by hand only when nothing else sees or changes its inner tensors: a repair
+    method's loss on hidden activations (RUNNER's neurons, recorded by forward hooks on the
+    activations), a pre-hook that changes a layer's input (dropout), or a backward hook would
+    otherwise be bypassed, and the δ by hand would be wrong."""
+    from torch.nn.modules import module as torch_module
+
+    if (torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
+            or torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks):
+        return True
+    for module in span:
+        if (module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+                or any(key not in own_hooks for key in module._forward_hooks)):
+            return True
+    return False
+
+
 class _Recorder:
     """What one supported layer leaves behind in a training step: its input a (forward hook) and
     the gradient δ of the loss with respect to its output (a hook on the output tensor).
@@ -424,7 +443,9 @@ class _Recorder:
     the loss's backward alone, and each earlier layer's δ is the next one's times the next weight,
     through the activation's backward (:meth:`backpropagate`): the same kernels autograd would run,
     without its graph, its nodes and a hook per layer. On an MLP's small layers that overhead was
-    most of what DP-SGD added to a step (issue 30).
+    most of what DP-SGD added to a step (issue 30). Decided at each forward pass by the chain's
+    head: only while nothing else hooks the chain's modules (:func:`_observed`); otherwise every
+    layer records as above and autograd carries whatever else reads the inner tensors.
     """
 
     def __init__(self, engine: FastEngine, module: nn.Module):
@@ -437,13 +458,18 @@ class _Recorder:
         self.head: _Recorder | None = None
         self.successor: tuple[_Recorder, Any] | None = None
         self.by_hand = False
+        # Head only: the chain's modules (Linear layers and activations between) and the ids of
+        # the engine's own hooks on them, for _observed.
+        self.span: list[nn.Module] = []
+        self.own_hooks: set[int] = set()
 
     def forward(self, module, inputs, output):
         if not (self.engine.hooks_enabled and module.training and torch.is_grad_enabled()):
             return None
         self.input = inputs[0].detach()
         if self.head is self:
-            self.by_hand = not inputs[0].requires_grad
+            self.by_hand = (not inputs[0].requires_grad
+                            and not _observed(self.span, self.own_hooks))
         if self.successor is not None and self.head.by_hand:
             return None  # δ from the successor's, by hand (backpropagate)
         if not output.requires_grad:
@@ -661,6 +687,9 @@ class FastEngine:
                 recorder.successor = (following, backward)
             for recorder in recorders:
                 recorder.head = recorders[0]
+            head = recorders[0]
+            head.span = children[children.index(layers[0]):children.index(layers[-1]) + 1]
+            head.own_hooks = {recorder.handle.id for recorder in recorders}
             chains.append(recorders)
         return chains
 

@@ -207,6 +207,61 @@ def test_a_chain_by_hand_gives_the_per_example_loops_update(activation):
     assert (loop_norms > 0.5).any()
 
 
+def engine_of(model):
+    return fast_dpsgd.FastEngine(model, max_grad_norm=0.5, noise_multiplier=0.0, sample_rate=1.0,
+                                 expected_batch_size=12.0, accountant="rdp",
+                                 noise_generator=torch.Generator(), secure=None)
+
+
+def test_a_chain_whose_inner_tensors_something_else_hooks_is_left_to_autograd():
+    """A loss on a hidden activation (RUNNER's neurons, recorded by a forward hook on the ReLU) or
+    a pre-hook that changes an inner layer's input must reach the δ: with any hook on the chain's
+    modules but the engine's own, every layer records through autograd."""
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(12, 12, generator=generator)
+    y = (torch.rand(12, generator=generator) < 0.5).float()
+    model = chain_model("relu").train()
+    hidden = {}
+
+    def loss_of(module):
+        logits = module(x)
+        per_example = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+        return (per_example + 0.3 * hidden["relu"].pow(2).sum(1)).mean()
+
+    def per_example_loop(reference):
+        grads = []
+        for i in range(len(x)):
+            reference.zero_grad()
+            logits = reference(x[i:i + 1])
+            loss = (F.binary_cross_entropy_with_logits(logits, y[i:i + 1])
+                    + 0.3 * hidden["relu"].pow(2).sum())
+            loss.backward()
+            grads.append(torch.cat([p.grad.reshape(-1) for p in reference.parameters()]))
+        return torch.stack(grads).norm(dim=1)
+
+    twin = copy.deepcopy(model)
+    engine = engine_of(twin)
+    twin.net[3].register_forward_hook(lambda m, i, o: hidden.__setitem__("relu", o))
+    loss_of(twin).backward()
+    assert not engine.recorders[0].by_hand
+    reference = copy.deepcopy(model)
+    reference.net[3].register_forward_hook(lambda m, i, o: hidden.__setitem__("relu", o))
+    torch.testing.assert_close(engine.per_example_norms(), per_example_loop(reference),
+                               rtol=1e-4, atol=1e-6)
+
+    # unhooked, the same chain is back-propagated by hand
+    plain = copy.deepcopy(model)
+    engine = engine_of(plain)
+    F.binary_cross_entropy_with_logits(plain(x), y).backward()
+    assert engine.recorders[0].by_hand
+    # a pre-hook scaling an inner layer's input (dropout's 1/(1 − p)) turns it off again
+    scaled = copy.deepcopy(model)
+    engine = engine_of(scaled)
+    scaled.net[2].register_forward_pre_hook(lambda m, args: (args[0] * 2.0,))
+    F.binary_cross_entropy_with_logits(scaled(x), y).backward()
+    assert not engine.recorders[0].by_hand
+
+
 class ConvThenChain(torch.nn.Module):
     """A convolution feeding a chain of Linear layers in one Sequential (with an in-place ReLU):
     the chain's input needs a gradient, so autograd must carry δ through it to the convolution."""
