@@ -281,11 +281,14 @@ class _Outer(_Form):
         self.delta, self.a, self.with_bias = delta, a, with_bias
 
     def squared_norms(self) -> torch.Tensor:
-        delta_squares = torch.linalg.vector_norm(self.delta, dim=1).square()
-        a_squares = torch.linalg.vector_norm(self.a, dim=1).square()
+        if self.delta.shape[1] == 1:  # one output (every model's last layer): δᵢ² itself
+            delta_squares = self.delta.reshape(-1).square()
+        else:
+            delta_squares = torch.linalg.vector_norm(self.delta, dim=1).square_()
+        a_squares = torch.linalg.vector_norm(self.a, dim=1).square_()
         if self.with_bias:
-            return torch.addcmul(delta_squares, delta_squares, a_squares)
-        return delta_squares * a_squares
+            return a_squares.mul_(delta_squares).add_(delta_squares)
+        return a_squares.mul_(delta_squares)
 
     def _weighted_factors(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Σᵢ wᵢδᵢaᵢᵀ = (w ⊙ δ)ᵀa = δᵀ(w ⊙ a): weight the narrower factor (the smaller copy; the
@@ -343,7 +346,12 @@ class _PerExample(_Form):
 def _total_squares(grads: dict[nn.Parameter, _Form]) -> torch.Tensor:
     """Each example's squared norm over all the forms' parameters, (B,)."""
     squares = [s for s in (g.squared_norms() for g in grads.values()) if s is not None]
-    return squares[0] if len(squares) == 1 else torch.stack(squares).sum(0)
+    if len(squares) <= 3:  # an MLP's few layers: added in place, fewer operations than a stack
+        total = squares[0].clone() if len(squares) == 1 else squares[0] + squares[1]
+        for more in squares[2:]:
+            total.add_(more)
+        return total
+    return torch.stack(squares).sum(0)
 
 
 class _ConvGhost(_Form):
