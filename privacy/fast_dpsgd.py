@@ -391,30 +391,29 @@ ACTIVATION_BACKWARD = {  # (grad, output) -> δ, written over grad (a temporary 
 }
 
 
-def linear_chains(model: nn.Module) -> list[list[nn.Linear]]:
+def linear_chains(model: nn.Module) -> list[list[nn.Module]]:
     """Runs of two or more Linear layers with trainable weights in one :class:`torch.nn.Sequential`,
     each followed directly by the next or by one activation of :data:`ACTIVATION_BACKWARD` (the
-    MLP's ``net``). Inside a Sequential each layer's output feeds the next module only, so the δ of
-    every layer of a run follows from the last one's by hand (:meth:`_Recorder.backpropagate`)."""
+    MLP's ``net``): each run's modules from its first Linear to its last, activations included.
+    Inside a Sequential each module's output feeds the next module only, so the δ of every layer of
+    a run follows from the last one's by hand (:meth:`_Recorder.backpropagate`)."""
     chains = []
     for container in model.modules():
         if not isinstance(container, nn.Sequential):
             continue
-        run: list[nn.Linear] = []
-        activation_slot = False  # the module after run[-1] may still be its activation
+        span: list[nn.Module] = []
         for child in container:
             if isinstance(child, nn.Linear) and child.weight.requires_grad:
-                run.append(child)
-                activation_slot = True
+                span.append(child)
                 continue
-            if activation_slot and type(child) in ACTIVATION_BACKWARD:
-                activation_slot = False
+            if span and isinstance(span[-1], nn.Linear) and type(child) in ACTIVATION_BACKWARD:
+                span.append(child)
                 continue
-            if len(run) > 1:
-                chains.append(run)
-            run, activation_slot = [], False
-        if len(run) > 1:
-            chains.append(run)
+            chains.append(span)
+            span = []
+        chains.append(span)
+    chains = [span[:max(i for i, m in enumerate(span) if isinstance(m, nn.Linear)) + 1]
+              for span in chains if sum(isinstance(m, nn.Linear) for m in span) > 1]
     return chains
 
 
@@ -683,21 +682,15 @@ class FastEngine:
         its chain's head and the next layer with the activation's backward between."""
         by_module = {recorder.module: recorder for recorder in self.recorders}
         chains = []
-        for layers in linear_chains(model):
-            recorders = [by_module[layer] for layer in layers]
-            container = next(m for m in model.modules()
-                             if isinstance(m, nn.Sequential) and any(c is layers[0] for c in m))
-            children = list(container)
+        for span in linear_chains(model):
+            recorders = [by_module[m] for m in span if isinstance(m, nn.Linear)]
             for recorder, following in zip(recorders, recorders[1:]):
-                between = children[children.index(following.module) - 1]
-                backward = (ACTIVATION_BACKWARD[type(between)]
-                            if type(between) in ACTIVATION_BACKWARD else None)
-                recorder.successor = (following, backward)
+                between = span[span.index(following.module) - 1]  # activation, or the Linear
+                recorder.successor = (following, ACTIVATION_BACKWARD.get(type(between)))
             for recorder in recorders:
                 recorder.head = recorders[0]
-            head = recorders[0]
-            head.span = children[children.index(layers[0]):children.index(layers[-1]) + 1]
-            head.own_hooks = {recorder.handle.id for recorder in recorders}
+            recorders[0].span = span
+            recorders[0].own_hooks = {recorder.handle.id for recorder in recorders}
             chains.append(recorders)
         return chains
 

@@ -150,13 +150,15 @@ def chain_model(activation: str, width: int = 12):
 
 def test_the_mlps_linear_layers_form_one_chain_and_other_modules_break_it():
     mlp = chain_model("relu")
-    assert fast_dpsgd.linear_chains(mlp) == [[mlp.net[0], mlp.net[2], mlp.net[4], mlp.net[6]]]
+    assert fast_dpsgd.linear_chains(mlp) == [list(mlp.net)]  # Linear, ReLU, ..., Linear
     nn = torch.nn
     mixed = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4),
                           nn.Dropout(0.1), nn.Linear(4, 4), nn.ReLU(), nn.ReLU(), nn.Linear(4, 1))
     # Adjacent Linear layers chain (no activation between); dropout (random) and a second
     # activation in a row end a chain; a single Linear is no chain.
-    assert fast_dpsgd.linear_chains(mixed) == [[mixed[0], mixed[1], mixed[3]]]
+    assert fast_dpsgd.linear_chains(mixed) == [[mixed[0], mixed[1], mixed[2], mixed[3]]]
+    trailing = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU())
+    assert fast_dpsgd.linear_chains(trailing) == [[trailing[0], trailing[1], trailing[2]]]
     frozen = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
     frozen[2].requires_grad_(False)
     assert fast_dpsgd.linear_chains(frozen) == []
