@@ -220,9 +220,16 @@ def conv_route(conv: nn.Conv2d, input_shape, positions: int, device_type: str = 
       in·(H·W)² + k²·L² per example), where that undercuts the unfolded input's in·k²·L²: stride
       1 and small maps;
     - ``ghost_unfold``: the ghost norm with AᵢᵀAᵢ from the unfolded input (strided layers, whose
-      pixel Gram is four times the positions').
+      pixel Gram is four times the positions');
+    - ``single_position``: one output position (a ResNet's last stage at 32 px): the layer is a
+      Linear on the one window of input it reads (:func:`single_window`), each example's gradient
+      δᵢ ⊗ windowᵢ on the kernel offsets that fall inside the input and 0 on those that read only
+      padding; its norm ‖δᵢ‖·‖windowᵢ‖ and its clipped sum one product (:class:`_WindowOuter`),
+      where the ghost form's weight gradient multiplied the padding's zeros too.
     """
     fan_in, out_channels = conv.weight[0].numel(), conv.weight.shape[0]  # d = in·k², p
+    if positions == 1 and not isinstance(conv.padding, str):
+        return "single_position"
     if isinstance(conv.padding, str) or not 2 * positions * positions < fan_in * out_channels:
         # (string padding: unfold refuses it with the reason)
         if (device_type == "cpu" and min(conv.stride) > 1 and conv.dilation == (1, 1)
@@ -235,6 +242,23 @@ def conv_route(conv: nn.Conv2d, input_shape, positions: int, device_type: str = 
     if input_shape[1] * pixels * pixels + kernel * positions * positions < fan_in * positions ** 2:
         return "ghost_gram"
     return "ghost_unfold"
+
+
+def single_window(a: torch.Tensor, conv: nn.Conv2d) -> tuple[torch.Tensor, tuple[slice, slice]]:
+    """The one window of input that ``conv`` reads where its output has a single position: (B,
+    in, kh', kw') on the kernel offsets that fall inside the input, and those offsets (rows,
+    columns of the kernel); the others read only padding, so their gradient is 0."""
+    def inside(size: int, kernel: int, padding: int, dilation: int) -> tuple[slice, slice]:
+        # Offset i reads input index i·dilation − padding at the one output position.
+        taps = [i for i in range(kernel) if 0 <= i * dilation - padding < size]
+        first, last = taps[0], taps[-1]
+        start = first * dilation - padding
+        return (slice(first, last + 1),
+                slice(start, start + (last - first) * dilation + 1, dilation))
+    rows, input_rows = inside(a.shape[2], conv.kernel_size[0], conv.padding[0], conv.dilation[0])
+    columns, input_columns = inside(a.shape[3], conv.kernel_size[1], conv.padding[1],
+                                    conv.dilation[1])
+    return a[:, :, input_rows, input_columns], (rows, columns)
 
 
 def grouped_weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -250,6 +274,51 @@ def grouped_weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv
                      padding=conv.padding, dilation=conv.stride, groups=batch)
     grads = grads[:, :, :kh, :kw].reshape(a.shape[1], batch, out_channels, kh, kw)
     return grads.permute(1, 2, 0, 3, 4)
+
+
+def group_norm_statistics(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The mean and 1/σ (B, groups) with which a GroupNorm normalized its input, as the forward
+    pass saved them for its backward (``native_group_norm``'s results); None where autograd kept
+    none (an output that needs no gradient, or another function in between)."""
+    function = output.grad_fn
+    if function is None or function.name() != "NativeGroupNormBackward0":
+        return None
+    return function._saved_result1.detach(), function._saved_result2.detach()
+
+
+def group_norm_per_example(norm: nn.GroupNorm, a: torch.Tensor, delta: torch.Tensor,
+                           stats: tuple[torch.Tensor, torch.Tensor] | None = None
+                           ) -> dict[nn.Parameter, _Form]:
+    """A GroupNorm's per-example gradients: Σ over space of δ·x̂ for its weight and of δ for its
+    bias, per channel, with x̂ = (x − μ)/σ of the channel's group.
+
+    Σ δ·x̂ = (Σ δ·x − μ·Σ δ)/σ: one pass of products over the input and δ and the sums of δ that the
+    bias needs anyway, without forming x̂ (the normalized input, as large as the input: computing
+    it again was a third of what the ResNet's 20 GroupNorms cost, issue 30). μ and 1/σ are the
+    forward pass's own (``stats``, :func:`group_norm_statistics`), else computed again by the same
+    kernel. Rounding: the subtraction μ·Σδ cancels where |μ| ≫ σ, so the gradient's rounding grows
+    with |μ|/σ; the norm and the sum read the same values, so the clipping bound holds exactly."""
+    batch, channels = a.shape[:2]
+    groups = norm.num_groups
+    if stats is None:
+        _, mean, rstd = torch.native_group_norm(a, None, None, batch, channels,
+                                                a[0, 0].numel(), groups, norm.eps)
+    else:
+        mean, rstd = stats
+    d = delta.reshape(batch, channels, -1)
+    delta_sums = d.sum(2)
+    out: dict[nn.Parameter, _Form] = {}
+    if norm.weight is not None:
+        products = torch.linalg.vecdot(d, a.reshape(d.shape))  # Σ δ·x, (B, channels)
+        per_group = channels // groups
+        mean = mean.reshape(batch, groups, 1)
+        rstd = rstd.reshape(batch, groups, 1)
+        grads = (products.view(batch, groups, per_group)
+                 - mean * delta_sums.view(batch, groups, per_group)).mul_(rstd)
+        out[norm.weight] = _PerExample(grads.view(batch, channels))
+    if norm.bias is not None:
+        out[norm.bias] = _PerExample(delta_sums)
+    return out
 
 
 class _Form:
@@ -319,6 +388,30 @@ class _Rows(_Form):
 
     def add_clipped_sum(self, out: torch.Tensor, weights: torch.Tensor) -> None:
         out.addmv_(self.delta.T, weights)
+
+
+class _WindowOuter(_Outer):
+    """A single-position convolution's per-example weight gradients δᵢ ⊗ windowᵢ (:func:`single_window`),
+    kept as their factors like a Linear layer's: the kernel offsets in ``taps`` get them, the
+    others (reading only padding) 0."""
+
+    def __init__(self, delta: torch.Tensor, window: torch.Tensor, taps: tuple[slice, slice],
+                 weight_shape: torch.Size, with_bias: bool):
+        super().__init__(delta, window.reshape(len(window), -1), with_bias)
+        self.window_shape, self.taps, self.weight_shape = window.shape[1:], taps, weight_shape
+
+    def clipped_sum(self, weights: torch.Tensor) -> torch.Tensor:
+        full = self.delta.new_zeros(self.weight_shape)
+        self.add_clipped_sum(full, weights)
+        return full
+
+    def add_clipped_sum(self, out: torch.Tensor, weights: torch.Tensor) -> None:
+        delta, a = self._weighted_factors(weights)
+        kernel = out.view(self.weight_shape)[:, :, self.taps[0], self.taps[1]]
+        if kernel.is_contiguous():  # every offset reads the input: accumulate in the product
+            kernel.view(len(kernel), -1).addmm_(delta.T, a)
+        else:
+            kernel.add_((delta.T @ a).view(kernel.shape))
 
 
 class _PerExample(_Form):
@@ -431,6 +524,8 @@ class _Recorder:
         self.engine, self.module = engine, module
         self.input: torch.Tensor | None = None
         self.grad_output: torch.Tensor | None = None
+        # A GroupNorm's mean and 1/σ from its forward pass (group_norm_statistics).
+        self.stats: tuple[torch.Tensor, torch.Tensor] | None = None
         self.handle = module.register_forward_hook(self.forward)
         # In a chain: its first layer's recorder, and the next Linear's with the backward of the
         # activation between (None: none between). by_hand: set on the head at each forward pass.
@@ -442,6 +537,8 @@ class _Recorder:
         if not (self.engine.hooks_enabled and module.training and torch.is_grad_enabled()):
             return None
         self.input = inputs[0].detach()
+        if isinstance(module, nn.GroupNorm):
+            self.stats = group_norm_statistics(output)
         if self.head is self:
             self.by_hand = not inputs[0].requires_grad
         if self.successor is not None and self.head.by_hand:
@@ -472,7 +569,7 @@ class _Recorder:
         self.grad_output = delta
 
     def clear(self) -> None:
-        self.input = self.grad_output = None
+        self.input = self.grad_output = self.stats = None
 
     def per_example(self, a: torch.Tensor | None = None,
                     delta: torch.Tensor | None = None) -> dict[nn.Parameter, Any]:
@@ -481,6 +578,7 @@ class _Recorder:
         saves a pass over every δ). ``a`` and ``delta`` default to the recorded ones (given, for a
         compiled function whose inputs they are)."""
         module = self.module
+        recorded = a is None
         a = self.input if a is None else a
         delta = self.grad_output if delta is None else delta
         # Under bf16 autocast: norms, factors and clipped sums in fp32 (module docstring).
@@ -506,6 +604,13 @@ class _Recorder:
                                   f"({module}). Use privacy.engine: opacus.")
             d = delta.reshape(len(a), delta.shape[1], -1)  # (B, p = out, L)
             route = conv_route(module, a.shape, d.shape[2], a.device.type)
+            if route == "single_position":
+                window, taps = single_window(a, module)
+                out[module.weight] = _WindowOuter(d[:, :, 0], window, taps, module.weight.shape,
+                                                  with_bias=module.bias is not None)
+                if module.bias is not None:
+                    out[module.bias] = _Rows(d[:, :, 0])
+                return out
             if route == "per_example_grouped":
                 out[module.weight] = _PerExample(grouped_weight_gradients(a, delta, module))
             elif route == "per_example":
@@ -522,13 +627,9 @@ class _Recorder:
                 out[module.weight] = _ConvGhost(module, a, delta, inputs)
             if module.bias is not None:
                 out[module.bias] = _PerExample(d.sum(2))
-        else:  # GroupNorm: the normalized input, per channel summed over space
-            normalized = F.group_norm(a, module.num_groups, eps=module.eps)
-            d = delta.reshape(len(a), module.num_channels, -1)
-            if module.weight is not None:
-                out[module.weight] = _PerExample((d * normalized.reshape(d.shape)).sum(2))
-            if module.bias is not None:
-                out[module.bias] = _PerExample(d.sum(2))
+        else:  # GroupNorm: per channel, Σ over space of δ·x̂ (weight) and of δ (bias)
+            out.update(group_norm_per_example(module, a, delta,
+                                              self.stats if recorded else None))
         return out
 
 

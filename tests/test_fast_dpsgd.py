@@ -361,7 +361,8 @@ def test_the_per_example_loop_test_covers_every_convolution_route():
         for hook in hooks:
             hook.remove()
         routes |= {fast_dpsgd.conv_route(m, i, o[2] * o[3]) for m, (i, o) in shapes.items()}
-    assert routes == {"per_example", "per_example_grouped", "ghost_gram", "ghost_unfold"}
+    assert routes == {"per_example", "per_example_grouped", "ghost_gram", "ghost_unfold",
+                      "single_position"}
 
 
 @pytest.mark.parametrize("kernel, stride, padding", [(7, 2, 3), (5, 3, 1), ((5, 3), (2, 1), (2, 0))])
@@ -374,3 +375,44 @@ def test_the_grouped_per_example_gradients_are_a_per_example_loop(kernel, stride
                                                         padding=padding) for i in range(5)])
     torch.testing.assert_close(fast_dpsgd.grouped_weight_gradients(a, delta, conv), expected,
                                rtol=1e-4, atol=1e-5)
+
+
+def per_example_loop_weight_gradients(conv, a, delta):
+    """Each example's weight gradient of ``conv``, one example at a time (autograd's kernel)."""
+    return torch.stack([torch.nn.grad.conv2d_weight(a[i:i + 1], conv.weight.shape, delta[i:i + 1],
+                                                    stride=conv.stride, padding=conv.padding,
+                                                    dilation=conv.dilation)
+                        for i in range(len(a))])
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation, size", [
+    (3, 1, 1, 1, (1, 1)), (3, 2, 1, 1, (2, 2)), (1, 2, 0, 1, (2, 2)), (3, 1, 0, 1, (3, 3)),
+    (3, 1, 2, 2, (1, 1)), (5, 2, 2, 1, (2, 2)), (5, 3, 1, 1, (4, 3)), ((3, 1), (2, 1), (1, 0), 1, (2, 1))])
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_single_position_convolution_is_a_per_example_loop(kernel, stride, padding, dilation,
+                                                             size, bias):
+    # One output position: the engine's outer product on the window the layer reads (the kernel
+    # offsets over padding get 0), its norms and its clipped sums against a per-example loop.
+    conv = torch.nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, dilation=dilation,
+                           bias=bias)
+    a = torch.randn(5, 3, *size, dtype=torch.float64)
+    delta = torch.randn_like(conv.double()(a))
+    assert delta.shape[2:] == (1, 1)
+    assert fast_dpsgd.conv_route(conv, a.shape, 1) == "single_position"
+    grads = per_example_loop_weight_gradients(conv.double(), a, delta).reshape(5, -1)
+    if bias:
+        grads = torch.cat([grads, delta.reshape(5, -1)], 1)
+    recorder = fast_dpsgd._Recorder.__new__(fast_dpsgd._Recorder)
+    recorder.module, recorder.input, recorder.grad_output, recorder.stats = conv, a, delta, None
+    forms = recorder.per_example()
+    torch.testing.assert_close(fast_dpsgd._total_squares(forms), grads.square().sum(1))
+    weights = torch.rand(5, dtype=torch.float64)
+    params = [conv.weight] + ([conv.bias] if bias else [])
+    out = torch.ones(sum(p.numel() for p in params), dtype=torch.float64)
+    start = 0
+    for p in params:
+        forms[p].add_clipped_sum(out[start:start + p.numel()], weights)
+        start += p.numel()
+    torch.testing.assert_close(out, 1 + weights @ grads)
+    returned = torch.cat([forms[p].clipped_sum(weights).reshape(-1) for p in params])
+    torch.testing.assert_close(returned, weights @ grads)
