@@ -16,11 +16,13 @@ leaves behind, not from one materialized gradient per example per parameter:
   (c ⊙ δ)ᵀ·a;
 - a :class:`torch.nn.Conv2d` takes, layer by layer, the cheaper of Bu et al.'s two forms
   (:func:`conv_route`): on large maps (few positions L² against out·in·k²) each example's gradient
-  is formed from the unfolded input, on small maps the norm comes from ghost clipping's two L×L
-  products (the input's from its pixel Gram where that is cheaper than unfolding,
-  :func:`input_gram`) and the clipped sum is the layer's ordinary weight gradient of the
-  reweighted δ;
-- a :class:`torch.nn.GroupNorm`'s per-example gradients are per channel, Σ over space of δ·x̂ and δ;
+  is formed (on the CPU as one convolution's weight gradient with a group per example, elsewhere
+  from the unfolded input), on small maps the norm comes from ghost clipping's two L×L products
+  (the input's from its pixel Gram where that is cheaper than unfolding, :func:`input_gram`) and
+  the clipped sum is the layer's ordinary weight gradient of the reweighted δ; a layer with a
+  single output position is a Linear layer on the window it reads;
+- a :class:`torch.nn.GroupNorm`'s per-example gradients are per channel, Σ over space of δ·x̂ and
+  δ, from the forward pass's own group means and deviations;
 - a chain of Linear layers in one :class:`torch.nn.Sequential` whose input needs no gradient (an
   MLP on the data, :func:`linear_chains`) hands only its last layer's output to autograd; each
   earlier layer's δ is computed by hand from the next one's, with the kernels autograd would run
@@ -38,10 +40,16 @@ Rounding against earlier versions (issue 30): the norms of formed per-example gr
 taken in one pass (``vector_norm``), and small-map convolutions take the ghost norm's input product
 from the pixel Gram; a Linear layer's squared norm is ‖δᵢ‖²(‖aᵢ‖² + 1) in one fused
 multiply-add (weight and bias together), and each clipped sum is accumulated onto its noise by the
-product itself (``addmm_``/``addmv_``) rather than formed and added. All of these change norms,
-factors and updates by float rounding only (the per-example-loop tests hold at the same
-tolerances); flat clipping is still the engine before the clipping rules bit for bit
-(tests/test_clipping.py).
+product itself (``addmm_``/``addmv_``) rather than formed and added. Later in issue 30: formed
+per-example convolution gradients come on the CPU from oneDNN's grouped backward-weights kernel
+rather than an unfold and a batched product (another order of the same sums); a GroupNorm's weight
+gradient is (Σδx − μΣδ)/σ rather than Σδ·x̂ with x̂ normalized again (the subtraction's rounding
+grows with |μ|/σ); a single-position convolution's norm is ‖δᵢ‖·‖windowᵢ‖ and its clipped sum a
+product over the kernel offsets that see input, rather than the ghost norm and a weight gradient
+that also adds the padding's zeros. All of these change norms, factors and updates by float
+rounding only (the per-example-loop tests hold at the same tolerances; a formed gradient's norm
+and its share of the sum read the same values, so its rounding cannot loosen the bound); flat
+clipping is still the engine before the clipping rules bit for bit (tests/test_clipping.py).
 
 Static shapes (``training.pad_batches``, :func:`physical_batches`, :meth:`FastEngine.set_padding`):
 a Poisson batch's size changes every step, which makes ``torch.compile`` recompile and CUDA graphs
@@ -210,12 +218,13 @@ def conv_route(conv: nn.Conv2d, input_shape, positions: int, device_type: str = 
     the ghost norm's input product. Deterministic in the shapes (never timed), so that a run's
     rounding does not depend on the machine's load.
 
-    - ``per_example``: each example's gradient Δᵢ·unfold(aᵢ)ᵀ (about p·d per position), where the
-      ghost norm's L×L products (about 2L² per position) cost more: early layers, large maps;
-    - ``per_example_grouped``: the same gradients as one grouped convolution
-      (:func:`grouped_weight_gradients`), for a strided large kernel on the CPU (the ResNet's 7×7
-      stride-2 stem: 2× faster there than its unfold, whose strided copy is slow; slower than the
-      unfold for 3×3 stride-1 layers at every batch size measured);
+    - ``per_example_grouped``: each example's gradient formed outright (about p·d per position),
+      where the ghost norm's L×L products (about 2L² per position) cost more: early layers, large
+      maps; on the CPU as the weight gradient of one convolution with a group per example
+      (:func:`grouped_weight_gradients`);
+    - ``per_example``: the same off the CPU (and for padding given as a string, which
+      :func:`unfold` refuses with the reason), as Δᵢ·unfold(aᵢ)ᵀ
+      (:func:`unfolded_weight_gradients`);
     - ``ghost_gram``: the ghost norm with AᵢᵀAᵢ from the input's pixel Gram (:func:`input_gram`,
       in·(H·W)² + k²·L² per example), where that undercuts the unfolded input's in·k²·L²: stride
       1 and small maps;
@@ -231,10 +240,7 @@ def conv_route(conv: nn.Conv2d, input_shape, positions: int, device_type: str = 
     if positions == 1 and not isinstance(conv.padding, str):
         return "single_position"
     if isinstance(conv.padding, str) or not 2 * positions * positions < fan_in * out_channels:
-        # (string padding: unfold refuses it with the reason)
-        if (device_type == "cpu" and min(conv.stride) > 1 and conv.dilation == (1, 1)
-                and conv.kernel_size[0] * conv.kernel_size[1] >= 25
-                and not isinstance(conv.padding, str)):
+        if device_type == "cpu" and not isinstance(conv.padding, str):
             return "per_example_grouped"
         return "per_example"
     pixels = input_shape[2] * input_shape[3]
@@ -262,18 +268,32 @@ def single_window(a: torch.Tensor, conv: nn.Conv2d) -> tuple[torch.Tensor, tuple
 
 
 def grouped_weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """Each example's weight gradient (B, out, in, kh, kw) of ``conv`` (dilation 1, no groups) as one
-    convolution with B groups (Rochette et al., "Efficient Per-Example Gradient Computations in
-    Convolutional Neural Networks", 2019): the inputs with batch and channels swapped, (in, B, H,
-    W), convolved with each example's output gradient as a kernel, dilated by the stride;
-    position (i, j) of the result is Σ over output positions of δ times the input under kernel
-    offset (i, j)."""
-    batch, out_channels = delta.shape[:2]
-    (kh, kw) = conv.kernel_size
-    grads = F.conv2d(a.transpose(0, 1), delta.reshape(batch * out_channels, 1, *delta.shape[2:]),
-                     padding=conv.padding, dilation=conv.stride, groups=batch)
-    grads = grads[:, :, :kh, :kw].reshape(a.shape[1], batch, out_channels, kh, kw)
-    return grads.permute(1, 2, 0, 3, 4)
+    """Each example's weight gradient (B, out, in, kh, kw) of ``conv`` (no groups of its own) as the
+    weight gradient of one convolution with B groups: the batch laid out as channels, (1, B·in, H,
+    W) and (1, B·out, H', W'), group b holding example b's input and output gradient, so that the
+    weight gradient of group b is example b's own (the grouping Opacus' and Rochette et al.'s
+    "Efficient Per-Example Gradient Computations in Convolutional Neural Networks", 2019, use for
+    per-example convolution gradients). On the CPU this is oneDNN's backward-weights kernel, which
+    reads the input and δ once: no unfolded copy of the input (600 MB for the 64-px CNN's second
+    layer at batch 256) and no batch of small products; in a training step it was 1.2 to 3 times
+    faster than :func:`unfold` and :func:`torch.bmm` on every per-example layer of the CNN and the
+    ResNet, the 7×7 stride-2 stem included (issue 30)."""
+    batch, channels = a.shape[:2]
+    out_channels = delta.shape[1]
+    grads = torch.nn.grad.conv2d_weight(
+        a.reshape(1, batch * channels, *a.shape[2:]),
+        (batch * out_channels, channels, *conv.kernel_size),
+        delta.reshape(1, batch * out_channels, *delta.shape[2:]),
+        stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=batch)
+    return grads.view(batch, *conv.weight.shape)
+
+
+def unfolded_weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """Each example's weight gradient (B, out, in, kh, kw) of ``conv`` as Δᵢ·unfold(aᵢ)ᵀ, one
+    batched product (the route off the CPU)."""
+    columns = unfold(a, conv)  # (B, d = in·k², L)
+    d = delta.reshape(len(a), delta.shape[1], -1)  # (B, p = out, L)
+    return torch.bmm(d, columns.transpose(1, 2)).reshape(len(a), *conv.weight.shape)
 
 
 def group_norm_statistics(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -614,10 +634,7 @@ class _Recorder:
             if route == "per_example_grouped":
                 out[module.weight] = _PerExample(grouped_weight_gradients(a, delta, module))
             elif route == "per_example":
-                # (A grouped weight gradient, B groups of channels, varied 30x between calls.)
-                columns = unfold(a, module)  # (B, d = in·k², L)
-                out[module.weight] = _PerExample(
-                    torch.bmm(d, columns.transpose(1, 2)).reshape(len(a), *module.weight.shape))
+                out[module.weight] = _PerExample(unfolded_weight_gradients(a, delta, module))
             else:
                 if route == "ghost_gram":
                     inputs = input_gram(a, module)

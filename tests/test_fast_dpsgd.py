@@ -361,19 +361,43 @@ def test_the_per_example_loop_test_covers_every_convolution_route():
         for hook in hooks:
             hook.remove()
         routes |= {fast_dpsgd.conv_route(m, i, o[2] * o[3]) for m, (i, o) in shapes.items()}
-    assert routes == {"per_example", "per_example_grouped", "ghost_gram", "ghost_unfold",
-                      "single_position"}
+    # (per_example is the route off the CPU: test_the_update_off_the_cpus_route_is_the_loops)
+    assert routes == {"per_example_grouped", "ghost_gram", "ghost_unfold", "single_position"}
+    assert {fast_dpsgd.conv_route(m, (2, 3, 8, 8), 64, "cuda") for m in model.modules()
+            if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (7, 7)} == {"per_example"}
 
 
-@pytest.mark.parametrize("kernel, stride, padding", [(7, 2, 3), (5, 3, 1), ((5, 3), (2, 1), (2, 0))])
-def test_the_grouped_per_example_gradients_are_a_per_example_loop(kernel, stride, padding):
-    conv = torch.nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, bias=False)
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_the_update_off_the_cpus_route_is_the_loops(name, monkeypatch):
+    """The route that forms per-example gradients off the CPU (unfold and product), taken here on
+    the CPU for every layer that forms them, against the per-example loop."""
+    route = fast_dpsgd.conv_route
+
+    def off_the_cpu(conv, input_shape, positions, device_type="cpu"):
+        return route(conv, input_shape, positions, "cuda")
+
+    monkeypatch.setattr(fast_dpsgd, "conv_route", off_the_cpu)
+    x, y, model = problem(name)
+    model.train()
+    rows = torch.tensor([0, 2, 3, 5, 8, 13, 21, 22])
+    fast, fast_norms = one_step(fast_dpsgd.make_private, copy.deepcopy(model), x, y, rows)
+    loop, loop_norms = loop_reference(copy.deepcopy(model), x, y, rows, bound=0.5)
+    torch.testing.assert_close(fast, loop, rtol=1e-4, atol=1e-5)
+    tolerance = 5e-3 if name == "resnet18" else 1e-4
+    torch.testing.assert_close(fast_norms, loop_norms, rtol=tolerance, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation", [
+    (7, 2, 3, 1), (5, 3, 1, 1), ((5, 3), (2, 1), (2, 0), 1), (3, 1, 1, 1), (3, 1, 2, 2), (1, 2, 0, 1)])
+@pytest.mark.parametrize("form", ["grouped_weight_gradients", "unfolded_weight_gradients"])
+def test_the_formed_per_example_gradients_are_a_per_example_loop(kernel, stride, padding, dilation,
+                                                                form):
+    conv = torch.nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, dilation=dilation,
+                           bias=False)
     a = torch.randn(5, 3, 13, 11)
     delta = torch.randn_like(conv(a))
-    expected = torch.stack([torch.nn.grad.conv2d_weight(a[i:i + 1], conv.weight.shape,
-                                                        delta[i:i + 1], stride=stride,
-                                                        padding=padding) for i in range(5)])
-    torch.testing.assert_close(fast_dpsgd.grouped_weight_gradients(a, delta, conv), expected,
+    torch.testing.assert_close(getattr(fast_dpsgd, form)(a, delta, conv),
+                               per_example_loop_weight_gradients(conv, a, delta),
                                rtol=1e-4, atol=1e-5)
 
 
