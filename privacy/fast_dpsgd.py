@@ -46,7 +46,8 @@ rather than an unfold and a batched product (another order of the same sums); a 
 gradient is (Σδx − μΣδ)/σ rather than Σδ·x̂ with x̂ normalized again (the subtraction's rounding
 grows with |μ|/σ); a single-position convolution's norm is ‖δᵢ‖·‖windowᵢ‖ and its clipped sum a
 product over the kernel offsets that see input, rather than the ghost norm and a weight gradient
-that also adds the padding's zeros. All of these change norms, factors and updates by float
+that also adds the padding's zeros; the pixel Gram's k² offset blocks are summed by one reduction
+(:func:`input_gram`) rather than added one by one. All of these change norms, factors and updates by float
 rounding only (the per-example-loop tests hold at the same tolerances; a formed gradient's norm
 and its share of the sum read the same values, so its rounding cannot loosen the bound); flat
 clipping is still the engine before the clipping rules bit for bit (tests/test_clipping.py).
@@ -202,14 +203,17 @@ def input_gram(a: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         gram = F.pad(gram, (pw, pw, ph, ph, pw, pw, ph, ph))
     out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    total = None
-    for i in range(kh):
-        rows = slice(i * dh, i * dh + sh * (out_h - 1) + 1, sh)
-        for j in range(kw):
-            columns = slice(j * dw, j * dw + sw * (out_w - 1) + 1, sw)
-            block = gram[:, rows, columns, rows, columns]
-            total = block.clone() if total is None else total.add_(block)
-    return total.reshape(batch, out_h * out_w, out_h * out_w)
+    # Offset (i, j) reads gram[y·sh + i·dh, x·sw + j·dw, y'·sh + i·dh, x'·sw + j·dw]: a step of
+    # one offset moves along both of a dimension's axes at once. One strided view with the offsets
+    # as two more axes, summed in one reduction (nine block additions of strided 5-d views were
+    # most of a ResNet ghost layer's norm, issue 30). The gram is fresh (F.pad's or the product's)
+    # and contiguous, so the strides are its own.
+    s0, s1, s2, s3, s4 = gram.stride()
+    offsets = gram.as_strided(
+        (batch, out_h, out_w, out_h, out_w, kh, kw),
+        (s0, s1 * sh, s2 * sw, s3 * sh, s4 * sw, (s1 + s3) * dh, (s2 + s4) * dw),
+        gram.storage_offset())
+    return offsets.sum((5, 6)).reshape(batch, out_h * out_w, out_h * out_w)
 
 
 def conv_route(conv: nn.Conv2d, input_shape, positions: int, device_type: str = "cpu") -> str:
