@@ -231,6 +231,13 @@ def _inside(outputs: int, size: int, stride: int, shift: int) -> tuple[slice | N
     return slice(first, last + 1), slice(start, start + (last - first) * stride + 1, stride)
 
 
+# What copying one value of an unfolded input costs, in multiply-adds of a product: measured
+# inside ResNet-18 training steps on the CPU (issue 30), between 3.2 (below it the pixel Gram of a
+# 4×4 map under a stride-2 3×3 layer would lose to the unfold; it is 4× faster) and 13 (above it
+# an 8×8 map's Gram would win; it is 2.5× slower).
+UNFOLD_COPY_COST = 8
+
+
 def conv_route(conv: nn.Conv2d, input_shape, positions: int, device_type: str = "cpu") -> str:
     """How the engine clips ``conv`` on inputs of ``input_shape`` (B, in, H, W) with L =
     ``positions`` output positions: Bu et al. (2023)'s layer-wise choice, then the cheaper way to
@@ -245,8 +252,9 @@ def conv_route(conv: nn.Conv2d, input_shape, positions: int, device_type: str = 
       :func:`unfold` refuses with the reason), as Δᵢ·unfold(aᵢ)ᵀ
       (:func:`unfolded_weight_gradients`);
     - ``ghost_gram``: the ghost norm with AᵢᵀAᵢ from the input's pixel Gram (:func:`input_gram`,
-      in·(H·W)² + k²·L² per example), where that undercuts the unfolded input's in·k²·L²: stride
-      1 and small maps;
+      in·(H·W)² + k²·L² per example), where that undercuts the unfolded input's in·k²·L² plus its
+      copy (:data:`UNFOLD_COPY_COST`): stride 1 and small maps, and strided layers on the
+      smallest maps;
     - ``ghost_unfold``: the ghost norm with AᵢᵀAᵢ from the unfolded input (strided layers, whose
       pixel Gram is four times the positions');
     - ``single_position``: one output position (a ResNet's last stage at 32 px): the layer is a
@@ -264,7 +272,11 @@ def conv_route(conv: nn.Conv2d, input_shape, positions: int, device_type: str = 
         return "per_example"
     pixels = input_shape[2] * input_shape[3]
     kernel = conv.kernel_size[0] * conv.kernel_size[1]
-    if input_shape[1] * pixels * pixels + kernel * positions * positions < fan_in * positions ** 2:
+    gram = input_shape[1] * pixels * pixels + kernel * positions * positions
+    # The unfolded input's product, plus its copy: a strided gather of d·L values, counted as
+    # UNFOLD_COPY_COST multiply-adds each.
+    unfolded = fan_in * positions * positions + UNFOLD_COPY_COST * fan_in * positions
+    if gram < unfolded:
         return "ghost_gram"
     return "ghost_unfold"
 
