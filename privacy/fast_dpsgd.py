@@ -360,7 +360,14 @@ def group_norm_per_example(norm: nn.GroupNorm, a: torch.Tensor, delta: torch.Ten
     delta_sums = d.sum(2)
     out: dict[nn.Parameter, _Form] = {}
     if norm.weight is not None:
-        products = torch.linalg.vecdot(d, a.reshape(d.shape))  # Σ δ·x, (B, channels)
+        # Σ δ·x, (B, channels): as B·channels dot products where each row is 16 to 256 values
+        # (2-3x faster there than vecdot's product and sum), else vecdot (faster on shorter rows,
+        # and on longer ones, which no longer fit the cache: 140 against 180 ms at 64×64 px).
+        if 16 <= d.shape[2] <= 256:
+            products = torch.bmm(d.reshape(batch * channels, 1, -1),
+                                 a.reshape(batch * channels, -1, 1)).view(batch, channels)
+        else:
+            products = torch.linalg.vecdot(d, a.reshape(d.shape))
         per_group = channels // groups
         mean = mean.reshape(batch, groups, 1)
         rstd = rstd.reshape(batch, groups, 1)

@@ -440,3 +440,43 @@ def test_a_single_position_convolution_is_a_per_example_loop(kernel, stride, pad
     torch.testing.assert_close(out, 1 + weights @ grads)
     returned = torch.cat([forms[p].clipped_sum(weights).reshape(-1) for p in params])
     torch.testing.assert_close(returned, weights @ grads)
+
+
+@pytest.mark.parametrize("size", [1, 2, 8, 32])  # rows of 1, 4, 64 and 1,024 values per channel
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_group_norms_per_example_gradients_are_a_per_example_loop(size, recorded):
+    # From the forward pass's own statistics (recorded) or computed again, on an input whose mean
+    # is off zero (the form subtracts μ·Σδ): against autograd, one example at a time.
+    norm = torch.nn.GroupNorm(2, 6).double()
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    a = (torch.randn(5, 6, size, size, dtype=torch.float64) * 2 + 3).requires_grad_(True)
+    output = norm(a)
+    delta = torch.randn_like(output)
+    stats = fast_dpsgd.group_norm_statistics(output) if recorded else None
+    assert (stats is not None) == recorded
+    forms = fast_dpsgd.group_norm_per_example(norm, a.detach(), delta, stats)
+    expected = []
+    for i in range(5):
+        weight, bias = torch.autograd.grad(norm(a[i:i + 1].detach()), (norm.weight, norm.bias),
+                                           delta[i:i + 1])
+        expected.append(torch.cat([weight, bias]))
+    expected = torch.stack(expected)
+    torch.testing.assert_close(torch.cat([forms[norm.weight].grads, forms[norm.bias].grads], 1),
+                               expected)
+    torch.testing.assert_close(fast_dpsgd._total_squares(forms), expected.square().sum(1))
+
+
+def test_the_engine_reads_each_group_norms_statistics_from_its_forward_pass():
+    x, y, model = problem("resnet18")
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    loader = dpsgd.index_loader(len(x), len(x), shuffle=False)
+    private = fast_dpsgd.make_private(model, optimizer, loader, privacy_config(), epochs=1,
+                                      noise_generator=torch.Generator().manual_seed(1))
+    F.binary_cross_entropy_with_logits(private.module(x).reshape(-1), y).backward()
+    norms = [r for r in private.fast.recorders if isinstance(r.module, torch.nn.GroupNorm)]
+    assert len(norms) == 20
+    for recorder in norms:
+        mean, rstd = recorder.stats
+        assert mean.shape == rstd.shape == (len(x), recorder.module.num_groups)
