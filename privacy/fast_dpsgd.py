@@ -47,10 +47,11 @@ gradient is (Σδx − μΣδ)/σ rather than Σδ·x̂ with x̂ normalized agai
 grows with |μ|/σ); a single-position convolution's norm is ‖δᵢ‖·‖windowᵢ‖ and its clipped sum a
 product over the kernel offsets that see input, rather than the ghost norm and a weight gradient
 that also adds the padding's zeros; the pixel Gram's k² offset blocks are added only where they
-read the input (:func:`input_gram`), not over a zero-padded Gram. All of these change norms, factors and updates by float
-rounding only (the per-example-loop tests hold at the same tolerances; a formed gradient's norm
-and its share of the sum read the same values, so its rounding cannot loosen the bound); flat
-clipping is still the engine before the clipping rules bit for bit (tests/test_clipping.py).
+read the input (:func:`input_gram`), not over a zero-padded Gram. All of these change norms,
+factors and updates by float rounding only (the per-example-loop tests hold at the same
+tolerances; a formed gradient's norm and its share of the sum read the same values, so its
+rounding cannot loosen the bound); flat clipping is still the engine before the clipping rules
+bit for bit (tests/test_clipping.py).
 
 Static shapes (``training.pad_batches``, :func:`physical_batches`, :meth:`FastEngine.set_padding`):
 a Poisson batch's size changes every step, which makes ``torch.compile`` recompile and CUDA graphs
@@ -308,7 +309,9 @@ def grouped_weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv
     reads the input and δ once: no unfolded copy of the input (600 MB for the 64-px CNN's second
     layer at batch 256) and no batch of small products; in a training step it was 1.2 to 3 times
     faster than :func:`unfold` and :func:`torch.bmm` on every per-example layer of the CNN and the
-    ResNet, the 7×7 stride-2 stem included (issue 30)."""
+    ResNet, the 7×7 stride-2 stem included (issue 30). oneDNN builds a kernel for each batch size
+    it has not seen (Poisson batches vary): measured 1 to 6 ms once per size and layer, then
+    cached; calls of a seen size varied by under 2× (one or two threads)."""
     batch, channels = a.shape[:2]
     out_channels = delta.shape[1]
     grads = torch.nn.grad.conv2d_weight(
