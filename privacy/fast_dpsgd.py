@@ -663,6 +663,10 @@ class _Recorder:
             if module.groups != 1:
                 raise ConfigError(f"privacy.engine 'fast' does not support grouped convolutions "
                                   f"({module}). Use privacy.engine: opacus.")
+            if module.padding_mode != "zeros":  # every route reads the padding as zeros
+                raise ConfigError(f"privacy.engine 'fast' supports convolutions padded with "
+                                  f"zeros only, not {module.padding_mode!r} ({module}). Use "
+                                  f"privacy.engine: opacus.")
             d = delta.reshape(len(a), delta.shape[1], -1)  # (B, p = out, L)
             route = conv_route(module, a.shape, d.shape[2], a.device.type)
             if route == "single_position":

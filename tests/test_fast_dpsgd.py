@@ -141,6 +141,18 @@ def test_unsupported_layers_are_refused():
                                 epochs=1, noise_generator=torch.Generator())
 
 
+@pytest.mark.parametrize("padding_mode", ["reflect", "circular"])
+def test_a_convolution_padded_otherwise_than_with_zeros_is_refused(padding_mode):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode=padding_mode),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    private = fast_dpsgd.make_private(model, optimizer, dpsgd.index_loader(8, 4), privacy_config(),
+                                      epochs=1, noise_generator=torch.Generator())
+    private.module(torch.randn(4, 3, 6, 6)).sum().backward()
+    with pytest.raises(Exception, match=rf"padded with zeros only, not '{padding_mode}'"):
+        private.optimizer.step()
+
+
 # --- Linear chains back-propagated by hand ------------------------------------------------------
 
 def chain_model(activation: str, width: int = 12):
