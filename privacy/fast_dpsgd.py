@@ -16,11 +16,13 @@ leaves behind, not from one materialized gradient per example per parameter:
   (c ⊙ δ)ᵀ·a;
 - a :class:`torch.nn.Conv2d` takes, layer by layer, the cheaper of Bu et al.'s two forms
   (:func:`conv_route`): on large maps (few positions L² against out·in·k²) each example's gradient
-  is formed from the unfolded input, on small maps the norm comes from ghost clipping's two L×L
-  products (the input's from its pixel Gram where that is cheaper than unfolding,
-  :func:`input_gram`) and the clipped sum is the layer's ordinary weight gradient of the
-  reweighted δ;
-- a :class:`torch.nn.GroupNorm`'s per-example gradients are per channel, Σ over space of δ·x̂ and δ;
+  is formed (on the CPU as one convolution's weight gradient with a group per example, elsewhere
+  from the unfolded input), on small maps the norm comes from ghost clipping's two L×L products
+  (the input's from its pixel Gram where that is cheaper than unfolding, :func:`input_gram`) and
+  the clipped sum is the layer's ordinary weight gradient of the reweighted δ; a layer with a
+  single output position is a Linear layer on the window it reads;
+- a :class:`torch.nn.GroupNorm`'s per-example gradients are per channel, Σ over space of δ·x̂ and
+  δ, from the forward pass's own group means and deviations;
 - a chain of Linear layers in one :class:`torch.nn.Sequential` whose input needs no gradient (an
   MLP on the data, :func:`linear_chains`) hands only its last layer's output to autograd; each
   earlier layer's δ is computed by hand from the next one's, with the kernels autograd would run
@@ -38,10 +40,18 @@ Rounding against earlier versions (issue 30): the norms of formed per-example gr
 taken in one pass (``vector_norm``), and small-map convolutions take the ghost norm's input product
 from the pixel Gram; a Linear layer's squared norm is ‖δᵢ‖²(‖aᵢ‖² + 1) in one fused
 multiply-add (weight and bias together), and each clipped sum is accumulated onto its noise by the
-product itself (``addmm_``/``addmv_``) rather than formed and added. All of these change norms,
+product itself (``addmm_``/``addmv_``) rather than formed and added. Later in issue 30: formed
+per-example convolution gradients come on the CPU from oneDNN's grouped backward-weights kernel
+rather than an unfold and a batched product (another order of the same sums); a GroupNorm's weight
+gradient is (Σδx − μΣδ)/σ rather than Σδ·x̂ with x̂ normalized again (the subtraction's rounding
+grows with |μ|/σ); a single-position convolution's norm is ‖δᵢ‖·‖windowᵢ‖ and its clipped sum a
+product over the kernel offsets that see input, rather than the ghost norm and a weight gradient
+that also adds the padding's zeros; the pixel Gram's k² offset blocks are added only where they
+read the input (:func:`input_gram`), not over a zero-padded Gram. All of these change norms,
 factors and updates by float rounding only (the per-example-loop tests hold at the same
-tolerances); flat clipping is still the engine before the clipping rules bit for bit
-(tests/test_clipping.py).
+tolerances; a formed gradient's norm and its share of the sum read the same values, so its
+rounding cannot loosen the bound); flat clipping is still the engine before the clipping rules
+bit for bit (tests/test_clipping.py).
 
 Static shapes (``training.pad_batches``, :func:`physical_batches`, :meth:`FastEngine.set_padding`):
 a Poisson batch's size changes every step, which makes ``torch.compile`` recompile and CUDA graphs
@@ -181,8 +191,8 @@ def input_gram(a: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 
     Entry (l, m) of AᵢᵀAᵢ is Σ over channels and kernel offsets (i, j) of the input under offset
     (i, j) at output position l times the one under (i, j) at m: the sum over the k·k offsets of
-    the shifted, strided sub-blocks of the input's own Gram matrix aᵢᵀaᵢ over pixels (zero-padded
-    as the convolution pads). Its product costs in·(H·W)² per example against the unfolded form's
+    the shifted, strided sub-blocks of the input's own Gram matrix aᵢᵀaᵢ over pixels (0 where the
+    convolution reads padding). Its product costs in·(H·W)² per example against the unfolded form's
     in·k²·L², and no (in·k², L) copy of the input is made.
     """
     (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
@@ -190,18 +200,43 @@ def input_gram(a: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     batch, channels, height, width = a.shape
     pixels = a.reshape(batch, channels, height * width)
     gram = (pixels.transpose(1, 2) @ pixels).view(batch, height, width, height, width)
-    if ph or pw:
-        gram = F.pad(gram, (pw, pw, ph, ph, pw, pw, ph, ph))
     out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    total = None
+    # Offset (i, j) reads gram[y·sh + i·dh − ph, x·sw + j·dw − pw, (the same for y', x')] where
+    # that is inside the input, and the padding's 0 elsewhere: so only the rectangle of output
+    # positions whose input it reads gets its block, without padding the Gram (a padded 4×4 map's
+    # Gram is five times the map's; padding it and summing nine strided blocks, or one strided
+    # reduction, measured two to six times slower, issue 30).
+    total = gram.new_zeros(batch, out_h, out_w, out_h, out_w)
     for i in range(kh):
-        rows = slice(i * dh, i * dh + sh * (out_h - 1) + 1, sh)
+        outputs, inputs = _inside(out_h, height, sh, i * dh - ph)
+        if outputs is None:
+            continue
         for j in range(kw):
-            columns = slice(j * dw, j * dw + sw * (out_w - 1) + 1, sw)
-            block = gram[:, rows, columns, rows, columns]
-            total = block.clone() if total is None else total.add_(block)
+            columns, input_columns = _inside(out_w, width, sw, j * dw - pw)
+            if columns is None:
+                continue
+            total[:, outputs, columns, outputs, columns].add_(
+                gram[:, inputs, input_columns, inputs, input_columns])
     return total.reshape(batch, out_h * out_w, out_h * out_w)
+
+
+def _inside(outputs: int, size: int, stride: int, shift: int) -> tuple[slice | None, slice | None]:
+    """The output positions y (of ``outputs``) whose input index y·stride + shift lies in [0,
+    ``size``), and those input indices, as slices; (None, None) if there are none."""
+    first = max(0, -(shift // stride))  # the least y with y·stride + shift ≥ 0
+    last = min(outputs - 1, (size - 1 - shift) // stride)
+    if last < first:
+        return None, None
+    start = first * stride + shift
+    return slice(first, last + 1), slice(start, start + (last - first) * stride + 1, stride)
+
+
+# What copying one value of an unfolded input costs, in multiply-adds of a product: measured
+# inside ResNet-18 training steps on the CPU (issue 30), between 3.2 (below it the pixel Gram of a
+# 4×4 map under a stride-2 3×3 layer would lose to the unfold; it is 4× faster) and 13 (above it
+# an 8×8 map's Gram would win; it is 2.5× slower).
+UNFOLD_COPY_COST = 8
 
 
 def conv_route(conv: nn.Conv2d, input_shape, positions: int, device_type: str = "cpu") -> str:
@@ -210,46 +245,141 @@ def conv_route(conv: nn.Conv2d, input_shape, positions: int, device_type: str = 
     the ghost norm's input product. Deterministic in the shapes (never timed), so that a run's
     rounding does not depend on the machine's load.
 
-    - ``per_example``: each example's gradient Δᵢ·unfold(aᵢ)ᵀ (about p·d per position), where the
-      ghost norm's L×L products (about 2L² per position) cost more: early layers, large maps;
-    - ``per_example_grouped``: the same gradients as one grouped convolution
-      (:func:`grouped_weight_gradients`), for a strided large kernel on the CPU (the ResNet's 7×7
-      stride-2 stem: 2× faster there than its unfold, whose strided copy is slow; slower than the
-      unfold for 3×3 stride-1 layers at every batch size measured);
+    - ``per_example_grouped``: each example's gradient formed outright (about p·d per position),
+      where the ghost norm's L×L products (about 2L² per position) cost more: early layers, large
+      maps; on the CPU as the weight gradient of one convolution with a group per example
+      (:func:`grouped_weight_gradients`);
+    - ``per_example``: the same off the CPU (and for padding given as a string, which
+      :func:`unfold` refuses with the reason), as Δᵢ·unfold(aᵢ)ᵀ
+      (:func:`unfolded_weight_gradients`);
     - ``ghost_gram``: the ghost norm with AᵢᵀAᵢ from the input's pixel Gram (:func:`input_gram`,
-      in·(H·W)² + k²·L² per example), where that undercuts the unfolded input's in·k²·L²: stride
-      1 and small maps;
+      in·(H·W)² + k²·L² per example), where that undercuts the unfolded input's in·k²·L² plus its
+      copy (:data:`UNFOLD_COPY_COST`): stride 1 and small maps, and strided layers on the
+      smallest maps;
     - ``ghost_unfold``: the ghost norm with AᵢᵀAᵢ from the unfolded input (strided layers, whose
-      pixel Gram is four times the positions').
+      pixel Gram is four times the positions');
+    - ``single_position``: one output position (a ResNet's last stage at 32 px): the layer is a
+      Linear on the one window of input it reads (:func:`single_window`), each example's gradient
+      δᵢ ⊗ windowᵢ on the kernel offsets that fall inside the input and 0 on those that read only
+      padding; its norm ‖δᵢ‖·‖windowᵢ‖ and its clipped sum one product (:class:`_WindowOuter`),
+      where the ghost form's weight gradient multiplied the padding's zeros too.
     """
     fan_in, out_channels = conv.weight[0].numel(), conv.weight.shape[0]  # d = in·k², p
+    if positions == 1 and not isinstance(conv.padding, str):
+        return "single_position"
     if isinstance(conv.padding, str) or not 2 * positions * positions < fan_in * out_channels:
-        # (string padding: unfold refuses it with the reason)
-        if (device_type == "cpu" and min(conv.stride) > 1 and conv.dilation == (1, 1)
-                and conv.kernel_size[0] * conv.kernel_size[1] >= 25
-                and not isinstance(conv.padding, str)):
+        if device_type == "cpu" and not isinstance(conv.padding, str):
             return "per_example_grouped"
         return "per_example"
     pixels = input_shape[2] * input_shape[3]
     kernel = conv.kernel_size[0] * conv.kernel_size[1]
-    if input_shape[1] * pixels * pixels + kernel * positions * positions < fan_in * positions ** 2:
+    gram = input_shape[1] * pixels * pixels + kernel * positions * positions
+    # The unfolded input's product, plus its copy: a strided gather of d·L values, counted as
+    # UNFOLD_COPY_COST multiply-adds each.
+    unfolded = fan_in * positions * positions + UNFOLD_COPY_COST * fan_in * positions
+    if gram < unfolded:
         return "ghost_gram"
     return "ghost_unfold"
 
 
+def single_window(a: torch.Tensor, conv: nn.Conv2d) -> tuple[torch.Tensor, tuple[slice, slice]]:
+    """The one window of input that ``conv`` reads where its output has a single position: (B,
+    in, kh', kw') on the kernel offsets that fall inside the input, and those offsets (rows,
+    columns of the kernel); the others read only padding, so their gradient is 0."""
+    def inside(size: int, kernel: int, padding: int, dilation: int) -> tuple[slice, slice]:
+        # Offset i reads input index i·dilation − padding at the one output position.
+        taps = [i for i in range(kernel) if 0 <= i * dilation - padding < size]
+        first, last = taps[0], taps[-1]
+        start = first * dilation - padding
+        return (slice(first, last + 1),
+                slice(start, start + (last - first) * dilation + 1, dilation))
+    rows, input_rows = inside(a.shape[2], conv.kernel_size[0], conv.padding[0], conv.dilation[0])
+    columns, input_columns = inside(a.shape[3], conv.kernel_size[1], conv.padding[1],
+                                    conv.dilation[1])
+    return a[:, :, input_rows, input_columns], (rows, columns)
+
+
 def grouped_weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """Each example's weight gradient (B, out, in, kh, kw) of ``conv`` (dilation 1, no groups) as one
-    convolution with B groups (Rochette et al., "Efficient Per-Example Gradient Computations in
-    Convolutional Neural Networks", 2019): the inputs with batch and channels swapped, (in, B, H,
-    W), convolved with each example's output gradient as a kernel, dilated by the stride;
-    position (i, j) of the result is Σ over output positions of δ times the input under kernel
-    offset (i, j)."""
-    batch, out_channels = delta.shape[:2]
-    (kh, kw) = conv.kernel_size
-    grads = F.conv2d(a.transpose(0, 1), delta.reshape(batch * out_channels, 1, *delta.shape[2:]),
-                     padding=conv.padding, dilation=conv.stride, groups=batch)
-    grads = grads[:, :, :kh, :kw].reshape(a.shape[1], batch, out_channels, kh, kw)
-    return grads.permute(1, 2, 0, 3, 4)
+    """Each example's weight gradient (B, out, in, kh, kw) of ``conv`` (no groups of its own) as the
+    weight gradient of one convolution with B groups: the batch laid out as channels, (1, B·in, H,
+    W) and (1, B·out, H', W'), group b holding example b's input and output gradient, so that the
+    weight gradient of group b is example b's own (the grouping Opacus' and Rochette et al.'s
+    "Efficient Per-Example Gradient Computations in Convolutional Neural Networks", 2019, use for
+    per-example convolution gradients). On the CPU this is oneDNN's backward-weights kernel, which
+    reads the input and δ once: no unfolded copy of the input (600 MB for the 64-px CNN's second
+    layer at batch 256) and no batch of small products; in a training step it was 1.2 to 3 times
+    faster than :func:`unfold` and :func:`torch.bmm` on every per-example layer of the CNN and the
+    ResNet, the 7×7 stride-2 stem included (issue 30). oneDNN builds a kernel for each batch size
+    it has not seen (Poisson batches vary): measured 1 to 6 ms once per size and layer, then
+    cached; calls of a seen size varied by under 2× (one or two threads)."""
+    batch, channels = a.shape[:2]
+    out_channels = delta.shape[1]
+    grads = torch.nn.grad.conv2d_weight(
+        a.reshape(1, batch * channels, *a.shape[2:]),
+        (batch * out_channels, channels, *conv.kernel_size),
+        delta.reshape(1, batch * out_channels, *delta.shape[2:]),
+        stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=batch)
+    return grads.view(batch, *conv.weight.shape)
+
+
+def unfolded_weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """Each example's weight gradient (B, out, in, kh, kw) of ``conv`` as Δᵢ·unfold(aᵢ)ᵀ, one
+    batched product (the route off the CPU)."""
+    columns = unfold(a, conv)  # (B, d = in·k², L)
+    d = delta.reshape(len(a), delta.shape[1], -1)  # (B, p = out, L)
+    return torch.bmm(d, columns.transpose(1, 2)).reshape(len(a), *conv.weight.shape)
+
+
+def group_norm_statistics(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The mean and 1/σ (B, groups) with which a GroupNorm normalized its input, as the forward
+    pass saved them for its backward (``native_group_norm``'s results); None where autograd kept
+    none (an output that needs no gradient, or another function in between)."""
+    function = output.grad_fn
+    if function is None or function.name() != "NativeGroupNormBackward0":
+        return None
+    return function._saved_result1.detach(), function._saved_result2.detach()
+
+
+def group_norm_per_example(norm: nn.GroupNorm, a: torch.Tensor, delta: torch.Tensor,
+                           stats: tuple[torch.Tensor, torch.Tensor] | None = None
+                           ) -> dict[nn.Parameter, _Form]:
+    """A GroupNorm's per-example gradients: Σ over space of δ·x̂ for its weight and of δ for its
+    bias, per channel, with x̂ = (x − μ)/σ of the channel's group.
+
+    Σ δ·x̂ = (Σ δ·x − μ·Σ δ)/σ: one pass of products over the input and δ and the sums of δ that the
+    bias needs anyway, without forming x̂ (the normalized input, as large as the input: computing
+    it again was a third of what the ResNet's 20 GroupNorms cost, issue 30). μ and 1/σ are the
+    forward pass's own (``stats``, :func:`group_norm_statistics`), else computed again by the same
+    kernel. Rounding: the subtraction μ·Σδ cancels where |μ| ≫ σ, so the gradient's rounding grows
+    with |μ|/σ; the norm and the sum read the same values, so the clipping bound holds exactly."""
+    batch, channels = a.shape[:2]
+    groups = norm.num_groups
+    if stats is None:
+        _, mean, rstd = torch.native_group_norm(a, None, None, batch, channels,
+                                                a[0, 0].numel(), groups, norm.eps)
+    else:
+        mean, rstd = stats
+    d = delta.reshape(batch, channels, -1)
+    delta_sums = d.sum(2)
+    out: dict[nn.Parameter, _Form] = {}
+    if norm.weight is not None:
+        # Σ δ·x, (B, channels): as B·channels dot products where each row is 16 to 256 values
+        # (2-3x faster there than vecdot's product and sum), else vecdot (faster on shorter rows,
+        # and on longer ones, which no longer fit the cache: 140 against 180 ms at 64×64 px).
+        if 16 <= d.shape[2] <= 256:
+            products = torch.bmm(d.reshape(batch * channels, 1, -1),
+                                 a.reshape(batch * channels, -1, 1)).view(batch, channels)
+        else:
+            products = torch.linalg.vecdot(d, a.reshape(d.shape))
+        per_group = channels // groups
+        mean = mean.reshape(batch, groups, 1)
+        rstd = rstd.reshape(batch, groups, 1)
+        grads = (products.view(batch, groups, per_group)
+                 - mean * delta_sums.view(batch, groups, per_group)).mul_(rstd)
+        out[norm.weight] = _PerExample(grads.view(batch, channels))
+    if norm.bias is not None:
+        out[norm.bias] = _PerExample(delta_sums)
+    return out
 
 
 class _Form:
@@ -322,6 +452,30 @@ class _Rows(_Form):
 
     def add_clipped_sum(self, out: torch.Tensor, weights: torch.Tensor) -> None:
         out.addmv_(self.delta.T, weights)
+
+
+class _WindowOuter(_Outer):
+    """A single-position convolution's per-example weight gradients δᵢ ⊗ windowᵢ (:func:`single_window`),
+    kept as their factors like a Linear layer's: the kernel offsets in ``taps`` get them, the
+    others (reading only padding) 0."""
+
+    def __init__(self, delta: torch.Tensor, window: torch.Tensor, taps: tuple[slice, slice],
+                 weight_shape: torch.Size, with_bias: bool):
+        super().__init__(delta, window.reshape(len(window), -1), with_bias)
+        self.window_shape, self.taps, self.weight_shape = window.shape[1:], taps, weight_shape
+
+    def clipped_sum(self, weights: torch.Tensor) -> torch.Tensor:
+        full = self.delta.new_zeros(self.weight_shape)
+        self.add_clipped_sum(full, weights)
+        return full
+
+    def add_clipped_sum(self, out: torch.Tensor, weights: torch.Tensor) -> None:
+        delta, a = self._weighted_factors(weights)
+        kernel = out.view(self.weight_shape)[:, :, self.taps[0], self.taps[1]]
+        if kernel.is_contiguous():  # every offset reads the input: accumulate in the product
+            kernel.view(len(kernel), -1).addmm_(delta.T, a)
+        else:
+            kernel.add_((delta.T @ a).view(kernel.shape))
 
 
 class _PerExample(_Form):
@@ -459,6 +613,8 @@ class _Recorder:
         self.engine, self.module = engine, module
         self.input: torch.Tensor | None = None
         self.grad_output: torch.Tensor | None = None
+        # A GroupNorm's mean and 1/σ from its forward pass (group_norm_statistics).
+        self.stats: tuple[torch.Tensor, torch.Tensor] | None = None
         self.handle = module.register_forward_hook(self.forward)
         # In a chain: its first layer's recorder, and the next Linear's with the backward of the
         # activation between (None: none between). by_hand: set on the head at each forward pass.
@@ -474,6 +630,8 @@ class _Recorder:
         if not (self.engine.hooks_enabled and module.training and torch.is_grad_enabled()):
             return None
         self.input = inputs[0].detach()
+        if isinstance(module, nn.GroupNorm):
+            self.stats = group_norm_statistics(output)
         if self.head is self:
             self.by_hand = (not inputs[0].requires_grad
                             and not _observed(self.span, self.own_hooks))
@@ -505,7 +663,7 @@ class _Recorder:
         self.grad_output = delta
 
     def clear(self) -> None:
-        self.input = self.grad_output = None
+        self.input = self.grad_output = self.stats = None
 
     def per_example(self, a: torch.Tensor | None = None,
                     delta: torch.Tensor | None = None) -> dict[nn.Parameter, Any]:
@@ -514,6 +672,7 @@ class _Recorder:
         saves a pass over every δ). ``a`` and ``delta`` default to the recorded ones (given, for a
         compiled function whose inputs they are)."""
         module = self.module
+        recorded = a is None
         a = self.input if a is None else a
         delta = self.grad_output if delta is None else delta
         # Under bf16 autocast: norms, factors and clipped sums in fp32 (module docstring).
@@ -537,15 +696,23 @@ class _Recorder:
             if module.groups != 1:
                 raise ConfigError(f"privacy.engine 'fast' does not support grouped convolutions "
                                   f"({module}). Use privacy.engine: opacus.")
+            if module.padding_mode != "zeros":  # every route reads the padding as zeros
+                raise ConfigError(f"privacy.engine 'fast' supports convolutions padded with "
+                                  f"zeros only, not {module.padding_mode!r} ({module}). Use "
+                                  f"privacy.engine: opacus.")
             d = delta.reshape(len(a), delta.shape[1], -1)  # (B, p = out, L)
             route = conv_route(module, a.shape, d.shape[2], a.device.type)
+            if route == "single_position":
+                window, taps = single_window(a, module)
+                out[module.weight] = _WindowOuter(d[:, :, 0], window, taps, module.weight.shape,
+                                                  with_bias=module.bias is not None)
+                if module.bias is not None:
+                    out[module.bias] = _Rows(d[:, :, 0])
+                return out
             if route == "per_example_grouped":
                 out[module.weight] = _PerExample(grouped_weight_gradients(a, delta, module))
             elif route == "per_example":
-                # (A grouped weight gradient, B groups of channels, varied 30x between calls.)
-                columns = unfold(a, module)  # (B, d = in·k², L)
-                out[module.weight] = _PerExample(
-                    torch.bmm(d, columns.transpose(1, 2)).reshape(len(a), *module.weight.shape))
+                out[module.weight] = _PerExample(unfolded_weight_gradients(a, delta, module))
             else:
                 if route == "ghost_gram":
                     inputs = input_gram(a, module)
@@ -555,13 +722,9 @@ class _Recorder:
                 out[module.weight] = _ConvGhost(module, a, delta, inputs)
             if module.bias is not None:
                 out[module.bias] = _PerExample(d.sum(2))
-        else:  # GroupNorm: the normalized input, per channel summed over space
-            normalized = F.group_norm(a, module.num_groups, eps=module.eps)
-            d = delta.reshape(len(a), module.num_channels, -1)
-            if module.weight is not None:
-                out[module.weight] = _PerExample((d * normalized.reshape(d.shape)).sum(2))
-            if module.bias is not None:
-                out[module.bias] = _PerExample(d.sum(2))
+        else:  # GroupNorm: per channel, Σ over space of δ·x̂ (weight) and of δ (bias)
+            out.update(group_norm_per_example(module, a, delta,
+                                              self.stats if recorded else None))
         return out
 
 

@@ -141,6 +141,18 @@ def test_unsupported_layers_are_refused():
                                 epochs=1, noise_generator=torch.Generator())
 
 
+@pytest.mark.parametrize("padding_mode", ["reflect", "circular"])
+def test_a_convolution_padded_otherwise_than_with_zeros_is_refused(padding_mode):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode=padding_mode),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    private = fast_dpsgd.make_private(model, optimizer, dpsgd.index_loader(8, 4), privacy_config(),
+                                      epochs=1, noise_generator=torch.Generator())
+    private.module(torch.randn(4, 3, 6, 6)).sum().backward()
+    with pytest.raises(Exception, match=rf"padded with zeros only, not '{padding_mode}'"):
+        private.optimizer.step()
+
+
 # --- Linear chains back-propagated by hand ------------------------------------------------------
 
 def chain_model(activation: str, width: int = 12):
@@ -418,16 +430,122 @@ def test_the_per_example_loop_test_covers_every_convolution_route():
         for hook in hooks:
             hook.remove()
         routes |= {fast_dpsgd.conv_route(m, i, o[2] * o[3]) for m, (i, o) in shapes.items()}
-    assert routes == {"per_example", "per_example_grouped", "ghost_gram", "ghost_unfold"}
+    # (per_example is the route off the CPU: test_the_update_off_the_cpus_route_is_the_loops)
+    assert routes == {"per_example_grouped", "ghost_gram", "ghost_unfold", "single_position"}
+    assert {fast_dpsgd.conv_route(m, (2, 3, 8, 8), 64, "cuda") for m in model.modules()
+            if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (7, 7)} == {"per_example"}
 
 
-@pytest.mark.parametrize("kernel, stride, padding", [(7, 2, 3), (5, 3, 1), ((5, 3), (2, 1), (2, 0))])
-def test_the_grouped_per_example_gradients_are_a_per_example_loop(kernel, stride, padding):
-    conv = torch.nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, bias=False)
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_the_update_off_the_cpus_route_is_the_loops(name, monkeypatch):
+    """The route that forms per-example gradients off the CPU (unfold and product), taken here on
+    the CPU for every layer that forms them, against the per-example loop."""
+    route = fast_dpsgd.conv_route
+
+    def off_the_cpu(conv, input_shape, positions, device_type="cpu"):
+        return route(conv, input_shape, positions, "cuda")
+
+    monkeypatch.setattr(fast_dpsgd, "conv_route", off_the_cpu)
+    x, y, model = problem(name)
+    model.train()
+    rows = torch.tensor([0, 2, 3, 5, 8, 13, 21, 22])
+    fast, fast_norms = one_step(fast_dpsgd.make_private, copy.deepcopy(model), x, y, rows)
+    loop, loop_norms = loop_reference(copy.deepcopy(model), x, y, rows, bound=0.5)
+    torch.testing.assert_close(fast, loop, rtol=1e-4, atol=1e-5)
+    tolerance = 5e-3 if name == "resnet18" else 1e-4
+    torch.testing.assert_close(fast_norms, loop_norms, rtol=tolerance, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation", [
+    (7, 2, 3, 1), (5, 3, 1, 1), ((5, 3), (2, 1), (2, 0), 1), (3, 1, 1, 1), (3, 1, 2, 2), (1, 2, 0, 1)])
+@pytest.mark.parametrize("form", ["grouped_weight_gradients", "unfolded_weight_gradients"])
+def test_the_formed_per_example_gradients_are_a_per_example_loop(kernel, stride, padding, dilation,
+                                                                form):
+    conv = torch.nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, dilation=dilation,
+                           bias=False)
     a = torch.randn(5, 3, 13, 11)
     delta = torch.randn_like(conv(a))
-    expected = torch.stack([torch.nn.grad.conv2d_weight(a[i:i + 1], conv.weight.shape,
-                                                        delta[i:i + 1], stride=stride,
-                                                        padding=padding) for i in range(5)])
-    torch.testing.assert_close(fast_dpsgd.grouped_weight_gradients(a, delta, conv), expected,
+    torch.testing.assert_close(getattr(fast_dpsgd, form)(a, delta, conv),
+                               per_example_loop_weight_gradients(conv, a, delta),
                                rtol=1e-4, atol=1e-5)
+
+
+def per_example_loop_weight_gradients(conv, a, delta):
+    """Each example's weight gradient of ``conv``, one example at a time (autograd's kernel)."""
+    return torch.stack([torch.nn.grad.conv2d_weight(a[i:i + 1], conv.weight.shape, delta[i:i + 1],
+                                                    stride=conv.stride, padding=conv.padding,
+                                                    dilation=conv.dilation)
+                        for i in range(len(a))])
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation, size", [
+    (3, 1, 1, 1, (1, 1)), (3, 2, 1, 1, (2, 2)), (1, 2, 0, 1, (2, 2)), (3, 1, 0, 1, (3, 3)),
+    (3, 1, 2, 2, (1, 1)), (5, 2, 2, 1, (2, 2)), (5, 3, 1, 1, (4, 3)), ((3, 1), (2, 1), (1, 0), 1, (2, 1))])
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_single_position_convolution_is_a_per_example_loop(kernel, stride, padding, dilation,
+                                                             size, bias):
+    # One output position: the engine's outer product on the window the layer reads (the kernel
+    # offsets over padding get 0), its norms and its clipped sums against a per-example loop.
+    conv = torch.nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, dilation=dilation,
+                           bias=bias)
+    a = torch.randn(5, 3, *size, dtype=torch.float64)
+    delta = torch.randn_like(conv.double()(a))
+    assert delta.shape[2:] == (1, 1)
+    assert fast_dpsgd.conv_route(conv, a.shape, 1) == "single_position"
+    grads = per_example_loop_weight_gradients(conv.double(), a, delta).reshape(5, -1)
+    if bias:
+        grads = torch.cat([grads, delta.reshape(5, -1)], 1)
+    recorder = fast_dpsgd._Recorder.__new__(fast_dpsgd._Recorder)
+    recorder.module, recorder.input, recorder.grad_output, recorder.stats = conv, a, delta, None
+    forms = recorder.per_example()
+    torch.testing.assert_close(fast_dpsgd._total_squares(forms), grads.square().sum(1))
+    weights = torch.rand(5, dtype=torch.float64)
+    params = [conv.weight] + ([conv.bias] if bias else [])
+    out = torch.ones(sum(p.numel() for p in params), dtype=torch.float64)
+    start = 0
+    for p in params:
+        forms[p].add_clipped_sum(out[start:start + p.numel()], weights)
+        start += p.numel()
+    torch.testing.assert_close(out, 1 + weights @ grads)
+    returned = torch.cat([forms[p].clipped_sum(weights).reshape(-1) for p in params])
+    torch.testing.assert_close(returned, weights @ grads)
+
+
+@pytest.mark.parametrize("size", [1, 2, 8, 32])  # rows of 1, 4, 64 and 1,024 values per channel
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_group_norms_per_example_gradients_are_a_per_example_loop(size, recorded):
+    # From the forward pass's own statistics (recorded) or computed again, on an input whose mean
+    # is off zero (the form subtracts μ·Σδ): against autograd, one example at a time.
+    norm = torch.nn.GroupNorm(2, 6).double()
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    a = (torch.randn(5, 6, size, size, dtype=torch.float64) * 2 + 3).requires_grad_(True)
+    output = norm(a)
+    delta = torch.randn_like(output)
+    stats = fast_dpsgd.group_norm_statistics(output) if recorded else None
+    assert (stats is not None) == recorded
+    forms = fast_dpsgd.group_norm_per_example(norm, a.detach(), delta, stats)
+    expected = []
+    for i in range(5):
+        weight, bias = torch.autograd.grad(norm(a[i:i + 1].detach()), (norm.weight, norm.bias),
+                                           delta[i:i + 1])
+        expected.append(torch.cat([weight, bias]))
+    expected = torch.stack(expected)
+    torch.testing.assert_close(torch.cat([forms[norm.weight].grads, forms[norm.bias].grads], 1),
+                               expected)
+    torch.testing.assert_close(fast_dpsgd._total_squares(forms), expected.square().sum(1))
+
+
+def test_the_engine_reads_each_group_norms_statistics_from_its_forward_pass():
+    x, y, model = problem("resnet18")
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    loader = dpsgd.index_loader(len(x), len(x), shuffle=False)
+    private = fast_dpsgd.make_private(model, optimizer, loader, privacy_config(), epochs=1,
+                                      noise_generator=torch.Generator().manual_seed(1))
+    F.binary_cross_entropy_with_logits(private.module(x).reshape(-1), y).backward()
+    norms = [r for r in private.fast.recorders if isinstance(r.module, torch.nn.GroupNorm)]
+    assert len(norms) == 20
+    for recorder in norms:
+        mean, rstd = recorder.stats
+        assert mean.shape == rstd.shape == (len(x), recorder.module.num_groups)
