@@ -91,6 +91,7 @@ import torch
 import torch.nn.functional as F
 from opacus.accountants import create_accountant
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 from privacy.accounting import resolve_noise_multiplier
 from privacy.clipping import ClippingRule, ClipStep, Flat, build_rule
@@ -578,8 +579,6 @@ def _observed(span: list[nn.Module], own_hooks: set[int]) -> bool:
     method's loss on hidden activations (RUNNER's neurons, recorded by forward hooks on the
     activations), a pre-hook that changes a layer's input (dropout), or a backward hook would
     otherwise be bypassed, and the δ by hand would be wrong."""
-    from torch.nn.modules import module as torch_module
-
     if (torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
             or torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks):
         return True
@@ -814,9 +813,24 @@ class FastEngine:
         norms = torch.where(mask, _total_squares(grads).sqrt(), 0.0)
         factors = self.rule.clip(norms).factors
         weights = torch.where(mask, factors, 0.0)
-        sums = [grads[p].clipped_sum(weights).reshape(-1) if p in grads
-                else torch.zeros(p.numel(), device=mask.device) for p in self.params]
-        return torch.cat(sums), norms, factors
+        sums = torch.zeros(self._flat_size, device=mask.device, dtype=self.params[0].dtype)
+        self._add_clipped_sums(sums, grads, weights)
+        return sums, norms, factors
+
+    def _add_clipped_sums(self, flat: torch.Tensor, grads: dict[nn.Parameter, _Form],
+                          weights: torch.Tensor) -> None:
+        """Each parameter's clipped sum Σᵢ wᵢgᵢ added onto its slice of ``flat``, a step's flat
+        buffer in the parameters' order."""
+        for p, start, end in self._pieces:
+            if p in grads:
+                grads[p].add_clipped_sum(flat[start:end], weights)
+
+    def _hand_out(self, flat: torch.Tensor) -> None:
+        """``flat`` (noise plus clipped sums) divided by qN as every parameter's gradient: views of
+        it, no per-parameter allocation."""
+        flat.div_(self.expected_batch_size)
+        for p, start, end in self._pieces:
+            p.grad = flat[start:end].view_as(p)
 
     def accumulate(self) -> torch.Tensor:
         """Clip the padded physical batch just back-propagated and add its clipped sum to the
@@ -949,12 +963,8 @@ class FastEngine:
         # slice (a Linear weight's accumulated by its product itself), one division for all; the
         # gradients are views of it (no per-parameter allocations).
         flat = self.draw_noise(step.sensitivity)
-        for p, start, end in self._pieces:
-            piece = flat[start:end]
-            if p in grads:
-                grads[p].add_clipped_sum(piece, weights)
-            p.grad = piece.view_as(p)
-        flat.div_(self.expected_batch_size)
+        self._add_clipped_sums(flat, grads, weights)
+        self._hand_out(flat)
         for recorder in self.recorders:
             recorder.clear()
         self.last_step = step
@@ -962,16 +972,12 @@ class FastEngine:
         self.accountant.step(noise_multiplier=self.accounted_noise_multiplier,
                              sample_rate=self.sample_rate)
 
-
     def _privatize_padded(self) -> None:
         """:meth:`privatize` of a padded step: its physical batches' running sum (the last one
         accumulated here if the trainer has not), divided by qN, as every parameter's gradient."""
         if self._mask is not None:
             self.accumulate()
-        flat = self._sum
-        for p, start, end in self._pieces:
-            p.grad = flat[start:end].view_as(p)
-        flat.div_(self.expected_batch_size)
+        self._hand_out(self._sum)
         self._sum = self._groups = None
         self.accountant.step(noise_multiplier=self.accounted_noise_multiplier,
                              sample_rate=self.sample_rate)
