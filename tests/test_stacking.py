@@ -198,9 +198,12 @@ def test_padding_never_contributes_even_where_it_points_at_real_examples(tmp_pat
         session.sink.close(None)
 
 
-def test_an_interrupted_stack_resumes_run_by_run_to_the_uninterrupted_result(tmp_path,
-                                                                             monkeypatch):
-    straight = run_stacked(configs(POINTS, tmp_path / "straight"))
+def interrupt_and_resume(runs, tmp_path: Path, monkeypatch) -> tuple[list, list, list]:
+    """``runs(output)``'s stack straight through, then killed after run1's epoch 2 and resumed:
+    (straight summaries, resumed summaries, the (run, epoch) pairs the resumed stack logged).
+    run0 saved its epoch-2 checkpoint before run1 stopped, run1 and run2 have epoch 1's, so the
+    resumed runs restart from different epochs (run0 alone, run1 and run2 stacked)."""
+    straight = run_stacked(runs(tmp_path / "straight"))
     original = experiment_module.MetricsSink.log
 
     def log(self, step, metrics):  # the second run's logger fails after epoch 2: a kill
@@ -211,17 +214,32 @@ def test_an_interrupted_stack_resumes_run_by_run_to_the_uninterrupted_result(tmp
     with monkeypatch.context() as patch:
         patch.setattr(experiment_module.MetricsSink, "log", log)
         with pytest.raises(KeyboardInterrupt):
-            run_stacked(configs(POINTS, tmp_path / "resumed"))
-    # run0 saved its epoch-2 checkpoint before run1 stopped; run1 and run2 have epoch 1's: the
-    # resumed runs restart from different epochs (run0 alone, run1 and run2 stacked).
-    resumed = run_stacked(configs(POINTS, tmp_path / "resumed"))
-    for i, (one, two) in enumerate(zip(straight, resumed)):
-        assert isinstance(two, dict) and not two.get("skipped")
-        assert_same_run(one, two, tmp_path / "straight" / f"run{i}",
-                        tmp_path / "resumed" / f"run{i}")
+            run_stacked(runs(tmp_path / "resumed"))
+    logged = []
+
+    def record(self, step, metrics):
+        logged.append((self.run_dir.name, step))
+        original(self, step, metrics)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(experiment_module.MetricsSink, "log", record)
+        resumed = run_stacked(runs(tmp_path / "resumed"))
+    for summary in resumed:
+        assert isinstance(summary, dict) and not summary.get("skipped")
+    for i in range(len(resumed)):
         steps = [json.loads(line)["step"] for line in
                  (tmp_path / "resumed" / f"run{i}" / "metrics.jsonl").read_text().splitlines()]
         assert steps == [1, 2, 3]
+    return straight, resumed, logged
+
+
+def test_an_interrupted_stack_resumes_run_by_run_to_the_uninterrupted_result(tmp_path,
+                                                                             monkeypatch):
+    straight, resumed, _ = interrupt_and_resume(lambda output: configs(POINTS, output), tmp_path,
+                                                monkeypatch)
+    for i, (one, two) in enumerate(zip(straight, resumed)):
+        assert_same_run(one, two, tmp_path / "straight" / f"run{i}",
+                        tmp_path / "resumed" / f"run{i}")
 
 
 def test_plan_stacks_groups_points_that_differ_only_in_the_stacked_keys(tmp_path):
@@ -435,41 +453,16 @@ def test_an_interrupted_image_stack_resumes_run_by_run_to_the_uninterrupted_resu
     def image_runs(output):
         return image_configs(points, output, fake_celeba, "cnn", 32, epochs=3)
 
-    straight = run_stacked(image_runs(tmp_path / "straight"))
-    original = experiment_module.MetricsSink.log
-
-    def log(self, step, metrics):  # the second run's logger fails after epoch 2: a kill
-        original(self, step, metrics)
-        if step == 2 and self.run_dir.name == "run1":
-            raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(experiment_module.MetricsSink, "log", log)
-        with pytest.raises(KeyboardInterrupt):
-            run_stacked(image_runs(tmp_path / "resumed"))
-    # run0 saved its epoch-2 checkpoint before run1 stopped, run1 and run2 have epoch 1's: run0
-    # resumes alone (the lone engine), run1 and run2 as a stack of two, each from its checkpoint
-    # (parameters, optimizer, accountant, its own sampling, flip and noise streams).
-    logged = []
-
-    def record(self, step, metrics):
-        logged.append((self.run_dir.name, step))
-        original(self, step, metrics)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(experiment_module.MetricsSink, "log", record)
-        resumed = run_stacked(image_runs(tmp_path / "resumed"))
+    # run0 resumes alone (the lone engine), run1 and run2 as a stack of two, each from its
+    # checkpoint (parameters, optimizer, accountant, its own sampling, flip and noise streams).
+    straight, resumed, logged = interrupt_and_resume(image_runs, tmp_path, monkeypatch)
     # each run trained only the epochs after its checkpoint
     assert sorted(logged) == [("run0", 3), ("run1", 2), ("run1", 3), ("run2", 2), ("run2", 3)]
     for i, (one, two) in enumerate(zip(straight, resumed)):
-        assert isinstance(two, dict) and not two.get("skipped")
         # run0's last epoch ran on the lone engine: the image stack's rounding (see
         # test_stacked_cnn_runs_equal_the_same_runs_trained_one_by_one)
         assert_same_image_run(one, two, tmp_path / "straight" / f"run{i}",
                               tmp_path / "resumed" / f"run{i}", rtol=1e-2)
-        steps = [json.loads(line)["step"] for line in
-                 (tmp_path / "resumed" / f"run{i}" / "metrics.jsonl").read_text().splitlines()]
-        assert steps == [1, 2, 3]
 
 
 @pytest.mark.slow  # a ResNet-18 at 64 px, four runs: tens of seconds on a 2-core CPU
