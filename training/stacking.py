@@ -54,6 +54,7 @@ from privacy.fast_dpsgd import FastPrivateTraining
 from training import checkpoint
 from training.centralized import CentralizedTrainer
 from training.federated import FederatedTrainer, LocalOrders, flatten, train_client_chunk
+from training.mlp_pass import is_relu_mlp, relu_mlp_pass
 from training.optim import build_optimizer
 from utils.config import ExperimentConfig
 from utils.fairness import GROUPS
@@ -250,10 +251,8 @@ class StackedTrainer:
         privacy), each run's gradient per parameter before noise (the clipped sum under DP-SGD,
         the mean loss's gradient otherwise) and each example's group (K, n; 1 = majority).
 
-        The backward pass is written out, which for an MLP is short and spares autograd's graph:
-        δ of the summed loss at the output is wᵢ(σ(zᵢ) − yᵢ) (binary cross-entropy with logits),
-        and through a linear layer and a ReLU δ_{l-1} = (δ_l W_l) ⊙ [a_l > 0]. Example i's own
-        gradient in layer l is δᵢaᵢᵀ (and δᵢ for the bias), so its squared norm is
+        The pass is written out (:func:`training.mlp_pass.relu_mlp_pass`, batched over the runs):
+        example i's own gradient in layer l is δᵢaᵢᵀ (and δᵢ for the bias), so its squared norm is
         Σ_l ‖δᵢ‖²(‖aᵢ‖² + 1). Padded rows have weight 0, hence δ = 0: they add nothing anywhere.
         """
         k, n = index.shape
@@ -261,21 +260,10 @@ class StackedTrainer:
         features = self.features
         y, weights = batch[..., features], batch[..., features + 1] * mask
         majority, input_squares = batch[..., features + 2].long(), batch[..., features + 3]
-        layers = len(self.params) // 2
-        a, inputs = batch[..., :features], []
-        for layer in range(layers):
-            weight, bias = self.params[2 * layer], self.params[2 * layer + 1]
-            inputs.append(a)
-            z = torch.baddbmm(bias.unsqueeze(1), a, weight.transpose(1, 2))
-            a = torch.relu(z) if layer + 1 < layers else z
-        logits = a.squeeze(-1)
+        logits, inputs, deltas = relu_mlp_pass(self.params, batch[..., :features], y, weights)
         per_example = F.binary_cross_entropy_with_logits(logits, y, reduction="none") * weights
         count = sizes.clamp(min=1).to(logits.dtype)
         means = per_example.sum(1) / count
-        deltas = [((torch.sigmoid(logits) - y) * weights).unsqueeze(2)]  # of the summed loss
-        for layer in range(layers - 1, 0, -1):  # ReLU's backward as one op (no mask tensor)
-            deltas.insert(0, torch.ops.aten.threshold_backward(
-                torch.bmm(deltas[0], self.params[2 * layer]), inputs[layer], 0))
         if not self.private:  # the mean loss's gradient: the sums over each run's batch / n
             grads = self._sums(inputs, deltas)
             return means, None, [g / count.view(-1, *[1] * (g.ndim - 1)) for g in grads], majority
@@ -631,11 +619,7 @@ def runtime_signature(trainer) -> tuple:
         if trainer.transform is not None:
             raise NotStackable("the data set has a batch transform (images) but the model is "
                                "not an image model")
-        layers = list(model.net) if isinstance(model, MLP) else None
-        if layers is None or not all(
-                isinstance(layer, nn.ReLU) if i % 2 else
-                isinstance(layer, nn.Linear) and layer.bias is not None
-                for i, layer in enumerate(layers)):
+        if not is_relu_mlp(model):
             raise NotStackable("the model is not an MLP of biased linear layers and ReLUs, nor "
                                "the registry's cnn or resnet18")
         kind = "mlp"
