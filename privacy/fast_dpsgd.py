@@ -26,7 +26,11 @@ leaves behind, not from one materialized gradient per example per parameter:
 - a chain of Linear layers in one :class:`torch.nn.Sequential` whose input needs no gradient (an
   MLP on the data, :func:`linear_chains`) hands only its last layer's output to autograd; each
   earlier layer's δ is computed by hand from the next one's, with the kernels autograd would run
-  (bit for bit autograd's δ), without its graph and a hook per layer.
+  (bit for bit autograd's δ), without its graph and a hook per layer;
+- a trainer that writes a whole pass out itself (a ReLU MLP's, :mod:`training.mlp_pass`) hands
+  the engine each layer's input and δ of the summed loss instead (:meth:`FastEngine.record_pass`),
+  with no forward hook, autograd graph or backward at all; the step then proceeds as after a
+  backward pass.
 
 With cᵢ = min(1, C / (‖gᵢ‖ + 1e-6)) over each example's whole gradient (all layers), as Opacus
 clips; or the factors, noise scale and per-step releases of another clipping rule
@@ -774,6 +778,8 @@ class FastEngine:
         self._mask: torch.Tensor | None = None
         self._sum: torch.Tensor | None = None
         self._clip_physical = self._clipped_physical_sum
+        # Whether the records are of a summed loss (record_pass), not the mean's.
+        self._summed = False
         self.track_parameters(False)
 
     def use_static_shapes(self, capacity: int | None = None, compiled: bool = False) -> None:
@@ -871,6 +877,29 @@ class FastEngine:
             chains.append(recorders)
         return chains
 
+    def record_pass(self, inputs: list[torch.Tensor], deltas: list[torch.Tensor]) -> None:
+        """Records of a pass written out by the trainer, in place of a forward and a backward pass
+        through the hooks: each supported layer's input and δ of the batch's *summed* loss, in the
+        order of :attr:`recorders` (the model's modules). The step then clips, noises and accounts
+        (:meth:`privatize`) exactly as after ``loss.backward()``: each example's gradient is read
+        from its own row of a and δ as ever, so the soundness argument is unchanged. Unpadded
+        steps only."""
+        if self.capacity is not None:
+            raise RuntimeError("record_pass is for unpadded steps (set_padding and accumulate "
+                               "take padded physical batches)")
+        if len(inputs) != len(self.recorders) or len(deltas) != len(self.recorders):
+            raise ValueError(f"record_pass takes one input and one δ for each of the "
+                             f"{len(self.recorders)} recorded layers")
+        for recorder, a, delta in zip(self.recorders, inputs, deltas):
+            recorder.input, recorder.grad_output = a, delta
+        self._current, self._summed = None, True
+
+    def hooked_by_others(self) -> bool:
+        """Whether anything besides the engine's own recorders hooks a module of the model (or
+        every module): what a pass written out by the trainer (:meth:`record_pass`) would bypass."""
+        own = {recorder.handle.id for recorder in self.recorders}
+        return _observed(list(self.model.modules()), own)
+
     def _backpropagate_chains(self) -> None:
         """Each chain's δ, last layer to first, where this pass left them to the engine."""
         for chain in self.chains:
@@ -899,8 +928,9 @@ class FastEngine:
             device = self.params[0].device
             # The forms hold the gradients of the mean loss; each example's own gradient is n
             # times its share, so its norm is n times the forms' and its weight in the sum cᵢ·n.
-            # A padded batch's loss is a sum (padded_loss): scale 1, padding rows' norms 0.
-            scale = batch if self._mask is None else 1
+            # A padded batch's loss is a sum (padded_loss), and so are record_pass's records:
+            # scale 1 (padding rows' norms 0).
+            scale = 1 if self._summed or self._mask is not None else batch
             if grads:
                 norms = _total_squares(grads).sqrt().mul_(scale)
             else:
@@ -935,6 +965,7 @@ class FastEngine:
             recorder.clear()
         self._current = self._step = self._groups = None
         self._mask = self._sum = None
+        self._summed = False
 
     def draw_noise(self, sensitivity: float | None = None) -> torch.Tensor:
         """One step's noise N(0, σ²S²) for every parameter, one flat draw in the parameters' order
@@ -969,6 +1000,7 @@ class FastEngine:
             recorder.clear()
         self.last_step = step
         self._current = self._step = self._groups = None
+        self._summed = False
         self.accountant.step(noise_multiplier=self.accounted_noise_multiplier,
                              sample_rate=self.sample_rate)
 
@@ -1062,6 +1094,13 @@ class FastPrivateTraining(AccountedSteps):
 
     def per_example_norms(self) -> torch.Tensor:
         return self.fast.per_example_norms()
+
+    def record_pass(self, inputs: list[torch.Tensor], deltas: list[torch.Tensor]) -> None:
+        """A pass written out by the trainer (:meth:`FastEngine.record_pass`)."""
+        self.fast.record_pass(inputs, deltas)
+
+    def hooked_by_others(self) -> bool:
+        return self.fast.hooked_by_others()
 
     def batch_groups(self, minority: torch.Tensor) -> None:
         """The group flags (True: minority) of the batch about to be forwarded."""

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from dataset.base import DataBundle, gather_rows, place_inputs
 from privacy import ENGINES
 from privacy.accounting import epsilon_of_history
+from privacy.fast_dpsgd import FastPrivateTraining
 from privacy.individual import (
     IndividualPrivacy,
     SensitivityLedger,
@@ -38,8 +39,9 @@ from training.base import (
     no_privacy_metrics,
 )
 from training.batches import build_batches
+from training.mlp_pass import is_relu_mlp, relu_mlp_pass
 from training.optim import build_optimizer
-from training.repair.base import Batch, RepairMethod, TrainingSet
+from training.repair.base import Batch, LossTerms, RepairMethod, TrainingSet
 from training.repair.vanilla import Vanilla
 from utils.config import ExperimentConfig
 from utils.errors import ConfigError, warn_user
@@ -49,6 +51,11 @@ from utils.seeding import RunStreams
 
 BF16_UNSUPPORTED = ("training.precision: bf16, but {device} has no bfloat16 support. Use "
                     "training.precision: fp32 on this device.")
+
+
+# trainer/info.dp_step of a DP-SGD run: how each step's per-example records were made.
+WRITTEN_OUT = "written out (ReLU MLP, training.mlp_pass)"
+ENGINE_PASS = "forward and backward through the engine's hooks"
 
 
 class CentralizedTrainer:
@@ -159,7 +166,38 @@ class CentralizedTrainer:
         self.train_seconds = 0.0
         self.train_samples = 0
         self.info: dict[str, Any] = {}
+        # A ReLU MLP's DP-SGD step on the fast engine, written out (training.mlp_pass): its
+        # records go to the engine without forward hooks, autograd graph or backward pass.
+        self.written_out = self._writes_out_pass()
+        self._mlp_params = list(self.base_model().parameters()) if self.written_out else []
+        if self.private is not None:
+            self.info["dp_step"] = WRITTEN_OUT if self.written_out else ENGINE_PASS
         self.client_counts = None  # not federated
+
+    def _writes_out_pass(self) -> bool:
+        """Whether each DP-SGD step's pass is written out (:mod:`training.mlp_pass`) rather than
+        run through the model and autograd: the fast engine, unpadded, eager and in fp32, on a
+        ReLU MLP of tabular data, under a method that trains as Vanilla does (its loss is the
+        weighted cross-entropy, and nothing else hooks the model). The same step either way, to
+        float rounding (tests/test_mlp_pass.py)."""
+        training = self.config.training
+        return (isinstance(self.private, FastPrivateTraining) and not self.padded
+                and not self.bf16 and not training.compile and self.transform is None
+                and not self.method.training_changes() and not self.method.reads_public
+                and is_relu_mlp(self.base_model())
+                and all(p.dtype == self.x.dtype for p in self.base_model().parameters())
+                and not self.private.hooked_by_others())
+
+    def _written_out_step(self, x: torch.Tensor, y: torch.Tensor,
+                          indices: torch.Tensor) -> LossTerms:
+        """The forward and backward pass of a written-out step (:meth:`_writes_out_pass`): each
+        layer's input and δ of the batch's summed weighted loss handed to the engine, which then
+        clips, noises and accounts as after ``loss.backward()``; Vanilla's loss terms, for the
+        logged loss."""
+        weights = self.weights[indices]
+        logits, inputs, deltas = relu_mlp_pass(self._mlp_params, x, y, weights)
+        self.private.record_pass(inputs, deltas)
+        return LossTerms(F.binary_cross_entropy_with_logits(logits, y, reduction="none") * weights)
 
     @contextmanager
     def _public_pass(self):
@@ -243,18 +281,22 @@ class CentralizedTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             if self.private is not None:  # a rule may clip by group (DPSGD-F)
                 self.private.batch_groups(self.minority[indices])
-            self._activations.clear()
-            if self.method.reads_public:
-                with self._public_pass() as model:
-                    self.method.before_step(model)
-            self.method.before_forward(indices)
-            with self._precision():
-                logits = self.train_forward(self._layout(x)).reshape(-1).float()
-            batch = Batch(logits=logits, targets=y, minority=self.minority[indices],
-                          weights=self.weights[indices], activations=self._activations,
-                          losses=F.binary_cross_entropy_with_logits(logits, y, reduction="none"))
-            terms = self.method.loss(batch, self.base_model())
-            terms.total().backward()
+            if self.written_out:
+                terms = self._written_out_step(x, y, indices)
+            else:
+                self._activations.clear()
+                if self.method.reads_public:
+                    with self._public_pass() as model:
+                        self.method.before_step(model)
+                self.method.before_forward(indices)
+                with self._precision():
+                    logits = self.train_forward(self._layout(x)).reshape(-1).float()
+                batch = Batch(logits=logits, targets=y, minority=self.minority[indices],
+                              weights=self.weights[indices], activations=self._activations,
+                              losses=F.binary_cross_entropy_with_logits(logits, y,
+                                                                        reduction="none"))
+                terms = self.method.loss(batch, self.base_model())
+                terms.total().backward()
             loss = terms.per_example.detach().mean() if len(indices) else None
             if terms.coupled is not None:
                 coupled_sum += terms.coupled.detach()
