@@ -20,6 +20,12 @@ the same as JSON with the device, versions and dtype.
 ``fast padded`` is the fast engine on a padded physical batch (``training.pad_batches``: the batch
 plus 4 standard deviations of its binomial at q = 1/100, 320 rows for 256, the padding masked out).
 
+``fast`` is the engine as the trainer runs it: for a ReLU MLP the pass written out and its
+records handed to the engine (``trainer/info.dp_step``, :mod:`training.mlp_pass`), for every other
+model a forward and backward pass through the engine's hooks. ``fast hooks`` (opt-in) is the
+engine through its hooks on every model; ``fast@REV`` runs each revision's engine as it ran then
+(the pass written out only where the revision has ``record_pass``).
+
 Models: ``mlp`` (Adult's shape: 104 inputs, one hidden layer of 200), ``cnn32`` / ``cnn64`` (the
 registry's CNN at 32 / 64 px), ``resnet64`` / ``resnet128`` (the GroupNorm ResNet-18); the default
 list is the CPU's (mlp, cnn32, resnet32 at width 16) or the GPU's (all, width 64).
@@ -45,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from models import build_model  # noqa: E402
 from privacy import dpsgd, fast_dpsgd  # noqa: E402
+from training.mlp_pass import is_relu_mlp, relu_mlp_pass  # noqa: E402
 from utils.config import ModelConfig, PrivacyConfig  # noqa: E402
 from utils.seeding import resolve_device  # noqa: E402
 
@@ -59,6 +66,8 @@ MODELS = {  # name -> (model config, input shape)
 CPU_MODELS = ["mlp", "cnn32", "resnet32"]
 GPU_MODELS = ["mlp", "cnn32", "cnn64", "resnet64", "resnet128"]
 VARIANTS = ["non-private", "opacus hooks", "opacus ghost", "fast", "fast padded"]
+# Opt-in: the fast engine through its hooks where the trainer writes the pass out (ReLU MLPs).
+EXTRA_VARIANTS = ["fast hooks"]
 
 
 def _peak_rss_reset() -> int:
@@ -131,14 +140,27 @@ def make_step(variant: str, model_config: dict, shape, batch: int, device):
             private.padded_loss(losses).backward()
             private.accumulate()
             private.optimizer.step()
-    elif variant in ENGINES:
-        private = ENGINES[variant].make_private(model, optimizer, loader, config, epochs=1,
-                                          noise_generator=noise)
+    elif variant in ENGINES or variant == "fast hooks":
+        engine = ENGINES.get(variant, fast_dpsgd)
+        private = engine.make_private(model, optimizer, loader, config, epochs=1,
+                                      noise_generator=noise)
+        if (variant != "fast hooks" and hasattr(private, "record_pass")
+                and is_relu_mlp(model)):
+            # What the trainer runs for a ReLU MLP (trainer/info.dp_step: written out): the pass
+            # written out, its records handed to the engine (training.mlp_pass).
+            params, weights = list(model.parameters()), torch.ones_like(y)
 
-        def step():
-            private.optimizer.zero_grad(set_to_none=True)
-            F.binary_cross_entropy_with_logits(private.module(x).reshape(-1), y).backward()
-            private.optimizer.step()
+            def step():
+                private.optimizer.zero_grad(set_to_none=True)
+                logits, inputs, deltas = relu_mlp_pass(params, x, y, weights)
+                F.binary_cross_entropy_with_logits(logits, y, reduction="none")  # the logged loss
+                private.record_pass(inputs, deltas)
+                private.optimizer.step()
+        else:
+            def step():
+                private.optimizer.zero_grad(set_to_none=True)
+                F.binary_cross_entropy_with_logits(private.module(x).reshape(-1), y).backward()
+                private.optimizer.step()
     else:
         from opacus import PrivacyEngine
 
@@ -229,7 +251,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 256, 1024])
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None)
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS + EXTRA_VARIANTS,
+                        default=VARIANTS)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--baseline", default=None, metavar="REV",
                         help="also time the fast engine as committed at git REV (variant fast@REV)")

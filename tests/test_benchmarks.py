@@ -66,11 +66,12 @@ def test_dp_throughput_times_the_engine_at_a_git_revision_beside_the_working_tre
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "dp_throughput.py"), "--device", "cpu",
          "--models", "mlp", "--batches", "8", "--steps", "1", "--rounds", "2",
-         "--variants", "non-private", "fast", "--baseline", "HEAD", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, check=True)
+         "--variants", "non-private", "fast", "fast hooks", "--baseline", "HEAD", "--json",
+         str(out)], capture_output=True, text=True, timeout=600, check=True)
     report = json.loads(out.read_text())
     assert report["baseline"] == "HEAD" and report["date"] and report["threads"] >= 1
-    assert [row["variant"] for row in report["results"]] == ["non-private", "fast", "fast@HEAD"]
+    assert [row["variant"] for row in report["results"]] == ["non-private", "fast", "fast hooks",
+                                                             "fast@HEAD"]
     assert all(row["samples_per_s"] > 0 for row in report["results"])
 
 
