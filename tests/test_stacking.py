@@ -119,6 +119,7 @@ def test_stacked_runs_equal_the_same_runs_trained_one_by_one(tmp_path, points):
     for i, (one, together) in enumerate(zip(alone, stacked)):
         assert isinstance(together, dict), together
         assert together["trainer/info"]["stacked_runs"] == len(points)
+        assert "dp_step" not in together["trainer/info"]  # the lone trainer's step: not run
         assert_same_run(one, together, tmp_path / "alone" / f"run{i}",
                         tmp_path / "stacked" / f"run{i}")
         # Every epoch's row too (the same metrics.jsonl keys and values, timings aside).
@@ -427,6 +428,7 @@ def check_image_stack(tmp_path, root, points, model, image_size, rtol, **trainin
         assert isinstance(together, dict), together
         assert together["trainer/info"]["stacked_runs"] == len(points)
         assert together["trainer/info"]["stacked_step"] == STACKED_STEP_RECORD
+        assert "dp_step" not in together["trainer/info"]  # the lone trainer's step: not run
         assert_same_image_run(one, together, tmp_path / "alone" / f"run{i}",
                               tmp_path / "stacked" / f"run{i}", rtol)
 

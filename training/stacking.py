@@ -174,8 +174,10 @@ class StackedTrainer:
         if len(signatures) != 1:
             raise NotStackable("the runs differ in mode, model shape or steps per epoch")
         self.members = members
-        for member in members:  # the record says how the run was trained
+        for member in members:  # the record says how the run was trained: in the stack, not
+            # by its lone trainer's step (trainer/info.dp_step)
             member.info["stacked_runs"] = len(members)
+            member.info.pop("dp_step", None)
         self.private = members[0].private is not None
         self.device = members[0].device
         # Each member's parameters in its model's order: (weight, bias) of each linear layer.
