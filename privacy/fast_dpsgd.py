@@ -881,9 +881,15 @@ class FastEngine:
         """Records of a pass written out by the trainer, in place of a forward and a backward pass
         through the hooks: each supported layer's input and δ of the batch's *summed* loss, in the
         order of :attr:`recorders` (the model's modules). The step then clips, noises and accounts
-        (:meth:`privatize`) exactly as after ``loss.backward()``: each example's gradient is read
-        from its own row of a and δ as ever, so the soundness argument is unchanged. Unpadded
-        steps only."""
+        (:meth:`privatize`) exactly as after ``loss.backward()``.
+
+        Soundness does not rest on the caller's arithmetic: example i's contribution to the sum is
+        cᵢ times the gradient formed from row i of every record, and cᵢ is computed from the norm
+        of that same gradient, so it is at most C whatever the rows hold, provided row i depends
+        on example i alone (true of a pass with no operation across examples, as an MLP's; the
+        caller's rows must not mix examples). That the rows are the true per-example gradients
+        is a matter of correctness, tested against autograd and a per-example loop
+        (tests/test_mlp_pass.py). Unpadded steps only."""
         if self.capacity is not None:
             raise RuntimeError("record_pass is for unpadded steps (set_padding and accumulate "
                                "take padded physical batches)")

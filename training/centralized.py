@@ -183,6 +183,7 @@ class CentralizedTrainer:
         training = self.config.training
         return (isinstance(self.private, FastPrivateTraining) and not self.padded
                 and not self.bf16 and not training.compile and self.transform is None
+                and self.x.ndim == 2
                 and not self.method.training_changes() and not self.method.reads_public
                 and is_relu_mlp(self.base_model())
                 and all(p.dtype == self.x.dtype for p in self.base_model().parameters())
