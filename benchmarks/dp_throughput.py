@@ -20,7 +20,7 @@ the same as JSON with the device, versions and dtype.
 ``fast padded`` is the fast engine on a padded physical batch (``training.pad_batches``: the batch
 plus 4 standard deviations of its binomial at q = 1/100, 320 rows for 256, the padding masked out).
 
-``fast`` is the engine as the trainer runs it: for a ReLU MLP the pass written out and its
+``fast`` is the engine as the trainer runs it: for an MLP the pass written out and its
 records handed to the engine (``trainer/info.dp_step``, :mod:`training.mlp_pass`), for every other
 model a forward and backward pass through the engine's hooks. ``fast hooks`` (opt-in) is the
 engine through its hooks on every model; ``fast@REV`` runs each revision's engine as it ran then
@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from models import build_model  # noqa: E402
 from privacy import dpsgd, fast_dpsgd  # noqa: E402
-from training.mlp_pass import is_relu_mlp, relu_mlp_pass  # noqa: E402
+from training.mlp_pass import mlp_activation, mlp_pass  # noqa: E402
 from utils.config import ModelConfig, PrivacyConfig  # noqa: E402
 from utils.seeding import resolve_device  # noqa: E402
 
@@ -66,7 +66,7 @@ MODELS = {  # name -> (model config, input shape)
 CPU_MODELS = ["mlp", "cnn32", "resnet32"]
 GPU_MODELS = ["mlp", "cnn32", "cnn64", "resnet64", "resnet128"]
 VARIANTS = ["non-private", "opacus hooks", "opacus ghost", "fast", "fast padded"]
-# Opt-in: the fast engine through its hooks where the trainer writes the pass out (ReLU MLPs).
+# Opt-in: the fast engine through its hooks where the trainer writes the pass out (MLPs).
 EXTRA_VARIANTS = ["fast hooks"]
 
 
@@ -144,15 +144,15 @@ def make_step(variant: str, model_config: dict, shape, batch: int, device):
         engine = ENGINES.get(variant, fast_dpsgd)
         private = engine.make_private(model, optimizer, loader, config, epochs=1,
                                       noise_generator=noise)
-        if (variant != "fast hooks" and hasattr(private, "record_pass")
-                and is_relu_mlp(model)):
-            # What the trainer runs for a ReLU MLP (trainer/info.dp_step: written out): the pass
+        activation = mlp_activation(model)
+        if variant != "fast hooks" and hasattr(private, "record_pass") and activation:
+            # What the trainer runs for an MLP (trainer/info.dp_step: written out): the pass
             # written out, its records handed to the engine (training.mlp_pass).
             params, weights = list(model.parameters()), torch.ones_like(y)
 
             def step():
                 private.optimizer.zero_grad(set_to_none=True)
-                logits, inputs, deltas = relu_mlp_pass(params, x, y, weights)
+                logits, inputs, deltas = mlp_pass(params, x, y, weights, activation)
                 F.binary_cross_entropy_with_logits(logits, y, reduction="none")  # the logged loss
                 private.record_pass(inputs, deltas)
                 private.optimizer.step()

@@ -27,7 +27,7 @@ leaves behind, not from one materialized gradient per example per parameter:
   MLP on the data, :func:`linear_chains`) hands only its last layer's output to autograd; each
   earlier layer's δ is computed by hand from the next one's, with the kernels autograd would run
   (bit for bit autograd's δ), without its graph and a hook per layer;
-- a trainer that writes a whole pass out itself (a ReLU MLP's, :mod:`training.mlp_pass`) hands
+- a trainer that writes a whole pass out itself (an MLP's, :mod:`training.mlp_pass`) hands
   the engine each layer's input and δ of the summed loss instead (:meth:`FastEngine.record_pass`),
   with no forward hook, autograd graph or backward at all; the step then proceeds as after a
   backward pass.

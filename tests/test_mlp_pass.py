@@ -1,4 +1,4 @@
-"""The ReLU MLP's pass written out (training.mlp_pass) and the DP-SGD step that uses it: its δ are
+"""The MLP's pass written out (training.mlp_pass) and the DP-SGD step that uses it: its δ are
 autograd's, the engine's step from its records is the step through the hooks (flat clipping and a
 rule that clips by group, an empty batch), a run trained with it is the run trained through the
 hooks, and every run it does not fit keeps the hooks."""
@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from models import build_model
 from privacy import dpsgd, fast_dpsgd
 from training.centralized import ENGINE_PASS, WRITTEN_OUT, CentralizedTrainer
-from training.mlp_pass import is_relu_mlp, relu_mlp_pass
+from training.mlp_pass import is_relu_mlp, mlp_activation, mlp_pass
 from utils.config import ModelConfig, PrivacyConfig
 
 
@@ -33,12 +33,13 @@ def batch(n=24, features=12, seed=1):
     return x, y, weights
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
 @pytest.mark.parametrize("hidden", [(16,), (16, 8), (5, 7, 3)])
-def test_the_written_out_pass_is_autograds(hidden):
-    model = mlp(hidden)
+def test_the_written_out_pass_is_autograds(hidden, activation):
+    model = mlp(hidden, activation)
     x, y, weights = batch()
     params = list(model.parameters())
-    logits, inputs, deltas = relu_mlp_pass(params, x, y, weights)
+    logits, inputs, deltas = mlp_pass(params, x, y, weights, mlp_activation(model))
     # Autograd's: each Linear's input and the gradient of the summed weighted loss at its output.
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     seen_inputs, outputs = [], []
@@ -64,21 +65,28 @@ def test_the_stacked_pass_is_each_runs_own():
     batches = [batch(seed=s) for s in (3, 4, 5)]
     params = [torch.stack([p.detach() for p in ps]) for ps in
               zip(*[list(m.parameters()) for m in models])]
-    stacked = relu_mlp_pass(params, *[torch.stack(parts) for parts in zip(*batches)])
+    stacked = mlp_pass(params, *[torch.stack(parts) for parts in zip(*batches)])
     for k, (model, (x, y, weights)) in enumerate(zip(models, batches)):
-        lone = relu_mlp_pass([p.detach() for p in model.parameters()], x, y, weights)
+        lone = mlp_pass([p.detach() for p in model.parameters()], x, y, weights)
         torch.testing.assert_close(stacked[0][k], lone[0], rtol=1e-6, atol=1e-7)
         for got, want in zip(stacked[1] + stacked[2], lone[1] + lone[2]):
             torch.testing.assert_close(got[k], want, rtol=1e-6, atol=1e-6)
 
 
-def test_only_the_registrys_relu_mlp_is_written_out():
-    assert is_relu_mlp(mlp())
-    assert not is_relu_mlp(mlp(activation="tanh"))
+def test_only_the_registrys_mlp_is_written_out():
+    assert mlp_activation(mlp()) is torch.nn.ReLU and is_relu_mlp(mlp())
+    assert mlp_activation(mlp(activation="tanh")) is torch.nn.Tanh
+    assert not is_relu_mlp(mlp(activation="tanh"))  # the stack's pass is ReLU's
+    mixed = mlp()
+    mixed.net[3] = torch.nn.Tanh()
+    assert mlp_activation(mixed) is None
+    other = mlp()
+    other.net[1] = torch.nn.GELU()
+    assert mlp_activation(other) is None
     no_bias = mlp()
     no_bias.net[0] = torch.nn.Linear(12, 16, bias=False)
-    assert not is_relu_mlp(no_bias)
-    assert not is_relu_mlp(build_model(ModelConfig(name="cnn", width=4), (3, 32, 32)))
+    assert mlp_activation(no_bias) is None
+    assert mlp_activation(build_model(ModelConfig(name="cnn", width=4), (3, 32, 32))) is None
 
 
 def engine_step(route, model, x, y, weights, rows, clipping="flat", noise=1.0, minority=None):
@@ -100,8 +108,8 @@ def engine_step(route, model, x, y, weights, rows, clipping="flat", noise=1.0, m
         losses = F.binary_cross_entropy_with_logits(logits, y[rows], reduction="none")
         (losses * weights[rows]).mean().backward()
     else:
-        _, inputs, deltas = relu_mlp_pass(list(model.parameters()), x[rows], y[rows],
-                                          weights[rows])
+        _, inputs, deltas = mlp_pass(list(model.parameters()), x[rows], y[rows],
+                                     weights[rows], mlp_activation(model))
         private.record_pass(inputs, deltas)
     norms = private.per_example_norms().detach().clone()
     step = private.clip_step()
@@ -110,13 +118,15 @@ def engine_step(route, model, x, y, weights, rows, clipping="flat", noise=1.0, m
     return after - before, norms, step, private
 
 
-@pytest.mark.parametrize("clipping", ["flat", "dpsgd_f"])
+@pytest.mark.parametrize("clipping, activation", [("flat", "relu"), ("dpsgd_f", "relu"),
+                                                  ("flat", "tanh")])
 @pytest.mark.parametrize("rows", [torch.arange(24), torch.tensor([1, 4, 5, 9, 17]),
                                   torch.tensor([], dtype=torch.long)])
-def test_the_engines_step_from_the_written_out_pass_is_its_step_through_the_hooks(clipping, rows):
+def test_the_engines_step_from_the_written_out_pass_is_its_step_through_the_hooks(
+        clipping, activation, rows):
     x, y, weights = batch()
     minority = torch.arange(24) % 3 == 0
-    model = mlp()
+    model = mlp(activation=activation)
     hooks = engine_step("hooks", copy.deepcopy(model), x, y, weights, rows, clipping,
                         minority=minority)
     written = engine_step("written", copy.deepcopy(model), x, y, weights, rows, clipping,
@@ -180,12 +190,14 @@ def trained(overrides: dict, monkeypatch=None, hooks=False):
     return trainer, metrics
 
 
-@pytest.mark.parametrize("clipping", ["flat", "dpsgd_f"])
-def test_a_written_out_run_trains_the_hooks_runs_model(monkeypatch, clipping):
+@pytest.mark.parametrize("overrides", [{"privacy.clipping": "flat"},
+                                       {"privacy.clipping": "dpsgd_f"},
+                                       {"model.activation": "tanh"}])  # fair-dp's MLP
+def test_a_written_out_run_trains_the_hooks_runs_model(monkeypatch, overrides):
     """The same batches, noise and loss weights (reweighing's), so the same model to float
     rounding, the same per-group diagnostics, accountant steps and ε; the record says which."""
-    written, metrics = trained({"privacy.clipping": clipping})
-    hooked, reference_metrics = trained({"privacy.clipping": clipping}, monkeypatch, hooks=True)
+    written, metrics = trained(overrides)
+    hooked, reference_metrics = trained(overrides, monkeypatch, hooks=True)
     assert written.written_out and not hooked.written_out
     assert written.info["dp_step"] == WRITTEN_OUT and hooked.info["dp_step"] == ENGINE_PASS
     assert written.weights.unique().numel() > 1  # reweighing's weights reached the loss
@@ -199,7 +211,6 @@ def test_a_written_out_run_trains_the_hooks_runs_model(monkeypatch, clipping):
 
 
 @pytest.mark.parametrize("overrides", [
-    {"model.activation": "tanh"},
     {"fairness.method": "runner", "data.val_fraction": 0.1,  # a loss on hidden activations
      "data.validation_public": True},
     {"training.pad_batches": True},

@@ -39,7 +39,7 @@ from training.base import (
     no_privacy_metrics,
 )
 from training.batches import build_batches
-from training.mlp_pass import is_relu_mlp, relu_mlp_pass
+from training.mlp_pass import mlp_activation, mlp_pass
 from training.optim import build_optimizer
 from training.repair.base import Batch, LossTerms, RepairMethod, TrainingSet
 from training.repair.vanilla import Vanilla
@@ -54,7 +54,7 @@ BF16_UNSUPPORTED = ("training.precision: bf16, but {device} has no bfloat16 supp
 
 
 # trainer/info.dp_step of a DP-SGD run: how each step's per-example records were made.
-WRITTEN_OUT = "written out (ReLU MLP, training.mlp_pass)"
+WRITTEN_OUT = "written out (MLP, training.mlp_pass)"
 ENGINE_PASS = "forward and backward through the engine's hooks"
 
 
@@ -166,8 +166,9 @@ class CentralizedTrainer:
         self.train_seconds = 0.0
         self.train_samples = 0
         self.info: dict[str, Any] = {}
-        # A ReLU MLP's DP-SGD step on the fast engine, written out (training.mlp_pass): its
-        # records go to the engine without forward hooks, autograd graph or backward pass.
+        # An MLP's DP-SGD step on the fast engine, written out (training.mlp_pass): its records
+        # go to the engine without forward hooks, autograd graph or backward pass.
+        self._activation = mlp_activation(self.base_model())
         self.written_out = self._writes_out_pass()
         self._mlp_params = list(self.base_model().parameters()) if self.written_out else []
         if self.private is not None:
@@ -176,8 +177,8 @@ class CentralizedTrainer:
 
     def _writes_out_pass(self) -> bool:
         """Whether each DP-SGD step's pass is written out (:mod:`training.mlp_pass`) rather than
-        run through the model and autograd: the fast engine, unpadded, eager and in fp32, on a
-        ReLU MLP of tabular data, under a method that trains as Vanilla does (its loss is the
+        run through the model and autograd: the fast engine, unpadded, eager and in fp32, on the
+        registry's MLP (ReLU or tanh) of tabular data, under a method that trains as Vanilla does (its loss is the
         weighted cross-entropy, and nothing else hooks the model). The same step either way, to
         float rounding (tests/test_mlp_pass.py)."""
         training = self.config.training
@@ -185,7 +186,7 @@ class CentralizedTrainer:
                 and not self.bf16 and not training.compile and self.transform is None
                 and self.x.ndim == 2
                 and not self.method.training_changes() and not self.method.reads_public
-                and is_relu_mlp(self.base_model())
+                and self._activation is not None
                 and all(p.dtype == self.x.dtype for p in self.base_model().parameters())
                 and not self.private.hooked_by_others())
 
@@ -196,7 +197,7 @@ class CentralizedTrainer:
         clips, noises and accounts as after ``loss.backward()``; Vanilla's loss terms, for the
         logged loss."""
         weights = self.weights[indices]
-        logits, inputs, deltas = relu_mlp_pass(self._mlp_params, x, y, weights)
+        logits, inputs, deltas = mlp_pass(self._mlp_params, x, y, weights, self._activation)
         self.private.record_pass(inputs, deltas)
         return LossTerms(F.binary_cross_entropy_with_logits(logits, y, reduction="none") * weights)
 

@@ -54,7 +54,7 @@ from privacy.fast_dpsgd import FastPrivateTraining
 from training import checkpoint
 from training.centralized import CentralizedTrainer
 from training.federated import FederatedTrainer, LocalOrders, flatten, train_client_chunk
-from training.mlp_pass import is_relu_mlp, relu_mlp_pass
+from training.mlp_pass import is_relu_mlp, mlp_pass
 from training.optim import build_optimizer
 from utils.config import ExperimentConfig
 from utils.fairness import GROUPS
@@ -253,7 +253,7 @@ class StackedTrainer:
         privacy), each run's gradient per parameter before noise (the clipped sum under DP-SGD,
         the mean loss's gradient otherwise) and each example's group (K, n; 1 = majority).
 
-        The pass is written out (:func:`training.mlp_pass.relu_mlp_pass`, batched over the runs):
+        The pass is written out (:func:`training.mlp_pass.mlp_pass`, batched over the runs):
         example i's own gradient in layer l is δᵢaᵢᵀ (and δᵢ for the bias), so its squared norm is
         Σ_l ‖δᵢ‖²(‖aᵢ‖² + 1). Padded rows have weight 0, hence δ = 0: they add nothing anywhere.
         """
@@ -262,7 +262,7 @@ class StackedTrainer:
         features = self.features
         y, weights = batch[..., features], batch[..., features + 1] * mask
         majority, input_squares = batch[..., features + 2].long(), batch[..., features + 3]
-        logits, inputs, deltas = relu_mlp_pass(self.params, batch[..., :features], y, weights)
+        logits, inputs, deltas = mlp_pass(self.params, batch[..., :features], y, weights)
         per_example = F.binary_cross_entropy_with_logits(logits, y, reduction="none") * weights
         count = sizes.clamp(min=1).to(logits.dtype)
         means = per_example.sum(1) / count
