@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from models import build_model
 from privacy import dpsgd, fast_dpsgd
 from training.centralized import ENGINE_PASS, WRITTEN_OUT, CentralizedTrainer
-from training.mlp_pass import is_relu_mlp, mlp_activation, mlp_pass
+from training.mlp_pass import mlp_activation, mlp_pass
 from utils.config import ModelConfig, PrivacyConfig
 
 
@@ -60,23 +60,24 @@ def test_the_written_out_pass_is_autograds(hidden, activation):
         torch.testing.assert_close(delta, out.grad, rtol=1e-6, atol=1e-7)
 
 
-def test_the_stacked_pass_is_each_runs_own():
-    models = [mlp(seed=s) for s in (0, 1, 2)]
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_the_stacked_pass_is_each_runs_own(activation):
+    models = [mlp(activation=activation, seed=s) for s in (0, 1, 2)]
     batches = [batch(seed=s) for s in (3, 4, 5)]
     params = [torch.stack([p.detach() for p in ps]) for ps in
               zip(*[list(m.parameters()) for m in models])]
-    stacked = mlp_pass(params, *[torch.stack(parts) for parts in zip(*batches)])
+    function = mlp_activation(models[0])
+    stacked = mlp_pass(params, *[torch.stack(parts) for parts in zip(*batches)], function)
     for k, (model, (x, y, weights)) in enumerate(zip(models, batches)):
-        lone = mlp_pass([p.detach() for p in model.parameters()], x, y, weights)
+        lone = mlp_pass([p.detach() for p in model.parameters()], x, y, weights, function)
         torch.testing.assert_close(stacked[0][k], lone[0], rtol=1e-6, atol=1e-7)
         for got, want in zip(stacked[1] + stacked[2], lone[1] + lone[2]):
             torch.testing.assert_close(got[k], want, rtol=1e-6, atol=1e-6)
 
 
 def test_only_the_registrys_mlp_is_written_out():
-    assert mlp_activation(mlp()) is torch.nn.ReLU and is_relu_mlp(mlp())
+    assert mlp_activation(mlp()) is torch.nn.ReLU
     assert mlp_activation(mlp(activation="tanh")) is torch.nn.Tanh
-    assert not is_relu_mlp(mlp(activation="tanh"))  # the stack's pass is ReLU's
     mixed = mlp()
     mixed.net[3] = torch.nn.Tanh()
     assert mlp_activation(mixed) is None

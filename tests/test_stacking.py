@@ -111,8 +111,11 @@ STEPS = [(POINTS, 7), (NON_PRIVATE_SHORT_LAST, 17)]
 
 @pytest.mark.parametrize("points", [POINTS, NON_PRIVATE_SHORT_LAST,
                                     *[[merged(point, {"training": {"steps_per_epoch": steps}})
-                                       for point in points] for points, steps in STEPS]],
-                         ids=["dpsgd", "none", "dpsgd-steps_per_epoch", "none-steps_per_epoch"])
+                                       for point in points] for points, steps in STEPS],
+                                    [merged(point, {"model": {"activation": "tanh"}})
+                                     for point in POINTS]],  # fair-dp's MLP
+                         ids=["dpsgd", "none", "dpsgd-steps_per_epoch", "none-steps_per_epoch",
+                              "dpsgd-tanh"])
 def test_stacked_runs_equal_the_same_runs_trained_one_by_one(tmp_path, points):
     alone = [run(config) for config in configs(points, tmp_path / "alone")]
     stacked = run_stacked(configs(points, tmp_path / "stacked"))

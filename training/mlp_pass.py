@@ -10,8 +10,8 @@ engine at batch 256 spent a third of its step there). Two trainers use it:
   records to the engine
   (:meth:`privacy.fast_dpsgd.FastPrivateTraining.record_pass`), which clips, noises and accounts
   the step exactly as after ``loss.backward()``;
-- K stacked runs of a ReLU MLP (:class:`training.stacking.StackedTrainer`): the same pass batched
-  over a first axis of K, one ``torch.baddbmm`` per layer.
+- K stacked runs (:class:`training.stacking.StackedTrainer`): the same pass batched over a first
+  axis of K, one ``torch.baddbmm`` per layer.
 
 The δ at the logit of example i's weighted loss wᵢ·BCE(zᵢ, yᵢ) is wᵢ(σ(zᵢ) − yᵢ); through a linear
 layer and its activation, δ_{l-1} = (δ_l W_l) ⊙ f'(·), f' from the activation's output a_l (the
@@ -48,11 +48,6 @@ def mlp_activation(model: nn.Module) -> type[nn.Module] | None:
         return None
     activation = next(iter(between), nn.ReLU)  # one Linear layer alone: nothing between
     return activation if activation in ACTIVATION_FORWARD else None
-
-
-def is_relu_mlp(model: nn.Module) -> bool:
-    """Whether ``model`` is the registry's MLP of biased Linear layers with ReLU between."""
-    return mlp_activation(model) is nn.ReLU
 
 
 def mlp_pass(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,

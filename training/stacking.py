@@ -26,7 +26,7 @@ usual, with its own data, initialization, streams and run directory):
 The result equals K sequential runs to float rounding (batched and single matrix products sum in
 different orders); tests/test_stacking.py checks models, metrics and ε run by run. What can be
 stacked: centralized training, non-private or DP-SGD on the fast engine with flat clipping, the
-``mlp`` model with ReLU on tabular data (no batch transform) or the ``cnn`` and ``resnet18`` image
+``mlp`` model (ReLU or tanh) on tabular data (no batch transform) or the ``cnn`` and ``resnet18`` image
 models (:class:`ImageStackedTrainer`: the same contract by ``torch.func``, equal to the lone run
 to float tolerance), and a repair method that only prepares the data or post-processes
 decisions (``none``, ``reweighing``, ``oversample``, ``fairsmote``, ``roc``). Anything else runs on
@@ -54,7 +54,7 @@ from privacy.fast_dpsgd import FastPrivateTraining
 from training import checkpoint
 from training.centralized import CentralizedTrainer
 from training.federated import FederatedTrainer, LocalOrders, flatten, train_client_chunk
-from training.mlp_pass import is_relu_mlp, mlp_pass
+from training.mlp_pass import mlp_activation, mlp_pass
 from training.optim import build_optimizer
 from utils.config import ExperimentConfig
 from utils.fairness import GROUPS
@@ -92,9 +92,6 @@ def why_not_stackable(config: ExperimentConfig) -> str | None:
     if config.model.name not in STACKED_MODELS:
         return (f"model.name {config.model.name!r} (stacking trains "
                 f"{', '.join(STACKED_MODELS)})")
-    if config.model.name == "mlp" and config.model.activation != "relu":
-        return (f"model.name {config.model.name!r}, model.activation {config.model.activation!r} "
-                f"(stacking batches ReLU MLPs)")
     speed = [key for key, default in (("pad_batches", False), ("compile", False),
                                       ("precision", "fp32"))
              if getattr(config.training, key) != default]
@@ -161,6 +158,7 @@ class StackedTrainer:
                               features.pow(2).sum(1, keepdim=True)], dim=1)
                    for features, member in zip(x, members)]
         self.features = x[0].shape[1]
+        self.activation = mlp_activation(members[0].base_model())  # the same in every member
         self.rows_per_run = max(len(table) for table in columns)
         self.table = _padded(columns).reshape(len(members) * self.rows_per_run, -1)
         self.offsets = (torch.arange(len(members), device=self.device) * self.rows_per_run
@@ -262,7 +260,8 @@ class StackedTrainer:
         features = self.features
         y, weights = batch[..., features], batch[..., features + 1] * mask
         majority, input_squares = batch[..., features + 2].long(), batch[..., features + 3]
-        logits, inputs, deltas = mlp_pass(self.params, batch[..., :features], y, weights)
+        logits, inputs, deltas = mlp_pass(self.params, batch[..., :features], y, weights,
+                                          self.activation)
         per_example = F.binary_cross_entropy_with_logits(logits, y, reduction="none") * weights
         count = sizes.clamp(min=1).to(logits.dtype)
         means = per_example.sum(1) / count
@@ -621,10 +620,11 @@ def runtime_signature(trainer) -> tuple:
         if trainer.transform is not None:
             raise NotStackable("the data set has a batch transform (images) but the model is "
                                "not an image model")
-        if not is_relu_mlp(model):
-            raise NotStackable("the model is not an MLP of biased linear layers and ReLUs, nor "
-                               "the registry's cnn or resnet18")
-        kind = "mlp"
+        activation = mlp_activation(model)
+        if activation is None:
+            raise NotStackable("the model is not an MLP of biased linear layers with ReLU or tanh "
+                               "between, nor the registry's cnn or resnet18")
+        kind = f"mlp ({activation.__name__})"
     shapes = tuple(tuple(p.shape) for p in model.parameters())
     return (kind, trainer.private is not None, shapes, len(trainer.loader), str(trainer.device),
             trainer.x.dtype, tuple(trainer.x.shape[1:]))
