@@ -9,11 +9,11 @@ import copy
 
 import pytest
 import torch
-import yaml
 from torch.nn import functional as F
 
 from models import build_model
 from privacy import dpsgd, fast_dpsgd
+from tests.test_static_shapes import trained as trained_from
 from training.centralized import ENGINE_PASS, WRITTEN_OUT, CentralizedTrainer
 from training.mlp_pass import mlp_activation, mlp_pass
 from utils.config import ModelConfig, PrivacyConfig
@@ -175,20 +175,13 @@ logging: {tensorboard: false, wandb: {mode: disabled}, progress: never}
 def trained(overrides: dict, monkeypatch=None, hooks=False):
     """The trainer of TINY with ``overrides`` after its epochs and its metrics; ``hooks``: the
     written-out pass turned off, so the same run goes through the engine's hooks."""
-    from training.experiment import build_components
-    from training.validation import validated_config
-
-    raw = yaml.safe_load(TINY)
-    for dotted, value in overrides.items():
-        section, key = dotted.split(".")
-        raw[section][key] = value
-    if hooks:
-        monkeypatch.setattr(CentralizedTrainer, "_writes_out_pass", lambda self: False)
-    _, _, trainer = build_components(validated_config(raw), torch.device("cpu"))
-    metrics = [trainer.train_unit(unit) for unit in range(trainer.units)]
-    if hooks:
+    if not hooks:
+        return trained_from(overrides, TINY)
+    monkeypatch.setattr(CentralizedTrainer, "_writes_out_pass", lambda self: False)
+    try:
+        return trained_from(overrides, TINY)
+    finally:
         monkeypatch.undo()
-    return trainer, metrics
 
 
 @pytest.mark.parametrize("overrides", [{"privacy.clipping": "flat"},

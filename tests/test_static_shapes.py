@@ -228,14 +228,15 @@ logging: {tensorboard: false, wandb: {mode: disabled}, progress: never}
 """
 
 
-def trained(overrides: dict):
-    """The trainer of TINY with ``overrides`` (dotted keys) after its epochs, and its metrics."""
+def trained(overrides: dict, base: str = TINY):
+    """The trainer of ``base`` (a config's YAML, TINY by default) with ``overrides`` (dotted keys)
+    after its epochs, and its metrics."""
     import yaml
 
     from training.experiment import build_components
     from training.validation import validated_config
 
-    raw = yaml.safe_load(TINY)
+    raw = yaml.safe_load(base)
     for dotted, value in overrides.items():
         section, key = dotted.split(".")
         raw[section][key] = value
