@@ -16,8 +16,9 @@ leaves behind, not from one materialized gradient per example per parameter:
   (c ⊙ δ)ᵀ·a;
 - a :class:`torch.nn.Conv2d` takes, layer by layer, the cheaper of Bu et al.'s two forms
   (:func:`conv_route`): on large maps (few positions L² against out·in·k²) each example's gradient
-  is formed (on the CPU as one convolution's weight gradient with a group per example, elsewhere
-  from the unfolded input), on small maps the norm comes from ghost clipping's two L×L products
+  is formed (on the CPU by a native loop, :mod:`privacy.native_kernels`, or where that cannot be
+  built as one convolution's weight gradient with a group per example; elsewhere from the unfolded
+  input), on small maps the norm comes from ghost clipping's two L×L products
   (the input's from its pixel Gram where that is cheaper than unfolding, :func:`input_gram`) and
   the clipped sum is the layer's ordinary weight gradient of the reweighted δ; a layer with a
   single output position is a Linear layer on the window it reads;
@@ -59,7 +60,10 @@ bit for bit (tests/test_clipping.py). Last in issue 30, an MLP trained as Vanill
 pass written out by the trainer (:meth:`FastEngine.record_pass`): δ of the summed loss rather than
 of the mean (no division by n and multiplication back), from the logit's δ wᵢ(σ(zᵢ) − yᵢ) rather
 than autograd's formula, again float rounding only (on d805014's comparison set: scores within
-1.2·10⁻⁷, no prediction, accuracy or ε changed).
+1.2·10⁻⁷, no prediction, accuracy or ε changed). Then the CPU's formed per-example convolution
+gradients come from the native loop (:mod:`privacy.native_kernels`) rather than the grouped
+kernel: the same sums in another order, float rounding again (``trainer/info.per_example_conv``
+says which kernel a run used).
 
 Static shapes (``training.pad_batches``, :func:`physical_batches`, :meth:`FastEngine.set_padding`):
 a Poisson batch's size changes every step, which makes ``torch.compile`` recompile and CUDA graphs
@@ -101,6 +105,7 @@ from opacus.accountants import create_accountant
 from torch import nn
 from torch.nn.modules import module as torch_module
 
+from privacy import native_kernels
 from privacy.accounting import resolve_noise_multiplier
 from privacy.clipping import ClippingRule, ClipStep, Flat, build_rule
 from privacy.engine import AccountedSteps
@@ -254,10 +259,10 @@ def conv_route(conv: nn.Conv2d, input_shape, positions: int, device_type: str = 
     the ghost norm's input product. Deterministic in the shapes (never timed), so that a run's
     rounding does not depend on the machine's load.
 
-    - ``per_example_grouped``: each example's gradient formed outright (about p·d per position),
+    - ``per_example_cpu``: each example's gradient formed outright (about p·d per position),
       where the ghost norm's L×L products (about 2L² per position) cost more: early layers, large
-      maps; on the CPU as the weight gradient of one convolution with a group per example
-      (:func:`grouped_weight_gradients`);
+      maps; on the CPU by the native loop (:mod:`privacy.native_kernels`), else as the weight
+      gradient of one convolution with a group per example (:func:`cpu_weight_gradients`);
     - ``per_example``: the same off the CPU (and for padding given as a string, which
       :func:`unfold` refuses with the reason), as Δᵢ·unfold(aᵢ)ᵀ
       (:func:`unfolded_weight_gradients`);
@@ -278,7 +283,7 @@ def conv_route(conv: nn.Conv2d, input_shape, positions: int, device_type: str = 
         return "single_position"
     if isinstance(conv.padding, str) or not 2 * positions * positions < fan_in * out_channels:
         if device_type == "cpu" and not isinstance(conv.padding, str):
-            return "per_example_grouped"
+            return "per_example_cpu"
         return "per_example"
     pixels = input_shape[2] * input_shape[3]
     kernel = conv.kernel_size[0] * conv.kernel_size[1]
@@ -314,11 +319,14 @@ def grouped_weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv
     W) and (1, B·out, H', W'), group b holding example b's input and output gradient, so that the
     weight gradient of group b is example b's own (the grouping Opacus' and Rochette et al.'s
     "Efficient Per-Example Gradient Computations in Convolutional Neural Networks", 2019, use for
-    per-example convolution gradients). On the CPU this is oneDNN's backward-weights kernel, which
+    per-example convolution gradients). The CPU's route where the native loop
+    (:mod:`privacy.native_kernels`) cannot be built, and in float64. This is oneDNN's
+    backward-weights kernel, which
     reads the input and δ once: no unfolded copy of the input (600 MB for the 64-px CNN's second
     layer at batch 256) and no batch of small products; in a training step it was 1.2 to 3 times
     faster than :func:`unfold` and :func:`torch.bmm` on every per-example layer of the CNN and the
-    ResNet, the 7×7 stride-2 stem included (issue 30). oneDNN builds a kernel for each batch size
+    ResNet, the 7×7 stride-2 stem included (issue 30; the native loop then beat it 1.05 to 5
+    times, the stem most: 3.3 against 15 ms at batch 256). oneDNN builds a kernel for each batch size
     it has not seen (Poisson batches vary): measured 1 to 6 ms once per size and layer, then
     cached; calls of a seen size varied by under 2× (one or two threads)."""
     batch, channels = a.shape[:2]
@@ -329,6 +337,15 @@ def grouped_weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv
         delta.reshape(1, batch * out_channels, *delta.shape[2:]),
         stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=batch)
     return grads.view(batch, *conv.weight.shape)
+
+
+def cpu_weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """Each example's weight gradient (B, out, in, kh, kw) of ``conv`` on the CPU: the native loop
+    (:mod:`privacy.native_kernels`, 1.05 to 5 times faster at every shape measured, issue 30) in
+    float32 where it built, else :func:`grouped_weight_gradients` (float64, or no C compiler).
+    The two give the same gradients to float rounding."""
+    grads = native_kernels.weight_gradients(a, delta, conv)
+    return grads if grads is not None else grouped_weight_gradients(a, delta, conv)
 
 
 def unfolded_weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -716,8 +733,8 @@ class _Recorder:
                 if module.bias is not None:
                     out[module.bias] = _Rows(d[:, :, 0])
                 return out
-            if route == "per_example_grouped":
-                out[module.weight] = _PerExample(grouped_weight_gradients(a, delta, module))
+            if route == "per_example_cpu":
+                out[module.weight] = _PerExample(cpu_weight_gradients(a, delta, module))
             elif route == "per_example":
                 out[module.weight] = _PerExample(unfolded_weight_gradients(a, delta, module))
             else:
@@ -1111,6 +1128,15 @@ class FastPrivateTraining(AccountedSteps):
 
     def hooked_by_others(self) -> bool:
         return self.fast.hooked_by_others()
+
+    def per_example_conv_kernel(self) -> str | None:
+        """Which kernel forms this model's per-example convolution gradients (:func:`conv_route`'s
+        ``per_example_cpu``): the native loop or oneDNN's grouped kernel (their rounding differs),
+        for the run's records; None off the CPU or for a model without convolutions."""
+        convolutions = any(isinstance(r.module, nn.Conv2d) for r in self.fast.recorders)
+        if not convolutions or self.fast.params[0].device.type != "cpu":
+            return None
+        return native_kernels.status()
 
     def batch_groups(self, minority: torch.Tensor) -> None:
         """The group flags (True: minority) of the batch about to be forwarded."""

@@ -431,7 +431,7 @@ def test_the_per_example_loop_test_covers_every_convolution_route():
             hook.remove()
         routes |= {fast_dpsgd.conv_route(m, i, o[2] * o[3]) for m, (i, o) in shapes.items()}
     # (per_example is the route off the CPU: test_the_update_off_the_cpus_route_is_the_loops)
-    assert routes == {"per_example_grouped", "ghost_gram", "ghost_unfold", "single_position"}
+    assert routes == {"per_example_cpu", "ghost_gram", "ghost_unfold", "single_position"}
     assert {fast_dpsgd.conv_route(m, (2, 3, 8, 8), 64, "cuda") for m in model.modules()
             if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (7, 7)} == {"per_example"}
 
@@ -458,7 +458,8 @@ def test_the_update_off_the_cpus_route_is_the_loops(name, monkeypatch):
 
 @pytest.mark.parametrize("kernel, stride, padding, dilation", [
     (7, 2, 3, 1), (5, 3, 1, 1), ((5, 3), (2, 1), (2, 0), 1), (3, 1, 1, 1), (3, 1, 2, 2), (1, 2, 0, 1)])
-@pytest.mark.parametrize("form", ["grouped_weight_gradients", "unfolded_weight_gradients"])
+@pytest.mark.parametrize("form", ["grouped_weight_gradients", "unfolded_weight_gradients",
+                                  "cpu_weight_gradients"])
 def test_the_formed_per_example_gradients_are_a_per_example_loop(kernel, stride, padding, dilation,
                                                                 form):
     conv = torch.nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, dilation=dilation,

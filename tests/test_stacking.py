@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from privacy import native_kernels
 from training import checkpoint as experiment_checkpoint
 from training import experiment as experiment_module
 from training.experiment import open_run, run
@@ -451,6 +452,9 @@ def check_image_stack(tmp_path, root, points, model, image_size, rtol, **trainin
         assert together["trainer/info"]["stacked_runs"] == len(points)
         assert together["trainer/info"]["stacked_step"] == STACKED_STEP_RECORD
         assert "dp_step" not in together["trainer/info"]  # the lone trainer's step: not run
+        assert "per_example_conv" not in together["trainer/info"]
+        if one["trainer/info"].get("dp_step"):  # a lone DP-SGD image run: its kernel recorded
+            assert one["trainer/info"]["per_example_conv"] == native_kernels.status()
         assert_same_image_run(one, together, tmp_path / "alone" / f"run{i}",
                               tmp_path / "stacked" / f"run{i}", rtol)
 

@@ -173,6 +173,10 @@ class CentralizedTrainer:
         self._mlp_params = list(self.base_model().parameters()) if self.written_out else []
         if self.private is not None:
             self.info["dp_step"] = WRITTEN_OUT if self.written_out else ENGINE_PASS
+            if isinstance(self.private, FastPrivateTraining):
+                kernel = self.private.per_example_conv_kernel()
+                if kernel is not None:
+                    self.info["per_example_conv"] = kernel
         self.client_counts = None  # not federated
 
     def _writes_out_pass(self) -> bool:

@@ -173,9 +173,10 @@ class StackedTrainer:
             raise NotStackable("the runs differ in mode, model shape or steps per epoch")
         self.members = members
         for member in members:  # the record says how the run was trained: in the stack, not
-            # by its lone trainer's step (trainer/info.dp_step)
+            # by its lone trainer's step (trainer/info.dp_step, .per_example_conv)
             member.info["stacked_runs"] = len(members)
             member.info.pop("dp_step", None)
+            member.info.pop("per_example_conv", None)
         self.private = members[0].private is not None
         self.device = members[0].device
         # Each member's parameters in its model's order: (weight, bias) of each linear layer.
