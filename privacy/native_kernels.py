@@ -40,7 +40,8 @@ SOURCE = Path(__file__).resolve().parent / "native" / "per_example_conv.c"
 FLAG_SETS = (["-O3", "-march=native"], ["-O3"])
 COMMON_FLAGS = ["-std=gnu11", "-shared", "-fPIC"]
 
-_state: dict = {}  # "library" (ctypes.CDLL or None) and "status", once built; "pool"
+# "library" (ctypes.CDLL or None) and "status", once built; "pool": (its threads, their count)
+_state: dict = {}
 
 
 def _compiler() -> list[str] | None:
@@ -64,7 +65,10 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
                 error = str(failure)
                 continue
             if done.returncode == 0:
-                loaded = ctypes.CDLL(str(library))  # stays mapped once the file is removed
+                try:
+                    loaded = ctypes.CDLL(str(library))  # stays mapped once the file is removed
+                except OSError as failure:  # a temporary folder mounted noexec, say
+                    return None, f"oneDNN grouped kernel (the native loop did not load: {failure})"
                 function = loaded.per_example_conv_weight_grad
                 function.restype = ctypes.c_int
                 function.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 13
@@ -106,7 +110,7 @@ def weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv2d) -> t
     if tuple(delta.shape[2:]) != expected or delta.shape[0] != batch:
         raise ValueError(f"output gradient of shape {tuple(delta.shape)} for a convolution whose "
                          f"output is {(batch, out_channels, *expected)}")
-    grads = torch.empty(batch, out_channels, channels, *conv.kernel_size)
+    grads = torch.empty(batch, out_channels, channels, *conv.kernel_size, dtype=torch.float32)
     if batch == 0:
         return grads
     # Examples are independent: torch's thread count of contiguous pieces of the batch, one call
@@ -134,10 +138,10 @@ def weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv2d) -> t
 
 def _pool(threads: int) -> ThreadPoolExecutor:
     """A pool of ``threads`` workers, kept while torch's thread count stays the same."""
-    pool = _state.get("pool")
-    if pool is None or pool._max_workers != threads:
+    pool, workers = _state.get("pool", (None, 0))
+    if pool is None or workers != threads:
         if pool is not None:
             pool.shutdown(wait=True)
-        pool = _state["pool"] = ThreadPoolExecutor(max_workers=threads,
-                                                   thread_name_prefix="per-example-conv")
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="per-example-conv")
+        _state["pool"] = (pool, threads)
     return pool
