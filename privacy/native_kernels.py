@@ -90,6 +90,9 @@ def status() -> str:
     return _state["status"]
 
 
+# Run eagerly inside a compiled step (training.compile's padded clipping): TorchDynamo cannot trace
+# a foreign function or a thread pool, and the loop is already compiled.
+@torch.compiler.disable
 def weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor | None:
     """Each example's weight gradient (B, out, in, kh, kw) of ``conv`` (zero padding given as
     numbers, no groups) from its input ``a`` (B, in, H, W) and output gradient ``delta`` (B, out,

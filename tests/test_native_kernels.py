@@ -109,3 +109,23 @@ def test_the_result_does_not_depend_on_the_number_of_threads():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, three)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_compiled_step_runs_the_loop_eagerly(threads):
+    """training.compile traces the padded clipping with TorchDynamo; the loop (a foreign function,
+    and a thread pool with more than one thread) runs outside the trace, with the same result."""
+    conv = torch.nn.Conv2d(3, 16, 3, padding=1, bias=False)
+    a, delta = torch.randn(4, 3, 6, 6), torch.randn(4, 16, 6, 6)
+
+    def norms(a, delta):
+        return native_kernels.weight_gradients(a, delta, conv).flatten(1).norm(dim=1) * 2
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        torch._dynamo.reset()  # no trace cached from the other thread count
+        compiled = torch.compile(norms, backend="eager")
+        torch.testing.assert_close(compiled(a, delta), norms(a, delta))
+    finally:
+        torch.set_num_threads(before)
