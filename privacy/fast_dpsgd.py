@@ -325,7 +325,7 @@ def grouped_weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv
     reads the input and δ once: no unfolded copy of the input (600 MB for the 64-px CNN's second
     layer at batch 256) and no batch of small products; in a training step it was 1.2 to 3 times
     faster than :func:`unfold` and :func:`torch.bmm` on every per-example layer of the CNN and the
-    ResNet, the 7×7 stride-2 stem included (issue 30; the native loop then beat it 1.05 to 5
+    ResNet, the 7×7 stride-2 stem included (issue 30; the native loop then beat it 1.05 to 4.6
     times, the stem most: 3.3 against 15 ms at batch 256). oneDNN builds a kernel for each batch size
     it has not seen (Poisson batches vary): measured 1 to 6 ms once per size and layer, then
     cached; calls of a seen size varied by under 2× (one or two threads)."""
@@ -341,7 +341,7 @@ def grouped_weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv
 
 def cpu_weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """Each example's weight gradient (B, out, in, kh, kw) of ``conv`` on the CPU: the native loop
-    (:mod:`privacy.native_kernels`, 1.05 to 5 times faster at every shape measured, issue 30) in
+    (:mod:`privacy.native_kernels`, 1.05 to 4.6 times faster at every shape measured, issue 30) in
     float32 where it built, else :func:`grouped_weight_gradients` (float64, or no C compiler).
     The two give the same gradients to float rounding."""
     grads = native_kernels.weight_gradients(a, delta, conv)

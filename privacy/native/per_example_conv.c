@@ -9,11 +9,12 @@
  *
  * One example at a time: its input is copied into a zero-padded buffer and its delta transposed to
  * (positions, output channels in blocks of 16), both small enough to stay in cache. For each block
- * of 16 output channels, a tile of NR (input channel, kernel row) pairs by NJ kernel columns keeps
- * NR*NJ vectors of 16 accumulators in registers while it runs over the output positions: at each
- * position one load of delta's 16 channels and NR*NJ multiply-adds with one input value each. The
+ * of 16 output channels, a tile of R (input channel, kernel row) pairs by J kernel columns keeps
+ * R*J vectors of 16 accumulators in registers while it runs over the output positions: at each
+ * position one load of delta's 16 channels and R*J multiply-adds with one input value each. The
  * sums run over positions in row-major order, the same order for every example and every call
- * (deterministic). No threads: the caller's step is single-threaded per example batch.
+ * (deterministic). No threads of its own: privacy/native_kernels.py splits the batch over torch's
+ * thread count, one call per piece (examples are independent: the pieces do not change a result).
  *
  * Built at run time by privacy/native_kernels.py with the system's C compiler; GCC's and Clang's
  * vector extension (vector_size) is the only non-standard feature, lowered to whatever SIMD the
