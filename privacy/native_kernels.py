@@ -100,6 +100,8 @@ def weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv2d) -> t
     build, for the caller's fallback."""
     if not (a.device.type == "cpu" and a.dtype == torch.float32 and delta.dtype == torch.float32):
         return None
+    if isinstance(conv.padding, str) or conv.groups != 1 or conv.padding_mode != "zeros":
+        return None  # the loop reads numeric zero padding of an ungrouped convolution only
     library = _library()
     if library is None:
         return None

@@ -66,6 +66,14 @@ def test_it_reads_strided_inputs_and_an_empty_batch():
     assert empty.shape == (0, 16, 3, 7, 7)
 
 
+def test_it_leaves_other_convolutions_to_the_caller():
+    a, delta = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
+    for conv in (torch.nn.Conv2d(4, 4, 3, padding="same", bias=False),
+                 torch.nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False),
+                 torch.nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect", bias=False)):
+        assert native_kernels.weight_gradients(a, delta, conv) is None
+
+
 def test_it_refuses_an_output_gradient_of_another_shape():
     conv = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
     with pytest.raises(ValueError, match="output gradient of shape"):
