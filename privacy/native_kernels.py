@@ -40,7 +40,7 @@ SOURCE = Path(__file__).resolve().parent / "native" / "per_example_conv.c"
 FLAG_SETS = (["-O3", "-march=native"], ["-O3"])
 COMMON_FLAGS = ["-std=gnu11", "-shared", "-fPIC"]
 
-# "library" (ctypes.CDLL or None) and "status", once built; "pool": (its threads, their count)
+# "library" (ctypes.CDLL or None) and "status", once built; "pool": (threads, count, process id)
 _state: dict = {}
 
 
@@ -142,11 +142,12 @@ def weight_gradients(a: torch.Tensor, delta: torch.Tensor, conv: nn.Conv2d) -> t
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
-    """A pool of ``threads`` workers, kept while torch's thread count stays the same."""
-    pool, workers = _state.get("pool", (None, 0))
-    if pool is None or workers != threads:
-        if pool is not None:
+    """A pool of ``threads`` workers, kept while torch's thread count and the process stay the same
+    (a forked child has the parent's pool object but none of its threads: it would wait forever)."""
+    pool, workers, process = _state.get("pool", (None, 0, 0))
+    if pool is None or workers != threads or process != os.getpid():
+        if pool is not None and process == os.getpid():
             pool.shutdown(wait=True)
         pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="per-example-conv")
-        _state["pool"] = (pool, threads)
+        _state["pool"] = (pool, threads, os.getpid())
     return pool

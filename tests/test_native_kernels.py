@@ -2,6 +2,9 @@
 autograd's own kernel in float64, over the geometries its tiling splits differently; its build and
 its fallback to oneDNN's grouped kernel."""
 
+import os
+import signal
+
 import pytest
 import torch
 
@@ -135,5 +138,26 @@ def test_a_compiled_step_runs_the_loop_eagerly(threads):
         torch._dynamo.reset()  # no trace cached from the other thread count
         compiled = torch.compile(norms, backend="eager")
         torch.testing.assert_close(compiled(a, delta), norms(a, delta))
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_gets_its_own_threads():
+    """A child forked after the pool exists has the pool object but not its threads; the loop
+    must make new ones there rather than wait forever."""
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    a, delta = torch.randn(4, 3, 5, 5), torch.randn(4, 8, 5, 5)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        expected = native_kernels.weight_gradients(a, delta, conv)  # the pool exists now
+        child = os.fork()
+        if child == 0:  # the child: exit 0 only if it computes the same, within 60 s
+            signal.alarm(60)
+            same = torch.equal(native_kernels.weight_gradients(a, delta, conv), expected)
+            os._exit(0 if same else 1)
+        _, code = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(code) == 0
     finally:
         torch.set_num_threads(before)
